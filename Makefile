@@ -1,0 +1,58 @@
+# orderflow: two commands on a fresh machine, `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached.
+SYSTEM_PACKAGES := postgresql-15 redis-server memcached
+
+.PHONY: setup system-packages venv test demo stack-up stack-down stack-status bootstrap lint bench clean
+
+setup: system-packages venv
+
+# Installs only what is missing, so a second `make setup` touches nothing.
+system-packages:
+	@missing=""; \
+	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$$missing postgresql-15"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v memcached >/dev/null || missing="$$missing memcached"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[local,api,dev]'
+	touch $@
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup stack-up
+	$(PY) -m orderflow.demo
+
+stack-up: setup
+	$(PY) -m orderflow.local up
+
+stack-down:
+	@if [ -x $(PY) ]; then $(PY) -m orderflow.local down; fi
+
+stack-status:
+	$(PY) -m orderflow.local status
+
+bootstrap:
+	$(PY) -m orderflow.bootstrap
+
+lint:
+	$(VENV)/bin/ruff check orderflow tests benchmarks
+
+bench:
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: stack-down
+	rm -rf .local

@@ -1,0 +1,87 @@
+"""Configuration of orderflow, read from environment variables.
+
+Every setting has a default that points at the local stack started by ``python -m orderflow.local up``,
+so a fresh checkout runs without any configuration; production overrides the variables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class Topics:
+    """Kafka topic names (the issue tracker's names are the Portuguese originals)."""
+
+    orders: str = "ordem-ativo"
+    priced_orders: str = "ordem-ativo-precificado"
+    orders_dead_letter: str = "ordem-ativo-dlq"
+    keepalive: str = "restaurant-keepalive"
+    availability: str = "restaurant-availability"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """All endpoints and names orderflow talks to."""
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    postgres_dsn: str = "postgresql://orderflow@127.0.0.1:15432/orderflow"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    memcached_address: str = "127.0.0.1:11311"
+    aws_endpoint_url: str | None = "http://127.0.0.1:15000"
+    aws_region: str = "us-east-1"
+    topics: Topics = dataclasses.field(default_factory=Topics)
+    topic_partitions: int = 4
+    # DynamoDB tables and the SNS topic for alarms.
+    prices_table: str = "asset-prices"
+    client_volume_table: str = "client-daily-volume"
+    alarm_sns_topic: str = "orderflow-alarms"
+    exchange_timezone: str = "America/Sao_Paulo"
+
+    @property
+    def memcached_host_port(self) -> tuple[str, int]:
+        host, _, port = self.memcached_address.rpartition(":")
+        return host, int(port)
+
+
+# (environment variable, Settings field, description) — the README's configuration table is this list.
+ENVIRONMENT = [
+    ("ORDERFLOW_KAFKA_BOOTSTRAP", "kafka_bootstrap", "Kafka bootstrap servers"),
+    ("ORDERFLOW_POSTGRES_DSN", "postgres_dsn", "PostgreSQL connection string"),
+    ("ORDERFLOW_REDIS_URL", "redis_url", "Redis URL (restaurant hot state)"),
+    ("ORDERFLOW_MEMCACHED", "memcached_address", "memcached host:port (pricing codes)"),
+    ("ORDERFLOW_AWS_ENDPOINT_URL", "aws_endpoint_url", "DynamoDB/SNS endpoint; empty = real AWS"),
+    ("ORDERFLOW_AWS_REGION", "aws_region", "AWS region"),
+    ("ORDERFLOW_TOPIC_PARTITIONS", "topic_partitions", "partitions of topics created by bootstrap"),
+    ("ORDERFLOW_PRICES_TABLE", "prices_table", "DynamoDB table: pricing code -> price"),
+    ("ORDERFLOW_CLIENT_VOLUME_TABLE", "client_volume_table", "DynamoDB table: client daily volume"),
+    ("ORDERFLOW_ALARM_SNS_TOPIC", "alarm_sns_topic", "SNS topic name for alarm SMS"),
+    ("ORDERFLOW_EXCHANGE_TZ", "exchange_timezone", "time zone that defines an order's day"),
+]
+TOPIC_ENVIRONMENT = [
+    ("ORDERFLOW_TOPIC_ORDERS", "orders"),
+    ("ORDERFLOW_TOPIC_PRICED_ORDERS", "priced_orders"),
+    ("ORDERFLOW_TOPIC_ORDERS_DLQ", "orders_dead_letter"),
+    ("ORDERFLOW_TOPIC_KEEPALIVE", "keepalive"),
+    ("ORDERFLOW_TOPIC_AVAILABILITY", "availability"),
+]
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Builds Settings from ``environ`` (default ``os.environ``); unset variables keep their defaults."""
+    environ = os.environ if environ is None else environ
+    defaults = Settings()
+    values = {}
+    for variable, field, _ in ENVIRONMENT:
+        if variable in environ:
+            default = getattr(defaults, field)
+            raw = environ[variable]
+            if field == "aws_endpoint_url":
+                values[field] = raw or None
+            elif isinstance(default, int):
+                values[field] = int(raw)
+            else:
+                values[field] = raw
+    topics = {field: environ[var] for var, field in TOPIC_ENVIRONMENT if var in environ}
+    values["topics"] = dataclasses.replace(defaults.topics, **topics)
+    return dataclasses.replace(defaults, **values)

@@ -1,0 +1,21 @@
+"""``make demo``: shows orderflow working end to end on the local stack (already up)."""
+from __future__ import annotations
+
+import sys
+
+from orderflow.config import load_settings
+from orderflow.local.roundtrip import format_table, run_roundtrips
+
+
+def main() -> int:
+    settings = load_settings()
+    print("== Round trip through every service of the local stack")
+    rows = run_roundtrips(settings)
+    print(format_table(rows))
+    if not all(r.ok for r in rows):
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

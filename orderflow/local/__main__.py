@@ -1,0 +1,41 @@
+"""``python -m orderflow.local up|down|status``: the local stack of real services on loopback."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from orderflow.local.stack import LocalStack, ServiceFailed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orderflow.local", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
+    parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
+    args = parser.parse_args(argv)
+    stack = LocalStack(args.root)
+    try:
+        if args.command == "up":
+            states = stack.up()
+            if not args.no_bootstrap:
+                from orderflow.bootstrap import bootstrap_all
+                from orderflow.config import load_settings
+
+                bootstrap_all(load_settings(stack.environment()))
+        elif args.command == "down":
+            states = stack.down()
+        else:
+            states = stack.status()
+    except ServiceFailed as exc:
+        print(f"FAILED {exc}", file=sys.stderr)
+        return 1
+    for name, state in states.items():
+        port = stack.services[name].port
+        print(f"{name:<10} {state:<12} 127.0.0.1:{port:<6} log: {stack.log_path(name)}")
+    if args.command == "status" and any(s != "ready" for s in states.values()):
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

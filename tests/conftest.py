@@ -1,0 +1,101 @@
+"""Session fixtures: a real local stack on free loopback ports, and isolation per test module.
+
+Each pytest session starts its own stack (its own ports and data directory), so several sessions, or a
+developer's ``make stack-up`` stack, never share state; the session stops it at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import tempfile
+import uuid
+
+import port_for
+import pytest
+
+from orderflow import bootstrap
+from orderflow.config import Settings, Topics, load_settings
+from orderflow.local import LocalStack, StackPorts
+
+
+def _free_ports() -> StackPorts:
+    chosen: set[int] = set()
+    values = {}
+    for field in dataclasses.fields(StackPorts):
+        port = port_for.select_random(exclude_ports=chosen)
+        chosen.add(port)
+        values[field.name] = port
+    return StackPorts(**values)
+
+
+@pytest.fixture(scope="session")
+def stack():
+    """The running stack for this test session (started here, stopped at the end)."""
+    base = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"))
+    base.mkdir(parents=True, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="test-stack-", dir=base)
+    local_stack = LocalStack(root, _free_ports())
+    try:
+        local_stack.up(timeout=90)
+        yield local_stack
+    finally:
+        local_stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack_settings(stack) -> Settings:
+    """Settings pointing at the session's stack, with the default names (nothing created)."""
+    return load_settings(stack.environment())
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="module")
+def pg_dsn(stack_settings) -> str:
+    """A fresh, migrated PostgreSQL database for this test module."""
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    dbname = "t_" + uuid.uuid4().hex[:12]
+    port = int(stack_settings.postgres_dsn.rsplit(":", 1)[1].split("/")[0])
+    janitor = DatabaseJanitor(user="orderflow", host="127.0.0.1", port=port, dbname=dbname)
+    janitor.init()
+    dsn = f"postgresql://orderflow@127.0.0.1:{port}/{dbname}"
+    bootstrap.migrate(dsn)
+    yield dsn
+    janitor.drop()
+
+
+@pytest.fixture(scope="module")
+def module_settings(stack_settings, pg_dsn) -> Settings:
+    """Settings isolated for one test module, bootstrapped: its own database, topics, tables, SNS topic."""
+    suffix = uuid.uuid4().hex[:8]
+    topics = Topics(**{f.name: f"{getattr(Topics(), f.name)}-{suffix}" for f in dataclasses.fields(Topics)})
+    settings = dataclasses.replace(
+        stack_settings,
+        postgres_dsn=pg_dsn,
+        topics=topics,
+        prices_table=f"{stack_settings.prices_table}-{suffix}",
+        client_volume_table=f"{stack_settings.client_volume_table}-{suffix}",
+        alarm_sns_topic=f"{stack_settings.alarm_sns_topic}-{suffix}",
+    )
+    bootstrap.create_topics(settings.kafka_bootstrap, bootstrap.all_topics(settings), settings.topic_partitions)
+    bootstrap.create_dynamodb_tables(settings)
+    bootstrap.create_sns_topic(settings)
+    return settings
+
+
+@pytest.fixture
+def make_topic(stack_settings):
+    """Creates a topic with a unique name on the session's broker: ``make_topic("orders", partitions=4)``."""
+
+    def _make(prefix: str = "t", partitions: int = 4) -> str:
+        name = unique_name(prefix)
+        bootstrap.create_topics(stack_settings.kafka_bootstrap, [name], partitions)
+        return name
+
+    return _make

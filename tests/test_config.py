@@ -1,0 +1,32 @@
+from orderflow.config import ENVIRONMENT, Settings, load_settings
+
+
+def test_defaults_point_at_the_local_stack():
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.kafka_bootstrap.startswith("127.0.0.1:")
+    assert settings.topics.orders == "ordem-ativo"
+    assert settings.topics.priced_orders == "ordem-ativo-precificado"
+
+
+def test_environment_overrides_each_setting_with_its_type():
+    settings = load_settings({
+        "ORDERFLOW_KAFKA_BOOTSTRAP": "kafka:9092",
+        "ORDERFLOW_TOPIC_PARTITIONS": "32",
+        "ORDERFLOW_AWS_ENDPOINT_URL": "",
+        "ORDERFLOW_TOPIC_ORDERS": "orders-x",
+    })
+    assert settings.kafka_bootstrap == "kafka:9092"
+    assert settings.topic_partitions == 32
+    assert settings.aws_endpoint_url is None  # empty means the real AWS endpoints
+    assert settings.topics.orders == "orders-x"
+    assert settings.topics.keepalive == "restaurant-keepalive"
+
+
+def test_every_documented_variable_names_a_field():
+    fields = set(Settings.__dataclass_fields__)
+    assert all(field in fields for _, field, _ in ENVIRONMENT)
+
+
+def test_memcached_host_port():
+    assert load_settings({"ORDERFLOW_MEMCACHED": "10.0.0.1:11211"}).memcached_host_port == ("10.0.0.1", 11211)
