@@ -1,0 +1,1 @@
+"""Synthetic input generators: ``python -m orderflow.generate orders|keepalive ...``."""
