@@ -21,6 +21,8 @@ system-packages:
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+	@# PostgreSQL refuses to run as root: as root the stack runs it as the 'postgres' system user.
+	@if [ "$$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then useradd --system --no-create-home postgres; fi
 
 venv: $(VENV)/.installed
 
