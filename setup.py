@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     "pymemcache==4.0.0",
     "boto3==1.44.5",
     "psycopg[binary,pool]==3.3.9",
+    "orjson==3.13.0",
 ]
 
 EXTRAS_REQUIRE = {
