@@ -1,0 +1,96 @@
+"""``make demo``'s last step: the API serving detached (pid file ``.local/run/api.pid``, log
+``.local/logs/api.log``), its URL, the dashboard's URL and a demo key printed."""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from orderflow.api.auth import create_key
+from orderflow.config import Settings
+
+DEFAULT_PORT = 18080
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _pid(pid_file: pathlib.Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def start_detached(root: str = ".local", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                   timeout: float = 30.0) -> tuple[str, str]:
+    """Starts ``python -m orderflow.api serve`` in its own session unless ours already runs.
+
+    Returns (url, "started" | "running"); raises RuntimeError with the log's path if it does not come up.
+    """
+    root_path = pathlib.Path(root).absolute()
+    pid_file, log_path = root_path / "run" / "api.pid", root_path / "logs" / "api.log"
+    url = f"http://{host}:{port}"
+    pid = _pid(pid_file)
+    if pid is not None and _alive(pid):
+        return url, "running"
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orderflow.api", "serve", "--host", host, "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    pid_file.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"api: exited during start-up; log: {log_path}")
+        try:
+            with urllib.request.urlopen(f"{url}/openapi.json", timeout=1) as resp:
+                if resp.status == 200:
+                    return url, "started"
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"api: not answering on {url} in {timeout:.0f}s; log: {log_path}")
+
+
+def stop_detached(root: str = ".local", timeout: float = 10.0) -> str:
+    """Stops the API started by ``start_detached`` (by its pid file) and nothing else."""
+    pid_file = pathlib.Path(root).absolute() / "run" / "api.pid"
+    pid = _pid(pid_file)
+    if pid is None or not _alive(pid):
+        pid_file.unlink(missing_ok=True)
+        return "api        not running"
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return "api        stopped"
+
+
+def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> None:
+    url, state = start_detached(root, port=port)
+    _, key = create_key(settings.postgres_dsn, ["read", "ingest"], name="make demo")
+    print(f"API {state} on {url}  (docs {url}/docs, log {root}/logs/api.log, stop: make stack-down)")
+    print(f"demo key (read, ingest): {key}")
+    print(f"dashboard: {url}/dashboard?key={key}")
+    print(f'try: curl -H "X-API-Key: {key}" "{url}/restaurants/status?ids=r-000001,r-000002"')

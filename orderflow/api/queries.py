@@ -1,0 +1,228 @@
+"""Query endpoints: orders and alarms (PostgreSQL), client volume (DynamoDB), restaurant status (Redis,
+one round trip for up to ``max_ids`` ids), unavailability history and the offline ranking (PostgreSQL).
+
+Money is returned as decimal strings (never floats), times as ISO-8601 with their offset.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, HTTPException, Path, Query
+from pydantic import AwareDatetime, BaseModel
+
+from orderflow.api.deps import Caller, Res, forbidden
+from orderflow.api.ingest import RestaurantId
+from orderflow.api.resources import Resources
+
+router = APIRouter(tags=["query"])
+
+Token = Path(min_length=1, max_length=128, description="client token")
+
+
+def _money(value) -> str | None:
+    return None if value is None else str(Decimal(value))
+
+
+def _iso(value) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def today(res: Resources) -> dt.date:
+    return dt.datetime.now(ZoneInfo(res.settings.exchange_timezone)).date()
+
+
+class OrderOut(BaseModel):
+    order_id: str
+    client_token: str
+    asset: str
+    quantity: int
+    pricing_code: str | None
+    price: str | None
+    total: str | None
+    event_time: str | None
+    trade_day: str | None
+    source_format: str | None
+
+
+@router.get("/orders/{order_id}", response_model=OrderOut, summary="A priced order as stored",
+            responses={404: {"description": "no such order (yet)"}})
+def get_order(order_id: Annotated[str, Path(min_length=1, max_length=256)], who: Caller, res: Res):
+    if not who.can_read() and not who.clients:
+        raise forbidden("this key has neither 'read' nor a 'client:<token>' scope")
+    with res.pg.connection() as conn:
+        row = conn.execute(
+            "SELECT order_id, client_token, asset, quantity, pricing_code, price, total, event_time,"
+            " trade_day, source_format FROM orders WHERE order_id = %s", (order_id,)
+        ).fetchone()
+    if row is None:
+        raise HTTPException(404, f"order {order_id!r} not found (it may not be processed yet)")
+    if not who.can_read_client(row[1]):
+        raise forbidden("this key may read only the orders of client(s) " + ", ".join(sorted(who.clients)))
+    return OrderOut(order_id=row[0], client_token=row[1], asset=row[2], quantity=row[3], pricing_code=row[4],
+                    price=_money(row[5]), total=_money(row[6]), event_time=_iso(row[7]),
+                    trade_day=_iso(row[8]), source_format=row[9])
+
+
+class VolumeOut(BaseModel):
+    client_token: str
+    day: str
+    total: str
+    order_count: int
+    updated_at: str | None
+
+
+@router.get("/clients/{token}/volume", response_model=VolumeOut,
+            summary="A client's financial volume of one day, in near real time (DynamoDB)")
+def get_volume(token: Annotated[str, Token], who: Caller, res: Res,
+               day: Annotated[dt.date | None, Query(description="YYYY-MM-DD, default today (exchange time zone)")] = None):
+    if not who.can_read_client(token):
+        raise forbidden(f"this key may not read client {token!r}")
+    day = day or today(res)
+    item = res.dynamodb.get_item(
+        TableName=res.settings.client_volume_table,
+        Key={"client_token": {"S": token}, "day": {"S": day.isoformat()}},
+        ConsistentRead=True,
+    ).get("Item")
+    if not item:
+        return VolumeOut(client_token=token, day=day.isoformat(), total="0", order_count=0, updated_at=None)
+    return VolumeOut(client_token=token, day=day.isoformat(), total=str(Decimal(item["total"]["N"])),
+                     order_count=int(Decimal(item.get("order_count", {"N": "0"})["N"])),
+                     updated_at=item.get("updated_at", {}).get("S"))
+
+
+class AlarmOut(BaseModel):
+    rule_id: str
+    scope: str
+    window_start: str
+    window_end: str
+    total: str
+    threshold: str
+    fired_at: str | None
+
+
+class AlarmsOut(BaseModel):
+    since: str
+    alarms: list[AlarmOut]
+
+
+@router.get("/alarms", response_model=AlarmsOut, summary="Alarms fired since a moment, newest first")
+def get_alarms(who: Caller, res: Res,
+               since: Annotated[AwareDatetime | None, Query(description="ISO-8601 with offset; default 24 h ago")] = None,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    if not who.can_read() and not who.clients:
+        raise forbidden("this key has neither 'read' nor a 'client:<token>' scope")
+    since = since or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
+    sql = ("SELECT rule_id, scope, window_start, window_end, total, threshold, fired_at FROM alarms"
+           " WHERE fired_at >= %s")
+    params: list = [since]
+    if not who.can_read():  # a client's key sees the alarms about its own volume only
+        sql += " AND scope = ANY(%s)"
+        params.append(sorted(who.clients))
+    sql += " ORDER BY fired_at DESC, rule_id, scope LIMIT %s"
+    params.append(limit)
+    with res.pg.connection() as conn:
+        rows = conn.execute(sql, params).fetchall()
+    return AlarmsOut(since=since.isoformat(), alarms=[
+        AlarmOut(rule_id=r[0], scope=r[1], window_start=_iso(r[2]), window_end=_iso(r[3]), total=_money(r[4]),
+                 threshold=_money(r[5]), fired_at=_iso(r[6])) for r in rows
+    ])
+
+
+class StatusesOut(BaseModel):
+    count: int
+    restaurants: dict[str, dict]
+
+
+@router.get("/restaurants/status", response_model=StatusesOut,
+            summary="Online/offline and why, for up to 1,000 restaurants in one Redis round trip")
+def get_statuses(ids: Annotated[str, Query(min_length=1, description="comma-separated restaurant ids",
+                                  examples=["r-000001,r-000002"])],
+                 who: Caller, res: Res):
+    wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
+    if not wanted:
+        raise HTTPException(422, "ids: give at least one restaurant id (comma-separated)")
+    if len(wanted) > res.config.max_ids:
+        raise HTTPException(422, f"ids: {len(wanted)} ids given, at most {res.config.max_ids} per request")
+    if not who.can_read():
+        outside = [i for i in wanted if i not in who.restaurants]
+        if outside:
+            raise forbidden(f"this key may not read restaurant(s) {', '.join(outside[:10])}")
+    statuses = res.restaurant_state.statuses(wanted)
+    return StatusesOut(count=len(statuses), restaurants=statuses)
+
+
+class UnavailabilityOut(BaseModel):
+    schedule_id: str
+    kind: str
+    reason: str | None
+    starts_at: str | None
+    ends_at: str | None
+    created_at: str | None
+    cancelled_at: str | None
+
+
+class UnavailabilityHistoryOut(BaseModel):
+    restaurant_id: str
+    history: list[UnavailabilityOut]
+
+
+@router.get("/restaurants/{restaurant_id}/unavailability", response_model=UnavailabilityHistoryOut,
+            summary="A restaurant's unavailability history, newest first")
+def get_unavailability(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+    if not who.can_read_restaurant(restaurant_id):
+        raise forbidden(f"this key may not read restaurant {restaurant_id!r}")
+    with res.pg.connection() as conn:
+        rows = conn.execute(
+            "SELECT schedule_id, kind, reason, starts_at, ends_at, created_at, cancelled_at"
+            " FROM restaurant_unavailability WHERE restaurant_id = %s"
+            " ORDER BY created_at DESC NULLS LAST, schedule_id LIMIT %s", (restaurant_id, limit)
+        ).fetchall()
+    return UnavailabilityHistoryOut(restaurant_id=restaurant_id, history=[
+        UnavailabilityOut(schedule_id=r[0], kind=r[1], reason=r[2], starts_at=_iso(r[3]), ends_at=_iso(r[4]),
+                          created_at=_iso(r[5]), cancelled_at=_iso(r[6])) for r in rows
+    ])
+
+
+class RankingEntry(BaseModel):
+    rank: int
+    restaurant_id: str
+    unexplained_offline_seconds: int
+
+
+class RankingOut(BaseModel):
+    from_day: str
+    to_day: str
+    ranking: list[RankingEntry]
+
+
+def offline_ranking(res: Resources, first: dt.date, last: dt.date, limit: int) -> list[RankingEntry]:
+    with res.pg.connection() as conn:
+        rows = conn.execute(
+            "SELECT restaurant_id, sum(unexplained_offline_seconds) AS seconds FROM restaurant_offline_daily"
+            " WHERE day BETWEEN %s AND %s GROUP BY restaurant_id HAVING sum(unexplained_offline_seconds) > 0"
+            " ORDER BY seconds DESC, restaurant_id LIMIT %s", (first, last, limit)
+        ).fetchall()
+    return [RankingEntry(rank=n, restaurant_id=r[0], unexplained_offline_seconds=int(r[1]))
+            for n, r in enumerate(rows, start=1)]
+
+
+@router.get("/reports/offline-ranking", response_model=RankingOut,
+            summary="Restaurants ranked by unexplained offline time over a range of days")
+def get_offline_ranking(who: Caller, res: Res,
+                        first: Annotated[dt.date | None, Query(alias="from", description="first day, default today")] = None,
+                        last: Annotated[dt.date | None, Query(alias="to", description="last day (inclusive), default today")] = None,
+                        limit: Annotated[int, Query(ge=1, le=1000)] = 10):
+    if not who.can_read():
+        raise forbidden("this key has no 'read' scope")
+    first = first or today(res)
+    last = last or max(first, today(res))
+    if last < first:
+        raise HTTPException(422, f"to ({last}) is before from ({first})")
+    if (last - first).days > 366:
+        raise HTTPException(422, "the range may span at most 366 days")
+    return RankingOut(from_day=first.isoformat(), to_day=last.isoformat(),
+                      ranking=offline_ranking(res, first, last, limit))

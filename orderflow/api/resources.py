@@ -1,0 +1,67 @@
+"""Clients of the services the API talks to, opened once per process and shared by all requests."""
+from __future__ import annotations
+
+import functools
+
+from orderflow.api.auth import KeyVerifier
+from orderflow.api.config import ApiConfig
+from orderflow.api.kafka_sink import KafkaSink
+from orderflow.config import Settings
+
+
+class Resources:
+    """PostgreSQL pool, Redis, DynamoDB, the Kafka sink and the presence state store (lazily opened)."""
+
+    def __init__(self, settings: Settings, config: ApiConfig):
+        from psycopg_pool import ConnectionPool
+
+        self.settings = settings
+        self.config = config
+        self.pg = ConnectionPool(
+            settings.postgres_dsn, min_size=1, max_size=config.pg_pool_size, open=True,
+            kwargs={"autocommit": True}, timeout=5,
+        )
+        self.keys = KeyVerifier(self.pg, cache_seconds=config.key_cache_seconds)
+
+    @functools.cached_property
+    def redis(self):
+        import redis
+
+        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+
+    @functools.cached_property
+    def dynamodb(self):
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        return boto3.client(
+            "dynamodb", endpoint_url=s.aws_endpoint_url, region_name=s.aws_region,
+            # as many pooled connections as the server has worker threads, and quick failure when down
+            config=Config(max_pool_connections=64, connect_timeout=3, read_timeout=5, retries={"max_attempts": 2}),
+            **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"}
+               if s.aws_endpoint_url else {}),
+        )
+
+    @functools.cached_property
+    def kafka(self) -> KafkaSink:
+        return KafkaSink(self.settings.kafka_bootstrap)
+
+    @functools.cached_property
+    def restaurant_state(self):
+        from orderflow.io.restaurant_state import RestaurantStateStore
+
+        return RestaurantStateStore(self.settings.redis_url)
+
+    @functools.cache  # noqa: B019 - one Resources per process, codecs live as long
+    def codec(self, schema_name: str):
+        from orderflow.io.avro import AvroCodec
+
+        return AvroCodec(schema_name)
+
+    def close(self) -> None:
+        if "kafka" in self.__dict__:
+            self.kafka.close()
+        if "redis" in self.__dict__:
+            self.redis.close()
+        self.pg.close()
