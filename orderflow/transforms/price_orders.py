@@ -1,0 +1,90 @@
+"""Prices batches of Orders through the reference-data side input: code and price of the order's day.
+
+The order's trading day is its event time's calendar day in the exchange time zone. ``total`` is
+``price * quantity`` in exact decimal at the scale of ``schemas/priced_order.avsc`` (never float).
+"""
+from __future__ import annotations
+
+import zoneinfo
+from decimal import Decimal
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from orderflow.io.dead_letter import DeadLetter
+from orderflow.transforms.normalize_orders import encode_order_avro
+
+DEAD_LETTER_TAG = "dead_letter"
+STAGE = "price_orders"
+PRICE_SCALE = Decimal("0.000001")  # scale 6, as the decimal logical types of PricedOrder
+
+
+class _PriceBatch(beam.DoFn):
+    def __init__(self, timezone: str):
+        self.timezone = timezone
+        self.priced = Metrics.counter("orders", "orders_priced")
+        self.dead_letters = Metrics.counter("orders", "dead_letters_pricing")
+        self._reason_counters = {}
+
+    def setup(self):
+        self._zone = zoneinfo.ZoneInfo(self.timezone)
+
+    def _dead(self, order: dict, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
+        counter = self._reason_counters.get(reason)
+        if counter is None:
+            counter = self._reason_counters[reason] = Metrics.counter("orders", f"dead_letter_{reason}")
+        counter.inc()
+        self.dead_letters.inc()
+        # The payload is the order as canonical Avro: valid input for ordem-ativo once the data is fixed.
+        return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+            reason, detail, encode_order_avro(order), order.get("source", "").rpartition("#")[0], STAGE))
+
+    def process(self, orders, reference):
+        priced = []
+        zone = self._zone
+        quantized = {}  # price -> quantized price, once per distinct price in the batch
+        for order in orders:
+            day = order["event_time"].astimezone(zone).date()
+            assets = reference.get(str(day))
+            if assets is None:
+                yield self._dead(order, "no_pricing_code", f"no reference data loaded for trading day {day}")
+                continue
+            entry = assets.get(order["asset"])
+            if entry is None:
+                yield self._dead(order, "unknown_asset", f"asset {order['asset']} is not traded on {day}")
+                continue
+            code, price = entry
+            if code is None:
+                yield self._dead(order, "no_pricing_code", f"no pricing code for {order['asset']} on {day}")
+                continue
+            if price is None:
+                yield self._dead(order, "no_price", f"no price for pricing code {code} ({order['asset']}, {day})")
+                continue
+            exact = quantized.get(price)
+            if exact is None:
+                exact = quantized[price] = price.quantize(PRICE_SCALE)
+            if exact != price:
+                yield self._dead(order, "invalid_price", f"price {price} of {code} has more than 6 decimals")
+                continue
+            priced.append({**order, "trade_day": day, "pricing_code": code, "price": exact,
+                           "total": exact * order["quantity"]})
+        self.priced.inc(len(priced))
+        if priced:
+            yield priced
+
+
+class PriceOrders(beam.PTransform):
+    """``list[Order]`` batches -> ``list[PricedOrder]`` batches (+ ``"dead_letter"``), priced by ``reference``.
+
+    ``reference``: the PCollection from ``ReferenceDataSideInput``, consumed as a singleton side input.
+    """
+
+    def __init__(self, reference, timezone: str = "America/Sao_Paulo"):
+        super().__init__()
+        self.reference = reference
+        self.timezone = timezone
+
+    def expand(self, batches):
+        return batches | "Price" >> beam.ParDo(
+            _PriceBatch(self.timezone), beam.pvalue.AsSingleton(self.reference)
+        ).with_outputs(DEAD_LETTER_TAG, main="priced")

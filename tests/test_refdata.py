@@ -1,0 +1,48 @@
+"""Reference data model on real memcached + DynamoDB: load, read back, CLI."""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+import sys
+from decimal import Decimal
+
+from pymemcache.client.base import Client
+
+from orderflow import refdata
+
+DAY = datetime.date(2026, 11, 20)
+
+
+def test_load_then_read_back_with_gaps(module_settings):
+    entries = {"WEGE3": ("W-1", Decimal("41.5")), "NOCODE3": (None, None), "NOPRICE3": ("NP-1", None)}
+    refdata.load_reference_data(module_settings, DAY, entries)
+    client = Client(module_settings.memcached_host_port)
+    assert client.get(refdata.assets_key(DAY)) == b'["NOCODE3", "NOPRICE3", "WEGE3"]'
+    assert client.get(refdata.pricing_code_key("WEGE3", DAY)) == b"W-1"
+    snapshot = refdata.read_reference_data(module_settings, [DAY, datetime.date(1999, 1, 1)])
+    assert snapshot == {str(DAY): {"WEGE3": ("W-1", Decimal("41.5")), "NOCODE3": (None, None),
+                                   "NOPRICE3": ("NP-1", None)}}
+
+
+def test_sample_prices_are_deterministic_two_decimal_and_per_day():
+    a, b = refdata.sample_prices(DAY), refdata.sample_prices(DAY)
+    assert a == b and len(a) == len(refdata.SAMPLE_ASSETS)
+    assert all(price.as_tuple().exponent == -2 for _, price in a.values())
+    assert refdata.sample_prices(DAY + datetime.timedelta(days=1))["WEGE3"][0] == "WEGE3-20261121"
+
+
+def test_cli_load_and_show(module_settings, tmp_path):
+    env = {**os.environ, "ORDERFLOW_MEMCACHED": module_settings.memcached_address,
+           "ORDERFLOW_AWS_ENDPOINT_URL": module_settings.aws_endpoint_url,
+           "ORDERFLOW_PRICES_TABLE": module_settings.prices_table}
+    csv = tmp_path / "prices.csv"
+    csv.write_text("asset,price,pricing_code\nZZZZ3,12.345678,ZCODE\nYYYY3,,\n")
+    day = "2026-11-19"
+    out = subprocess.run([sys.executable, "-m", "orderflow.refdata", "load", "--day", day, "--file", str(csv)],
+                         env=env, capture_output=True, text=True, check=True).stdout
+    assert "2 assets" in out
+    shown = subprocess.run([sys.executable, "-m", "orderflow.refdata", "show", "--day", day],
+                           env=env, capture_output=True, text=True, check=True).stdout
+    assert "ZZZZ3" in shown and "ZCODE" in shown and "12.345678" in shown
+    assert refdata.read_reference_data(module_settings, [day])[day]["YYYY3"] == ("YYYY3-20261119", None)
