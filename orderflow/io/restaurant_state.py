@@ -1,0 +1,218 @@
+"""Redis hot state of restaurants: what is needed to say "online or offline, and why" right now.
+
+One Redis hash per restaurant, ``{prefix}{restaurant_id}``, written by the presence pipeline:
+
+- ``last_keepalive_ms``: the latest keep-alive's ``sent_at`` (only ever moves forward);
+- ``status``, ``status_since_ms``, ``status_reason``: the restaurant's own availability (the latest
+  SET_STATUS by ``occurred_at`` wins, whatever order events arrive in);
+- ``schedule:{schedule_id}``: JSON ``{"reason", "starts_at_ms", "ends_at_ms", "cancelled_at_ms"}`` of each
+  scheduled unavailability (a cancellation sticks even if the creation arrives after it).
+
+Every write is a Lua script, so concurrent writers merge instead of overwriting each other, and a batch
+of writes is one round trip. ``RestaurantStateStore.statuses`` answers up to thousands of ids with one
+pipelined round trip (HGETALL per id) and evaluates the rules of ``presence_rules`` at ``now``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+
+import redis
+
+from orderflow.transforms.presence_rules import (
+    AVAILABLE,
+    DEFAULT_KEEPALIVE_GAP_MS,
+    SCHEDULE_CANCELLED,
+    SCHEDULE_CREATED,
+    SET_STATUS,
+    UNAVAILABLE,
+    AvailabilityChange,
+    OpeningHours,
+    current_status,
+    ms_to_datetime,
+    to_ms,
+)
+
+DEFAULT_KEY_PREFIX = "restaurant:"
+MAX_IDS_PER_CALL = 10_000
+
+# KEYS: restaurant hashes; ARGV[i]: sent_at ms for KEYS[i]. Keeps the maximum.
+_RECORD_KEEPALIVES = """
+for i, key in ipairs(KEYS) do
+  local current = tonumber(redis.call('HGET', key, 'last_keepalive_ms') or '-1')
+  if tonumber(ARGV[i]) > current then
+    redis.call('HSET', key, 'last_keepalive_ms', ARGV[i])
+  end
+end
+return #KEYS
+"""
+
+# KEYS[1]: restaurant hash; ARGV: occurred_at ms, status, reason ('' = none). The latest occurred_at wins.
+_SET_STATUS = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'status_since_ms') or '-1')
+if tonumber(ARGV[1]) >= current then
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'status_since_ms', ARGV[1], 'status_reason', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1]: restaurant hash; ARGV: field, JSON object of the fields to merge into the stored JSON.
+_MERGE_SCHEDULE = """
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+local merged = stored and cjson.decode(stored) or {}
+for k, v in pairs(cjson.decode(ARGV[2])) do
+  if k == 'cancelled_at_ms' and merged[k] and tonumber(merged[k]) <= tonumber(v) then
+    -- the earliest cancellation stays
+  else
+    merged[k] = v
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
+return 1
+"""
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else ms_to_datetime(ms).isoformat().replace("+00:00", "Z")
+
+
+def _int(value) -> int | None:
+    return None if value in (None, b"", "") else int(value)
+
+
+class RestaurantStateStore:
+    """Reads and writes the restaurants' hot state in Redis.
+
+    ``opening_hours`` and ``keepalive_timeout_ms`` are the rules used to evaluate statuses on read
+    (defaults: 10:00-23:00 America/Sao_Paulo, two minutes).
+    """
+
+    def __init__(self, redis_url: str, *, opening_hours: OpeningHours | None = None,
+                 keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_GAP_MS, key_prefix: str = DEFAULT_KEY_PREFIX,
+                 client: redis.Redis | None = None):
+        self.redis_url = redis_url
+        self.opening_hours = opening_hours or OpeningHours()
+        self.keepalive_timeout_ms = keepalive_timeout_ms
+        self.key_prefix = key_prefix
+        self._client = client
+        self._scripts = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = redis.Redis.from_url(self.redis_url, socket_timeout=10)
+        if self._scripts is None:
+            self._scripts = {
+                "keepalives": self._client.register_script(_RECORD_KEEPALIVES),
+                "status": self._client.register_script(_SET_STATUS),
+                "schedule": self._client.register_script(_MERGE_SCHEDULE),
+            }
+        return self._client
+
+    def key(self, restaurant_id: str) -> str:
+        return f"{self.key_prefix}{restaurant_id}"
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+            self._scripts = None
+
+    # -- writes (the presence pipeline) ------------------------------------------------------------
+    def record_keepalives(self, latest: Mapping[str, int], chunk: int = 5_000) -> int:
+        """Moves each restaurant's ``last_keepalive_ms`` forward to ``latest[id]`` (ms); one script call per
+        ``chunk`` restaurants, all in one pipelined round trip. Returns how many restaurants were given."""
+        client = self.client
+        items = list(latest.items())
+        if not items:
+            return 0
+        with client.pipeline(transaction=False) as pipe:
+            for i in range(0, len(items), chunk):
+                part = items[i:i + chunk]
+                self._scripts["keepalives"](keys=[self.key(r) for r, _ in part], args=[int(ms) for _, ms in part],
+                                            client=pipe)
+            pipe.execute()
+        return len(items)
+
+    def apply_changes(self, changes: Iterable[AvailabilityChange]) -> int:
+        """Applies availability changes (status and schedules) in one pipelined round trip."""
+        client = self.client
+        count = 0
+        with client.pipeline(transaction=False) as pipe:
+            for c in changes:
+                key = self.key(c.restaurant_id)
+                if c.kind == SET_STATUS:
+                    self._scripts["status"](keys=[key], args=[c.occurred_at, c.status, c.reason or ""], client=pipe)
+                elif c.kind == SCHEDULE_CREATED:
+                    fields = {"reason": c.reason, "starts_at_ms": str(c.starts_at),
+                              "ends_at_ms": "" if c.ends_at is None else str(c.ends_at)}
+                    self._scripts["schedule"](keys=[key], args=[f"schedule:{c.schedule_id}", json.dumps(fields)],
+                                              client=pipe)
+                elif c.kind == SCHEDULE_CANCELLED:
+                    self._scripts["schedule"](keys=[key], args=[f"schedule:{c.schedule_id}",
+                                                                json.dumps({"cancelled_at_ms": str(c.occurred_at)})],
+                                              client=pipe)
+                else:
+                    continue
+                count += 1
+            if count:
+                pipe.execute()
+        return count
+
+    # -- reads (the HTTP API) --------------------------------------------------------------------------
+    def raw(self, ids: list[str]) -> list[dict[bytes, bytes]]:
+        """The stored hashes of ``ids`` in order, in one round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for restaurant_id in ids:
+                pipe.hgetall(self.key(restaurant_id))
+            return pipe.execute()
+
+    def statuses(self, ids: list[str], now: dt.datetime | None = None) -> dict[str, dict]:
+        """Status of each restaurant at ``now`` (default: the current time), in ONE Redis round trip::
+
+            {"r-1": {"status": "online" | "offline", "reasons": [...], "last_keepalive": iso | None,
+                     "availability": {"status": "AVAILABLE" | "UNAVAILABLE", "since": iso | None,
+                                      "reason": str | None, "scheduled": [active schedules at now]}}}
+
+        ``reasons`` is empty when online, else any of ``outside_opening_hours``, ``no_keepalive``,
+        ``unavailable``, ``scheduled_unavailability:<REASON>``. Unknown ids answer offline / no_keepalive.
+        """
+        if len(ids) > MAX_IDS_PER_CALL:
+            raise ValueError(f"at most {MAX_IDS_PER_CALL} ids per call, got {len(ids)}")
+        now_ms = to_ms(now or dt.datetime.now(dt.timezone.utc))
+        unique = list(dict.fromkeys(ids))
+        return {rid: self._evaluate(rid, stored, now_ms) for rid, stored in zip(unique, self.raw(unique), strict=True)}
+
+    def _evaluate(self, restaurant_id: str, stored: dict[bytes, bytes], now_ms: int) -> dict:
+        last = _int(stored.get(b"last_keepalive_ms"))
+        status = (stored.get(b"status") or AVAILABLE.encode()).decode()
+        active = []
+        for field, value in stored.items():
+            if not field.startswith(b"schedule:"):
+                continue
+            schedule = json.loads(value)
+            if "starts_at_ms" not in schedule:
+                continue  # a cancellation whose creation has not arrived yet
+            starts, ends = int(schedule["starts_at_ms"]), _int(schedule.get("ends_at_ms"))
+            cancelled = _int(schedule.get("cancelled_at_ms"))
+            until = min(x for x in (ends, cancelled, 2**62) if x is not None)
+            if starts <= now_ms < until:
+                active.append({"schedule_id": field[len(b"schedule:"):].decode(), "reason": schedule["reason"],
+                               "starts_at": _iso(starts), "ends_at": _iso(ends)})
+        active.sort(key=lambda s: (s["starts_at"], s["schedule_id"]))
+        online, reasons = current_status(now_ms, last, status, [s["reason"] for s in active],
+                                         self.opening_hours, self.keepalive_timeout_ms)
+        return {
+            "status": online,
+            "reasons": reasons,
+            "last_keepalive": _iso(last),
+            "availability": {
+                "status": UNAVAILABLE if (status == UNAVAILABLE or active) else AVAILABLE,
+                "set_status": status,
+                "since": _iso(_int(stored.get(b"status_since_ms"))),
+                "reason": (stored.get(b"status_reason") or b"").decode() or None,
+                "scheduled": active,
+            },
+        }

@@ -1,0 +1,96 @@
+"""RestaurantStateStore against the session's real Redis."""
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+import redis
+
+from orderflow.io.restaurant_state import RestaurantStateStore
+from orderflow.transforms.presence_rules import AvailabilityChange, OpeningHours
+
+SP = OpeningHours()
+TZ = SP.tz
+
+
+def at(hh: int, mm: int = 0, ss: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 3, 10, hh, mm, ss, tzinfo=TZ)
+
+
+def ms(d: dt.datetime) -> int:
+    return int(d.timestamp() * 1000)
+
+
+class CountingConnection(redis.Connection):
+    """Counts writes to the socket: a pipeline is one write, so this counts round trips."""
+
+    sends = 0
+
+    def send_packed_command(self, command, check_health=True):
+        CountingConnection.sends += 1
+        return super().send_packed_command(command, check_health)
+
+
+@pytest.fixture
+def store(stack_settings):
+    prefix = f"t-{uuid.uuid4().hex[:8]}:restaurant:"
+    s = RestaurantStateStore(stack_settings.redis_url, key_prefix=prefix)
+    yield s
+    s.close()
+
+
+def change(rid, kind, occurred, *, status=None, schedule_id=None, reason=None, starts=None, ends=None):
+    return AvailabilityChange(uuid.uuid4().hex, rid, kind, status, schedule_id, reason,
+                              None if starts is None else ms(starts), None if ends is None else ms(ends), ms(occurred))
+
+
+def test_keepalive_moves_only_forward_and_drives_online(store):
+    store.record_keepalives({"r1": ms(at(12, 0, 30)), "r2": ms(at(12))})
+    store.record_keepalives({"r1": ms(at(12, 0, 0))})  # older: ignored
+    got = store.statuses(["r1", "r2", "never-seen"], now=at(12, 2, 0))
+    assert got["r1"]["status"] == "online" and got["r1"]["reasons"] == []
+    assert got["r1"]["last_keepalive"] == at(12, 0, 30).astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    assert got["r2"] == got["r2"] | {"status": "offline", "reasons": ["no_keepalive"]}  # exactly 2 min: timed out
+    assert got["never-seen"]["reasons"] == ["no_keepalive"] and got["never-seen"]["last_keepalive"] is None
+
+
+def test_outside_opening_hours_is_offline_even_when_pinging(store):
+    store.record_keepalives({"r1": ms(at(23, 0, 10))})
+    got = store.statuses(["r1"], now=at(23, 0, 20))["r1"]
+    assert got["status"] == "offline" and got["reasons"] == ["outside_opening_hours"]
+
+
+def test_status_latest_occurred_at_wins_and_schedules(store):
+    store.record_keepalives({"r1": ms(at(15))})
+    store.apply_changes([
+        change("r1", "SET_STATUS", at(14, 30), status="AVAILABLE"),
+        change("r1", "SET_STATUS", at(14, 0), status="UNAVAILABLE"),  # older, arrives later: ignored
+        change("r1", "SCHEDULE_CREATED", at(13), schedule_id="s1", reason="HOLIDAYS", starts=at(15), ends=at(16)),
+        change("r1", "SCHEDULE_CANCELLED", at(14), schedule_id="s2"),  # cancellation before its creation
+        change("r1", "SCHEDULE_CREATED", at(13), schedule_id="s2", reason="OVERLOADED_OFFLINE_ORDERS",
+               starts=at(15), ends=at(17)),
+    ])
+    got = store.statuses(["r1"], now=at(15, 1))["r1"]
+    assert got["status"] == "offline"
+    assert got["reasons"] == ["scheduled_unavailability:HOLIDAYS"]
+    assert got["availability"]["status"] == "UNAVAILABLE" and got["availability"]["set_status"] == "AVAILABLE"
+    assert [s["schedule_id"] for s in got["availability"]["scheduled"]] == ["s1"]
+    store.apply_changes([change("r1", "SET_STATUS", at(16, 30), status="UNAVAILABLE", reason="CONNECTION_ISSUES")])
+    store.record_keepalives({"r1": ms(at(16, 30))})
+    got = store.statuses(["r1"], now=at(16, 31))["r1"]
+    assert got["reasons"] == ["unavailable"] and got["availability"]["reason"] == "CONNECTION_ISSUES"
+
+
+def test_a_thousand_statuses_in_one_round_trip(stack_settings):
+    pool = redis.ConnectionPool.from_url(stack_settings.redis_url, connection_class=CountingConnection)
+    prefix = f"t-{uuid.uuid4().hex[:8]}:restaurant:"
+    store = RestaurantStateStore(stack_settings.redis_url, key_prefix=prefix, client=redis.Redis(connection_pool=pool))
+    ids = [f"r{i}" for i in range(1000)]
+    store.record_keepalives({rid: ms(at(12)) for rid in ids[::2]})
+    store.client.ping()  # the connection (and its handshake) exists before counting
+    before = CountingConnection.sends
+    got = store.statuses(ids, now=at(12, 1))
+    assert CountingConnection.sends - before == 1
+    assert len(got) == 1000
+    assert sum(v["status"] == "online" for v in got.values()) == 500
