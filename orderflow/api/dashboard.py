@@ -1,15 +1,17 @@
 """``/dashboard``: a page for the commercial team, refreshed live over server-sent events.
 
 One feed per process computes a snapshot every ``dashboard_refresh_seconds`` (restaurant status counts
-from each restaurant's latest status interval, today's offline ranking, today's client volumes) and
+from the Redis hot state, today's offline ranking, today's client volumes) and
 pushes it to every open page only when it changed, so the cost does not grow with the number of pages.
 The page is plain HTML with a little inline JavaScript (EventSource); no build step.
 """
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import pathlib
+import time
 from decimal import Decimal
 from typing import Annotated
 
@@ -26,14 +28,33 @@ PAGE = (pathlib.Path(__file__).parent / "dashboard.html").read_text()
 TOP_CLIENTS = 20
 
 
-def status_counts(res: Resources) -> dict[str, int]:
-    """Restaurants per current status (the status of each restaurant's latest interval)."""
-    with res.pg.connection() as conn:
-        rows = conn.execute(
-            "SELECT status, count(*) FROM (SELECT DISTINCT ON (restaurant_id) status"
-            " FROM restaurant_status_intervals ORDER BY restaurant_id, start_at DESC) latest GROUP BY status"
-        ).fetchall()
-    return {status: int(count) for status, count in rows}
+def status_counts(res: Resources) -> dict:
+    """Restaurants online/offline right now, and offline ones per reason, from the Redis hot state.
+
+    Every restaurant the presence pipeline has seen is evaluated (SCAN of its hashes, then statuses in
+    chunks of 1,000 ids, one round trip each), with the same rules as ``/restaurants/status``.
+    """
+    store = res.restaurant_state
+    prefix = store.key_prefix
+    counts = {"online": 0, "offline": 0}
+    reasons: dict[str, int] = {}
+    chunk: list[str] = []
+
+    def evaluate(ids: list[str]) -> None:
+        for status in store.statuses(ids, now).values():
+            counts[status["status"]] = counts.get(status["status"], 0) + 1
+            for reason in status["reasons"]:
+                reasons[reason] = reasons.get(reason, 0) + 1
+
+    now = dt.datetime.now(dt.timezone.utc)
+    for key in store.client.scan_iter(match=f"{prefix}*", count=1000):
+        chunk.append(key.decode()[len(prefix):])
+        if len(chunk) == 1000:
+            evaluate(chunk)
+            chunk = []
+    if chunk:
+        evaluate(chunk)
+    return {**counts, "restaurants": counts["online"] + counts["offline"], "offline_reasons": reasons}
 
 
 def client_volumes_today(res: Resources, limit: int = TOP_CLIENTS) -> list[dict]:
@@ -87,6 +108,7 @@ class DashboardFeed:
 
     async def _run(self) -> None:
         while self.listeners > 0:
+            started = time.monotonic()
             try:
                 data = json.dumps(await run_in_threadpool(snapshot, self.res), sort_keys=True)
             except Exception as exc:  # noqa: BLE001 - keep the feed alive; the page shows the error
@@ -95,7 +117,9 @@ class DashboardFeed:
                 async with self.changed:
                     self.current, self.version = data, self.version + 1
                     self.changed.notify_all()
-            await asyncio.sleep(self.res.config.dashboard_refresh_seconds)
+            # A slow snapshot (many restaurants) is taken less often, so the feed never hogs the process.
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(self.res.config.dashboard_refresh_seconds, 2 * elapsed))
         self._task = None
 
     async def events(self, request: Request):

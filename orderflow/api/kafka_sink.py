@@ -28,6 +28,7 @@ class KafkaSink:
         config = {
             "bootstrap.servers": bootstrap_servers,
             "acks": "all",
+            "enable.idempotence": True,  # a retried produce never duplicates a record
             "linger.ms": 2,
             "message.timeout.ms": 15_000,
             "socket.keepalive.enable": True,
@@ -84,3 +85,4 @@ class KafkaSink:
         self._stop.set()
         self._poller.join(timeout=2)
         self._producer.flush(5)
+        self._producer = None  # librdkafka closes its connections when the handle is released

@@ -1,0 +1,200 @@
+"""Contract tests of the ingest endpoints against the real stack: what they answer and what lands on Kafka."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from orderflow.io.avro import AvroCodec
+from orderflow.transforms.normalize_orders import encode_order_avro
+from tests.api.kafka_check import count_records, read_at
+
+ORDER_CODEC = AvroCodec("order")
+AVAILABILITY_CODEC = AvroCodec("restaurant_availability")
+
+
+def _landed_order(api, record: dict) -> dict:
+    msg = read_at(api.settings.kafka_bootstrap, record["topic"], record["partition"], record["offset"])
+    return ORDER_CODEC.decode(msg.value())
+
+
+def test_plain_json_order_lands_on_kafka_at_the_answered_offset(api, ingester):
+    resp = ingester.post("/orders", json={"ativo": "PETR4", "quantidade": 100, "token": "client-a"})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["accepted"] == 1
+    record = body["records"][0]
+    assert record["topic"] == api.settings.topics.orders
+    order = _landed_order(api, record)
+    assert (order["asset"], order["quantity"], order["client_token"]) == ("PETR4", 100, "client-a")
+    assert order["order_id"] == record["order_id"]
+    assert order["source_format"] == "JSON"
+
+
+def test_json_list_rest_proxy_envelope_csv_and_avro_are_all_accepted(api, ingester):
+    listed = ingester.post("/orders", json=[{"ativo": "VALE3", "quantidade": 1, "token": "c1"},
+                                            {"asset": "ITUB4", "quantity": 2, "client_token": "c2"}])
+    assert listed.status_code == 202, listed.text
+    assert [o["client_token"] for o in map(lambda r: _landed_order(api, r), listed.json()["records"])] == ["c1", "c2"]
+
+    envelope = {"records": [{"value": {"ativo": "WEGE3", "quantidade": i + 1, "token": f"rp-{i}"}} for i in range(40)]}
+    resp = ingester.post("/orders", content=json.dumps(envelope),
+                         headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+    assert resp.status_code == 202, resp.text
+    records = resp.json()["records"]
+    assert len(records) == 40 and len({r["order_id"] for r in records}) == 40
+    last = _landed_order(api, records[-1])
+    assert (last["client_token"], last["quantity"], last["source_format"]) == ("rp-39", 40, "REST_PROXY")
+
+    csv = "PETR4,10,csv-a\nVALE3,20,csv-b,my-order-1\n"
+    resp = ingester.post("/orders", content=csv, headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 202, resp.text
+    records = resp.json()["records"]
+    assert records[1]["order_id"] == "my-order-1"
+    assert _landed_order(api, records[0])["source_format"] == "CSV"
+
+    avro = encode_order_avro({"order_id": "avro-1", "client_token": "av", "asset": "BBAS3", "quantity": 3,
+                              "event_time": dt.datetime(2026, 1, 5, 13, 0, tzinfo=dt.timezone.utc),
+                              "source_format": "AVRO"})
+    resp = ingester.post("/orders", content=avro, headers={"Content-Type": "application/avro"})
+    assert resp.status_code == 202, resp.text
+    assert _landed_order(api, resp.json()["records"][0])["order_id"] == "avro-1"
+
+
+def test_a_batch_with_one_invalid_order_is_rejected_whole(api, ingester):
+    topic, partitions = api.settings.topics.orders, api.settings.topic_partitions
+    before = count_records(api.settings.kafka_bootstrap, topic, partitions)
+    records = [{"value": {"ativo": "PETR4", "quantidade": 5, "token": f"t{i}"}} for i in range(10)]
+    records[7]["value"]["quantidade"] = -3
+    resp = ingester.post("/orders", json={"records": records})
+    assert resp.status_code == 422
+    assert "invalid_quantity" in resp.json()["detail"] and "nothing was accepted" in resp.json()["detail"]
+    csv = "PETR4,10,a\nnot a line\n"
+    assert ingester.post("/orders", content=csv, headers={"Content-Type": "text/csv"}).status_code == 422
+    assert count_records(api.settings.kafka_bootstrap, topic, partitions) == before
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"", "empty body"),
+    (b"{not json", "unparseable"),
+    (b'{"ativo": "PETR4", "quantidade": 1}', "token"),
+    (b'{"records": []}', "non-empty list"),
+])
+def test_unusable_order_bodies_get_422_with_the_reason(ingester, body, reason):
+    resp = ingester.post("/orders", content=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422, resp.text
+    assert reason in resp.json()["detail"]
+
+
+def test_body_and_batch_limits_give_413(api, ingester, api_config):
+    big = "PETR4,1,x\n" * (api_config.max_body_bytes // 10 + 10)
+    resp = ingester.post("/orders", content=big, headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 413 and "larger than" in resp.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        for _ in range(100):
+            yield b"PETR4,1,x\n" * 100
+
+    resp = ingester.post("/orders", content=chunks(), headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 413
+
+    many = "\n".join(f"PETR4,1,c{i}" for i in range(api_config.max_orders_per_request + 1))
+    resp = ingester.post("/orders", content=many, headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 413 and "split the batch" in resp.json()["detail"]
+
+
+def test_ingest_needs_a_key_with_ingest_scope(api, anonymous, reader):
+    order = {"ativo": "PETR4", "quantidade": 1, "token": "x"}
+    resp = anonymous.post("/orders", json=order)
+    assert resp.status_code == 401 and "missing API key" in resp.json()["detail"]
+    resp = anonymous.post("/orders", json=order, headers={"X-API-Key": "of_000000000000_" + "A" * 43})
+    assert resp.status_code == 401 and "invalid" in resp.json()["detail"]
+    resp = reader.post("/orders", json=order)
+    assert resp.status_code == 403 and "ingest" in resp.json()["detail"]
+    key = api.key("ingest")
+    resp = anonymous.post("/orders", json=order, headers={"Authorization": f"Bearer {key}"})
+    assert resp.status_code == 202
+
+
+def test_keepalive_lands_keyed_by_restaurant(api, ingester):
+    sent_at = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    resp = ingester.post("/restaurants/r-1/keepalive", json={"sent_at": sent_at.isoformat()})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["topic"] == api.settings.topics.keepalive
+    msg = read_at(api.settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
+    assert msg.key() == b"r-1"
+    ping = AvroCodec("restaurant_keepalive").decode(msg.value())
+    assert ping["restaurant_id"] == "r-1" and ping["sent_at"] == sent_at
+    assert ingester.post("/restaurants/r-1/keepalive").status_code == 202  # no body: sent now
+
+
+def test_a_restaurant_key_acts_only_for_its_restaurant(api, reader):
+    with api.client(api.key("restaurant:r-7")) as own:
+        assert own.post("/restaurants/r-7/keepalive").status_code == 202
+        resp = own.post("/restaurants/r-8/keepalive")
+        assert resp.status_code == 403 and "r-8" in resp.json()["detail"]
+        assert own.put("/restaurants/r-8/availability", json={"status": "AVAILABLE"}).status_code == 403
+        assert own.post("/orders", json={"ativo": "PETR4", "quantidade": 1, "token": "x"}).status_code == 403
+    assert reader.post("/restaurants/r-7/keepalive").status_code == 403
+
+
+def test_availability_is_a_set_status_event(api, ingester):
+    resp = ingester.put("/restaurants/r-2/availability",
+                        json={"status": "UNAVAILABLE", "reason": "CONNECTION_ISSUES"})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    msg = read_at(api.settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
+    event = AVAILABILITY_CODEC.decode(msg.value())
+    assert (event["kind"], event["status"], event["reason"], event["event_id"]) == (
+        "SET_STATUS", "UNAVAILABLE", "CONNECTION_ISSUES", body["event_id"])
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"status": "SLEEPING"}, "status"),
+    ({"status": "AVAILABLE", "reason": "HOLIDAYS"}, "only with status UNAVAILABLE"),
+    ({"status": "UNAVAILABLE", "reason": "BORED"}, "reason"),
+    ({}, "status: Field required"),
+])
+def test_bad_availability_gets_422_naming_the_field(ingester, body, words):
+    resp = ingester.put("/restaurants/r-2/availability", json=body)
+    assert resp.status_code == 422
+    assert words in resp.json()["detail"]
+
+
+def test_schedule_and_cancel_unavailability(api, ingester):
+    starts = dt.datetime(2026, 12, 24, 18, 0, tzinfo=dt.timezone.utc)
+    resp = ingester.post("/restaurants/r-3/unavailability", json={
+        "reason": "HOLIDAYS", "starts_at": starts.isoformat(), "ends_at": (starts + dt.timedelta(days=2)).isoformat()})
+    assert resp.status_code == 202, resp.text
+    created = resp.json()
+    event = AVAILABILITY_CODEC.decode(read_at(api.settings.kafka_bootstrap, created["topic"],
+                                              created["partition"], created["offset"]).value())
+    assert (event["kind"], event["schedule_id"], event["starts_at"]) == ("SCHEDULE_CREATED", created["schedule_id"], starts)
+
+    resp = ingester.delete(f"/restaurants/r-3/unavailability/{created['schedule_id']}")
+    assert resp.status_code == 202, resp.text
+    cancelled = resp.json()
+    event = AVAILABILITY_CODEC.decode(read_at(api.settings.kafka_bootstrap, cancelled["topic"],
+                                              cancelled["partition"], cancelled["offset"]).value())
+    assert (event["kind"], event["schedule_id"]) == ("SCHEDULE_CANCELLED", created["schedule_id"])
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00+00:00", "ends_at": "2026-12-24T17:00:00+00:00"},
+     "ends_at must be after starts_at"),
+    ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00"}, "timezone"),
+    ({"reason": "HOLIDAYS"}, "starts_at: Field required"),
+    ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00Z", "schedule_id": "bad id!"}, "schedule_id"),
+])
+def test_bad_unavailability_gets_422(ingester, body, words):
+    resp = ingester.post("/restaurants/r-3/unavailability", json=body)
+    assert resp.status_code == 422, resp.text
+    assert words in resp.json()["detail"]
+
+
+def test_malformed_json_body_gets_422(ingester):
+    resp = ingester.put("/restaurants/r-2/availability", content=b"{oops", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 422
+    assert "JSON" in resp.json()["detail"]

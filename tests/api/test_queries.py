@@ -1,0 +1,182 @@
+"""Contract tests of the query endpoints against the real stack, over data seeded in the owners' tables.
+
+The tables belong to the orders and presence pipelines (their migrations create them in the module's
+database); the Redis hot state is written through the presence pipeline's own ``RestaurantStateStore``.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import time
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from orderflow.bootstrap import aws_client
+from orderflow.transforms.presence_rules import AvailabilityChange
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(scope="module")
+def seeded(api_settings):
+    with psycopg.connect(api_settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orders (order_id, client_token, asset, quantity, pricing_code, price, total, event_time,"
+            " trade_day, source_format) VALUES"
+            " ('o-1', 'alice', 'PETR4', 300, 'PC-PETR4', 38.123456, 11437.0368, '2026-03-02T13:00:00Z', '2026-03-02', 'JSON'),"
+            " ('o-2', 'bob', 'VALE3', 10, 'PC-VALE3', 61.5, 615.0, '2026-03-02T14:00:00Z', '2026-03-02', 'CSV')"
+        )
+        conn.execute(
+            "INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold, fired_at) VALUES"
+            " ('big-client', 'alice', '2026-03-02T13:00:00Z', '2026-03-02T13:05:00Z', 200000.50, 100000, '2026-03-02T13:05:01Z'),"
+            " ('big-market', '*', '2026-03-02T13:00:00Z', '2026-03-02T13:05:00Z', 900000, 500000, '2026-03-02T13:05:02Z'),"
+            " ('big-client', 'bob', '2026-02-01T13:00:00Z', '2026-02-01T13:05:00Z', 150000, 100000, '2026-02-01T13:05:01Z')"
+        )
+        conn.execute(
+            "INSERT INTO restaurant_unavailability (restaurant_id, schedule_id, kind, reason, starts_at, ends_at,"
+            " created_at, cancelled_at) VALUES"
+            " ('r-10', 's-old', 'schedule', 'HOLIDAYS', '2026-01-01T00:00Z', '2026-01-02T00:00Z', '2025-12-20T10:00Z', NULL),"
+            " ('r-10', 's-new', 'schedule', 'OVERLOADED_OFFLINE_ORDERS', '2026-03-01T18:00Z', NULL, '2026-03-01T17:00Z', '2026-03-01T19:00Z'),"
+            " ('r-11', 'e-1', 'status', 'CONNECTION_ISSUES', '2026-03-01T18:00Z', NULL, '2026-03-01T18:00Z', NULL)"
+        )
+        conn.execute(
+            "INSERT INTO restaurant_offline_daily (restaurant_id, day, unexplained_offline_seconds) VALUES"
+            " ('r-10', '2026-03-01', 600), ('r-10', '2026-03-02', 900),"
+            " ('r-11', '2026-03-01', 1200), ('r-12', '2026-03-02', 30), ('r-13', '2026-03-02', 0),"
+            " ('r-14', '2026-02-01', 99999)"
+        )
+    aws_client(api_settings, "dynamodb").put_item(TableName=api_settings.client_volume_table, Item={
+        "client_token": {"S": "alice"}, "day": {"S": "2026-03-02"}, "total": {"N": "11437.0368"},
+        "order_count": {"N": "1"}, "updated_at": {"S": "2026-03-02T13:00:01Z"}})
+    return api_settings
+
+
+def test_order_by_id(seeded, reader):
+    resp = reader.get("/orders/o-1")
+    assert resp.status_code == 200, resp.text
+    order = resp.json()
+    assert order["client_token"] == "alice" and order["quantity"] == 300
+    assert Decimal(order["total"]) == Decimal("11437.0368") and Decimal(order["price"]) == Decimal("38.123456")
+    assert order["trade_day"] == "2026-03-02"
+    assert dt.datetime.fromisoformat(order["event_time"]) == dt.datetime(2026, 3, 2, 13, tzinfo=UTC)
+    resp = reader.get("/orders/nope")
+    assert resp.status_code == 404 and "nope" in resp.json()["detail"]
+
+
+def test_a_client_key_reads_only_its_orders(seeded, api, anonymous):
+    with api.client(api.key("client:alice")) as alice:
+        assert alice.get("/orders/o-1").status_code == 200
+        resp = alice.get("/orders/o-2")
+        assert resp.status_code == 403 and "alice" in resp.json()["detail"]
+    with api.client(api.key("ingest")) as ingest_only:
+        assert ingest_only.get("/orders/o-1").status_code == 403
+    assert anonymous.get("/orders/o-1").status_code == 401
+
+
+def test_client_volume_from_dynamodb(seeded, api, reader):
+    resp = reader.get("/clients/alice/volume", params={"day": "2026-03-02"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"client_token": "alice", "day": "2026-03-02", "total": "11437.0368", "order_count": 1,
+                           "updated_at": "2026-03-02T13:00:01Z"}
+    empty = reader.get("/clients/alice/volume", params={"day": "2026-03-03"}).json()
+    assert (empty["total"], empty["order_count"]) == ("0", 0)
+    assert reader.get("/clients/alice/volume").json()["day"]  # default: today
+    resp = reader.get("/clients/alice/volume", params={"day": "2026-13-40"})
+    assert resp.status_code == 422 and "day" in resp.json()["detail"]
+    with api.client(api.key("client:alice")) as alice:
+        assert alice.get("/clients/alice/volume", params={"day": "2026-03-02"}).status_code == 200
+        resp = alice.get("/clients/bob/volume")
+        assert resp.status_code == 403 and "bob" in resp.json()["detail"]
+
+
+def test_alarms_since(seeded, api, reader):
+    resp = reader.get("/alarms", params={"since": "2026-03-01T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    alarms = resp.json()["alarms"]
+    assert [(a["rule_id"], a["scope"]) for a in alarms] == [("big-market", "*"), ("big-client", "alice")]
+    assert alarms[1]["total"] == "200000.50"
+    assert len(reader.get("/alarms", params={"since": "2026-01-01T00:00:00Z"}).json()["alarms"]) == 3
+    assert reader.get("/alarms", params={"since": "2026-01-01T00:00:00Z", "limit": 1}).json()["alarms"][0]["rule_id"] == "big-market"
+    resp = reader.get("/alarms", params={"since": "2026-03-01T00:00:00"})
+    assert resp.status_code == 422 and "since" in resp.json()["detail"]
+    assert reader.get("/alarms", params={"limit": 0}).status_code == 422
+    with api.client(api.key("client:bob")) as bob:
+        mine = bob.get("/alarms", params={"since": "2026-01-01T00:00:00Z"}).json()["alarms"]
+        assert [(a["rule_id"], a["scope"]) for a in mine] == [("big-client", "bob")]
+    with api.client(api.key("restaurant:r-1")) as restaurant:
+        assert restaurant.get("/alarms").status_code == 403
+
+
+def test_restaurant_statuses_in_one_call(api, reader, state_store):
+    now_ms = int(time.time() * 1000)
+    state_store.record_keepalives({"q-online": now_ms, "q-down": now_ms})
+    state_store.apply_changes([AvailabilityChange("e-1", "q-down", "SET_STATUS", "UNAVAILABLE", None,
+                                                  "LACK_OF_DELIVERY_STAFF", None, None, now_ms)])
+    resp = reader.get("/restaurants/status", params={"ids": "q-online,q-down,q-unknown"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["count"] == 3
+    down = body["restaurants"]["q-down"]
+    assert down["status"] == "offline" and "unavailable" in down["reasons"]
+    assert down["availability"]["reason"] == "LACK_OF_DELIVERY_STAFF"
+    assert "no_keepalive" not in body["restaurants"]["q-online"]["reasons"]
+    assert body["restaurants"]["q-unknown"]["reasons"][-1] == "no_keepalive"
+    assert body["restaurants"]["q-online"]["last_keepalive"] is not None
+
+
+def test_status_id_count_limit(api, reader, api_config):
+    ids = ",".join(f"r-{i}" for i in range(api_config.max_ids))
+    resp = reader.get("/restaurants/status", params={"ids": ids})
+    assert resp.status_code == 200 and resp.json()["count"] == api_config.max_ids
+    resp = reader.get("/restaurants/status", params={"ids": ids + ",one-more"})
+    assert resp.status_code == 422 and f"at most {api_config.max_ids}" in resp.json()["detail"]
+    assert reader.get("/restaurants/status", params={"ids": " , ,"}).status_code == 422
+    resp = reader.get("/restaurants/status")
+    assert resp.status_code == 422 and "ids: Field required" in resp.json()["detail"]
+
+
+def test_a_restaurant_key_reads_only_its_restaurant(api):
+    with api.client(api.key("restaurant:r-10")) as own:
+        assert own.get("/restaurants/status", params={"ids": "r-10"}).status_code == 200
+        resp = own.get("/restaurants/status", params={"ids": "r-10,r-11"})
+        assert resp.status_code == 403 and "r-11" in resp.json()["detail"]
+        assert own.get("/restaurants/r-10/unavailability").status_code == 200
+        assert own.get("/restaurants/r-11/unavailability").status_code == 403
+        assert own.get("/reports/offline-ranking").status_code == 403
+
+
+def test_unavailability_history_newest_first(seeded, reader):
+    resp = reader.get("/restaurants/r-10/unavailability")
+    assert resp.status_code == 200, resp.text
+    history = resp.json()["history"]
+    assert [h["schedule_id"] for h in history] == ["s-new", "s-old"]
+    assert history[0]["cancelled_at"] is not None and history[0]["ends_at"] is None
+    assert reader.get("/restaurants/r-99/unavailability").json()["history"] == []
+    assert reader.get("/restaurants/bad id!/unavailability").status_code == 422
+
+
+def test_offline_ranking(seeded, reader):
+    resp = reader.get("/reports/offline-ranking", params={"from": "2026-03-01", "to": "2026-03-02"})
+    assert resp.status_code == 200, resp.text
+    ranking = resp.json()["ranking"]
+    assert [(e["rank"], e["restaurant_id"], e["unexplained_offline_seconds"]) for e in ranking] == [
+        (1, "r-10", 1500), (2, "r-11", 1200), (3, "r-12", 30)]
+    one_day = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "to": "2026-03-02", "limit": 1})
+    assert [e["restaurant_id"] for e in one_day.json()["ranking"]] == ["r-10"]
+    resp = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "to": "2026-03-01"})
+    assert resp.status_code == 422 and "before" in resp.json()["detail"]
+    resp = reader.get("/reports/offline-ranking", params={"from": "2024-01-01", "to": "2026-03-01"})
+    assert resp.status_code == 422 and "366" in resp.json()["detail"]
+    assert reader.get("/reports/offline-ranking", params={"limit": 5000}).status_code == 422
+
+
+def test_a_revoked_key_is_refused(api, seeded):
+    from orderflow.api.auth import revoke_key
+
+    key = api.key("read")
+    with api.client(key) as client:
+        assert client.get("/orders/o-1").status_code == 200
+        assert revoke_key(api.settings.postgres_dsn, key.split("_")[1])
+        resp = client.get("/orders/o-1")
+        assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
