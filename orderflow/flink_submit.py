@@ -1,0 +1,430 @@
+"""Submits an orderflow pipeline to Flink through Beam's FlinkRunner (the engine behind ``run_flink.sh``).
+
+``python -m orderflow.flink_submit orders|presence [launcher options] [pipeline options]``
+
+The launcher resolves one streaming submission from a few production knobs (Flink master and version,
+parallelism, checkpointing, where the Python SDK workers run, ``--setup_file``) plus every other option
+passed through to Beam and to the pipeline's own ``PipelineOptions`` subclass. Before anything is
+submitted the whole command line is validated strictly against every registered ``PipelineOptions``
+class (Beam's, ``FlinkJobOptions`` below, and the pipeline's ``OrdersOptions``/``PresenceOptions``), so
+a typo fails here with a clear message instead of being silently dropped by Beam.
+
+``--dry-run`` does all of that, builds the pipeline graph with the resolved options and translates it to
+the portable pipeline proto that FlinkRunner would submit, prints the resolved submission as JSON and
+exits, with every socket connection refused (``no_network``), so it is safe anywhere.
+
+Submission itself (without ``--dry-run``) uses ``--flink_submit_uber_jar`` by default: the SDK builds
+a jar holding the pipeline proto and its artifacts and posts it to the JobManager's REST API, so no
+Beam job server has to run beside the cluster. The Flink job server jar is downloaded from Maven
+Central on first use unless ``--flink_job_server_jar`` points at a local copy (as in ``deploy/``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
+import pathlib
+import sys
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    PipelineOptions,
+    PortableOptions,
+    SetupOptions,
+    StandardOptions,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Pipeline name -> module defining OrdersOptions/PresenceOptions, build(pipeline, options) and run(argv).
+PIPELINES: dict[str, str] = {
+    "orders": "orderflow.pipelines.orders",
+    "presence": "orderflow.pipelines.presence",
+}
+
+# Flink 1.20 is the long-term-support line of Flink 1.x and a version the Flink Kubernetes operator and
+# Beam 2.77 both publish; deploy/ pins the same version in its image and FlinkDeployment.
+DEFAULT_FLINK_VERSION = "1.20"
+# A checkpoint a minute bounds the replay after a failure to about a minute of input (see docs/deploy.md).
+DEFAULT_CHECKPOINTING_INTERVAL_MS = 60_000
+# Key groups: the upper bound of any future parallelism, fixed for the life of the job's state
+# (changing it invalidates savepoints). 720 divides evenly by every parallelism the capacity plan uses.
+DEFAULT_MAX_PARALLELISM = 720
+# Production environments only: LOOPBACK runs user code inside the submitting process (tests only).
+ENVIRONMENT_TYPES = ("EXTERNAL", "PROCESS", "DOCKER")
+BEAM_SDK_IMAGE = "apache/beam_python3.11_sdk:2.77.0"
+DEFAULT_ENVIRONMENT_CONFIG = {
+    # The SDK worker pool runs as a sidecar of every TaskManager (deploy/flinkdeployment-*.yaml).
+    "EXTERNAL": "localhost:50000",
+    # The boot binary of the Beam SDK image, present in an image built FROM it.
+    "PROCESS": json.dumps({"command": "/opt/apache/beam/boot"}),
+    "DOCKER": BEAM_SDK_IMAGE,
+}
+MAGIC_FLINK_MASTERS = ("[local]", "[auto]")
+
+
+class SubmissionError(ValueError):
+    """The command line cannot be turned into a valid submission; the message says why."""
+
+
+class FlinkJobOptions(PipelineOptions):
+    """Options of the Flink runner that Beam's Python SDK does not declare itself.
+
+    They belong to the Java ``FlinkPipelineOptions`` of the job server and are passed to it unchanged
+    (``--checkpointing_interval`` becomes ``checkpointingInterval`` there). Declaring them here lets the
+    launcher type-check them before submission; options left unset are not sent at all.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument("--checkpointing_interval", type=int, default=None,
+                            help="Milliseconds between checkpoints; unset = no checkpoints.")
+        parser.add_argument("--checkpointing_mode", choices=["EXACTLY_ONCE", "AT_LEAST_ONCE"], default=None,
+                            help="Checkpoint barrier alignment mode.")
+        parser.add_argument("--checkpoint_timeout_millis", type=int, default=None,
+                            help="A checkpoint not complete after this long is aborted.")
+        parser.add_argument("--min_pause_between_checkpoints", type=int, default=None,
+                            help="Milliseconds the job processes between two checkpoints, however long they take.")
+        parser.add_argument("--num_concurrent_checkpoints", type=int, default=None,
+                            help="Checkpoints allowed in flight at once.")
+        parser.add_argument("--tolerable_checkpoint_failure_number", type=int, default=None,
+                            help="Consecutive checkpoint failures tolerated before the job restarts.")
+        parser.add_argument("--max_bundle_size", type=int, default=None,
+                            help="Elements per bundle sent to the SDK worker.")
+        parser.add_argument("--max_bundle_time_mills", type=int, default=None,
+                            help="Milliseconds after which a bundle is closed even if not full.")
+        parser.add_argument("--auto_watermark_interval", type=int, default=None,
+                            help="Milliseconds between watermark emissions of the sources.")
+        parser.add_argument("--savepoint_path", default=None,
+                            help="Savepoint or retained checkpoint to restore the job's state from.")
+        parser.add_argument("--allow_non_restored_state", action="store_true", default=None,
+                            help="Accept a savepoint with state for operators the new graph no longer has.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """One resolved submission: which pipeline, and the full Beam command line it runs with."""
+
+    pipeline: str
+    module: str
+    beam_args: tuple[str, ...]
+    dry_run: bool = False
+
+    def options(self) -> PipelineOptions:
+        return PipelineOptions(list(self.beam_args))
+
+
+def launcher_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run_flink.sh",
+        description="Submit an orderflow pipeline in streaming mode to Flink through Beam's FlinkRunner.",
+        epilog="Any other option is passed to Beam and to the pipeline (e.g. --job_name, --sdk_worker_parallelism, "
+               "--flink_job_server_jar, --checkpoint_timeout_millis, the pipeline's own knobs). "
+               "Environment: FLINK_MASTER is the default of --flink_master.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("pipeline", help=f"one of: {', '.join(PIPELINES)}")
+    parser.add_argument("--flink_master", default=os.environ.get("FLINK_MASTER") or None,
+                        help="JobManager REST address host:port (or http[s]://host:port); required")
+    parser.add_argument("--flink_version", default=DEFAULT_FLINK_VERSION,
+                        help=f"Flink minor version of the cluster (default {DEFAULT_FLINK_VERSION}; "
+                             f"one of {', '.join(FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS)})")
+    parser.add_argument("--parallelism", type=int, default=None,
+                        help="parallelism of every operator (default: the topic partitions from Settings)")
+    parser.add_argument("--max_parallelism", type=int, default=DEFAULT_MAX_PARALLELISM,
+                        help=f"key groups, the ceiling of rescaling (default {DEFAULT_MAX_PARALLELISM})")
+    parser.add_argument("--checkpointing_interval", type=int, default=DEFAULT_CHECKPOINTING_INTERVAL_MS,
+                        help=f"milliseconds between checkpoints (default {DEFAULT_CHECKPOINTING_INTERVAL_MS})")
+    parser.add_argument("--checkpointing_mode", default="EXACTLY_ONCE", choices=["EXACTLY_ONCE", "AT_LEAST_ONCE"])
+    parser.add_argument("--environment_type", default="EXTERNAL", type=str.upper,
+                        help=f"where the Python SDK workers run: {', '.join(ENVIRONMENT_TYPES)} (default EXTERNAL)")
+    parser.add_argument("--environment_config", default=None,
+                        help="EXTERNAL: worker pool address (default localhost:50000); DOCKER: SDK image "
+                             f"(default {BEAM_SDK_IMAGE}); PROCESS: JSON with the boot command")
+    parser.add_argument("--setup_file", default=str(REPO_ROOT / "setup.py"),
+                        help="setup.py the workers install orderflow from (default ./setup.py)")
+    parser.add_argument("--job_name", default=None, help="Flink job name (default orderflow-<pipeline>)")
+    parser.add_argument("--no_uber_jar", action="store_true",
+                        help="start a local Beam Flink job server instead of posting an uber jar to the cluster")
+    parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
+                        help="validate and print the resolved submission as JSON; touch no network")
+    return parser
+
+
+def resolve(argv: Sequence[str], pipelines: Mapping[str, str] = PIPELINES) -> Submission:
+    """Turns the launcher's command line into a validated Submission (imports the pipeline module)."""
+    parser = launcher_parser()
+    args, passthrough = parser.parse_known_args(list(argv))
+    if args.pipeline not in pipelines:
+        raise SubmissionError(f"unknown pipeline {args.pipeline!r}: choose one of {', '.join(pipelines)}")
+    module_name = pipelines[args.pipeline]
+    _check_passthrough(passthrough)
+
+    if not args.flink_master:
+        raise SubmissionError(
+            "missing --flink_master: give the JobManager REST address (host:port, e.g. "
+            "orderflow-orders-rest:8081) or set FLINK_MASTER")
+    flink_master = args.flink_master.strip()
+    if args.flink_version not in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS:
+        raise SubmissionError(
+            f"--flink_version {args.flink_version} is not one Beam publishes a runner for: "
+            f"{', '.join(FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS)}")
+    if args.environment_type not in ENVIRONMENT_TYPES:
+        hint = " (LOOPBACK runs user code in the submitting process: tests only)" \
+            if args.environment_type == "LOOPBACK" else ""
+        raise SubmissionError(
+            f"--environment_type {args.environment_type} is not one of {', '.join(ENVIRONMENT_TYPES)}{hint}")
+    environment_config = args.environment_config or DEFAULT_ENVIRONMENT_CONFIG[args.environment_type]
+    if args.environment_type == "PROCESS":
+        try:
+            if "command" not in json.loads(environment_config):
+                raise ValueError("no 'command'")
+        except ValueError as exc:
+            raise SubmissionError(
+                f"--environment_config for PROCESS must be JSON with a 'command': {exc}") from None
+    setup_file = pathlib.Path(args.setup_file).absolute()
+    if setup_file.name != "setup.py" or not setup_file.is_file():
+        raise SubmissionError(f"--setup_file {setup_file}: no such setup.py")
+    parallelism = args.parallelism if args.parallelism is not None else _default_parallelism()
+    if parallelism < 1:
+        raise SubmissionError(f"--parallelism must be at least 1, got {parallelism}")
+    if args.max_parallelism < parallelism:
+        raise SubmissionError(
+            f"--max_parallelism {args.max_parallelism} is below --parallelism {parallelism}")
+    if args.checkpointing_interval <= 0:
+        raise SubmissionError("--checkpointing_interval must be positive: the sinks rely on checkpoints "
+                              "for exactly-once effects (docs/deploy.md)")
+
+    beam_args = [
+        "--runner=FlinkRunner",
+        "--streaming",
+        f"--flink_master={flink_master}",
+        f"--flink_version={args.flink_version}",
+        f"--parallelism={parallelism}",
+        f"--max_parallelism={args.max_parallelism}",
+        f"--checkpointing_interval={args.checkpointing_interval}",
+        f"--checkpointing_mode={args.checkpointing_mode}",
+        f"--environment_type={args.environment_type}",
+        f"--environment_config={environment_config}",
+        f"--setup_file={setup_file}",
+        f"--job_name={args.job_name or 'orderflow-' + args.pipeline}",
+    ]
+    if not args.no_uber_jar and flink_master not in MAGIC_FLINK_MASTERS:
+        beam_args.append("--flink_submit_uber_jar")
+    beam_args.extend(passthrough)
+
+    _import_pipeline(args.pipeline, module_name)  # registers the pipeline's PipelineOptions subclass
+    validate_options(beam_args)
+    return Submission(args.pipeline, module_name, tuple(beam_args), dry_run=args.dry_run)
+
+
+def _check_passthrough(passthrough: Sequence[str]) -> None:
+    for arg in passthrough:
+        name = arg.split("=", 1)[0]
+        if name == "--runner":
+            raise SubmissionError("--runner is fixed to FlinkRunner by run_flink.sh")
+        if name in ("--bounded", "--no-streaming", "--no_streaming"):
+            raise SubmissionError(
+                f"{name} contradicts a streaming Flink submission (bounded runs are for tests and the "
+                "portability check, orderflow.portability)")
+        if name == "--job_endpoint":
+            raise SubmissionError("--job_endpoint is not used: FlinkRunner reaches the cluster through --flink_master")
+
+
+def _default_parallelism() -> int:
+    """One subtask per Kafka partition: more source subtasks than partitions would idle."""
+    from orderflow.config import load_settings
+
+    return load_settings().topic_partitions
+
+
+def _import_pipeline(name: str, module_name: str):
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SubmissionError(f"pipeline {name!r}: cannot import {module_name} ({exc})") from exc
+    missing = [attr for attr in ("build",) if not callable(getattr(module, attr, None))]
+    if missing:
+        raise SubmissionError(f"pipeline {name!r}: {module_name} defines no {', '.join(missing)}(pipeline, options)")
+    return module
+
+
+def options_classes() -> list[type[PipelineOptions]]:
+    """Every registered PipelineOptions class, once each (as Beam's own parsing sees them)."""
+    unique: dict[str, type[PipelineOptions]] = {}
+    for cls in PipelineOptions.__subclasses__():
+        unique.setdefault(str(cls), cls)
+    return list(unique.values())
+
+
+def validate_options(beam_args: Sequence[str]) -> dict[str, object]:
+    """Parses ``beam_args`` strictly against every registered PipelineOptions class.
+
+    Beam itself only logs "Discarding unparseable args" for an unknown option and drops it; a
+    submission must not lose a knob that way, so unknown options and bad values raise SubmissionError.
+    Returns the parsed values.
+    """
+    # Beam's own parser class: some option classes declare ValueProvider arguments only it accepts.
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False, exit_on_error=False)
+    for cls in options_classes():
+        cls._add_argparse_args(parser)
+    try:
+        known, unknown = parser.parse_known_args(list(beam_args))
+    except argparse.ArgumentError as exc:
+        raise SubmissionError(f"invalid option: {exc}") from None
+    if unknown:
+        raise SubmissionError(
+            "unknown options (not a Beam, Flink or pipeline option): " + " ".join(unknown))
+    return vars(known)
+
+
+def _pipeline_options_class(module) -> type[PipelineOptions] | None:
+    for value in vars(module).values():
+        if (isinstance(value, type) and issubclass(value, PipelineOptions) and value is not PipelineOptions
+                and value.__module__ == module.__name__):
+            return value
+    return None
+
+
+def describe(submission: Submission) -> dict[str, object]:
+    """The resolved submission as JSON-able data: options by group and the translated graph.
+
+    Builds the pipeline graph and translates it to the portable proto exactly as FlinkRunner would
+    before submitting, except that artifacts are not staged (that would build an sdist).
+    """
+    import apache_beam as beam
+    from apache_beam.runners.portability.flink_runner import FlinkRunner
+
+    module = _import_pipeline(submission.pipeline, submission.module)
+    options = submission.options()
+    flink = options.view_as(FlinkRunnerOptions)
+    portable = options.view_as(PortableOptions)
+    job = options.view_as(FlinkJobOptions)
+    described: dict[str, object] = {
+        "pipeline": submission.pipeline,
+        "module": submission.module,
+        "runner": options.view_as(StandardOptions).runner,
+        "streaming": options.view_as(StandardOptions).streaming,
+        "flink": {
+            "flink_master": flink.flink_master,
+            "flink_version": flink.flink_version,
+            "flink_submit_uber_jar": flink.flink_submit_uber_jar,
+            "flink_job_server_jar": flink.flink_job_server_jar,
+            "parallelism": flink.parallelism,
+            "max_parallelism": flink.max_parallelism,
+            "checkpointing_interval": job.checkpointing_interval,
+            "checkpointing_mode": job.checkpointing_mode,
+        },
+        "environment": {
+            "environment_type": portable.environment_type,
+            "environment_config": portable.environment_config,
+            "sdk_worker_parallelism": portable.sdk_worker_parallelism,
+        },
+        "setup_file": options.view_as(SetupOptions).setup_file,
+        "job_name": options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name,
+        "beam_args": list(submission.beam_args),
+        "options": _jsonable(options.get_all_options(drop_default=True)),
+    }
+    options_class = _pipeline_options_class(module)
+    if options_class is not None:
+        described["pipeline_options_class"] = options_class.__name__
+        described["pipeline_options"] = _jsonable(
+            options.view_as(options_class).get_all_options(current_only=True))
+
+    # Translate without staging: a copy of the options without --setup_file gives the same graph.
+    unstaged = PipelineOptions([a for a in submission.beam_args if not a.startswith("--setup_file")])
+    pipeline = beam.Pipeline(runner=FlinkRunner(), options=unstaged)
+    module.build(pipeline, unstaged)
+    proto = FlinkRunner.get_proto_pipeline(pipeline, unstaged)
+    from orderflow.portability import summarize_proto
+
+    described["graph"] = summarize_proto(proto)
+    described["network"] = "not contacted (dry run)"
+    return described
+
+
+def _jsonable(values: Mapping[str, object]) -> dict[str, object]:
+    return json.loads(json.dumps(dict(values), default=str))
+
+
+def submit(submission: Submission):
+    """Builds the pipeline and submits it; returns the PipelineResult without waiting (streaming)."""
+    import apache_beam as beam
+
+    module = _import_pipeline(submission.pipeline, submission.module)
+    options = submission.options()
+    pipeline = beam.Pipeline(options=options)
+    module.build(pipeline, options)
+    return pipeline.run()
+
+
+# -- no network during a dry run -----------------------------------------------------------------------
+_network_forbidden = threading.local()
+_hook_installed = False
+_NETWORK_EVENTS = {"socket.connect", "socket.getaddrinfo", "socket.sendto", "socket.sendmsg"}
+
+
+class NetworkForbidden(RuntimeError):
+    """Raised for any socket connection attempted inside ``no_network()``."""
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event in _NETWORK_EVENTS and getattr(_network_forbidden, "active", False):
+        raise NetworkForbidden(f"dry run tried to reach the network: {event} {args[1:] if len(args) > 1 else args}")
+
+
+@contextmanager
+def no_network() -> Iterator[None]:
+    """Within this block any socket connect/resolve in this thread raises NetworkForbidden.
+
+    Uses a Python audit hook (PEP 578); hooks cannot be removed, so the hook is installed once and
+    only acts while a thread is inside this block.
+    """
+    global _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_audit)
+        _hook_installed = True
+    previous = getattr(_network_forbidden, "active", False)
+    _network_forbidden.active = True
+    try:
+        yield
+    finally:
+        _network_forbidden.active = previous
+
+
+def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, str] = PIPELINES) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    dry_run = "--dry-run" in argv or "--dry_run" in argv
+    try:
+        if dry_run:
+            with no_network():
+                submission = resolve(argv, pipelines)
+                described = describe(submission)
+            print(json.dumps(described, indent=2, sort_keys=True))
+            if described["graph"]["problems"]:
+                raise SubmissionError("the pipeline does not translate to a portable graph Flink can run: "
+                                      + "; ".join(described["graph"]["problems"]))
+            return 0
+        submission = resolve(argv, pipelines)
+    except SubmissionError as exc:
+        print(f"run_flink.sh: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO)
+    result = submit(submission)
+    print(f"submitted {submission.pipeline} to {submission.options().view_as(FlinkRunnerOptions).flink_master}: "
+          f"state {result.state}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

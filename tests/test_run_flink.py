@@ -1,0 +1,207 @@
+"""run_flink.sh and orderflow.flink_submit: resolution, validation and the network-free dry run.
+
+The real pipelines go through the shell script exactly as an operator would run it; the option
+resolution details are also checked in-process on the small pipeline of tests/test_portability.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from orderflow import flink_submit
+from orderflow.flink_submit import NetworkForbidden, SubmissionError, no_network, resolve
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+RUN_FLINK = REPO / "run_flink.sh"
+TINY = {"tiny": "tests.test_portability"}
+
+
+def run_flink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(RUN_FLINK), *args], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "ORDERFLOW_PYTHON": sys.executable, **(env or {})},
+    )
+
+
+def dry_run_tiny(capsys, *args: str) -> dict:
+    code = flink_submit.main(["tiny", *args, "--dry-run"], pipelines=TINY)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return json.loads(out.out)
+
+
+def pipeline_landed(name: str) -> bool:
+    return (REPO / "orderflow" / "pipelines" / f"{name}.py").exists()
+
+
+# -- the real pipelines, through the shell script --------------------------------------------------
+
+@pytest.mark.parametrize("name, options_class", [("orders", "OrdersOptions"), ("presence", "PresenceOptions")])
+def test_dry_run_of_each_pipeline_resolves_a_streaming_flink_submission(name, options_class):
+    if not pipeline_landed(name):
+        pytest.skip(f"orderflow/pipelines/{name}.py has not landed yet (owner: the {name} pipeline's engineer)")
+    result = run_flink(name, "--flink_master", f"orderflow-{name}-rest:8081", "--checkpointing_interval", "30000",
+                       "--dry-run", env={"ORDERFLOW_TOPIC_PARTITIONS": "12"})
+
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    assert described["pipeline"] == name
+    assert described["module"] == f"orderflow.pipelines.{name}"
+    assert described["runner"] == "FlinkRunner" and described["streaming"] is True
+    assert described["flink"] == {
+        "flink_master": f"orderflow-{name}-rest:8081", "flink_version": "1.20", "flink_submit_uber_jar": True,
+        "flink_job_server_jar": None, "parallelism": 12, "max_parallelism": 720,
+        "checkpointing_interval": 30000, "checkpointing_mode": "EXACTLY_ONCE",
+    }
+    assert described["environment"]["environment_type"] == "EXTERNAL"
+    assert described["environment"]["environment_config"] == "localhost:50000"
+    assert described["setup_file"] == str(REPO / "setup.py")
+    assert described["job_name"] == f"orderflow-{name}"
+    assert described["pipeline_options_class"] == options_class
+    assert not described["pipeline_options"].get("bounded")
+    # The whole graph translated for Flink, with nothing a portable runner cannot execute.
+    assert described["graph"]["problems"] == []
+    assert described["graph"]["leaf_transforms"] > 5
+    assert described["graph"]["environments"] == ["beam:env:external:v1"]
+    assert described["network"] == "not contacted (dry run)"
+
+
+def test_script_reports_an_unknown_pipeline():
+    result = run_flink("billing", "--flink_master", "jm:8081", "--dry-run")
+    assert result.returncode == 2
+    assert "unknown pipeline 'billing': choose one of orders, presence" in result.stderr
+    assert result.stdout == ""
+
+
+def test_script_reports_a_missing_master(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FLINK_MASTER"}
+    result = subprocess.run([str(RUN_FLINK), "orders", "--dry-run"], capture_output=True, text=True, timeout=120,
+                            env={**env, "ORDERFLOW_PYTHON": sys.executable})
+    assert result.returncode == 2
+    assert "missing --flink_master" in result.stderr
+
+
+def test_script_without_arguments_prints_usage_and_fails():
+    result = subprocess.run([str(RUN_FLINK)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "run_flink.sh orders|presence --flink_master HOST:PORT" in result.stdout
+
+
+# -- resolution and validation, in process on the small pipeline -------------------------------------
+
+def test_defaults_resolve_to_the_production_submission(capsys, monkeypatch):
+    monkeypatch.delenv("FLINK_MASTER", raising=False)
+    monkeypatch.setenv("ORDERFLOW_TOPIC_PARTITIONS", "6")
+    described = dry_run_tiny(capsys, "--flink_master", "jm.example:8081")
+
+    assert described["beam_args"][:2] == ["--runner=FlinkRunner", "--streaming"]
+    assert described["flink"]["parallelism"] == 6  # one source subtask per Kafka partition
+    assert described["flink"]["flink_submit_uber_jar"] is True
+    assert described["flink"]["checkpointing_interval"] == 60_000
+    assert described["environment"] == {"environment_type": "EXTERNAL", "environment_config": "localhost:50000",
+                                        "sdk_worker_parallelism": 1}
+    assert described["pipeline_options_class"] == "TinyOptions"
+    assert described["pipeline_options"] == {"tiny_window_seconds": 60, "tiny_min_count": 1}
+    # Streaming translation keeps Create's no-op MaybeReshuffle; the check knows a pass-through is harmless.
+    assert described["graph"]["leaf_urns"].get("beam:transform:pickled_python:v1") == 1
+    assert described["graph"]["problems"] == []
+    assert "beam:requirement:pardo:stateful:v1" in described["graph"]["requirements"]
+
+
+def test_every_knob_and_pipeline_option_reaches_beam(capsys, monkeypatch):
+    monkeypatch.setenv("FLINK_MASTER", "https://flink.internal:443")
+    described = dry_run_tiny(
+        capsys, "--flink_version", "1.19", "--parallelism", "32", "--max_parallelism", "1440",
+        "--checkpointing_interval", "15000", "--checkpointing_mode", "AT_LEAST_ONCE",
+        "--environment_type", "docker", "--job_name", "tiny-canary", "--sdk_worker_parallelism=4",
+        "--checkpoint_timeout_millis=600000", "--min_pause_between_checkpoints=5000",
+        "--flink_job_server_jar=/opt/beam/jars/beam-runners-flink-1.19-job-server.jar",
+        "--tiny_window_seconds=120",
+    )
+    assert described["flink"] == {
+        "flink_master": "https://flink.internal:443", "flink_version": "1.19", "flink_submit_uber_jar": True,
+        "flink_job_server_jar": "/opt/beam/jars/beam-runners-flink-1.19-job-server.jar",
+        "parallelism": 32, "max_parallelism": 1440,
+        "checkpointing_interval": 15000, "checkpointing_mode": "AT_LEAST_ONCE",
+    }
+    assert described["environment"]["environment_type"] == "DOCKER"
+    assert described["environment"]["environment_config"] == flink_submit.BEAM_SDK_IMAGE
+    assert described["environment"]["sdk_worker_parallelism"] == "4"
+    assert described["job_name"] == "tiny-canary"
+    assert described["options"]["checkpoint_timeout_millis"] == 600000
+    assert described["options"]["min_pause_between_checkpoints"] == 5000
+    assert described["pipeline_options"]["tiny_window_seconds"] == 120
+    assert described["graph"]["environments"] == ["beam:env:docker:v1"]
+
+
+def test_process_environment_and_local_job_server(capsys):
+    described = dry_run_tiny(capsys, "--flink_master", "jm:8081", "--environment_type", "PROCESS", "--no_uber_jar")
+    assert json.loads(described["environment"]["environment_config"]) == {"command": "/opt/apache/beam/boot"}
+    assert described["flink"]["flink_submit_uber_jar"] is False
+    assert described["graph"]["environments"] == ["beam:env:process:v1"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--environment_type", "LOOPBACK"], "LOOPBACK runs user code in the submitting process"),
+    (["--environment_type", "PROCESS", "--environment_config", "{}"], "must be JSON with a 'command'"),
+    (["--flink_version", "1.12"], "--flink_version 1.12 is not one Beam publishes"),
+    (["--parallelism", "0"], "--parallelism must be at least 1"),
+    (["--parallelism", "64", "--max_parallelism", "32"], "--max_parallelism 32 is below --parallelism 64"),
+    (["--checkpointing_interval", "0"], "--checkpointing_interval must be positive"),
+    (["--bounded"], "--bounded contradicts a streaming Flink submission"),
+    (["--runner=DirectRunner"], "--runner is fixed to FlinkRunner"),
+    (["--tiny_windw_seconds=5"], "unknown options (not a Beam, Flink or pipeline option): --tiny_windw_seconds=5"),
+    (["--tiny_window_seconds=soon"], "invalid option: argument --tiny_window_seconds: invalid int value: 'soon'"),
+    (["--num_concurrent_checkpoints=many"], "invalid option: argument --num_concurrent_checkpoints"),
+    (["--setup_file", "/nonexistent/setup.py"], "--setup_file /nonexistent/setup.py: no such setup.py"),
+])
+def test_invalid_submissions_are_refused_with_the_reason(args, message):
+    with pytest.raises(SubmissionError) as raised:
+        resolve(["tiny", "--flink_master", "jm:8081", *args], TINY)
+    assert message in str(raised.value)
+
+
+def test_cli_prints_the_reason_and_exits_2(capsys):
+    code = flink_submit.main(["tiny", "--flink_master", "jm:8081", "--tiny_min_count=x", "--dry-run"],
+                             pipelines=TINY)
+    assert code == 2
+    assert "run_flink.sh: error: invalid option: argument --tiny_min_count" in capsys.readouterr().err
+
+
+def test_a_pipeline_module_that_does_not_import_is_named():
+    with pytest.raises(SubmissionError, match=r"pipeline 'ghost': cannot import orderflow\.pipelines\.ghost"):
+        resolve(["ghost", "--flink_master", "jm:8081"], {"ghost": "orderflow.pipelines.ghost"})
+
+
+# -- no network during a dry run -------------------------------------------------------------------
+
+def test_no_network_refuses_connections_only_inside_the_block():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        with no_network():
+            with pytest.raises(NetworkForbidden, match="socket.connect"), socket.socket() as client:
+                client.connect(("127.0.0.1", port))
+            with pytest.raises(NetworkForbidden):
+                socket.create_connection(("127.0.0.1", port), timeout=2)
+            with pytest.raises(NetworkForbidden, match="socket.getaddrinfo"):
+                socket.getaddrinfo("localhost", port)
+        # Outside the block the same connection works: the hook is inert.
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+
+
+def test_dry_run_fails_if_building_the_pipeline_touches_the_network(capsys, monkeypatch):
+    import tests.test_portability as tiny
+
+    def build_that_phones_home(pipeline, options):
+        socket.getaddrinfo("orderflow-orders-rest", 8081)
+
+    monkeypatch.setattr(tiny, "build", build_that_phones_home)
+    with pytest.raises(NetworkForbidden, match="socket.getaddrinfo"):
+        flink_submit.main(["tiny", "--flink_master", "jm:8081", "--dry-run"], pipelines=TINY)
