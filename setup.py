@@ -36,7 +36,7 @@ setup(
     description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
     python_requires=">=3.10",
     packages=find_packages(include=["orderflow", "orderflow.*"]),
-    package_data={"orderflow": ["schemas/*.avsc", "migrations/*.sql"]},
+    package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,0 +1,88 @@
+"""WriteToKafka against the session's Tansu broker, and the Avro round trip through Kafka."""
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import pathlib
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+
+from orderflow.io.avro import AvroCodec, DecodeAvro
+from orderflow.io.kafka_read import ReadFromKafka
+from orderflow.io.kafka_write import WriteToKafka
+from tests.io.kafka_testing import read_partition
+
+SCHEMAS = pathlib.Path(__file__).parent / "schemas"
+
+
+def _all_records(bootstrap: str, topic: str, partitions: int = 4) -> list:
+    return [(p, *r) for p in range(partitions) for r in read_partition(bootstrap, topic, p)]
+
+
+def test_write_to_kafka_writes_tuples_with_keys_and_headers(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("write", partitions=4)
+    elements = [(f"key{i % 5}".encode(), f"value{i}".encode()) for i in range(500)]
+    elements.append((None, b"no key", [("h1", b"x"), ("h2", b"y")]))
+    with TestPipeline() as p:
+        _ = p | beam.Create(elements) | WriteToKafka(bootstrap, topic)
+    written = _all_records(bootstrap, topic)
+    assert sorted(v for _, _, _, v, _, _ in written) == sorted(e[1] for e in elements)
+    by_value = {v: (part, k, h) for part, _, k, v, _, h in written}
+    assert by_value[b"no key"][1] is None and by_value[b"no key"][2] == [("h1", b"x"), ("h2", b"y")]
+    # One key, one partition: keys choose the partition.
+    partitions_of_key = {}
+    for part, _, key, _, _, _ in written:
+        partitions_of_key.setdefault(key, set()).add(part)
+    assert all(len(parts) == 1 for key, parts in partitions_of_key.items() if key is not None)
+    assert len({part for part, *_ in written}) > 1
+
+
+def test_write_to_kafka_takes_lists_of_tuples(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("write-batch", partitions=4)
+    batches = [[(f"b{b}-{i}".encode(), f"{b}:{i}".encode()) for i in range(100)] for b in range(7)]
+    with TestPipeline() as p:
+        _ = p | beam.Create(batches) | WriteToKafka(bootstrap, topic)
+    values = sorted(v for _, _, _, v, _, _ in _all_records(bootstrap, topic))
+    assert values == sorted(v for batch in batches for _, v in batch)
+
+
+def test_a_delivery_failure_fails_the_bundle_instead_of_vanishing():
+    # Nothing listens on port 1: no record can be delivered within message.timeout.ms.
+    with pytest.raises(Exception, match=r"WriteToKafka\(nowhere\).*undelivered"):
+        with TestPipeline() as p:
+            _ = (p | beam.Create([(b"k", b"v")])
+                 | WriteToKafka("127.0.0.1:1", "nowhere", producer_config={"message.timeout.ms": 1500},
+                                flush_timeout=10))
+
+
+def test_avro_round_trip_through_kafka_with_an_old_schema_and_corrupt_bytes(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("avro", partitions=4)
+    codec = AvroCodec("widget", SCHEMAS)
+    made_at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    widgets = [{"id": f"w{i}", "size": i, "made_at": made_at, "price": decimal.Decimal(f"{i}.2500"),
+                "colour": "blue"} for i in range(200)]
+    from tests.io.test_avro import _encode_v1
+    old = _encode_v1({"id": "old", "size": 3, "made_at": made_at, "price": decimal.Decimal("9.0000")})
+    with TestPipeline() as p:
+        _ = (p | beam.Create(widgets)
+             | beam.Map(lambda w: (w["id"].encode(), codec.encode(w)))
+             | WriteToKafka(bootstrap, topic))
+    with TestPipeline() as p:
+        _ = p | beam.Create([(b"old", old), (b"bad", b"\xc3\x01\x00\x00")]) | WriteToKafka(bootstrap, topic)
+
+    with TestPipeline() as p:
+        decoded, dead = (p | ReadFromKafka(bootstrap, topic, bounded=True)
+                         | DecodeAvro("widget", SCHEMAS))
+        assert_that(decoded | beam.Map(lambda w: (w["id"], w["price"], w["colour"])),
+                    equal_to([(w["id"], w["price"], "blue") for w in widgets] + [("old", decimal.Decimal("9"), None)]),
+                    label="decoded")
+
+        def check_dead(letters):
+            if [(d.reason, d.payload) for d in letters] != [("avro_not_single_object", b"\xc3\x01\x00\x00")]:
+                raise BeamAssertException(f"unexpected dead letters {letters}")
+            if not letters[0].source.startswith(topic + "/"):
+                raise BeamAssertException(f"dead letter lost its Kafka coordinates: {letters[0].source}")
+        assert_that(dead, check_dead, label="dead")
