@@ -1,0 +1,183 @@
+"""Alarms recorded once in Postgres and sent once by SMS through SNS, via a transactional outbox.
+
+``RecordAlarms``: per bundle, one statement inserts the alarms (``ON CONFLICT DO NOTHING`` on
+(rule_id, scope, window_start): a window fires once however many panes cross) and, in the same
+statement, one ``sms_outbox`` row per active phone registered for the alarm's scope (phones with a NULL
+client get every alarm). Recording an alarm and queueing its messages is therefore atomic.
+
+``relay_sms_outbox`` (the relay): takes one pending row at a time with ``FOR UPDATE SKIP LOCKED`` (several
+relays never pick the same row), publishes the SMS (SNS ``Publish`` with ``PhoneNumber``), marks it sent
+with the SNS message id and commits. A crash before the commit leaves the row pending and it is sent on
+the next run: nothing is lost, and the only window for a repeat is between SNS accepting the message and
+the commit of that single row. The pipeline runs the relay after each recording bundle and once at
+start (leftovers of a crashed run); ``python -m orderflow.io.sns_alarms`` runs it by hand.
+"""
+from __future__ import annotations
+
+import sys
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from orderflow.config import Settings, load_settings
+
+RECORD_ALARMS_SQL = """
+WITH input AS (
+    SELECT * FROM unnest(%(rule_id)s::text[], %(scope)s::text[], %(window_start)s::timestamptz[],
+                         %(window_end)s::timestamptz[], %(total)s::numeric[], %(threshold)s::numeric[])
+        AS t(rule_id, scope, window_start, window_end, total, threshold)
+), fired AS (
+    INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold)
+    SELECT * FROM input ORDER BY rule_id, scope, window_start
+    ON CONFLICT (rule_id, scope, window_start) DO NOTHING
+    RETURNING rule_id, scope, window_start, window_end, total, threshold
+), queued AS (
+    INSERT INTO sms_outbox (rule_id, scope, window_start, phone, message)
+    SELECT f.rule_id, f.scope, f.window_start, p.phone,
+           format('orderflow alarm %%s: %%s traded %%s >= %%s between %%s and %%s UTC', f.rule_id,
+                  CASE WHEN f.scope = '*' THEN 'all clients' ELSE 'client ' || f.scope END,
+                  f.total, f.threshold,
+                  to_char(f.window_start AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'),
+                  to_char(f.window_end AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'))
+    FROM fired f JOIN alarm_phones p ON p.active AND (p.client_token IS NULL OR p.client_token = f.scope)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM fired), (SELECT count(*) FROM queued)
+"""
+
+_CLAIM_SQL = """
+SELECT rule_id, scope, window_start, phone, message FROM sms_outbox
+WHERE sent_at IS NULL ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+_MARK_SENT_SQL = """
+UPDATE sms_outbox SET sent_at = now(), sns_message_id = %s
+WHERE rule_id = %s AND scope = %s AND window_start = %s AND phone = %s
+"""
+
+
+def record_alarms(conn, alarms) -> tuple[int, int]:
+    """Inserts ``Alarm``s and their outbox rows in one statement; returns (new alarms, queued messages)."""
+    latest = {}
+    for alarm in alarms:  # several panes of one window in a bundle: keep the highest total
+        key = (alarm.rule_id, alarm.scope, alarm.window_start)
+        if key not in latest or latest[key].total < alarm.total:
+            latest[key] = alarm
+    rows = list(latest.values())
+    params = {field: [getattr(a, field) for a in rows]
+              for field in ("rule_id", "scope", "window_start", "window_end", "total", "threshold")}
+    with conn.transaction():
+        fired, queued = conn.execute(RECORD_ALARMS_SQL, params).fetchone()
+    return fired, queued
+
+
+def relay_sms_outbox(conn, sns_client, limit: int | None = None) -> int:
+    """Sends pending outbox messages one row per transaction; returns how many were sent."""
+    sent = 0
+    while limit is None or sent < limit:
+        with conn.transaction():
+            row = conn.execute(_CLAIM_SQL).fetchone()
+            if row is None:
+                break
+            rule_id, scope, window_start, phone, message = row
+            message_id = sns_client.publish(PhoneNumber=phone, Message=message)["MessageId"]
+            conn.execute(_MARK_SENT_SQL, (message_id, rule_id, scope, window_start, phone))
+        sent += 1
+    return sent
+
+
+class _RecordAlarms(beam.DoFn):
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self.fired = Metrics.counter("orders", "alarms_fired")
+        self.queued = Metrics.counter("orders", "sms_queued")
+
+    def setup(self):
+        import psycopg
+
+        self._conn = psycopg.connect(self.dsn)
+
+    def start_bundle(self):
+        self._alarms = []
+
+    def process(self, alarm):
+        self._alarms.append(alarm)
+
+    def finish_bundle(self):
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        if not self._alarms:
+            return
+        fired, queued = record_alarms(self._conn, self._alarms)
+        self._alarms = []
+        self.fired.inc(fired)
+        self.queued.inc(queued)
+        if queued:
+            # A tick for the relay: there are messages to send.
+            yield WindowedValue(queued, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+    def teardown(self):
+        self._conn.close()
+
+
+class _RelayOutbox(beam.DoFn):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.sent = Metrics.counter("orders", "sms_sent")
+
+    def setup(self):
+        import psycopg
+
+        from orderflow.bootstrap import aws_client
+
+        self._conn = psycopg.connect(self.settings.postgres_dsn)
+        self._sns = aws_client(self.settings, "sns")
+
+    def process(self, _tick):
+        sent = relay_sms_outbox(self._conn, self._sns)
+        self.sent.inc(sent)
+        if sent:
+            yield sent
+
+    def teardown(self):
+        self._conn.close()
+
+
+class RecordAlarms(beam.PTransform):
+    """``Alarm``s -> recorded once in Postgres with their SMS queued; emits ticks for ``RelaySmsOutbox``."""
+
+    def __init__(self, dsn: str):
+        super().__init__()
+        self.dsn = dsn
+
+    def expand(self, alarms):
+        return (alarms
+                | "InsertAlarmsAndOutbox" >> beam.ParDo(_RecordAlarms(self.dsn))
+                # Ticks leave the alarm windows: they only wake the relay, which is not windowed.
+                | "TicksGlobal" >> beam.WindowInto(beam.window.GlobalWindows()))
+
+
+class RelaySmsOutbox(beam.PTransform):
+    """Any element (a tick) -> drains the SMS outbox through SNS; emits the number sent per tick."""
+
+    def __init__(self, settings: Settings):
+        super().__init__()
+        self.settings = settings
+
+    def expand(self, ticks):
+        return ticks | "Relay" >> beam.ParDo(_RelayOutbox(self.settings))
+
+
+def main() -> int:
+    import psycopg
+
+    from orderflow.bootstrap import aws_client
+
+    settings = load_settings()
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        print(f"sent {relay_sms_outbox(conn, aws_client(settings, 'sns'))} pending SMS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,215 @@
+"""Windowed volume alarms: a rule fires when a window's traded total crosses its threshold.
+
+Rules come from configuration (``--alarm_rules``, JSON; see ``parse_rules``):
+
+    [{"id": "client-daily-1m", "scope": "client", "window": "day", "threshold": "1000000"},
+     {"id": "all-1h-5m", "scope": "all", "window": {"size_seconds": 3600, "period_seconds": 300},
+      "threshold": "50000000"}]
+
+- ``window``: ``"day"`` (a calendar day in the exchange time zone, DST-aware) or sliding ``size`` / ``period``
+  (a fixed window when they are equal);
+- ``scope``: ``"all"`` (one total over every client, scope key ``'*'``) or ``"client"`` (one per client token);
+- ``threshold``: exact decimal; the alarm fires when the window total is ``>=`` it.
+
+Per-element cost is paid per group, not per order: each batch of orders is first summed per
+(rule, scope, slice), where a slice is the day for day rules and one ``period`` for sliding rules (every
+sliding window aligned on the period grid is a union of whole slices), and only those partial sums enter
+the Beam windows. Windows fire early on every new partial sum (accumulating panes, so a pane carries the
+window's whole total and nothing is counted twice), on time at the watermark, and once per late partial
+sum within the allowed lateness; later data is dropped. A crossing emits an ``Alarm``; firing once per
+rule and window is enforced where it is recorded (``orderflow.io.sns_alarms``: Postgres unique key).
+
+The input must already be free of duplicates (the owned orders of ``WriteOrdersToPostgres``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import zoneinfo
+from decimal import Decimal
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.coders import coders
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger
+from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn, TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+ALL_CLIENTS = "*"
+DAY = "day"
+
+
+@dataclasses.dataclass(frozen=True)
+class AlarmRule:
+    rule_id: str
+    scope: str                 # "all" | "client"
+    threshold: Decimal
+    window: str = DAY          # "day" | "sliding"
+    size_seconds: int = 0      # sliding only
+    period_seconds: int = 0    # sliding only
+
+    def __post_init__(self):
+        if self.scope not in ("all", "client"):
+            raise ValueError(f"rule {self.rule_id}: scope must be 'all' or 'client', not {self.scope!r}")
+        if self.window not in (DAY, "sliding"):
+            raise ValueError(f"rule {self.rule_id}: window must be 'day' or sliding size/period")
+        if self.window == "sliding" and (self.period_seconds <= 0 or self.size_seconds <= 0
+                                         or self.size_seconds % self.period_seconds):
+            raise ValueError(f"rule {self.rule_id}: sliding size must be a positive multiple of the period")
+        if self.threshold <= 0:
+            raise ValueError(f"rule {self.rule_id}: threshold must be > 0")
+
+
+DEFAULT_RULES_JSON = json.dumps([
+    {"id": "client-daily-5m", "scope": "client", "window": "day", "threshold": "5000000"},
+    {"id": "all-1h-every-5m", "scope": "all", "window": {"size_seconds": 3600, "period_seconds": 300},
+     "threshold": "500000000"},
+])
+
+
+def parse_rules(text: str) -> list[AlarmRule]:
+    """Rules from JSON text, or from a file when ``text`` is ``@path``; raises ValueError with the reason."""
+    if text.startswith("@"):
+        with open(text[1:]) as source:
+            text = source.read()
+    rules = []
+    for raw in json.loads(text):
+        window = raw.get("window", DAY)
+        if isinstance(window, dict):
+            size, period = int(window["size_seconds"]), int(window.get("period_seconds", window["size_seconds"]))
+            rules.append(AlarmRule(str(raw["id"]), raw.get("scope", "all"), Decimal(str(raw["threshold"])),
+                                   "sliding", size, period))
+        else:
+            rules.append(AlarmRule(str(raw["id"]), raw.get("scope", "all"), Decimal(str(raw["threshold"])), window))
+    if len({r.rule_id for r in rules}) != len(rules):
+        raise ValueError("alarm rule ids must be unique")
+    return rules
+
+
+class Alarm(NamedTuple):
+    rule_id: str
+    scope: str
+    window_start: datetime.datetime
+    window_end: datetime.datetime
+    total: Decimal
+    threshold: Decimal
+
+
+def _local_midnight_millis(day: datetime.date, zone: zoneinfo.ZoneInfo) -> int:
+    return int(datetime.datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
+
+
+class AlarmWindows(NonMergingWindowFn):
+    """Windows of ``((rule_id, scope), total)`` elements by their rule: calendar days or sliding windows.
+
+    The element timestamp is the start of its slice (see the module docstring).
+    """
+
+    def __init__(self, rules: list[AlarmRule], timezone: str):
+        self.rules = {rule.rule_id: rule for rule in rules}
+        self.timezone = timezone
+        self._zone = None
+
+    def assign(self, context):
+        rule = self.rules[context.element[0][0]]
+        start = context.timestamp
+        if rule.window == DAY:
+            if self._zone is None:
+                self._zone = zoneinfo.ZoneInfo(self.timezone)
+            local_day = datetime.datetime.fromtimestamp(start.micros / 1e6, self._zone).date()
+            end = _local_midnight_millis(local_day + datetime.timedelta(days=1), self._zone)
+            return [IntervalWindow(start, Timestamp(micros=end * 1000))]
+        size, period = Duration(seconds=rule.size_seconds), Duration(seconds=rule.period_seconds)
+        last_start = start - (start % period)
+        return [IntervalWindow(Timestamp(micros=s), Timestamp(micros=s) + size)
+                for s in range(last_start.micros, (start - size).micros, -period.micros)]
+
+    def get_window_coder(self):
+        return coders.IntervalWindowCoder()
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.rules == other.rules and self.timezone == other.timezone
+
+    def __hash__(self):
+        return hash((tuple(sorted(self.rules)), self.timezone))
+
+
+class _SumPerSlice(beam.DoFn):
+    """One batch of owned orders -> one timestamped partial sum per (rule, scope, slice)."""
+
+    def __init__(self, rules: list[AlarmRule], timezone: str):
+        self.rules = rules
+        self.timezone = timezone
+        self.partial_sums = Metrics.counter("orders", "alarm_partial_sums")
+
+    def setup(self):
+        self._zone = zoneinfo.ZoneInfo(self.timezone)
+        self._day_starts: dict[datetime.date, int] = {}
+
+    def _day_start(self, day: datetime.date) -> int:
+        start = self._day_starts.get(day)
+        if start is None:
+            start = self._day_starts[day] = _local_midnight_millis(day, self._zone)
+        return start
+
+    def process(self, orders):
+        sums: dict[tuple[str, str, int], Decimal] = {}
+        for order in orders:
+            total = order["total"]
+            event_ms = int(order["event_time"].timestamp() * 1000)
+            for rule in self.rules:
+                scope = order["client_token"] if rule.scope == "client" else ALL_CLIENTS
+                if rule.window == DAY:
+                    slice_start = self._day_start(order["trade_day"])
+                else:
+                    period_ms = rule.period_seconds * 1000
+                    slice_start = event_ms - event_ms % period_ms
+                key = (rule.rule_id, scope, slice_start)
+                sums[key] = sums.get(key, 0) + total
+        self.partial_sums.inc(len(sums))
+        for (rule_id, scope, slice_start), total in sums.items():
+            yield TimestampedValue(((rule_id, scope), total), slice_start / 1000)
+
+
+class _DetectCrossings(beam.DoFn):
+    def __init__(self, rules: list[AlarmRule]):
+        self.thresholds = {rule.rule_id: rule.threshold for rule in rules}
+        self.crossings = Metrics.counter("orders", "alarm_crossings")
+
+    def process(self, keyed_total, window=beam.DoFn.WindowParam):
+        (rule_id, scope), total = keyed_total
+        threshold = self.thresholds[rule_id]
+        if total >= threshold:
+            self.crossings.inc()
+            yield Alarm(rule_id, scope, window.start.to_utc_datetime(has_tz=True),
+                        window.end.to_utc_datetime(has_tz=True), total, threshold)
+
+
+class WindowedAlarms(beam.PTransform):
+    """Batches of owned PricedOrders -> ``Alarm`` for every pane whose window total crosses its rule.
+
+    A window may emit its alarm in several panes (early, on time, late); recording is idempotent per
+    (rule, scope, window start), so it fires once.
+    """
+
+    def __init__(self, rules: list[AlarmRule], timezone: str = "America/Sao_Paulo",
+                 allowed_lateness_seconds: int = 3600):
+        super().__init__()
+        self.rules = list(rules)
+        self.timezone = timezone
+        self.allowed_lateness_seconds = allowed_lateness_seconds
+
+    def expand(self, batches):
+        return (
+            batches
+            | "SumPerSlice" >> beam.ParDo(_SumPerSlice(self.rules, self.timezone))
+            | "Window" >> beam.WindowInto(
+                AlarmWindows(self.rules, self.timezone),
+                trigger=trigger.AfterWatermark(early=trigger.AfterCount(1), late=trigger.AfterCount(1)),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=Duration(seconds=self.allowed_lateness_seconds))
+            | "WindowTotal" >> beam.CombinePerKey(sum)
+            | "DetectCrossings" >> beam.ParDo(_DetectCrossings(self.rules))
+        )
