@@ -20,20 +20,15 @@ recognised as the same order. Without a source the id is a digest of the payload
 from __future__ import annotations
 
 import datetime
-import functools
 import hashlib
-import io
-import json
-import pathlib
 import re
-import struct
 from typing import Any
 
 import apache_beam as beam
-import fastavro
 import orjson
 from apache_beam.metrics import Metrics
 
+from orderflow.io.avro import AvroCodec, AvroDecodeError
 from orderflow.io.dead_letter import DeadLetter
 from orderflow.io.kafka_record import KafkaRecord
 
@@ -41,7 +36,7 @@ SOURCE_FORMATS = ("JSON", "REST_PROXY", "CSV", "AVRO")
 DEAD_LETTER_TAG = "dead_letter"
 STAGE = "normalize_orders"
 
-_AVRO_MAGIC = b"\xc3\x01"
+_AVRO_MAGIC = b"\xc3\x01"  # single-object encoding marker
 _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.]{0,15}$")
 _ASSET_FIELDS = ("ativo", "asset")
 _QUANTITY_FIELDS = ("quantidade", "quantity")
@@ -64,33 +59,19 @@ class InvalidOrder(ValueError):
         self.detail = detail
 
 
-@functools.cache
-def _order_schema():
-    path = pathlib.Path(__file__).parent.parent / "schemas" / "order.avsc"
-    schema = fastavro.parse_schema(json.loads(path.read_text()))
-    canonical = fastavro.schema.to_parsing_canonical_form(schema)
-    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
-    # Single-object encoding stores the 64-bit fingerprint little-endian.
-    return schema, fingerprint[::-1]
+_ORDER_CODEC = AvroCodec("order")
 
 
 def encode_order_avro(order: dict) -> bytes:
     """Canonical Avro single-object encoding of an Order dict (what the Avro input model carries)."""
-    schema, fingerprint = _order_schema()
-    buffer = io.BytesIO()
-    buffer.write(_AVRO_MAGIC + fingerprint)
-    fastavro.schemaless_writer(buffer, schema, order)
-    return buffer.getvalue()
+    return _ORDER_CODEC.encode(order)
 
 
 def _decode_order_avro(payload: bytes) -> dict:
-    schema, fingerprint = _order_schema()
-    if payload[2:10] != fingerprint:
-        raise InvalidOrder("unparseable", f"Avro fingerprint {payload[2:10].hex()} is not the Order schema's")
     try:
-        return fastavro.schemaless_reader(io.BytesIO(payload[10:]), schema)
-    except (EOFError, ValueError, IndexError, struct.error) as exc:
-        raise InvalidOrder("unparseable", f"bad Avro Order body: {exc}") from exc
+        return _ORDER_CODEC.decode(payload)
+    except AvroDecodeError as exc:
+        raise InvalidOrder("unparseable", f"{exc.reason}: {exc.detail}") from None
 
 
 def _first(record: dict, names: tuple[str, ...]) -> Any:
