@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "boto3==1.44.5",
     "psycopg[binary,pool]==3.3.9",
     "orjson==3.13.0",
+    "tqdm==4.70.1",  # progress bars of the generators
 ]
 
 EXTRAS_REQUIRE = {
