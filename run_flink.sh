@@ -15,6 +15,7 @@
 #   --setup_file PATH            what the SDK workers install orderflow from [./setup.py]
 #   --job_name NAME              [orderflow-<pipeline>]
 #   --no_uber_jar                run a local Beam job server instead of posting an uber jar
+#   --output_executable_path JAR write the FlinkDeployment's application jar instead of submitting
 #   --dry-run                    validate, print the resolved submission as JSON, touch no network
 # Every other option goes to Beam and to the pipeline's own options (OrdersOptions / PresenceOptions);
 # an option nobody declares is an error. See docs/deploy.md.

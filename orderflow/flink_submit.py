@@ -154,6 +154,9 @@ def launcher_parser() -> argparse.ArgumentParser:
     parser.add_argument("--job_name", default=None, help="Flink job name (default orderflow-<pipeline>)")
     parser.add_argument("--no_uber_jar", action="store_true",
                         help="start a local Beam Flink job server instead of posting an uber jar to the cluster")
+    parser.add_argument("--output_executable_path", default=None,
+                        help="write a self-contained Flink application jar (the FlinkDeployment's job, see "
+                             "docs/deploy.md) instead of submitting; needs Java and the Flink job server jar")
     parser.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true",
                         help="validate and print the resolved submission as JSON; touch no network")
     return parser
@@ -168,11 +171,15 @@ def resolve(argv: Sequence[str], pipelines: Mapping[str, str] = PIPELINES) -> Su
     module_name = pipelines[args.pipeline]
     _check_passthrough(passthrough)
 
-    if not args.flink_master:
+    if args.output_executable_path:
+        # Building an application jar talks to no cluster: the jar runs inside the FlinkDeployment.
+        flink_master = (args.flink_master or "[auto]").strip()
+    elif not args.flink_master:
         raise SubmissionError(
             "missing --flink_master: give the JobManager REST address (host:port, e.g. "
             "orderflow-orders-rest:8081) or set FLINK_MASTER")
-    flink_master = args.flink_master.strip()
+    else:
+        flink_master = args.flink_master.strip()
     if args.flink_version not in FlinkRunnerOptions.PUBLISHED_FLINK_VERSIONS:
         raise SubmissionError(
             f"--flink_version {args.flink_version} is not one Beam publishes a runner for: "
@@ -217,7 +224,10 @@ def resolve(argv: Sequence[str], pipelines: Mapping[str, str] = PIPELINES) -> Su
         f"--setup_file={setup_file}",
         f"--job_name={args.job_name or 'orderflow-' + args.pipeline}",
     ]
-    if not args.no_uber_jar and flink_master not in MAGIC_FLINK_MASTERS:
+    if args.output_executable_path:
+        # The Java job server writes the jar (the Python uber-jar path can only submit).
+        beam_args.append(f"--output_executable_path={pathlib.Path(args.output_executable_path).absolute()}")
+    elif not args.no_uber_jar and flink_master not in MAGIC_FLINK_MASTERS:
         beam_args.append("--flink_submit_uber_jar")
     beam_args.extend(passthrough)
 
@@ -325,6 +335,7 @@ def describe(submission: Submission) -> dict[str, object]:
             "checkpointing_interval": job.checkpointing_interval,
             "checkpointing_mode": job.checkpointing_mode,
         },
+        "output_executable_path": portable.output_executable_path,
         "environment": {
             "environment_type": portable.environment_type,
             "environment_config": portable.environment_config,
@@ -421,8 +432,13 @@ def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, str] = PIPEL
         return 2
     logging.basicConfig(level=logging.INFO)
     result = submit(submission)
-    print(f"submitted {submission.pipeline} to {submission.options().view_as(FlinkRunnerOptions).flink_master}: "
-          f"state {result.state}")
+    jar = submission.options().view_as(PortableOptions).output_executable_path
+    if jar:
+        result.wait_until_finish()
+        print(f"wrote the {submission.pipeline} application jar: {jar}")
+    else:
+        print(f"submitted {submission.pipeline} to {submission.options().view_as(FlinkRunnerOptions).flink_master}: "
+              f"state {result.state}")
     return 0
 
 

@@ -147,6 +147,15 @@ def test_process_environment_and_local_job_server(capsys):
     assert described["graph"]["environments"] == ["beam:env:process:v1"]
 
 
+def test_building_the_application_jar_needs_no_master(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("FLINK_MASTER", raising=False)
+    described = dry_run_tiny(capsys, "--output_executable_path", str(tmp_path / "tiny.jar"))
+    assert described["output_executable_path"] == str(tmp_path / "tiny.jar")
+    assert described["flink"]["flink_master"] == "[auto]"
+    assert described["flink"]["flink_submit_uber_jar"] is False  # the Java job server writes the jar
+    assert described["environment"]["environment_config"] == "localhost:50000"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--environment_type", "LOOPBACK"], "LOOPBACK runs user code in the submitting process"),
     (["--environment_type", "PROCESS", "--environment_config", "{}"], "must be JSON with a 'command'"),
