@@ -1,0 +1,53 @@
+"""The order generator: deterministic, the asked rates, and every record is what it claims to be."""
+from __future__ import annotations
+
+import collections
+import datetime
+
+import pytest
+
+from orderflow.generate.orders import MALFORMED_REASONS, UNKNOWN_ASSET, generate
+from orderflow.transforms.normalize_orders import InvalidOrder, parse_orders
+
+DAY = datetime.date(2026, 11, 16)
+
+
+def test_deterministic_for_a_seed():
+    assert list(generate(500, seed=3, day=DAY)) == list(generate(500, seed=3, day=DAY))
+    assert list(generate(500, seed=3, day=DAY)) != list(generate(500, seed=4, day=DAY))
+
+
+def test_rates_formats_and_skew():
+    records = list(generate(20_000, seed=11, day=DAY))
+    kinds = collections.Counter(r.kind for r in records)
+    assert 0.045 < kinds["duplicate"] / 20_000 < 0.055
+    assert 0.017 < kinds["malformed"] / 20_000 < 0.023
+    assert {r.fmt for r in records if r.kind == "order"} == {"json", "rest", "csv", "avro"}
+    assert {r.reason for r in records if r.kind == "malformed"} == set(MALFORMED_REASONS)
+    clients = collections.Counter(r.client_token for r in records if r.kind == "order")
+    top, median = clients.most_common()[0][1], sorted(clients.values())[len(clients) // 2]
+    assert top > 10 * median  # skewed clients
+    times = [r.timestamp_ms for r in records if r.kind == "order"]
+    assert times == sorted(times)
+    opening = datetime.datetime(2026, 11, 16, 13, tzinfo=datetime.timezone.utc).timestamp() * 1000  # 10:00 BRT
+    assert opening <= times[0] and times[-1] < opening + 8 * 3_600_000
+
+
+def test_every_record_parses_or_fails_as_announced():
+    records = list(generate(3_000, seed=5, day=DAY))
+    seen_payloads = {}
+    for r in records:
+        if r.kind == "malformed" and r.reason != "unknown_asset":
+            with pytest.raises(InvalidOrder) as raised:
+                parse_orders(r.value, source="t/0/0", timestamp_ms=r.timestamp_ms)
+            assert raised.value.reason == r.reason, r
+            continue
+        [order] = parse_orders(r.value, source="t/0/0", timestamp_ms=r.timestamp_ms)
+        assert (order["client_token"], order["quantity"]) == (r.client_token, r.quantity)
+        assert order["asset"] == (UNKNOWN_ASSET if r.reason == "unknown_asset" else r.asset)
+        assert order["order_id"] == (r.order_id or "t/0/0#0")
+        assert int(order["event_time"].timestamp() * 1000) == r.timestamp_ms
+        if r.kind == "duplicate":
+            assert r.order_id is not None and seen_payloads[r.order_id] == r.value
+        elif r.order_id:
+            seen_payloads[r.order_id] = r.value
