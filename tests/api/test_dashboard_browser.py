@@ -1,0 +1,79 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The page opens, shows the status counts, and a restaurant set unavailable in the hot state (written the
+way the presence pipeline writes it) appears on the open page without a reload; a screenshot is saved
+to ``.local/screenshots/dashboard.png``.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import time
+
+import psycopg
+import pytest
+
+from orderflow.api.queries import today
+from orderflow.bootstrap import aws_client
+from orderflow.transforms.presence_rules import AvailabilityChange
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOT = pathlib.Path(".local/screenshots/dashboard.png")
+
+pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium not installed (make setup)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def _seed(api, state_store):
+    now_ms = int(time.time() * 1000)
+    state_store.record_keepalives({f"dash-{i}": now_ms for i in range(5)})
+    day = today(api.app.state.resources)
+    with psycopg.connect(api.settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO restaurant_offline_daily VALUES ('dash-3', %s, 5400), ('dash-1', %s, 840)"
+                     " ON CONFLICT DO NOTHING", (day, day))
+    aws_client(api.settings, "dynamodb").put_item(TableName=api.settings.client_volume_table, Item={
+        "client_token": {"S": "acme-capital"}, "day": {"S": day.isoformat()}, "total": {"N": "1234567.89"},
+        "order_count": {"N": "42"}, "updated_at": {"S": "now"}})
+
+
+def test_a_status_change_arrives_live_on_the_open_page(api, browser, state_store):
+    _seed(api, state_store)
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    page.goto(f"{api.url}/dashboard?key={api.key('read')}")
+    page.wait_for_selector("#connection.live", timeout=15_000)
+    unavailable = page.locator("#count-unavailable .n")
+    page.wait_for_function("document.querySelector('#count-unavailable .n') !== null", timeout=15_000)
+    before = int(unavailable.inner_text())
+    assert page.locator("#ranking tr").first.inner_text().split("\t")[1] == "dash-3"
+    assert "acme-capital" in page.locator("#volumes").inner_text()
+
+    page.evaluate("window.sameDocument = true")  # gone if the page reloaded
+    state_store.apply_changes([AvailabilityChange("dash-ev", "dash-2", "SET_STATUS", "UNAVAILABLE", None,
+                                                  "OVERLOADED_OFFLINE_ORDERS", None, None, int(time.time() * 1000))])
+    page.wait_for_function(
+        f"Number(document.querySelector('#count-unavailable .n').textContent) === {before + 1}", timeout=15_000)
+    assert int(unavailable.inner_text()) == before + 1
+    assert page.evaluate("window.sameDocument === true")  # it arrived live, not by a reload
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 10_000
+    page.close()
+
+
+def test_without_a_key_the_page_asks_for_one(api, browser):
+    page = browser.new_page()
+    page.goto(f"{api.url}/dashboard")
+    assert page.locator("#key-form").is_visible()
+    assert page.locator("#connection").inner_text() == "no key"
+    page.close()
