@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached.
-SYSTEM_PACKAGES := postgresql-15 redis-server memcached
+# Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached; Chromium for the
+# dashboard's browser test (driven by Playwright through executable_path, never `playwright install`).
+SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium
 
 .PHONY: setup system-packages venv test demo stack-up stack-down stack-status bootstrap lint bench clean
 
@@ -17,6 +18,7 @@ system-packages:
 	[ -x /usr/lib/postgresql/15/bin/postgres ] || missing="$$missing postgresql-15"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v memcached >/dev/null || missing="$$missing memcached"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -42,7 +44,7 @@ stack-up: setup
 	$(PY) -m orderflow.local up
 
 stack-down:
-	@if [ -x $(PY) ]; then $(PY) -m orderflow.local down; fi
+	@if [ -x $(PY) ]; then $(PY) -m orderflow.api stop; $(PY) -m orderflow.local down; fi
 
 stack-status:
 	$(PY) -m orderflow.local status
