@@ -14,6 +14,11 @@ def main() -> int:
     print(format_table(rows))
     if not all(r.ok for r in rows):
         return 1
+    # Keep this step last: the API stays up serving what the steps above produced (make stack-down stops it).
+    from orderflow.api.demo import demo as api_demo
+
+    print("== HTTP API and live dashboard")
+    api_demo(settings)
     return 0
 
 
