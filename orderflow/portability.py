@@ -54,6 +54,15 @@ RUNNER_EXECUTED_URNS = frozenset({
 })
 
 
+# WindowFns a Java runner can rebuild from the proto. Flink hydrates the WindowFn of every GroupByKey input
+# (and of side inputs) in Java, where a pickled Python WindowFn cannot be read (merging ones:
+# apache/beam#20641); the SDK-side runners (DirectRunner, the in-process job service) accept any.
+STANDARD_WINDOW_FN_URNS = frozenset({
+    common_urns.global_windows.urn, common_urns.fixed_windows.urn, common_urns.sliding_windows.urn,
+    common_urns.session_windows.urn,
+})
+
+
 class NotPortable(AssertionError):
     """The pipeline proto holds transforms no portable runner can execute."""
 
@@ -82,10 +91,31 @@ def portability_problems(proto: beam_runner_api_pb2.Pipeline) -> list[str]:
                 else "not a primitive of the portable runners")
         problems.append(f"{transform.unique_name}: {urn or 'no URN'} is {kind}; a portable runner drops it "
                         "and its output is never produced")
+    for transform, pcoll_id, role in _runner_windowed_inputs(components):
+        pcoll = components.pcollections[pcoll_id]
+        window_fn = components.windowing_strategies[pcoll.windowing_strategy_id].window_fn.urn
+        if window_fn not in STANDARD_WINDOW_FN_URNS:
+            problems.append(f"{transform.unique_name}: its {role} {pcoll.unique_name} is windowed by {window_fn}, "
+                            "which Flink cannot rebuild in Java; use a standard WindowFn (global, fixed, "
+                            "sliding, sessions)")
     for pcoll in components.pcollections.values():
         if pcoll.coder_id not in components.coders:
             problems.append(f"PCollection {pcoll.unique_name}: coder {pcoll.coder_id!r} is missing")
     return problems
+
+
+def _runner_windowed_inputs(components):
+    """(transform, PCollection id, role) of inputs whose windowing the runner itself interprets."""
+    for transform in components.transforms.values():
+        if transform.subtransforms:
+            continue
+        if transform.spec.urn == common_urns.primitives.GROUP_BY_KEY.urn:
+            for pcoll_id in transform.inputs.values():
+                yield transform, pcoll_id, "input"
+        elif transform.spec.urn == common_urns.primitives.PAR_DO.urn:
+            payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+            for tag in payload.side_inputs:
+                yield transform, transform.inputs[tag], "side input"
 
 
 def summarize_proto(proto: beam_runner_api_pb2.Pipeline) -> dict[str, object]:

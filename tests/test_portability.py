@@ -6,6 +6,8 @@ tests/test_run_flink.py can resolve and dry-run a submission of it exactly like 
 """
 from __future__ import annotations
 
+import re
+
 import apache_beam as beam
 import pytest
 from apache_beam.coders import StrUtf8Coder, VarIntCoder
@@ -151,3 +153,30 @@ def test_proto_uses_only_standard_coders_at_runner_boundaries():
     assert coder.spec.urn == "beam:coder:kv:v1"
     component_urns = [proto.components.coders[c].spec.urn for c in coder.component_coder_ids]
     assert component_urns == [StrUtf8Coder().to_runner_api(None).spec.urn, "beam:coder:varint:v1"]
+
+
+class _EvenOddWindows(window.NonMergingWindowFn):
+    """A custom (pickled) WindowFn: fine for Python runners, unreadable for Flink's Java side."""
+
+    def assign(self, context):
+        start = int(context.timestamp) // 2 * 2
+        return [window.IntervalWindow(start, start + 2)]
+
+    def get_window_coder(self):
+        return beam.coders.coders.IntervalWindowCoder()
+
+
+def test_a_custom_window_fn_before_a_group_by_key_is_flagged_for_flink():
+    def build_custom(pipeline, options):
+        return (pipeline | beam.Create([("k", 1)]) | beam.Map(lambda kv: window.TimestampedValue(kv, 3))
+                | "EvenOdd" >> beam.WindowInto(_EvenOddWindows()) | "Group" >> beam.GroupByKey())
+
+    options = portable_options()
+    pipeline = beam.Pipeline(options=options)
+    build_custom(pipeline, options)
+    problems = portability_problems(translate(pipeline, options))
+
+    assert len(problems) == 1
+    assert re.match(r"Group: its input \S*EvenOdd\S* is windowed by beam:window_fn:pickled_python:v1", problems[0])
+    with pytest.raises(NotPortable, match="Flink cannot rebuild in Java"):
+        run_portable(build_custom)
