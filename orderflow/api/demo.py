@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 from orderflow.api.auth import create_key
-from orderflow.config import Settings
+from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT, Settings
 
 DEFAULT_PORT = 18080
 
@@ -37,9 +37,17 @@ def _pid(pid_file: pathlib.Path) -> int | None:
         return None
 
 
-def start_detached(root: str = ".local", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The ORDERFLOW_* variables that make ``load_settings()`` in a child process return ``settings``."""
+    env = {var: "" if getattr(settings, field) is None else str(getattr(settings, field))
+           for var, field, _ in ENVIRONMENT}
+    env.update({var: getattr(settings.topics, field) for var, field in TOPIC_ENVIRONMENT})
+    return env
+
+
+def start_detached(settings: Settings, root: str = ".local", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                    timeout: float = 30.0) -> tuple[str, str]:
-    """Starts ``python -m orderflow.api serve`` in its own session unless ours already runs.
+    """Starts ``python -m orderflow.api serve`` for ``settings`` in its own session unless ours already runs.
 
     Returns (url, "started" | "running"); raises RuntimeError with the log's path if it does not come up.
     """
@@ -55,6 +63,7 @@ def start_detached(root: str = ".local", host: str = "127.0.0.1", port: int = DE
         proc = subprocess.Popen(
             [sys.executable, "-m", "orderflow.api", "serve", "--host", host, "--port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **settings_environment(settings)},
         )
     pid_file.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
@@ -88,7 +97,7 @@ def stop_detached(root: str = ".local", timeout: float = 10.0) -> str:
 
 
 def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> None:
-    url, state = start_detached(root, port=port)
+    url, state = start_detached(settings, root, port=port)
     _, key = create_key(settings.postgres_dsn, ["read", "ingest"], name="make demo")
     print(f"API {state} on {url}  (docs {url}/docs, log {root}/logs/api.log, stop: make stack-down)")
     print(f"demo key (read, ingest): {key}")
