@@ -98,12 +98,13 @@ class _RecordAlarms(beam.DoFn):
 
     def start_bundle(self):
         self._alarms = []
+        self._window = None
 
-    def process(self, alarm):
+    def process(self, alarm, window=beam.DoFn.WindowParam):
         self._alarms.append(alarm)
+        self._window = window
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
         from apache_beam.utils.windowed_value import WindowedValue
 
         if not self._alarms:
@@ -113,8 +114,9 @@ class _RecordAlarms(beam.DoFn):
         self.fired.inc(fired)
         self.queued.inc(queued)
         if queued:
-            # A tick for the relay: there are messages to send.
-            yield WindowedValue(queued, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            # A tick for the relay (there are messages to send), in a window of the input as finish_bundle
+            # outputs must be; RecordAlarms re-windows the ticks into the global window.
+            yield WindowedValue(queued, self._window.max_timestamp(), [self._window])
 
     def teardown(self):
         self._conn.close()

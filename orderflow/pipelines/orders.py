@@ -1,0 +1,157 @@
+"""The orders pipeline: ``ordem-ativo`` -> normalise -> price -> publish + Postgres + DynamoDB + alarms.
+
+    ReadFromKafka(batch_size)            lists of KafkaRecords, one DoFn call per batch from here on
+      -> NormalizeOrders                 canonical Orders | dead letters
+      -> PriceOrders(reference data)     PricedOrders     | dead letters   (side input: memcached+DynamoDB)
+      -> WriteToKafka(ordem-ativo-precificado)           every priced record, Avro PricedOrder, key order_id
+      -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement
+           -> WriteDailyVolumeToDynamoDB absolute, monotonic
+           -> WindowedAlarms (owned orders) -> RecordAlarms (alarm + SMS outbox) -> RelaySmsOutbox (SNS)
+    dead letters -> WriteToKafka(ordem-ativo-dlq) with the reason in headers
+
+``--bounded`` reads every partition to its end and finishes; otherwise it streams (Flink/Prism), the
+reference data refreshing every ``--refdata_refresh_seconds`` and the outbox relay ticking every
+``--outbox_relay_seconds``. ``python -m orderflow.pipelines.orders --bounded`` runs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+from orderflow.config import Settings, load_settings
+from orderflow.io.avro import AvroCodec
+from orderflow.io.dynamodb_volume import WriteDailyVolumeToDynamoDB
+from orderflow.io.kafka_read import ReadFromKafka, StartPosition
+from orderflow.io.kafka_write import WriteToKafka
+from orderflow.io.postgres_orders import WriteOrdersToPostgres
+from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
+from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
+from orderflow.transforms.normalize_orders import NormalizeOrders
+from orderflow.transforms.price_orders import PriceOrders
+from orderflow.transforms.reference_data import ReferenceDataSideInput
+
+
+def _add_once(parser, flag: str, **kwargs) -> None:
+    # All PipelineOptions subclasses share one parser: a flag that another pipeline's options also
+    # define (e.g. --bounded in PresenceOptions) must be added only once.
+    if flag not in parser._option_string_actions:  # noqa: SLF001 - argparse has no public lookup
+        parser.add_argument(flag, **kwargs)
+
+
+class OrdersOptions(PipelineOptions):
+    """Knobs of the orders pipeline. Endpoints and names default to ``load_settings()`` (environment)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        _add_once(parser, "--bounded", action="store_true", default=False,
+                  help="read every partition to its end, then finish (batch); default: stream")
+        parser.add_argument("--orders_topic", default=None, help="input topic (default: settings)")
+        parser.add_argument("--orders_start", default=None,
+                            help="earliest | latest | committed | ISO time | topic:p=o,...; "
+                                 "default: committed offsets of --orders_group_id (earliest where none)")
+        parser.add_argument("--orders_group_id", default="orderflow-orders", help="consumer group")
+        parser.add_argument("--orders_batch_size", type=int, default=2000,
+                            help="Kafka records per batch element (all work is per batch)")
+        parser.add_argument("--trade_days", default="",
+                            help="comma list of YYYY-MM-DD whose reference data to load (default: today "
+                                 "and --refdata_lookback_days before, in the exchange time zone)")
+        parser.add_argument("--refdata_lookback_days", type=int, default=1)
+        parser.add_argument("--refdata_refresh_seconds", type=float, default=300.0,
+                            help="streaming: reload the reference data this often")
+        parser.add_argument("--alarm_rules", default=DEFAULT_RULES_JSON,
+                            help="JSON list of alarm rules, or @path to a JSON file (see transforms/alarms.py)")
+        parser.add_argument("--alarm_allowed_lateness_seconds", type=int, default=3600)
+        parser.add_argument("--outbox_relay_seconds", type=float, default=30.0,
+                            help="streaming: also drain the SMS outbox this often")
+        parser.add_argument("--orders_postgres_dsn", default=None, help="default: settings")
+        parser.add_argument("--orders_kafka_bootstrap", default=None, help="default: settings")
+
+
+def orders_settings(options: PipelineOptions) -> Settings:
+    """Settings from the environment, with the endpoints the options override."""
+    opts = options.view_as(OrdersOptions)
+    settings = load_settings()
+    overrides = {}
+    if opts.orders_postgres_dsn:
+        overrides["postgres_dsn"] = opts.orders_postgres_dsn
+    if opts.orders_kafka_bootstrap:
+        overrides["kafka_bootstrap"] = opts.orders_kafka_bootstrap
+    if opts.orders_topic:
+        overrides["topics"] = dataclasses.replace(settings.topics, orders=opts.orders_topic)
+    return dataclasses.replace(settings, **overrides)
+
+
+class _EncodePriced(beam.DoFn):
+    """A batch of PricedOrders -> one list of ``(order_id, Avro PricedOrder)`` for WriteToKafka."""
+
+    def __init__(self):
+        self.codec = AvroCodec("priced_order")
+
+    def process(self, priced):
+        encode = self.codec.encode
+        yield [(order["order_id"].encode(), encode(order)) for order in priced]
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings | None = None) -> None:
+    """Wires the orders pipeline onto ``pipeline`` (no runner choice here)."""
+    opts = options.view_as(OrdersOptions)
+    settings = settings or orders_settings(options)
+    topics = settings.topics
+    bounded = opts.bounded
+    rules = parse_rules(opts.alarm_rules)
+
+    records = pipeline | "ReadOrders" >> ReadFromKafka(
+        settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
+        start=StartPosition.parse(opts.orders_start) if opts.orders_start else None,
+        batch_size=opts.orders_batch_size)
+    normalized = records | "Normalize" >> NormalizeOrders()
+
+    reference = pipeline | "ReferenceData" >> ReferenceDataSideInput(
+        settings, days=[d for d in opts.trade_days.split(",") if d.strip()] or None,
+        lookback_days=opts.refdata_lookback_days,
+        refresh_seconds=None if bounded else opts.refdata_refresh_seconds)
+    priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
+
+    _ = (priced.priced
+         | "EncodePriced" >> beam.ParDo(_EncodePriced())
+         | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders))
+
+    written = priced.priced | "Postgres" >> WriteOrdersToPostgres(settings.postgres_dsn)
+    _ = written.volumes | "DailyVolume" >> WriteDailyVolumeToDynamoDB(settings)
+
+    ticks = (written.owned
+             | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
+             | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn))
+    # The relay also runs once at start (messages a crashed run queued but did not send) and, when
+    # streaming, on an interval.
+    relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
+    if not bounded:
+        relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
+            start_timestamp=time.time(), fire_interval=opts.outbox_relay_seconds))
+    _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
+
+    _ = ((normalized.dead_letter, priced.dead_letter)
+         | "DeadLetters" >> beam.Flatten()
+         | "ToKafka" >> beam.Map(lambda letter: letter.to_kafka())
+         | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter))
+
+
+def run(argv: list[str] | None = None, settings: Settings | None = None):
+    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
+    options = PipelineOptions(argv)
+    if not options.view_as(OrdersOptions).bounded:
+        options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if options.view_as(OrdersOptions).bounded:
+        result.wait_until_finish()
+    return result
+
+
+if __name__ == "__main__":
+    run()
