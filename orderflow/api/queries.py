@@ -10,7 +10,8 @@ from decimal import Decimal
 from typing import Annotated
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, HTTPException, Path, Query
+import orjson
+from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import AwareDatetime, BaseModel
 
 from orderflow.api.deps import Caller, Res, forbidden
@@ -151,7 +152,9 @@ def get_statuses(ids: Annotated[str, Query(min_length=1, description="comma-sepa
         if outside:
             raise forbidden(f"this key may not read restaurant(s) {', '.join(outside[:10])}")
     statuses = res.restaurant_state.statuses(wanted)
-    return StatusesOut(count=len(statuses), restaurants=statuses)
+    # Serialised directly (the shape is StatusesOut): validating 1,000 nested dicts again costs more
+    # than the Redis round trip.
+    return Response(orjson.dumps({"count": len(statuses), "restaurants": statuses}), media_type="application/json")
 
 
 class UnavailabilityOut(BaseModel):
