@@ -214,3 +214,54 @@ def test_dry_run_fails_if_building_the_pipeline_touches_the_network(capsys, monk
     monkeypatch.setattr(tiny, "build", build_that_phones_home)
     with pytest.raises(NetworkForbidden, match="socket.getaddrinfo"):
         flink_submit.main(["tiny", "--flink_master", "jm:8081", "--dry-run"], pipelines=TINY)
+
+
+# -- deploy/ agrees with the launcher and the installed SDK ------------------------------------------
+
+def _load_yaml(name: str) -> list[dict]:
+    import yaml
+
+    return [doc for doc in yaml.safe_load_all((REPO / "deploy" / name).read_text()) if doc]
+
+
+@pytest.mark.parametrize("name, input_topic", [("orders", "ordem-ativo"), ("presence", "restaurant-keepalive")])
+def test_flink_deployment_matches_the_launcher(name, input_topic):
+    (deployment,) = _load_yaml(f"flinkdeployment-{name}.yaml")
+    spec = deployment["spec"]
+    conf = spec["flinkConfiguration"]
+
+    assert deployment["kind"] == "FlinkDeployment"
+    assert spec["flinkVersion"] == "v" + flink_submit.DEFAULT_FLINK_VERSION.replace(".", "_")
+    assert spec["job"]["jarURI"] == f"local:///opt/flink/usrlib/orderflow-{name}.jar"
+    assert spec["job"]["entryClass"] == "org.apache.beam.runners.flink.FlinkPipelineRunner"
+    assert spec["job"]["upgradeMode"] == "savepoint"
+    assert int(conf["pipeline.max-parallelism"]) == flink_submit.DEFAULT_MAX_PARALLELISM
+    assert conf["execution.checkpointing.interval"] == f"{flink_submit.DEFAULT_CHECKPOINTING_INTERVAL_MS // 1000}s"
+    assert conf["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+
+    # The SDK worker pool sidecar listens where the launcher's EXTERNAL environment points.
+    (sidecar,) = [c for c in spec["taskManager"]["podTemplate"]["spec"]["containers"] if c["name"] == "beam-worker-pool"]
+    assert sidecar["args"] == ["--worker_pool"]
+    host, port = flink_submit.DEFAULT_ENVIRONMENT_CONFIG["EXTERNAL"].split(":")
+    assert host == "localhost" and [p["containerPort"] for p in sidecar["ports"]] == [int(port)]
+    # One GIL-bound SDK worker process, hence one core, per slot.
+    assert int(sidecar["resources"]["requests"]["cpu"]) == int(conf["taskmanager.numberOfTaskSlots"])
+
+    # Parallelism: never above the input topic's partitions, which divide the key groups evenly.
+    partitions = {t["metadata"]["name"]: t["spec"]["partitions"] for t in _load_yaml("kafka-topics.yaml")}
+    ceiling = int(conf["job.autoscaler.vertex.max-parallelism"])
+    assert ceiling == partitions[input_topic]
+    assert flink_submit.DEFAULT_MAX_PARALLELISM % partitions[input_topic] == 0
+    assert int(conf["job.autoscaler.vertex.min-parallelism"]) <= spec["job"]["parallelism"] <= ceiling
+    assert partitions[input_topic] % spec["job"]["parallelism"] == 0
+
+
+def test_images_match_the_installed_sdk_and_flink_version():
+    import apache_beam
+
+    worker = (REPO / "deploy" / "Dockerfile.beam-worker").read_text()
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"FROM apache/beam_python{python}_sdk:{apache_beam.__version__}\n" in worker
+    assert flink_submit.BEAM_SDK_IMAGE == f"apache/beam_python{python}_sdk:{apache_beam.__version__}"
+    flink = (REPO / "deploy" / "Dockerfile.flink").read_text()
+    assert f"ARG FLINK_IMAGE=flink:{flink_submit.DEFAULT_FLINK_VERSION}-java17\n" in flink
