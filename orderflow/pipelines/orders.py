@@ -51,8 +51,9 @@ class OrdersOptions(PipelineOptions):
                   help="read every partition to its end, then finish (batch); default: stream")
         parser.add_argument("--orders_topic", default=None, help="input topic (default: settings)")
         parser.add_argument("--orders_start", default=None,
-                            help="earliest | latest | committed | ISO time | topic:p=o,...; "
-                                 "default: committed offsets of --orders_group_id (earliest where none)")
+                            help="earliest | latest | committed | ISO time | topic:p=o,...; default: "
+                                 "earliest when --bounded (a replay of the topic), else the committed "
+                                 "offsets of --orders_group_id (earliest where none)")
         parser.add_argument("--orders_group_id", default="orderflow-orders", help="consumer group")
         parser.add_argument("--orders_batch_size", type=int, default=2000,
                             help="Kafka records per batch element (all work is per batch)")
@@ -104,10 +105,16 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     bounded = opts.bounded
     rules = parse_rules(opts.alarm_rules)
 
+    # A bounded run replays the topic from the start by default: the window state of an interrupted run
+    # is gone, so the alarms need every order again (the sinks make the replay harmless). Streaming on
+    # Flink restores window state and read positions together from a checkpoint, and resumes.
+    if opts.orders_start:
+        start = StartPosition.parse(opts.orders_start)
+    else:
+        start = StartPosition.earliest() if bounded else StartPosition.committed()
     records = pipeline | "ReadOrders" >> ReadFromKafka(
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
-        start=StartPosition.parse(opts.orders_start) if opts.orders_start else None,
-        batch_size=opts.orders_batch_size)
+        start=start, batch_size=opts.orders_batch_size)
     normalized = records | "Normalize" >> NormalizeOrders()
 
     reference = pipeline | "ReferenceData" >> ReferenceDataSideInput(

@@ -1,0 +1,83 @@
+"""A bounded orders run killed midway (SIGKILL, in a subprocess), then rerun: exact totals, one SMS each."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from orderflow import refdata
+from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT
+from orderflow.generate.orders import generate, produce
+from tests.pipelines.test_orders_pipeline import (
+    alarm_rules,
+    check_state,
+    expected_alarms,
+    expected_outcome,
+    register_phones,
+)
+
+N = 30_000
+
+
+def _environment(settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for variable, field, _ in ENVIRONMENT:
+        value = getattr(settings, field)
+        env[variable] = "" if value is None else str(value)
+    for variable, field in TOPIC_ENVIRONMENT:
+        env[variable] = getattr(settings.topics, field)
+    return env
+
+
+def _run(settings, rules, day) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "orderflow.pipelines.orders", "--bounded", f"--trade_days={day}",
+            f"--alarm_rules={json.dumps(rules)}", "--orders_batch_size=200"]
+    return subprocess.Popen(argv, env=_environment(settings), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _orders_count(settings) -> int:
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        return conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+
+
+def test_killed_midway_then_rerun_is_exact(module_settings):
+    from tests.pipelines import test_orders_pipeline as e2e
+
+    settings = module_settings
+    day = e2e.DAY  # the helpers check this day; this module has its own database, topics and tables
+    prices = refdata.sample_prices(day)
+    refdata.load_reference_data(settings, day, prices)
+    records = list(generate(N, seed=99, day=day, timezone=settings.exchange_timezone))
+    expected = expected_outcome(records, prices)
+    top_clients = [c for c, _ in sorted(expected["volumes"].items(), key=lambda kv: -kv[1][0])[:2]]
+    phones = register_phones(settings, top_clients)
+    rules = alarm_rules(expected)
+    alarms = expected_alarms(expected, rules)
+    produce(settings.kafka_bootstrap, settings.topics.orders, records)
+
+    first = _run(settings, rules, day)
+    deadline = time.monotonic() + 300
+    try:
+        while _orders_count(settings) == 0:
+            assert first.poll() is None, first.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the first run wrote nothing in 300 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    written_before_kill = _orders_count(settings)
+    if written_before_kill >= expected["unique"]:
+        pytest.fail("the first run finished before it could be killed: not a midway kill")
+
+    second = _run(settings, rules, day)
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output.decode()[-3000:]
+    check_state(settings, expected, alarms, phones)
+    assert 0 < written_before_kill < expected["unique"]
