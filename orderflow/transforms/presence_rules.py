@@ -140,7 +140,7 @@ class OpeningHours:
         return _local_date(self.timezone, ms // 1000)
 
     def _local_ms(self, day: dt.date, at: dt.time) -> int:
-        return int(dt.datetime.combine(day, at, tzinfo=self.tz).timestamp() * 1000)
+        return _local_instant_ms(self.timezone, day, at)
 
     def windows(self, start_ms: int, end_ms: int) -> list[Interval]:
         """The opening windows intersecting ``[start_ms, end_ms)``, clipped to it."""
@@ -149,13 +149,12 @@ class OpeningHours:
     def _windows_around(self, start_ms: int, end_ms: int) -> list[Interval]:
         first = self.local_date(start_ms) - dt.timedelta(days=1)
         last = self.local_date(end_ms) + dt.timedelta(days=1)
-        out = []
-        day = first
-        while day <= last:
-            close_day = day if self.closes > self.opens else day + dt.timedelta(days=1)
-            out.append((self._local_ms(day, self.opens), self._local_ms(close_day, self.closes)))
-            day += dt.timedelta(days=1)
-        return out
+        return [self.day_window(first + dt.timedelta(days=i)) for i in range((last - first).days + 1)]
+
+    def day_window(self, day: dt.date) -> Interval:
+        """The opening window that opens on local ``day``."""
+        close_day = day if self.closes > self.opens else day + dt.timedelta(days=1)
+        return self._local_ms(day, self.opens), self._local_ms(close_day, self.closes)
 
     def is_open(self, ms: int) -> bool:
         return any(s <= ms < e for s, e in self._windows_around(ms, ms))
@@ -180,6 +179,11 @@ class OpeningHours:
             if ms > start_ms:
                 out.append(ms)
             day += dt.timedelta(days=1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _local_instant_ms(timezone: str, day: dt.date, at: dt.time) -> int:
+    return int(dt.datetime.combine(day, at, tzinfo=ZoneInfo(timezone)).timestamp() * 1000)
 
 
 @functools.lru_cache(maxsize=65536)

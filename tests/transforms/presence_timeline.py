@@ -1,0 +1,43 @@
+"""Helpers for hand-made presence timelines (local time in America/Sao_Paulo, 2026-03-10 unless told)."""
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+from orderflow.transforms.presence_rules import AvailabilityChange, OpeningHours
+
+HOURS = OpeningHours()
+TZ = HOURS.tz
+DAY = dt.date(2026, 3, 10)
+_ids = itertools.count()
+
+
+def at(hh: int, mm: int = 0, ss: int = 0, day: dt.date = DAY) -> int:
+    """Epoch ms of a local wall-clock time."""
+    extra, hh = divmod(hh, 24)
+    return int(dt.datetime.combine(day + dt.timedelta(days=extra), dt.time(hh, mm, ss), tzinfo=TZ).timestamp() * 1000)
+
+
+def pings(start: int, end: int, every_s: int = 30) -> list[int]:
+    """Pings from ``start`` (inclusive) to ``end`` (exclusive) every ``every_s`` seconds."""
+    return list(range(start, end, every_s * 1000))
+
+
+def status(rid: str, when: int, value: str, reason: str | None = None) -> AvailabilityChange:
+    return AvailabilityChange(f"e{next(_ids)}", rid, "SET_STATUS", value, None, reason, None, None, when)
+
+
+def schedule(rid: str, sid: str, created: int, starts: int, ends: int, reason: str = "HOLIDAYS") -> AvailabilityChange:
+    return AvailabilityChange(f"e{next(_ids)}", rid, "SCHEDULE_CREATED", None, sid, reason, starts, ends, created)
+
+
+def cancel(rid: str, sid: str, when: int) -> AvailabilityChange:
+    return AvailabilityChange(f"e{next(_ids)}", rid, "SCHEDULE_CANCELLED", None, sid, None, None, None, when)
+
+
+def summarize(intervals) -> list[tuple]:
+    """(status, reason, start, end) tuples sorted, with times as local 'HH:MM:SS' strings for readable asserts."""
+    def hhmmss(ms):
+        return dt.datetime.fromtimestamp(ms / 1000, tz=TZ).strftime("%d %H:%M:%S")
+    return [(i.status, i.reason, hhmmss(i.start_ms), hhmmss(i.end_ms))
+            for i in sorted(intervals, key=lambda i: (i.restaurant_id, i.start_ms))]

@@ -1,0 +1,98 @@
+"""The pure presence rules on hand-made timelines (no Beam)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from orderflow.transforms.presence_rules import (
+    OpeningHours,
+    current_status,
+    evaluate,
+    merge_pings,
+    normalize,
+    to_ms,
+)
+from tests.transforms.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
+
+
+def test_merge_pings_is_session_windows():
+    assert merge_pings([0, 90_000, 180_000]) == [(0, 300_000)]           # 90 s gaps: one session
+    assert merge_pings([0, 180_000]) == [(0, 120_000), (180_000, 300_000)]  # 3 min gap: two
+    assert merge_pings([0, 120_000]) == [(0, 120_000), (120_000, 240_000)]  # exactly the gap: touching, apart
+    assert normalize([(5, 9), (0, 6), (9, 10)]) == [(0, 9), (9, 10)]
+
+
+def test_to_ms_accepts_fastavro_datetimes():
+    assert to_ms(dt.datetime(2026, 3, 10, 13, 0, 0, 123000, tzinfo=dt.timezone.utc)) == 1773147600123
+    assert to_ms(5) == 5 and to_ms(None) is None
+
+
+def test_ninety_second_gap_stays_online():
+    connected = merge_pings(pings(at(12), at(12, 9, 31)) + pings(at(12, 11), at(12, 20)))  # 12:09:30 -> 12:11:00
+    got = summarize(evaluate("r", at(12), at(12, 20), connected, [], HOURS))
+    assert got == [("online", None, "10 12:00:00", "10 12:20:00")]
+
+
+def test_three_minute_gap_goes_offline_at_last_ping_plus_two_minutes():
+    connected = merge_pings(pings(at(12), at(12, 5, 1)) + pings(at(12, 8), at(12, 20)))  # last 12:05, next 12:08
+    got = summarize(evaluate("r", at(12), at(12, 20), connected, [], HOURS))
+    assert got == [("online", None, "10 12:00:00", "10 12:07:00"),
+                   ("offline_unexplained", "no_keepalive", "10 12:07:00", "10 12:08:00"),
+                   ("online", None, "10 12:08:00", "10 12:20:00")]
+
+
+def test_outside_opening_hours_nothing_is_online():
+    connected = merge_pings(pings(at(9), at(10, 30)) + pings(at(22, 30), at(24 + 1)))
+    got = summarize(evaluate("r", at(9), at(24 + 1), connected, [], HOURS))
+    assert got == [("online", None, "10 10:00:00", "10 10:31:30"),
+                   ("offline_unexplained", "no_keepalive", "10 10:31:30", "10 22:30:00"),
+                   ("online", None, "10 22:30:00", "10 23:00:00")]
+
+
+def test_schedule_explains_and_cancelled_schedule_does_not():
+    changes = [schedule("r", "s1", at(9), at(13), at(14), "LACK_OF_DELIVERY_STAFF"),
+               schedule("r", "s2", at(9), at(15), at(16)), cancel("r", "s2", at(11)),
+               schedule("r", "s3", at(9), at(17), at(18), "CONNECTION_ISSUES"), cancel("r", "s3", at(17, 30))]
+    got = summarize(evaluate("r", at(12), at(19), merge_pings(pings(at(12), at(13))), changes, HOURS))
+    assert got == [("online", None, "10 12:00:00", "10 13:00:00"),
+                   ("offline_scheduled", "LACK_OF_DELIVERY_STAFF", "10 13:00:00", "10 14:00:00"),
+                   ("offline_unexplained", "no_keepalive", "10 14:00:00", "10 17:00:00"),
+                   ("offline_scheduled", "CONNECTION_ISSUES", "10 17:00:00", "10 17:30:00"),
+                   ("offline_unexplained", "no_keepalive", "10 17:30:00", "10 19:00:00")]
+
+
+def test_unavailable_while_pinging_is_offline():
+    changes = [status("r", at(12, 10), "UNAVAILABLE"), status("r", at(12, 40), "AVAILABLE")]
+    got = summarize(evaluate("r", at(12), at(13), merge_pings(pings(at(12), at(13))), changes, HOURS))
+    assert got == [("online", None, "10 12:00:00", "10 12:10:00"),
+                   ("offline_unexplained", "unavailable", "10 12:10:00", "10 12:40:00"),
+                   ("online", None, "10 12:40:00", "10 13:00:00")]
+
+
+def test_split_at_closing_time_and_midnight():
+    late = OpeningHours.parse("18:00-02:00")
+    connected = merge_pings(pings(at(22, 30), at(24 + 1)))  # 22:30 -> 01:00 (+2 min)
+    got = evaluate("r", at(22), at(24 + 3), connected, [], late)
+    assert summarize(got) == [("offline_unexplained", "no_keepalive", "10 22:00:00", "10 22:30:00"),
+                              ("online", None, "10 22:30:00", "11 00:00:00"),
+                              ("online", None, "11 00:00:00", "11 01:01:30"),
+                              ("offline_unexplained", "no_keepalive", "11 01:01:30", "11 02:00:00")]
+    assert [i.day for i in got] == [dt.date(2026, 3, 10)] * 2 + [dt.date(2026, 3, 11)] * 2
+    default = evaluate("r", at(22), at(24 + 3), connected, [], HOURS)
+    assert summarize(default) == [("offline_unexplained", "no_keepalive", "10 22:00:00", "10 22:30:00"),
+                                  ("online", None, "10 22:30:00", "10 23:00:00")]
+
+
+def test_current_status_reasons():
+    assert current_status(at(12), at(11, 59), "AVAILABLE", [], HOURS) == ("online", [])
+    assert current_status(at(12), at(11, 58), None, [], HOURS) == ("offline", ["no_keepalive"])
+    assert current_status(at(23), at(22, 59), "UNAVAILABLE", ["HOLIDAYS"], HOURS) == (
+        "offline", ["outside_opening_hours", "unavailable", "scheduled_unavailability:HOLIDAYS"])
+
+
+def test_opening_hours_parse_rejects_nonsense():
+    with pytest.raises(ValueError):
+        OpeningHours.parse("ten to eleven")
+    with pytest.raises(ValueError):
+        OpeningHours.parse("10:00-10:00")
