@@ -162,18 +162,19 @@ def portable_options(argv: Sequence[str] = ()) -> PipelineOptions:
 
 
 def run_portable(build: Callable[[beam.Pipeline, PipelineOptions], object],
-                 argv: Sequence[str] = ()) -> PortableRun:
+                 argv: Sequence[str] = (), *, check: bool = True) -> PortableRun:
     """Builds a pipeline with ``build(pipeline, options)``, checks its proto and runs it portably.
 
     ``build`` is a pipeline module's ``build`` (or any function wiring transforms onto the pipeline);
     ``argv`` are the pipeline's options (``--bounded`` and its knobs). Raises NotPortable before running
-    if the proto holds transforms a portable runner cannot execute, and RuntimeError if the job fails.
+    if the proto holds transforms a portable runner cannot execute (``check=False`` runs anyway and
+    leaves the problems in ``PortableRun.graph``), and RuntimeError if the job fails.
     """
     options = portable_options(argv)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options)
     graph = summarize_proto(translate(pipeline, options))
-    if graph["problems"]:
+    if graph["problems"] and check:
         raise NotPortable("; ".join(graph["problems"]))
     result = pipeline.run()
     state = result.wait_until_finish()

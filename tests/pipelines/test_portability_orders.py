@@ -1,0 +1,89 @@
+"""Portability check of the orders pipeline: its portable proto, and a run through Beam's PortableRunner
+(in-process job service, SDK worker over the Fn API) on small bounded input from the real local stack.
+
+Input, expectations and the sink checks are the orders end-to-end test's (tests/pipelines/
+test_orders_pipeline.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
+"""
+from __future__ import annotations
+
+import collections
+import datetime
+
+import pytest
+
+from orderflow import refdata
+from orderflow.generate.orders import generate, produce
+from orderflow.pipelines import orders as orders_pipeline
+from orderflow.portability import run_portable
+from tests.pipelines.test_orders_pipeline import (
+    alarm_rules,
+    check_state,
+    expected_alarms,
+    expected_outcome,
+    pipeline_args,
+    read_topic,
+    register_phones,
+)
+
+DAY = datetime.date(2026, 11, 13)   # the end-to-end test's day: its expectations are computed for it
+N = 1_000
+
+
+@pytest.fixture(scope="module")
+def portable_run(module_settings):
+    settings = module_settings
+    prices = refdata.sample_prices(DAY)
+    refdata.load_reference_data(settings, DAY, prices)
+    records = list(generate(N, seed=7, day=DAY, timezone=settings.exchange_timezone))
+    expected = expected_outcome(records, prices)
+    top_clients = [c for c, _ in sorted(expected["volumes"].items(), key=lambda kv: -kv[1][0])[:2]]
+    phones = register_phones(settings, top_clients)
+    rules = alarm_rules(expected)
+    produce(settings.kafka_bootstrap, settings.topics.orders, records)
+
+    def build(pipeline, options):
+        orders_pipeline.build(pipeline, options, settings)
+
+    # check=False: run through the Fn API even if the static Flink check objects; that check has its own test.
+    run = run_portable(build, pipeline_args(rules), check=False)
+    return settings, records, expected, rules, phones, run
+
+
+def test_orders_pipeline_runs_portably_with_exact_results(portable_run):
+    settings, records, expected, rules, phones, run = portable_run
+
+    assert run.state == "DONE"
+    check_state(settings, expected, expected_alarms(expected, rules), phones)
+    priced = read_topic(settings, settings.topics.priced_orders)
+    dead = read_topic(settings, settings.topics.orders_dead_letter)
+    assert len(priced) + len(dead) == N
+    reasons = collections.Counter(dict(headers)["dlq.reason"].decode() for *_, headers in dead)
+    assert reasons == expected["reasons"]
+    # Beam counters come back from the SDK worker through the job service.
+    assert run.counter("records_in") == N
+    assert run.counter("orders_priced") == len(priced)
+    assert run.counter("postgres_inserted") == expected["unique"]
+
+
+def test_orders_graph_has_an_sdk_environment_and_stateful_parts(portable_run):
+    *_, run = portable_run
+    assert run.graph["environments"] == ["beam:env:embedded_python_loopback:v1"]
+    assert run.graph["leaf_urns"]["beam:transform:group_by_key:v1"] >= 1
+    assert run.graph["leaf_urns"]["beam:transform:pardo:v1"] > 10
+
+
+# Known, reported Flink incompatibility (the in-process portable run above is unaffected): the test shows
+# it as an expected failure while it lasts, fails on any other problem, and passes once it is fixed.
+ALARM_WINDOWS = ("orderflow/transforms/alarms.py: AlarmWindows is a custom (pickled) WindowFn in front of the "
+                 "alarms' GroupByKey; Flink rebuilds GroupByKey windowing in Java and cannot read it "
+                 "(apache/beam#20641). Owner: orders pipeline. Portable fix: standard FixedWindows/"
+                 "SlidingWindows per rule, or keyed state + event-time timers in the global window.")
+
+
+def test_orders_graph_is_readable_by_flink(portable_run):
+    *_, run = portable_run
+    problems = run.graph["problems"]
+    unexpected = [p for p in problems if not p.startswith("Alarms/")]
+    assert unexpected == []
+    if problems:
+        pytest.xfail(ALARM_WINDOWS)
