@@ -34,6 +34,7 @@ from contextlib import contextmanager
 
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
+    GoogleCloudOptions,
     PipelineOptions,
     PortableOptions,
     SetupOptions,
@@ -342,7 +343,7 @@ def describe(submission: Submission) -> dict[str, object]:
             "sdk_worker_parallelism": portable.sdk_worker_parallelism,
         },
         "setup_file": options.view_as(SetupOptions).setup_file,
-        "job_name": options.view_as(beam.options.pipeline_options.GoogleCloudOptions).job_name,
+        "job_name": options.view_as(GoogleCloudOptions).job_name,  # --job_name is declared there
         "beam_args": list(submission.beam_args),
         "options": _jsonable(options.get_all_options(drop_default=True)),
     }
