@@ -15,7 +15,7 @@ api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
 bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")
 
 
-def resources(request: Request) -> Resources:
+async def resources(request: Request) -> Resources:  # async: no thread hop for a lookup
     return request.app.state.resources
 
 
@@ -28,7 +28,10 @@ async def principal(
     if not key:
         raise HTTPException(401, "missing API key: send it in the X-API-Key header or as 'Authorization: Bearer <key>'",
                             headers={"WWW-Authenticate": "Bearer"})
-    found = await run_in_threadpool(request.app.state.resources.keys.verify, key)
+    keys = request.app.state.resources.keys
+    found = keys.verify_cached(key)
+    if found is False:  # not cached (or expired): ask the database, off the event loop
+        found = await run_in_threadpool(keys.verify, key)
     if found is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
     return found
