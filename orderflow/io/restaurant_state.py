@@ -8,6 +8,8 @@ One Redis hash per restaurant, ``{prefix}{restaurant_id}``, written by the prese
 - ``schedule:{schedule_id}``: JSON ``{"reason", "starts_at_ms", "ends_at_ms", "cancelled_at_ms"}`` of each
   scheduled unavailability (a cancellation sticks even if the creation arrives after it).
 
+``WriteKeepalivesToRedis`` and ``WriteAvailabilityToRedis`` are the pipeline's Beam sinks.
+
 Every write is a Lua script, so concurrent writers merge instead of overwriting each other, and a batch
 of writes is one round trip. ``RestaurantStateStore.statuses`` answers up to thousands of ids with one
 pipelined round trip (HGETALL per id) and evaluates the rules of ``presence_rules`` at ``now``.
@@ -18,7 +20,9 @@ import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
 
+import apache_beam as beam
 import redis
+from apache_beam.metrics import Metrics
 
 from orderflow.transforms.presence_rules import (
     AVAILABLE,
@@ -216,3 +220,58 @@ class RestaurantStateStore:
                 "scheduled": active,
             },
         }
+
+
+class _RedisWriteFn(beam.DoFn):
+    def __init__(self, redis_url: str, key_prefix: str):
+        self._redis_url = redis_url
+        self._key_prefix = key_prefix
+        self._writes = Metrics.counter("RestaurantState", "redis_writes")
+
+    def setup(self):
+        self._store = RestaurantStateStore(self._redis_url, key_prefix=self._key_prefix)
+
+    def teardown(self):
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
+
+
+class _RecordKeepalivesFn(_RedisWriteFn):
+    def process(self, batch):
+        records = batch if isinstance(batch, list) else [batch]
+        latest: dict[str, int] = {}
+        for record in records:  # the batch's latest ping per restaurant: one write each
+            sent = record["sent_at"]
+            ms = sent if isinstance(sent, int) else to_ms(sent)
+            if latest.get(record["restaurant_id"], -1) < ms:
+                latest[record["restaurant_id"]] = ms
+        self._writes.inc(self._store.record_keepalives(latest))
+
+
+class _ApplyChangesFn(_RedisWriteFn):
+    def process(self, batch):
+        self._writes.inc(self._store.apply_changes(batch if isinstance(batch, list) else [batch]))
+
+
+class WriteKeepalivesToRedis(beam.PTransform):
+    """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` of each restaurant, one round
+    trip per batch."""
+
+    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
+        super().__init__()
+        self._fn = _RecordKeepalivesFn(redis_url, key_prefix)
+
+    def expand(self, keepalives):
+        return keepalives | beam.ParDo(self._fn)
+
+
+class WriteAvailabilityToRedis(beam.PTransform):
+    """``AvailabilityChange`` lists (or single changes) -> status and schedules, one round trip per batch."""
+
+    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
+        super().__init__()
+        self._fn = _ApplyChangesFn(redis_url, key_prefix)
+
+    def expand(self, changes):
+        return changes | beam.ParDo(self._fn)

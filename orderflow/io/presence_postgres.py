@@ -1,0 +1,225 @@
+"""Batched, idempotent Postgres sinks of the presence pipeline, and the offline-ranking query.
+
+- ``WriteStatusIntervals``: status intervals upserted by ``(restaurant_id, start_at)``, and in the same
+  statement the daily aggregate ``restaurant_offline_daily`` of every (restaurant, day) the batch touches,
+  *recomputed* from the intervals (not incremented), so retries and replays leave it exact.
+- ``WriteUnavailabilityHistory``: ``restaurant_unavailability``, one row per schedule (created, cancelled)
+  and one per stretch of status UNAVAILABLE set by the restaurant (opened by SET_STATUS UNAVAILABLE, closed
+  by the next SET_STATUS AVAILABLE).
+- ``WritePresenceDeadLetters``: undecodable or invalid input with its reason (``presence_dead_letters``).
+
+Each sink is one SQL statement (or one pipelined ``executemany``) per batch, one transaction per batch.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from orderflow.io.dead_letter import DeadLetter
+from orderflow.transforms.presence_rules import (
+    SCHEDULE_CANCELLED,
+    SCHEDULE_CREATED,
+    SET_STATUS,
+    UNAVAILABLE,
+    AvailabilityChange,
+    StatusInterval,
+    ms_to_datetime,
+)
+
+UPSERT_INTERVALS_SQL = """
+WITH input AS (
+    SELECT * FROM unnest(%(rid)s::text[], %(start)s::timestamptz[], %(end)s::timestamptz[], %(status)s::text[],
+                         %(reason)s::text[], %(day)s::date[])
+        AS t(restaurant_id, start_at, end_at, status, reason, day)
+), upserted AS (
+    INSERT INTO restaurant_status_intervals AS i (restaurant_id, start_at, end_at, status, reason, day)
+    SELECT * FROM input
+    ON CONFLICT (restaurant_id, start_at) DO UPDATE
+        SET end_at = EXCLUDED.end_at, status = EXCLUDED.status, reason = EXCLUDED.reason, day = EXCLUDED.day,
+            written_at = now()
+    RETURNING restaurant_id, day
+)
+SELECT count(*) FROM upserted
+"""
+
+# A second statement (same transaction): the first one's rows are visible to it.
+RECOMPUTE_DAILY_SQL = """
+INSERT INTO restaurant_offline_daily AS d (restaurant_id, day, unexplained_offline_seconds)
+SELECT i.restaurant_id, i.day,
+       coalesce(round(sum(extract(epoch FROM i.end_at - i.start_at))
+                      FILTER (WHERE i.status = 'offline_unexplained')), 0)::bigint
+FROM restaurant_status_intervals i
+JOIN unnest(%(rid)s::text[], %(day)s::date[]) AS k(restaurant_id, day)
+  ON i.restaurant_id = k.restaurant_id AND i.day = k.day
+GROUP BY i.restaurant_id, i.day
+ORDER BY i.restaurant_id, i.day
+ON CONFLICT (restaurant_id, day) DO UPDATE SET unexplained_offline_seconds = EXCLUDED.unexplained_offline_seconds
+"""
+
+UPSERT_SCHEDULE_SQL = """
+INSERT INTO restaurant_unavailability AS u
+    (restaurant_id, schedule_id, kind, reason, starts_at, ends_at, created_at, cancelled_at)
+VALUES (%(rid)s, %(sid)s, 'schedule', %(reason)s, %(starts)s, %(ends)s, %(created)s, %(cancelled)s)
+ON CONFLICT (restaurant_id, schedule_id) DO UPDATE SET
+    reason = coalesce(EXCLUDED.reason, u.reason),
+    starts_at = coalesce(EXCLUDED.starts_at, u.starts_at),
+    ends_at = coalesce(EXCLUDED.ends_at, u.ends_at),
+    created_at = coalesce(EXCLUDED.created_at, u.created_at),
+    cancelled_at = least(EXCLUDED.cancelled_at, u.cancelled_at)
+"""
+
+OPEN_STATUS_SQL = """
+INSERT INTO restaurant_unavailability (restaurant_id, schedule_id, kind, reason, starts_at, created_at)
+SELECT %(rid)s, %(sid)s, 'status', %(reason)s, %(starts)s, %(starts)s
+WHERE NOT EXISTS (  -- already unavailable: the stretch that is open goes on
+    SELECT 1 FROM restaurant_unavailability
+    WHERE restaurant_id = %(rid)s AND kind = 'status' AND starts_at <= %(starts)s
+      AND (ends_at IS NULL OR ends_at > %(starts)s))
+ON CONFLICT (restaurant_id, schedule_id) DO NOTHING
+"""
+
+CLOSE_STATUS_SQL = """
+UPDATE restaurant_unavailability SET ends_at = %(ends)s
+WHERE restaurant_id = %(rid)s AND kind = 'status' AND ends_at IS NULL AND starts_at <= %(ends)s
+"""
+
+INSERT_DEAD_LETTERS_SQL = """
+INSERT INTO presence_dead_letters (source, stage, reason, detail, payload)
+SELECT * FROM unnest(%(source)s::text[], %(stage)s::text[], %(reason)s::text[], %(detail)s::text[],
+                     %(payload)s::bytea[])
+ON CONFLICT DO NOTHING
+"""
+
+RANKING_SQL = """
+SELECT restaurant_id, sum(unexplained_offline_seconds)::bigint AS seconds
+FROM restaurant_offline_daily
+WHERE day >= %(day_from)s AND day <= %(day_to)s
+GROUP BY restaurant_id
+ORDER BY seconds DESC, restaurant_id
+LIMIT %(limit)s
+"""
+
+
+def write_intervals(conn, intervals: list[StatusInterval]) -> int:
+    """Upserts the intervals and recomputes the touched daily aggregates, in one transaction."""
+    # The last version of an interval wins (a later finalisation of the same start replaces it).
+    latest = {(i.restaurant_id, i.start_ms): i for i in intervals}
+    batch = [latest[k] for k in sorted(latest)]  # one lock order for concurrent writers
+    params = {"rid": [i.restaurant_id for i in batch], "start": [ms_to_datetime(i.start_ms) for i in batch],
+              "end": [ms_to_datetime(i.end_ms) for i in batch], "status": [i.status for i in batch],
+              "reason": [i.reason for i in batch], "day": [i.day for i in batch]}
+    days = sorted({(i.restaurant_id, i.day) for i in batch})
+    with conn.transaction():
+        conn.execute(UPSERT_INTERVALS_SQL, params)
+        conn.execute(RECOMPUTE_DAILY_SQL, {"rid": [r for r, _ in days], "day": [d for _, d in days]})
+    return len(batch)
+
+
+def write_unavailability(conn, changes: list[AvailabilityChange]) -> int:
+    """Applies availability changes to the unavailability history, in occurred_at order, one transaction."""
+    schedule_rows, status_ops = [], []
+    for c in sorted(changes, key=lambda c: (c.occurred_at, c.event_id)):
+        if c.kind == SCHEDULE_CREATED:
+            schedule_rows.append({"rid": c.restaurant_id, "sid": c.schedule_id, "reason": c.reason,
+                                  "starts": _dt(c.starts_at), "ends": _dt(c.ends_at), "created": _dt(c.occurred_at),
+                                  "cancelled": None})
+        elif c.kind == SCHEDULE_CANCELLED:
+            schedule_rows.append({"rid": c.restaurant_id, "sid": c.schedule_id, "reason": None, "starts": None,
+                                  "ends": None, "created": None, "cancelled": _dt(c.occurred_at)})
+        elif c.kind == SET_STATUS:
+            status_ops.append(c)
+    with conn.transaction():
+        with conn.cursor() as cur:
+            if schedule_rows:
+                cur.executemany(UPSERT_SCHEDULE_SQL, schedule_rows)
+            for c in status_ops:  # order matters (open, then close); few per batch
+                if c.status == UNAVAILABLE:
+                    cur.execute(OPEN_STATUS_SQL, {"rid": c.restaurant_id, "sid": c.event_id, "reason": c.reason,
+                                                  "starts": _dt(c.occurred_at)})
+                else:
+                    cur.execute(CLOSE_STATUS_SQL, {"rid": c.restaurant_id, "ends": _dt(c.occurred_at)})
+    return len(schedule_rows) + len(status_ops)
+
+
+def _dt(ms: int | None) -> dt.datetime | None:
+    return None if ms is None else ms_to_datetime(ms)
+
+
+def offline_ranking(conn, day_from: dt.date, day_to: dt.date, limit: int = 10) -> list[tuple[str, int]]:
+    """``[(restaurant_id, unexplained offline seconds)]`` over ``[day_from, day_to]``, most offline first."""
+    return conn.execute(RANKING_SQL, {"day_from": day_from, "day_to": day_to, "limit": limit}).fetchall()
+
+
+class _PostgresBatchFn(beam.DoFn):
+    """Holds one connection per DoFn instance; each element is a batch (list) written in one transaction."""
+
+    def __init__(self, dsn: str, write, counter: str):
+        self._dsn = dsn
+        self._write = write
+        self._rows = Metrics.counter("PresencePostgres", counter)
+
+    def setup(self):
+        import psycopg
+
+        self._conn = psycopg.connect(self._dsn)
+
+    def process(self, batch):
+        if batch:
+            self._rows.inc(self._write(self._conn, list(batch)))
+
+    def teardown(self):
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.close()
+
+
+def _batched(pcoll, label: str, min_batch: int, max_batch: int):
+    # One SQL statement per batch instead of one per element.
+    return pcoll | label >> beam.BatchElements(min_batch_size=min_batch, max_batch_size=max_batch)
+
+
+class WriteStatusIntervals(beam.PTransform):
+    """``StatusInterval`` elements -> ``restaurant_status_intervals`` + ``restaurant_offline_daily``."""
+
+    def __init__(self, dsn: str, max_batch_size: int = 5000):
+        super().__init__()
+        self._dsn, self._max = dsn, max_batch_size
+
+    def expand(self, intervals):
+        return (_batched(intervals, "Batch", 100, self._max)
+                | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_intervals, "status_intervals")))
+
+
+class WriteUnavailabilityHistory(beam.PTransform):
+    """Lists of ``AvailabilityChange`` (one per Kafka batch) -> ``restaurant_unavailability``."""
+
+    def __init__(self, dsn: str):
+        super().__init__()
+        self._dsn = dsn
+
+    def expand(self, change_batches):
+        return change_batches | "Write" >> beam.ParDo(
+            _PostgresBatchFn(self._dsn, write_unavailability, "unavailability_changes"))
+
+
+def write_dead_letters(conn, letters: list[DeadLetter]) -> int:
+    params = {"source": [d.source for d in letters], "stage": [d.stage for d in letters],
+              "reason": [d.reason for d in letters], "detail": [d.detail for d in letters],
+              "payload": [bytes(d.payload) for d in letters]}
+    with conn.transaction():
+        conn.execute(INSERT_DEAD_LETTERS_SQL, params)
+    return len(letters)
+
+
+class WritePresenceDeadLetters(beam.PTransform):
+    """``DeadLetter`` elements -> ``presence_dead_letters`` (idempotent by source coordinates and stage)."""
+
+    def __init__(self, dsn: str):
+        super().__init__()
+        self._dsn = dsn
+
+    def expand(self, letters):
+        return (_batched(letters, "Batch", 1, 1000)
+                | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_dead_letters, "dead_letters")))

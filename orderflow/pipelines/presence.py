@@ -1,0 +1,166 @@
+"""The presence pipeline: keep-alives + availability -> online/offline intervals, hot state, ranking.
+
+    ReadFromKafka(restaurant-keepalive, batch_size)      lists of KafkaRecords
+      -> DecodeAvro(restaurant_keepalive)                 lists of {restaurant_id, sent_at} | dead letters
+           -> WriteKeepalivesToRedis                      last keep-alive per restaurant (hot state)
+           -> KeepaliveSessions(gap)                      session windows: connected intervals
+    ReadFromKafka(restaurant-availability, batch_size)
+      -> DecodeAvailabilityChanges                        lists of AvailabilityChange | dead letters
+           -> WriteAvailabilityToRedis                    status and schedules (hot state)
+           -> WriteUnavailabilityHistory                  restaurant_unavailability
+    (sessions, changes) -> RestaurantStatusIntervals      online / offline_scheduled / offline_unexplained
+      -> WriteStatusIntervals                             restaurant_status_intervals + restaurant_offline_daily
+    dead letters -> WritePresenceDeadLetters              presence_dead_letters
+
+``--bounded`` reads both topics to their end and evaluates up to ``--as_of`` (default: the time the run
+starts): a session still open then stays online up to the cut-off. Streaming (Flink/Prism) evaluates as
+the watermark passes each session's end and each day's closing time.
+``python -m orderflow.pipelines.presence --bounded`` runs it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.transforms.window import TimestampedValue
+
+from orderflow.config import Settings, load_settings
+from orderflow.io.avro import DecodeAvro
+from orderflow.io.kafka_read import ReadFromKafka, StartPosition
+from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
+from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
+from orderflow.transforms.keepalive_sessions import KeepaliveSessions
+from orderflow.transforms.presence_rules import OpeningHours, to_ms
+from orderflow.transforms.status_intervals import RestaurantStatusIntervals
+
+
+def _add_once(parser, flag: str, **kwargs) -> None:
+    # PipelineOptions subclasses share one parser: --bounded is also defined by OrdersOptions.
+    if flag not in parser._option_string_actions:  # noqa: SLF001 - argparse has no public lookup
+        parser.add_argument(flag, **kwargs)
+
+
+def parse_instant(text: str | None) -> int | None:
+    """Epoch ms from ISO-8601 (naive = UTC) or an integer of epoch milliseconds; None stays None."""
+    if text in (None, ""):
+        return None
+    if str(text).lstrip("-").isdigit():
+        return int(text)
+    return to_ms(dt.datetime.fromisoformat(str(text).replace("Z", "+00:00")))
+
+
+class PresenceOptions(PipelineOptions):
+    """Knobs of the presence pipeline. Endpoints and names default to ``load_settings()`` (environment)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        _add_once(parser, "--bounded", action="store_true", default=False,
+                  help="read every partition to its end, then finish (batch); default: stream")
+        parser.add_argument("--keepalive_topic", default=None, help="default: settings")
+        parser.add_argument("--availability_topic", default=None, help="default: settings")
+        parser.add_argument("--presence_start", default=None,
+                            help="earliest | latest | committed | ISO time | topic:p=o,...; default: earliest "
+                                 "when --bounded, else the committed offsets of --presence_group_id")
+        parser.add_argument("--presence_group_id", default="orderflow-presence", help="consumer group")
+        parser.add_argument("--presence_batch_size", type=int, default=5000,
+                            help="Kafka records per batch element (all work is per batch)")
+        parser.add_argument("--keepalive_timeout_seconds", type=float, default=120.0,
+                            help="session gap: a restaurant is connected until this long after a keep-alive")
+        parser.add_argument("--opening_hours", default="10:00-23:00", help="HH:MM-HH:MM, local time")
+        parser.add_argument("--presence_timezone", default="America/Sao_Paulo", help="time zone of opening hours")
+        parser.add_argument("--as_of", default=None,
+                            help="bounded: evaluate up to this instant (ISO-8601 or epoch ms; default: now)")
+        parser.add_argument("--track_from", default=None,
+                            help="every restaurant's timeline starts here (ISO-8601 or epoch ms); default: "
+                                 "its first keep-alive or availability change")
+        parser.add_argument("--finalize_each_session", default=None, choices=["true", "false"],
+                            help="emit intervals as each session closes (default: true when streaming, false "
+                                 "when bounded, where everything is final at the end anyway)")
+        parser.add_argument("--presence_postgres_dsn", default=None, help="default: settings")
+        parser.add_argument("--presence_redis_url", default=None, help="default: settings")
+        parser.add_argument("--presence_redis_prefix", default="restaurant:", help="key prefix of the hot state")
+        parser.add_argument("--presence_kafka_bootstrap", default=None, help="default: settings")
+
+
+def presence_settings(options: PipelineOptions) -> Settings:
+    """Settings from the environment, with the endpoints and topics the options override."""
+    opts = options.view_as(PresenceOptions)
+    settings = load_settings()
+    overrides = {}
+    if opts.presence_postgres_dsn:
+        overrides["postgres_dsn"] = opts.presence_postgres_dsn
+    if opts.presence_redis_url:
+        overrides["redis_url"] = opts.presence_redis_url
+    if opts.presence_kafka_bootstrap:
+        overrides["kafka_bootstrap"] = opts.presence_kafka_bootstrap
+    topics = {k: v for k, v in (("keepalive", opts.keepalive_topic), ("availability", opts.availability_topic)) if v}
+    if topics:
+        overrides["topics"] = dataclasses.replace(settings.topics, **topics)
+    return dataclasses.replace(settings, **overrides)
+
+
+def _one_by_one(batch):
+    # Availability changes are few; the evaluation takes them one by one at their event time.
+    return [TimestampedValue(change, change.occurred_at / 1000) for change in batch]
+
+
+def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings | None = None) -> None:
+    """Wires the presence pipeline onto ``pipeline`` (no runner choice here)."""
+    opts = options.view_as(PresenceOptions)
+    settings = settings or presence_settings(options)
+    bounded = opts.bounded
+    hours = OpeningHours.parse(opts.opening_hours, opts.presence_timezone)
+    gap_ms = int(opts.keepalive_timeout_seconds * 1000)
+    as_of = parse_instant(opts.as_of) if bounded else None
+    if bounded and as_of is None:
+        as_of = to_ms(dt.datetime.now(dt.timezone.utc))
+    at_session_end = (opts.finalize_each_session == "true") if opts.finalize_each_session else not bounded
+    if opts.presence_start:
+        start = StartPosition.parse(opts.presence_start)
+    else:
+        start = StartPosition.earliest() if bounded else StartPosition.committed()
+
+    def read(label: str, topic: str):
+        return pipeline | label >> ReadFromKafka(
+            settings.kafka_bootstrap, topic, bounded=bounded, group_id=opts.presence_group_id, start=start,
+            batch_size=opts.presence_batch_size)
+
+    keepalives = read("ReadKeepalives", settings.topics.keepalive) | "DecodeKeepalives" >> DecodeAvro(
+        "restaurant_keepalive")
+    _ = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(settings.redis_url, opts.presence_redis_prefix)
+    sessions = keepalives.decoded | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
+
+    changes = read("ReadAvailability", settings.topics.availability) | "DecodeAvailability" >> (
+        DecodeAvailabilityChanges())
+    _ = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(settings.redis_url, opts.presence_redis_prefix)
+    _ = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(settings.postgres_dsn)
+    single_changes = changes.changes | "OneByOne" >> beam.FlatMap(_one_by_one)
+
+    intervals = (sessions, single_changes) | "Status" >> RestaurantStatusIntervals(
+        hours, gap_ms, as_of_ms=as_of, finalize_at_session_end=at_session_end,
+        track_from_ms=parse_instant(opts.track_from))
+    _ = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
+
+    _ = ((keepalives.dead_letter, changes.dead_letter)
+         | "DeadLetters" >> beam.Flatten()
+         | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
+
+
+def run(argv: list[str] | None = None, settings: Settings | None = None):
+    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
+    options = PipelineOptions(argv)
+    if not options.view_as(PresenceOptions).bounded:
+        options.view_as(StandardOptions).streaming = True
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, options, settings)
+    result = pipeline.run()
+    if options.view_as(PresenceOptions).bounded:
+        result.wait_until_finish()
+    return result
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,48 @@
+"""Decodes ``restaurant-availability`` records into validated ``AvailabilityChange`` batches.
+
+Input: ``KafkaRecord`` or ``list[KafkaRecord]`` (``ReadFromKafka(batch_size=...)``). Output: main
+``list[AvailabilityChange]`` per input element (empty batches are not emitted), and ``dead_letter``:
+``DeadLetter`` for bytes that do not decode as ``RestaurantAvailabilityEvent`` and for events that lack
+what their kind needs (e.g. SET_STATUS without status), with the reason and the Kafka coordinates.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from orderflow.io.avro import AvroCodec, AvroDecodeError
+from orderflow.io.dead_letter import DeadLetter
+from orderflow.io.kafka_record import KafkaRecord
+from orderflow.transforms.presence_rules import AvailabilityChange, InvalidAvailabilityChange, validate_change
+
+DEAD_LETTER = "dead_letter"
+STAGE = "DecodeAvailabilityChanges"
+
+
+class _DecodeChangesFn(beam.DoFn):
+    def __init__(self):
+        self._codec = AvroCodec("restaurant_availability")
+        self._decoded = Metrics.counter(STAGE, "changes")
+        self._dead = Metrics.counter(STAGE, "dead_letters")
+
+    def process(self, element):
+        records = element if isinstance(element, list) else [element]
+        changes = []
+        for record in records:
+            payload, source = (record.value, record.coordinates) if isinstance(record, KafkaRecord) else (record, "")
+            try:
+                changes.append(validate_change(AvailabilityChange.from_record(self._codec.decode(payload))))
+            except (AvroDecodeError, InvalidAvailabilityChange) as exc:
+                self._dead.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(exc.reason, exc.detail, payload or b"", source,
+                                                                       STAGE))
+        if changes:
+            self._decoded.inc(len(changes))
+            yield changes
+
+
+class DecodeAvailabilityChanges(beam.PTransform):
+    """Kafka records of ``restaurant-availability`` -> (``changes`` batches, ``dead_letter``)."""
+
+    def expand(self, records):
+        return records | beam.ParDo(_DecodeChangesFn()).with_outputs(DEAD_LETTER, main="changes")
