@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -293,3 +294,27 @@ def test_images_match_the_installed_sdk_and_flink_version():
     assert flink_submit.BEAM_SDK_IMAGE == f"apache/beam_python{python}_sdk:{apache_beam.__version__}"
     flink = (REPO / "deploy" / "Dockerfile.flink").read_text()
     assert f"ARG FLINK_IMAGE=flink:{flink_submit.DEFAULT_FLINK_VERSION}-java17\n" in flink
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kustomization_renders_every_manifest():
+    import yaml
+
+    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy")], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered))
+    assert kinds == sorted([
+        ("ConfigMap", "orderflow-endpoints"),
+        ("FlinkDeployment", "orderflow-orders"), ("FlinkDeployment", "orderflow-presence"),
+        *[("KafkaTopic", t) for t in ("ordem-ativo", "ordem-ativo-precificado", "ordem-ativo-dlq",
+                                      "restaurant-keepalive", "restaurant-availability")],
+    ])
+
+
+def test_topics_are_the_ones_the_pipelines_use():
+    import dataclasses
+
+    from orderflow.config import Topics
+
+    declared = {t["metadata"]["name"] for t in _load_yaml("kafka-topics.yaml")}
+    assert declared == {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)}
