@@ -4,8 +4,8 @@
       -> NormalizeOrders                 canonical Orders | dead letters
       -> PriceOrders(reference data)     PricedOrders     | dead letters   (side input: memcached+DynamoDB)
       -> WriteToKafka(ordem-ativo-precificado)           every priced record, Avro PricedOrder, key order_id
-      -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement
-           -> WriteDailyVolumeToDynamoDB absolute, monotonic
+      -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement, the
+                                         absolute volumes put to DynamoDB under the rows' locks
            -> WindowedAlarms (owned orders) -> RecordAlarms (alarm + SMS outbox) -> RelaySmsOutbox (SNS)
     dead letters -> WriteToKafka(ordem-ativo-dlq) with the reason in headers
 
@@ -24,7 +24,7 @@ from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
 from orderflow.config import Settings, load_settings
 from orderflow.io.avro import AvroCodec
-from orderflow.io.dynamodb_volume import WriteDailyVolumeToDynamoDB
+from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
@@ -127,10 +127,10 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "EncodePriced" >> beam.ParDo(_EncodePriced())
          | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders))
 
-    written = priced.priced | "Postgres" >> WriteOrdersToPostgres(settings.postgres_dsn)
-    _ = written.volumes | "DailyVolume" >> WriteDailyVolumeToDynamoDB(settings)
+    owned = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
+        settings.postgres_dsn, DailyVolumeTable(settings))
 
-    ticks = (written.owned
+    ticks = (owned
              | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
              | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn))
     # The relay also runs once at start (messages a crashed run queued but did not send) and, when

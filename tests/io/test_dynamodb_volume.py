@@ -1,44 +1,65 @@
-"""Absolute, monotonic daily-volume writes to real (moto) DynamoDB."""
+"""Daily volumes written to real (moto) DynamoDB under the Postgres row locks: exact and never older."""
 from __future__ import annotations
 
+import datetime
+import random
+import threading
 from decimal import Decimal
 
-import apache_beam as beam
-from apache_beam.testing.test_pipeline import TestPipeline
+import psycopg
 
 from orderflow.bootstrap import aws_client
-from orderflow.io.dynamodb_volume import WriteDailyVolumeToDynamoDB, write_volumes
+from orderflow.io.dynamodb_volume import DailyVolumeTable
+from orderflow.io.postgres_orders import upsert_orders
+
+DAY = datetime.date(2026, 11, 15)
 
 
-def _item(client, table, token, day):
-    item = client.get_item(TableName=table, Key={"client_token": {"S": token}, "day": {"S": day}}, ConsistentRead=True)["Item"]
-    return Decimal(item["total"]["N"]), int(item["order_count"]["N"]), item["updated_at"]["S"]
+def _scan(settings):
+    client = aws_client(settings, "dynamodb")
+    items = client.scan(TableName=settings.client_volume_table, ConsistentRead=True)["Items"]
+    return {(i["client_token"]["S"], i["day"]["S"]): (Decimal(i["total"]["N"]), int(i["order_count"]["N"]))
+            for i in items}
 
 
-def test_newer_values_win_and_stale_ones_are_dropped(module_settings):
-    client = aws_client(module_settings, "dynamodb")
-    table = module_settings.client_volume_table
-    counts = write_volumes(client, table, {("ana", "2026-11-17"): (Decimal("10.750000"), 2),
-                                           ("bia", "2026-11-17"): (Decimal("7"), 1)})
-    assert counts["written"] == 2
-    assert _item(client, table, "ana", "2026-11-17")[:2] == (Decimal("10.75"), 2)
-    # A slow retry carrying an older value in the same transaction as a newer one for another key.
-    counts = write_volumes(client, table, {("ana", "2026-11-17"): (Decimal("3"), 1),
-                                           ("bia", "2026-11-17"): (Decimal("8.000001"), 2)})
-    assert (counts["written"], counts["stale"]) == (1, 1)
-    assert _item(client, table, "ana", "2026-11-17")[:2] == (Decimal("10.75"), 2)
-    assert _item(client, table, "bia", "2026-11-17")[:2] == (Decimal("8.000001"), 2)
-    # Rewriting the same absolute value is harmless (idempotent).
-    assert write_volumes(client, table, {("bia", "2026-11-17"): (Decimal("8.000001"), 2)})["written"] == 1
+def test_write_puts_absolute_exact_items_in_batches(module_settings):
+    table = DailyVolumeTable(module_settings)
+    volumes = [(f"w{i:03d}", "2026-11-14", Decimal("0.000001") * i + 5, i + 1) for i in range(60)]
+    assert table.write(volumes) == 60  # three BatchWriteItem requests
+    items = _scan(module_settings)
+    assert items[("w059", "2026-11-14")] == (Decimal("5.000059"), 60)
+    assert table.write([("w001", "2026-11-14", Decimal("9.5"), 7)]) == 1  # a newer absolute value replaces
+    assert _scan(module_settings)[("w001", "2026-11-14")] == (Decimal("9.5"), 7)
 
 
-def test_transform_coalesces_and_writes_more_than_one_transaction(module_settings):
-    volumes = [[(f"c{i:03d}", "2026-11-16", Decimal(i), 1) for i in range(250)],
-               [(f"c{i:03d}", "2026-11-16", Decimal(i) * 2, 2) for i in range(0, 250, 2)]]
-    with TestPipeline() as p:
-        _ = p | beam.Create(volumes) | WriteDailyVolumeToDynamoDB(module_settings)
-    client = aws_client(module_settings, "dynamodb")
-    table = module_settings.client_volume_table
-    assert _item(client, table, "c010", "2026-11-16")[:2] == (Decimal(20), 2)
-    assert _item(client, table, "c011", "2026-11-16")[:2] == (Decimal(11), 1)
-    assert _item(client, table, "c249", "2026-11-16")[:2] == (Decimal(249), 1)
+def test_parallel_batches_of_the_same_clients_leave_dynamodb_equal_to_postgres(module_settings):
+    """Four writers race on the same few clients; DynamoDB must end exactly at Postgres' final values."""
+    clients = ["p-ana", "p-bia", "p-caio"]
+    rng = random.Random(3)
+    batches = [[{"order_id": f"par-{w}-{b}-{i}", "client_token": rng.choice(clients), "asset": "WEGE3",
+                 "quantity": 1, "pricing_code": "W", "price": Decimal("1.5"), "total": Decimal("1.5"),
+                 "event_time": datetime.datetime(2026, 11, 15, 15, tzinfo=datetime.timezone.utc),
+                 "trade_day": DAY, "source_format": "JSON", "source": f"t/{w}/{b}#{i}"}
+                for i in range(20)] for w in range(4) for b in range(10)]
+    errors = []
+
+    def writer(mine):
+        table = DailyVolumeTable(module_settings)
+        try:
+            with psycopg.connect(module_settings.postgres_dsn) as conn:
+                for batch in mine:
+                    upsert_orders(conn, batch, table.write)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(batches[w::4],)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with psycopg.connect(module_settings.postgres_dsn) as conn:
+        truth = {(c, str(d)): (t, n) for c, d, t, n in conn.execute(
+            "SELECT client_token, day, total, order_count FROM client_daily_volume WHERE client_token LIKE 'p-%'")}
+    assert sum(n for _, n in truth.values()) == 800
+    assert {k: v for k, v in _scan(module_settings).items() if k[0].startswith("p-")} == truth

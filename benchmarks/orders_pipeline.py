@@ -1,0 +1,302 @@
+"""Orders pipeline throughput: the bounded Beam pipeline beside a hand-written loop, in one run.
+
+Both read the same generated topic (default 1,000,000 records: four formats, 5% duplicates, 2% malformed)
+with every sink live on a local stack started here (free ports): priced orders and dead letters to
+Kafka, orders + exact daily volumes to Postgres, volumes to DynamoDB (moto), windowed alarms recorded in
+Postgres and sent through the SMS outbox (SNS on moto). The baseline is a plain confluent-kafka +
+psycopg + boto3 loop with identical semantics: it reuses the same parsing, pricing data, SQL statements
+and DynamoDB/outbox functions, only without Beam. Each side runs in its own process, on its own
+database, topics and tables, and reports its wall time and peak RSS; the results are checked equal.
+
+    .venv/bin/python benchmarks/orders_pipeline.py --n 1000000
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zoneinfo
+from decimal import Decimal
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orderflow import bootstrap, refdata  # noqa: E402
+from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT, Settings, Topics, load_settings  # noqa: E402
+
+DAY = datetime.date(2026, 11, 10)
+RULES = [  # thresholds set so that a few windows fire in a 1M-order day
+    {"id": "bench-client-day", "scope": "client", "window": "day", "threshold": "50000000"},
+    {"id": "bench-all-1h", "scope": "all", "window": {"size_seconds": 3600, "period_seconds": 900},
+     "threshold": "150000000"},
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# The hand-written baseline.
+# --------------------------------------------------------------------------------------------------
+def hand_loop(settings: Settings, batch_size: int) -> None:
+    import psycopg
+    from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+
+    from orderflow.bootstrap import aws_client
+    from orderflow.io.avro import AvroCodec
+    from orderflow.io.dead_letter import DeadLetter
+    from orderflow.io.dynamodb_volume import write_volumes
+    from orderflow.io.postgres_orders import upsert_orders
+    from orderflow.io.sns_alarms import record_alarms, relay_sms_outbox
+    from orderflow.transforms.alarms import Alarm, parse_rules
+    from orderflow.transforms.normalize_orders import InvalidOrder, encode_order_avro, parse_orders
+
+    zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
+    reference = refdata.read_reference_data(settings, [DAY])
+    rules = parse_rules(json.dumps(RULES))
+    codec = AvroCodec("priced_order")
+    scale = Decimal("0.000001")
+    conn = psycopg.connect(settings.postgres_dsn)
+    dynamodb = aws_client(settings, "dynamodb")
+    sns = aws_client(settings, "sns")
+    relay_sms_outbox(conn, sns)
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
+                         "linger.ms": 5, "batch.num.messages": 10_000, "batch.size": 1024 * 1024,
+                         "queue.buffering.max.messages": 1_000_000, "queue.buffering.max.kbytes": 512 * 1024})
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"hand-{uuid.uuid4().hex[:6]}",
+                         "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                         "fetch.wait.max.ms": 100, "max.partition.fetch.bytes": 16 * 1024 * 1024,
+                         "fetch.max.bytes": 64 * 1024 * 1024, "queued.min.messages": 500_000})
+    topic = settings.topics.orders
+    partitions = list(consumer.list_topics(topic, timeout=10).topics[topic].partitions)
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    open_partitions = set(partitions)
+    window_totals: dict[tuple, Decimal] = collections.defaultdict(Decimal)
+    fired: set[tuple] = set()
+    day_starts: dict = {}
+
+    def produce_all(topic_name, items):
+        for key, value, *headers in items:
+            while True:
+                try:
+                    producer.produce(topic_name, value, key, headers=headers[0] if headers else None)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.poll(0)
+
+    while open_partitions:
+        messages = consumer.consume(batch_size, timeout=1.0)
+        priced, dead = [], []
+        for message in messages:
+            if message.error():
+                if message.error().code() == KafkaError._PARTITION_EOF:
+                    open_partitions.discard(message.partition())
+                    continue
+                raise RuntimeError(message.error())
+            source = f"{message.topic()}/{message.partition()}/{message.offset()}"
+            try:
+                orders = parse_orders(message.value(), source=source, timestamp_ms=message.timestamp()[1])
+            except InvalidOrder as invalid:
+                dead.append(DeadLetter(invalid.reason, invalid.detail, message.value(), source, "normalize_orders"))
+                continue
+            for index, order in enumerate(orders):
+                order["source"] = f"{source}#{index}"
+                day = order["event_time"].astimezone(zone).date()
+                entry = reference.get(str(day), {}).get(order["asset"])
+                reason = ("unknown_asset" if entry is None else "no_pricing_code" if entry[0] is None
+                          else "no_price" if entry[1] is None else None)
+                if reason:
+                    dead.append(DeadLetter(reason, reason, encode_order_avro(order), source, "price_orders"))
+                    continue
+                price = entry[1].quantize(scale)
+                priced.append({**order, "trade_day": day, "pricing_code": entry[0], "price": price,
+                               "total": price * order["quantity"]})
+        produce_all(settings.topics.priced_orders, [(o["order_id"].encode(), codec.encode(o)) for o in priced])
+        produce_all(settings.topics.orders_dead_letter, [d.to_kafka() for d in dead])
+        if not priced:
+            continue
+        owned, volumes, _ = upsert_orders(conn, priced)
+        write_volumes(dynamodb, settings.client_volume_table,
+                      {(token, str(day)): (total, count) for token, day, total, count in volumes})
+        touched = set()
+        for order in owned:
+            event_s = order["event_time"].timestamp()
+            for rule in rules:
+                scope = order["client_token"] if rule.scope == "client" else "*"
+                if rule.window == "day":
+                    start = day_starts.get(order["trade_day"])
+                    if start is None:
+                        d = order["trade_day"]
+                        start = day_starts[d] = datetime.datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
+                    starts = [(start, start + 86400)]  # no DST in São Paulo since 2019
+                else:
+                    last = event_s - event_s % rule.period_seconds
+                    starts = [(s, s + rule.size_seconds)
+                              for s in range(int(last), int(event_s - rule.size_seconds), -rule.period_seconds)]
+                for start, end in starts:
+                    key = (rule.rule_id, scope, start, end)
+                    window_totals[key] += order["total"]
+                    touched.add(key)
+        thresholds = {rule.rule_id: rule.threshold for rule in rules}
+        alarms = []
+        for key in touched:
+            rule_id, scope, start, end = key
+            if key not in fired and window_totals[key] >= thresholds[rule_id]:
+                fired.add(key)
+                utc = datetime.timezone.utc
+                alarms.append(Alarm(rule_id, scope, datetime.datetime.fromtimestamp(start, utc),
+                                    datetime.datetime.fromtimestamp(end, utc), window_totals[key], thresholds[rule_id]))
+        if alarms and record_alarms(conn, alarms)[1]:
+            relay_sms_outbox(conn, sns)
+    if producer.flush(120):
+        raise RuntimeError("undelivered records")
+    consumer.close()
+    conn.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# One side in a child process.
+# --------------------------------------------------------------------------------------------------
+def child(role: str, settings_json: str, batch_size: int) -> None:
+    fields = json.loads(settings_json)
+    settings = dataclasses.replace(load_settings(), **{k: v for k, v in fields.items() if k != "topics"},
+                                   topics=Topics(**fields["topics"]))
+    started = time.perf_counter()
+    if role == "beam":
+        from orderflow.pipelines import orders
+
+        orders.run(["--bounded", f"--trade_days={DAY}", f"--alarm_rules={json.dumps(RULES)}",
+                    f"--orders_batch_size={batch_size}"], settings=settings)
+    else:
+        hand_loop(settings, batch_size)
+    elapsed = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb}))
+
+
+def isolated(base: Settings, pg_admin_dsn: str, name: str) -> Settings:
+    import psycopg
+
+    database = f"bench_{name}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{database}"')
+    suffix = f"{name}-{uuid.uuid4().hex[:6]}"
+    settings = dataclasses.replace(
+        base, postgres_dsn=base.postgres_dsn.rsplit("/", 1)[0] + f"/{database}",
+        topics=dataclasses.replace(base.topics, priced_orders=f"priced-{suffix}", orders_dead_letter=f"dlq-{suffix}"),
+        client_volume_table=f"volume-{suffix}", alarm_sns_topic=f"alarms-{suffix}")
+    bootstrap.migrate(settings.postgres_dsn)
+    bootstrap.create_topics(settings.kafka_bootstrap, [settings.topics.priced_orders, settings.topics.orders_dead_letter],
+                            settings.topic_partitions)
+    bootstrap.create_dynamodb_tables(settings)
+    bootstrap.create_sns_topic(settings)
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES ('+5511999990000', NULL)")
+    return settings
+
+
+def outcome(settings: Settings) -> dict:
+    import psycopg
+
+    from orderflow.bootstrap import aws_client
+
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        orders = conn.execute("SELECT count(*), sum(total) FROM orders").fetchone()
+        alarms = conn.execute("SELECT rule_id, scope, window_start FROM alarms ORDER BY 1, 2, 3").fetchall()
+        sent = conn.execute("SELECT count(*) FROM sms_outbox WHERE sent_at IS NOT NULL").fetchone()[0]
+    client = aws_client(settings, "dynamodb")
+    volumes, kwargs = {}, {}
+    while True:
+        page = client.scan(TableName=settings.client_volume_table, **kwargs)
+        volumes.update({i["client_token"]["S"]: (Decimal(i["total"]["N"]), int(i["order_count"]["N"]))
+                        for i in page["Items"]})
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs = {"ExclusiveStartKey": page["LastEvaluatedKey"]}
+    return {"orders": orders, "alarms": [tuple(map(str, a)) for a in alarms], "sms_sent": sent, "volumes": volumes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="records to generate (default 1,000,000)")
+    parser.add_argument("--batch-size", type=int, default=5000, help="Kafka records per batch, both sides")
+    parser.add_argument("--only", choices=["beam", "hand"], help="run one side only")
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("--settings", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        child(args.role, args.settings, args.batch_size)
+        return 0
+
+    import port_for
+
+    from orderflow.generate.orders import generate, produce
+    from orderflow.local import LocalStack, StackPorts
+
+    chosen: set[int] = set()
+    ports = {}
+    for field in dataclasses.fields(StackPorts):
+        ports[field.name] = port_for.select_random(exclude_ports=chosen)
+        chosen.add(ports[field.name])
+    (ROOT / ".local").mkdir(exist_ok=True)
+    root = tempfile.mkdtemp(prefix="bench-orders-", dir=ROOT / ".local")
+    stack = LocalStack(root, StackPorts(**ports))
+    try:
+        stack.up(timeout=120)
+        base = load_settings(stack.environment())
+        base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{uuid.uuid4().hex[:6]}"))
+        bootstrap.create_topics(base.kafka_bootstrap, [base.topics.orders], base.topic_partitions)
+        bootstrap.create_dynamodb_tables(base)
+        refdata.load_reference_data(base, DAY, refdata.sample_prices(DAY))
+        t = time.perf_counter()
+        counts = produce(base.kafka_bootstrap, base.topics.orders,
+                         generate(args.n, seed=2026, day=DAY, timezone=base.exchange_timezone, clients=2000),
+                         total=args.n, progress=sys.stderr.isatty())
+        print(f"generated and produced {args.n:,} records in {time.perf_counter() - t:.1f}s: "
+              f"{counts['order']:,} orders, {counts['duplicate']:,} duplicates, {counts['malformed']:,} malformed",
+              flush=True)
+        admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+        results = {}
+        for role in ("beam", "hand"):
+            if args.only and role != args.only:
+                continue
+            settings = isolated(base, admin_dsn, role)
+            env = {**os.environ, **{var: ("" if getattr(settings, f) is None else str(getattr(settings, f)))
+                                    for var, f, _ in ENVIRONMENT},
+                   **{var: getattr(settings.topics, f) for var, f in TOPIC_ENVIRONMENT}}
+            payload = json.dumps({**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)
+                                     if f.name != "topics"}, "topics": dataclasses.asdict(settings.topics)})
+            proc = subprocess.run([sys.executable, __file__, "--role", role, "--settings", payload,
+                                   "--batch-size", str(args.batch_size)], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+                return 1
+            measured = json.loads(proc.stdout.strip().splitlines()[-1])
+            measured["outcome"] = outcome(settings)
+            results[role] = measured
+            rate = args.n / measured["seconds"]
+            print(f"{role:>5}: {measured['seconds']:8.1f}s  {rate:10,.0f} records/s  peak RSS {measured['peak_mb']:7.0f} MB"
+                  f"  orders={measured['outcome']['orders'][0]:,} alarms={len(measured['outcome']['alarms'])}"
+                  f" sms={measured['outcome']['sms_sent']}", flush=True)
+        if len(results) == 2:
+            same = results["beam"]["outcome"] == results["hand"]["outcome"]
+            ratio = results["hand"]["seconds"] / results["beam"]["seconds"]
+            print(f"ratio beam/hand throughput: {ratio:.2f}x  (target >= 0.5x); identical results: {same}")
+            return 0 if same else 1
+        return 0
+    finally:
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
