@@ -36,36 +36,42 @@ from orderflow import bootstrap, refdata  # noqa: E402
 from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT, Settings, Topics, load_settings  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
-RULES = [  # thresholds set so that a few windows fire in a 1M-order day
-    {"id": "bench-client-day", "scope": "client", "window": "day", "threshold": "50000000"},
-    {"id": "bench-all-1h", "scope": "all", "window": {"size_seconds": 3600, "period_seconds": 900},
-     "threshold": "150000000"},
-]
+BATCHES_PER_TRANSACTION = 20
+
+
+def alarm_rules(n: int) -> list[dict]:
+    """Thresholds scaled with the number of records so that some windows fire (the top clients' day,
+    the busiest hours: an order averages ~1,400 BRL, the session lasts 7 hours)."""
+    return [
+        {"id": "bench-client-day", "scope": "client", "window": "day", "threshold": str(n * 100)},
+        {"id": "bench-all-1h", "scope": "all", "window": {"size_seconds": 3600, "period_seconds": 900},
+         "threshold": str(n * 220)},
+    ]
 
 
 # --------------------------------------------------------------------------------------------------
 # The hand-written baseline.
 # --------------------------------------------------------------------------------------------------
-def hand_loop(settings: Settings, batch_size: int) -> None:
+def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
     import psycopg
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
     from orderflow.bootstrap import aws_client
     from orderflow.io.avro import AvroCodec
     from orderflow.io.dead_letter import DeadLetter
-    from orderflow.io.dynamodb_volume import write_volumes
-    from orderflow.io.postgres_orders import upsert_orders
+    from orderflow.io.dynamodb_volume import DailyVolumeTable
+    from orderflow.io.postgres_orders import OrdersWriter
     from orderflow.io.sns_alarms import record_alarms, relay_sms_outbox
     from orderflow.transforms.alarms import Alarm, parse_rules
     from orderflow.transforms.normalize_orders import InvalidOrder, encode_order_avro, parse_orders
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
     reference = refdata.read_reference_data(settings, [DAY])
-    rules = parse_rules(json.dumps(RULES))
+    rules = parse_rules(rules_json)
     codec = AvroCodec("priced_order")
     scale = Decimal("0.000001")
     conn = psycopg.connect(settings.postgres_dsn)
-    dynamodb = aws_client(settings, "dynamodb")
+    writer = OrdersWriter(settings.postgres_dsn, DailyVolumeTable(settings).write, BATCHES_PER_TRANSACTION)
     sns = aws_client(settings, "sns")
     relay_sms_outbox(conn, sns)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
@@ -124,9 +130,7 @@ def hand_loop(settings: Settings, batch_size: int) -> None:
         produce_all(settings.topics.orders_dead_letter, [d.to_kafka() for d in dead])
         if not priced:
             continue
-        owned, volumes, _ = upsert_orders(conn, priced)
-        write_volumes(dynamodb, settings.client_volume_table,
-                      {(token, str(day)): (total, count) for token, day, total, count in volumes})
+        owned, _ = writer.write(priced)
         touched = set()
         for order in owned:
             event_s = order["event_time"].timestamp()
@@ -157,6 +161,8 @@ def hand_loop(settings: Settings, batch_size: int) -> None:
                                     datetime.datetime.fromtimestamp(end, utc), window_totals[key], thresholds[rule_id]))
         if alarms and record_alarms(conn, alarms)[1]:
             relay_sms_outbox(conn, sns)
+    writer.commit()
+    writer.close()
     if producer.flush(120):
         raise RuntimeError("undelivered records")
     consumer.close()
@@ -166,7 +172,7 @@ def hand_loop(settings: Settings, batch_size: int) -> None:
 # --------------------------------------------------------------------------------------------------
 # One side in a child process.
 # --------------------------------------------------------------------------------------------------
-def child(role: str, settings_json: str, batch_size: int) -> None:
+def child(role: str, settings_json: str, batch_size: int, n: int) -> None:
     fields = json.loads(settings_json)
     settings = dataclasses.replace(load_settings(), **{k: v for k, v in fields.items() if k != "topics"},
                                    topics=Topics(**fields["topics"]))
@@ -174,10 +180,10 @@ def child(role: str, settings_json: str, batch_size: int) -> None:
     if role == "beam":
         from orderflow.pipelines import orders
 
-        orders.run(["--bounded", f"--trade_days={DAY}", f"--alarm_rules={json.dumps(RULES)}",
+        orders.run(["--bounded", f"--trade_days={DAY}", f"--alarm_rules={json.dumps(alarm_rules(n))}",
                     f"--orders_batch_size={batch_size}"], settings=settings)
     else:
-        hand_loop(settings, batch_size)
+        hand_loop(settings, batch_size, json.dumps(alarm_rules(n)))
     elapsed = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb}))
@@ -234,7 +240,7 @@ def main() -> int:
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        child(args.role, args.settings, args.batch_size)
+        child(args.role, args.settings, args.batch_size, args.n)
         return 0
 
     import port_for
@@ -259,7 +265,7 @@ def main() -> int:
         refdata.load_reference_data(base, DAY, refdata.sample_prices(DAY))
         t = time.perf_counter()
         counts = produce(base.kafka_bootstrap, base.topics.orders,
-                         generate(args.n, seed=2026, day=DAY, timezone=base.exchange_timezone, clients=2000),
+                         generate(args.n, seed=2026, day=DAY, timezone=base.exchange_timezone),
                          total=args.n, progress=sys.stderr.isatty())
         print(f"generated and produced {args.n:,} records in {time.perf_counter() - t:.1f}s: "
               f"{counts['order']:,} orders, {counts['duplicate']:,} duplicates, {counts['malformed']:,} malformed",
@@ -276,7 +282,8 @@ def main() -> int:
             payload = json.dumps({**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)
                                      if f.name != "topics"}, "topics": dataclasses.asdict(settings.topics)})
             proc = subprocess.run([sys.executable, __file__, "--role", role, "--settings", payload,
-                                   "--batch-size", str(args.batch_size)], env=env, capture_output=True, text=True)
+                                   "--batch-size", str(args.batch_size), "--n", str(args.n)],
+                                  env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
                 return 1

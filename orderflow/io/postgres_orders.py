@@ -1,6 +1,6 @@
 """Idempotent batched writes of priced orders to Postgres, deriving the exactly-once daily volumes.
 
-One SQL statement per batch, in one transaction:
+One SQL statement per batch (the batch goes in as one JSON parameter, encoded by orjson):
 
 1. ``INSERT INTO orders ... ON CONFLICT (order_id) DO NOTHING RETURNING``: only orders never seen before
    become rows; a duplicate never becomes a second row.
@@ -13,6 +13,11 @@ One SQL statement per batch, in one transaction:
    (``orderflow.io.dynamodb_volume``): writes of one key are thereby serialised in Postgres commit
    order, so DynamoDB never goes back to an older value even when batches of one client run in parallel;
    a crash before the commit replays the batch, which writes the same absolute values again.
+
+A transaction spans up to ``max_batches`` batches of a bundle (``OrdersWriter``): DynamoDB then gets
+each key's latest value once per transaction instead of once per batch, and a failed bundle rolls back
+as a whole, which is what the runner retries. (A deadlock between two long transactions is detected by
+Postgres; the bundle fails and is retried.)
 4. It also returns the ids of the orders this batch *owns*: inserted now, or inserted earlier by the same
    Kafka record (``source`` coordinates), i.e. a replay of the record that first delivered the order. A
    duplicate delivered by another record is not owned. Windowed alarms aggregate owned orders only, so
@@ -22,8 +27,10 @@ One SQL statement per batch, in one transaction:
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 
 import apache_beam as beam
+import orjson
 from apache_beam.metrics import Metrics
 
 _COLUMNS = ("order_id", "client_token", "asset", "quantity", "pricing_code", "price", "total", "event_time",
@@ -32,8 +39,8 @@ _TYPES = ("text", "text", "text", "bigint", "text", "numeric", "numeric", "times
 
 UPSERT_BATCH_SQL = f"""
 WITH input AS (
-    SELECT * FROM unnest({", ".join(f"%({c})s::{t}[]" for c, t in zip(_COLUMNS, _TYPES, strict=True))})
-        AS t({", ".join(_COLUMNS)})
+    SELECT * FROM json_to_recordset(%(orders)s::json)
+        AS t({", ".join(f"{c} {t}" for c, t in zip(_COLUMNS, _TYPES, strict=True))})
 ), inserted AS (
     INSERT INTO orders ({", ".join(_COLUMNS)})
     SELECT {", ".join(_COLUMNS)} FROM input
@@ -66,67 +73,120 @@ SELECT 'volume', client_token, day, total, order_count FROM volumes
 """
 
 
-def upsert_orders(conn, orders: list[dict], write_volumes: Callable[[list[tuple]], object] | None = None
-                  ) -> tuple[list[dict], list[tuple], dict[str, int]]:
-    """Runs the batch statement in one transaction on ``conn`` (psycopg, not autocommit).
+def _json_default(value):
+    if isinstance(value, Decimal):
+        return str(value)  # exact: numeric parses the decimal text
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
-    ``write_volumes(volumes)`` is called inside the transaction, under the row locks, before the commit
-    (see the module docstring). Returns (owned orders, absolute volumes ``(client_token, day, total,
-    order_count)``, counts with ``inserted`` / ``replayed`` / ``duplicates``). Orders repeated inside the
-    batch keep their first copy.
+
+def execute_batch(conn, orders: list[dict]) -> tuple[list[dict], list[tuple], dict[str, int]]:
+    """Runs the batch statement on ``conn`` inside the caller's transaction.
+
+    Returns (owned orders, absolute volumes ``(client_token, day, total, order_count)``, counts with
+    ``inserted`` / ``replayed`` / ``duplicates``). Orders repeated inside the batch keep their first copy.
     """
     unique = {}
     for order in orders:
         unique.setdefault(order["order_id"], order)
-    # Sorted so that concurrent batches take the unique-index locks in one order (no deadlocks).
+    # Sorted so that concurrent batches take the unique-index locks in one order.
     batch = sorted(unique.values(), key=lambda order: order["order_id"])
-    params = {column: [order[column] for order in batch] for column in _COLUMNS}
+    payload = orjson.dumps(batch, default=_json_default).decode()
     owned_ids = set()
     volumes = []
     counts = {"inserted": 0, "replayed": 0}
-    with conn.transaction():
-        for kind, key, day, total, order_count in conn.execute(UPSERT_BATCH_SQL, params, prepare=True):
-            if kind == "volume":
-                volumes.append((key, day, total, order_count))
-            else:
-                owned_ids.add(key)
-                counts[kind] += 1
-        if write_volumes is not None and volumes:
-            write_volumes(volumes)
+    for kind, key, day, total, order_count in conn.execute(UPSERT_BATCH_SQL, {"orders": payload}, prepare=True):
+        if kind == "volume":
+            volumes.append((key, day, total, order_count))
+        else:
+            owned_ids.add(key)
+            counts[kind] += 1
     counts["duplicates"] = len(orders) - counts["inserted"] - counts["replayed"]
     return [order for order in batch if order["order_id"] in owned_ids], volumes, counts
 
 
+def upsert_orders(conn, orders: list[dict], write_volumes: Callable[[list[tuple]], object] | None = None
+                  ) -> tuple[list[dict], list[tuple], dict[str, int]]:
+    """One batch in its own transaction; ``write_volumes(volumes)`` runs under the row locks before commit."""
+    with conn.transaction():
+        owned, volumes, counts = execute_batch(conn, orders)
+        if write_volumes is not None and volumes:
+            write_volumes(volumes)
+    return owned, volumes, counts
+
+
+class OrdersWriter:
+    """Batches into one Postgres transaction (up to ``max_batches``); volumes to DynamoDB once per commit.
+
+    ``write(orders)`` -> (owned orders, counts); ``commit()`` writes each touched (client, day)'s latest
+    absolute volume with ``write_volumes`` while the transaction still holds the rows' locks, then
+    commits; ``rollback()`` discards the transaction (and its pending volumes).
+    """
+
+    def __init__(self, dsn: str, write_volumes: Callable[[list[tuple]], object] | None = None,
+                 max_batches: int = 20):
+        self.dsn = dsn
+        self.write_volumes = write_volumes
+        self.max_batches = max_batches
+        self._conn = None
+        self._pending: dict[tuple[str, object], tuple] = {}
+        self._batches = 0
+
+    def write(self, orders: list[dict]) -> tuple[list[dict], dict[str, int]]:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self.dsn)
+        owned, volumes, counts = execute_batch(self._conn, orders)
+        for volume in volumes:  # later statements of the transaction see newer values
+            self._pending[(volume[0], volume[1])] = volume
+        self._batches += 1
+        if self._batches >= self.max_batches:
+            self.commit()
+        return owned, counts
+
+    def commit(self) -> None:
+        if self._conn is None or not self._batches:
+            return
+        if self.write_volumes is not None and self._pending:
+            self.write_volumes(list(self._pending.values()))
+        self._conn.commit()
+        self._pending, self._batches = {}, 0
+
+    def rollback(self) -> None:
+        self._pending, self._batches = {}, 0
+        if self._conn is not None and not self._conn.closed:
+            try:
+                self._conn.rollback()
+            except Exception:  # noqa: BLE001 - a broken connection: drop it, the next write reconnects
+                self._conn.close()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self.rollback()
+            self._conn.close()
+            self._conn = None
+
+
 class _WriteBatch(beam.DoFn):
-    def __init__(self, dsn: str, volume_table):
+    def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int):
         self.dsn = dsn
         self.volume_table = volume_table
+        self.max_batches = max_batches_per_transaction
         self.inserted = Metrics.counter("orders", "postgres_inserted")
         self.replayed = Metrics.counter("orders", "postgres_replayed")
         self.duplicates = Metrics.counter("orders", "postgres_duplicates")
         self.batches = Metrics.counter("orders", "postgres_batches")
 
     def setup(self):
-        self._conn = None
-
-    def _connection(self):
-        import psycopg
-
-        if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn)
-        return self._conn
+        self._writer = OrdersWriter(self.dsn, self.volume_table.write if self.volume_table is not None else None,
+                                    self.max_batches)
 
     def process(self, orders):
-        import psycopg
-
         try:
-            owned, volumes, counts = upsert_orders(
-                self._connection(), orders, self.volume_table.write if self.volume_table is not None else None)
-        except psycopg.OperationalError:
-            # A broken connection: drop it and let the runner retry the bundle (the statement is idempotent).
-            if self._conn is not None:
-                self._conn.close()
-            self._conn = None
+            owned, counts = self._writer.write(orders)
+        except Exception:
+            # The bundle fails and is retried from its start: so must the transaction.
+            self._writer.rollback()
             raise
         self.batches.inc()
         self.inserted.inc(counts["inserted"])
@@ -135,22 +195,31 @@ class _WriteBatch(beam.DoFn):
         if owned:
             yield owned
 
+    def finish_bundle(self):
+        try:
+            self._writer.commit()
+        except Exception:
+            self._writer.rollback()
+            raise
+
     def teardown(self):
-        if getattr(self, "_conn", None) is not None:
-            self._conn.close()
+        self._writer.close()
 
 
 class WriteOrdersToPostgres(beam.PTransform):
     """``list[PricedOrder]`` batches -> Postgres (+ daily volumes to ``volume_table``); emits owned orders.
 
     ``volume_table``: a ``orderflow.io.dynamodb_volume.DailyVolumeTable`` (or None: Postgres only). The
-    output (``list[PricedOrder]`` per batch, duplicates removed) feeds the windowed alarms.
+    output (``list[PricedOrder]`` per batch, duplicates removed) feeds the windowed alarms. A Postgres
+    transaction covers up to ``max_batches_per_transaction`` batches of a bundle.
     """
 
-    def __init__(self, dsn: str, volume_table=None):
+    def __init__(self, dsn: str, volume_table=None, max_batches_per_transaction: int = 20):
         super().__init__()
         self.dsn = dsn
         self.volume_table = volume_table
+        self.max_batches_per_transaction = max_batches_per_transaction
 
     def expand(self, batches):
-        return batches | "UpsertOrders" >> beam.ParDo(_WriteBatch(self.dsn, self.volume_table))
+        return batches | "UpsertOrders" >> beam.ParDo(
+            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction))

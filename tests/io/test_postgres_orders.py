@@ -84,3 +84,27 @@ def test_pipeline_emits_owned_batches(pg_dsn):
     with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT total, order_count FROM client_daily_volume WHERE client_token = 'caio'"
                             ).fetchone() == (Decimal("5"), 2)
+
+
+def test_writer_spans_batches_and_writes_each_volume_once_per_commit(pg_dsn):
+    from orderflow.io.postgres_orders import OrdersWriter
+
+    day = DAY + datetime.timedelta(days=2)
+    flushed = []
+    writer = OrdersWriter(pg_dsn, flushed.append, max_batches=3)
+    try:
+        writer.write([_priced("m1", "mia", "1", "m/0/1#0", day)])
+        writer.write([_priced("m2", "mia", "2", "m/0/2#0", day), _priced("m3", "noa", "4", "m/0/3#0", day)])
+        assert flushed == []  # nothing committed, nothing written to DynamoDB yet
+        writer.rollback()     # a failed bundle: all of it goes
+        owned, counts = writer.write([_priced("m1", "mia", "1", "m/0/1#0", day)])
+        assert counts["inserted"] == 1
+        writer.write([_priced("m2", "mia", "2", "m/0/2#0", day)])
+        writer.write([_priced("m3", "noa", "4", "m/0/3#0", day)])  # third batch: commits
+        assert [sorted(v) for v in flushed] == [[("mia", day, Decimal("3"), 2), ("noa", day, Decimal("4"), 1)]]
+        writer.commit()  # nothing pending: no second write
+        assert len(flushed) == 1
+    finally:
+        writer.close()
+    with psycopg.connect(pg_dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM orders WHERE order_id LIKE 'm_'").fetchone() == (3,)
