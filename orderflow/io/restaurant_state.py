@@ -238,15 +238,28 @@ class _RedisWriteFn(beam.DoFn):
 
 
 class _RecordKeepalivesFn(_RedisWriteFn):
+    """Keeps the latest ping per restaurant over the bundle and writes them when the bundle ends (or the
+    buffer is full): one write per restaurant per bundle, however many of its pings the bundle holds."""
+
+    MAX_BUFFERED = 100_000
+
+    def start_bundle(self):
+        self._latest: dict[str, int] = {}
+
     def process(self, batch):
-        records = batch if isinstance(batch, list) else [batch]
-        latest: dict[str, int] = {}
-        for record in records:  # the batch's latest ping per restaurant: one write each
+        latest = self._latest
+        for record in batch if isinstance(batch, list) else [batch]:
             sent = record["sent_at"]
             ms = sent if isinstance(sent, int) else to_ms(sent)
             if latest.get(record["restaurant_id"], -1) < ms:
                 latest[record["restaurant_id"]] = ms
-        self._writes.inc(self._store.record_keepalives(latest))
+        if len(latest) >= self.MAX_BUFFERED:
+            self.finish_bundle()
+
+    def finish_bundle(self):
+        if self._latest:
+            self._writes.inc(self._store.record_keepalives(self._latest))
+            self._latest = {}
 
 
 class _ApplyChangesFn(_RedisWriteFn):
@@ -256,7 +269,7 @@ class _ApplyChangesFn(_RedisWriteFn):
 
 class WriteKeepalivesToRedis(beam.PTransform):
     """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` of each restaurant, one round
-    trip per batch."""
+    trip per bundle (the hot state is written when the bundle commits)."""
 
     def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
         super().__init__()

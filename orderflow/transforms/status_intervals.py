@@ -2,9 +2,9 @@
 """Status intervals per restaurant: sessions + availability changes + opening hours -> online / offline.
 
 ``RestaurantStatusIntervals`` takes ``(sessions, changes)``: the connected intervals of
-``KeepaliveSessions`` and the ``AvailabilityChange`` stream, both keyed by restaurant. A stateful DoFn per
-restaurant keeps what it has not finalised yet and, on an event-time timer, finalises the timeline up to
-the timer's instant with ``presence_rules.evaluate``:
+``KeepaliveSessions`` and the ``AvailabilityChange`` stream. A stateful DoFn (keyed by a shard of
+restaurants) keeps what it has not finalised yet and, on event-time timers, finalises each restaurant's
+timeline with ``presence_rules.evaluate`` up to the latest instant known to be final:
 
 - at the end of each session (optional, for fresher intervals in streaming): when the watermark passes a
   session's end, every session that ended before it has been delivered (the session's GroupByKey holds the
@@ -18,14 +18,14 @@ the timer's instant with ``presence_rules.evaluate``:
   to the cut-off instead of being closed early at its last ping.
 
 A restaurant's timeline starts at ``track_from_ms`` when given (bounded runs over a known period), else at
-its first known event (first session or availability change). Day
-closes keep being evaluated (offline time accrues) until ``max_idle_days`` pass without any input for the
+its first known event (first session or availability change). Day closes keep being evaluated (offline time accrues) until ``max_idle_days`` pass without any input for the
 restaurant; then its timers stop, so state and timers stay bounded (and a drained pipeline terminates).
 Intervals are emitted once per finalisation; the Postgres sink upserts them by (restaurant, start).
 """
 from __future__ import annotations
 
 import typing
+import zlib
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder, VarIntCoder
@@ -66,102 +66,152 @@ def _retained(items: list, until: int) -> list:
     return sessions + [(_CHANGE, c) for c in current + later + schedule_changes]
 
 
+def shard_of(restaurant_id: str, shards: int) -> int:
+    """Stable shard of a restaurant (the same on every worker and run)."""
+    return zlib.crc32(restaurant_id.encode()) % shards
+
+
 class _EvaluateStatusFn(beam.DoFn):
-    PENDING = BagStateSpec("pending", PickleCoder())
-    FINAL_UNTIL = ReadModifyWriteStateSpec("final_until", VarIntCoder())
+    """Keyed by shard: state holds the pending inputs and the progress of every restaurant of the shard.
+
+    Per-restaurant keys would cost a few state reads and writes per restaurant per bundle, and the Python
+    SDK harness' state cache measures the deep size of every value it caches (objsize, milliseconds each
+    with Beam's module graph loaded): that dominated the whole pipeline. A shard's state is one bag and
+    one small dict however many restaurants it holds, so state traffic grows with shards, not restaurants.
+    """
+
+    PENDING = BagStateSpec("pending", PickleCoder())          # (restaurant_id, item)
+    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())  # restaurant_id -> [final_until, last_input, first]
     NEXT_TIMER = ReadModifyWriteStateSpec("next_timer", VarIntCoder())
-    LAST_INPUT = ReadModifyWriteStateSpec("last_input", VarIntCoder())
     FINALIZE = TimerSpec("finalize", TimeDomain.WATERMARK)
 
     def __init__(self, hours: OpeningHours, gap_ms: int, as_of_ms: int | None, finalize_at_session_end: bool,
-                 max_idle_days: int, track_from_ms: int | None):
+                 max_idle_days: int, track_from_ms: int | None, granularity_ms: int):
         self._track_from = track_from_ms
         self._hours = hours
         self._max_idle_ms = max_idle_days * 86_400_000
         self._gap = gap_ms
         self._as_of = as_of_ms
         self._at_session_end = finalize_at_session_end
+        self._granularity = max(1, granularity_ms)
         self._intervals = Metrics.counter("RestaurantStatusIntervals", "intervals")
         self._late = Metrics.counter("RestaurantStatusIntervals", "late_inputs_ignored")
+        self._finalized = Metrics.counter("RestaurantStatusIntervals", "restaurant_finalizations")
 
     def _day_close_after(self, t: int) -> int:
+        """The first ``closes + gap`` strictly after ``t``."""
         return self._hours.next_close(t - self._gap) + self._gap
 
-    def _cap(self, t: int) -> int:
-        if self._as_of is None:
-            return t
-        return min(t, self._as_of + self._gap)
+    def _timer_at(self, point: int) -> int:
+        if self._as_of is not None:
+            point = min(point, self._as_of + self._gap)
+        return -(-point // self._granularity) * self._granularity  # one firing per granule for the shard
 
-    def _arm(self, candidate: int | None, next_timer, timer) -> None:
-        if candidate is None:
-            return
+    def _arm(self, point: int, next_timer, timer) -> None:
+        at = self._timer_at(point)
         current = next_timer.read()
-        if current is None or candidate < current:
-            next_timer.write(candidate)
-            timer.set(Timestamp(micros=candidate * 1000))
+        if current is None or at < current:
+            next_timer.write(at)
+            timer.set(Timestamp(micros=at * 1000))
 
-    def process(self, element, pending=beam.DoFn.StateParam(PENDING),
-                final_until=beam.DoFn.StateParam(FINAL_UNTIL), next_timer=beam.DoFn.StateParam(NEXT_TIMER),
-                last_input=beam.DoFn.StateParam(LAST_INPUT), timer=beam.DoFn.TimerParam(FINALIZE)):
-        _, item = element
-        done = final_until.read()
+    def _start(self, progress_entry) -> int:
+        done, _, first = progress_entry
+        if done is not None:
+            return done
+        return self._track_from if self._track_from is not None else first
+
+    def process(self, element, pending=beam.DoFn.StateParam(PENDING), progress=beam.DoFn.StateParam(PROGRESS),
+                next_timer=beam.DoFn.StateParam(NEXT_TIMER), timer=beam.DoFn.TimerParam(FINALIZE)):
+        _, (restaurant_id, item) = element
+        state = progress.read() or {}
+        entry = state.get(restaurant_id)
+        start = _item_start(item)
         end = item[2] if item[0] == _SESSION else item[1].occurred_at
-        if done is not None and end <= done and item[0] == _SESSION:
+        if entry is None:
+            entry = state[restaurant_id] = [None, end, start]
+        elif entry[0] is not None and item[0] == _SESSION and end <= entry[0]:
             self._late.inc()  # its time is already final
             return
-        pending.add(item)
-        start = _item_start(item)
-        if (last_input.read() or 0) < end:
-            last_input.write(end)
-        if done is None and self._track_from is not None:
-            start = min(start, self._track_from)
-        after = max(start, done) if done is not None else start
-        candidate = self._day_close_after(after + 1)
-        if item[0] == _SESSION and self._at_session_end:
-            candidate = min(candidate, item[2])
+        entry[1] = max(entry[1], end)
+        if entry[0] is None:
+            entry[2] = min(entry[2], start)
+        pending.add((restaurant_id, item))
+        progress.write(state)
+        after = max(start, self._start(entry))
         if self._as_of is not None and after >= self._as_of:
             return  # beyond the cut-off: never evaluated
-        self._arm(self._cap(candidate), next_timer, timer)
+        point = self._day_close_after(after)
+        if item[0] == _SESSION and self._at_session_end:
+            point = min(point, item[2])
+        self._arm(point, next_timer, timer)
+
+    def _horizon(self, done: int, sessions_ends: list[int], fired: int) -> int | None:
+        """The latest instant in ``(done, fired]`` up to which the restaurant's timeline is final."""
+        best = None
+        close = self._day_close_after(done)
+        while close <= fired:
+            best, close = close, self._day_close_after(close)
+        if self._at_session_end:
+            ends = [e for e in sessions_ends if done < e <= fired]
+            if ends:
+                best = max(ends) if best is None else max(best, max(ends))
+        if self._as_of is not None:
+            if fired >= self._as_of + self._gap:
+                best = self._as_of
+            elif best is not None:
+                best = min(best, self._as_of)
+        return best if best is not None and best > done else None
 
     @on_timer(FINALIZE)
-    def finalize(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
-                 pending=beam.DoFn.StateParam(PENDING), final_until=beam.DoFn.StateParam(FINAL_UNTIL),
-                 next_timer=beam.DoFn.StateParam(NEXT_TIMER), last_input=beam.DoFn.StateParam(LAST_INPUT),
+    def finalize(self, fired=beam.DoFn.TimestampParam, pending=beam.DoFn.StateParam(PENDING),
+                 progress=beam.DoFn.StateParam(PROGRESS), next_timer=beam.DoFn.StateParam(NEXT_TIMER),
                  timer=beam.DoFn.TimerParam(FINALIZE)):
         next_timer.clear()
-        items = list(pending.read())
-        until = fired.micros // 1000
-        if self._as_of is not None:
-            until = min(until, self._as_of)
-        done = final_until.read()
-        if done is None:
-            if not items:
-                return
-            done = min(_item_start(i) for i in items)
-            if self._track_from is not None:
-                done = min(done, self._track_from)
-        if until > done:
-            sessions = [(i[1], i[2]) for i in items if i[0] == _SESSION]
-            changes = [i[1] for i in items if i[0] == _CHANGE]
-            intervals = evaluate(key, done, until, sessions, changes, self._hours)
-            self._intervals.inc(len(intervals))
-            yield from intervals
-            final_until.write(until)
-            done = until
-            kept = _retained(items, until)
+        fired_ms = fired.micros // 1000
+        state = progress.read() or {}
+        by_restaurant: dict[str, list] = {}
+        for restaurant_id, item in pending.read():
+            by_restaurant.setdefault(restaurant_id, []).append(item)
+        changed = False
+        next_point = None
+        for restaurant_id in list(state):
+            entry = state[restaurant_id]
+            items = by_restaurant.get(restaurant_id, [])
+            done = self._start(entry)
+            until = self._horizon(done, [i[2] for i in items if i[0] == _SESSION], fired_ms)
+            if until is not None:
+                sessions = [(i[1], i[2]) for i in items if i[0] == _SESSION]
+                changes = [i[1] for i in items if i[0] == _CHANGE]
+                intervals = evaluate(restaurant_id, done, until, sessions, changes, self._hours)
+                self._intervals.inc(len(intervals))
+                self._finalized.inc()
+                yield from intervals
+                entry[0] = done = until
+                by_restaurant[restaurant_id] = items = _retained(items, until)
+                changed = True
+            if self._as_of is not None and done >= self._as_of:
+                continue
+            points = []
+            if done - entry[1] < self._max_idle_ms:
+                points.append(self._day_close_after(done))
+            elif not items:
+                del state[restaurant_id]  # idle for too long: forget it
+                changed = True
+                continue
+            if self._at_session_end:
+                points += [i[2] for i in items if i[0] == _SESSION and i[2] > done]
+            if points:
+                point = min(points)
+                next_point = point if next_point is None else min(next_point, point)
+        if changed:
+            progress.write(state)
             pending.clear()
-            for item in kept:
-                pending.add(item)
-            items = kept
-        if self._as_of is not None and done >= self._as_of:
-            return
-        candidates = []
-        if done - (last_input.read() or done) < self._max_idle_ms:
-            candidates.append(self._day_close_after(done + 1))
-        if self._at_session_end:
-            candidates += [i[2] for i in items if i[0] == _SESSION and i[2] > done]
-        if candidates:
-            self._arm(self._cap(min(candidates)), next_timer, timer)
+            for restaurant_id, items in by_restaurant.items():
+                if restaurant_id in state:
+                    for item in items:
+                        pending.add((restaurant_id, item))
+        if next_point is not None:
+            self._arm(next_point, next_timer, timer)
 
 
 class RestaurantStatusIntervals(beam.PTransform):
@@ -170,14 +220,18 @@ class RestaurantStatusIntervals(beam.PTransform):
     ``sessions``: ``(restaurant_id, (start_ms, end_ms))`` from ``KeepaliveSessions``; ``changes``:
     ``AvailabilityChange`` elements timestamped at ``occurred_at``. ``as_of_ms`` (bounded runs) is the
     cut-off: nothing after it is evaluated and the last intervals end there (``KeepaliveSessions`` must get
-    the same cut-off). ``track_from_ms``: where every restaurant's timeline starts (default: its first event). ``finalize_at_session_end``
+    the same cut-off). ``track_from_ms``: where every restaurant's timeline starts (default: its first event).
+    State is kept per shard of restaurants (``shards``), and a shard's timer fires at most once per
+    ``granularity_ms`` of event time (each restaurant is still finalised exactly at its own safe instants). ``finalize_at_session_end``
     emits intervals as each session closes (streaming freshness) instead of only per opening day.
     """
 
     def __init__(self, opening_hours: OpeningHours | None = None, gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS,
                  as_of_ms: int | None = None, finalize_at_session_end: bool = True, max_idle_days: int = 30,
-                 track_from_ms: int | None = None):
+                 track_from_ms: int | None = None, shards: int = 128, granularity_ms: int = 60_000):
         super().__init__()
+        self._shards = shards
+        self._granularity = granularity_ms
         self._hours = opening_hours or OpeningHours()
         self._gap = gap_ms
         self._as_of = as_of_ms
@@ -187,14 +241,18 @@ class RestaurantStatusIntervals(beam.PTransform):
 
     def expand(self, inputs):
         sessions, changes = inputs
-        keyed_sessions = sessions | "TagSessions" >> beam.Map(lambda kv: (kv[0], (_SESSION, kv[1][0], kv[1][1])))
+        shards = self._shards
+        keyed_sessions = sessions | "TagSessions" >> beam.Map(
+            lambda kv: (shard_of(kv[0], shards), (kv[0], (_SESSION, kv[1][0], kv[1][1]))))
         keyed_changes = (changes
                          | "ChangesToGlobalWindow" >> beam.WindowInto(GlobalWindows())
-                         | "TagChanges" >> beam.Map(lambda c: (c.restaurant_id, (_CHANGE, c))))
+                         | "TagChanges" >> beam.Map(
+                             lambda c: (shard_of(c.restaurant_id, shards), (c.restaurant_id, (_CHANGE, c)))))
         return (
             (keyed_sessions, keyed_changes)
-            | "Together" >> beam.Flatten().with_output_types(tuple[str, typing.Any])
+            | "Together" >> beam.Flatten().with_output_types(tuple[int, typing.Any])
             | "Evaluate" >> beam.ParDo(_EvaluateStatusFn(
-                self._hours, self._gap, self._as_of, self._at_session_end, self._max_idle_days, self._track_from))
+                self._hours, self._gap, self._as_of, self._at_session_end, self._max_idle_days, self._track_from,
+                self._granularity))
         )
 
