@@ -14,6 +14,10 @@ def main() -> int:
     print(format_table(rows))
     if not all(r.ok for r in rows):
         return 1
+    from orderflow.pipelines.orders import demo as orders_demo
+
+    print("== Orders: reference data, generated orders, bounded pipeline run")
+    orders_demo(settings)
     # Keep this step last: the API stays up serving what the steps above produced (make stack-down stops it).
     from orderflow.api.demo import demo as api_demo
 
