@@ -170,7 +170,7 @@ class PartitionReader:
         self.consumer.assign([TopicPartition(topic, partition, max(high - 1, 0))])
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            for msg in self.consumer.consume(10_000, 1.0):
+            for msg in self.consumer.consume(10_000, 0.05):
                 error = msg.error()
                 if error is None:
                     continue

@@ -25,7 +25,9 @@ group when the runner finalizes the bundle, so a rerun resumes after the last fi
 from __future__ import annotations
 
 import collections
+import gc
 import logging
+import operator
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -48,6 +50,7 @@ __all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTrack
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
 _PARTITION_EOF = KafkaError._PARTITION_EOF
+_timestamp_ms = operator.attrgetter("timestamp_ms")
 _new_record = tuple.__new__  # KafkaRecord(...) through tuple.__new__ skips NamedTuple's slower __new__
 
 # Consumer settings for throughput: big fetches, deep prefetch queue, no auto commit/offset store.
@@ -176,18 +179,27 @@ class _KafkaWatermarkEstimatorProvider(WatermarkEstimatorProvider):
 
 
 class _ResolvePartitionsFn(beam.DoFn):
-    """topic -> one KafkaPartition per partition, with the start offset resolved now (at run time)."""
+    """topic -> one KafkaPartition per partition, with the start offset resolved now (at run time).
 
-    def __init__(self, bootstrap_servers, start: StartPosition, group_id, consumer_config):
+    Start offsets are clamped to the partition's records: below the log start (records removed by
+    retention) reads from the log start; in bounded mode an offset past the end reads nothing (some
+    brokers, Tansu among them, answer a fetch past the end with neither data nor partition EOF).
+    """
+
+    def __init__(self, bootstrap_servers, start: StartPosition, group_id, consumer_config, bounded: bool):
         self._bootstrap = bootstrap_servers
         self._start = start
         self._group_id = group_id
         self._consumer_config = {k: v for k, v in (consumer_config or {}).items() if k != "group.id"}
+        self._bounded = bounded
 
     def process(self, topic: str) -> Iterable[KafkaPartition]:
         with PartitionReader(self._bootstrap, self._group_id, self._consumer_config) as reader:
             for partition in reader.partitions(topic):
-                offset = resolve_start_offset(reader, topic, partition, self._start)
+                offset = max(resolve_start_offset(reader, topic, partition, self._start),
+                             reader.low_offset(topic, partition))
+                if self._bounded and self._start.kind in ("offsets", "committed"):
+                    offset = min(offset, reader.end_offset(topic, partition))
                 _LOG.info("ReadFromKafka: %s/%d starts at offset %d (%s)", topic, partition, offset, self._start.kind)
                 yield KafkaPartition(topic, partition, offset)
 
@@ -199,7 +211,8 @@ class _ReadPartitionFnBase(beam.DoFn):
 
     def __init__(self, bootstrap_servers: str, consumer_config: dict | None, group_id: str | None,
                  commit_offsets: bool, timestamp_fn: Callable[[KafkaRecord], float] | None,
-                 batch_size: int | None, poll_timeout: float = 1.0, eof_timeout: float = 120.0,
+                 batch_size: int | None, poll_timeout: float = 0.1, eof_timeout: float = 120.0,
+                 end_probe_after: float = 10.0,
                  max_read_seconds: float = 5.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
                  max_cached_consumers: int = 16):
         self._bootstrap = bootstrap_servers
@@ -210,6 +223,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
         self._eof_timeout = eof_timeout
+        self._end_probe_after = end_probe_after
         self._max_read_seconds = max_read_seconds
         self._idle_poll_interval = idle_poll_interval
         self._idle_watermark_delay = idle_watermark_delay
@@ -275,15 +289,19 @@ class _ReadPartitionFnBase(beam.DoFn):
 
     # -- reading ----------------------------------------------------------------------------------------
     def _to_records(self, topic: str, partition: int, messages: list) -> list[KafkaRecord]:
-        new = _new_record
-        cls = KafkaRecord
-        records = []
-        append = records.append
-        for m in messages:
-            headers = m.headers()
-            append(new(cls, (topic, partition, m.offset(), m.key(), m.value(), m.timestamp()[1],
-                             tuple(headers) if headers else ())))
-        return records
+        new, cls = _new_record, KafkaRecord
+        # Building ~10k tuples at once would trigger several young-generation collections that promote
+        # them and, as they pile up, full collections of the whole (large) Beam heap: that cost more than
+        # the conversion itself. Collection is paused for the few milliseconds this list takes.
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return [new(cls, (topic, partition, m.offset(), m.key(), m.value(), m.timestamp()[1],
+                              tuple(h) if (h := m.headers()) else ()))
+                    for m in messages]
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     def _emit(self, records: list[KafkaRecord]):
         """Timestamped elements for ``records`` (all claimed): one per record, or lists of ``batch_size``."""
@@ -293,7 +311,7 @@ class _ReadPartitionFnBase(beam.DoFn):
             for i in range(0, len(records), batch_size):
                 chunk = records[i:i + batch_size]
                 if timestamp_fn is None:
-                    ts = Timestamp(micros=min(r.timestamp_ms for r in chunk) * 1000)
+                    ts = Timestamp(micros=min(map(_timestamp_ms, chunk)) * 1000)
                 else:
                     ts = Timestamp.of(min(timestamp_fn(r) for r in chunk))
                 yield TimestampedValue(chunk, ts)
@@ -311,6 +329,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         cache_entry = self._consumers[(topic, partition)]
         bounded = self.BOUNDED
         started = last_data = time.monotonic()
+        probes = 0
         try:
             while True:
                 messages = consumer.consume(self._fetch_count, self._poll_timeout)
@@ -329,6 +348,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                         messages = [m for m in messages if m.offset() >= next_offset]
                 if messages:
                     last_data = time.monotonic()
+                    probes = 0
                     records = self._to_records(topic, partition, messages)
                     if not tracker.try_claim(records[-1].offset):
                         # A split moved our end below this batch: emit only what is still ours, then stop.
@@ -344,10 +364,19 @@ class _ReadPartitionFnBase(beam.DoFn):
                     next_offset = records[-1].offset + 1
                     cache_entry[1] = next_offset
                 if bounded:
-                    if end_offset is not None and end_offset >= next_offset:
-                        tracker.try_claim(PartitionEnd(end_offset))
+                    if end_offset is not None:
+                        # An end below our position means we started past the end: nothing is left.
+                        tracker.try_claim(PartitionEnd(max(end_offset, next_offset)))
                         return
-                    if not messages and time.monotonic() - last_data > self._eof_timeout:
+                    if not messages and time.monotonic() - last_data > self._end_probe_after:
+                        # A fetch past the end may get neither data nor EOF: look the end up directly.
+                        last_data = time.monotonic()
+                        with PartitionReader(self._bootstrap, None, self._consumer_config) as reader:
+                            if reader.end_offset(topic, partition) <= next_offset:
+                                tracker.try_claim(PartitionEnd(next_offset))
+                                return
+                        probes += 1
+                    if probes * self._end_probe_after > self._eof_timeout:
                         raise TimeoutError(
                             f"ReadFromKafka: no data and no partition end from {topic}/{partition} at offset "
                             f"{next_offset} for {self._eof_timeout}s (is the broker up and enable.partition.eof on?)")
@@ -418,7 +447,7 @@ class ReadFromKafka(beam.PTransform):
     def __init__(self, bootstrap_servers: str, topics: str | Iterable[str], *, start: StartPosition | None = None,
                  bounded: bool = False, group_id: str | None = None, commit_offsets: bool = True,
                  consumer_config: dict | None = None, timestamp_fn: Callable[[KafkaRecord], float] | None = None,
-                 batch_size: int | None = None, poll_timeout: float = 1.0, max_read_seconds: float = 5.0,
+                 batch_size: int | None = None, poll_timeout: float = 0.1, max_read_seconds: float = 5.0,
                  idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0):
         super().__init__()
         self._bootstrap = bootstrap_servers
@@ -445,7 +474,8 @@ class ReadFromKafka(beam.PTransform):
             pbegin
             | "Topics" >> beam.Create(self._topics)
             | "ResolvePartitions" >> beam.ParDo(
-                _ResolvePartitionsFn(self._bootstrap, self._start, self._group_id, self._consumer_config))
+                _ResolvePartitionsFn(self._bootstrap, self._start, self._group_id, self._consumer_config,
+                                     self._bounded))
             | "SpreadPartitions" >> beam.Reshuffle()
             | "ReadPartitions" >> beam.ParDo(self._read_fn)
         )

@@ -1,10 +1,12 @@
 """ReadFromKafka against the session's Tansu broker: bounded reads, batches, start positions, commits."""
 from __future__ import annotations
 
+import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from orderflow.io.kafka_read import ReadFromKafka
+from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_record import KafkaRecord
 from tests.io.kafka_testing import produce
 
@@ -70,3 +72,100 @@ def test_bounded_read_of_an_empty_topic_finishes_with_nothing(stack_settings, ma
             raise BeamAssertException(f"expected nothing, got {len(list(actual))}")
 
     _run_read(bootstrap, topic, check)
+
+
+def _values_check(expected_values: set):
+    def check(actual):
+        got = [r.value for r in actual]
+        if len(got) != len(set(got)) or set(got) != expected_values:
+            raise BeamAssertException(
+                f"expected {len(expected_values)} values, got {len(got)} ({len(set(got))} distinct); "
+                f"missing {sorted(expected_values - set(got))[:5]}, unexpected {sorted(set(got) - expected_values)[:5]}")
+    return check
+
+
+def test_a_rerun_with_the_group_reads_only_what_was_produced_since_its_commit(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("resume", partitions=4)
+    group = f"group-{topic}"
+    first = _records(400, "first-")
+    produce(bootstrap, topic, first)
+    _run_read(bootstrap, topic, _values_check({v for _, v, _ in first}), group_id=group)
+
+    second = _records(300, "second-")
+    produce(bootstrap, topic, second)
+    # Default start with a group: its committed offsets (the first run's ends).
+    _run_read(bootstrap, topic, _values_check({v for _, v, _ in second}), group_id=group)
+    # Nothing new: nothing read.
+    _run_read(bootstrap, topic, _values_check(set()), group_id=group)
+
+
+def test_without_commits_a_group_rerun_reads_everything_again(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("nocommit", partitions=4)
+    records = _records(200)
+    produce(bootstrap, topic, records)
+    for _ in range(2):
+        _run_read(bootstrap, topic, _values_check({v for _, v, _ in records}), group_id=f"g-{topic}",
+                  commit_offsets=False)
+
+
+def test_explicit_offsets_replay_exactly_the_records_from_those_offsets(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("explicit", partitions=4)
+    records = _records(800)
+    positions = produce(bootstrap, topic, records)
+    starts = {0: 10, 1: 0, 2: 57, 3: 10_000}   # partition 3 starts past its end: nothing from it
+    expected = {v for (p, o), (_, v, _) in zip(positions, records, strict=True) if o >= starts[p]}
+    assert 0 < len(expected) < len(records)
+    _run_read(bootstrap, topic, _values_check(expected), start=StartPosition.offsets({topic: starts}))
+
+
+def test_explicit_offsets_use_the_fallback_for_partitions_not_named(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("fallback", partitions=4)
+    records = _records(400)
+    positions = produce(bootstrap, topic, records)
+    expected = {v for (p, o), (_, v, _) in zip(positions, records, strict=True) if p != 0 or o >= 5}
+    _run_read(bootstrap, topic, _values_check(expected), start=StartPosition.offsets({topic: {0: 5}}))
+    only_new = {v for (p, o), (_, v, _) in zip(positions, records, strict=True) if p == 0 and o >= 5}
+    _run_read(bootstrap, topic, _values_check(only_new),
+              start=StartPosition.offsets({topic: {0: 5}}, fallback="latest"))
+
+
+def test_timestamp_replay_starts_at_the_first_record_at_or_after_the_time(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("bytime", partitions=4)
+    base = 1_750_000_000_000
+    # Timestamps step by 10 ms, so the chosen time (between two records) has a unique answer per partition.
+    records = [(f"k{i % 13}".encode(), f"t{i}".encode(), base + 10 * i) for i in range(1200)]
+    produce(bootstrap, topic, records)
+    at_ms = base + 10 * 700 - 5
+    expected = {v for _, v, ts in records if ts >= at_ms}
+    _run_read(bootstrap, topic, _values_check(expected), start=StartPosition.timestamp(at_ms / 1000))
+    # A time after every record: nothing; before every record: everything.
+    _run_read(bootstrap, topic, _values_check(set()), start=StartPosition.timestamp((base + 10**7) / 1000))
+    _run_read(bootstrap, topic, _values_check({v for _, v, _ in records}),
+              start=StartPosition.timestamp((base - 1000) / 1000))
+
+
+def test_element_timestamps_come_from_the_record_or_from_timestamp_fn(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("eltime", partitions=4)
+    produce(bootstrap, topic, [(b"k", b"1700000123", 1_600_000_000_000 + i) for i in range(10)])
+
+    def record_time(actual):
+        if sorted(actual) != [1_600_000_000.0 + i / 1000 for i in range(10)]:
+            raise BeamAssertException(f"unexpected element timestamps {sorted(actual)}")
+
+    def payload_time(actual):
+        if actual != [1_700_000_123.0] * 10:
+            raise BeamAssertException(f"unexpected element timestamps {actual}")
+
+    with TestPipeline() as p:
+        by_record = (p | "ByRecord" >> ReadFromKafka(bootstrap, topic, bounded=True)
+                     | "T1" >> beam.Map(lambda r, t=beam.DoFn.TimestampParam: float(t)))
+        assert_that(by_record, record_time, label="record")
+        by_payload = (p | "ByPayload" >> ReadFromKafka(bootstrap, topic, bounded=True,
+                                                        timestamp_fn=lambda r: int(r.value))
+                      | "T2" >> beam.Map(lambda r, t=beam.DoFn.TimestampParam: float(t)))
+        assert_that(by_payload, payload_time, label="payload")
+
+
+def test_committed_start_needs_a_group():
+    with pytest.raises(ValueError, match="group_id"):
+        ReadFromKafka("127.0.0.1:1", "t", start=StartPosition.committed())
