@@ -18,6 +18,10 @@ def main() -> int:
 
     print("== Orders: reference data, generated orders, bounded pipeline run")
     orders_demo(settings)
+    from orderflow.pipelines.presence import demo as presence_demo
+
+    print("== Presence: 1,000 restaurants pinging for 90 minutes, bounded pipeline run, offline ranking")
+    presence_demo(settings)
     # Keep this step last: the API stays up serving what the steps above produced (make stack-down stops it).
     from orderflow.api.demo import demo as api_demo
 

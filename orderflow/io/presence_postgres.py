@@ -1,8 +1,10 @@
 """Batched, idempotent Postgres sinks of the presence pipeline, and the offline-ranking query.
 
-- ``WriteStatusIntervals``: status intervals upserted by ``(restaurant_id, start_at)``, and in the same
-  statement the daily aggregate ``restaurant_offline_daily`` of every (restaurant, day) the batch touches,
-  *recomputed* from the intervals (not incremented), so retries and replays leave it exact.
+- ``WriteStatusIntervals``: a batch of status intervals is authoritative for the stretch of time it covers
+  per restaurant: rows starting inside it are replaced (a row reaching into it from before is cut at its
+  start), so a retry, a replay or a re-run over an overlapping period never leaves overlapping rows; then
+  the daily aggregate ``restaurant_offline_daily`` of every (restaurant, day) touched is *recomputed* from
+  the intervals (not incremented), so it stays exact. One transaction per batch.
 - ``WriteUnavailabilityHistory``: ``restaurant_unavailability``, one row per schedule (created, cancelled)
   and one per stretch of status UNAVAILABLE set by the restaurant (opened by SET_STATUS UNAVAILABLE, closed
   by the next SET_STATUS AVAILABLE).
@@ -28,33 +30,40 @@ from orderflow.transforms.presence_rules import (
     ms_to_datetime,
 )
 
-UPSERT_INTERVALS_SQL = """
-WITH input AS (
-    SELECT * FROM unnest(%(rid)s::text[], %(start)s::timestamptz[], %(end)s::timestamptz[], %(status)s::text[],
-                         %(reason)s::text[], %(day)s::date[])
-        AS t(restaurant_id, start_at, end_at, status, reason, day)
-), upserted AS (
-    INSERT INTO restaurant_status_intervals AS i (restaurant_id, start_at, end_at, status, reason, day)
-    SELECT * FROM input
-    ON CONFLICT (restaurant_id, start_at) DO UPDATE
-        SET end_at = EXCLUDED.end_at, status = EXCLUDED.status, reason = EXCLUDED.reason, day = EXCLUDED.day,
-            written_at = now()
-    RETURNING restaurant_id, day
+REPLACE_RANGES_SQL = """
+WITH ranges AS (
+    SELECT * FROM unnest(%(rid)s::text[], %(from)s::timestamptz[], %(to)s::timestamptz[]) AS r(restaurant_id, from_at, to_at)
+), deleted AS (
+    DELETE FROM restaurant_status_intervals i USING ranges r
+    WHERE i.restaurant_id = r.restaurant_id AND i.start_at >= r.from_at AND i.start_at < r.to_at
+    RETURNING i.restaurant_id, i.day
+), trimmed AS (
+    UPDATE restaurant_status_intervals i SET end_at = r.from_at, written_at = now() FROM ranges r
+    WHERE i.restaurant_id = r.restaurant_id AND i.start_at < r.from_at AND i.end_at > r.from_at
+    RETURNING i.restaurant_id, i.day
 )
-SELECT count(*) FROM upserted
+SELECT restaurant_id, day FROM deleted UNION SELECT restaurant_id, day FROM trimmed
+"""
+
+INSERT_INTERVALS_SQL = """
+INSERT INTO restaurant_status_intervals AS i (restaurant_id, start_at, end_at, status, reason, day)
+SELECT * FROM unnest(%(rid)s::text[], %(start)s::timestamptz[], %(end)s::timestamptz[], %(status)s::text[],
+                     %(reason)s::text[], %(day)s::date[])
+ON CONFLICT (restaurant_id, start_at) DO UPDATE
+    SET end_at = EXCLUDED.end_at, status = EXCLUDED.status, reason = EXCLUDED.reason, day = EXCLUDED.day,
+        written_at = now()
 """
 
 # A second statement (same transaction): the first one's rows are visible to it.
 RECOMPUTE_DAILY_SQL = """
 INSERT INTO restaurant_offline_daily AS d (restaurant_id, day, unexplained_offline_seconds)
-SELECT i.restaurant_id, i.day,
+SELECT k.restaurant_id, k.day,
        coalesce(round(sum(extract(epoch FROM i.end_at - i.start_at))
                       FILTER (WHERE i.status = 'offline_unexplained')), 0)::bigint
-FROM restaurant_status_intervals i
-JOIN unnest(%(rid)s::text[], %(day)s::date[]) AS k(restaurant_id, day)
-  ON i.restaurant_id = k.restaurant_id AND i.day = k.day
-GROUP BY i.restaurant_id, i.day
-ORDER BY i.restaurant_id, i.day
+FROM unnest(%(rid)s::text[], %(day)s::date[]) AS k(restaurant_id, day)
+LEFT JOIN restaurant_status_intervals i ON i.restaurant_id = k.restaurant_id AND i.day = k.day
+GROUP BY k.restaurant_id, k.day
+ORDER BY k.restaurant_id, k.day
 ON CONFLICT (restaurant_id, day) DO UPDATE SET unexplained_offline_seconds = EXCLUDED.unexplained_offline_seconds
 """
 
@@ -103,16 +112,25 @@ LIMIT %(limit)s
 
 
 def write_intervals(conn, intervals: list[StatusInterval]) -> int:
-    """Upserts the intervals and recomputes the touched daily aggregates, in one transaction."""
-    # The last version of an interval wins (a later finalisation of the same start replaces it).
-    latest = {(i.restaurant_id, i.start_ms): i for i in intervals}
+    """Replaces the stretch each restaurant's intervals cover, and recomputes the touched daily aggregates,
+    in one transaction."""
+    latest = {(i.restaurant_id, i.start_ms): i for i in intervals}  # a later version of an interval wins
     batch = [latest[k] for k in sorted(latest)]  # one lock order for concurrent writers
+    ranges: dict[str, list[int]] = {}
+    for i in batch:
+        r = ranges.setdefault(i.restaurant_id, [i.start_ms, i.end_ms])
+        r[0], r[1] = min(r[0], i.start_ms), max(r[1], i.end_ms)
     params = {"rid": [i.restaurant_id for i in batch], "start": [ms_to_datetime(i.start_ms) for i in batch],
               "end": [ms_to_datetime(i.end_ms) for i in batch], "status": [i.status for i in batch],
               "reason": [i.reason for i in batch], "day": [i.day for i in batch]}
-    days = sorted({(i.restaurant_id, i.day) for i in batch})
+    days = {(i.restaurant_id, i.day) for i in batch}
     with conn.transaction():
-        conn.execute(UPSERT_INTERVALS_SQL, params)
+        replaced = conn.execute(REPLACE_RANGES_SQL, {
+            "rid": list(ranges), "from": [ms_to_datetime(r[0]) for r in ranges.values()],
+            "to": [ms_to_datetime(r[1]) for r in ranges.values()]}).fetchall()
+        days.update(replaced)
+        conn.execute(INSERT_INTERVALS_SQL, params)
+        days = sorted(days)
         conn.execute(RECOMPUTE_DAILY_SQL, {"rid": [r for r, _ in days], "day": [d for _, d in days]})
     return len(batch)
 

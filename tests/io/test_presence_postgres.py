@@ -42,6 +42,13 @@ def test_daily_offline_is_recomputed_not_added(conn):
     write_intervals(conn, [iv("a", 10, 40), iv("a", 40, 50, "online", None)])
     assert daily(conn) == {("a", DAY): 1800, ("b", DAY): 300}
     assert offline_ranking(conn, DAY, DAY) == [("a", 1800), ("b", 300)]
+    # a re-run over an overlapping stretch replaces what it covers: a[0,10) online is cut at 5
+    write_intervals(conn, [iv("a", 5, 8)])
+    rows = conn.execute("SELECT start_at, end_at, status FROM restaurant_status_intervals WHERE restaurant_id = 'a' "
+                        "ORDER BY start_at").fetchall()
+    assert [((s.timestamp() * 1000 - T0) / 60_000, (e.timestamp() * 1000 - T0) / 60_000, st) for s, e, st in rows] == [
+        (0, 5, "online"), (5, 8, "offline_unexplained"), (10, 40, "offline_unexplained"), (40, 50, "online")]
+    assert daily(conn)[("a", DAY)] == 1800 + 180
     assert offline_ranking(conn, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=1)) == []
 
 
