@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import pathlib
-import resource
 import shutil
 import subprocess
 import sys
@@ -185,7 +184,9 @@ def child(role: str, settings_json: str, batch_size: int, n: int) -> None:
     else:
         hand_loop(settings, batch_size, json.dumps(alarm_rules(n)))
     elapsed = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent process.
+    with open("/proc/self/status") as status:
+        peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
     print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb}))
 
 

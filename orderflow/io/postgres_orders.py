@@ -33,6 +33,8 @@ import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
+from orderflow.transforms.order_batch import OrderBatch
+
 _COLUMNS = ("order_id", "client_token", "asset", "quantity", "pricing_code", "price", "total", "event_time",
             "trade_day", "source_format", "source")
 _TYPES = ("text", "text", "text", "bigint", "text", "numeric", "numeric", "timestamptz", "date", "text", "text")
@@ -193,7 +195,7 @@ class _WriteBatch(beam.DoFn):
         self.replayed.inc(counts["replayed"])
         self.duplicates.inc(counts["duplicates"])
         if owned:
-            yield owned
+            yield OrderBatch(owned)
 
     def finish_bundle(self):
         try:
@@ -222,4 +224,4 @@ class WriteOrdersToPostgres(beam.PTransform):
 
     def expand(self, batches):
         return batches | "UpsertOrders" >> beam.ParDo(
-            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction))
+            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction)).with_output_types(OrderBatch)

@@ -31,6 +31,7 @@ from apache_beam.metrics import Metrics
 from orderflow.io.avro import AvroCodec, AvroDecodeError
 from orderflow.io.dead_letter import DeadLetter
 from orderflow.io.kafka_record import KafkaRecord
+from orderflow.transforms.order_batch import OrderBatch
 
 SOURCE_FORMATS = ("JSON", "REST_PROXY", "CSV", "AVRO")
 DEAD_LETTER_TAG = "dead_letter"
@@ -249,7 +250,7 @@ class _NormalizeBatch(beam.DoFn):
 
     def process(self, batch):
         records = batch if isinstance(batch, list) else [batch]
-        orders = []
+        orders = OrderBatch()
         for record in records:
             if isinstance(record, KafkaRecord):
                 payload, source, timestamp_ms = record.value, record.coordinates, record.timestamp_ms
@@ -274,11 +275,11 @@ class _NormalizeBatch(beam.DoFn):
 
 
 class NormalizeOrders(beam.PTransform):
-    """KafkaRecord, bytes, or lists of them (batches) -> ``list[Order dict]`` per input element.
+    """KafkaRecord, bytes, or lists of them (batches) -> ``OrderBatch`` (list of Order dicts) per element.
 
     Returns a DoOutputsTuple: the main output (batches of orders) and ``"dead_letter"`` (DeadLetter).
     """
 
     def expand(self, records):
-        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatch()).with_outputs(
+        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatch()).with_output_types(OrderBatch).with_outputs(
             DEAD_LETTER_TAG, main="orders")

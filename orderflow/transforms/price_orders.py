@@ -13,6 +13,7 @@ from apache_beam.metrics import Metrics
 
 from orderflow.io.dead_letter import DeadLetter
 from orderflow.transforms.normalize_orders import encode_order_avro
+from orderflow.transforms.order_batch import OrderBatch
 
 DEAD_LETTER_TAG = "dead_letter"
 STAGE = "price_orders"
@@ -40,7 +41,7 @@ class _PriceBatch(beam.DoFn):
             reason, detail, encode_order_avro(order), order.get("source", "").rpartition("#")[0], STAGE))
 
     def process(self, orders, reference):
-        priced = []
+        priced = OrderBatch()
         zone = self._zone
         quantized = {}  # price -> quantized price, once per distinct price in the batch
         for order in orders:
@@ -87,4 +88,4 @@ class PriceOrders(beam.PTransform):
     def expand(self, batches):
         return batches | "Price" >> beam.ParDo(
             _PriceBatch(self.timezone), beam.pvalue.AsSingleton(self.reference)
-        ).with_outputs(DEAD_LETTER_TAG, main="priced")
+        ).with_output_types(OrderBatch).with_outputs(DEAD_LETTER_TAG, main="priced")

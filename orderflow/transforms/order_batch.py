@@ -1,0 +1,38 @@
+"""``OrderBatch``: the element type of the orders pipeline between its per-batch DoFns.
+
+A batch of order dicts (with datetimes, dates and Decimals) would otherwise be encoded by Beam's
+FastPrimitivesCoder value by value, pickling each datetime and Decimal on its own wherever the runner
+materialises a PCollection (e.g. before the ParDo that reads the reference-data side input): about 3x
+slower than pickling the whole batch in one call, which is what ``OrderBatchCoder`` does.
+"""
+from __future__ import annotations
+
+import pickle
+
+from apache_beam import coders
+
+
+class OrderBatch(list):
+    """A list of Order / PricedOrder dicts processed by one DoFn call."""
+
+    def __reduce__(self):
+        return OrderBatch, (list(self),)
+
+
+class OrderBatchCoder(coders.Coder):
+    """Pickles a whole batch at once (C pickler, highest protocol). Not deterministic: never a key."""
+
+    def encode(self, value):
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, encoded):
+        return pickle.loads(encoded)
+
+    def is_deterministic(self):
+        return False
+
+    def to_type_hint(self):
+        return OrderBatch
+
+
+coders.registry.register_coder(OrderBatch, OrderBatchCoder)
