@@ -235,15 +235,15 @@ class _ReadPartitionFnBase(beam.DoFn):
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def setup(self):
-        # (topic, partition) -> [consumer, next offset it will return]; a consumer keeps its prefetched
+        # (topic, partition) -> [consumer, next offset it will return, at end]; a consumer keeps its prefetched
         # data between the calls that continue the same partition (checkpoints in unbounded mode).
         self._consumers: collections.OrderedDict = collections.OrderedDict()
         self._committer = None
         self._committed: dict[tuple[str, int], int] = {}
 
     def teardown(self):
-        for consumer, _ in getattr(self, "_consumers", {}).values():
-            consumer.close()
+        for entry in getattr(self, "_consumers", {}).values():
+            entry[0].close()
         self._consumers = collections.OrderedDict()
         if getattr(self, "_committer", None) is not None:
             self._committer.close()
@@ -256,16 +256,16 @@ class _ReadPartitionFnBase(beam.DoFn):
             self._consumers.move_to_end(key)
             if cached[1] != offset:
                 cached[0].assign([TopicPartition(topic, partition, offset)])
-                cached[1] = offset
+                cached[1], cached[2] = offset, False
             return cached[0]
         config = {**DEFAULT_CONSUMER_CONFIG, "bootstrap.servers": self._bootstrap,
                   "group.id": self._group_id or "orderflow-reader", **self._consumer_config}
         consumer = Consumer(config)
         consumer.assign([TopicPartition(topic, partition, offset)])
-        self._consumers[key] = [consumer, offset]
+        self._consumers[key] = [consumer, offset, False]  # consumer, next offset, known to be at the end
         while len(self._consumers) > self._max_cached_consumers:
-            _, (old, _) = self._consumers.popitem(last=False)
-            old.close()
+            _, evicted = self._consumers.popitem(last=False)
+            evicted[0].close()
         return consumer
 
     # -- offset commits on bundle finalization ---------------------------------------------------------
@@ -381,14 +381,22 @@ class _ReadPartitionFnBase(beam.DoFn):
                             f"ReadFromKafka: no data and no partition end from {topic}/{partition} at offset "
                             f"{next_offset} for {self._eof_timeout}s (is the broker up and enable.partition.eof on?)")
                     continue
-                # Unbounded: checkpoint when caught up (advancing an idle watermark) or after a while.
-                caught_up = end_offset is not None and end_offset >= next_offset
-                if caught_up or not messages:
-                    if caught_up or time.monotonic() - last_data > self._idle_poll_interval:
-                        watermark_estimator.advance_idle(Timestamp.now() - Duration.of(self._idle_watermark_delay))
+                # Unbounded. EOF is reported once per catching up, so "at the end" is remembered with the
+                # consumer (a resumed call that finds no new data is still at the end).
+                if end_offset is not None and end_offset >= next_offset:
+                    cache_entry[2] = True
+                elif messages:
+                    cache_entry[2] = False
+                if cache_entry[2]:
+                    # Caught up: the partition is idle, let its watermark follow the wall clock.
+                    watermark_estimator.advance_idle(Timestamp.now() - Duration.of(self._idle_watermark_delay))
                     if not messages:
                         tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                         return
+                elif not messages and time.monotonic() - last_data > self._idle_poll_interval:
+                    # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
+                    tracker.defer_remainder(Duration.of(self._idle_poll_interval))
+                    return
                 if time.monotonic() - started > self._max_read_seconds:
                     tracker.defer_remainder()
                     return

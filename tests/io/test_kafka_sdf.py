@@ -1,0 +1,237 @@
+"""The reading SDF's restriction, split, checkpoint, residual and watermark behaviour.
+
+Tracker tests are pure; the DoFn tests call ``process`` directly (as the SDK harness does, through the
+thread-safe tracker and watermark-estimator wrappers) against the session's Tansu broker.
+"""
+from __future__ import annotations
+
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.runners.sdf_utils import (
+    RestrictionTrackerView,
+    ThreadsafeRestrictionTracker,
+    ThreadsafeWatermarkEstimator,
+)
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+
+from orderflow.io.kafka_offsets import PartitionReader
+from orderflow.io.kafka_read import (
+    MAX_OFFSET,
+    KafkaOffsetTracker,
+    KafkaPartition,
+    KafkaWatermarkEstimator,
+    PartitionEnd,
+    ReadFromKafka,
+    _ReadBoundedPartitionFn,
+    _ReadUnboundedPartitionFn,
+)
+from tests.io.kafka_testing import produce
+
+
+# -- the tracker -------------------------------------------------------------------------------------------
+def test_partition_end_ends_the_restriction_there_fully_claimed():
+    tracker = KafkaOffsetTracker(OffsetRange(10, MAX_OFFSET))
+    assert tracker.try_claim(10) and tracker.try_claim(15)
+    assert tracker.try_claim(PartitionEnd(16)) is False
+    assert tracker.current_restriction() == OffsetRange(10, 16)
+    tracker.check_done()                      # nothing unclaimed is left
+    assert tracker.try_split(0) is None       # and nothing to checkpoint
+    assert tracker.try_split(0.5) is None
+
+
+def test_partition_end_at_the_start_leaves_an_empty_restriction():
+    tracker = KafkaOffsetTracker(OffsetRange(7, MAX_OFFSET))
+    assert tracker.try_claim(PartitionEnd(7)) is False
+    assert tracker.current_restriction() == OffsetRange(7, 7)
+    tracker.check_done()
+
+
+def test_partition_end_before_the_start_means_nothing_to_read():
+    tracker = KafkaOffsetTracker(OffsetRange(100, MAX_OFFSET))
+    tracker.try_claim(PartitionEnd(40))
+    assert tracker.current_restriction() == OffsetRange(100, 100)
+    tracker.check_done()
+
+
+def test_an_open_restriction_left_unclaimed_is_not_done():
+    tracker = KafkaOffsetTracker(OffsetRange(0, MAX_OFFSET))
+    tracker.try_claim(3)
+    with pytest.raises(ValueError, match="not done"):
+        tracker.check_done()
+
+
+def test_checkpoint_of_an_open_restriction_leaves_the_rest_as_residual():
+    tracker = KafkaOffsetTracker(OffsetRange(0, MAX_OFFSET), bounded=False)
+    assert tracker.try_claim(0) and tracker.try_claim(41)
+    primary, residual = tracker.try_split(0)
+    assert primary == OffsetRange(0, 42) and residual == OffsetRange(42, MAX_OFFSET)
+    tracker.check_done()
+    assert tracker.try_claim(42) is False     # the residual is no longer ours
+    assert tracker.is_bounded() is False
+
+
+def test_an_open_restriction_refuses_fractional_splits_but_a_closed_one_splits():
+    open_tracker = KafkaOffsetTracker(OffsetRange(0, MAX_OFFSET))
+    open_tracker.try_claim(5)
+    assert open_tracker.try_split(0.5) is None
+    closed = KafkaOffsetTracker(OffsetRange(0, 100))
+    closed.try_claim(9)
+    primary, residual = closed.try_split(0.5)
+    assert primary == OffsetRange(0, 54) and residual == OffsetRange(54, 100)
+
+
+def test_progress_of_an_open_restriction_reports_work_done_and_some_left():
+    tracker = KafkaOffsetTracker(OffsetRange(100, MAX_OFFSET))
+    tracker.try_claim(149)
+    progress = tracker.current_progress()
+    assert progress.completed_work == 50 and progress.remaining_work > 0
+
+
+# -- the watermark estimator -------------------------------------------------------------------------------
+def test_watermark_follows_record_timestamps_and_advances_when_idle():
+    estimator = KafkaWatermarkEstimator(None)
+    assert estimator.current_watermark() == MIN_TIMESTAMP
+    estimator.observe_timestamp(Timestamp(100))
+    estimator.observe_timestamp(Timestamp(90))            # an earlier record does not move it back
+    assert estimator.current_watermark() == Timestamp(100)
+    estimator.advance_idle(Timestamp(95))
+    assert estimator.current_watermark() == Timestamp(100)
+    estimator.advance_idle(Timestamp(500))
+    assert estimator.current_watermark() == Timestamp(500)
+    assert KafkaWatermarkEstimator(estimator.get_estimator_state()).current_watermark() == Timestamp(500)
+
+
+# -- the DoFn, called as the SDK harness calls it ------------------------------------------------------------
+class _Finalizer:
+    """Collects what process() registers for bundle finalization (the runner's BundleFinalizerParam)."""
+
+    def __init__(self):
+        self.callbacks = []
+
+    def register(self, callback):
+        self.callbacks.append(callback)
+
+    def finalize(self):
+        for callback in self.callbacks:
+            callback()
+
+
+def _invoke(fn, part, restriction, bounded=True, estimator=None):
+    threadsafe = ThreadsafeRestrictionTracker(KafkaOffsetTracker(restriction, bounded))
+    finalizer = _Finalizer()
+    kwargs = {"tracker": RestrictionTrackerView(threadsafe)}
+    if not bounded:
+        kwargs["watermark_estimator"] = estimator
+    out = []
+    for element in fn.process(part, finalizer, **kwargs):
+        assert isinstance(element, TimestampedValue)
+        if estimator is not None:
+            estimator.observe_timestamp(element.timestamp)   # what the harness does with each output
+        out.append(element)
+    return out, threadsafe, finalizer
+
+
+@pytest.fixture
+def topic_with_records(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("sdf", partitions=1)
+    produce(bootstrap, topic, [(b"k", f"v{i}".encode(), 1_700_000_000_000 + i) for i in range(100)])
+    return bootstrap, topic
+
+
+def _fn(cls, bootstrap, **kwargs):
+    fn = cls(bootstrap, None, kwargs.pop("group_id", None), True, None, kwargs.pop("batch_size", None), **kwargs)
+    fn.setup()
+    return fn
+
+
+def test_bounded_process_reads_to_the_end_and_leaves_no_residual(topic_with_records):
+    bootstrap, topic = topic_with_records
+    fn = _fn(_ReadBoundedPartitionFn, bootstrap)
+    try:
+        out, tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 20), OffsetRange(20, MAX_OFFSET))
+    finally:
+        fn.teardown()
+    assert [e.value.offset for e in out] == list(range(20, 100))
+    assert tracker.current_restriction() == OffsetRange(20, 100)
+    tracker.check_done()
+    assert tracker.deferred_status() is None
+
+
+def test_bounded_process_stops_at_a_split_restriction_end(topic_with_records):
+    bootstrap, topic = topic_with_records
+    fn = _fn(_ReadBoundedPartitionFn, bootstrap, batch_size=7)
+    try:
+        out, tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 10), OffsetRange(10, 45))
+    finally:
+        fn.teardown()
+    offsets = [r.offset for batch in out for r in batch.value]
+    assert offsets == list(range(10, 45))
+    assert all(len(batch.value) <= 7 for batch in out)
+    tracker.check_done()
+
+
+def test_unbounded_process_checkpoints_with_a_residual_and_resumes_there(topic_with_records, stack_settings):
+    bootstrap, topic = topic_with_records
+    group = f"g-{topic}"
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, group_id=group, idle_watermark_delay=2.0)
+    estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
+    try:
+        before = Timestamp.now()
+        out, tracker, finalizer = _invoke(fn, KafkaPartition(topic, 0, 0), OffsetRange(0, MAX_OFFSET),
+                                          bounded=False, estimator=estimator)
+        assert [e.value.offset for e in out] == list(range(100))
+        # Caught up: the rest of the partition is deferred as the residual, starting after what was read.
+        residual, delay = tracker.deferred_status()
+        assert residual == OffsetRange(100, MAX_OFFSET)
+        assert delay <= Duration.of(0.5)
+        assert tracker.current_restriction() == OffsetRange(0, 100)
+        tracker.check_done()
+        # The partition is idle: the watermark moved past the (old) record times to about now - 2 s.
+        watermark = estimator.current_watermark()
+        assert before - Duration.of(3) <= watermark <= Timestamp.now()
+
+        # Offsets are committed only when the bundle is finalized.
+        with PartitionReader(bootstrap, group) as reader:
+            assert reader.committed_offset(topic, 0) is None
+            finalizer.finalize()
+            assert reader.committed_offset(topic, 0) == 100
+
+        # Resuming the residual reads only what was produced since.
+        produce(bootstrap, topic, [(b"k", f"late{i}".encode()) for i in range(5)])
+        out2, tracker2, _ = _invoke(fn, KafkaPartition(topic, 0, 0), residual, bounded=False, estimator=estimator)
+        assert [(e.value.offset, e.value.value) for e in out2] == [(100 + i, f"late{i}".encode()) for i in range(5)]
+        assert tracker2.deferred_status()[0] == OffsetRange(105, MAX_OFFSET)
+        assert estimator.current_watermark() >= watermark
+    finally:
+        fn.teardown()
+
+
+def test_unbounded_process_on_an_empty_partition_defers_everything(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("sdf-empty", partitions=1)
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap)
+    estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
+    try:
+        start = time.monotonic()
+        out, tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 0), OffsetRange(0, MAX_OFFSET),
+                                  bounded=False, estimator=estimator)
+        assert time.monotonic() - start < 10
+    finally:
+        fn.teardown()
+    assert out == []
+    residual, _ = tracker.deferred_status()
+    assert residual == OffsetRange(0, MAX_OFFSET)
+    assert tracker.current_restriction() == OffsetRange(0, 0)
+    tracker.check_done()
+    assert estimator.current_watermark() > MIN_TIMESTAMP
+
+
+def test_unbounded_read_yields_an_unbounded_pcollection_and_bounded_a_bounded_one():
+    pipeline = beam.Pipeline()
+    unbounded = pipeline | "U" >> ReadFromKafka("127.0.0.1:1", "t")
+    bounded = pipeline | "B" >> ReadFromKafka("127.0.0.1:1", "t", bounded=True)
+    assert unbounded.is_bounded is False
+    assert bounded.is_bounded is True
