@@ -137,9 +137,11 @@ class PartitionReader:
 
     def partitions(self, topic: str) -> list[int]:
         md = self.consumer.list_topics(topic, timeout=self.timeout).topics.get(topic)
-        if md is None or md.error is not None or not md.partitions:
-            raise KafkaException(md.error if md is not None and md.error else
-                                 KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic!r} not found"))
+        error = md.error if md is not None else None
+        if md is None or error is not None or not md.partitions:
+            code = error.code() if error is not None else KafkaError.UNKNOWN_TOPIC_OR_PART
+            reason = error.str() if error is not None else "no partitions"
+            raise KafkaException(KafkaError(code, f"topic {topic!r}: {reason}"))
         return sorted(md.partitions)
 
     def low_offset(self, topic: str, partition: int) -> int:

@@ -169,3 +169,8 @@ def test_element_timestamps_come_from_the_record_or_from_timestamp_fn(stack_sett
 def test_committed_start_needs_a_group():
     with pytest.raises(ValueError, match="group_id"):
         ReadFromKafka("127.0.0.1:1", "t", start=StartPosition.committed())
+
+
+def test_reading_a_missing_topic_fails_naming_it(stack_settings):
+    with pytest.raises(Exception, match="no-such-topic-1f3a.*Unknown topic"):
+        _run_read(stack_settings.kafka_bootstrap, "no-such-topic-1f3a", lambda actual: None)
