@@ -6,8 +6,8 @@ Rules come from configuration (``--alarm_rules``, JSON; see ``parse_rules``):
      {"id": "all-1h-5m", "scope": "all", "window": {"size_seconds": 3600, "period_seconds": 300},
       "threshold": "50000000"}]
 
-- ``window``: ``"day"`` (a calendar day in the exchange time zone, DST-aware) or sliding ``size`` / ``period``
-  (a fixed window when they are equal);
+- ``window``: ``"day"`` (a calendar day in the exchange time zone, see ``rule_windows``) or sliding ``size`` /
+  ``period`` (a fixed window when they are equal); each rule is its own branch with a standard WindowFn;
 - ``scope``: ``"all"`` (one total over every client, scope key ``'*'``) or ``"client"`` (one per client token);
 - ``threshold``: exact decimal; the alarm fires when the window total is ``>=`` it.
 
@@ -31,11 +31,10 @@ from decimal import Decimal
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import coders
 from apache_beam.metrics import Metrics
-from apache_beam.transforms import trigger
-from apache_beam.transforms.window import IntervalWindow, NonMergingWindowFn, TimestampedValue
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration
 
 ALL_CLIENTS = "*"
 DAY = "day"
@@ -101,39 +100,18 @@ def _local_midnight_millis(day: datetime.date, zone: zoneinfo.ZoneInfo) -> int:
     return int(datetime.datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
 
 
-class AlarmWindows(NonMergingWindowFn):
-    """Windows of ``((rule_id, scope), total)`` elements by their rule: calendar days or sliding windows.
+def rule_windows(rule: AlarmRule, timezone: str):
+    """The standard WindowFn of a rule (standard, so that Flink rebuilds it in Java for its GroupByKey).
 
-    The element timestamp is the start of its slice (see the module docstring).
+    Sliding: ``SlidingWindows(size, period)``. Day: ``FixedWindows`` of 24 h starting at local midnight
+    at the zone's current UTC offset (exact for zones without daylight saving time, like São Paulo since
+    2019; in a DST zone the day window is an hour off in summer, while orders still go to their own day
+    because day partial sums are stamped at local noon).
     """
-
-    def __init__(self, rules: list[AlarmRule], timezone: str):
-        self.rules = {rule.rule_id: rule for rule in rules}
-        self.timezone = timezone
-        self._zone = None
-
-    def assign(self, context):
-        rule = self.rules[context.element[0][0]]
-        start = context.timestamp
-        if rule.window == DAY:
-            if self._zone is None:
-                self._zone = zoneinfo.ZoneInfo(self.timezone)
-            local_day = datetime.datetime.fromtimestamp(start.micros / 1e6, self._zone).date()
-            end = _local_midnight_millis(local_day + datetime.timedelta(days=1), self._zone)
-            return [IntervalWindow(start, Timestamp(micros=end * 1000))]
-        size, period = Duration(seconds=rule.size_seconds), Duration(seconds=rule.period_seconds)
-        last_start = start - (start % period)
-        return [IntervalWindow(Timestamp(micros=s), Timestamp(micros=s) + size)
-                for s in range(last_start.micros, (start - size).micros, -period.micros)]
-
-    def get_window_coder(self):
-        return coders.IntervalWindowCoder()
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.rules == other.rules and self.timezone == other.timezone
-
-    def __hash__(self):
-        return hash((tuple(sorted(self.rules)), self.timezone))
+    if rule.window == DAY:
+        offset = datetime.datetime.now(zoneinfo.ZoneInfo(timezone)).utcoffset()
+        return window.FixedWindows(86400, offset=(-int(offset.total_seconds())) % 86400)
+    return window.SlidingWindows(rule.size_seconds, rule.period_seconds)
 
 
 class _SumPerSlice(beam.DoFn):
@@ -148,11 +126,12 @@ class _SumPerSlice(beam.DoFn):
         self._zone = zoneinfo.ZoneInfo(self.timezone)
         self._day_starts: dict[datetime.date, int] = {}
 
-    def _day_start(self, day: datetime.date) -> int:
-        start = self._day_starts.get(day)
-        if start is None:
-            start = self._day_starts[day] = _local_midnight_millis(day, self._zone)
-        return start
+    def _day_stamp(self, day: datetime.date) -> int:
+        # Local noon: inside the day's window whatever daylight saving time does to its bounds.
+        stamp = self._day_starts.get(day)
+        if stamp is None:
+            stamp = self._day_starts[day] = _local_midnight_millis(day, self._zone) + 12 * 3_600_000
+        return stamp
 
     def process(self, orders):
         sums: dict[tuple[str, str, int], Decimal] = {}
@@ -162,7 +141,7 @@ class _SumPerSlice(beam.DoFn):
             for rule in self.rules:
                 scope = order["client_token"] if rule.scope == "client" else ALL_CLIENTS
                 if rule.window == DAY:
-                    slice_start = self._day_start(order["trade_day"])
+                    slice_start = self._day_stamp(order["trade_day"])
                 else:
                     period_ms = rule.period_seconds * 1000
                     slice_start = event_ms - event_ms % period_ms
@@ -202,14 +181,19 @@ class WindowedAlarms(beam.PTransform):
         self.allowed_lateness_seconds = allowed_lateness_seconds
 
     def expand(self, batches):
-        return (
-            batches
-            | "SumPerSlice" >> beam.ParDo(_SumPerSlice(self.rules, self.timezone))
-            | "Window" >> beam.WindowInto(
-                AlarmWindows(self.rules, self.timezone),
-                trigger=trigger.AfterWatermark(early=trigger.AfterCount(1), late=trigger.AfterCount(1)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=Duration(seconds=self.allowed_lateness_seconds))
-            | "WindowTotal" >> beam.CombinePerKey(sum)
-            | "DetectCrossings" >> beam.ParDo(_DetectCrossings(self.rules))
-        )
+        index = {rule.rule_id: i for i, rule in enumerate(self.rules)}
+        by_rule = (batches
+                   | "SumPerSlice" >> beam.ParDo(_SumPerSlice(self.rules, self.timezone))
+                   | "ByRule" >> beam.Partition(lambda keyed, _n: index[keyed[0][0]], len(self.rules)))
+        crossings = []
+        for rule, partial_sums in zip(self.rules, by_rule, strict=True):
+            crossings.append(
+                partial_sums
+                | f"Window[{rule.rule_id}]" >> beam.WindowInto(
+                    rule_windows(rule, self.timezone),
+                    trigger=trigger.AfterWatermark(early=trigger.AfterCount(1), late=trigger.AfterCount(1)),
+                    accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                    allowed_lateness=Duration(seconds=self.allowed_lateness_seconds))
+                | f"WindowTotal[{rule.rule_id}]" >> beam.CombinePerKey(sum)
+                | f"DetectCrossings[{rule.rule_id}]" >> beam.ParDo(_DetectCrossings(self.rules)))
+        return crossings | "AllCrossings" >> beam.Flatten()

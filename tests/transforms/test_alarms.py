@@ -12,13 +12,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
-from apache_beam.transforms.window import IntervalWindow
+from apache_beam.transforms.window import FixedWindows, IntervalWindow, SlidingWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from orderflow.bootstrap import aws_client
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox, record_alarms, relay_sms_outbox
-from orderflow.transforms.alarms import Alarm, AlarmRule, AlarmWindows, WindowedAlarms, parse_rules
+from orderflow.transforms.alarms import Alarm, AlarmRule, WindowedAlarms, parse_rules, rule_windows
 from tests.io.sns_testing import sent_sms
 
 UTC = datetime.timezone.utc
@@ -60,14 +60,17 @@ def test_parse_rules_and_reject_bad_ones(tmp_path):
             parse_rules(bad)
 
 
-def test_calendar_day_windows_follow_the_exchange_time_zone():
-    windows = AlarmWindows(RULES, "America/Sao_Paulo")
-    # Midnight in São Paulo (UTC-3) of 2026-11-18 is 03:00 UTC.
+def test_rule_windows_are_standard_and_days_follow_the_exchange_time_zone():
+    day_windows = rule_windows(RULES[1], "America/Sao_Paulo")
+    assert isinstance(day_windows, FixedWindows)
+    # Local noon of 2026-11-18 in São Paulo (UTC-3) is in [03:00 UTC, next 03:00 UTC).
+    noon = Timestamp.from_utc_datetime(datetime.datetime(2026, 11, 18, 15, tzinfo=UTC))
+    [window] = day_windows.assign(FixedWindows.AssignContext(noon))
     start = Timestamp.from_utc_datetime(datetime.datetime(2026, 11, 18, 3, tzinfo=UTC))
-    [window] = windows.assign(AlarmWindows.AssignContext(start, element=(("client-day", "a"), 1)))
     assert window == IntervalWindow(start, start + 86400)
-    sliding = windows.assign(AlarmWindows.AssignContext(_at(320), element=(("all-10m", "*"), 1)))
-    assert sorted(w.start for w in sliding) == [_at(0), _at(300)]
+    sliding = rule_windows(RULES[0], "America/Sao_Paulo")
+    assert isinstance(sliding, SlidingWindows)
+    assert sorted(w.start for w in sliding.assign(SlidingWindows.AssignContext(_at(320)))) == [_at(0), _at(300)]
 
 
 def test_alarms_fire_early_once_crossed_and_late_data_does_not_double_count():
