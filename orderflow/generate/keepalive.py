@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     parser = argparse.ArgumentParser(prog="python -m orderflow.generate keepalive", description=__doc__.split("\n")[0])
     parser.add_argument("--restaurants", "-n", type=int, default=1000)
     parser.add_argument("--minutes", type=int, default=90, help="length of the period")
-    parser.add_argument("--end", default=None, help="ISO end of the period (default: now if open, else 22:30 local)")
+    parser.add_argument("--end", default=None,
+                        help="ISO end of the period, naive = UTC (default: now if open, else 22:30 local)")
     parser.add_argument("--interval", type=int, default=30, help="seconds between pings")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--corrupt", type=int, default=0, help="also send this many undecodable keep-alives")

@@ -79,6 +79,8 @@ class PresenceOptions(PipelineOptions):
         parser.add_argument("--finalize_each_session", default=None, choices=["true", "false"],
                             help="emit intervals as each session closes (default: true when streaming, false "
                                  "when bounded, where everything is final at the end anyway)")
+        parser.add_argument("--status_shards", type=int, default=128,
+                            help="keys of the status evaluation (restaurants are spread over them): its parallelism")
         parser.add_argument("--presence_postgres_dsn", default=None, help="default: settings")
         parser.add_argument("--presence_redis_url", default=None, help="default: settings")
         parser.add_argument("--presence_redis_prefix", default="restaurant:", help="key prefix of the hot state")
@@ -141,7 +143,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
     intervals = (sessions, single_changes) | "Status" >> RestaurantStatusIntervals(
         hours, gap_ms, as_of_ms=as_of, finalize_at_session_end=at_session_end,
-        track_from_ms=parse_instant(opts.track_from))
+        track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards)
     _ = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
 
     _ = ((keepalives.dead_letter, changes.dead_letter)
