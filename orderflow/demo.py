@@ -22,6 +22,10 @@ def main() -> int:
 
     print("== Presence: 1,000 restaurants pinging for 90 minutes, bounded pipeline run, offline ranking")
     presence_demo(settings)
+    from orderflow.replay import demo as kafka_demo
+
+    print("== Kafka connector: group offsets, a replay plan, a priced order read back through Avro")
+    kafka_demo(settings)
     # Keep this step last: the API stays up serving what the steps above produced (make stack-down stops it).
     from orderflow.api.demo import demo as api_demo
 
