@@ -44,7 +44,7 @@ def portable_run(module_settings):
     def build(pipeline, options):
         orders_pipeline.build(pipeline, options, settings)
 
-    # check=False: run through the Fn API even if the static Flink check objects; that check has its own test.
+    # check=False: run through the Fn API whatever the static Flink check says; that check has its own test.
     run = run_portable(build, pipeline_args(rules), check=False)
     return settings, records, expected, rules, phones, run
 
@@ -72,18 +72,8 @@ def test_orders_graph_has_an_sdk_environment_and_stateful_parts(portable_run):
     assert run.graph["leaf_urns"]["beam:transform:pardo:v1"] > 10
 
 
-# Known, reported Flink incompatibility (the in-process portable run above is unaffected): the test shows
-# it as an expected failure while it lasts, fails on any other problem, and passes once it is fixed.
-ALARM_WINDOWS = ("orderflow/transforms/alarms.py: AlarmWindows is a custom (pickled) WindowFn in front of the "
-                 "alarms' GroupByKey; Flink rebuilds GroupByKey windowing in Java and cannot read it "
-                 "(apache/beam#20641). Owner: orders pipeline. Portable fix: standard FixedWindows/"
-                 "SlidingWindows per rule, or keyed state + event-time timers in the global window.")
-
-
 def test_orders_graph_is_readable_by_flink(portable_run):
+    # Alarms use standard FixedWindows/SlidingWindows per rule: nothing Flink cannot rebuild in Java (an
+    # earlier custom AlarmWindows WindowFn was flagged here and replaced).
     *_, run = portable_run
-    problems = run.graph["problems"]
-    unexpected = [p for p in problems if not p.startswith("Alarms/")]
-    assert unexpected == []
-    if problems:
-        pytest.xfail(ALARM_WINDOWS)
+    assert run.graph["problems"] == []
