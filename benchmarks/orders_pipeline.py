@@ -52,6 +52,8 @@ def alarm_rules(n: int) -> list[dict]:
 # The hand-written baseline.
 # --------------------------------------------------------------------------------------------------
 def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
     import psycopg
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
@@ -98,6 +100,40 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
                     producer.poll(0.05)
         producer.poll(0)
 
+    def count_alarms(owned):
+        touched = set()
+        for order in owned:
+            event_s = order["event_time"].timestamp()
+            for rule in rules:
+                scope = order["client_token"] if rule.scope == "client" else "*"
+                if rule.window == "day":
+                    start = day_starts.get(order["trade_day"])
+                    if start is None:
+                        d = order["trade_day"]
+                        start = day_starts[d] = datetime.datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
+                    starts = [(start, start + 86400)]  # no DST in São Paulo since 2019
+                else:
+                    last = event_s - event_s % rule.period_seconds
+                    starts = [(s, s + rule.size_seconds)
+                              for s in range(int(last), int(event_s - rule.size_seconds), -rule.period_seconds)]
+                for start, end in starts:
+                    key = (rule.rule_id, scope, start, end)
+                    window_totals[key] += order["total"]
+                    touched.add(key)
+        thresholds = {rule.rule_id: rule.threshold for rule in rules}
+        alarms = []
+        for key in touched:
+            rule_id, scope, start, end = key
+            if key not in fired and window_totals[key] >= thresholds[rule_id]:
+                fired.add(key)
+                utc = datetime.timezone.utc
+                alarms.append(Alarm(rule_id, scope, datetime.datetime.fromtimestamp(start, utc),
+                                    datetime.datetime.fromtimestamp(end, utc), window_totals[key], thresholds[rule_id]))
+        if alarms and record_alarms(conn, alarms)[1]:
+            relay_sms_outbox(conn, sns)
+
+    background = ThreadPoolExecutor(max_workers=1)
+    in_flight = None
     while open_partitions:
         messages = consumer.consume(batch_size, timeout=1.0)
         priced, dead = [], []
@@ -129,39 +165,16 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
         produce_all(settings.topics.orders_dead_letter, [d.to_kafka() for d in dead])
         if not priced:
             continue
-        owned, _ = writer.write(priced)
-        touched = set()
-        for order in owned:
-            event_s = order["event_time"].timestamp()
-            for rule in rules:
-                scope = order["client_token"] if rule.scope == "client" else "*"
-                if rule.window == "day":
-                    start = day_starts.get(order["trade_day"])
-                    if start is None:
-                        d = order["trade_day"]
-                        start = day_starts[d] = datetime.datetime(d.year, d.month, d.day, tzinfo=zone).timestamp()
-                    starts = [(start, start + 86400)]  # no DST in São Paulo since 2019
-                else:
-                    last = event_s - event_s % rule.period_seconds
-                    starts = [(s, s + rule.size_seconds)
-                              for s in range(int(last), int(event_s - rule.size_seconds), -rule.period_seconds)]
-                for start, end in starts:
-                    key = (rule.rule_id, scope, start, end)
-                    window_totals[key] += order["total"]
-                    touched.add(key)
-        thresholds = {rule.rule_id: rule.threshold for rule in rules}
-        alarms = []
-        for key in touched:
-            rule_id, scope, start, end = key
-            if key not in fired and window_totals[key] >= thresholds[rule_id]:
-                fired.add(key)
-                utc = datetime.timezone.utc
-                alarms.append(Alarm(rule_id, scope, datetime.datetime.fromtimestamp(start, utc),
-                                    datetime.datetime.fromtimestamp(end, utc), window_totals[key], thresholds[rule_id]))
-        if alarms and record_alarms(conn, alarms)[1]:
-            relay_sms_outbox(conn, sns)
-    writer.commit()
-    writer.close()
+        # Same overlap as the Beam DoFn: Postgres/DynamoDB work on this batch on a background thread
+        # while the loop parses and prices the next one; its owned orders are handled one batch later.
+        if in_flight is not None:
+            count_alarms(in_flight.result()[0])
+        in_flight = background.submit(writer.write, priced)
+    if in_flight is not None:
+        count_alarms(in_flight.result()[0])
+    background.submit(writer.commit).result()
+    background.submit(writer.close).result()
+    background.shutdown()
     if producer.flush(120):
         raise RuntimeError("undelivered records")
     consumer.close()
@@ -171,7 +184,7 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # One side in a child process.
 # --------------------------------------------------------------------------------------------------
-def child(role: str, settings_json: str, batch_size: int, n: int) -> None:
+def child(role: str, settings_json: str, batch_size: int, n: int, beam_args: list[str]) -> None:
     fields = json.loads(settings_json)
     settings = dataclasses.replace(load_settings(), **{k: v for k, v in fields.items() if k != "topics"},
                                    topics=Topics(**fields["topics"]))
@@ -180,7 +193,7 @@ def child(role: str, settings_json: str, batch_size: int, n: int) -> None:
         from orderflow.pipelines import orders
 
         orders.run(["--bounded", f"--trade_days={DAY}", f"--alarm_rules={json.dumps(alarm_rules(n))}",
-                    f"--orders_batch_size={batch_size}"], settings=settings)
+                    f"--orders_batch_size={batch_size}", *beam_args], settings=settings)
     else:
         hand_loop(settings, batch_size, json.dumps(alarm_rules(n)))
     elapsed = time.perf_counter() - started
@@ -237,11 +250,13 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=1_000_000, help="records to generate (default 1,000,000)")
     parser.add_argument("--batch-size", type=int, default=5000, help="Kafka records per batch, both sides")
     parser.add_argument("--only", choices=["beam", "hand"], help="run one side only")
+    parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam side, e.g. "
+                        "'--direct_num_workers=2 --direct_running_mode=multi_processing'")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        child(args.role, args.settings, args.batch_size, args.n)
+        child(args.role, args.settings, args.batch_size, args.n, args.beam_args.split())
         return 0
 
     import port_for
@@ -283,7 +298,8 @@ def main() -> int:
             payload = json.dumps({**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)
                                      if f.name != "topics"}, "topics": dataclasses.asdict(settings.topics)})
             proc = subprocess.run([sys.executable, __file__, "--role", role, "--settings", payload,
-                                   "--batch-size", str(args.batch_size), "--n", str(args.n)],
+                                   "--batch-size", str(args.batch_size), "--n", str(args.n),
+                                   f"--beam-args={args.beam_args}"],
                                   env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)

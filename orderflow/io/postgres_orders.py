@@ -170,6 +170,10 @@ class OrdersWriter:
 
 
 class _WriteBatch(beam.DoFn):
+    """Runs the writer on one background thread, one batch behind: while Postgres (and, at commits,
+    DynamoDB) work on batch k, this thread prices and encodes batch k+1. The owned orders of batch k are
+    emitted when batch k+1 arrives, or at the end of the bundle, with batch k's timestamp and window."""
+
     def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int):
         self.dsn = dsn
         self.volume_table = volume_table
@@ -180,32 +184,56 @@ class _WriteBatch(beam.DoFn):
         self.batches = Metrics.counter("orders", "postgres_batches")
 
     def setup(self):
+        from concurrent.futures import ThreadPoolExecutor
+
         self._writer = OrdersWriter(self.dsn, self.volume_table.write if self.volume_table is not None else None,
                                     self.max_batches)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-orders")
 
-    def process(self, orders):
+    def start_bundle(self):
+        self._in_flight = None  # (future, timestamp, window) of the batch being written
+
+    def _collect(self):
+        """Waits for the batch in flight; returns its owned orders as a WindowedValue (or None)."""
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        if self._in_flight is None:
+            return None
+        future, timestamp, window = self._in_flight
+        self._in_flight = None
         try:
-            owned, counts = self._writer.write(orders)
+            owned, counts = future.result()
         except Exception:
             # The bundle fails and is retried from its start: so must the transaction.
-            self._writer.rollback()
+            self._thread.submit(self._writer.rollback).result()
             raise
         self.batches.inc()
         self.inserted.inc(counts["inserted"])
         self.replayed.inc(counts["replayed"])
         self.duplicates.inc(counts["duplicates"])
-        if owned:
-            yield OrderBatch(owned)
+        return WindowedValue(OrderBatch(owned), timestamp, [window]) if owned else None
+
+    def process(self, orders, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        previous = self._collect()
+        self._in_flight = (self._thread.submit(self._writer.write, orders), timestamp, window)
+        if previous is not None:
+            yield previous
 
     def finish_bundle(self):
+        last = self._collect()
         try:
-            self._writer.commit()
+            self._thread.submit(self._writer.commit).result()
         except Exception:
-            self._writer.rollback()
+            self._thread.submit(self._writer.rollback).result()
             raise
+        if last is not None:
+            yield last
 
     def teardown(self):
-        self._writer.close()
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.submit(self._writer.close).result()
+            thread.shutdown()
 
 
 class WriteOrdersToPostgres(beam.PTransform):
