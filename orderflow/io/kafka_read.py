@@ -63,8 +63,8 @@ DEFAULT_CONSUMER_CONFIG = {
     "fetch.min.bytes": 1,
     "max.partition.fetch.bytes": 16 * 1024 * 1024,
     "fetch.max.bytes": 64 * 1024 * 1024,
-    "queued.min.messages": 500_000,
-    "queued.max.messages.kbytes": 128 * 1024,
+    "queued.min.messages": 200_000,
+    "queued.max.messages.kbytes": 32 * 1024,  # per cached consumer: bounds prefetch memory
 }
 
 
