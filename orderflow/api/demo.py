@@ -102,4 +102,4 @@ def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> 
     print(f"API {state} on {url}  (docs {url}/docs, log {root}/logs/api.log, stop: make stack-down)")
     print(f"demo key (read, ingest): {key}")
     print(f"dashboard: {url}/dashboard?key={key}")
-    print(f'try: curl -H "X-API-Key: {key}" "{url}/restaurants/status?ids=r-000001,r-000002"')
+    print(f'try: curl -H "X-API-Key: {key}" "{url}/restaurants/status?ids=rest-00001,rest-00002"')

@@ -23,7 +23,7 @@ from orderflow.api.resources import Resources
 router = APIRouter(tags=["ingest"])
 
 RestaurantId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$",
-                    description="Restaurant id", examples=["r-000042"])
+                    description="Restaurant id", examples=["rest-00042"])
 ScheduleId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
 Reason = Literal["LACK_OF_DELIVERY_STAFF", "CONNECTION_ISSUES", "OVERLOADED_OFFLINE_ORDERS", "HOLIDAYS"]
 

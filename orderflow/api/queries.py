@@ -140,7 +140,7 @@ class StatusesOut(BaseModel):
 @router.get("/restaurants/status", response_model=StatusesOut,
             summary="Online/offline and why, for up to 1,000 restaurants in one Redis round trip")
 def get_statuses(ids: Annotated[str, Query(min_length=1, description="comma-separated restaurant ids",
-                                  examples=["r-000001,r-000002"])],
+                                  examples=["rest-00001,rest-00002"])],
                  who: Caller, res: Res):
     wanted = list(dict.fromkeys(i.strip() for i in ids.split(",") if i.strip()))
     if not wanted:
