@@ -51,3 +51,20 @@ def test_every_record_parses_or_fails_as_announced():
             assert r.order_id is not None and seen_payloads[r.order_id] == r.value
         elif r.order_id:
             seen_payloads[r.order_id] = r.value
+
+
+def test_cli_produces_to_the_topic(module_settings):
+    import os
+    import subprocess
+    import sys
+
+    from tests.io.kafka_testing import read_partition
+
+    env = {**os.environ, "ORDERFLOW_KAFKA_BOOTSTRAP": module_settings.kafka_bootstrap,
+           "ORDERFLOW_TOPIC_ORDERS": module_settings.topics.orders}
+    out = subprocess.run([sys.executable, "-m", "orderflow.generate", "orders", "--n", "300", "--seed", "1",
+                          "--day", "2026-11-16", "--no-progress"], env=env, capture_output=True, text=True, check=True)
+    assert "produced 300 records for 2026-11-16" in out.stdout
+    records = [m for p in range(module_settings.topic_partitions)
+               for m in read_partition(module_settings.kafka_bootstrap, module_settings.topics.orders, p)]
+    assert len(records) == 300
