@@ -432,7 +432,15 @@ def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, str] = PIPEL
         print(f"run_flink.sh: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO)
-    result = submit(submission)
+    import requests
+
+    try:
+        result = submit(submission)
+    except requests.exceptions.ConnectionError as exc:
+        # The uber-jar submission starts by asking the JobManager's REST API for its configuration.
+        master = submission.options().view_as(FlinkRunnerOptions).flink_master
+        print(f"run_flink.sh: error: cannot reach the Flink JobManager REST API at {master}: {exc}", file=sys.stderr)
+        return 1
     jar = submission.options().view_as(PortableOptions).output_executable_path
     if jar:
         result.wait_until_finish()

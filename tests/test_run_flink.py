@@ -108,6 +108,15 @@ def test_script_reports_a_missing_master(tmp_path):
     assert "missing --flink_master" in result.stderr
 
 
+def test_submission_to_an_unreachable_master_fails_clearly():
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        closed_port = probe.getsockname()[1]  # free now, closed once the block ends
+    result = run_flink("presence", "--flink_master", f"127.0.0.1:{closed_port}")
+    assert result.returncode == 1
+    assert f"run_flink.sh: error: cannot reach the Flink JobManager REST API at 127.0.0.1:{closed_port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_script_without_arguments_prints_usage_and_fails():
     result = subprocess.run([str(RUN_FLINK)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
