@@ -57,6 +57,9 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--orders_group_id", default="orderflow-orders", help="consumer group")
         parser.add_argument("--orders_batch_size", type=int, default=2000,
                             help="Kafka records per batch element (all work is per batch)")
+        parser.add_argument("--orders_batches_per_transaction", type=int, default=None,
+                            help="batches per Postgres transaction (and DynamoDB flush); default 20 when "
+                                 "--bounded, 1 when streaming (short row locks, no cross-batch deadlocks)")
         parser.add_argument("--trade_days", default="",
                             help="comma list of YYYY-MM-DD whose reference data to load (default: today "
                                  "and --refdata_lookback_days before, in the exchange time zone)")
@@ -127,8 +130,9 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "EncodePriced" >> beam.ParDo(_EncodePriced())
          | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders))
 
+    per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
     owned = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
-        settings.postgres_dsn, DailyVolumeTable(settings))
+        settings.postgres_dsn, DailyVolumeTable(settings), per_transaction)
 
     ticks = (owned
              | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
