@@ -233,7 +233,10 @@ def resolve(argv: Sequence[str], pipelines: Mapping[str, str] = PIPELINES) -> Su
     beam_args.extend(passthrough)
 
     _import_pipeline(args.pipeline, module_name)  # registers the pipeline's PipelineOptions subclass
-    validate_options(beam_args)
+    known = validate_options(beam_args)
+    jar = known.get("flink_job_server_jar")
+    if jar and "://" not in jar and not pathlib.Path(jar).is_file():
+        raise SubmissionError(f"--flink_job_server_jar {jar}: no such file")
     return Submission(args.pipeline, module_name, tuple(beam_args), dry_run=args.dry_run)
 
 
@@ -440,6 +443,12 @@ def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, str] = PIPEL
         # The uber-jar submission starts by asking the JobManager's REST API for its configuration.
         master = submission.options().view_as(FlinkRunnerOptions).flink_master
         print(f"run_flink.sh: error: cannot reach the Flink JobManager REST API at {master}: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        if "job server jar" not in str(exc):
+            raise
+        # Beam fetches its Flink job server jar from Maven Central unless --flink_job_server_jar names one.
+        print(f"run_flink.sh: error: {exc} (or pass --flink_job_server_jar PATH)", file=sys.stderr)
         return 1
     jar = submission.options().view_as(PortableOptions).output_executable_path
     if jar:

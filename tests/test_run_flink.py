@@ -144,19 +144,21 @@ def test_defaults_resolve_to_the_production_submission(capsys, monkeypatch):
     assert "beam:requirement:pardo:stateful:v1" in described["graph"]["requirements"]
 
 
-def test_every_knob_and_pipeline_option_reaches_beam(capsys, monkeypatch):
+def test_every_knob_and_pipeline_option_reaches_beam(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("FLINK_MASTER", "https://flink.internal:443")
+    job_server_jar = tmp_path / "beam-runners-flink-1.19-job-server.jar"
+    job_server_jar.write_bytes(b"PK")  # only its existence is checked before submission
     described = dry_run_tiny(
         capsys, "--flink_version", "1.19", "--parallelism", "32", "--max_parallelism", "1440",
         "--checkpointing_interval", "15000", "--checkpointing_mode", "AT_LEAST_ONCE",
         "--environment_type", "docker", "--job_name", "tiny-canary", "--sdk_worker_parallelism=4",
         "--checkpoint_timeout_millis=600000", "--min_pause_between_checkpoints=5000",
-        "--flink_job_server_jar=/opt/beam/jars/beam-runners-flink-1.19-job-server.jar",
+        f"--flink_job_server_jar={job_server_jar}",
         "--tiny_window_seconds=120",
     )
     assert described["flink"] == {
         "flink_master": "https://flink.internal:443", "flink_version": "1.19", "flink_submit_uber_jar": True,
-        "flink_job_server_jar": "/opt/beam/jars/beam-runners-flink-1.19-job-server.jar",
+        "flink_job_server_jar": str(job_server_jar),
         "parallelism": 32, "max_parallelism": 1440,
         "checkpointing_interval": 15000, "checkpointing_mode": "AT_LEAST_ONCE",
     }
@@ -199,6 +201,7 @@ def test_building_the_application_jar_needs_no_master(capsys, monkeypatch, tmp_p
     (["--tiny_window_seconds=soon"], "invalid option: argument --tiny_window_seconds: invalid int value: 'soon'"),
     (["--num_concurrent_checkpoints=many"], "invalid option: argument --num_concurrent_checkpoints"),
     (["--setup_file", "/nonexistent/setup.py"], "--setup_file /nonexistent/setup.py: no such setup.py"),
+    (["--flink_job_server_jar=/nonexistent/job-server.jar"], "--flink_job_server_jar /nonexistent/job-server.jar: no such file"),
 ])
 def test_invalid_submissions_are_refused_with_the_reason(args, message):
     with pytest.raises(SubmissionError) as raised:
