@@ -26,6 +26,10 @@ def main() -> int:
 
     print("== Kafka connector: group offsets, a replay plan, a priced order read back through Avro")
     kafka_demo(settings)
+    from orderflow.flink_submit import demo as flink_demo
+
+    print("== Flink submission: dry run of both pipelines (resolved options, graph Flink can translate)")
+    flink_demo(settings)
     # Keep this step last: the API stays up serving what the steps above produced (make stack-down stops it).
     from orderflow.api.demo import demo as api_demo
 
