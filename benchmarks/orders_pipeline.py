@@ -248,7 +248,7 @@ def outcome(settings: Settings) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="records to generate (default 1,000,000)")
-    parser.add_argument("--batch-size", type=int, default=5000, help="Kafka records per batch, both sides")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="Kafka records per batch, both sides")
     parser.add_argument("--only", choices=["beam", "hand"], help="run one side only")
     parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam side, e.g. "
                         "'--direct_num_workers=2 --direct_running_mode=multi_processing'")
