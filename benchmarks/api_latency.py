@@ -18,16 +18,14 @@ import dataclasses
 import multiprocessing
 import pathlib
 import random
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import load_settings  # noqa: E402
-from orderflow.local import LocalStack, StackPorts  # noqa: E402
+from orderflow.local import temporary_stack  # noqa: E402
 
 DAY = "2026-03-02"
 
@@ -49,17 +47,6 @@ class Result:
     def row(self) -> str:
         return (f"{self.name:<44} {len(self.latencies):>6} {self.percentile(0.5):>8.2f} {self.percentile(0.99):>8.2f}"
                 f" {self.rate:>9.0f}")
-
-
-def _free_ports() -> StackPorts:
-    import port_for
-
-    chosen: set[int] = set()
-    values = {}
-    for field in dataclasses.fields(StackPorts):
-        values[field.name] = port_for.select_random(exclude_ports=chosen)
-        chosen.add(values[field.name])
-    return StackPorts(**values)
 
 
 def _seed(settings, restaurants: int, clients: int) -> None:
@@ -177,42 +164,36 @@ def main(argv: list[str] | None = None) -> int:
     from orderflow.api.auth import create_key
     from orderflow.api.demo import start_detached, stop_detached
 
-    base = pathlib.Path(".local")
-    base.mkdir(exist_ok=True)
-    root = tempfile.mkdtemp(prefix="bench-api-", dir=base)
-    stack = LocalStack(root, _free_ports())
-    try:
-        print(f"starting a local stack under {root} ...", flush=True)
-        stack.up(timeout=90)
-        settings = load_settings(stack.environment())
-        bootstrap.bootstrap_all(settings)
-        _seed(settings, args.restaurants, args.clients)
-        key = create_key(settings.postgres_dsn, ["read"], name="benchmark")[1]
-        import port_for
+    print("starting a local stack under .local/bench-api-* ...", flush=True)
+    with temporary_stack("bench-api-", ".local", timeout=90) as stack:
+        try:
+            settings = load_settings(stack.environment())
+            bootstrap.bootstrap_all(settings)
+            _seed(settings, args.restaurants, args.clients)
+            key = create_key(settings.postgres_dsn, ["read"], name="benchmark")[1]
+            import port_for
 
-        url, _ = start_detached(settings, root, port=port_for.select_random())
-        print(f"API on {url}; {args.restaurants} restaurants, {args.clients} clients; "
-              f"{args.n} requests per endpoint, {args.concurrency} in flight, load from a second process\n")
+            url, _ = start_detached(settings, stack.root, port=port_for.select_random())
+            print(f"API on {url}; {args.restaurants} restaurants, {args.clients} clients; "
+                  f"{args.n} requests per endpoint, {args.concurrency} in flight, load from a second process\n")
 
-        scenarios = [("status", "GET /restaurants/status (100 ids)", _status_paths(args.n, args.restaurants)),
-                     ("volume", "GET /clients/{token}/volume", _volume_paths(args.n, args.clients))]
-        print(f"{'':<44} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
-        for kind, label, paths in scenarios:
-            warm = paths[: max(50, args.n // 20)]
-            run_load({"mode": "http", "url": url, "key": key, "paths": warm, "concurrency": args.concurrency})
-            http = Result(f"API  {label}", *run_load(
-                {"mode": "http", "url": url, "key": key, "paths": paths, "concurrency": args.concurrency}))
-            direct = Result(f"base direct {'statuses(100 ids)' if kind == 'status' else 'DynamoDB GetItem'}",
-                            *run_load({"mode": "direct", "settings": settings, "kind": kind, "paths": paths,
-                                       "concurrency": args.concurrency}))
-            print(http.row())
-            print(direct.row())
-            print(f"{'  ratio API / direct (req/s)':<44} {http.rate / direct.rate:>35.2f}")
-        return 0
-    finally:
-        stop_detached(root)
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
+            scenarios = [("status", "GET /restaurants/status (100 ids)", _status_paths(args.n, args.restaurants)),
+                         ("volume", "GET /clients/{token}/volume", _volume_paths(args.n, args.clients))]
+            print(f"{'':<44} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+            for kind, label, paths in scenarios:
+                warm = paths[: max(50, args.n // 20)]
+                run_load({"mode": "http", "url": url, "key": key, "paths": warm, "concurrency": args.concurrency})
+                http = Result(f"API  {label}", *run_load(
+                    {"mode": "http", "url": url, "key": key, "paths": paths, "concurrency": args.concurrency}))
+                direct = Result(f"base direct {'statuses(100 ids)' if kind == 'status' else 'DynamoDB GetItem'}",
+                                *run_load({"mode": "direct", "settings": settings, "kind": kind, "paths": paths,
+                                           "concurrency": args.concurrency}))
+                print(http.row())
+                print(direct.row())
+                print(f"{'  ratio API / direct (req/s)':<44} {http.rate / direct.rate:>35.2f}")
+            return 0
+        finally:
+            stop_detached(stack.root)
 
 
 if __name__ == "__main__":

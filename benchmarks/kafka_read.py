@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shutil
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 import apache_beam as beam  # noqa: E402
-import port_for  # noqa: E402
 from apache_beam.metrics import Metrics  # noqa: E402
 from apache_beam.metrics.metric import MetricsFilter  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
@@ -31,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # no
 
 from orderflow.bootstrap import create_topics  # noqa: E402
 from orderflow.io.kafka_read import DEFAULT_CONSUMER_CONFIG, ReadFromKafka  # noqa: E402
-from orderflow.local import LocalStack, StackPorts  # noqa: E402
+from orderflow.local import temporary_stack  # noqa: E402
 
 PARTITIONS = 4
 
@@ -110,10 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args(argv)
 
-    root = tempfile.mkdtemp(prefix="bench-kafka-", dir="/tmp")
-    stack = LocalStack(root, StackPorts(kafka=port_for.select_random()), only=("kafka",))
-    try:
-        stack.up(timeout=60)
+    with temporary_stack("bench-kafka-", "/tmp", timeout=60, only=("kafka",)) as stack:
         bootstrap = f"127.0.0.1:{stack.ports.kafka}"
         topic, small_topic, empty_topic = "bench-read", "bench-read-small", "bench-read-empty"
         create_topics(bootstrap, [topic, small_topic, empty_topic], PARTITIONS)
@@ -138,9 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio batched / baseline:    {ours_rate / base_rate:.2f} "
               f"(start-up excluded: {steady_rate / base_rate:.2f})")
         print(f"ratio per-record / baseline: {small_rate / base_rate:.2f}")
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

@@ -19,10 +19,8 @@ import datetime
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import zoneinfo
@@ -259,21 +257,10 @@ def main() -> int:
         child(args.role, args.settings, args.batch_size, args.n, args.beam_args.split())
         return 0
 
-    import port_for
-
     from orderflow.generate.orders import generate, produce
-    from orderflow.local import LocalStack, StackPorts
+    from orderflow.local import temporary_stack
 
-    chosen: set[int] = set()
-    ports = {}
-    for field in dataclasses.fields(StackPorts):
-        ports[field.name] = port_for.select_random(exclude_ports=chosen)
-        chosen.add(ports[field.name])
-    (ROOT / ".local").mkdir(exist_ok=True)
-    root = tempfile.mkdtemp(prefix="bench-orders-", dir=ROOT / ".local")
-    stack = LocalStack(root, StackPorts(**ports))
-    try:
-        stack.up(timeout=120)
+    with temporary_stack("bench-orders-", ROOT / ".local", timeout=120) as stack:
         base = load_settings(stack.environment())
         base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{uuid.uuid4().hex[:6]}"))
         bootstrap.create_topics(base.kafka_bootstrap, [base.topics.orders], base.topic_partitions)
@@ -317,9 +304,6 @@ def main() -> int:
             print(f"ratio beam/hand throughput: {ratio:.2f}x  (target >= 0.5x); identical results: {same}")
             return 0 if same else 1
         return 0
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,8 @@ import datetime as dt
 import json
 import pathlib
 import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from zoneinfo import ZoneInfo
@@ -180,21 +178,10 @@ def main() -> int:
         child(args.role, args.settings, args.track_from, args.as_of, args.batch_size, args.prefix)
         return 0
 
-    import port_for
-
     from orderflow.generate.keepalive import make_plan, produce
-    from orderflow.local import LocalStack, StackPorts
+    from orderflow.local import temporary_stack
 
-    chosen: set[int] = set()
-    ports = {}
-    for field in dataclasses.fields(StackPorts):
-        ports[field.name] = port_for.select_random(exclude_ports=chosen)
-        chosen.add(ports[field.name])
-    (ROOT / ".local").mkdir(exist_ok=True)
-    root = tempfile.mkdtemp(prefix="bench-presence-", dir=ROOT / ".local")
-    stack = LocalStack(root, StackPorts(**ports))
-    try:
-        stack.up(timeout=120)
+    with temporary_stack("bench-presence-", ROOT / ".local", timeout=120) as stack:
         base = load_settings(stack.environment())
         suffix = uuid.uuid4().hex[:6]
         base = dataclasses.replace(base, topics=dataclasses.replace(
@@ -237,9 +224,6 @@ def main() -> int:
             print(f"ratio beam/hand throughput: {ratio:.2f}x; identical daily offline seconds: {same}")
             return 0 if same else 1
         return 0
-    finally:
-        stack.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

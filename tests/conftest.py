@@ -7,42 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pathlib
-import shutil
-import tempfile
 import uuid
 
-import port_for
 import pytest
 
 from orderflow import bootstrap
 from orderflow.config import Settings, Topics, load_settings
-from orderflow.local import LocalStack, StackPorts
-
-
-def _free_ports() -> StackPorts:
-    chosen: set[int] = set()
-    values = {}
-    for field in dataclasses.fields(StackPorts):
-        port = port_for.select_random(exclude_ports=chosen)
-        chosen.add(port)
-        values[field.name] = port
-    return StackPorts(**values)
+from orderflow.local import temporary_stack
 
 
 @pytest.fixture(scope="session")
 def stack():
     """The running stack for this test session (started here, stopped at the end)."""
-    base = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"))
-    base.mkdir(parents=True, exist_ok=True)
-    root = tempfile.mkdtemp(prefix="test-stack-", dir=base)
-    local_stack = LocalStack(root, _free_ports())
-    try:
-        local_stack.up(timeout=90)
+    with temporary_stack("test-stack-", os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"), timeout=90) as local_stack:
         yield local_stack
-    finally:
-        local_stack.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -12,29 +12,9 @@ import urllib.request
 
 from orderflow.api.auth import create_key
 from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT, Settings
+from orderflow.local.stack import process_alive, read_pid
 
 DEFAULT_PORT = 18080
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def _pid(pid_file: pathlib.Path) -> int | None:
-    try:
-        return int(pid_file.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:
@@ -54,8 +34,8 @@ def start_detached(settings: Settings, root: str = ".local", host: str = "127.0.
     root_path = pathlib.Path(root).absolute()
     pid_file, log_path = root_path / "run" / "api.pid", root_path / "logs" / "api.log"
     url = f"http://{host}:{port}"
-    pid = _pid(pid_file)
-    if pid is not None and _alive(pid):
+    pid = read_pid(pid_file)
+    if pid is not None and process_alive(pid):
         return url, "running"
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,15 +62,15 @@ def start_detached(settings: Settings, root: str = ".local", host: str = "127.0.
 def stop_detached(root: str = ".local", timeout: float = 10.0) -> str:
     """Stops the API started by ``start_detached`` (by its pid file) and nothing else."""
     pid_file = pathlib.Path(root).absolute() / "run" / "api.pid"
-    pid = _pid(pid_file)
-    if pid is None or not _alive(pid):
+    pid = read_pid(pid_file)
+    if pid is None or not process_alive(pid):
         pid_file.unlink(missing_ok=True)
         return "api        not running"
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if process_alive(pid):
         os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)
     return "api        stopped"

@@ -8,6 +8,7 @@ CLI that must leave daemons running, hence this small manager.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -17,8 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -36,9 +38,21 @@ class StackPorts:
     moto: int = 15000
 
     @classmethod
-    def offset(cls, delta: int) -> "StackPorts":
+    def offset(cls, delta: int) -> StackPorts:
         base = cls()
         return cls(**{f.name: getattr(base, f.name) + delta for f in dataclasses.fields(cls)})
+
+    @classmethod
+    def free(cls) -> StackPorts:
+        """Distinct free loopback ports, one per service (chosen by port-for)."""
+        import port_for  # only needed here; keeps the module importable without it
+
+        chosen: set[int] = set()
+        values = {}
+        for field in dataclasses.fields(cls):
+            values[field.name] = port_for.select_random(exclude_ports=chosen)
+            chosen.add(values[field.name])
+        return cls(**values)
 
 
 def tansu_binary() -> pathlib.Path:
@@ -131,16 +145,16 @@ class LocalStack:
         states = {}
         for service in self.services.values():
             pid = self._pid(service)
-            if pid is None or not _alive(pid):
+            if pid is None or not process_alive(pid):
                 states[service.name] = "not running"
                 self._pid_file(service).unlink(missing_ok=True)
                 continue
             # Each service leads its own process group (start_new_session), so this reaches its children.
             _signal_group(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            if _alive(pid):
+            if process_alive(pid):
                 _signal_group(pid, signal.SIGKILL)
             self._pid_file(service).unlink(missing_ok=True)
             states[service.name] = "stopped"
@@ -161,14 +175,11 @@ class LocalStack:
         return self.root / "run" / f"{service.name}.pid"
 
     def _pid(self, service: Service) -> int | None:
-        try:
-            return int(self._pid_file(service).read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
+        return read_pid(self._pid_file(service))
 
     def _pid_alive(self, service: Service) -> bool:
         pid = self._pid(service)
-        return pid is not None and _alive(pid)
+        return pid is not None and process_alive(pid)
 
     def _start(self, service: Service) -> None:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
@@ -318,7 +329,33 @@ class LocalStack:
         ]
 
 
-def _alive(pid: int) -> bool:
+@contextlib.contextmanager
+def temporary_stack(prefix: str = "test-stack-", base_dir: str | os.PathLike = ".local", timeout: float = 120,
+                    only: tuple[str, ...] | None = None) -> Iterator[LocalStack]:
+    """A throw-away stack: a fresh directory ``<base_dir>/<prefix>*``, free loopback ports, started (up to
+    ``timeout`` seconds) and yielded; always stopped and its directory removed."""
+    base = pathlib.Path(base_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    root = tempfile.mkdtemp(prefix=prefix, dir=base)
+    stack = LocalStack(root, StackPorts.free(), only=only)
+    try:
+        stack.up(timeout=timeout)
+        yield stack
+    finally:
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def read_pid(path: str | os.PathLike) -> int | None:
+    """The pid recorded in a pid file, or None when the file is missing or not a number."""
+    try:
+        return int(pathlib.Path(path).read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie counts as gone; another user's process counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
