@@ -16,7 +16,6 @@ Endpoints come from the environment (``orderflow.config``).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import importlib
 import json
 import sys
@@ -99,52 +98,6 @@ def dump(bootstrap: str, topic: str, start: StartPosition, output: str, avro_sch
                                        commit_offsets=False)
              | "ToJson" >> beam.Map(to_json)
              | "Write" >> beam.io.WriteToText(output, shard_name_template=""))
-
-
-def demo(settings) -> None:
-    """``make demo`` step: the orders group's offsets after its run, a time-based replay plan, and a
-    priced order read back from Kafka through the Avro codec."""
-    from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-    from orderflow.io.avro import AvroCodec, AvroDecodeError
-
-    bootstrap, topics = settings.kafka_bootstrap, settings.topics
-    group = "orderflow-orders"
-    try:
-        rows = group_offsets(bootstrap, group, topics.orders)
-    except KafkaException as exc:
-        print(f"skipped: {exc}")
-        return
-    print(f"consumer group {group} on {topics.orders} (committed on bundle finalization):")
-    print("  partition  committed        end        lag")
-    for row in rows:
-        print(f"  {row['partition']:>9} {row['committed'] if row['committed'] is not None else '-':>10} "
-              f"{row['end']:>10} {row['lag']:>10}")
-    with PartitionReader(bootstrap) as reader:
-        first_times = [reader.read_at(topics.orders, row["partition"], row["log_start"])[1] for row in rows]
-    first_times = [t for t in first_times if t is not None]
-    if first_times:
-        at_ms = min(first_times) + 60_000
-        plan = reset_offsets(bootstrap, group, topics.orders, StartPosition(kind="timestamp", timestamp_ms=at_ms),
-                             dry_run=True)
-        when = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
-        print(f"python -m orderflow.replay run orders --from {when}  (a minute after the first order) "
-              f"would start at offsets {dict(sorted(plan.items()))}")
-    codec = AvroCodec("priced_order")
-    with PartitionReader(bootstrap) as reader:
-        reader.consumer.assign([TopicPartition(topics.priced_orders, 0, 0)])
-        msg = reader.consumer.poll(10)
-    if msg is None or msg.error() is not None:
-        reason = "timeout" if msg is None else ("empty" if msg.error().code() == KafkaError._PARTITION_EOF
-                                                else msg.error().str())
-        print(f"{topics.priced_orders}/0: no priced order to show ({reason})")
-        return
-    try:
-        record = codec.decode(msg.value())
-        print(f"{topics.priced_orders}/0@{msg.offset()}: {len(msg.value())} bytes, writer schema fingerprint "
-              f"{msg.value()[2:10].hex()} -> {json.dumps(record, default=str)}")
-    except AvroDecodeError as exc:
-        print(f"{topics.priced_orders}/0@{msg.offset()}: not decodable ({exc})")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -80,24 +80,3 @@ def test_run_passes_the_position_group_and_boundedness_to_the_pipeline():
     assert "--bounded" not in replay.pipeline_argv("presence", "committed", None, stream=True, extra=[])
     with pytest.raises(ValueError):
         replay.pipeline_argv("orders", "not a position", None, stream=False, extra=[])
-
-
-def test_demo_prints_offsets_a_replay_plan_and_a_decoded_priced_order(module_settings, capsys):
-    import datetime as dt
-    import decimal
-
-    from orderflow.io.avro import AvroCodec
-
-    topics = module_settings.topics
-    bootstrap = module_settings.kafka_bootstrap
-    produce(bootstrap, topics.orders, [(b"c1", b'{"x":1}', BASE_MS), (b"c1", b'{"x":2}', BASE_MS + 120_000)])
-    priced = {"order_id": "o1", "client_token": "c1", "asset": "PETR4", "quantity": 10,
-              "event_time": dt.datetime(2026, 11, 21, 13, tzinfo=dt.timezone.utc), "source_format": "JSON",
-              "trade_day": dt.date(2026, 11, 21), "pricing_code": "PC1", "price": decimal.Decimal("38.5"),
-              "total": decimal.Decimal("385")}
-    produce(bootstrap, topics.priced_orders, [(b"c1", AvroCodec("priced_order").encode(priced))], partition=0)
-    replay.demo(module_settings)
-    out = capsys.readouterr().out
-    assert "consumer group orderflow-orders" in out
-    assert "would start at offsets" in out
-    assert '"order_id": "o1"' in out and '"total": "385.000000"' in out

@@ -322,17 +322,3 @@ def test_topics_are_the_ones_the_pipelines_use():
 
     declared = {t["metadata"]["name"] for t in _load_yaml("kafka-topics.yaml")}
     assert declared == {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)}
-
-
-def test_demo_step_prints_both_dry_runs(capsys):
-    from orderflow.config import Settings
-
-    flink_submit.demo(Settings(topic_partitions=6))
-    lines = capsys.readouterr().out.splitlines()
-    rows = {line.split()[0]: line for line in lines[1:3]}
-    assert set(rows) == {"orders", "presence"}
-    for row in rows.values():
-        assert "FlinkRunner streaming, Flink 1.20, parallelism 6 (max 720)" in row
-        assert "EXACTLY_ONCE every 60 s" in row and "EXTERNAL localhost:50000" in row
-        assert row.rstrip().endswith("yes")  # the graph is one Flink can translate
-    assert "stateful" in rows["presence"]

@@ -14,19 +14,19 @@ def main() -> int:
     print(format_table(rows))
     if not all(r.ok for r in rows):
         return 1
-    from orderflow.pipelines.orders import demo as orders_demo
+    from orderflow.demo.orders import demo as orders_demo
 
     print("== Orders: reference data, generated orders, bounded pipeline run")
     orders_demo(settings)
-    from orderflow.pipelines.presence import demo as presence_demo
+    from orderflow.demo.presence import demo as presence_demo
 
     print("== Presence: 1,000 restaurants pinging for 90 minutes, bounded pipeline run, offline ranking")
     presence_demo(settings)
-    from orderflow.replay import demo as kafka_demo
+    from orderflow.demo.kafka import demo as kafka_demo
 
     print("== Kafka connector: group offsets, a replay plan, a priced order read back through Avro")
     kafka_demo(settings)
-    from orderflow.flink_submit import demo as flink_demo
+    from orderflow.demo.flink import demo as flink_demo
 
     print("== Flink submission: dry run of both pipelines (resolved options, graph Flink can translate)")
     flink_demo(settings)

@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from orderflow.config import Settings, load_settings
@@ -31,6 +31,7 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+from orderflow.pipelines.runner import run_pipeline
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.presence_rules import OpeningHours, to_ms
@@ -153,63 +154,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
     """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
-    options = PipelineOptions(argv)
-    if not options.view_as(PresenceOptions).bounded:
-        options.view_as(StandardOptions).streaming = True
-    pipeline = beam.Pipeline(options=options)
-    build(pipeline, options, settings)
-    result = pipeline.run()
-    if options.view_as(PresenceOptions).bounded:
-        result.wait_until_finish()
-    return result
+    return run_pipeline(build, argv, settings, PresenceOptions)
 
 
 if __name__ == "__main__":
     run()
-
-
-def demo(settings: Settings | None = None, restaurants: int = 1000, minutes: int = 90) -> bool:
-    """``make demo`` step: generates ``restaurants`` pinging for ``minutes`` (with planned outages), runs
-    the bounded pipeline over them and prints the top of the offline ranking beside the planned values."""
-    import time
-
-    import psycopg
-
-    from orderflow.generate.keepalive import default_end, make_plan, produce
-    from orderflow.io.presence_postgres import offline_ranking
-    from orderflow.io.restaurant_state import RestaurantStateStore
-
-    settings = settings or load_settings()
-    end = default_end()
-    plan = make_plan(restaurants, end - dt.timedelta(minutes=minutes), minutes)
-    began = time.perf_counter()
-    counts = produce(plan, settings.kafka_bootstrap, settings.topics.keepalive, settings.topics.availability,
-                     progress=False)
-    start_iso = dt.datetime.fromtimestamp(plan.start_ms / 1000, dt.timezone.utc).isoformat()
-    end_iso = dt.datetime.fromtimestamp(plan.end_ms / 1000, dt.timezone.utc).isoformat()
-    print(f"generated {counts['keepalives']:,} keep-alives and {counts['changes']:,} availability changes of "
-          f"{restaurants:,} restaurants, {start_iso} -> {end_iso}")
-    # The demo's own consumer group: a second demo reads only what it generated itself.
-    run(["--bounded", f"--track_from={start_iso}", f"--as_of={end_iso}", "--presence_start=committed",
-         "--presence_group_id=orderflow-presence-demo"], settings=settings)
-    print(f"bounded presence pipeline done in {time.perf_counter() - began:.1f}s (generation included)")
-    expected = plan.expected()
-    days = sorted({day for _, day in expected})
-    first, last = dt.date.fromisoformat(days[0]), dt.date.fromisoformat(days[-1])
-    planned = {}
-    for (rid, _), seconds in expected.items():
-        planned[rid] = planned.get(rid, 0) + seconds
-    with psycopg.connect(settings.postgres_dsn) as conn:
-        ranking = offline_ranking(conn, first, last, limit=10)
-    print(f"top of the offline ranking ({first} .. {last}, unexplained offline time inside opening hours):")
-    print(f"  {'#':>2}  {'restaurant':<12} {'minutes':>8}  {'planned':>8}")
-    for n, (rid, seconds) in enumerate(ranking, start=1):
-        print(f"  {n:>2}  {rid:<12} {seconds / 60:8.1f}  {planned.get(rid, 0) / 60:8.1f}")
-    ok = all(planned.get(rid) == seconds for rid, seconds in ranking)
-    store = RestaurantStateStore(settings.redis_url)
-    now = store.statuses([r.restaurant_id for r in plan.restaurants],
-                         now=dt.datetime.fromtimestamp(plan.end_ms / 1000, dt.timezone.utc))
-    online = sum(v["status"] == "online" for v in now.values())
-    print(f"at {end_iso}: {online} online, {len(now) - online} offline (Redis hot state, one round trip); "
-          f"ranking matches the plan: {ok}")
-    return ok

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import psycopg
 
-from orderflow.pipelines.orders import demo
+from orderflow.demo.orders import demo
 
 
-def test_demo_prints_summary_and_fills_the_sinks(module_settings, capsys):
+def test_prints_summary_and_fills_the_sinks(module_settings, capsys):
     demo(module_settings, n=2_000)
     out = capsys.readouterr().out
     for expected in ("produced 2,000 records", "dead letters by reason:", "top clients by volume",
