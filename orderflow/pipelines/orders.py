@@ -29,18 +29,11 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
-from orderflow.pipelines.runner import run_pipeline
+from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
 from orderflow.transforms.reference_data import ReferenceDataSideInput
-
-
-def _add_once(parser, flag: str, **kwargs) -> None:
-    # All PipelineOptions subclasses share one parser: a flag that another pipeline's options also
-    # define (e.g. --bounded in PresenceOptions) must be added only once.
-    if flag not in parser._option_string_actions:  # noqa: SLF001 - argparse has no public lookup
-        parser.add_argument(flag, **kwargs)
 
 
 class OrdersOptions(PipelineOptions):
@@ -48,16 +41,16 @@ class OrdersOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _add_once(parser, "--bounded", action="store_true", default=False,
-                  help="read every partition to its end, then finish (batch); default: stream")
+        add_bounded_flag(parser)
         parser.add_argument("--orders_topic", default=None, help="input topic (default: settings)")
         parser.add_argument("--orders_start", default=None,
                             help="earliest | latest | committed | ISO time | topic:p=o,...; default: "
                                  "earliest when --bounded (a replay of the topic), else the committed "
                                  "offsets of --orders_group_id (earliest where none)")
         parser.add_argument("--orders_group_id", default="orderflow-orders", help="consumer group")
-        parser.add_argument("--orders_batch_size", type=int, default=2000,
-                            help="Kafka records per batch element (all work is per batch)")
+        parser.add_argument("--orders_batch_size", type=int, default=10_000,
+                            help="most Kafka records per batch element (all work is per batch); the "
+                                 "benchmarked size, a streaming read emits what it has without waiting")
         parser.add_argument("--orders_batches_per_transaction", type=int, default=None,
                             help="batches per Postgres transaction (and DynamoDB flush); default 20 when "
                                  "--bounded, 1 when streaming (short row locks, no cross-batch deadlocks)")

@@ -31,17 +31,11 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
-from orderflow.pipelines.runner import run_pipeline
+from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.presence_rules import OpeningHours, to_ms
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
-
-
-def _add_once(parser, flag: str, **kwargs) -> None:
-    # PipelineOptions subclasses share one parser: --bounded is also defined by OrdersOptions.
-    if flag not in parser._option_string_actions:  # noqa: SLF001 - argparse has no public lookup
-        parser.add_argument(flag, **kwargs)
 
 
 def parse_instant(text: str | None) -> int | None:
@@ -58,8 +52,7 @@ class PresenceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        _add_once(parser, "--bounded", action="store_true", default=False,
-                  help="read every partition to its end, then finish (batch); default: stream")
+        add_bounded_flag(parser)
         parser.add_argument("--keepalive_topic", default=None, help="default: settings")
         parser.add_argument("--availability_topic", default=None, help="default: settings")
         parser.add_argument("--presence_start", default=None,

@@ -9,6 +9,17 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from orderflow.config import Settings
 
 
+def add_bounded_flag(parser) -> None:
+    """Adds ``--bounded``, shared by every pipeline's options.
+
+    All PipelineOptions subclasses share one argparse parser, so a flag that two pipelines' options both
+    define must be added only once.
+    """
+    if "--bounded" not in parser._option_string_actions:  # noqa: SLF001 - argparse has no public lookup
+        parser.add_argument("--bounded", action="store_true", default=False,
+                            help="read every partition to its end, then finish (batch); default: stream")
+
+
 def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | None], None],
                  argv: list[str] | None, settings: Settings | None,
                  bounded_option_view: type[PipelineOptions]):
