@@ -11,16 +11,8 @@ import time
 import psycopg
 import pytest
 
-from orderflow import refdata
 from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT
-from orderflow.generate.orders import generate, produce
-from tests.pipelines.test_orders_pipeline import (
-    alarm_rules,
-    check_state,
-    expected_alarms,
-    expected_outcome,
-    register_phones,
-)
+from tests.pipelines.orders_scenario import DAY, check_state, prepare_scenario
 
 N = 30_000
 
@@ -48,19 +40,10 @@ def _orders_count(settings) -> int:
 
 
 def test_killed_midway_then_rerun_is_exact(module_settings):
-    from tests.pipelines import test_orders_pipeline as e2e
-
     settings = module_settings
-    day = e2e.DAY  # the helpers check this day; this module has its own database, topics and tables
-    prices = refdata.sample_prices(day)
-    refdata.load_reference_data(settings, day, prices)
-    records = list(generate(N, seed=99, day=day, timezone=settings.exchange_timezone))
-    expected = expected_outcome(records, prices)
-    top_clients = [c for c, _ in sorted(expected["volumes"].items(), key=lambda kv: -kv[1][0])[:2]]
-    phones = register_phones(settings, top_clients)
-    rules = alarm_rules(expected)
-    alarms = expected_alarms(expected, rules)
-    produce(settings.kafka_bootstrap, settings.topics.orders, records)
+    day = DAY  # the helpers check this day; this module has its own database, topics and tables
+    s = prepare_scenario(settings, N, seed=99)
+    expected, rules, alarms, phones = s.expected, s.rules, s.alarms, s.phones
 
     first = _run(settings, rules, day)
     deadline = time.monotonic() + 300

@@ -1,52 +1,33 @@
 """Portability check of the orders pipeline: its portable proto, and a run through Beam's PortableRunner
 (in-process job service, SDK worker over the Fn API) on small bounded input from the real local stack.
 
-Input, expectations and the sink checks are the orders end-to-end test's (tests/pipelines/
-test_orders_pipeline.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
+Input, expectations and the sink checks are the orders end-to-end test's (shared in tests/pipelines/
+orders_scenario.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
 """
 from __future__ import annotations
 
 import collections
-import datetime
 
 import pytest
 
-from orderflow import refdata
-from orderflow.generate.orders import generate, produce
 from orderflow.pipelines import orders as orders_pipeline
 from orderflow.portability import run_portable
-from tests.pipelines.test_orders_pipeline import (
-    alarm_rules,
-    check_state,
-    expected_alarms,
-    expected_outcome,
-    pipeline_args,
-    read_topic,
-    register_phones,
-)
+from tests.pipelines.orders_scenario import check_state, expected_alarms, pipeline_args, prepare_scenario, read_topic
 
-DAY = datetime.date(2026, 11, 13)   # the end-to-end test's day: its expectations are computed for it
 N = 1_000
 
 
 @pytest.fixture(scope="module")
 def portable_run(module_settings):
     settings = module_settings
-    prices = refdata.sample_prices(DAY)
-    refdata.load_reference_data(settings, DAY, prices)
-    records = list(generate(N, seed=7, day=DAY, timezone=settings.exchange_timezone))
-    expected = expected_outcome(records, prices)
-    top_clients = [c for c, _ in sorted(expected["volumes"].items(), key=lambda kv: -kv[1][0])[:2]]
-    phones = register_phones(settings, top_clients)
-    rules = alarm_rules(expected)
-    produce(settings.kafka_bootstrap, settings.topics.orders, records)
+    s = prepare_scenario(settings, N, seed=7)  # DAY's scenario: the end-to-end test's expectations are for it
 
     def build(pipeline, options):
         orders_pipeline.build(pipeline, options, settings)
 
     # check=False: run through the Fn API whatever the static Flink check says; that check has its own test.
-    run = run_portable(build, pipeline_args(rules), check=False)
-    return settings, records, expected, rules, phones, run
+    run = run_portable(build, pipeline_args(s.rules), check=False)
+    return settings, s.records, s.expected, s.rules, s.phones, run
 
 
 def test_orders_pipeline_runs_portably_with_exact_results(portable_run):
