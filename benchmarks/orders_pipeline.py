@@ -30,7 +30,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orderflow import bootstrap, refdata  # noqa: E402
-from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT, Settings, Topics, load_settings  # noqa: E402
+from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
 BATCHES_PER_TRANSACTION = 20
@@ -182,10 +182,8 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # One side in a child process.
 # --------------------------------------------------------------------------------------------------
-def child(role: str, settings_json: str, batch_size: int, n: int, beam_args: list[str]) -> None:
-    fields = json.loads(settings_json)
-    settings = dataclasses.replace(load_settings(), **{k: v for k, v in fields.items() if k != "topics"},
-                                   topics=Topics(**fields["topics"]))
+def child(role: str, batch_size: int, n: int, beam_args: list[str]) -> None:
+    settings = load_settings()  # the parent hands them over in the environment
     started = time.perf_counter()
     if role == "beam":
         from orderflow.pipelines import orders
@@ -251,10 +249,9 @@ def main() -> int:
     parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam side, e.g. "
                         "'--direct_num_workers=2 --direct_running_mode=multi_processing'")
     parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--settings", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        child(args.role, args.settings, args.batch_size, args.n, args.beam_args.split())
+        child(args.role, args.batch_size, args.n, args.beam_args.split())
         return 0
 
     from orderflow.generate.orders import generate, produce
@@ -279,15 +276,11 @@ def main() -> int:
             if args.only and role != args.only:
                 continue
             settings = isolated(base, admin_dsn, role)
-            env = {**os.environ, **{var: ("" if getattr(settings, f) is None else str(getattr(settings, f)))
-                                    for var, f, _ in ENVIRONMENT},
-                   **{var: getattr(settings.topics, f) for var, f in TOPIC_ENVIRONMENT}}
-            payload = json.dumps({**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)
-                                     if f.name != "topics"}, "topics": dataclasses.asdict(settings.topics)})
-            proc = subprocess.run([sys.executable, __file__, "--role", role, "--settings", payload,
+            proc = subprocess.run([sys.executable, __file__, "--role", role,
                                    "--batch-size", str(args.batch_size), "--n", str(args.n),
                                    f"--beam-args={args.beam_args}"],
-                                  env=env, capture_output=True, text=True)
+                                  env={**os.environ, **settings_environment(settings)},
+                                  capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
                 return 1

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import os
 import pathlib
 import resource
 import subprocess
@@ -30,7 +31,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orderflow import bootstrap  # noqa: E402
-from orderflow.config import Settings, Topics, load_settings  # noqa: E402
+from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
 
 START = dt.datetime(2026, 11, 10, 12, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
 
@@ -124,10 +125,8 @@ def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, 
 # --------------------------------------------------------------------------------------------------
 # One side in a child process.
 # --------------------------------------------------------------------------------------------------
-def child(role: str, settings_json: str, track_from: int, as_of: int, batch_size: int, prefix: str) -> None:
-    fields = json.loads(settings_json)
-    settings = dataclasses.replace(load_settings(), **{k: v for k, v in fields.items() if k != "topics"},
-                                   topics=Topics(**fields["topics"]))
+def child(role: str, track_from: int, as_of: int, batch_size: int, prefix: str) -> None:
+    settings = load_settings()  # the parent hands them over in the environment
     started = time.perf_counter()
     if role == "beam":
         from orderflow.pipelines import presence
@@ -169,13 +168,12 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=5000, help="Kafka records per batch, both sides")
     parser.add_argument("--only", choices=["beam", "hand"], help="run one side only")
     parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("--settings", help=argparse.SUPPRESS)
     parser.add_argument("--track-from", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--as-of", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        child(args.role, args.settings, args.track_from, args.as_of, args.batch_size, args.prefix)
+        child(args.role, args.track_from, args.as_of, args.batch_size, args.prefix)
         return 0
 
     from orderflow.generate.keepalive import make_plan, produce
@@ -202,11 +200,10 @@ def main() -> int:
             if args.only and role != args.only:
                 continue
             settings = isolated(base, admin_dsn, role)
-            payload = json.dumps({**{f.name: getattr(settings, f.name) for f in dataclasses.fields(Settings)
-                                     if f.name != "topics"}, "topics": dataclasses.asdict(settings.topics)})
-            proc = subprocess.run([sys.executable, __file__, "--role", role, "--settings", payload,
+            proc = subprocess.run([sys.executable, __file__, "--role", role,
                                    "--track-from", str(plan.start_ms), "--as-of", str(plan.end_ms),
                                    "--prefix", f"{role}-{suffix}:restaurant:", "--batch-size", str(args.batch_size)],
+                                  env={**os.environ, **settings_environment(settings)},
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)

@@ -85,3 +85,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     topics = {field: environ[var] for var, field in TOPIC_ENVIRONMENT if var in environ}
     values["topics"] = dataclasses.replace(defaults.topics, **topics)
     return dataclasses.replace(defaults, **values)
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The ORDERFLOW_* variables that make ``load_settings()`` return ``settings``: how a child process
+    (a benchmark side, the detached API) is handed the exact settings of its parent."""
+    env = {var: "" if getattr(settings, field) is None else str(getattr(settings, field))
+           for var, field, _ in ENVIRONMENT}
+    env.update({var: getattr(settings.topics, field) for var, field in TOPIC_ENVIRONMENT})
+    return env

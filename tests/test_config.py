@@ -30,3 +30,16 @@ def test_every_documented_variable_names_a_field():
 
 def test_memcached_host_port():
     assert load_settings({"ORDERFLOW_MEMCACHED": "10.0.0.1:11211"}).memcached_host_port == ("10.0.0.1", 11211)
+
+
+def test_settings_environment_is_the_inverse_of_load_settings():
+    import dataclasses
+
+    from orderflow.config import Topics, settings_environment
+
+    custom = dataclasses.replace(
+        Settings(), kafka_bootstrap="k:1", aws_endpoint_url=None, topic_partitions=12,
+        topics=dataclasses.replace(Topics(), orders="orders-x", availability="avail-y"))
+    env = settings_environment(custom)
+    assert load_settings(env) == custom
+    assert env["ORDERFLOW_AWS_ENDPOINT_URL"] == ""  # None travels as empty: the real AWS endpoints

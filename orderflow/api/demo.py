@@ -11,18 +11,10 @@ import time
 import urllib.request
 
 from orderflow.api.auth import create_key
-from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT, Settings
+from orderflow.config import Settings, settings_environment
 from orderflow.local.stack import process_alive, read_pid
 
 DEFAULT_PORT = 18080
-
-
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The ORDERFLOW_* variables that make ``load_settings()`` in a child process return ``settings``."""
-    env = {var: "" if getattr(settings, field) is None else str(getattr(settings, field))
-           for var, field, _ in ENVIRONMENT}
-    env.update({var: getattr(settings.topics, field) for var, field in TOPIC_ENVIRONMENT})
-    return env
 
 
 def start_detached(settings: Settings, root: str = ".local", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
