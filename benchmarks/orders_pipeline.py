@@ -17,9 +17,7 @@ import collections
 import dataclasses
 import datetime
 import json
-import os
 import pathlib
-import subprocess
 import sys
 import time
 import uuid
@@ -29,8 +27,10 @@ from decimal import Decimal
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness import run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
+
 from orderflow import bootstrap, refdata  # noqa: E402
-from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
+from orderflow.config import Settings, load_settings  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
 BATCHES_PER_TRANSACTION = 20
@@ -276,15 +276,10 @@ def main() -> int:
             if args.only and role != args.only:
                 continue
             settings = isolated(base, admin_dsn, role)
-            proc = subprocess.run([sys.executable, __file__, "--role", role,
-                                   "--batch-size", str(args.batch_size), "--n", str(args.n),
-                                   f"--beam-args={args.beam_args}"],
-                                  env={**os.environ, **settings_environment(settings)},
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+            measured = run_side(__file__, role, settings, ["--batch-size", str(args.batch_size),
+                                                           "--n", str(args.n), f"--beam-args={args.beam_args}"])
+            if measured is None:
                 return 1
-            measured = json.loads(proc.stdout.strip().splitlines()[-1])
             measured["outcome"] = outcome(settings)
             results[role] = measured
             rate = args.n / measured["seconds"]

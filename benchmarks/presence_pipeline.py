@@ -18,10 +18,8 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import os
 import pathlib
 import resource
-import subprocess
 import sys
 import time
 import uuid
@@ -30,8 +28,10 @@ from zoneinfo import ZoneInfo
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from harness import run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
+
 from orderflow import bootstrap  # noqa: E402
-from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
+from orderflow.config import Settings, load_settings  # noqa: E402
 
 START = dt.datetime(2026, 11, 10, 12, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
 
@@ -200,15 +200,11 @@ def main() -> int:
             if args.only and role != args.only:
                 continue
             settings = isolated(base, admin_dsn, role)
-            proc = subprocess.run([sys.executable, __file__, "--role", role,
-                                   "--track-from", str(plan.start_ms), "--as-of", str(plan.end_ms),
-                                   "--prefix", f"{role}-{suffix}:restaurant:", "--batch-size", str(args.batch_size)],
-                                  env={**os.environ, **settings_environment(settings)},
-                                  capture_output=True, text=True)
-            if proc.returncode != 0:
-                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+            measured = run_side(__file__, role, settings, [
+                "--track-from", str(plan.start_ms), "--as-of", str(plan.end_ms),
+                "--prefix", f"{role}-{suffix}:restaurant:", "--batch-size", str(args.batch_size)])
+            if measured is None:
                 return 1
-            measured = json.loads(proc.stdout.strip().splitlines()[-1])
             measured["outcome"] = outcome(settings)
             results[role] = measured
             exact = measured["outcome"]["daily"] == expected
