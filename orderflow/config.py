@@ -94,3 +94,14 @@ def settings_environment(settings: Settings) -> dict[str, str]:
            for var, field, _ in ENVIRONMENT}
     env.update({var: getattr(settings.topics, field) for var, field in TOPIC_ENVIRONMENT})
     return env
+
+
+def with_overrides(settings: Settings, topics: dict[str, str | None] | None = None,
+                   **fields: object) -> Settings:
+    """``settings`` with the given fields and topic names replaced; ``None`` means "not given" and keeps
+    the current value, so pipeline options that default to None can be passed straight through."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    given_topics = {name: value for name, value in (topics or {}).items() if value is not None}
+    if given_topics:
+        given["topics"] = dataclasses.replace(settings.topics, **given_topics)
+    return dataclasses.replace(settings, **given)

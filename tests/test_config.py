@@ -43,3 +43,16 @@ def test_settings_environment_is_the_inverse_of_load_settings():
     env = settings_environment(custom)
     assert load_settings(env) == custom
     assert env["ORDERFLOW_AWS_ENDPOINT_URL"] == ""  # None travels as empty: the real AWS endpoints
+
+
+def test_with_overrides_replaces_only_what_is_given():
+    from orderflow.config import with_overrides
+
+    base = Settings()
+    changed = with_overrides(base, topics={"orders": "orders-x", "keepalive": None},
+                             postgres_dsn="postgresql://elsewhere/db", redis_url=None)
+    assert changed.postgres_dsn == "postgresql://elsewhere/db"
+    assert changed.redis_url == base.redis_url  # None means not given
+    assert changed.topics.orders == "orders-x"
+    assert changed.topics.keepalive == base.topics.keepalive
+    assert with_overrides(base) == base

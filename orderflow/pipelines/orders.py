@@ -15,14 +15,13 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse
 
-from orderflow.config import Settings, load_settings
+from orderflow.config import Settings, load_settings, with_overrides
 from orderflow.io.avro import AvroCodec
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
@@ -72,15 +71,8 @@ class OrdersOptions(PipelineOptions):
 def orders_settings(options: PipelineOptions) -> Settings:
     """Settings from the environment, with the endpoints the options override."""
     opts = options.view_as(OrdersOptions)
-    settings = load_settings()
-    overrides = {}
-    if opts.orders_postgres_dsn:
-        overrides["postgres_dsn"] = opts.orders_postgres_dsn
-    if opts.orders_kafka_bootstrap:
-        overrides["kafka_bootstrap"] = opts.orders_kafka_bootstrap
-    if opts.orders_topic:
-        overrides["topics"] = dataclasses.replace(settings.topics, orders=opts.orders_topic)
-    return dataclasses.replace(settings, **overrides)
+    return with_overrides(load_settings(), topics={"orders": opts.orders_topic},
+                          postgres_dsn=opts.orders_postgres_dsn, kafka_bootstrap=opts.orders_kafka_bootstrap)
 
 
 class _EncodePriced(beam.DoFn):

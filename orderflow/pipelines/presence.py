@@ -19,14 +19,13 @@ the watermark passes each session's end and each day's closing time.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
-from orderflow.config import Settings, load_settings
+from orderflow.config import Settings, load_settings, with_overrides
 from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
@@ -84,18 +83,10 @@ class PresenceOptions(PipelineOptions):
 def presence_settings(options: PipelineOptions) -> Settings:
     """Settings from the environment, with the endpoints and topics the options override."""
     opts = options.view_as(PresenceOptions)
-    settings = load_settings()
-    overrides = {}
-    if opts.presence_postgres_dsn:
-        overrides["postgres_dsn"] = opts.presence_postgres_dsn
-    if opts.presence_redis_url:
-        overrides["redis_url"] = opts.presence_redis_url
-    if opts.presence_kafka_bootstrap:
-        overrides["kafka_bootstrap"] = opts.presence_kafka_bootstrap
-    topics = {k: v for k, v in (("keepalive", opts.keepalive_topic), ("availability", opts.availability_topic)) if v}
-    if topics:
-        overrides["topics"] = dataclasses.replace(settings.topics, **topics)
-    return dataclasses.replace(settings, **overrides)
+    return with_overrides(load_settings(),
+                          topics={"keepalive": opts.keepalive_topic, "availability": opts.availability_topic},
+                          postgres_dsn=opts.presence_postgres_dsn, redis_url=opts.presence_redis_url,
+                          kafka_bootstrap=opts.presence_kafka_bootstrap)
 
 
 def _one_by_one(batch):

@@ -21,9 +21,10 @@ def _run_read(bootstrap: str, topic: str, check, **kwargs) -> None:
         assert_that(out, check)
 
 
-def _expect_exactly(expected: set):
+def _expect_exactly(expected: set, project=lambda r: (r.partition, r.offset, r.key, r.value)):
+    """A matcher: the projected records are exactly ``expected``, each once."""
     def check(actual):
-        got = [(r.partition, r.offset, r.key, r.value) for r in actual]
+        got = [project(r) for r in actual]
         if len(got) != len(set(got)):
             raise BeamAssertException(f"duplicates: {len(got)} records, {len(set(got))} distinct")
         if set(got) != expected:
@@ -75,13 +76,7 @@ def test_bounded_read_of_an_empty_topic_finishes_with_nothing(stack_settings, ma
 
 
 def _values_check(expected_values: set):
-    def check(actual):
-        got = [r.value for r in actual]
-        if len(got) != len(set(got)) or set(got) != expected_values:
-            raise BeamAssertException(
-                f"expected {len(expected_values)} values, got {len(got)} ({len(set(got))} distinct); "
-                f"missing {sorted(expected_values - set(got))[:5]}, unexpected {sorted(set(got) - expected_values)[:5]}")
-    return check
+    return _expect_exactly(expected_values, project=lambda r: r.value)
 
 
 def test_a_rerun_with_the_group_reads_only_what_was_produced_since_its_commit(stack_settings, make_topic):
