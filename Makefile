@@ -5,12 +5,24 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached; Chromium for the
-# dashboard's browser test (driven by Playwright through executable_path, never `playwright install`).
-SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium
+# dashboard's browser test (driven by Playwright through executable_path, never `playwright install`);
+# Java 17 and Maven for the JVM services (Kafka).
+SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless
 
-.PHONY: setup system-packages venv test demo stack-up stack-down stack-status bootstrap lint bench clean
+.PHONY: setup system-packages jars venv test demo stack-up stack-down stack-status bootstrap lint bench clean
 
-setup: system-packages venv
+setup: system-packages jars venv
+
+# The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
+# changes, and offline once Maven's cache has them.
+JVM_POM := orderflow/local/jvm/pom.xml
+jars: .local/jars/.resolved
+
+.local/jars/.resolved: $(JVM_POM)
+	@java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || { echo "Java 17+ is needed for Kafka 4 (apt-get install openjdk-17-jre-headless)"; exit 1; }
+	rm -rf .local/jars/kafka
+	mvn -q -B -f $(JVM_POM) dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.local/jars/kafka
+	touch $@
 
 # Installs only what is missing, so a second `make setup` touches nothing.
 system-packages:
@@ -19,6 +31,8 @@ system-packages:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v memcached >/dev/null || missing="$$missing memcached"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

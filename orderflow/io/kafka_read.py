@@ -9,12 +9,13 @@ Shape of the graph::
                    -> Reshuffle (spread partitions over workers)
                    -> ReadPartition (splittable DoFn; restriction = offset range of the partition)
 
-Restriction: ``OffsetRange(start, MAX_OFFSET)``; the end of a partition is unknown up front (ListOffsets
-is not trusted: Tansu answers it wrongly), so
+Restriction: ``OffsetRange(start, MAX_OFFSET)``; the end of a partition is not fixed up front, so
 
 - bounded mode reads until ``enable.partition.eof`` reports the end, then ends the restriction there
   (``KafkaOffsetTracker`` truncates the range to the end offset, so ``check_done`` holds and no residual
-  is left);
+  is left). EOF rather than a high watermark looked up in advance: under ``read_committed`` the last
+  offsets of a partition are often transaction markers that are never delivered, so a reader that waits
+  for the record at ``end - 1`` would wait for ever, while EOF says "nothing more is readable";
 - unbounded mode checkpoints (``defer_remainder``) when it has caught up or read for a while, and its
   watermark estimator follows record timestamps and advances on an idle partition.
 
@@ -182,8 +183,8 @@ class _ResolvePartitionsFn(beam.DoFn):
     """topic -> one KafkaPartition per partition, with the start offset resolved now (at run time).
 
     Start offsets are clamped to the partition's records: below the log start (records removed by
-    retention) reads from the log start; in bounded mode an offset past the end reads nothing (some
-    brokers, Tansu among them, answer a fetch past the end with neither data nor partition EOF).
+    retention) reads from the log start; in bounded mode an offset past the end reads nothing (a fetch
+    past the end is an out-of-range error that ``auto.offset.reset`` would turn into a re-read).
     """
 
     def __init__(self, bootstrap_servers, start: StartPosition, group_id, consumer_config, bounded: bool):

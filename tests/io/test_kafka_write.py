@@ -1,4 +1,4 @@
-"""WriteToKafka against the session's Tansu broker, and the Avro round trip through Kafka."""
+"""WriteToKafka against the session's Kafka broker, and the Avro round trip through Kafka."""
 from __future__ import annotations
 
 import datetime as dt
