@@ -1,6 +1,7 @@
-"""``make demo`` orders step: today's reference data, generated orders, a bounded run, a summary."""
+"""``make demo`` orders step: yesterday's reference data, generated orders, a bounded replay, a summary."""
 from __future__ import annotations
 
+import datetime
 import json
 import time
 
@@ -15,8 +16,11 @@ from orderflow.pipelines import orders
 
 
 def demo(settings: Settings, n: int = 20_000) -> None:
-    """``make demo`` step: load today's reference data, generate orders, run bounded, print a summary."""
-    day = refdata.today(settings)
+    """``make demo`` step: load yesterday's reference data, generate its session, run bounded, print a summary.
+
+    Yesterday, because a whole generated session of today would carry event times in the future, which a
+    Kafka 4 broker refuses (``log.message.timestamp.after.max.ms``, one hour) as it should."""
+    day = refdata.today(settings) - datetime.timedelta(days=1)
     refdata.load_reference_data(settings, day, refdata.sample_prices(day))
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES ('+5511900000001', NULL) "

@@ -4,7 +4,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-KINDS = {"orders": "orderflow.generate.orders", "keepalive": "orderflow.generate.keepalive"}
+KINDS = {"orders": "orderflow.generate.orders", "keepalive": "orderflow.generate.keepalive",
+         "feed": "orderflow.generate.feed"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ def _zipf_weights(n: int, s: float) -> list[float]:
     return [1.0 / (rank + 1) ** s for rank in range(n)]
 
 
-def _encode(fmt: str, order_id: str | None, client: str | None, asset: str, quantity, event_ms: int) -> bytes:
+def encode_order(fmt: str, order_id: str | None, client: str | None, asset: str, quantity, event_ms: int) -> bytes:
     fields = {"ativo": asset, "quantidade": quantity}
     if client is not None:
         fields["token"] = client
@@ -116,16 +116,16 @@ def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezon
                 continue
             order_id = f"{id_prefix}-{i}"
             if reason == "invalid_quantity":
-                value = _encode(fmt if fmt != "avro" else "json", order_id, client, asset, rng.choice([0, -5]), ts)
+                value = encode_order(fmt if fmt != "avro" else "json", order_id, client, asset, rng.choice([0, -5]), ts)
             elif reason == "missing_token":
-                value = _encode(fmt if fmt != "avro" else "rest", order_id, None, asset, quantity, ts)
+                value = encode_order(fmt if fmt != "avro" else "rest", order_id, None, asset, quantity, ts)
             else:
-                value = _encode(fmt, order_id, client, UNKNOWN_ASSET, quantity, ts)
+                value = encode_order(fmt, order_id, client, UNKNOWN_ASSET, quantity, ts)
             yield GeneratedRecord(client.encode(), value, ts, "malformed", reason, order_id, client, asset, quantity, fmt)
             continue
         anonymous = fmt in ("json", "csv") and rng.random() < anonymous_share
         order_id = None if anonymous else f"{id_prefix}-{i}"
-        record = GeneratedRecord(client.encode(), _encode(fmt, order_id, client, asset, quantity, ts), ts, "order",
+        record = GeneratedRecord(client.encode(), encode_order(fmt, order_id, client, asset, quantity, ts), ts, "order",
                                  None, order_id, client, asset, quantity, fmt)
         if order_id is not None:
             with_ids.append(record)

@@ -9,13 +9,13 @@ Shape of the graph::
                    -> Reshuffle (spread partitions over workers)
                    -> ReadPartition (splittable DoFn; restriction = offset range of the partition)
 
-Restriction: ``OffsetRange(start, MAX_OFFSET)``; the end of a partition is not fixed up front, so
+Restriction: an ``OffsetRange`` of the partition, so
 
-- bounded mode reads until ``enable.partition.eof`` reports the end, then ends the restriction there
-  (``KafkaOffsetTracker`` truncates the range to the end offset, so ``check_done`` holds and no residual
-  is left). EOF rather than a high watermark looked up in advance: under ``read_committed`` the last
-  offsets of a partition are often transaction markers that are never delivered, so a reader that waits
-  for the record at ``end - 1`` would wait for ever, while EOF says "nothing more is readable";
+- bounded mode reads ``[start, end)`` with ``end`` the partition's end when the read starts (its last
+  stable offset under ``read_committed``): a replay is a snapshot, and a finite range splits like any
+  other. The last offsets before ``end`` may be transaction markers or aborted records that are never
+  delivered, so partition EOF also ends the range (``KafkaOffsetTracker`` truncates it there, and
+  ``check_done`` holds);
 - unbounded mode checkpoints (``defer_remainder``) when it has caught up or read for a while, and its
   watermark estimator follows record timestamps and advances on an idle partition.
 
@@ -70,11 +70,13 @@ DEFAULT_CONSUMER_CONFIG = {
 
 
 class KafkaPartition(NamedTuple):
-    """The element the reading SDF gets: one partition and where its reading starts."""
+    """The element the reading SDF gets: one partition, where its reading starts and, for a bounded read,
+    where it ends (``MAX_OFFSET``: it does not)."""
 
     topic: str
     partition: int
     start_offset: int
+    end_offset: int = 2**63 - 1
 
 
 class PartitionEnd(NamedTuple):
@@ -134,7 +136,7 @@ class _PartitionRestrictionProvider(RestrictionProvider):
         self._bounded = bounded
 
     def initial_restriction(self, element: KafkaPartition) -> OffsetRange:
-        return OffsetRange(element.start_offset, MAX_OFFSET)
+        return OffsetRange(element.start_offset, max(element.end_offset, element.start_offset))
 
     def create_tracker(self, restriction: OffsetRange) -> KafkaOffsetTracker:
         return KafkaOffsetTracker(restriction, self._bounded)
@@ -180,7 +182,8 @@ class _KafkaWatermarkEstimatorProvider(WatermarkEstimatorProvider):
 
 
 class _ResolvePartitionsFn(beam.DoFn):
-    """topic -> one KafkaPartition per partition, with the start offset resolved now (at run time).
+    """topic -> one KafkaPartition per partition, with the start offset (and a bounded read's end offset)
+    resolved now, at run time.
 
     Start offsets are clamped to the partition's records: below the log start (records removed by
     retention) reads from the log start; in bounded mode an offset past the end reads nothing (a fetch
@@ -199,10 +202,13 @@ class _ResolvePartitionsFn(beam.DoFn):
             for partition in reader.partitions(topic):
                 offset = max(resolve_start_offset(reader, topic, partition, self._start),
                              reader.low_offset(topic, partition))
-                if self._bounded and self._start.kind in ("offsets", "committed"):
-                    offset = min(offset, reader.end_offset(topic, partition))
-                _LOG.info("ReadFromKafka: %s/%d starts at offset %d (%s)", topic, partition, offset, self._start.kind)
-                yield KafkaPartition(topic, partition, offset)
+                end = MAX_OFFSET
+                if self._bounded:
+                    end = reader.end_offset(topic, partition)
+                    offset = min(offset, end)
+                _LOG.info("ReadFromKafka: %s/%d starts at offset %d (%s)%s", topic, partition, offset,
+                          self._start.kind, "" if end == MAX_OFFSET else f", ends at {end}")
+                yield KafkaPartition(topic, partition, offset, end)
 
 
 class _ReadPartitionFnBase(beam.DoFn):
@@ -213,7 +219,6 @@ class _ReadPartitionFnBase(beam.DoFn):
     def __init__(self, bootstrap_servers: str, consumer_config: dict | None, group_id: str | None,
                  commit_offsets: bool, timestamp_fn: Callable[[KafkaRecord], float] | None,
                  batch_size: int | None, poll_timeout: float = 0.1, eof_timeout: float = 120.0,
-                 end_probe_after: float = 10.0,
                  max_read_seconds: float = 5.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
                  max_cached_consumers: int = 16):
         self._bootstrap = bootstrap_servers
@@ -224,7 +229,6 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._batch_size = batch_size
         self._poll_timeout = poll_timeout
         self._eof_timeout = eof_timeout
-        self._end_probe_after = end_probe_after
         self._max_read_seconds = max_read_seconds
         self._idle_poll_interval = idle_poll_interval
         self._idle_watermark_delay = idle_watermark_delay
@@ -330,9 +334,10 @@ class _ReadPartitionFnBase(beam.DoFn):
         cache_entry = self._consumers[(topic, partition)]
         bounded = self.BOUNDED
         started = last_data = time.monotonic()
-        probes = 0
         try:
             while True:
+                if bounded and next_offset >= tracker.current_restriction().stop:
+                    return  # the whole range is read (its last offset was claimed)
                 messages = consumer.consume(self._fetch_count, self._poll_timeout)
                 end_offset = None
                 if messages:
@@ -349,7 +354,6 @@ class _ReadPartitionFnBase(beam.DoFn):
                         messages = [m for m in messages if m.offset() >= next_offset]
                 if messages:
                     last_data = time.monotonic()
-                    probes = 0
                     records = self._to_records(topic, partition, messages)
                     if not tracker.try_claim(records[-1].offset):
                         # A split moved our end below this batch: emit only what is still ours, then stop.
@@ -369,15 +373,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                         # An end below our position means we started past the end: nothing is left.
                         tracker.try_claim(PartitionEnd(max(end_offset, next_offset)))
                         return
-                    if not messages and time.monotonic() - last_data > self._end_probe_after:
-                        # A fetch past the end may get neither data nor EOF: look the end up directly.
-                        last_data = time.monotonic()
-                        with PartitionReader(self._bootstrap, None, self._consumer_config) as reader:
-                            if reader.end_offset(topic, partition) <= next_offset:
-                                tracker.try_claim(PartitionEnd(next_offset))
-                                return
-                        probes += 1
-                    if probes * self._end_probe_after > self._eof_timeout:
+                    if not messages and time.monotonic() - last_data > self._eof_timeout:
                         raise TimeoutError(
                             f"ReadFromKafka: no data and no partition end from {topic}/{partition} at offset "
                             f"{next_offset} for {self._eof_timeout}s (is the broker up and enable.partition.eof on?)")

@@ -215,6 +215,11 @@ class LocalStack:
             _signal_group(pid, signal.SIGKILL)
             while process_alive(pid):
                 time.sleep(0.05)
+        # A killed multi-threaded process (the JVM) shows as a zombie while its other threads still exit
+        # and hold its sockets: wait until the port is free, so that an immediate up() can take it again.
+        deadline = time.monotonic() + timeout
+        while _port_open(service.port) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self._pid_file(service).unlink(missing_ok=True)
         return "stopped"
 
