@@ -6,12 +6,13 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached; Chromium for the
 # dashboard's browser test (driven by Playwright through executable_path, never `playwright install`);
-# Java 17 and Maven for the JVM services (Kafka).
+# Java 17 and Maven for the JVM services (Kafka). Node.js 20+ and npm (dynalite, the local DynamoDB) come with
+# the machine: Debian 12's own nodejs is 18, too old for dynalite 4.
 SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless
 
-.PHONY: setup system-packages jars venv test demo stack-up stack-down stack-status bootstrap lint bench clean
+.PHONY: setup system-packages jars node venv test demo stack-up stack-down stack-status bootstrap lint bench clean
 
-setup: system-packages jars venv
+setup: system-packages jars node venv
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
@@ -22,6 +23,19 @@ jars: .local/jars/.resolved
 	@java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || { echo "Java 17+ is needed for Kafka 4 (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	rm -rf .local/jars/kafka
 	mvn -q -B -f $(JVM_POM) dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.local/jars/kafka
+	touch $@
+
+# The Node services (dynalite, the local DynamoDB) from the npm registry into .local/node/node_modules, exactly
+# as orderflow/local/node/package-lock.json pins them; redone only when the lock file changes. No install
+# scripts run: the one native module (classic-level: loaded, though unused in memory) ships prebuilt binaries.
+NODE_LOCK := orderflow/local/node/package-lock.json
+node: .local/node/.installed
+
+.local/node/.installed: orderflow/local/node/package.json $(NODE_LOCK)
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || { echo "Node.js 20+ and npm are needed for dynalite (the local DynamoDB)"; exit 1; }
+	rm -rf .local/node && mkdir -p .local/node
+	cp orderflow/local/node/package.json $(NODE_LOCK) .local/node/
+	npm ci --prefix .local/node --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 # Installs only what is missing, so a second `make setup` touches nothing.

@@ -106,12 +106,11 @@ def _direct_load(settings, kind: str, paths: list[str], concurrency: int) -> tup
     from orderflow.io.restaurant_state import RestaurantStateStore
 
     store = RestaurantStateStore(settings.redis_url)
-    import boto3
     from botocore.config import Config
 
-    dynamodb = boto3.client("dynamodb", endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
-                            aws_access_key_id="orderflow", aws_secret_access_key="orderflow",
-                            config=Config(max_pool_connections=concurrency))
+    from orderflow.bootstrap import aws_client
+
+    dynamodb = aws_client(settings, "dynamodb", config=Config(max_pool_connections=concurrency))
 
     def call(path: str) -> float:
         started = time.perf_counter()

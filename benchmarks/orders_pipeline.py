@@ -2,7 +2,7 @@
 
 Both read the same generated topic (default 1,000,000 records: four formats, 5% duplicates, 2% malformed)
 with every sink live on a local stack started here (free ports): priced orders and dead letters to
-Kafka, orders + exact daily volumes to Postgres, volumes to DynamoDB (moto), windowed alarms recorded in
+Kafka, orders + exact daily volumes to Postgres, volumes to DynamoDB (dynalite), windowed alarms recorded in
 Postgres and sent through the SMS outbox (SNS on moto). The baseline is a plain confluent-kafka +
 psycopg + boto3 loop with identical semantics: it reuses the same parsing, pricing data, SQL statements
 and DynamoDB/outbox functions, only without Beam. Each side runs in its own process, on its own

@@ -84,17 +84,30 @@ def create_topics(bootstrap: str, topics: list[str], partitions: int, timeout: f
     return created
 
 
-def aws_client(settings: Settings, service: str):
+def _aws_arguments(settings: Settings, service: str) -> dict:
+    endpoint = settings.endpoint_url(service)
+    return {
+        "endpoint_url": endpoint,
+        "region_name": settings.aws_region,
+        # The local stand-ins (dynalite, moto) accept any credentials; real AWS (no endpoint set) uses the
+        # standard credential chain.
+        **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"} if endpoint else {}),
+    }
+
+
+def aws_client(settings: Settings, service: str, **options):
+    """A boto3 client of ``service`` ("dynamodb" or "sns") at its configured endpoint; ``options`` (e.g.
+    ``config=botocore.config.Config(...)``) go to ``boto3.client``."""
     import boto3
 
-    return boto3.client(
-        service,
-        endpoint_url=settings.aws_endpoint_url,
-        region_name=settings.aws_region,
-        # moto accepts any credentials; real AWS uses the standard credential chain when unset here.
-        **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"}
-           if settings.aws_endpoint_url else {}),
-    )
+    return boto3.client(service, **_aws_arguments(settings, service), **options)
+
+
+def aws_resource(settings: Settings, service: str, **options):
+    """The boto3 resource API of ``service`` at its configured endpoint (for ``Table.batch_writer``)."""
+    import boto3
+
+    return boto3.resource(service, **_aws_arguments(settings, service), **options)
 
 
 def dynamodb_tables(settings: Settings) -> list[dict]:
@@ -123,7 +136,10 @@ def create_dynamodb_tables(settings: Settings) -> list[str]:
         if definition["TableName"] in existing:
             continue
         client.create_table(BillingMode="PAY_PER_REQUEST", **definition)
-        client.get_waiter("table_exists").wait(TableName=definition["TableName"])
+        # Polled every second, not the waiter's default 20 s: a new table is ACTIVE within a second
+        # locally and within seconds on AWS.
+        client.get_waiter("table_exists").wait(TableName=definition["TableName"],
+                                               WaiterConfig={"Delay": 1, "MaxAttempts": 120})
         created.append(definition["TableName"])
     return created
 

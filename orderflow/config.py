@@ -28,7 +28,9 @@ class Settings:
     postgres_dsn: str = "postgresql://orderflow@127.0.0.1:15432/orderflow"
     redis_url: str = "redis://127.0.0.1:16379/0"
     memcached_address: str = "127.0.0.1:11311"
-    aws_endpoint_url: str | None = "http://127.0.0.1:15000"
+    # The local stack serves DynamoDB with dynalite and SNS with moto; None means the real AWS endpoints.
+    dynamodb_endpoint_url: str | None = "http://127.0.0.1:18000"
+    sns_endpoint_url: str | None = "http://127.0.0.1:15000"
     aws_region: str = "us-east-1"
     topics: Topics = dataclasses.field(default_factory=Topics)
     topic_partitions: int = 4
@@ -37,6 +39,13 @@ class Settings:
     client_volume_table: str = "client-daily-volume"
     alarm_sns_topic: str = "orderflow-alarms"
     exchange_timezone: str = "America/Sao_Paulo"
+
+    def endpoint_url(self, service: str) -> str | None:
+        """The endpoint of an AWS service orderflow uses ("dynamodb" or "sns"); None = real AWS."""
+        endpoints = {"dynamodb": self.dynamodb_endpoint_url, "sns": self.sns_endpoint_url}
+        if service not in endpoints:
+            raise ValueError(f"orderflow configures no endpoint for AWS service {service!r}")
+        return endpoints[service]
 
     @property
     def memcached_host_port(self) -> tuple[str, int]:
@@ -50,7 +59,10 @@ ENVIRONMENT = [
     ("ORDERFLOW_POSTGRES_DSN", "postgres_dsn", "PostgreSQL connection string"),
     ("ORDERFLOW_REDIS_URL", "redis_url", "Redis URL (restaurant hot state)"),
     ("ORDERFLOW_MEMCACHED", "memcached_address", "memcached host:port (pricing codes)"),
-    ("ORDERFLOW_AWS_ENDPOINT_URL", "aws_endpoint_url", "DynamoDB/SNS endpoint; empty = real AWS"),
+    ("ORDERFLOW_DYNAMODB_ENDPOINT_URL", "dynamodb_endpoint_url",
+     "DynamoDB endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS"),
+    ("ORDERFLOW_SNS_ENDPOINT_URL", "sns_endpoint_url",
+     "SNS endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS"),
     ("ORDERFLOW_AWS_REGION", "aws_region", "AWS region"),
     ("ORDERFLOW_TOPIC_PARTITIONS", "topic_partitions", "partitions of topics created by bootstrap"),
     ("ORDERFLOW_PRICES_TABLE", "prices_table", "DynamoDB table: pricing code -> price"),
@@ -58,6 +70,10 @@ ENVIRONMENT = [
     ("ORDERFLOW_ALARM_SNS_TOPIC", "alarm_sns_topic", "SNS topic name for alarm SMS"),
     ("ORDERFLOW_EXCHANGE_TZ", "exchange_timezone", "time zone that defines an order's day"),
 ]
+# The former single endpoint of both AWS services, still read: it is the default of each of the two
+# variables above (an empty value = real AWS for both).
+AWS_ENDPOINT_VARIABLE = "ORDERFLOW_AWS_ENDPOINT_URL"
+_AWS_ENDPOINT_FIELDS = ("dynamodb_endpoint_url", "sns_endpoint_url")
 TOPIC_ENVIRONMENT = [
     ("ORDERFLOW_TOPIC_ORDERS", "orders"),
     ("ORDERFLOW_TOPIC_PRICED_ORDERS", "priced_orders"),
@@ -72,11 +88,13 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     defaults = Settings()
     values = {}
+    if AWS_ENDPOINT_VARIABLE in environ:
+        values.update(dict.fromkeys(_AWS_ENDPOINT_FIELDS, environ[AWS_ENDPOINT_VARIABLE] or None))
     for variable, field, _ in ENVIRONMENT:
         if variable in environ:
             default = getattr(defaults, field)
             raw = environ[variable]
-            if field == "aws_endpoint_url":
+            if field in _AWS_ENDPOINT_FIELDS:
                 values[field] = raw or None
             elif isinstance(default, int):
                 values[field] = int(raw)

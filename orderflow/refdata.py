@@ -101,13 +101,9 @@ def load_reference_data(settings: Settings, day: datetime.date,
 
 
 def _dynamodb_resource(settings: Settings):
-    import boto3
+    from orderflow.bootstrap import aws_resource
 
-    return boto3.resource(
-        "dynamodb", endpoint_url=settings.aws_endpoint_url, region_name=settings.aws_region,
-        **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"}
-           if settings.aws_endpoint_url else {}),
-    )
+    return aws_resource(settings, "dynamodb")
 
 
 def read_reference_data(settings: Settings, days: list[datetime.date | str]) -> dict[str, dict[str, tuple]]:

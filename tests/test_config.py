@@ -13,14 +13,33 @@ def test_environment_overrides_each_setting_with_its_type():
     settings = load_settings({
         "ORDERFLOW_KAFKA_BOOTSTRAP": "kafka:9092",
         "ORDERFLOW_TOPIC_PARTITIONS": "32",
-        "ORDERFLOW_AWS_ENDPOINT_URL": "",
+        "ORDERFLOW_DYNAMODB_ENDPOINT_URL": "",
+        "ORDERFLOW_SNS_ENDPOINT_URL": "http://sns.local:4575",
         "ORDERFLOW_TOPIC_ORDERS": "orders-x",
     })
     assert settings.kafka_bootstrap == "kafka:9092"
     assert settings.topic_partitions == 32
-    assert settings.aws_endpoint_url is None  # empty means the real AWS endpoints
+    assert settings.dynamodb_endpoint_url is None  # empty means the real AWS endpoint
+    assert settings.sns_endpoint_url == "http://sns.local:4575"
     assert settings.topics.orders == "orders-x"
     assert settings.topics.keepalive == "restaurant-keepalive"
+
+
+def test_the_former_single_aws_endpoint_is_the_default_of_both():
+    both = load_settings({"ORDERFLOW_AWS_ENDPOINT_URL": "http://aws.local:4566"})
+    assert both.endpoint_url("dynamodb") == both.endpoint_url("sns") == "http://aws.local:4566"
+    real = load_settings({"ORDERFLOW_AWS_ENDPOINT_URL": ""})
+    assert real.dynamodb_endpoint_url is None and real.sns_endpoint_url is None  # the real AWS endpoints
+    one_apart = load_settings({"ORDERFLOW_AWS_ENDPOINT_URL": "", "ORDERFLOW_DYNAMODB_ENDPOINT_URL": "http://ddb:1"})
+    assert (one_apart.dynamodb_endpoint_url, one_apart.sns_endpoint_url) == ("http://ddb:1", None)
+    defaults = load_settings({})
+    assert defaults.dynamodb_endpoint_url != defaults.sns_endpoint_url  # dynalite and moto by default
+    try:
+        defaults.endpoint_url("s3")
+    except ValueError as exc:
+        assert "s3" in str(exc)
+    else:
+        raise AssertionError("an AWS service orderflow does not use has no endpoint")
 
 
 def test_every_documented_variable_names_a_field():
@@ -38,11 +57,13 @@ def test_settings_environment_is_the_inverse_of_load_settings():
     from orderflow.config import Topics, settings_environment
 
     custom = dataclasses.replace(
-        Settings(), kafka_bootstrap="k:1", aws_endpoint_url=None, topic_partitions=12,
-        topics=dataclasses.replace(Topics(), orders="orders-x", availability="avail-y"))
+        Settings(), kafka_bootstrap="k:1", dynamodb_endpoint_url=None, sns_endpoint_url="http://sns:2",
+        topic_partitions=12, topics=dataclasses.replace(Topics(), orders="orders-x", availability="avail-y"))
     env = settings_environment(custom)
     assert load_settings(env) == custom
-    assert env["ORDERFLOW_AWS_ENDPOINT_URL"] == ""  # None travels as empty: the real AWS endpoints
+    assert env["ORDERFLOW_DYNAMODB_ENDPOINT_URL"] == ""  # None travels as empty: the real AWS endpoint
+    # The child's settings win over a former single endpoint left in the parent's environment.
+    assert load_settings({"ORDERFLOW_AWS_ENDPOINT_URL": "http://old:1", **env}) == custom
 
 
 def test_with_overrides_replaces_only_what_is_given():

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pymemcache.client.base import Client
 
 from orderflow import refdata
+from orderflow.config import settings_environment
 
 DAY = datetime.date(2026, 11, 20)
 
@@ -33,9 +34,7 @@ def test_sample_prices_are_deterministic_two_decimal_and_per_day():
 
 
 def test_cli_load_and_show(module_settings, tmp_path):
-    env = {**os.environ, "ORDERFLOW_MEMCACHED": module_settings.memcached_address,
-           "ORDERFLOW_AWS_ENDPOINT_URL": module_settings.aws_endpoint_url,
-           "ORDERFLOW_PRICES_TABLE": module_settings.prices_table}
+    env = {**os.environ, **settings_environment(module_settings)}
     csv = tmp_path / "prices.csv"
     csv.write_text("asset,price,pricing_code\nZZZZ3,12.345678,ZCODE\nYYYY3,,\n")
     day = "2026-11-19"

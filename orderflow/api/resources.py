@@ -31,16 +31,14 @@ class Resources:
 
     @functools.cached_property
     def dynamodb(self):
-        import boto3
         from botocore.config import Config
 
-        s = self.settings
-        return boto3.client(
-            "dynamodb", endpoint_url=s.aws_endpoint_url, region_name=s.aws_region,
+        from orderflow.bootstrap import aws_client
+
+        return aws_client(
+            self.settings, "dynamodb",
             # as many pooled connections as the server has worker threads, and quick failure when down
             config=Config(max_pool_connections=64, connect_timeout=3, read_timeout=5, retries={"max_attempts": 2}),
-            **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"}
-               if s.aws_endpoint_url else {}),
         )
 
     @functools.cached_property

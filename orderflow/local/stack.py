@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import pwd
@@ -25,6 +26,8 @@ from collections.abc import Callable, Iterator
 PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
 # Jars of the JVM services, resolved by `make jars` from orderflow/local/jvm/pom.xml.
 JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "jars"))
+# Node packages of the local stack (dynalite), installed by `make node` from orderflow/local/node/.
+NODE_DIR = pathlib.Path(os.environ.get("ORDERFLOW_NODE_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "node"))
 # The broker shares two cores with everything else, and every test session starts one: a small heap and
 # a serial collector keep it at ~300 MB RSS.
 KAFKA_JVM_OPTIONS = ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=128m", "-Xss512k",
@@ -42,6 +45,7 @@ class StackPorts:
     postgres: int = 15432
     redis: int = 16379
     memcached: int = 11311
+    dynamodb: int = 18000
     moto: int = 15000
 
     @classmethod
@@ -78,6 +82,21 @@ def kafka_classpath() -> str:
     if not any(jars.glob("kafka_2.13-*.jar")):
         raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, orderflow/local/jvm/pom.xml)")
     return f"{jars}/*"
+
+
+def node_binary() -> str:
+    found = shutil.which("node")
+    if not found:
+        raise ServiceFailed("dynamodb: no node on PATH (Node.js 20+ is needed for dynalite; `make setup` checks it)")
+    return found
+
+
+def dynalite_cli() -> str:
+    cli = NODE_DIR / "node_modules" / "dynalite" / "cli.js"
+    if not cli.exists():
+        raise ServiceFailed(f"dynamodb: dynalite is not installed in {NODE_DIR}; run `make node` "
+                            "(npm ci of orderflow/local/node/package-lock.json)")
+    return str(cli)
 
 
 def kafka_properties(ports: StackPorts, log_dir: pathlib.Path) -> str:
@@ -151,7 +170,7 @@ class Service:
 
 
 class LocalStack:
-    """The five services under ``root`` (data, logs, pid files), listening on ``ports`` on 127.0.0.1."""
+    """The six services under ``root`` (data, logs, pid files), listening on ``ports`` on 127.0.0.1."""
 
     def __init__(self, root: str | os.PathLike = ".local", ports: StackPorts = StackPorts(),
                  only: tuple[str, ...] | None = None):
@@ -167,7 +186,8 @@ class LocalStack:
             "ORDERFLOW_POSTGRES_DSN": f"postgresql://orderflow@127.0.0.1:{p.postgres}/orderflow",
             "ORDERFLOW_REDIS_URL": f"redis://127.0.0.1:{p.redis}/0",
             "ORDERFLOW_MEMCACHED": f"127.0.0.1:{p.memcached}",
-            "ORDERFLOW_AWS_ENDPOINT_URL": f"http://127.0.0.1:{p.moto}",
+            "ORDERFLOW_DYNAMODB_ENDPOINT_URL": f"http://127.0.0.1:{p.dynamodb}",
+            "ORDERFLOW_SNS_ENDPOINT_URL": f"http://127.0.0.1:{p.moto}",
         }
 
     # -- lifecycle --------------------------------------------------------------------------------------
@@ -346,6 +366,24 @@ class LocalStack:
             except Exception:  # noqa: BLE001
                 return False
 
+        @functools.cache
+        def dynamodb_client():
+            import boto3
+            from botocore.config import Config
+
+            return boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{p.dynamodb}", region_name="us-east-1",
+                                aws_access_key_id="orderflow", aws_secret_access_key="orderflow",
+                                config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}))
+
+        def dynamodb_ready() -> bool:
+            if not _port_open(p.dynamodb):
+                return False
+            try:
+                dynamodb_client().list_tables(Limit=1)
+                return True
+            except Exception:  # noqa: BLE001
+                return False
+
         def moto_ready() -> bool:
             import urllib.request
 
@@ -401,6 +439,15 @@ class LocalStack:
                 ready=kafka_ready, prepare=prepare_kafka,
             ),
             Service(
+                # dynalite: the DynamoDB API (with DynamoDB's validation) on an in-memory LevelDB. Tables
+                # are ACTIVE at once instead of after dynalite's default 500 ms in CREATING.
+                "dynamodb", p.dynamodb,
+                command=lambda: [node_binary(), dynalite_cli(), "--host", "127.0.0.1", "--port", str(p.dynamodb),
+                                 "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"],
+                ready=dynamodb_ready,
+            ),
+            Service(
+                # moto serves SNS (it records every SMS, which the tests read back).
                 "moto", p.moto,
                 command=lambda: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(p.moto)],
                 ready=moto_ready,

@@ -1,4 +1,4 @@
-"""Daily volumes written to real (moto) DynamoDB under the Postgres row locks: exact and never older."""
+"""Daily volumes written to the local DynamoDB (dynalite) under the Postgres row locks: exact and never older."""
 from __future__ import annotations
 
 import datetime

@@ -1,9 +1,13 @@
+import dataclasses
 import os
 import subprocess
 
 import port_for
+import pytest
+from botocore.exceptions import ClientError
 
-from orderflow.local import LocalStack, StackPorts
+from orderflow.bootstrap import aws_client
+from orderflow.local import LocalStack, ServiceFailed, StackPorts
 from orderflow.local.roundtrip import run_roundtrips
 
 
@@ -12,6 +16,47 @@ def test_roundtrip_through_every_service(module_settings):
     assert [r.service for r in rows] == ["kafka", "postgres", "redis", "memcached", "dynamodb", "sns"]
     failed = [(r.service, r.detail) for r in rows if not r.ok]
     assert failed == []
+
+
+def test_dynamodb_is_served_apart_from_sns_with_dynamodb_s_own_validation(module_settings):
+    """dynalite answers DynamoDB (moto only SNS), and refuses what DynamoDB refuses where moto did not: the
+    sinks' 25-per-request BatchWriteItem limit and 38-digit numbers; oversized keys too."""
+    assert module_settings.dynamodb_endpoint_url != module_settings.sns_endpoint_url
+    client = aws_client(module_settings, "dynamodb")
+    table = module_settings.client_volume_table
+    assert table in client.list_tables()["TableNames"]
+
+    def refused(**request) -> str:
+        with pytest.raises(ClientError) as refusal:
+            client.batch_write_item(**request)
+        assert refusal.value.response["Error"]["Code"] == "ValidationException"
+        return refusal.value.response["Error"]["Message"]
+
+    def put(token: str, total: str = "1") -> dict:
+        return {"PutRequest": {"Item": {"client_token": {"S": token}, "day": {"S": "2026-01-02"},
+                                        "total": {"N": total}}}}
+
+    refused(RequestItems={table: [put(f"v-{i}") for i in range(26)]})
+    assert "2048" in refused(RequestItems={table: [put("k" * 2049)]})
+    assert "38 significant digits" in refused(RequestItems={table: [put("v-digits", "1" * 39)]})
+    assert client.batch_write_item(RequestItems={table: [put("v-ok", "5.000010")]})["UnprocessedItems"] == {}
+    item = client.get_item(TableName=table, Key={"client_token": {"S": "v-ok"}, "day": {"S": "2026-01-02"}},
+                           ConsistentRead=True)["Item"]
+    assert item["total"]["N"] == "5.00001"  # numbers come back normalised, as from DynamoDB
+    # The SNS endpoint (moto) has no such table: the two services do not share state.
+    with pytest.raises(ClientError):
+        aws_client(dataclasses.replace(module_settings, dynamodb_endpoint_url=module_settings.sns_endpoint_url),
+                   "dynamodb").describe_table(TableName=table)
+
+
+def test_a_missing_dynalite_install_is_named(tmp_path, monkeypatch):
+    from orderflow.local import stack as stack_module
+
+    monkeypatch.setattr(stack_module, "NODE_DIR", tmp_path / "no-node")
+    lonely = LocalStack(tmp_path, StackPorts(dynamodb=port_for.select_random()), only=("dynamodb",))
+    with pytest.raises(ServiceFailed, match="dynamodb: dynalite is not installed .*make node"):
+        lonely.up()
+    assert lonely.status() == {"dynamodb": "down"}
 
 
 def test_second_up_reuses_the_running_services(stack):

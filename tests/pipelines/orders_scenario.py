@@ -137,7 +137,7 @@ def check_state(settings, expected, alarms, phones):
     # DynamoDB: every client's daily volume equals the independent computation, exactly.
     assert dynamodb_volumes(settings, DAY) == expected["volumes"]
     # One SMS per alarm to the all-clients phone, and one to the client's own phone for her alarms.
-    sms = collections.Counter(phone for phone, _ in sent_sms(settings.aws_endpoint_url, set(phones.values())))
+    sms = collections.Counter(phone for phone, _ in sent_sms(settings.sns_endpoint_url, set(phones.values())))
     expected_sms = collections.Counter({phones["all"]: len(alarms)})
     for client, phone in phones.items():
         if client != "all":

@@ -11,20 +11,14 @@ import time
 import psycopg
 import pytest
 
-from orderflow.config import ENVIRONMENT, TOPIC_ENVIRONMENT
+from orderflow.config import settings_environment
 from tests.pipelines.orders_scenario import DAY, check_state, prepare_scenario
 
 N = 30_000
 
 
 def _environment(settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for variable, field, _ in ENVIRONMENT:
-        value = getattr(settings, field)
-        env[variable] = "" if value is None else str(value)
-    for variable, field in TOPIC_ENVIRONMENT:
-        env[variable] = getattr(settings.topics, field)
-    return env
+    return {**os.environ, **settings_environment(settings)}
 
 
 def _run(settings, rules, day) -> subprocess.Popen:

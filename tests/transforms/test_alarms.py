@@ -144,13 +144,13 @@ def test_duplicates_counted_once_and_each_window_fires_once_with_one_sms_per_pho
         assert [(r, s) for r, s, _ in alarms] == [("all-10m-dup", "*"), ("client-day-dup", "bia")]
         assert alarms[0][2] >= Decimal("100") and alarms[0][2] <= Decimal("105")
         assert conn.execute("SELECT count(*) FROM sms_outbox WHERE sent_at IS NULL").fetchone() == (0,)
-    sms = sent_sms(module_settings.aws_endpoint_url, phones)
+    sms = sent_sms(module_settings.sns_endpoint_url, phones)
     # all_phone gets both alarms, bia's phone gets hers, ana's phone none; the inactive phone none.
     assert sorted(phone for phone, _ in sms) == sorted([all_phone, all_phone, bia_phone])
     assert any("client bia" in message for _, message in sms)
 
     run()  # the same stream again (a replay): nothing new is recorded or sent
-    assert len(sent_sms(module_settings.aws_endpoint_url, phones)) == 3
+    assert len(sent_sms(module_settings.sns_endpoint_url, phones)) == 3
 
 
 def test_outbox_survives_a_crash_between_recording_and_sending(module_settings):
@@ -167,4 +167,4 @@ def test_outbox_survives_a_crash_between_recording_and_sending(module_settings):
         sns = aws_client(module_settings, "sns")
         assert relay_sms_outbox(conn, sns) >= 1
         assert relay_sms_outbox(conn, sns) == 0
-    assert [p for p, _ in sent_sms(module_settings.aws_endpoint_url, {phone})] == [phone]
+    assert [p for p, _ in sent_sms(module_settings.sns_endpoint_url, {phone})] == [phone]
