@@ -112,6 +112,9 @@ def kafka_properties(ports: StackPorts, log_dir: pathlib.Path) -> str:
         "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         f"log.dirs={log_dir}",
         "num.partitions=4",
+        # Keep every record: tests and demos replay sessions stamped days ago, which the default 7-day
+        # time retention would delete under a running test (production retention: deploy/kafka-topics.yaml).
+        "log.retention.ms=-1",
         # One node: every internal topic has one replica; fewer partitions than the defaults (50) make the
         # first consumer group and the first transaction start in milliseconds, not seconds.
         "offsets.topic.replication.factor=1",

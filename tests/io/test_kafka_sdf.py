@@ -5,7 +5,6 @@ thread-safe tracker and watermark-estimator wrappers) against the session's Kafk
 """
 from __future__ import annotations
 
-import time
 
 import apache_beam as beam
 import pytest
@@ -215,17 +214,22 @@ def test_unbounded_process_on_an_empty_partition_defers_everything(stack_setting
     fn = _fn(_ReadUnboundedPartitionFn, bootstrap)
     estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
     try:
-        start = time.monotonic()
         out, tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 0), OffsetRange(0, MAX_OFFSET),
                                   bounded=False, estimator=estimator)
-        assert time.monotonic() - start < 10
+        assert out == []
+        residual, _ = tracker.deferred_status()
+        assert residual == OffsetRange(0, MAX_OFFSET)
+        assert tracker.current_restriction() == OffsetRange(0, 0)
+        tracker.check_done()
+        # The first call may defer before the broker's first answer (partition EOF) on a busy machine;
+        # the resumed residual then finds the partition at its end and moves the watermark.
+        for _ in range(20):
+            if estimator.current_watermark() > MIN_TIMESTAMP:
+                break
+            out, tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 0), residual, bounded=False, estimator=estimator)
+            assert out == []
     finally:
         fn.teardown()
-    assert out == []
-    residual, _ = tracker.deferred_status()
-    assert residual == OffsetRange(0, MAX_OFFSET)
-    assert tracker.current_restriction() == OffsetRange(0, 0)
-    tracker.check_done()
     assert estimator.current_watermark() > MIN_TIMESTAMP
 
 
