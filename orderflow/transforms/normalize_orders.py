@@ -68,7 +68,6 @@ _ID_FIELDS = ("order_id", "id")
 _TIME_FIELDS = ("event_time", "timestamp")
 _UTC = datetime.timezone.utc
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_ASCII_DIGITS = re.compile(r"[0-9]+")
 
 MAX_KEY_BYTES = 256
 MAX_QUANTITY = 10**12
@@ -143,11 +142,11 @@ def _quantity(value: Any, limits: OrderLimits, where: str) -> int:
         raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is not an integer")
     if isinstance(value, str):
         digits = value.strip()
-        # ASCII digits only: int() would also take "5_000", "+5", " 5" and any Unicode digit.
-        if not _ASCII_DIGITS.fullmatch(digits):
+        # ASCII digits only: int() would also take "5_000", "+5" and any Unicode digit (e.g. Arabic-Indic).
+        if not (digits.isascii() and digits.isdigit()):
             raise InvalidOrder("invalid_quantity", f"{where}: quantity {value[:40]!r} is not a whole number "
                                                    "of ASCII digits")
-        if len(digits.lstrip("0")) > len(str(limits.max_quantity)):  # before int(): no huge conversions
+        if len(digits) > 24 and len(digits.lstrip("0")) > 24:  # no huge conversions (and int()'s 4,300 cap)
             raise InvalidOrder("quantity_out_of_range",
                                f"{where}: quantity of {len(digits)} digits exceeds {limits.max_quantity}")
         value = int(digits)
@@ -183,10 +182,10 @@ def _parse_event_time(value: Any, default_ms: int | None, now: datetime.datetime
                        f"{where}: event time {str(value)[:60]!r} is neither epoch millis nor ISO-8601")
 
 
-def _event_time(value: Any, default_ms: int | None, now: datetime.datetime, limits: OrderLimits,
-                where: str) -> datetime.datetime:
+def _event_time(value: Any, default_ms: int | None, now: datetime.datetime,
+                window: tuple[datetime.datetime, datetime.datetime], where: str) -> datetime.datetime:
     moment = _parse_event_time(value, default_ms, now, where)
-    earliest, latest = limits.event_time_range(now)
+    earliest, latest = window
     try:
         inside = earliest <= moment <= latest
     except (OverflowError, ValueError):  # an offset that moves the time past year 1 or 9999
@@ -200,15 +199,20 @@ def _event_time(value: Any, default_ms: int | None, now: datetime.datetime, limi
 
 def _key_text(value: str, limits: OrderLimits, field: str, where: str) -> str:
     """``value`` if it is 1..max_key_bytes UTF-8 bytes without control characters, else InvalidOrder."""
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate: not text any sink can store
-        raise InvalidOrder(f"invalid_{field}", f"{where}: {field} is not valid Unicode text") from None
+    if value.isascii():  # the usual case: bytes = characters, and the ASCII controls are the non-printables
+        size = len(value)
+        clean = value.isprintable()
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: not text any sink can store
+            raise InvalidOrder(f"invalid_{field}", f"{where}: {field} is not valid Unicode text") from None
+        clean = _CONTROL_CHARACTERS.search(value) is None
     if size > limits.max_key_bytes:
         raise InvalidOrder(f"{field}_too_long",
                            f"{where}: {field} of {size} bytes exceeds {limits.max_key_bytes} bytes")
-    control = _CONTROL_CHARACTERS.search(value)
-    if control:
+    if not clean:
+        control = _CONTROL_CHARACTERS.search(value)
         raise InvalidOrder(f"invalid_{field}", f"{where}: {field} holds the control character "
                                                f"U+{ord(control.group()):04X} at position {control.start()}")
     return value
@@ -224,12 +228,14 @@ def _order_id(value: Any, source: str, payload: bytes, index: int, limits: Order
     value = str(value).strip()
     if not value:
         raise InvalidOrder("invalid_order_id", f"{where}: order id is blank")
+    if value.isascii() and value.isprintable() and len(value) <= limits.max_key_bytes:
+        return value  # the usual case, without a call
     return _key_text(value, limits, "order_id", where)
 
 
 def _canonical(asset: Any, quantity: Any, token: Any, order_id: Any, event_time: Any, source_format: str,
                *, source: str, payload: bytes, index: int, timestamp_ms: int | None, limits: OrderLimits,
-               now: datetime.datetime) -> dict:
+               now: datetime.datetime, window: tuple[datetime.datetime, datetime.datetime]) -> dict:
     where = f"order {index}"
     if asset is None or (isinstance(asset, str) and not asset.strip()):
         raise InvalidOrder("missing_asset", f"{where}: no asset (ativo)")
@@ -237,12 +243,15 @@ def _canonical(asset: Any, quantity: Any, token: Any, order_id: Any, event_time:
         raise InvalidOrder("invalid_asset", f"{where}: asset {str(asset)[:40]!r} is not a ticker")
     if token is None or not isinstance(token, str) or not token.strip():
         raise InvalidOrder("missing_token", f"{where}: no client token")
+    token = token.strip()
+    if not (token.isascii() and token.isprintable() and len(token) <= limits.max_key_bytes):
+        token = _key_text(token, limits, "token", where)  # refuses, or passes non-ASCII text
     return {
         "order_id": _order_id(order_id, source, payload, index, limits, where),
-        "client_token": _key_text(token.strip(), limits, "token", where),
+        "client_token": token,
         "asset": asset.strip().upper(),
         "quantity": _quantity(quantity, limits, where),
-        "event_time": _event_time(event_time, timestamp_ms, now, limits, where),
+        "event_time": _event_time(event_time, timestamp_ms, now, window, where),
         "source_format": source_format,
     }
 
@@ -312,8 +321,9 @@ def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None =
         raise InvalidOrder("unparseable", "empty payload")
     if isinstance(payload, str):
         payload = payload.encode()
-    context = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits,
-               "now": now or datetime.datetime.now(_UTC)}
+    now = now or datetime.datetime.now(_UTC)
+    context = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits, "now": now,
+               "window": limits.event_time_range(now)}
     if payload.startswith(_AVRO_MAGIC):
         record = _decode_order_avro(payload)
         return [_canonical(record["asset"], record["quantity"], record["client_token"], record["order_id"],
