@@ -7,7 +7,9 @@ inserted (``orderflow.io.postgres_orders``), so they are exact whatever the dupl
 ``DailyVolumeTable.write`` is called inside that batch's transaction, while it holds the row locks of
 the keys it writes: two batches touching one client write DynamoDB in their Postgres commit order, so
 an item never goes back to an older value, and a plain BatchWriteItem (25 puts per request, unprocessed
-items retried) is enough: writing an absolute value is idempotent.
+items retried) is enough: writing an absolute value is idempotent. An item DynamoDB refuses because of
+its data (``ValidationException``) is found by bisecting its request and returned to the caller with
+DynamoDB's message; the other items are written.
 """
 from __future__ import annotations
 
@@ -41,21 +43,45 @@ class DailyVolumeTable:
             self._client = aws_client(self.settings, "dynamodb")
         return self._client
 
-    def write(self, volumes: list[tuple]) -> int:
-        """Puts every volume (BatchWriteItem, 25 per request, unprocessed items retried); returns the count."""
+    def write(self, volumes: list[tuple]) -> list[tuple[tuple, str]]:
+        """Puts every volume (BatchWriteItem, 25 per request, unprocessed items retried).
+
+        Returns the volumes DynamoDB refused because of their data (``ValidationException``, e.g. a
+        partition key over 2,048 bytes) with its message: a refused request is bisected until the refused
+        items are alone, and every other item is written (absolute values: writing one twice is harmless).
+        """
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-        table = self.settings.client_volume_table
-        requests = [{"PutRequest": {"Item": {
+        requests = [({"PutRequest": {"Item": {
             "client_token": {"S": token}, "day": {"S": str(day)}, "total": {"N": _number(total)},
-            "order_count": {"N": str(count)}, "updated_at": {"S": now}}}}
+            "order_count": {"N": str(count)}, "updated_at": {"S": now}}}}, (token, day, total, count))
             for token, day, total, count in volumes]
-        client = self._dynamodb()
+        refused: list[tuple[tuple, str]] = []
         for start in range(0, len(requests), _BATCH_WRITE_ITEMS):
-            pending = {table: requests[start:start + _BATCH_WRITE_ITEMS]}
-            delay = 0.05
-            while pending:
-                pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or None
-                if pending:  # throttled: back off, then send only what was not written
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-        return len(requests)
+            self._put_bisecting(requests[start:start + _BATCH_WRITE_ITEMS], refused)
+        return refused
+
+    def _put_bisecting(self, requests: list[tuple[dict, tuple]], refused: list[tuple[tuple, str]]) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._put(requests)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ValidationException":
+                raise
+            if len(requests) == 1:
+                refused.append((requests[0][1], f"DynamoDB ValidationException: {exc.response['Error'].get('Message')}"))
+                return
+        middle = len(requests) // 2
+        self._put_bisecting(requests[:middle], refused)
+        self._put_bisecting(requests[middle:], refused)
+
+    def _put(self, requests: list[tuple[dict, tuple]]) -> None:
+        client = self._dynamodb()
+        pending = {self.settings.client_volume_table: [request for request, _ in requests]}
+        delay = 0.05
+        while pending:
+            pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or None
+            if pending:  # throttled: back off, then send only what was not written
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -23,17 +23,38 @@ Postgres; the bundle fails and is retried.)
    duplicate delivered by another record is not owned. Windowed alarms aggregate owned orders only, so
    they count each order once, and a replay after a crash (whose window state was lost or rolled back
    with it) counts it again exactly once.
+
+Last line of defence (the normaliser already refuses what no sink can hold): each batch statement runs
+under a savepoint. When Postgres refuses it because of the data (SQLSTATE class 22 data exception, 23
+integrity violation, 54 program limit exceeded, e.g. NUL in text or an index row too large), only that
+savepoint is rolled back and the batch is bisected, each half under its own savepoint, until the refused
+orders are alone; they become dead letters (reason ``postgres_rejected``, the database's message as
+detail) and every other order is written. Each part is still one statement inserting orders and adding
+what it inserted, so the arguments above hold part by part: nothing refused is counted, nothing written
+is counted twice. When DynamoDB answers ``ValidationException`` for a volume item (e.g. a partition key
+over 2,048 bytes), the other items are written (``DailyVolumeTable.write``) and the orders this
+transaction owns for the refused (client, day) become dead letters (reason ``dynamodb_rejected``); they
+stay in Postgres, which holds that client's volume exactly, and a replay of them rewrites the absolute
+value once DynamoDB takes it. Counters: ``orders/dead_letter_postgres_rejected``,
+``orders/dead_letter_dynamodb_rejected`` and ``orders/dead_letters_sink`` (both).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
+from typing import NamedTuple
 
 import apache_beam as beam
 import orjson
 from apache_beam.metrics import Metrics
 
+from orderflow.io.postgres import connect, error_message, is_data_error
+from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
+
+DEAD_LETTER_TAG = "dead_letter"
+POSTGRES_REJECTED = "postgres_rejected"
+DYNAMODB_REJECTED = "dynamodb_rejected"
 
 _COLUMNS = ("order_id", "client_token", "asset", "quantity", "pricing_code", "price", "total", "event_time",
             "trade_day", "source_format", "source")
@@ -81,47 +102,113 @@ def _json_default(value):
     raise TypeError(f"cannot encode {type(value).__name__}")
 
 
-def execute_batch(conn, orders: list[dict]) -> tuple[list[dict], list[tuple], dict[str, int]]:
-    """Runs the batch statement on ``conn`` inside the caller's transaction.
+class Rejected(NamedTuple):
+    """An order a sink refused because of its data, with the sink's own message."""
 
-    Returns (owned orders, absolute volumes ``(client_token, day, total, order_count)``, counts with
-    ``inserted`` / ``replayed`` / ``duplicates``). Orders repeated inside the batch keep their first copy.
+    order: dict
+    reason: str   # POSTGRES_REJECTED or DYNAMODB_REJECTED
+    message: str
+
+
+class BatchResult(NamedTuple):
+    owned: list[dict]          # orders this batch owns (inserted now, or a replay of the same record)
+    volumes: list[tuple]       # absolute (client_token, day, total, order_count) of every key written
+    counts: dict[str, int]     # inserted / replayed / duplicates / rejected
+    rejected: list[Rejected]   # orders Postgres refused; nothing of them was written
+
+
+def _statement(conn, batch: list[dict]) -> list[tuple]:
+    """Runs the batch statement under a savepoint: if it fails, only this part is rolled back."""
+    conn.execute("SAVEPOINT orders_part")
+    try:
+        payload = orjson.dumps(batch, default=_json_default).decode()
+        rows = conn.execute(UPSERT_BATCH_SQL, {"orders": payload}, prepare=True).fetchall()
+    except Exception:
+        conn.execute("ROLLBACK TO SAVEPOINT orders_part")
+        raise
+    conn.execute("RELEASE SAVEPOINT orders_part")
+    return rows
+
+
+def _write_bisecting(conn, batch: list[dict], rows: list[tuple], rejected: list[Rejected]) -> None:
+    """Writes ``batch``; on a refusal because of the data, writes each half alone, down to single orders."""
+    try:
+        rows += _statement(conn, batch)
+        return
+    except Exception as exc:
+        if not (is_data_error(exc) or isinstance(exc, orjson.JSONEncodeError)):
+            raise
+        if len(batch) == 1:
+            rejected.append(Rejected(batch[0], POSTGRES_REJECTED, error_message(exc)))
+            return
+    middle = len(batch) // 2
+    _write_bisecting(conn, batch[:middle], rows, rejected)
+    _write_bisecting(conn, batch[middle:], rows, rejected)
+
+
+def execute_batch(conn, orders: list[dict]) -> BatchResult:
+    """Runs the batch statement on ``conn`` inside the caller's transaction (bisecting around refused orders).
+
+    Orders repeated inside the batch keep their first copy.
     """
     unique = {}
     for order in orders:
         unique.setdefault(order["order_id"], order)
-    # Sorted so that concurrent batches take the unique-index locks in one order.
+    # Sorted so that concurrent batches take the unique-index locks in one order (each part keeps it).
     batch = sorted(unique.values(), key=lambda order: order["order_id"])
-    payload = orjson.dumps(batch, default=_json_default).decode()
+    rows, rejected = [], []
+    _write_bisecting(conn, batch, rows, rejected)
     owned_ids = set()
-    volumes = []
-    counts = {"inserted": 0, "replayed": 0}
-    for kind, key, day, total, order_count in conn.execute(UPSERT_BATCH_SQL, {"orders": payload}, prepare=True):
+    volumes = {}  # a later part's value of a key is the newer one
+    counts = {"inserted": 0, "replayed": 0, "rejected": len(rejected)}
+    for kind, key, day, total, order_count in rows:
         if kind == "volume":
-            volumes.append((key, day, total, order_count))
+            volumes[(key, day)] = (key, day, total, order_count)
         else:
             owned_ids.add(key)
             counts[kind] += 1
-    counts["duplicates"] = len(orders) - counts["inserted"] - counts["replayed"]
-    return [order for order in batch if order["order_id"] in owned_ids], volumes, counts
+    counts["duplicates"] = len(orders) - counts["inserted"] - counts["replayed"] - len(rejected)
+    return BatchResult([order for order in batch if order["order_id"] in owned_ids], list(volumes.values()),
+                       counts, rejected)
 
 
 def upsert_orders(conn, orders: list[dict], write_volumes: Callable[[list[tuple]], object] | None = None
-                  ) -> tuple[list[dict], list[tuple], dict[str, int]]:
-    """One batch in its own transaction; ``write_volumes(volumes)`` runs under the row locks before commit."""
+                  ) -> BatchResult:
+    """One batch in its own transaction; ``write_volumes(volumes)`` runs under the row locks before commit
+    (volume items it refuses are left out, as ``OrdersWriter`` does)."""
     with conn.transaction():
-        owned, volumes, counts = execute_batch(conn, orders)
-        if write_volumes is not None and volumes:
-            write_volumes(volumes)
-    return owned, volumes, counts
+        result = execute_batch(conn, orders)
+        if write_volumes is not None and result.volumes:
+            refused = write_volumes(result.volumes) or []
+            owned_by_key = {}
+            for order in result.owned:
+                owned_by_key.setdefault((order["client_token"], order["trade_day"]), []).append(order)
+            rejected = _refused_orders(refused, owned_by_key)
+            result = result._replace(rejected=result.rejected + rejected)
+    return result
+
+
+def _refused_orders(refused: list[tuple[tuple, str]], owned_by_key: dict[tuple, list[dict]]) -> list[Rejected]:
+    """The owned orders of each volume item DynamoDB refused, with its message."""
+    out = []
+    for volume, message in refused:
+        out += [Rejected(order, DYNAMODB_REJECTED, message) for order in owned_by_key.get((volume[0], volume[1]), [])]
+    return out
+
+
+class WriteResult(NamedTuple):
+    owned: list[dict]
+    counts: dict[str, int]
+    rejected: list[Rejected]  # refused by Postgres in this batch, and by DynamoDB at a commit it triggered
 
 
 class OrdersWriter:
     """Batches into one Postgres transaction (up to ``max_batches``); volumes to DynamoDB once per commit.
 
-    ``write(orders)`` -> (owned orders, counts); ``commit()`` writes each touched (client, day)'s latest
-    absolute volume with ``write_volumes`` while the transaction still holds the rows' locks, then
-    commits; ``rollback()`` discards the transaction (and its pending volumes).
+    ``write(orders)`` -> ``WriteResult``; ``commit()`` writes each touched (client, day)'s latest absolute
+    volume with ``write_volumes`` while the transaction still holds the rows' locks, then commits, and
+    returns the orders of volume items that ``write_volumes`` refused (it returns ``[(volume, message)]``,
+    or None); ``rollback()`` discards the transaction (and its pending volumes).
     """
 
     def __init__(self, dsn: str, write_volumes: Callable[[list[tuple]], object] | None = None,
@@ -131,31 +218,36 @@ class OrdersWriter:
         self.max_batches = max_batches
         self._conn = None
         self._pending: dict[tuple[str, object], tuple] = {}
+        self._owned: dict[tuple[str, object], list[dict]] = {}  # this transaction's owned orders per key
         self._batches = 0
 
-    def write(self, orders: list[dict]) -> tuple[list[dict], dict[str, int]]:
-        import psycopg
-
+    def write(self, orders: list[dict]) -> WriteResult:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn)
-        owned, volumes, counts = execute_batch(self._conn, orders)
-        for volume in volumes:  # later statements of the transaction see newer values
+            self._conn = connect(self.dsn)
+        result = execute_batch(self._conn, orders)
+        for volume in result.volumes:  # later statements of the transaction see newer values
             self._pending[(volume[0], volume[1])] = volume
+        for order in result.owned:
+            self._owned.setdefault((order["client_token"], order["trade_day"]), []).append(order)
         self._batches += 1
+        rejected = list(result.rejected)
         if self._batches >= self.max_batches:
-            self.commit()
-        return owned, counts
+            rejected += self.commit()
+        return WriteResult(result.owned, result.counts, rejected)
 
-    def commit(self) -> None:
+    def commit(self) -> list[Rejected]:
         if self._conn is None or not self._batches:
-            return
+            return []
+        rejected = []
         if self.write_volumes is not None and self._pending:
-            self.write_volumes(list(self._pending.values()))
+            refused = self.write_volumes(list(self._pending.values())) or []
+            rejected = _refused_orders(refused, self._owned)
         self._conn.commit()
-        self._pending, self._batches = {}, 0
+        self._pending, self._owned, self._batches = {}, {}, 0
+        return rejected
 
     def rollback(self) -> None:
-        self._pending, self._batches = {}, 0
+        self._pending, self._owned, self._batches = {}, {}, 0
         if self._conn is not None and not self._conn.closed:
             try:
                 self._conn.rollback()
@@ -172,7 +264,9 @@ class OrdersWriter:
 class _WriteBatch(beam.DoFn):
     """Runs the writer on one background thread, one batch behind: while Postgres (and, at commits,
     DynamoDB) work on batch k, this thread prices and encodes batch k+1. The owned orders of batch k are
-    emitted when batch k+1 arrives, or at the end of the bundle, with batch k's timestamp and window."""
+    emitted when batch k+1 arrives, or at the end of the bundle, with batch k's timestamp and window; so
+    are the dead letters of the orders a sink refused (those of the bundle's last commit with the last
+    batch's timestamp and window)."""
 
     def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int):
         self.dsn = dsn
@@ -182,6 +276,9 @@ class _WriteBatch(beam.DoFn):
         self.replayed = Metrics.counter("orders", "postgres_replayed")
         self.duplicates = Metrics.counter("orders", "postgres_duplicates")
         self.batches = Metrics.counter("orders", "postgres_batches")
+        self.dead_letters = Metrics.counter("orders", "dead_letters_sink")
+        self.by_reason = {reason: Metrics.counter("orders", f"dead_letter_{reason}")
+                          for reason in (POSTGRES_REJECTED, DYNAMODB_REJECTED)}
 
     def setup(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -192,17 +289,28 @@ class _WriteBatch(beam.DoFn):
 
     def start_bundle(self):
         self._in_flight = None  # (future, timestamp, window) of the batch being written
+        self._last_batch = None  # (timestamp, window) of the bundle's last batch
+
+    def _dead_letters(self, rejected: list[Rejected], timestamp, window):
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        for order, reason, message in rejected:
+            self.by_reason[reason].inc()
+            self.dead_letters.inc()
+            stage = "postgres_orders" if reason == POSTGRES_REJECTED else "dynamodb_volume"
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(
+                order_dead_letter(order, reason, message, stage), timestamp, [window]))
 
     def _collect(self):
-        """Waits for the batch in flight; returns its owned orders as a WindowedValue (or None)."""
+        """Waits for the batch in flight; yields its owned orders as a WindowedValue, and its dead letters."""
         from apache_beam.utils.windowed_value import WindowedValue
 
         if self._in_flight is None:
-            return None
+            return
         future, timestamp, window = self._in_flight
         self._in_flight = None
         try:
-            owned, counts = future.result()
+            owned, counts, rejected = future.result()
         except Exception:
             # The bundle fails and is retried from its start: so must the transaction.
             self._thread.submit(self._writer.rollback).result()
@@ -211,23 +319,25 @@ class _WriteBatch(beam.DoFn):
         self.inserted.inc(counts["inserted"])
         self.replayed.inc(counts["replayed"])
         self.duplicates.inc(counts["duplicates"])
-        return WindowedValue(OrderBatch(owned), timestamp, [window]) if owned else None
+        yield from self._dead_letters(rejected, timestamp, window)
+        if owned:
+            yield WindowedValue(OrderBatch(owned), timestamp, [window])
 
     def process(self, orders, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        previous = self._collect()
+        previous = list(self._collect())
         self._in_flight = (self._thread.submit(self._writer.write, orders), timestamp, window)
-        if previous is not None:
-            yield previous
+        self._last_batch = (timestamp, window)
+        yield from previous
 
     def finish_bundle(self):
-        last = self._collect()
+        yield from self._collect()
         try:
-            self._thread.submit(self._writer.commit).result()
+            rejected = self._thread.submit(self._writer.commit).result()
         except Exception:
             self._thread.submit(self._writer.rollback).result()
             raise
-        if last is not None:
-            yield last
+        if rejected:
+            yield from self._dead_letters(rejected, *self._last_batch)
 
     def teardown(self):
         thread = getattr(self, "_thread", None)
@@ -239,9 +349,13 @@ class _WriteBatch(beam.DoFn):
 class WriteOrdersToPostgres(beam.PTransform):
     """``list[PricedOrder]`` batches -> Postgres (+ daily volumes to ``volume_table``); emits owned orders.
 
-    ``volume_table``: a ``orderflow.io.dynamodb_volume.DailyVolumeTable`` (or None: Postgres only). The
-    output (``list[PricedOrder]`` per batch, duplicates removed) feeds the windowed alarms. A Postgres
-    transaction covers up to ``max_batches_per_transaction`` batches of a bundle.
+    Returns a DoOutputsTuple: ``owned`` (``list[PricedOrder]`` per batch, duplicates removed; feeds the
+    windowed alarms) and ``dead_letter`` (``DeadLetter`` for each order a sink refused because of its data).
+
+    Args:
+        dsn: the Postgres database.
+        volume_table: a ``orderflow.io.dynamodb_volume.DailyVolumeTable`` (or None: Postgres only).
+        max_batches_per_transaction: batches of a bundle one Postgres transaction covers.
     """
 
     def __init__(self, dsn: str, volume_table=None, max_batches_per_transaction: int = 20):
@@ -252,4 +366,5 @@ class WriteOrdersToPostgres(beam.PTransform):
 
     def expand(self, batches):
         return batches | "UpsertOrders" >> beam.ParDo(
-            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction)).with_output_types(OrderBatch)
+            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction)).with_output_types(
+            OrderBatch).with_outputs(DEAD_LETTER_TAG, main="owned")

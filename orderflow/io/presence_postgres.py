@@ -11,15 +11,29 @@
 - ``WritePresenceDeadLetters``: undecodable or invalid input with its reason (``presence_dead_letters``).
 
 Each sink is one SQL statement (or one pipelined ``executemany``) per batch, one transaction per batch.
+
+Last line of defence: when Postgres refuses a batch because of its data (SQLSTATE class 22, 23 or 54, e.g.
+NUL in a restaurant id or an index row too large), or a value cannot even be turned into a parameter
+(a timestamp beyond year 9999), the batch is bisected, each part in its own transaction, until the refused
+records are alone. ``WriteStatusIntervals`` and ``WriteUnavailabilityHistory`` return those records as
+``DeadLetter``s (reason ``postgres_rejected``, the database's message as detail, the record as JSON as
+payload), which the presence pipeline stores with its other dead letters; everything else is written.
+Halves keep the batch's order (intervals by restaurant and start, changes by occurrence), so each part
+is written as the whole batch would have been. Counter: ``PresencePostgres/dead_letters``. Dead letters'
+text is made storable before it is written (NUL escaped, an over-long source shortened with a digest).
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.io.dead_letter import DeadLetter
+from orderflow.io.postgres import connect, error_message, is_data_error
 from orderflow.transforms.presence_rules import (
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
@@ -170,22 +184,65 @@ def offline_ranking(conn, day_from: dt.date, day_to: dt.date, limit: int = 10) -
     return conn.execute(RANKING_SQL, {"day_from": day_from, "day_to": day_to, "limit": limit}).fetchall()
 
 
-class _PostgresBatchFn(beam.DoFn):
-    """Holds one connection per DoFn instance; each element is a batch (list) written in one transaction."""
+POSTGRES_REJECTED = "postgres_rejected"
+# Python-side refusals while turning a record into parameters (e.g. a timestamp past year 9999).
+_PARAMETER_ERRORS = (OverflowError, ValueError, OSError)
 
-    def __init__(self, dsn: str, write, counter: str):
+
+def write_bisecting(conn, write: Callable[[object, list], int], batch: list) -> tuple[int, list[tuple[object, str]]]:
+    """``write(conn, batch)`` in its own transaction; if the data is refused, each half alone, down to single
+    records. Returns (rows written, ``[(refused record, message)]``)."""
+    from psycopg.pq import TransactionStatus
+
+    try:
+        return write(conn, batch), []
+    except Exception as exc:
+        if not (is_data_error(exc) or isinstance(exc, _PARAMETER_ERRORS)):
+            raise
+        if conn.info.transaction_status != TransactionStatus.IDLE:  # a transaction block rolls itself back
+            conn.rollback()
+        if len(batch) == 1:
+            return 0, [(batch[0], error_message(exc))]
+    middle = len(batch) // 2
+    first, refused_first = write_bisecting(conn, write, batch[:middle])
+    second, refused_second = write_bisecting(conn, write, batch[middle:])
+    return first + second, refused_first + refused_second
+
+
+def _json_default(value):
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+class _PostgresBatchFn(beam.DoFn):
+    """Holds one connection per DoFn instance; each element is a batch (list) written in one transaction.
+    Yields a ``DeadLetter`` for each record Postgres refuses because of its data."""
+
+    def __init__(self, dsn: str, write, counter: str, order: Callable | None = None,
+                 source: Callable[[object], str] | None = None, stage: str = ""):
         self._dsn = dsn
         self._write = write
+        self._order = order
+        self._source = source
+        self._stage = stage
         self._rows = Metrics.counter("PresencePostgres", counter)
+        self._dead = Metrics.counter("PresencePostgres", "dead_letters")
 
     def setup(self):
-        import psycopg
-
-        self._conn = psycopg.connect(self._dsn)
+        self._conn = connect(self._dsn)
 
     def process(self, batch):
-        if batch:
-            self._rows.inc(self._write(self._conn, list(batch)))
+        if not batch:
+            return
+        batch = sorted(batch, key=self._order) if self._order else list(batch)
+        written, refused = write_bisecting(self._conn, self._write, batch)
+        self._rows.inc(written)
+        for record, message in refused:
+            self._dead.inc()
+            payload = json.dumps(record._asdict() if hasattr(record, "_asdict") else record, default=_json_default)
+            yield DeadLetter(POSTGRES_REJECTED, message, payload.encode("utf-8", "backslashreplace"),
+                             self._source(record) if self._source else "", self._stage)
 
     def teardown(self):
         conn = getattr(self, "_conn", None)
@@ -198,8 +255,31 @@ def _batched(pcoll, label: str, min_batch: int, max_batch: int):
     return pcoll | label >> beam.BatchElements(min_batch_size=min_batch, max_batch_size=max_batch)
 
 
+def _interval_order(interval: StatusInterval):
+    return interval.restaurant_id, interval.start_ms
+
+
+def _interval_source(interval: StatusInterval) -> str:
+    return f"interval:{interval.restaurant_id}@{interval.start_ms}"
+
+
+def _change_order(change: AvailabilityChange):
+    return change.occurred_at, change.event_id
+
+
+def _change_source(change: AvailabilityChange) -> str:
+    return f"event:{change.event_id}"
+
+
 class WriteStatusIntervals(beam.PTransform):
-    """``StatusInterval`` elements -> ``restaurant_status_intervals`` + ``restaurant_offline_daily``."""
+    """``StatusInterval`` elements -> ``restaurant_status_intervals`` + ``restaurant_offline_daily``.
+
+    Returns the ``DeadLetter``s of intervals Postgres refused because of their data.
+
+    Args:
+        dsn: the Postgres database.
+        max_batch_size: most intervals per statement.
+    """
 
     def __init__(self, dsn: str, max_batch_size: int = 5000):
         super().__init__()
@@ -207,11 +287,19 @@ class WriteStatusIntervals(beam.PTransform):
 
     def expand(self, intervals):
         return (_batched(intervals, "Batch", 100, self._max)
-                | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_intervals, "status_intervals")))
+                | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_intervals, "status_intervals",
+                                                         _interval_order, _interval_source,
+                                                         "presence_postgres/status_intervals")))
 
 
 class WriteUnavailabilityHistory(beam.PTransform):
-    """Lists of ``AvailabilityChange`` (one per Kafka batch) -> ``restaurant_unavailability``."""
+    """Lists of ``AvailabilityChange`` (one per Kafka batch) -> ``restaurant_unavailability``.
+
+    Returns the ``DeadLetter``s of changes Postgres refused because of their data.
+
+    Args:
+        dsn: the Postgres database.
+    """
 
     def __init__(self, dsn: str):
         super().__init__()
@@ -219,12 +307,29 @@ class WriteUnavailabilityHistory(beam.PTransform):
 
     def expand(self, change_batches):
         return change_batches | "Write" >> beam.ParDo(
-            _PostgresBatchFn(self._dsn, write_unavailability, "unavailability_changes"))
+            _PostgresBatchFn(self._dsn, write_unavailability, "unavailability_changes", _change_order,
+                             _change_source, "presence_postgres/unavailability"))
+
+
+_MAX_SOURCE_BYTES = 256  # (source, stage) is a unique index key: far under its 2,704-byte row limit
+
+
+def _storable(text: str) -> str:
+    """Text Postgres can hold: NUL (and lone surrogates) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
+def _storable_source(source: str) -> str:
+    source = _storable(source)
+    if len(source.encode()) <= _MAX_SOURCE_BYTES:
+        return source
+    digest = hashlib.sha256(source.encode()).hexdigest()[:32]
+    return f"{source.encode()[:180].decode('utf-8', 'ignore')}...sha256:{digest}"
 
 
 def write_dead_letters(conn, letters: list[DeadLetter]) -> int:
-    params = {"source": [d.source for d in letters], "stage": [d.stage for d in letters],
-              "reason": [d.reason for d in letters], "detail": [d.detail for d in letters],
+    params = {"source": [_storable_source(d.source) for d in letters], "stage": [_storable(d.stage) for d in letters],
+              "reason": [_storable(d.reason) for d in letters], "detail": [_storable(d.detail) for d in letters],
               "payload": [bytes(d.payload) for d in letters]}
     with conn.transaction():
         conn.execute(INSERT_DEAD_LETTERS_SQL, params)

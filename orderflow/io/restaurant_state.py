@@ -11,7 +11,11 @@ One Redis hash per restaurant, ``{prefix}{restaurant_id}``, written by the prese
 ``WriteKeepalivesToRedis`` and ``WriteAvailabilityToRedis`` are the pipeline's Beam sinks.
 
 Every write is a Lua script, so concurrent writers merge instead of overwriting each other, and a batch
-of writes is one round trip. ``RestaurantStateStore.statuses`` answers up to thousands of ids with one
+of writes is one round trip. A write Redis refuses because of the data (e.g. ``WRONGTYPE``: the key holds
+something else than a hash; a script error on a corrupt stored field) does not fail the others: the
+writes report it (``RedisWrites.refused``, with Redis' message; a refused keep-alive script call of many
+restaurants is bisected down to the one refused) and the Beam sinks return those records as
+``DeadLetter``s (reason ``redis_rejected``, counter ``RestaurantState/dead_letters``). ``RestaurantStateStore.statuses`` answers up to thousands of ids with one
 pipelined round trip (HGETALL per id) and evaluates the rules of ``presence_rules`` at ``now``.
 """
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 import apache_beam as beam
 import redis
@@ -39,6 +44,20 @@ from orderflow.transforms.presence_rules import (
 )
 
 DEFAULT_KEY_PREFIX = "restaurant:"
+REDIS_REJECTED = "redis_rejected"
+# Error replies about the server's state, not the data: the write may succeed later.
+_SERVER_STATE_ERRORS = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT")
+
+
+def _refused_for_its_data(result) -> bool:
+    return isinstance(result, redis.ResponseError) and not str(result).startswith(_SERVER_STATE_ERRORS)
+
+
+class RedisWrites(NamedTuple):
+    """How many writes were made, and the items Redis refused because of their data with its message."""
+
+    written: int
+    refused: list[tuple[object, str]]
 MAX_IDS_PER_CALL = 10_000
 
 # KEYS: restaurant hashes; ARGV[i]: sent_at ms for KEYS[i]. Keeps the maximum.
@@ -125,25 +144,47 @@ class RestaurantStateStore:
             self._scripts = None
 
     # -- writes (the presence pipeline) ------------------------------------------------------------
-    def record_keepalives(self, latest: Mapping[str, int], chunk: int = 5_000) -> int:
+    def record_keepalives(self, latest: Mapping[str, int], chunk: int = 5_000) -> RedisWrites:
         """Moves each restaurant's ``last_keepalive_ms`` forward to ``latest[id]`` (ms); one script call per
-        ``chunk`` restaurants, all in one pipelined round trip. Returns how many restaurants were given."""
-        client = self.client
+        ``chunk`` restaurants, all in one pipelined round trip. ``refused``: ``((id, ms), message)``."""
+        self.client  # noqa: B018 - registers the scripts
         items = list(latest.items())
         if not items:
-            return 0
-        with client.pipeline(transaction=False) as pipe:
-            for i in range(0, len(items), chunk):
-                part = items[i:i + chunk]
-                self._scripts["keepalives"](keys=[self.key(r) for r, _ in part], args=[int(ms) for _, ms in part],
-                                            client=pipe)
-            pipe.execute()
-        return len(items)
+            return RedisWrites(0, [])
+        parts = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+        with self._client.pipeline(transaction=False) as pipe:
+            for part in parts:
+                self._keepalives(part, pipe)
+            results = pipe.execute(raise_on_error=False)
+        refused = []
+        for part, result in zip(parts, results, strict=True):
+            if isinstance(result, Exception):
+                self._bisect_keepalives(part, result, refused)
+        return RedisWrites(len(items) - len(refused), refused)
 
-    def apply_changes(self, changes: Iterable[AvailabilityChange]) -> int:
-        """Applies availability changes (status and schedules) in one pipelined round trip."""
+    def _keepalives(self, part: list[tuple[str, int]], client):
+        return self._scripts["keepalives"](keys=[self.key(r) for r, _ in part], args=[int(ms) for _, ms in part],
+                                          client=client)
+
+    def _bisect_keepalives(self, part: list[tuple[str, int]], error: Exception, refused: list) -> None:
+        """A refused script call stops at the key Redis refused: rerun each half alone (the maximum is
+        idempotent) down to the refused keys."""
+        if not _refused_for_its_data(error):
+            raise error
+        if len(part) == 1:
+            refused.append((part[0], str(error)))
+            return
+        for half in (part[:len(part) // 2], part[len(part) // 2:]):
+            try:
+                self._keepalives(half, self._client)
+            except redis.ResponseError as exc:
+                self._bisect_keepalives(half, exc, refused)
+
+    def apply_changes(self, changes: Iterable[AvailabilityChange]) -> RedisWrites:
+        """Applies availability changes (status and schedules) in one pipelined round trip.
+        ``refused``: ``(change, message)``."""
         client = self.client
-        count = 0
+        applied = []
         with client.pipeline(transaction=False) as pipe:
             for c in changes:
                 key = self.key(c.restaurant_id)
@@ -160,10 +201,15 @@ class RestaurantStateStore:
                                               client=pipe)
                 else:
                     continue
-                count += 1
-            if count:
-                pipe.execute()
-        return count
+                applied.append(c)
+            results = pipe.execute(raise_on_error=False) if applied else []
+        refused = []
+        for change, result in zip(applied, results, strict=True):
+            if isinstance(result, Exception):
+                if not _refused_for_its_data(result):
+                    raise result
+                refused.append((change, str(result)))
+        return RedisWrites(len(applied) - len(refused), refused)
 
     # -- reads (the HTTP API) --------------------------------------------------------------------------
     def raw(self, ids: list[str]) -> list[dict[bytes, bytes]]:
@@ -227,9 +273,20 @@ class _RedisWriteFn(beam.DoFn):
         self._redis_url = redis_url
         self._key_prefix = key_prefix
         self._writes = Metrics.counter("RestaurantState", "redis_writes")
+        self._dead = Metrics.counter("RestaurantState", "dead_letters")
 
     def setup(self):
         self._store = RestaurantStateStore(self._redis_url, key_prefix=self._key_prefix)
+
+    def _dead_letters(self, writes: RedisWrites, stage: str, describe):
+        from orderflow.io.dead_letter import DeadLetter
+
+        self._writes.inc(writes.written)
+        for item, message in writes.refused:
+            self._dead.inc()
+            source, record = describe(item)
+            yield DeadLetter(REDIS_REJECTED, message, json.dumps(record).encode("utf-8", "backslashreplace"),
+                             source, stage)
 
     def teardown(self):
         store = getattr(self, "_store", None)
@@ -237,9 +294,19 @@ class _RedisWriteFn(beam.DoFn):
             store.close()
 
 
+def _describe_keepalive(item):
+    (restaurant_id, ms) = item
+    return f"keepalive:{restaurant_id}@{ms}", {"restaurant_id": restaurant_id, "last_keepalive_ms": ms}
+
+
+def _describe_change(change: AvailabilityChange):
+    return f"event:{change.event_id}", change._asdict()
+
+
 class _RecordKeepalivesFn(_RedisWriteFn):
     """Keeps the latest ping per restaurant over the bundle and writes them when the bundle ends (or the
-    buffer is full): one write per restaurant per bundle, however many of its pings the bundle holds."""
+    buffer is full): one write per restaurant per bundle, however many of its pings the bundle holds.
+    Yields a DeadLetter for each restaurant whose write Redis refused."""
 
     MAX_BUFFERED = 100_000
 
@@ -254,22 +321,35 @@ class _RecordKeepalivesFn(_RedisWriteFn):
             if latest.get(record["restaurant_id"], -1) < ms:
                 latest[record["restaurant_id"]] = ms
         if len(latest) >= self.MAX_BUFFERED:
-            self.finish_bundle()
+            yield from self._flush()
+
+    def _flush(self):
+        if self._latest:
+            writes = self._store.record_keepalives(self._latest)
+            self._latest = {}
+            yield from self._dead_letters(writes, "restaurant_state/keepalives", _describe_keepalive)
 
     def finish_bundle(self):
-        if self._latest:
-            self._writes.inc(self._store.record_keepalives(self._latest))
-            self._latest = {}
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.windowed_value import WindowedValue
+
+        # Keep-alives reach this sink in the global window (sessions are formed downstream); a refused
+        # restaurant's dead letter carries the time of its latest ping.
+        for letter in self._flush():
+            sent_ms = json.loads(letter.payload)["last_keepalive_ms"]
+            yield WindowedValue(letter, sent_ms / 1000, [GlobalWindow()])
 
 
 class _ApplyChangesFn(_RedisWriteFn):
     def process(self, batch):
-        self._writes.inc(self._store.apply_changes(batch if isinstance(batch, list) else [batch]))
+        writes = self._store.apply_changes(batch if isinstance(batch, list) else [batch])
+        yield from self._dead_letters(writes, "restaurant_state/availability", _describe_change)
 
 
 class WriteKeepalivesToRedis(beam.PTransform):
     """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` of each restaurant, one round
-    trip per bundle (the hot state is written when the bundle commits)."""
+    trip per bundle (the hot state is written when the bundle commits). Returns the ``DeadLetter``s of
+    restaurants whose write Redis refused."""
 
     def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
         super().__init__()
@@ -280,7 +360,8 @@ class WriteKeepalivesToRedis(beam.PTransform):
 
 
 class WriteAvailabilityToRedis(beam.PTransform):
-    """``AvailabilityChange`` lists (or single changes) -> status and schedules, one round trip per batch."""
+    """``AvailabilityChange`` lists (or single changes) -> status and schedules, one round trip per batch.
+    Returns the ``DeadLetter``s of changes Redis refused."""
 
     def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
         super().__init__()

@@ -92,9 +92,9 @@ class _RecordAlarms(beam.DoFn):
         self.queued = Metrics.counter("orders", "sms_queued")
 
     def setup(self):
-        import psycopg
+        from orderflow.io.postgres import connect
 
-        self._conn = psycopg.connect(self.dsn)
+        self._conn = connect(self.dsn)
 
     def start_bundle(self):
         self._alarms = []
@@ -128,11 +128,10 @@ class _RelayOutbox(beam.DoFn):
         self.sent = Metrics.counter("orders", "sms_sent")
 
     def setup(self):
-        import psycopg
-
         from orderflow.bootstrap import aws_client
+        from orderflow.io.postgres import connect
 
-        self._conn = psycopg.connect(self.settings.postgres_dsn)
+        self._conn = connect(self.settings.postgres_dsn)
         self._sns = aws_client(self.settings, "sns")
 
     def process(self, _tick):

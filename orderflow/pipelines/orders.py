@@ -5,7 +5,8 @@
       -> PriceOrders(reference data)     PricedOrders     | dead letters   (side input: memcached+DynamoDB)
       -> WriteToKafka(ordem-ativo-precificado)           every priced record, Avro PricedOrder, key order_id
       -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement, the
-                                         absolute volumes put to DynamoDB under the rows' locks
+                                         absolute volumes put to DynamoDB under the rows' locks | dead
+                                         letters of orders a sink refused because of their data
            -> WindowedAlarms (owned orders) -> RecordAlarms (alarm + SMS outbox) -> RelaySmsOutbox (SNS)
     dead letters -> WriteToKafka(ordem-ativo-dlq) with the reason in headers
 
@@ -15,6 +16,7 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 """
 from __future__ import annotations
 
+import datetime
 import time
 
 import apache_beam as beam
@@ -30,7 +32,7 @@ from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
 from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
-from orderflow.transforms.normalize_orders import NormalizeOrders
+from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
 from orderflow.transforms.price_orders import PriceOrders
 from orderflow.transforms.reference_data import ReferenceDataSideInput
 
@@ -64,8 +66,25 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--alarm_allowed_lateness_seconds", type=int, default=3600)
         parser.add_argument("--outbox_relay_seconds", type=float, default=30.0,
                             help="streaming: also drain the SMS outbox this often")
+        parser.add_argument("--order_max_event_age_days", type=float, default=3660.0,
+                            help="orders whose event time is older than this are dead letters "
+                                 "(event_time_out_of_range)")
+        parser.add_argument("--order_max_event_lead_hours", type=float, default=24.0,
+                            help="orders whose event time is further ahead of now are dead letters")
+        parser.add_argument("--order_max_key_bytes", type=int, default=MAX_KEY_BYTES,
+                            help="most UTF-8 bytes of a client token or order id; keep it well under the "
+                                 "sinks' key limits (DynamoDB 2,048 B, Postgres index row 2,704 B)")
+        parser.add_argument("--order_max_quantity", type=int, default=MAX_QUANTITY, help="largest quantity")
         parser.add_argument("--orders_postgres_dsn", default=None, help="default: settings")
         parser.add_argument("--orders_kafka_bootstrap", default=None, help="default: settings")
+
+
+def order_limits(options: PipelineOptions) -> OrderLimits:
+    """The edge validation's limits from the options."""
+    opts = options.view_as(OrdersOptions)
+    return OrderLimits(max_key_bytes=opts.order_max_key_bytes, max_quantity=opts.order_max_quantity,
+                       max_event_age=datetime.timedelta(days=opts.order_max_event_age_days),
+                       max_event_lead=datetime.timedelta(hours=opts.order_max_event_lead_hours))
 
 
 def orders_settings(options: PipelineOptions) -> Settings:
@@ -104,7 +123,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     records = pipeline | "ReadOrders" >> ReadFromKafka(
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
         start=start, batch_size=opts.orders_batch_size)
-    normalized = records | "Normalize" >> NormalizeOrders()
+    normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
 
     reference = pipeline | "ReferenceData" >> ReferenceDataSideInput(
         settings, days=[d for d in opts.trade_days.split(",") if d.strip()] or None,
@@ -117,8 +136,9 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders))
 
     per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
-    owned = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
+    written = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
         settings.postgres_dsn, DailyVolumeTable(settings), per_transaction)
+    owned = written.owned
 
     ticks = (owned
              | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
@@ -131,7 +151,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
             start_timestamp=time.time(), fire_interval=opts.outbox_relay_seconds))
     _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
 
-    _ = ((normalized.dead_letter, priced.dead_letter)
+    _ = ((normalized.dead_letter, priced.dead_letter, written.dead_letter)
          | "DeadLetters" >> beam.Flatten()
          | "ToKafka" >> beam.Map(lambda letter: letter.to_kafka())
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter))

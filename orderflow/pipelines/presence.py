@@ -10,7 +10,7 @@
            -> WriteUnavailabilityHistory                  restaurant_unavailability
     (sessions, changes) -> RestaurantStatusIntervals      online / offline_scheduled / offline_unexplained
       -> WriteStatusIntervals                             restaurant_status_intervals + restaurant_offline_daily
-    dead letters -> WritePresenceDeadLetters              presence_dead_letters
+    dead letters (input, and records a sink refused) -> WritePresenceDeadLetters   presence_dead_letters
 
 ``--bounded`` reads both topics to their end and evaluates up to ``--as_of`` (default: the time the run
 starts): a session still open then stays online up to the cut-off. Streaming (Flink/Prism) evaluates as
@@ -117,21 +117,24 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
     keepalives = read("ReadKeepalives", settings.topics.keepalive) | "DecodeKeepalives" >> DecodeAvro(
         "restaurant_keepalive")
-    _ = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(settings.redis_url, opts.presence_redis_prefix)
+    keepalives_refused = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(
+        settings.redis_url, opts.presence_redis_prefix)
     sessions = keepalives.decoded | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
 
     changes = read("ReadAvailability", settings.topics.availability) | "DecodeAvailability" >> (
         DecodeAvailabilityChanges())
-    _ = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(settings.redis_url, opts.presence_redis_prefix)
-    _ = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(settings.postgres_dsn)
+    availability_refused = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(
+        settings.redis_url, opts.presence_redis_prefix)
+    history_refused = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(settings.postgres_dsn)
     single_changes = changes.changes | "OneByOne" >> beam.FlatMap(_one_by_one)
 
     intervals = (sessions, single_changes) | "Status" >> RestaurantStatusIntervals(
         hours, gap_ms, as_of_ms=as_of, finalize_at_session_end=at_session_end,
         track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards)
-    _ = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
+    intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
 
-    _ = ((keepalives.dead_letter, changes.dead_letter)
+    _ = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused, history_refused,
+          intervals_refused)
          | "DeadLetters" >> beam.Flatten()
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
 

@@ -16,9 +16,31 @@ fixed and replayed as it was sent.
 An order without an id gets a deterministic one from where it came from (``source``, the Kafka
 coordinates ``topic/partition/offset``, plus its index in the payload): a redelivered record is
 recognised as the same order. Without a source the id is a digest of the payload and the index.
+
+Every order is checked here against what every sink can hold (``OrderLimits``), so that a record no
+sink would take never gets past the edge (the HTTP API shares this parser and answers 422 with the same
+reason). The limits and their dead-letter reasons:
+
+- ``client_token`` and ``order_id``: text of 1..``max_key_bytes`` (256) UTF-8 bytes without control
+  characters (U+0000-U+001F, U+007F-U+009F; NUL is what Postgres text cannot hold). 256 bytes stays far
+  under every sink's key limit: DynamoDB's 2,048-byte partition key, Postgres' 2,704-byte B-tree index
+  row, Kafka's record key. Reasons ``invalid_token`` / ``token_too_long``, ``invalid_order_id`` /
+  ``order_id_too_long``.
+- ``quantity``: a whole number in 1..``max_quantity`` (10^12): a JSON/Avro integer (or integral float) or
+  a string of ASCII digits only (``"5_000"``, ``"+5"`` and non-ASCII digits such as Arabic-Indic ones are
+  refused, although Python's ``int()`` takes them). 10^12 keeps ``price * quantity`` (price: Avro
+  decimal(18, 6)) and a client's daily sum within DynamoDB's 38 significant digits. Reasons
+  ``invalid_quantity`` (not a positive whole number) and ``quantity_out_of_range`` (too large).
+- ``event_time``: inside ``[now - max_event_age, now + max_event_lead]`` (default 3,660 days back, one
+  day ahead; ``--order_max_event_age_days`` / ``--order_max_event_lead_hours``), which also keeps it
+  far from the year 1 and year 9999 ends where time-zone arithmetic overflows. Reasons
+  ``invalid_event_time`` (not a time) and ``event_time_out_of_range``.
+
+Each reason is counted by the Beam counter ``orders/dead_letter_<reason>``.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
 import re
@@ -45,13 +67,45 @@ _TOKEN_FIELDS = ("token", "client_token")
 _ID_FIELDS = ("order_id", "id")
 _TIME_FIELDS = ("event_time", "timestamp")
 _UTC = datetime.timezone.utc
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+MAX_KEY_BYTES = 256
+MAX_QUANTITY = 10**12
+MAX_EVENT_AGE = datetime.timedelta(days=3660)
+MAX_EVENT_LEAD = datetime.timedelta(days=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderLimits:
+    """What an order may hold so that every sink takes it (see the module docstring for the reasons).
+
+    Args:
+        max_key_bytes: most UTF-8 bytes of ``client_token`` and of a given ``order_id``.
+        max_quantity: largest quantity.
+        max_event_age: how far before now an event time may be.
+        max_event_lead: how far after now an event time may be (clock skew).
+    """
+
+    max_key_bytes: int = MAX_KEY_BYTES
+    max_quantity: int = MAX_QUANTITY
+    max_event_age: datetime.timedelta = MAX_EVENT_AGE
+    max_event_lead: datetime.timedelta = MAX_EVENT_LEAD
+
+    def event_time_range(self, now: datetime.datetime | None = None) -> tuple[datetime.datetime, datetime.datetime]:
+        """The accepted ``[earliest, latest]`` event times around ``now`` (default: the current time)."""
+        now = now or datetime.datetime.now(_UTC)
+        return now - self.max_event_age, now + self.max_event_lead
+
+
+DEFAULT_LIMITS = OrderLimits()
 
 
 class InvalidOrder(ValueError):
     """A payload that is not a valid order: ``reason`` is machine-readable, ``detail`` is for people.
 
-    Reasons: ``unparseable``, ``missing_asset``, ``invalid_asset``, ``invalid_quantity``, ``missing_token``,
-    ``invalid_order_id``, ``invalid_event_time``.
+    Reasons: ``unparseable``, ``missing_asset``, ``invalid_asset``, ``invalid_quantity``,
+    ``quantity_out_of_range``, ``missing_token``, ``invalid_token``, ``token_too_long``, ``invalid_order_id``,
+    ``order_id_too_long``, ``invalid_event_time``, ``event_time_out_of_range``.
     """
 
     def __init__(self, reason: str, detail: str):
@@ -83,14 +137,19 @@ def _first(record: dict, names: tuple[str, ...]) -> Any:
     return None
 
 
-def _quantity(value: Any, where: str) -> int:
+def _quantity(value: Any, limits: OrderLimits, where: str) -> int:
     if isinstance(value, bool):
         raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is not an integer")
     if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is not an integer") from None
+        digits = value.strip()
+        # ASCII digits only: int() would also take "5_000", "+5" and any Unicode digit (e.g. Arabic-Indic).
+        if not (digits.isascii() and digits.isdigit()):
+            raise InvalidOrder("invalid_quantity", f"{where}: quantity {value[:40]!r} is not a whole number "
+                                                   "of ASCII digits")
+        if len(digits) > 24 and len(digits.lstrip("0")) > 24:  # no huge conversions (and int()'s 4,300 cap)
+            raise InvalidOrder("quantity_out_of_range",
+                               f"{where}: quantity of {len(digits)} digits exceeds {limits.max_quantity}")
+        value = int(digits)
     elif isinstance(value, float):
         if not value.is_integer():
             raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is not an integer")
@@ -99,16 +158,16 @@ def _quantity(value: Any, where: str) -> int:
         raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is missing or not an integer")
     if value <= 0:
         raise InvalidOrder("invalid_quantity", f"{where}: quantity must be > 0, got {value}")
-    if value >= 2**63:
-        raise InvalidOrder("invalid_quantity", f"{where}: quantity {value} does not fit a long")
+    if value > limits.max_quantity:
+        raise InvalidOrder("quantity_out_of_range", f"{where}: quantity {value} exceeds {limits.max_quantity}")
     return value
 
 
-def _event_time(value: Any, default_ms: int | None, where: str) -> datetime.datetime:
+def _parse_event_time(value: Any, default_ms: int | None, now: datetime.datetime, where: str) -> datetime.datetime:
     if value is None:
         if default_ms is None:
-            return datetime.datetime.now(_UTC)
-        return datetime.datetime.fromtimestamp(default_ms / 1000, _UTC)
+            return now
+        value = default_ms  # the Kafka record timestamp, checked like any other time
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo else value.replace(tzinfo=_UTC)
     try:
@@ -119,10 +178,47 @@ def _event_time(value: Any, default_ms: int | None, where: str) -> datetime.date
             return parsed if parsed.tzinfo else parsed.replace(tzinfo=_UTC)
     except (ValueError, OverflowError, OSError):
         pass
-    raise InvalidOrder("invalid_event_time", f"{where}: event time {value!r} is neither epoch millis nor ISO-8601")
+    raise InvalidOrder("invalid_event_time",
+                       f"{where}: event time {str(value)[:60]!r} is neither epoch millis nor ISO-8601")
 
 
-def _order_id(value: Any, source: str, payload: bytes, index: int, where: str) -> str:
+def _event_time(value: Any, default_ms: int | None, now: datetime.datetime,
+                window: tuple[datetime.datetime, datetime.datetime], where: str) -> datetime.datetime:
+    moment = _parse_event_time(value, default_ms, now, where)
+    earliest, latest = window
+    try:
+        inside = earliest <= moment <= latest
+    except (OverflowError, ValueError):  # an offset that moves the time past year 1 or 9999
+        inside = False
+    if not inside:
+        raise InvalidOrder("event_time_out_of_range",
+                           f"{where}: event time {moment.isoformat()} is outside {earliest.isoformat()} .. "
+                           f"{latest.isoformat()}")
+    return moment
+
+
+def _key_text(value: str, limits: OrderLimits, field: str, where: str) -> str:
+    """``value`` if it is 1..max_key_bytes UTF-8 bytes without control characters, else InvalidOrder."""
+    if value.isascii():  # the usual case: bytes = characters, and the ASCII controls are the non-printables
+        size = len(value)
+        clean = value.isprintable()
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate: not text any sink can store
+            raise InvalidOrder(f"invalid_{field}", f"{where}: {field} is not valid Unicode text") from None
+        clean = _CONTROL_CHARACTERS.search(value) is None
+    if size > limits.max_key_bytes:
+        raise InvalidOrder(f"{field}_too_long",
+                           f"{where}: {field} of {size} bytes exceeds {limits.max_key_bytes} bytes")
+    if not clean:
+        control = _CONTROL_CHARACTERS.search(value)
+        raise InvalidOrder(f"invalid_{field}", f"{where}: {field} holds the control character "
+                                               f"U+{ord(control.group()):04X} at position {control.start()}")
+    return value
+
+
+def _order_id(value: Any, source: str, payload: bytes, index: int, limits: OrderLimits, where: str) -> str:
     if value is None or value == "":
         if source:
             return f"{source}#{index}"
@@ -130,26 +226,32 @@ def _order_id(value: Any, source: str, payload: bytes, index: int, where: str) -
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidOrder("invalid_order_id", f"{where}: order id {value!r} is not a string")
     value = str(value).strip()
-    if not value or len(value) > 200:
-        raise InvalidOrder("invalid_order_id", f"{where}: order id must have 1..200 characters")
-    return value
+    if not value:
+        raise InvalidOrder("invalid_order_id", f"{where}: order id is blank")
+    if value.isascii() and value.isprintable() and len(value) <= limits.max_key_bytes:
+        return value  # the usual case, without a call
+    return _key_text(value, limits, "order_id", where)
 
 
 def _canonical(asset: Any, quantity: Any, token: Any, order_id: Any, event_time: Any, source_format: str,
-               *, source: str, payload: bytes, index: int, timestamp_ms: int | None) -> dict:
+               *, source: str, payload: bytes, index: int, timestamp_ms: int | None, limits: OrderLimits,
+               now: datetime.datetime, window: tuple[datetime.datetime, datetime.datetime]) -> dict:
     where = f"order {index}"
     if asset is None or (isinstance(asset, str) and not asset.strip()):
         raise InvalidOrder("missing_asset", f"{where}: no asset (ativo)")
     if not isinstance(asset, str) or not _TICKER.match(asset.strip().upper()):
-        raise InvalidOrder("invalid_asset", f"{where}: asset {asset!r} is not a ticker")
+        raise InvalidOrder("invalid_asset", f"{where}: asset {str(asset)[:40]!r} is not a ticker")
     if token is None or not isinstance(token, str) or not token.strip():
         raise InvalidOrder("missing_token", f"{where}: no client token")
+    token = token.strip()
+    if not (token.isascii() and token.isprintable() and len(token) <= limits.max_key_bytes):
+        token = _key_text(token, limits, "token", where)  # refuses, or passes non-ASCII text
     return {
-        "order_id": _order_id(order_id, source, payload, index, where),
-        "client_token": token.strip(),
+        "order_id": _order_id(order_id, source, payload, index, limits, where),
+        "client_token": token,
         "asset": asset.strip().upper(),
-        "quantity": _quantity(quantity, where),
-        "event_time": _event_time(event_time, timestamp_ms, where),
+        "quantity": _quantity(quantity, limits, where),
+        "event_time": _event_time(event_time, timestamp_ms, now, window, where),
         "source_format": source_format,
     }
 
@@ -161,12 +263,11 @@ def _from_mapping(record: Any, source_format: str, **context) -> dict:
                       _first(record, _ID_FIELDS), _first(record, _TIME_FIELDS), source_format, **context)
 
 
-def _parse_json(payload: bytes, source: str, timestamp_ms: int | None) -> list[dict]:
+def _parse_json(payload: bytes, context: dict) -> list[dict]:
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise InvalidOrder("unparseable", f"invalid JSON: {exc}") from None
-    context = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms}
     if isinstance(document, dict) and "records" in document:
         records = document["records"]
         if not isinstance(records, list) or not records:
@@ -188,7 +289,7 @@ def _parse_json(payload: bytes, source: str, timestamp_ms: int | None) -> list[d
     return [_from_mapping(document, "JSON", index=0, **context)]
 
 
-def _parse_csv(payload: bytes, source: str, timestamp_ms: int | None) -> list[dict]:
+def _parse_csv(payload: bytes, context: dict) -> list[dict]:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -204,29 +305,39 @@ def _parse_csv(payload: bytes, source: str, timestamp_ms: int | None) -> list[di
         if len(fields) not in (3, 4):
             raise InvalidOrder("unparseable", f"order {index}: CSV line needs ativo,quantidade,token[,order_id]: {line[:80]!r}")
         orders.append(_canonical(fields[0], fields[1], fields[2], fields[3] if len(fields) == 4 else None, None,
-                                 "CSV", source=source, payload=payload, index=index, timestamp_ms=timestamp_ms))
+                                 "CSV", index=index, **context))
     return orders
 
 
-def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None = None) -> list[dict]:
+def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None = None,
+                 limits: OrderLimits = DEFAULT_LIMITS, now: datetime.datetime | None = None) -> list[dict]:
     """Parses one payload in any accepted model into canonical Order dicts, or raises InvalidOrder.
 
     ``source`` (e.g. Kafka coordinates) makes ids of orders without one deterministic; ``timestamp_ms``
-    is the event time of orders without one (the Kafka record timestamp; now when absent).
+    is the event time of orders without one (the Kafka record timestamp; now when absent). Every order is
+    checked against ``limits``, event times around ``now`` (default: the current time).
     """
     if not payload:
         raise InvalidOrder("unparseable", "empty payload")
     if isinstance(payload, str):
         payload = payload.encode()
+    now = now or datetime.datetime.now(_UTC)
+    context = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits, "now": now,
+               "window": limits.event_time_range(now)}
     if payload.startswith(_AVRO_MAGIC):
         record = _decode_order_avro(payload)
         return [_canonical(record["asset"], record["quantity"], record["client_token"], record["order_id"],
-                           record["event_time"], "AVRO", source=source, payload=payload, index=0,
-                           timestamp_ms=timestamp_ms)]
+                           record["event_time"], "AVRO", index=0, **context)]
     head = payload.lstrip()[:1]
     if head in (b"{", b"["):
-        return _parse_json(payload, source, timestamp_ms)
-    return _parse_csv(payload, source, timestamp_ms)
+        return _parse_json(payload, context)
+    return _parse_csv(payload, context)
+
+
+def order_dead_letter(order: dict, reason: str, detail: str, stage: str) -> DeadLetter:
+    """A dead letter for an order past the parser: its payload is the order as canonical Avro (valid input
+    for ``ordem-ativo`` once the data is fixed), its source the Kafka coordinates that delivered it."""
+    return DeadLetter(reason, detail, encode_order_avro(order), order.get("source", "").rpartition("#")[0], stage)
 
 
 class _NormalizeBatch(beam.DoFn):
@@ -236,7 +347,8 @@ class _NormalizeBatch(beam.DoFn):
     delivered it, which the Postgres sink uses to recognise a replay of the same record.
     """
 
-    def __init__(self):
+    def __init__(self, limits: OrderLimits):
+        self.limits = limits
         self.records_in = Metrics.counter("orders", "records_in")
         self.orders_out = Metrics.counter("orders", "orders_normalized")
         self.dead_letters = Metrics.counter("orders", "dead_letters_normalize")
@@ -251,13 +363,15 @@ class _NormalizeBatch(beam.DoFn):
     def process(self, batch):
         records = batch if isinstance(batch, list) else [batch]
         orders = OrderBatch()
+        now = datetime.datetime.now(_UTC)  # one "now" per batch for the event-time range
         for record in records:
             if isinstance(record, KafkaRecord):
                 payload, source, timestamp_ms = record.value, record.coordinates, record.timestamp_ms
             else:
                 payload, source, timestamp_ms = record, "", None
             try:
-                parsed = parse_orders(payload or b"", source=source, timestamp_ms=timestamp_ms)
+                parsed = parse_orders(payload or b"", source=source, timestamp_ms=timestamp_ms, limits=self.limits,
+                                      now=now)
             except InvalidOrder as invalid:
                 self._dead(invalid.reason).inc()
                 self.dead_letters.inc()
@@ -278,8 +392,15 @@ class NormalizeOrders(beam.PTransform):
     """KafkaRecord, bytes, or lists of them (batches) -> ``OrderBatch`` (list of Order dicts) per element.
 
     Returns a DoOutputsTuple: the main output (batches of orders) and ``"dead_letter"`` (DeadLetter).
+
+    Args:
+        limits: what an order may hold (``OrderLimits``; default: the documented limits).
     """
 
+    def __init__(self, limits: OrderLimits = DEFAULT_LIMITS):
+        super().__init__()
+        self.limits = limits
+
     def expand(self, records):
-        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatch()).with_output_types(OrderBatch).with_outputs(
-            DEAD_LETTER_TAG, main="orders")
+        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatch(self.limits)).with_output_types(
+            OrderBatch).with_outputs(DEAD_LETTER_TAG, main="orders")

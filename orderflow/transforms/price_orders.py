@@ -11,8 +11,7 @@ from decimal import Decimal
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from orderflow.io.dead_letter import DeadLetter
-from orderflow.transforms.normalize_orders import encode_order_avro
+from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
 
 DEAD_LETTER_TAG = "dead_letter"
@@ -36,9 +35,7 @@ class _PriceBatch(beam.DoFn):
             counter = self._reason_counters[reason] = Metrics.counter("orders", f"dead_letter_{reason}")
         counter.inc()
         self.dead_letters.inc()
-        # The payload is the order as canonical Avro: valid input for ordem-ativo once the data is fixed.
-        return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
-            reason, detail, encode_order_avro(order), order.get("source", "").rpartition("#")[0], STAGE))
+        return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, order_dead_letter(order, reason, detail, STAGE))
 
     def process(self, orders, reference):
         priced = OrderBatch()

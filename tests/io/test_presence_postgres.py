@@ -88,3 +88,41 @@ def test_dead_letters_are_kept_once_per_source(conn):
     write_dead_letters(conn, letters)
     rows = conn.execute("SELECT source, payload FROM presence_dead_letters ORDER BY id").fetchall()
     assert [r[0] for r in rows] == ["t/0/1", "", ""]  # coordinates dedupe; without them nothing can
+
+
+def test_refused_intervals_are_bisected_out_and_the_rest_written(conn, pg_dsn):
+    """NUL in a restaurant id (22P05), an over-long one (54000), a time past year 9999: refused alone."""
+    import random
+    import string
+
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from orderflow.io.presence_postgres import WriteStatusIntervals
+
+    huge_id = "".join(random.Random(1).choices(string.ascii_letters, k=3000))
+    good = [iv(f"r{i}", 0, 10) for i in range(30)]
+    bad = [iv("nu\x00l", 0, 10), iv(huge_id, 0, 10),
+           StatusInterval("late", T0, 400_000_000_000_000, "offline_unexplained", "no_keepalive", DAY)]
+    with TestPipeline() as p:
+        refused = p | beam.Create(good[:10] + bad[:1] + good[10:] + bad[1:]) | WriteStatusIntervals(pg_dsn)
+        assert_that(refused | beam.Map(lambda d: (d.reason, d.stage, d.source[:20], d.detail.split(" ")[:2])),
+                    equal_to([
+            ("postgres_rejected", "presence_postgres/status_intervals", "interval:nu\x00l@177314", ["client", "DataError:"]),
+            ("postgres_rejected", "presence_postgres/status_intervals", f"interval:{huge_id[:11]}",
+             ["54000", "ProgramLimitExceeded:"]),
+            ("postgres_rejected", "presence_postgres/status_intervals", "interval:late@177314", ["ValueError:", "year"]),
+        ]))
+    assert conn.execute("SELECT count(*) FROM restaurant_status_intervals").fetchone() == (30,)
+    assert len(daily(conn)) == 30
+
+
+def test_refused_dead_letters_text_is_made_storable(conn):
+    letters = [DeadLetter("postgres_rejected", "detail with \x00 NUL", b"\x00", "interval:nu\x00l@1", "s"),
+               DeadLetter("postgres_rejected", "long", b"x", "interval:" + "y" * 5000 + "@1", "s")]
+    write_dead_letters(conn, letters)
+    write_dead_letters(conn, letters)  # the shortened source still dedupes
+    rows = conn.execute("SELECT source, detail FROM presence_dead_letters ORDER BY id").fetchall()
+    assert rows[0] == ("interval:nu\\x00l@1", "detail with \\x00 NUL")
+    assert len(rows) == 2 and len(rows[1][0]) < 300 and "sha256:" in rows[1][0]

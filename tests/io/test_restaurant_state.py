@@ -94,3 +94,40 @@ def test_a_thousand_statuses_in_one_round_trip(stack_settings):
     assert CountingConnection.sends - before == 1
     assert len(got) == 1000
     assert sum(v["status"] == "online" for v in got.values()) == 500
+
+
+def test_writes_redis_refuses_become_dead_letters_and_the_others_are_written(stack_settings):
+    """A key that holds a string (WRONGTYPE) and a schedule field with corrupt JSON (script error): refused
+    alone, with Redis' message; every other restaurant's state is written."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+
+    prefix = f"t-{uuid.uuid4().hex[:8]}:restaurant:"
+    client = redis.Redis.from_url(stack_settings.redis_url)
+    client.set(f"{prefix}not-a-hash", "x")
+    client.hset(f"{prefix}corrupt", "schedule:s1", "{not json")
+    pings = [{"restaurant_id": f"k{i}", "sent_at": ms(at(12)) + i} for i in range(40)]
+    pings.insert(23, {"restaurant_id": "not-a-hash", "sent_at": ms(at(12))})
+    changes = [change(f"k{i}", "SET_STATUS", at(12), status="UNAVAILABLE") for i in range(5)]
+    changes.insert(2, change("not-a-hash", "SET_STATUS", at(12), status="UNAVAILABLE"))
+    changes.append(change("corrupt", "SCHEDULE_CANCELLED", at(12), schedule_id="s1"))
+    with TestPipeline() as p:
+        refused_pings = p | "Pings" >> beam.Create([pings]) | WriteKeepalivesToRedis(stack_settings.redis_url, prefix)
+        refused_changes = (p | "Changes" >> beam.Create([changes])
+                           | WriteAvailabilityToRedis(stack_settings.redis_url, prefix))
+        assert_that(refused_pings | beam.Map(lambda d: (d.reason, d.stage, d.source.split("@")[0], d.detail[:9])),
+                    equal_to([("redis_rejected", "restaurant_state/keepalives", "keepalive:not-a-hash", "WRONGTYPE")]),
+                    label="pings")
+        assert_that(refused_changes | beam.Map(lambda d: (d.stage, d.detail[:9] == "WRONGTYPE")),
+                    equal_to([("restaurant_state/availability", True), ("restaurant_state/availability", False)]),
+                    label="changes")
+    store = RestaurantStateStore(stack_settings.redis_url, key_prefix=prefix)
+    try:
+        got = store.statuses([f"k{i}" for i in range(40)], now=at(12, 1))
+    finally:
+        store.close()
+    assert all(got[f"k{i}"]["last_keepalive"] is not None for i in range(40))
+    assert [got[f"k{i}"]["availability"]["set_status"] for i in range(5)] == ["UNAVAILABLE"] * 5

@@ -97,3 +97,94 @@ def test_normalize_orders_batches_and_dead_letters():
                     equal_to([[("in/0/0#0", "in/0/0#0"), ("in/0/2#0", "in/0/2#0")]]), label="orders")
         assert_that(out.dead_letter | beam.Map(lambda d: (d.reason, d.source, d.payload, d.stage)),
                     equal_to([("unparseable", "in/0/1", b"garbage line", "normalize_orders")]), label="dead")
+
+
+# -- the limits every sink can hold (OrderLimits) -------------------------------------------------------------
+NOW = datetime.datetime(2026, 11, 21, 12, tzinfo=UTC)
+
+
+def _reason(payload: bytes, **kwargs) -> str:
+    with pytest.raises(InvalidOrder) as raised:
+        parse_orders(payload, source="t/0/0", timestamp_ms=TS, now=NOW, **kwargs)
+    assert raised.value.detail
+    return raised.value.reason
+
+
+@pytest.mark.parametrize("payload, reason", [
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "ana\\u0000"}', "invalid_token"),
+    (b"WEGE3,1,an\x00a", "invalid_token"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a\\u0007b"}', "invalid_token"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a\\u0085b"}', "invalid_token"),  # C1 control
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "ana", "order_id": "o\\u00001"}', "invalid_order_id"),
+    (b"WEGE3,1,ana,o\x001", "invalid_order_id"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "' + b"x" * 257 + b'"}', "token_too_long"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "' + "é".encode() * 129 + b'"}', "token_too_long"),  # 258 bytes
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "id": "' + b"i" * 3000 + b'"}', "order_id_too_long"),
+    (b'{"ativo": "WEGE3", "quantidade": "5_000", "token": "a"}', "invalid_quantity"),
+    (b"WEGE3,5_000,a", "invalid_quantity"),
+    (b"WEGE3,+5,a", "invalid_quantity"),
+    ("WEGE3,١٢,a".encode(), "invalid_quantity"),  # Arabic-Indic digits: int() reads 12
+    ('{"ativo": "WEGE3", "quantidade": "٥", "token": "a"}'.encode(), "invalid_quantity"),
+    (b"WEGE3,1000000000001,a", "quantity_out_of_range"),
+    (b"WEGE3," + b"9" * 5000 + b",a", "quantity_out_of_range"),  # int() would refuse >4300 digits anyway
+    (b'{"ativo": "WEGE3", "quantidade": 9223372036854775807, "token": "a"}', "quantity_out_of_range"),
+    (b'{"ativo": "WEGE3", "quantidade": 1e300, "token": "a"}', "quantity_out_of_range"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "timestamp": "0001-01-01T00:00:00Z"}', "event_time_out_of_range"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "timestamp": "0001-01-01T00:00:00+05:00"}',
+     "event_time_out_of_range"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "timestamp": "9999-12-31T23:59:59Z"}', "event_time_out_of_range"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "timestamp": -62135596800000}', "event_time_out_of_range"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "timestamp": 1e30}', "invalid_event_time"),
+    (b'{"ativo": "WEGE3", "quantidade": 1, "token": "a", "timestamp": "2026-11-22T12:00:01Z"}', "event_time_out_of_range"),
+])
+def test_values_no_sink_can_hold_are_refused_at_the_edge_with_their_own_reason(payload, reason):
+    assert _reason(payload) == reason
+
+
+def test_avro_orders_are_held_to_the_same_limits():
+    order = {"order_id": "a-1", "client_token": "vitor", "asset": "WEGE3", "quantity": 42, "event_time": NOW,
+             "source_format": "AVRO"}
+    assert parse_orders(encode_order_avro(order), now=NOW)[0]["client_token"] == "vitor"
+    assert _reason(encode_order_avro({**order, "client_token": "vi\x00tor"})) == "invalid_token"
+    assert _reason(encode_order_avro({**order, "order_id": "a" * 300})) == "order_id_too_long"
+    assert _reason(encode_order_avro({**order, "quantity": 2**62})) == "quantity_out_of_range"
+    year_one = datetime.datetime(1, 1, 1, tzinfo=UTC)
+    assert _reason(encode_order_avro({**order, "event_time": year_one})) == "event_time_out_of_range"
+
+
+def test_limits_are_inclusive_and_configurable():
+    token, order_id = "t" * 256, "é" * 128  # exactly 256 bytes each
+    [order] = parse_orders(f"WEGE3,1000000000000,{token},{order_id}".encode(), now=NOW)
+    assert (order["client_token"], order["order_id"], order["quantity"]) == (token, order_id, 10**12)
+    assert parse_orders(b"WEGE3,007,a", now=NOW)[0]["quantity"] == 7  # ASCII digits, leading zeros are fine
+    # The Kafka record timestamp is held to the event-time range like a time in the payload.
+    old = int((NOW - datetime.timedelta(days=3661)).timestamp() * 1000)
+    with pytest.raises(InvalidOrder, match="outside") as raised:
+        parse_orders(b"WEGE3,1,a", timestamp_ms=old, now=NOW)
+    assert raised.value.reason == "event_time_out_of_range"
+    from orderflow.transforms.normalize_orders import OrderLimits
+    wide = OrderLimits(max_key_bytes=4000, max_quantity=5, max_event_age=datetime.timedelta(days=40_000))
+    assert parse_orders(b"WEGE3,1,a", timestamp_ms=old, now=NOW, limits=wide)[0]["event_time"].year == 2016
+    assert parse_orders(b"WEGE3,5," + b"x" * 3000, now=NOW, limits=wide)[0]["client_token"] == "x" * 3000
+    assert _reason(b"WEGE3,6,a", limits=wide) == "quantity_out_of_range"
+
+
+def test_normalize_orders_counts_each_reason_and_keeps_records_in_equal_to_orders_plus_dead_letters():
+    from apache_beam.metrics.metric import MetricsFilter
+
+    good = b'{"ativo": "WEGE3", "quantidade": 1, "token": "a"}'
+    records = [KafkaRecord("in", 0, i, None, payload, TS) for i, payload in enumerate([
+        good, b"WEGE3,1,an\x00a", b"WEGE3,5_000,b", b"WEGE3,1,c,o\x00", good, b"WEGE3,99999999999999,d"])]
+    p = TestPipeline()
+    out = p | beam.Create([records]) | NormalizeOrders()
+    assert_that(out.orders | beam.Map(len), equal_to([2]), label="orders")
+    assert_that(out.dead_letter | beam.Map(lambda d: (d.source, d.reason)), equal_to([
+        ("in/0/1", "invalid_token"), ("in/0/2", "invalid_quantity"), ("in/0/3", "invalid_order_id"),
+        ("in/0/5", "quantity_out_of_range")]), label="dead")
+    result = p.run()
+    result.wait_until_finish()
+    counters = {r.key.metric.name: r.committed for r in result.metrics().query(MetricsFilter())["counters"]}
+    assert counters["records_in"] == 6 == counters["orders_normalized"] + counters["dead_letters_normalize"]
+    assert {name: counters[name] for name in counters if name.startswith("dead_letter_")} == {
+        "dead_letter_invalid_token": 1, "dead_letter_invalid_quantity": 1, "dead_letter_invalid_order_id": 1,
+        "dead_letter_quantity_out_of_range": 1}
