@@ -5,7 +5,6 @@ thread-safe tracker and watermark-estimator wrappers) against the session's Kafk
 """
 from __future__ import annotations
 
-
 import apache_beam as beam
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
