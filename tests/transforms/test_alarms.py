@@ -133,7 +133,7 @@ def test_duplicates_counted_once_and_each_window_fires_once_with_one_sms_per_pho
 
     def run():
         with TestPipeline(options=_streaming()) as p:
-            owned = p | stream() | WriteOrdersToPostgres(dsn)
+            owned = (p | stream() | WriteOrdersToPostgres(dsn)).owned
             ticks = owned | WindowedAlarms(rules) | RecordAlarms(dsn)
             _ = (ticks, p | beam.Create([None])) | beam.Flatten() | RelaySmsOutbox(module_settings)
 
