@@ -1,22 +1,30 @@
-"""Ingest endpoints: orders and restaurant events go to Kafka, answered 202 once the broker acknowledged.
+"""Ingest endpoints: orders and restaurant events go to Kafka, answered 202 once committed.
 
 Everything in a request is validated and encoded before the first record is produced, so invalid input
 never leaves a half-written batch behind: the request is rejected whole with a 4xx naming the problem.
+A valid request's records are then written in one Kafka transaction (``orderflow.api.kafka_sink``): 202
+when it is committed, 503 when it is not (nothing of the batch is visible to the pipelines, which read
+``read_committed``), 504 when the commit's outcome did not come back in time.
+
+Orders without an id get ``api-<32 hex>-<index in the batch>``: random hex, or, with an
+``Idempotency-Key``, a digest of the caller's key id and that key, so a retried batch carries the same
+ids and the orders pipeline (idempotent on the order id) counts it once.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request
+from fastapi import APIRouter, Header, HTTPException, Path, Request
 from pydantic import AwareDatetime, BaseModel, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from orderflow.api.auth import Principal
 from orderflow.api.deps import Caller, Res, forbidden
-from orderflow.api.kafka_sink import DeliveryFailed
+from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS
 from orderflow.api.resources import Resources
 
@@ -108,20 +116,46 @@ def _millis(moment: datetime | None) -> int:
     return int(moment.timestamp() * 1000) if moment else int(time.time() * 1000)
 
 
-def _produce(res: Resources, topic: str, records: list[tuple[bytes | None, bytes]]):
+KAFKA_RESPONSES = {
+    503: {"description": "Kafka did not take the request: nothing of it was written (it is safe to retry)"},
+    504: {"description": "Kafka did not confirm the commit in time: the request may or may not have been "
+                         "written (retry with the same Idempotency-Key to count orders once)"},
+}
+
+IdempotencyKey = Header(
+    alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
+    description="Makes a retry safe. Orders without an id get ids derived from this key (with the calling "
+                "API key) and their position in the batch: `api-<32 hex>-<index>`. A retry of a 503 or 504 "
+                "with the same key and body carries the same ids, and the orders pipeline counts each order "
+                "once. Without it the ids are random. Use a new key (a UUID, say) for every new batch.",
+    examples=["0b6f3c1e-8d2a-4c55-9a57-3f1d2e4b7c90"],
+)
+
+
+async def _produce(res: Resources, topic: str, records: list[tuple[bytes | None, bytes]]):
     try:
-        delivered = res.kafka.produce_all(topic, records, timeout=res.config.produce_timeout_seconds)
+        delivered = await res.kafka.produce(topic, records)
     except DeliveryFailed as exc:
-        raise HTTPException(503, f"Kafka did not acknowledge the records: {exc}") from exc
+        raise HTTPException(503, f"Kafka did not take the records, nothing of them was written: {exc}") from exc
+    except CommitUnconfirmed as exc:
+        raise HTTPException(504, f"Kafka did not confirm the commit in time, the records may have been written "
+                                 f"(retry with the same Idempotency-Key): {exc}") from exc
     INGESTED_RECORDS.labels(topic=topic).inc(len(records))
     return delivered
 
 
-def _encode_orders(res: Resources, payload: bytes, source: str) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
+def minted_id_prefix(who: Principal, idempotency_key: str | None) -> str:
+    """``api-<32 hex>``, the prefix of the ids of a request's orders that come without one."""
+    if idempotency_key is None:
+        return f"api-{uuid.uuid4().hex}"
+    return "api-" + hashlib.sha256(f"{who.key_id}\n{idempotency_key}".encode()).hexdigest()[:32]
+
+
+def _encode_orders(res: Resources, payload: bytes, id_prefix: str) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
     from orderflow.transforms.normalize_orders import InvalidOrder, parse_orders
 
     try:
-        orders = parse_orders(payload, source=source, timestamp_ms=int(time.time() * 1000))
+        orders = parse_orders(payload, minted_id_prefix=id_prefix, timestamp_ms=int(time.time() * 1000))
     except InvalidOrder as exc:
         reason = getattr(exc, "reason", "invalid_order")
         detail = getattr(exc, "detail", str(exc))
@@ -139,16 +173,18 @@ def _encode_orders(res: Resources, payload: bytes, source: str) -> tuple[list[di
     "/orders", status_code=202, response_model=OrdersAccepted,
     summary="Ingest orders (JSON, REST-proxy envelope, CSV lines or Avro), all or nothing",
     openapi_extra={"requestBody": {"required": True, "content": ORDER_CONTENT_TYPES}},
-    responses={413: {"description": "body or batch too large"}, 422: {"description": "an order is invalid"}},
+    responses={413: {"description": "body or batch too large"}, 422: {"description": "an order is invalid"},
+               **KAFKA_RESPONSES},
 )
-async def post_orders(request: Request, who: Caller, res: Res):
+async def post_orders(request: Request, who: Caller, res: Res,
+                      idempotency_key: Annotated[str | None, IdempotencyKey] = None):
     if not who.can_ingest():
         raise forbidden("this key has no 'ingest' scope")
     payload = await request.body()
     if not payload.strip():
         raise HTTPException(422, "empty body: send one or more orders")
-    orders, records = await run_in_threadpool(_encode_orders, res, payload, f"api/{uuid.uuid4().hex}")
-    delivered = await run_in_threadpool(_produce, res, res.settings.topics.orders, records)
+    orders, records = await run_in_threadpool(_encode_orders, res, payload, minted_id_prefix(who, idempotency_key))
+    delivered = await _produce(res, res.settings.topics.orders, records)
     return OrdersAccepted(accepted=len(orders), records=[
         OrderAccepted(order_id=o["order_id"], topic=d.topic, partition=d.partition, offset=d.offset)
         for o, d in zip(orders, delivered, strict=True)
@@ -162,13 +198,13 @@ def _require_restaurant(who: Principal, restaurant_id: str) -> None:
 
 
 @router.post("/restaurants/{restaurant_id}/keepalive", status_code=202, response_model=Accepted,
-             summary="A restaurant's keep-alive ping")
-def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
-                   body: KeepaliveIn | None = None):
+             summary="A restaurant's keep-alive ping", responses=KAFKA_RESPONSES)
+async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
+                         body: KeepaliveIn | None = None):
     _require_restaurant(who, restaurant_id)
     value = res.codec("restaurant_keepalive").encode(
         {"restaurant_id": restaurant_id, "sent_at": _millis(body.sent_at if body else None)})
-    (d,) = _produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value)])
+    (d,) = await _produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value)])
     return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
 
 
@@ -180,42 +216,43 @@ def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:
     return event
 
 
-def _send_availability(res: Resources, event: dict):
+async def _send_availability(res: Resources, event: dict):
     value = res.codec("restaurant_availability").encode(event)
-    (d,) = _produce(res, res.settings.topics.availability, [(event["restaurant_id"].encode(), value)])
+    (d,) = await _produce(res, res.settings.topics.availability, [(event["restaurant_id"].encode(), value)])
     return d
 
 
 @router.put("/restaurants/{restaurant_id}/availability", status_code=202, response_model=EventAccepted,
-            summary="Set a restaurant available or unavailable (with a reason)")
-def put_availability(body: AvailabilityIn, restaurant_id: Annotated[str, RestaurantId],
-                     who: Caller, res: Res):
+            summary="Set a restaurant available or unavailable (with a reason)", responses=KAFKA_RESPONSES)
+async def put_availability(body: AvailabilityIn, restaurant_id: Annotated[str, RestaurantId],
+                           who: Caller, res: Res):
     _require_restaurant(who, restaurant_id)
     event = _availability_event(restaurant_id, "SET_STATUS", status=body.status, reason=body.reason)
-    d = _send_availability(res, event)
+    d = await _send_availability(res, event)
     return EventAccepted(event_id=event["event_id"], topic=d.topic, partition=d.partition, offset=d.offset)
 
 
 @router.post("/restaurants/{restaurant_id}/unavailability", status_code=202, response_model=ScheduleAccepted,
-             summary="Schedule an unavailability period")
-def post_unavailability(body: UnavailabilityIn, restaurant_id: Annotated[str, RestaurantId],
-                        who: Caller, res: Res):
+             summary="Schedule an unavailability period", responses=KAFKA_RESPONSES)
+async def post_unavailability(body: UnavailabilityIn, restaurant_id: Annotated[str, RestaurantId],
+                              who: Caller, res: Res):
     _require_restaurant(who, restaurant_id)
     schedule_id = body.schedule_id or uuid.uuid4().hex
     event = _availability_event(restaurant_id, "SCHEDULE_CREATED", schedule_id=schedule_id, reason=body.reason,
                                 starts_at=_millis(body.starts_at),
                                 ends_at=_millis(body.ends_at) if body.ends_at else None)
-    d = _send_availability(res, event)
+    d = await _send_availability(res, event)
     return ScheduleAccepted(schedule_id=schedule_id, event_id=event["event_id"], topic=d.topic,
                             partition=d.partition, offset=d.offset)
 
 
 @router.delete("/restaurants/{restaurant_id}/unavailability/{schedule_id}", status_code=202,
-               response_model=ScheduleAccepted, summary="Cancel a scheduled unavailability")
-def delete_unavailability(restaurant_id: Annotated[str, RestaurantId],
-                          schedule_id: Annotated[str, ScheduleId], who: Caller, res: Res):
+               response_model=ScheduleAccepted, summary="Cancel a scheduled unavailability",
+               responses=KAFKA_RESPONSES)
+async def delete_unavailability(restaurant_id: Annotated[str, RestaurantId],
+                                schedule_id: Annotated[str, ScheduleId], who: Caller, res: Res):
     _require_restaurant(who, restaurant_id)
     event = _availability_event(restaurant_id, "SCHEDULE_CANCELLED", schedule_id=schedule_id)
-    d = _send_availability(res, event)
+    d = await _send_availability(res, event)
     return ScheduleAccepted(schedule_id=schedule_id, event_id=event["event_id"], topic=d.topic,
                             partition=d.partition, offset=d.offset)

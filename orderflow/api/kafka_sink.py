@@ -1,18 +1,66 @@
-"""Producing to Kafka from request handlers, with the broker's confirmation for every record.
+"""Producing to Kafka from request handlers: each request's records in one Kafka transaction.
 
-One ``confluent_kafka.Producer`` is shared by all requests; a background thread serves its delivery
-callbacks, and each request waits only for its own records (a future per record), so a request answers
-202 only once the broker has acknowledged every record, with each record's partition and offset.
+``await sink.produce(topic, records)`` returns once the transaction holding every record of the request
+is committed, with each record's partition and offset. Consumers reading ``read_committed`` (the
+pipelines) then see all of the request's records or none of them. It fails with
+
+- ``DeliveryFailed`` (the API answers 503): the transaction was not committed, either aborted or never
+  got as far as the commit, so nothing of the batch is visible and nothing will ever be;
+- ``CommitUnconfirmed`` (504): the commit was sent but its outcome did not come back in time, so the
+  batch may or may not become visible. Only the commit itself can end this way: the sink sends it only
+  after the broker has acknowledged every record, and anything that fails before that is aborted.
+
+A transactional producer runs one transaction at a time, so the sink keeps a pool of ``producers`` of
+them, each with its own ``transactional.id``, and runs transactions on a thread pool of the same size.
+A handler awaits its transaction without holding one of the server's threads, so a slow or stalled
+broker delays only the requests that produce, never the ones that don't. At most ``max_waiting``
+requests wait; beyond that the answer is an immediate ``DeliveryFailed``. Every request's whole wait,
+including its wait for a free producer, is bounded by ``timeout`` (plus ``COMMIT_TIMEOUT`` for the
+commit).
+
+Recovery: a producer that meets a fatal error (fenced, its producer id unknown to a restarted broker,
+...) or whose failed transaction could not be aborted is dropped; its slot builds a new one on the next
+use, with the same ``transactional.id``, and ``init_transactions`` fences the old instance and aborts
+whatever transaction it had left open. While transactions fail, ``check`` (``/healthz``) builds a
+producer itself, so it reports Kafka healthy again as soon as transactions work, with or without
+traffic.
 """
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import functools
+import logging
+import os
+import queue
+import socket
 import threading
+import time
+import uuid
+import warnings
 from typing import NamedTuple
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from orderflow.api.metrics import KAFKA_PRODUCER_STARTS, KAFKA_TRANSACTIONS
+
+COMMIT_TIMEOUT = 5.0  # seconds the commit may take once every record is acknowledged
+ABORT_TIMEOUT = 2.0   # seconds given to aborting a failed transaction before its producer is dropped
+CLOSE_TIMEOUT = 2.0   # seconds a dropped producer's close may hold up its slot
+
+_LOG = logging.getLogger(__name__)
+# close() tries to abort the open transaction of a producer we drop because it failed; that it cannot is
+# expected, and the transaction is aborted by the producer that replaces it.
+warnings.filterwarnings("ignore", message=r"Producer \w+ failed during close", category=RuntimeWarning)
 
 
 class DeliveryFailed(RuntimeError):
-    """The broker did not acknowledge a record in time (or refused it)."""
+    """The batch was not committed: nothing of it is, or will become, visible to read_committed readers."""
+
+
+class CommitUnconfirmed(RuntimeError):
+    """The commit was sent but not confirmed in time: the batch may or may not become visible."""
 
 
 class Delivered(NamedTuple):
@@ -21,68 +69,266 @@ class Delivered(NamedTuple):
     offset: int
 
 
+def _describe(exc: BaseException) -> str:
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _error(exc: KafkaException) -> KafkaError | None:
+    error = exc.args[0] if exc.args else None
+    return error if isinstance(error, KafkaError) else None
+
+
+class _Slot:
+    """One transactional producer, built on first use and rebuilt (same transactional.id) after a failure."""
+
+    def __init__(self, config: dict, transactional_id: str):
+        self.config = {**config, "transactional.id": transactional_id}
+        self.producer: Producer | None = None
+
+    def ready(self, timeout: float) -> Producer:
+        if self.producer is None:
+            producer = Producer(self.config)
+            try:
+                producer.init_transactions(max(timeout, 0.001))
+            except KafkaException as exc:
+                # Closed now: left to the garbage collector, it would go on initialising in the background
+                # and, once the broker answers, fence the producer that replaces it.
+                _close(producer)
+                raise DeliveryFailed(f"no transactional producer: {_describe(exc)}") from exc
+            KAFKA_PRODUCER_STARTS.inc()
+            self.producer = producer
+        return self.producer
+
+    def drop(self) -> None:
+        """Closes the producer (the next use builds a new one)."""
+        if self.producer is not None:
+            _close(self.producer)
+            self.producer = None
+
+
 class KafkaSink:
-    def __init__(self, bootstrap_servers: str, producer_config: dict | None = None):
-        from confluent_kafka import Producer
+    """A pool of transactional producers; ``produce`` writes one request's records in one transaction.
 
-        config = {
+    Args:
+        bootstrap_servers: the Kafka cluster.
+        producers: transactional producers, i.e. transactions running at once, per process.
+        max_waiting: requests waiting for a producer (or in a transaction) beyond which ``produce`` fails
+            at once.
+        timeout: seconds a request may wait for a producer and for the broker to acknowledge its records.
+        producer_config: librdkafka settings added to (or overriding) the sink's.
+    """
+
+    def __init__(self, bootstrap_servers: str, producers: int = 4, max_waiting: int = 256,
+                 timeout: float = 15.0, producer_config: dict | None = None):
+        self.timeout = timeout
+        self.max_waiting = max_waiting
+        common = {
             "bootstrap.servers": bootstrap_servers,
-            "acks": "all",
-            "enable.idempotence": True,  # a retried produce never duplicates a record
-            "linger.ms": 2,
-            "message.timeout.ms": 15_000,
+            # A broker that comes back is found within a second, not after librdkafka's 10 s backoff.
+            "reconnect.backoff.max.ms": 1000,
             "socket.keepalive.enable": True,
+            "log.connection.close": False,
         }
-        config.update(producer_config or {})
-        self._producer = Producer(config)
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll_loop, name="kafka-delivery", daemon=True)
-        self._poller.start()
+        config = {  # transactional.id (per slot) implies enable.idempotence and acks=all
+            **common,
+            "linger.ms": 2,
+            # A record not acknowledged in time fails its transaction (which is then aborted).
+            "message.timeout.ms": int(timeout * 1000),
+            # The coordinator aborts a transaction left open longer than this (an API process that died
+            # mid-transaction): read_committed readers of its partitions wait at most that long.
+            "transaction.timeout.ms": int((timeout + COMMIT_TIMEOUT + 5) * 1000),
+            **(producer_config or {}),
+        }
+        # Unique per process (two live producers sharing an id would fence each other); a slot keeps its
+        # id across rebuilds, so a rebuilt producer fences the one it replaces.
+        prefix = f"orderflow-api-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._slots: queue.LifoQueue[_Slot] = queue.LifoQueue()
+        for n in range(producers):
+            self._slots.put(_Slot(config, f"{prefix}-{n}"))
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=producers,
+                                                               thread_name_prefix="kafka-transaction")
+        self._admin = AdminClient(common)
+        self._waiting = 0  # touched on the event loop only
+        self._failure: str | None = None  # why the last transaction failed, until one succeeds
+        self._failure_lock = threading.Lock()
 
-    def _poll_loop(self) -> None:
-        while not self._stop.is_set():
-            self._producer.poll(0.05)
+    # -- producing ------------------------------------------------------------------------------------------
+    async def produce(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[Delivered]:
+        """Writes ``(key, value)`` records in one transaction; raises DeliveryFailed or CommitUnconfirmed."""
+        if self._waiting >= self.max_waiting:
+            raise DeliveryFailed(f"{self._waiting} requests are already waiting for Kafka")
+        self._waiting += 1
+        try:
+            deadline = time.monotonic() + self.timeout
+            future = self._executor.submit(self._transact, topic, records, deadline)
+            result = asyncio.wrap_future(future)
+            try:
+                return await asyncio.wait_for(asyncio.shield(result), self.timeout)
+            except asyncio.TimeoutError:
+                if future.cancel():  # never started: nothing was produced
+                    raise DeliveryFailed(f"no Kafka producer free within {self.timeout:.0f}s") from None
+                return await result  # running: it ends by its own deadline (and the commit's)
+            except asyncio.CancelledError:
+                future.cancel()  # the client left: a transaction not started yet is not started at all
+                raise
+        finally:
+            self._waiting -= 1
 
-    def produce_all(self, topic: str, records: list[tuple[bytes | None, bytes]],
-                    timeout: float = 15.0) -> list[Delivered]:
-        """Produces ``(key, value)`` records and waits for the broker's acknowledgement of each.
+    def _transact(self, topic: str, records: list[tuple[bytes | None, bytes]], deadline: float) -> list[Delivered]:
+        try:
+            slot = self._slots.get(timeout=max(deadline - time.monotonic(), 0))
+        except queue.Empty:
+            raise DeliveryFailed(f"no Kafka producer free within {self.timeout:.0f}s") from None
+        try:
+            delivered = self._transact_on(slot, topic, records, deadline)
+        except (DeliveryFailed, CommitUnconfirmed) as exc:
+            with self._failure_lock:
+                self._failure = str(exc)
+            raise
+        finally:
+            self._slots.put(slot)
+        with self._failure_lock:
+            self._failure = None
+        return delivered
 
-        Raises DeliveryFailed if any record is not acknowledged within ``timeout`` seconds.
-        """
-        futures: list[concurrent.futures.Future] = []
+    def _transact_on(self, slot: _Slot, topic: str, records, deadline: float) -> list[Delivered]:
+        producer = self._begin(slot, deadline)
+        reports: list = [None] * len(records)
+        try:
+            for index, (key, value) in enumerate(records):
+                self._produce_one(producer, topic, key, value, functools.partial(_report, reports, index), deadline)
+            left = producer.flush(max(deadline - time.monotonic(), 0))
+            if left:
+                raise DeliveryFailed(f"{left} of {len(records)} records not acknowledged within {self.timeout:.0f}s")
+            refused = [r for r in reports if isinstance(r, KafkaError)]
+            if refused:
+                raise DeliveryFailed(f"{len(refused)} of {len(records)} records refused: {refused[0].str()}")
+            if None in reports:
+                raise DeliveryFailed(f"{reports.count(None)} of {len(records)} records not acknowledged")
+        except Exception as exc:  # noqa: BLE001 - whatever failed, nothing was committed: abort
+            # A producer that turns fatal raises KafkaException from flush (or SystemError, when
+            # confluent_kafka then calls a delivery callback with that exception still set).
+            if not isinstance(exc, (DeliveryFailed, KafkaException)):
+                _LOG.warning("Kafka transaction failed before its commit: %r", exc)
+            self._abort(slot, producer)
+            KAFKA_TRANSACTIONS.labels(outcome="aborted").inc()
+            if isinstance(exc, DeliveryFailed):
+                raise
+            raise DeliveryFailed(_describe(exc)) from exc
+        self._commit(slot, producer)
+        KAFKA_TRANSACTIONS.labels(outcome="committed").inc()
+        return [Delivered(topic, partition, offset) for partition, offset in reports]
 
-        def on_delivery(future):
-            def callback(err, msg):
-                if err is not None:
-                    future.set_exception(DeliveryFailed(str(err)))
-                else:
-                    future.set_result(Delivered(msg.topic(), msg.partition(), msg.offset()))
-            return callback
+    def _begin(self, slot: _Slot, deadline: float) -> Producer:
+        """The slot's producer in a new transaction; a producer left fatal (or unusable) is rebuilt once."""
+        for attempt in (1, 2):
+            producer = slot.ready(deadline - time.monotonic())
+            try:
+                producer.begin_transaction()
+                return producer
+            except KafkaException as exc:
+                # Nothing was produced yet: a producer that went fatal while idle is simply replaced.
+                slot.drop()
+                if attempt == 2:
+                    raise DeliveryFailed(f"could not begin a transaction: {_describe(exc)}") from exc
+        raise AssertionError("unreachable")
 
-        for key, value in records:
-            future: concurrent.futures.Future = concurrent.futures.Future()
-            futures.append(future)
-            while True:
-                try:
-                    self._producer.produce(topic, value=value, key=key, on_delivery=on_delivery(future))
-                    break
-                except BufferError:
-                    # Local queue full: let the poller drain acknowledgements, then retry.
-                    self._producer.poll(0.05)
-        self._producer.poll(0)
-        done, pending = concurrent.futures.wait(futures, timeout=timeout)
-        if pending:
-            raise DeliveryFailed(f"{len(pending)} of {len(futures)} records not acknowledged in {timeout:.0f}s")
-        return [f.result() for f in futures]
+    def _produce_one(self, producer: Producer, topic: str, key, value, on_delivery, deadline: float) -> None:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                return
+            except BufferError:
+                # Local queue full: serve acknowledgements, then retry (within the request's time).
+                if time.monotonic() > deadline:
+                    raise DeliveryFailed("the producer's queue stayed full") from None
+                producer.poll(0.05)
 
-    def check(self, timeout: float = 2.0) -> None:
-        """Raises if the cluster's metadata cannot be fetched (health check)."""
-        metadata = self._producer.list_topics(timeout=timeout)
+    def _abort(self, slot: _Slot, producer: Producer) -> None:
+        if slot.producer is not producer:
+            return  # already dropped
+        try:
+            producer.abort_transaction(ABORT_TIMEOUT)
+        except Exception:  # noqa: BLE001 - KafkaException, or SystemError as above
+            # Not aborted in time (broker down, producer fatal): the rebuilt producer's init_transactions
+            # aborts it, or the coordinator does after transaction.timeout.ms. Never committed either way.
+            slot.drop()
+
+    def _commit(self, slot: _Slot, producer: Producer) -> None:
+        commit_deadline = time.monotonic() + COMMIT_TIMEOUT
+        while True:
+            try:
+                producer.commit_transaction(max(commit_deadline - time.monotonic(), 0.001))
+                return
+            except Exception as exc:  # noqa: BLE001 - KafkaException, or SystemError as above
+                error = _error(exc) if isinstance(exc, KafkaException) else None
+                if error is not None and error.txn_requires_abort() and not error.fatal():
+                    # The coordinator refused the commit (abortable): it is aborted, nothing is visible.
+                    self._abort(slot, producer)
+                    KAFKA_TRANSACTIONS.labels(outcome="aborted").inc()
+                    raise DeliveryFailed(f"commit refused: {_describe(exc)}") from exc
+                if error is not None and error.retriable() and time.monotonic() < commit_deadline:
+                    continue  # resumes the commit in progress
+                # Timed out or fatal after EndTxn(commit) may have reached the coordinator: unknown.
+                slot.drop()
+                KAFKA_TRANSACTIONS.labels(outcome="unconfirmed").inc()
+                raise CommitUnconfirmed(f"commit not confirmed within {COMMIT_TIMEOUT:.0f}s: {_describe(exc)}") from exc
+
+    # -- health ---------------------------------------------------------------------------------------------
+    def check(self, timeout: float = 3.0) -> None:
+        """Raises unless a broker answers a metadata request and, after a failed transaction, a
+        transactional producer can be (re)initialised."""
+        deadline = time.monotonic() + timeout
+        try:
+            metadata = self._admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise DeliveryFailed(_describe(exc)) from exc
         if not metadata.brokers:
             raise DeliveryFailed("no broker in metadata")
+        failure = self._failure
+        if failure is None:
+            return
+        try:
+            slot = self._slots.get_nowait()
+        except queue.Empty:
+            raise DeliveryFailed(f"transactions failing: {failure}") from None
+        try:
+            slot.drop()
+            slot.ready(deadline - time.monotonic())
+        except DeliveryFailed as exc:
+            raise DeliveryFailed(f"transactions failing: {exc}") from exc
+        finally:
+            self._slots.put(slot)
+        with self._failure_lock:
+            if self._failure == failure:
+                self._failure = None
 
     def close(self) -> None:
-        self._stop.set()
-        self._poller.join(timeout=2)
-        self._producer.flush(5)
-        self._producer = None  # librdkafka closes its connections when the handle is released
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._admin = None
+        while True:
+            try:
+                self._slots.get_nowait().drop()
+            except queue.Empty:
+                break
+
+
+def _close(producer: Producer) -> None:
+    """Closes a producer that failed, waiting at most CLOSE_TIMEOUT (in-flight records are purged first,
+    so close does not wait for the broker to acknowledge them)."""
+
+    def close() -> None:
+        try:
+            producer.purge(in_queue=True, in_flight=True, blocking=False)
+            producer.close()
+        except Exception:  # noqa: BLE001 - a fatal producer may raise on its way out; it is closed anyway
+            pass
+
+    closer = threading.Thread(target=close, name="kafka-producer-close", daemon=True)
+    closer.start()
+    closer.join(CLOSE_TIMEOUT)
+
+
+def _report(reports: list, index: int, err, msg) -> None:
+    reports[index] = err if err is not None else (msg.partition(), msg.offset())

@@ -10,6 +10,10 @@ REQUESTS = Counter("orderflow_api_requests_total", "HTTP requests", ["method", "
 LATENCY = Histogram("orderflow_api_request_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 INGESTED_RECORDS = Counter("orderflow_api_ingested_records_total", "records acknowledged by Kafka", ["topic"])
+KAFKA_TRANSACTIONS = Counter("orderflow_api_kafka_transactions_total",
+                             "ingest transactions by outcome: committed, aborted, unconfirmed", ["outcome"])
+KAFKA_PRODUCER_STARTS = Counter("orderflow_api_kafka_producer_starts_total",
+                                "transactional producers initialised (first use, and each rebuild after a failure)")
 
 
 class ApiMiddleware:

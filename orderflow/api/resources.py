@@ -43,7 +43,9 @@ class Resources:
 
     @functools.cached_property
     def kafka(self) -> KafkaSink:
-        return KafkaSink(self.settings.kafka_bootstrap)
+        c = self.config
+        return KafkaSink(self.settings.kafka_bootstrap, producers=c.kafka_producers,
+                         max_waiting=c.kafka_max_waiting, timeout=c.produce_timeout_seconds)
 
     @functools.cached_property
     def restaurant_state(self):

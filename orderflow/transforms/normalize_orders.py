@@ -15,7 +15,8 @@ fixed and replayed as it was sent.
 
 An order without an id gets a deterministic one from where it came from (``source``, the Kafka
 coordinates ``topic/partition/offset``, plus its index in the payload): a redelivered record is
-recognised as the same order. Without a source the id is a digest of the payload and the index.
+recognised as the same order. Without a source the id is a digest of the payload and the index. A
+caller that mints its own ids (the HTTP API) passes ``minted_id_prefix``: ids are then ``<prefix>-<index>``.
 
 Every order is checked here against what every sink can hold (``OrderLimits``), so that a record no
 sink would take never gets past the edge (the HTTP API shares this parser and answers 422 with the same
@@ -218,8 +219,11 @@ def _key_text(value: str, limits: OrderLimits, field: str, where: str) -> str:
     return value
 
 
-def _order_id(value: Any, source: str, payload: bytes, index: int, limits: OrderLimits, where: str) -> str:
+def _order_id(value: Any, source: str, payload: bytes, index: int, limits: OrderLimits, where: str,
+              minted_id_prefix: str | None) -> str:
     if value is None or value == "":
+        if minted_id_prefix:
+            return f"{minted_id_prefix}-{index}"
         if source:
             return f"{source}#{index}"
         return f"sha256:{hashlib.sha256(payload).hexdigest()[:32]}#{index}"
@@ -235,7 +239,8 @@ def _order_id(value: Any, source: str, payload: bytes, index: int, limits: Order
 
 def _canonical(asset: Any, quantity: Any, token: Any, order_id: Any, event_time: Any, source_format: str,
                *, source: str, payload: bytes, index: int, timestamp_ms: int | None, limits: OrderLimits,
-               now: datetime.datetime, window: tuple[datetime.datetime, datetime.datetime]) -> dict:
+               now: datetime.datetime, window: tuple[datetime.datetime, datetime.datetime],
+               minted_id_prefix: str | None = None) -> dict:
     where = f"order {index}"
     if asset is None or (isinstance(asset, str) and not asset.strip()):
         raise InvalidOrder("missing_asset", f"{where}: no asset (ativo)")
@@ -247,7 +252,7 @@ def _canonical(asset: Any, quantity: Any, token: Any, order_id: Any, event_time:
     if not (token.isascii() and token.isprintable() and len(token) <= limits.max_key_bytes):
         token = _key_text(token, limits, "token", where)  # refuses, or passes non-ASCII text
     return {
-        "order_id": _order_id(order_id, source, payload, index, limits, where),
+        "order_id": _order_id(order_id, source, payload, index, limits, where, minted_id_prefix),
         "client_token": token,
         "asset": asset.strip().upper(),
         "quantity": _quantity(quantity, limits, where),
@@ -310,12 +315,14 @@ def _parse_csv(payload: bytes, context: dict) -> list[dict]:
 
 
 def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None = None,
-                 limits: OrderLimits = DEFAULT_LIMITS, now: datetime.datetime | None = None) -> list[dict]:
+                 limits: OrderLimits = DEFAULT_LIMITS, now: datetime.datetime | None = None,
+                 minted_id_prefix: str | None = None) -> list[dict]:
     """Parses one payload in any accepted model into canonical Order dicts, or raises InvalidOrder.
 
     ``source`` (e.g. Kafka coordinates) makes ids of orders without one deterministic; ``timestamp_ms``
     is the event time of orders without one (the Kafka record timestamp; now when absent). Every order is
     checked against ``limits``, event times around ``now`` (default: the current time).
+    ``minted_id_prefix``, when given, names orders without an id ``<prefix>-<index>`` instead.
     """
     if not payload:
         raise InvalidOrder("unparseable", "empty payload")
@@ -323,7 +330,7 @@ def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None =
         payload = payload.encode()
     now = now or datetime.datetime.now(_UTC)
     context = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits, "now": now,
-               "window": limits.event_time_range(now)}
+               "window": limits.event_time_range(now), "minted_id_prefix": minted_id_prefix}
     if payload.startswith(_AVRO_MAGIC):
         record = _decode_order_avro(payload)
         return [_canonical(record["asset"], record["quantity"], record["client_token"], record["order_id"],

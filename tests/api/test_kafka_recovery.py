@@ -1,0 +1,125 @@
+"""The API under a broker that goes away: it answers 503 (nothing written) and /healthz names Kafka while
+the broker is down or stalled, endpoints that don't use Kafka stay fast, and ingest works again within
+seconds once the broker is back, without restarting the API.
+
+This module stops and stalls its broker, so it runs on a stack of its own rather than the session's.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from orderflow import bootstrap
+from orderflow.api.config import ApiConfig
+from orderflow.config import load_settings
+from orderflow.io.avro import AvroCodec
+from orderflow.local import temporary_stack
+from orderflow.local.stack import read_pid
+from tests.api.conftest import ServedApi
+from tests.api.kafka_check import read_all
+
+PRODUCE_TIMEOUT = 3.0
+RECOVERY_SECONDS = 10.0  # from the broker being ready again to the first POST answered 202
+
+
+@pytest.fixture(scope="module")
+def own_stack():
+    with temporary_stack("test-api-kafka-", timeout=120) as local_stack:
+        settings = load_settings(local_stack.environment())
+        bootstrap.bootstrap_all(settings)
+        yield local_stack, settings
+
+
+@pytest.fixture(scope="module")
+def recovering_api(own_stack):
+    stack, settings = own_stack
+    served = ServedApi(settings, ApiConfig(produce_timeout_seconds=PRODUCE_TIMEOUT, kafka_producers=2)).start()
+    yield stack, served
+    served.stop()
+
+
+def _post(client, token: str, n: int = 5):
+    orders = [{"ativo": "PETR4", "quantidade": i + 1, "token": token} for i in range(n)]
+    return client.post("/orders", json=orders, headers={"Idempotency-Key": str(uuid.uuid4())})
+
+
+def _unique_token(what: str) -> str:
+    return f"{what}-{uuid.uuid4().hex[:8]}"
+
+
+def _while_kafka_is_gone(writer, reader, token: str) -> None:
+    """What must hold while the broker is unreachable; the POSTs (of ``token``) are all answered 503."""
+    health = reader.get("/healthz")
+    assert health.status_code == 503, health.text
+    assert health.json()["failing"] == ["kafka"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        waiting = [pool.submit(_post, writer, token) for _ in range(8)]
+        time.sleep(0.5)  # the POSTs are now waiting for Kafka
+        started = time.monotonic()
+        alarms = reader.get("/alarms")
+        alarms_seconds = time.monotonic() - started
+        answers = [f.result() for f in waiting]
+    assert alarms.status_code == 200
+    assert alarms_seconds < 1.0, f"GET /alarms took {alarms_seconds:.1f}s while POSTs waited for Kafka"
+    assert {a.status_code for a in answers} == {503}, [a.text for a in answers]
+    assert all("nothing of them was written" in a.json()["detail"] for a in answers)
+
+
+def _recovers(client, since: float) -> float:
+    """Seconds from ``since`` to the first POST answered 202 (failing the test after RECOVERY_SECONDS)."""
+    while True:
+        resp = _post(client, _unique_token("recovered"))
+        if resp.status_code == 202:
+            return time.monotonic() - since
+        assert resp.status_code in (503, 504), resp.text
+        assert time.monotonic() - since < RECOVERY_SECONDS, f"still {resp.status_code}: {resp.text}"
+
+
+def _visible_tokens(settings) -> collections.Counter:
+    """Orders per client token that a read_committed reader (the pipelines) gets."""
+    codec = AvroCodec("order")
+    return collections.Counter(
+        codec.decode(m.value())["client_token"]
+        for m in read_all(settings.kafka_bootstrap, settings.topics.orders, settings.topic_partitions))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_ingest_recovers_from_a_broker_restart(recovering_api, sig):
+    stack, api = recovering_api
+    accepted, refused = _unique_token("accepted"), _unique_token("refused")
+    with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
+        assert _post(writer, accepted).status_code == 202
+
+        assert stack.stop("kafka", sig=sig) == "stopped"
+        _while_kafka_is_gone(writer, reader, refused)
+
+        assert stack.up()["kafka"] == "started"
+        took = _recovers(writer, time.monotonic())
+        assert reader.get("/healthz").status_code == 200
+    visible = _visible_tokens(api.settings)
+    assert visible[accepted] == 5 and visible[refused] == 0
+    print(f"{sig.name}: first 202 {took:.1f}s after the broker was ready")
+
+
+def test_ingest_recovers_from_a_broker_stall_and_writes_nothing_it_answered_503(recovering_api):
+    stack, api = recovering_api
+    pid = read_pid(stack.root / "run" / "kafka.pid")
+    refused = _unique_token("stalled")
+    with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
+        assert _post(writer, _unique_token("warm")).status_code == 202
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            _while_kafka_is_gone(writer, reader, refused)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        took = _recovers(writer, time.monotonic())
+        assert reader.get("/healthz").status_code == 200
+    assert _visible_tokens(api.settings)[refused] == 0
+    print(f"stall: first 202 {took:.1f}s after the broker resumed")
