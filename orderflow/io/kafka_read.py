@@ -58,8 +58,8 @@ _new_record = tuple.__new__  # KafkaRecord(...) through tuple.__new__ skips Name
 DEFAULT_CONSUMER_CONFIG = {
     # Only committed transactions: the API writes each request's batch in one transaction and answers 503
     # when it aborts, so an aborted batch must never reach the pipelines. It is librdkafka's default too,
-    # said here because exactly-once depends on it. Partition EOF (the bounded end) is then the last stable
-    # offset: an open transaction's records are not "in" yet, and a bounded run does not wait for them.
+    # said here because exactly-once depends on it. A bounded read's end is then the last stable offset:
+    # an open transaction's records are not "in" yet, and the run does not wait for them.
     "isolation.level": "read_committed",
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
