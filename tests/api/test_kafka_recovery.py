@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import os
+import pathlib
 import signal
 import time
 import uuid
@@ -108,13 +109,23 @@ def test_ingest_recovers_from_a_broker_restart(recovering_api, sig):
     print(f"{sig.name}: first 202 {took:.1f}s after the broker was ready")
 
 
+def _stall(pid: int) -> None:
+    """SIGSTOP, returning once every thread of the broker is stopped (state T), not merely signalled."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 5
+    while any(pathlib.Path(f"/proc/{pid}/task/{task}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T"
+              for task in os.listdir(f"/proc/{pid}/task")):
+        assert time.monotonic() < deadline, "the broker did not stop"
+        time.sleep(0.01)
+
+
 def test_ingest_recovers_from_a_broker_stall_and_writes_nothing_it_answered_503(recovering_api):
     stack, api = recovering_api
     pid = read_pid(stack.root / "run" / "kafka.pid")
     refused = _unique_token("stalled")
     with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
         assert _post(writer, _unique_token("warm")).status_code == 202
-        os.kill(pid, signal.SIGSTOP)
+        _stall(pid)
         try:
             _while_kafka_is_gone(writer, reader, refused)
         finally:
