@@ -136,7 +136,9 @@ def kafka_properties(ports: StackPorts, log_dir: pathlib.Path) -> str:
 
 
 def _kafka_cluster_id() -> str:
-    """A Kafka Uuid as ``StorageTool random-uuid`` prints it (URL-safe base64 of 16 bytes, no padding)."""
+    """A Kafka Uuid as ``StorageTool random-uuid`` prints it (URL-safe base64 of 16 bytes, no padding).
+
+    It may start with "-" (1 in 64): it is passed as ``--cluster-id=<id>``, never as a separate argument."""
     import base64
     import uuid
 
@@ -410,7 +412,7 @@ class LocalStack:
                     [java_binary(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                      f"-Dlog4j2.configurationFile={kafka_conf / 'log4j2.properties'}",
                      "-cp", kafka_classpath(), "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                     "-t", _kafka_cluster_id(), "-c", str(kafka_conf / "server.properties")],
+                     f"--cluster-id={_kafka_cluster_id()}", "-c", str(kafka_conf / "server.properties")],
                     check=True, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
                 )
 
