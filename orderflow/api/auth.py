@@ -32,15 +32,14 @@ import secrets
 import threading
 import time
 
+from orderflow.api.contract import TOKEN
 from orderflow.api.metrics import KEY_LOOKUPS
-from orderflow.transforms.normalize_orders import MAX_TOKEN_LENGTH, URL_SAFE_ID
 
 KEY_PREFIX = "of"
 DASHBOARD_TOKEN_PREFIX = "odt"
 _KEY_RE = re.compile(r"^of_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 _DASHBOARD_TOKEN_RE = re.compile(r"^odt_([0-9a-f]{12})_([0-9]{1,12})_([A-Za-z0-9_-]{43})$")
-_SCOPE_RE = re.compile(rf"^(read|ingest|admin|client:(?={URL_SAFE_ID}$).{{1,{MAX_TOKEN_LENGTH}}}"
-                       r"|restaurant:[A-Za-z0-9._:@-]{1,128})$")
+_SCOPE_RE = re.compile(rf"(read|ingest|admin|client:{TOKEN}|restaurant:[A-Za-z0-9._:@-]{{1,128}})")
 
 
 class InvalidScope(ValueError):

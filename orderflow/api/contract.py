@@ -13,16 +13,20 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BeforeValidator, Field
 
-from orderflow.transforms.normalize_orders import MAX_ORDER_ID_LENGTH, MAX_TOKEN_LENGTH
+from orderflow.transforms.normalize_orders import MAX_QUANTITY
 
-# Ids that travel in URL paths: letters, digits and '._:@-', starting with a letter or digit (so never '.'
-# or '..', which clients resolve away). The orders pipeline applies the same rule to client tokens and
-# client-given order ids (normalize_orders.URL_SAFE_ID).
+# Client tokens and order ids the API accepts travel in URL paths (/clients/{token}/volume,
+# /orders/{order_id}, the client:<token> scope): letters, digits and '._:@-', starting with a letter or digit
+# (so never '.' or '..', which clients resolve away). The orders pipeline itself takes any text without
+# control characters from Kafka producers (normalize_orders.OrderLimits); this set is narrower.
+MAX_TOKEN_LENGTH = 128
+MAX_ORDER_ID_LENGTH = 200
 TICKER = r"[A-Za-z0-9][A-Za-z0-9.]{0,15}"
 TOKEN = rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_TOKEN_LENGTH - 1}}}"
 ORDER_ID = rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_ORDER_ID_LENGTH - 1}}}"
 PATH_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
-MAX_QUANTITY = 2**63 - 1
+# CSV quantities: 1..MAX_QUANTITY (10^12) as ASCII digits.
+CSV_QUANTITY = rf"(?:[1-9][0-9]{{0,{len(str(MAX_QUANTITY)) - 2}}}|{MAX_QUANTITY})"
 MAX_EPOCH_MILLIS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")

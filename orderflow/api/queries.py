@@ -15,7 +15,7 @@ import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel
 
-from orderflow.api.contract import TOKEN, Day, Timestamp, money
+from orderflow.api.contract import Day, Timestamp, money
 from orderflow.api.deps import Caller, Res, forbidden
 from orderflow.api.errors import AUTHENTICATED, responses
 from orderflow.api.ingest import RestaurantId
@@ -23,12 +23,14 @@ from orderflow.api.resources import Resources
 
 router = APIRouter(tags=["query"], responses=responses(*AUTHENTICATED, 422))
 
-Token = Path(min_length=1, max_length=128, pattern=f"^{TOKEN}$", description="client token")
-# Every id an order can have: a client's (URL-safe), the API's (api-<hex>-<n>) and the pipeline's own for
-# orders without one, from their Kafka record (<topic>/<partition>/<offset>#<n>): send '/' as %2F and '#' as
-# %23 in the URL.
-OrderIdPath = Path(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/#-]*$",
-                   description="the order's id (URL-encode '/' and '#')", examples=["api-5f0c6e9d4b2a4d7c9e1f3a5b7c9d1e3f-0"])
+# What the orders pipeline may have stored (any text without control characters, up to 256 bytes: a
+# Kafka producer's token or id, or the pipeline's own id <topic>/<partition>/<offset>#<n>) can be asked
+# for: URL-encode '/' as %2F and '#' as %23. What the API accepts is narrower (contract.TOKEN, ORDER_ID).
+STORED_TEXT = r"^[^\x00-\x1f\x7f-\x9f]+$"
+Token = Path(min_length=1, max_length=256, pattern=STORED_TEXT, description="client token (URL-encode '/')")
+OrderIdPath = Path(min_length=1, max_length=256, pattern=STORED_TEXT,
+                   description="the order's id (URL-encode '/' and '#')",
+                   examples=["api-5f0c6e9d4b2a4d7c9e1f3a5b7c9d1e3f-0"])
 
 
 def _iso(value) -> str | None:
@@ -80,7 +82,7 @@ class VolumeOut(BaseModel):
     updated_at: str | None
 
 
-@router.get("/clients/{token}/volume", response_model=VolumeOut,
+@router.get("/clients/{token:path}/volume", response_model=VolumeOut,
             summary="A client's financial volume of one day, in near real time (DynamoDB)")
 def get_volume(token: Annotated[str, Token], who: Caller, res: Res,
                day: Annotated[Day | None, Query(description="YYYY-MM-DD, default today (exchange time zone)")] = None):

@@ -133,6 +133,16 @@ def test_json_with_charset_is_json(ingester):
     assert resp.status_code == 202, resp.text
 
 
+def test_an_avro_order_is_held_to_the_same_token_and_id_rules(ingester):
+    order = {"order_id": "avro-2", "client_token": "a/b", "asset": "BBAS3", "quantity": 3,
+             "event_time": dt.datetime.now(dt.timezone.utc), "source_format": "AVRO"}
+    resp = ingester.post("/orders", content=encode_order_avro(order), headers={"Content-Type": "application/avro"})
+    assert resp.status_code == 422 and "client token 'a/b'" in resp.json()["detail"]
+    order.update(client_token="av", order_id="o/1#2")
+    resp = ingester.post("/orders", content=encode_order_avro(order), headers={"Content-Type": "application/avro"})
+    assert resp.status_code == 422 and "order id 'o/1#2'" in resp.json()["detail"]
+
+
 def test_minted_order_ids_are_url_safe_and_client_ids_kept(api, ingester):
     resp = ingester.post("/orders", content="PETR4,1,csv-x\nVALE3,2,csv-y,client.id:7@a-b\n",
                          headers={"Content-Type": "text/csv"})
