@@ -48,9 +48,7 @@ def test_cli_load_and_show(module_settings, tmp_path):
 
 
 def test_cli_load_says_it_replaces_the_day_and_merge_keeps_the_other_assets(module_settings, tmp_path):
-    env = {**os.environ, "ORDERFLOW_MEMCACHED": module_settings.memcached_address,
-           "ORDERFLOW_AWS_ENDPOINT_URL": module_settings.aws_endpoint_url,
-           "ORDERFLOW_PRICES_TABLE": module_settings.prices_table}
+    env = {**os.environ, **settings_environment(module_settings)}
     day = "2026-11-18"
 
     def load(csv_text: str, *extra: str) -> str:
