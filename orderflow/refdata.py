@@ -11,10 +11,15 @@ The model (one trading day ``D`` = ``YYYY-MM-DD`` in the exchange time zone):
 An asset that is listed for the day but has no code, or whose code has no price, is a reference-data
 gap: orders for it are dead-lettered with ``no_pricing_code`` / ``no_price``; an asset absent from the
 day's list is ``unknown_asset``.
+
+``load`` replaces a day's asset list with the assets it loads (an asset listed before but not loaded
+again becomes ``unknown_asset``) and says so, naming what it dropped; ``load --merge`` adds and updates
+the loaded assets and keeps the others listed.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -75,12 +80,27 @@ def _dynamodb(settings: Settings):
     return aws_client(settings, "dynamodb")
 
 
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """What a load did to a day's asset list: the list before (None when the day had none) and after."""
+
+    previous: list[str] | None
+    listed: list[str]
+
+    @property
+    def dropped(self) -> list[str]:
+        return sorted(set(self.previous or ()) - set(self.listed))
+
+
 def load_reference_data(settings: Settings, day: datetime.date,
-                        entries: dict[str, tuple[str | None, Decimal | None]], expire_seconds: int = 0) -> None:
+                        entries: dict[str, tuple[str | None, Decimal | None]], expire_seconds: int = 0,
+                        merge: bool = False) -> Loaded:
     """Writes one day's reference data: the asset index, each asset's code and each code's price.
 
     ``entries`` maps asset -> (pricing_code, price); a None code lists the asset without a code, a None
-    price writes the code without a price (both useful to exercise the dead-letter paths).
+    price writes the code without a price (both useful to exercise the dead-letter paths). The day's
+    asset list becomes ``entries``' assets, or, with ``merge``, those plus the ones already listed (the
+    index is updated with compare-and-set, so concurrent merges do not lose each other's assets).
     """
     client = _memcached(settings)
     try:
@@ -89,8 +109,7 @@ def load_reference_data(settings: Settings, day: datetime.date,
         if failed:
             raise RuntimeError(f"memcached refused {len(failed)} pricing codes, e.g. {failed[:3]}")
         # The index goes last: a reader that sees an asset listed finds its code already there.
-        if not client.set(assets_key(day), json.dumps(sorted(entries)), expire=expire_seconds, noreply=False):
-            raise RuntimeError(f"memcached refused {assets_key(day)}")
+        loaded = _write_index(client, assets_key(day), sorted(entries), expire_seconds, merge)
     finally:
         client.close()
     table = _dynamodb_resource(settings).Table(settings.prices_table)
@@ -98,6 +117,22 @@ def load_reference_data(settings: Settings, day: datetime.date,
         for code, price in entries.values():
             if code is not None and price is not None:
                 batch.put_item(Item={"pricing_code": code, "price": Decimal(price)})
+    return loaded
+
+
+def _write_index(client, key: str, assets: list[str], expire_seconds: int, merge: bool) -> Loaded:
+    for _ in range(20):
+        raw, cas = client.gets(key)
+        previous = json.loads(raw) if raw is not None else None
+        listed = sorted(set(previous or ()) | set(assets)) if merge else assets
+        value = json.dumps(listed)
+        if raw is None:
+            written = client.add(key, value, expire=expire_seconds, noreply=False)
+        else:
+            written = client.cas(key, value, cas, expire=expire_seconds, noreply=False)
+        if written:
+            return Loaded(previous, listed)
+    raise RuntimeError(f"memcached: {key} kept changing while it was written; load again")
 
 
 def _dynamodb_resource(settings: Settings):
@@ -169,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     load = commands.add_parser("load", help="write the pricing codes and prices of one or more days")
     load.add_argument("--day", action="append", type=datetime.date.fromisoformat,
                       help="trading day YYYY-MM-DD (repeatable; default: today in the exchange time zone)")
-    load.add_argument("--file", help="CSV asset,price[,pricing_code] (default: the built-in sample assets)")
+    load.add_argument("--file", help="CSV asset,price[,pricing_code] (default: the built-in sample assets); the "
+                                     "day's asset list becomes the file's assets unless --merge")
+    load.add_argument("--merge", action="store_true",
+                      help="add and update the loaded assets, keeping the other assets listed for the day")
     load.add_argument("--expire-seconds", type=int, default=0, help="memcached expiry (0 = never)")
     show = commands.add_parser("show", help="print what the pipeline would read for a day")
     show.add_argument("--day", action="append", type=datetime.date.fromisoformat)
@@ -179,9 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "load":
         for day in days:
             entries = _read_csv(args.file, day) if args.file else sample_prices(day)
-            load_reference_data(settings, day, entries, args.expire_seconds)
+            loaded = load_reference_data(settings, day, entries, args.expire_seconds, merge=args.merge)
             print(f"{day}: {len(entries)} assets -> memcached {settings.memcached_address}, "
                   f"prices -> DynamoDB {settings.prices_table}")
+            if args.merge:
+                print(f"{day}: merged into the day's asset list: {len(loaded.listed)} assets listed")
+            elif loaded.previous is None:
+                print(f"{day}: the day's asset list: {len(loaded.listed)} assets")
+            else:
+                dropped = loaded.dropped
+                print(f"{day}: replaced the day's asset list ({len(loaded.previous)} -> {len(loaded.listed)} assets)"
+                      + (f"; no longer listed (orders for them become unknown_asset): {', '.join(dropped)}"
+                         "; use --merge to keep them" if dropped else ""))
     else:
         for day, assets in read_reference_data(settings, days).items():
             for asset, (code, price) in sorted(assets.items()):

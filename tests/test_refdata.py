@@ -45,3 +45,27 @@ def test_cli_load_and_show(module_settings, tmp_path):
                            env=env, capture_output=True, text=True, check=True).stdout
     assert "ZZZZ3" in shown and "ZCODE" in shown and "12.345678" in shown
     assert refdata.read_reference_data(module_settings, [day])[day]["YYYY3"] == ("YYYY3-20261119", None)
+
+
+def test_cli_load_says_it_replaces_the_day_and_merge_keeps_the_other_assets(module_settings, tmp_path):
+    env = {**os.environ, **settings_environment(module_settings)}
+    day = "2026-11-18"
+
+    def load(csv_text: str, *extra: str) -> str:
+        csv = tmp_path / "prices.csv"
+        csv.write_text(csv_text)
+        return subprocess.run([sys.executable, "-m", "orderflow.refdata", "load", "--day", day, "--file", str(csv),
+                               *extra], env=env, capture_output=True, text=True, check=True).stdout
+
+    load("AAAA3,1.5\nBBBB3,2.5\n")
+    out = load("CCCC3,3.5\n", "--merge")
+    assert "merged into the day's asset list: 3 assets listed" in out
+    assert set(refdata.read_reference_data(module_settings, [day])[day]) == {"AAAA3", "BBBB3", "CCCC3"}
+    out = load("BBBB3,2.75\n", "--merge")  # an update keeps the others too
+    assert refdata.read_reference_data(module_settings, [day])[day]["BBBB3"] == ("BBBB3-20261118", Decimal("2.75"))
+    assert len(refdata.read_reference_data(module_settings, [day])[day]) == 3
+
+    out = load("DDDD3,4.5\n")  # without --merge: the list is replaced, and the output says what was dropped
+    assert "replaced the day's asset list (3 -> 1 assets)" in out
+    assert "no longer listed (orders for them become unknown_asset): AAAA3, BBBB3, CCCC3" in out
+    assert set(refdata.read_reference_data(module_settings, [day])[day]) == {"DDDD3"}

@@ -5,21 +5,35 @@ import contextlib
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
-from orderflow.api import dashboard, ingest, operations, queries
+from orderflow.api import alarm_phones, dashboard, ingest, operations, queries, rest_proxy
+from orderflow.api.auth import FailureLimiter
 from orderflow.api.config import ApiConfig, load_api_config
-from orderflow.api.metrics import ApiMiddleware
+from orderflow.api.errors import error_body
+from orderflow.api.middleware import ApiMiddleware
 from orderflow.api.resources import Resources
+from orderflow.api.server import install_log_redaction
 from orderflow.config import Settings, load_settings
 
 DESCRIPTION = """
 Ingest orders and restaurant events into orderflow's Kafka topics, and query what the pipelines computed.
 
-Authenticate with an API key in `X-API-Key` (or `Authorization: Bearer <key>`); create one with
-`python -m orderflow.api keys create --scope read --scope ingest`. Scopes: `read`, `ingest`,
+Authenticate with an API key in `X-API-Key` (or `Authorization: Bearer <key>`), never in a URL; create one
+with `python -m orderflow.api keys create --scope read --scope ingest`. Scopes: `read`, `ingest`,
 `client:<token>` (that client's orders and volume only), `restaurant:<id>` (acts and reads for that
-restaurant only). 401 without a valid key, 403 outside the key's scopes.
+restaurant only), `admin` (alarm phones). 401 without a valid key, 403 outside the key's scopes, 429 after
+too many failed authentications from one address.
+
+Errors have one body: `{"detail": "<reason>"}`, plus `errors` (the fields at fault) on a 422; under
+`/topics/` (Confluent REST Proxy v2 compatibility) they are REST Proxy's `{"error_code": ..., "message": ...}`.
+
+Money is a decimal string in plain notation without trailing zeros (`"4217"`, `"181952785.6963"`).
+Client tokens and order ids given by clients use letters, digits and `. _ : @ -`, starting with a letter
+or digit; ids the API mints look like `api-<32 hex>-<index>`.
 """
 
 
@@ -28,9 +42,20 @@ def _readable(error: dict) -> str:
     return f"{where}: {error.get('msg', 'invalid')}"
 
 
+def _allowed_methods(app: FastAPI, scope) -> str:
+    """Every method some route serves on this path (Starlette names only the first matching route's)."""
+    methods: set[str] = set()
+    for route in app.router.routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
 def create_app(settings: Settings | None = None, config: ApiConfig | None = None) -> FastAPI:
     settings = settings or load_settings()
     config = config or load_api_config()
+    install_log_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -42,33 +67,43 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
             app.state.resources.close()
 
     app = FastAPI(title="orderflow API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
-    app.add_middleware(ApiMiddleware, max_body_bytes=config.max_body_bytes)
-    for module in (ingest, queries, dashboard, operations):
+    app.state.settings = settings
+    app.state.auth_failures = FailureLimiter(config.auth_failures_per_minute)
+    app.add_middleware(ApiMiddleware, max_body_bytes=config.max_body_bytes,
+                       body_timeout_seconds=config.body_timeout_seconds)
+    app.include_router(ingest.router)
+    app.include_router(rest_proxy.make_router(settings.topics.orders))
+    for module in (queries, dashboard, alarm_phones, operations):
         app.include_router(module.router)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for name, definition in ingest.COMPONENT_SCHEMAS.items():  # bodies read raw, documented by hand
+                components.setdefault(name, definition)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(app, request.scope)
+        body, media_type = error_body(request.scope["path"], exc.status_code, str(exc.detail),
+                                      errors=getattr(exc, "errors", None), error_code=getattr(exc, "error_code", None))
+        return Response(body, status_code=exc.status_code, headers=headers, media_type=media_type)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
         errors = exc.errors()
-        return JSONResponse(status_code=422, content={
-            "detail": "; ".join(_readable(e) for e in errors),
-            "errors": [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errors],
-        })
-
-    @app.exception_handler(Exception)
-    async def dependency_down(request: Request, exc: Exception):
-        # A failing dependency (database, Redis, DynamoDB) is reported as such, by name, not as a bare 500.
-        name = _dependency_of(exc)
-        if name is None:
-            return JSONResponse(status_code=500, content={"detail": f"internal error: {type(exc).__name__}"})
-        return JSONResponse(status_code=503, content={"detail": f"{name} unavailable: {exc}"[:500]})
+        body, media_type = error_body(
+            request.scope["path"], 422, "; ".join(_readable(e) for e in errors),
+            errors=[{"loc": [str(p) if not isinstance(p, int) else p for p in e.get("loc", ())],
+                     "msg": str(e.get("msg"))} for e in errors])
+        return Response(body, status_code=422, media_type=media_type)
 
     return app
-
-
-def _dependency_of(exc: Exception) -> str | None:
-    module = type(exc).__module__ or ""
-    for prefix, name in (("psycopg", "postgres"), ("redis", "redis"), ("botocore", "dynamodb"),
-                         ("confluent_kafka", "kafka")):
-        if module.startswith(prefix):
-            return name
-    return None

@@ -15,6 +15,13 @@ class ApiConfig:
     kafka_max_waiting: int = 256          # ingest requests waiting for Kafka beyond this get 503 at once
     dashboard_refresh_seconds: float = 1.0
     key_cache_seconds: float = 10.0       # how long a revoked key may still be honoured
+    unknown_key_cache_seconds: float = 60.0  # how long an unknown (or revoked) key id is answered from memory
+    auth_failures_per_minute: int = 30    # failed authentications per client address before 429
+    dashboard_token_seconds: float = 900.0  # lifetime of a dashboard session token (renewed by the open page)
+    header_timeout_seconds: float = 10.0  # a request's line and headers must arrive within this (else 408)
+    body_timeout_seconds: float = 30.0    # a request's body must arrive within this (else 408)
+    keep_alive_seconds: int = 5           # an idle keep-alive connection is closed after this
+    max_connections: int = 1000           # connections per worker process beyond this get 503
     pg_pool_size: int = 10
 
 
@@ -28,6 +35,13 @@ API_ENVIRONMENT = [
     ("ORDERFLOW_API_KAFKA_MAX_WAITING", "kafka_max_waiting"),
     ("ORDERFLOW_API_DASHBOARD_REFRESH", "dashboard_refresh_seconds"),
     ("ORDERFLOW_API_KEY_CACHE_SECONDS", "key_cache_seconds"),
+    ("ORDERFLOW_API_UNKNOWN_KEY_CACHE_SECONDS", "unknown_key_cache_seconds"),
+    ("ORDERFLOW_API_AUTH_FAILURES_PER_MINUTE", "auth_failures_per_minute"),
+    ("ORDERFLOW_API_DASHBOARD_TOKEN_SECONDS", "dashboard_token_seconds"),
+    ("ORDERFLOW_API_HEADER_TIMEOUT", "header_timeout_seconds"),
+    ("ORDERFLOW_API_BODY_TIMEOUT", "body_timeout_seconds"),
+    ("ORDERFLOW_API_KEEP_ALIVE", "keep_alive_seconds"),
+    ("ORDERFLOW_API_MAX_CONNECTIONS", "max_connections"),
     ("ORDERFLOW_API_PG_POOL_SIZE", "pg_pool_size"),
 ]
 

@@ -4,10 +4,20 @@ One feed per process computes a snapshot every ``dashboard_refresh_seconds`` (re
 from the Redis hot state, today's offline ranking, today's client volumes) and
 pushes it to every open page only when it changed, so the cost does not grow with the number of pages.
 The page is plain HTML with a little inline JavaScript (EventSource); no build step.
+
+No API key ever travels in a URL. The page signs in with ``POST /dashboard/session``: an API key with
+``read`` in the ``X-API-Key`` header (typed into the page's form), or a dashboard token in
+``X-Dashboard-Token`` (the link ``make demo`` prints carries one in its ``#fragment``, which browsers never
+send), or the current session cookie (renewal). The answer sets an HttpOnly, SameSite=Strict cookie
+holding a dashboard token (``auth.py``: read-only, short-lived, void once its key is revoked), which the
+same-origin EventSource sends by itself. An open event stream re-checks its credential against the
+database every ``key_cache_seconds`` and ends when the key is revoked or the token expires; the page
+renews its session before that, so the browser's automatic reconnection carries on.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import pathlib
@@ -15,15 +25,23 @@ import time
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.security import APIKeyCookie
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from orderflow.api.deps import Caller, Res, forbidden
+from orderflow.api.auth import Principal
+from orderflow.api.contract import money
+from orderflow.api.deps import Res, api_key_header, authenticate, forbidden
+from orderflow.api.errors import AUTHENTICATED, ApiError, responses
 from orderflow.api.queries import offline_ranking, today
 from orderflow.api.resources import Resources
 
 router = APIRouter(tags=["dashboard"])
+COOKIE = "orderflow_dashboard"
+session_cookie = APIKeyCookie(name=COOKIE, auto_error=False,
+                              description="dashboard session (set by POST /dashboard/session)")
 PAGE = (pathlib.Path(__file__).parent / "dashboard.html").read_text()
 TOP_CLIENTS = 20
 
@@ -74,7 +92,7 @@ def client_volumes_today(res: Resources, limit: int = TOP_CLIENTS) -> list[dict]
     volumes = [{"client_token": i["client_token"]["S"], "total": Decimal(i["total"]["N"]),
                 "order_count": int(Decimal(i.get("order_count", {"N": "0"})["N"]))} for i in items]
     volumes.sort(key=lambda v: (-v["total"], v["client_token"]))
-    return [{**v, "total": str(v["total"])} for v in volumes[:limit]]
+    return [{**v, "total": money(v["total"])} for v in volumes[:limit]]
 
 
 def snapshot(res: Resources) -> dict:
@@ -122,18 +140,27 @@ class DashboardFeed:
             await asyncio.sleep(max(self.res.config.dashboard_refresh_seconds, 2 * elapsed))
         self._task = None
 
-    async def events(self, request: Request):
+    async def events(self, request: Request, still_valid):
+        """Snapshot events until the client leaves or ``still_valid()`` (checked every key cache period)
+        says its credential was revoked or expired."""
         self.listeners += 1
         if self._task is None:
             self._task = asyncio.create_task(self._run())
+        recheck = max(self.res.config.key_cache_seconds, 0.5)
+        next_check = time.monotonic() + recheck
         seen = 0
         try:
             yield "retry: 2000\n\n"
             while not await request.is_disconnected():
+                if time.monotonic() >= next_check:
+                    if not await run_in_threadpool(still_valid):
+                        return
+                    next_check = time.monotonic() + recheck
                 async with self.changed:
                     if self.version == seen:
                         try:
-                            await asyncio.wait_for(self.changed.wait(), timeout=15)
+                            await asyncio.wait_for(self.changed.wait(),
+                                                   timeout=min(15.0, max(0.1, next_check - time.monotonic())))
                         except asyncio.TimeoutError:
                             yield ": keep-alive\n\n"
                             continue
@@ -150,28 +177,99 @@ def _feed(request: Request) -> DashboardFeed:
     return state.dashboard_feed
 
 
+@dataclasses.dataclass(frozen=True)
+class _Viewer:
+    """Who watches the dashboard, and how to check that they still may."""
+
+    principal: Principal
+    still_valid: object  # () -> bool, blocking (checks the database)
+
+
+async def viewer(
+    request: Request,
+    header_key: Annotated[str | None, Depends(api_key_header)],
+    cookie: Annotated[str | None, Depends(session_cookie)],
+) -> _Viewer:
+    """An API key with ``read`` (header) or the dashboard session cookie."""
+    keys = request.app.state.resources.keys
+    if "key" in request.query_params:
+        raise ApiError(400, "API keys are never accepted in URLs: sign in with POST /dashboard/session "
+                            "(the dashboard page does it) or send the X-API-Key header")
+    if header_key:
+        who = await authenticate(request, header_key, keys.verify, keys.verify_cached)
+        if not who.can_read():
+            raise forbidden("this key has no 'read' scope")
+
+        def key_still_reads() -> bool:
+            current = keys.verify(header_key, fresh=True)
+            return current is not None and current.can_read()
+
+        return _Viewer(who, key_still_reads)
+    if cookie:
+        who = await authenticate(request, cookie, keys.verify_dashboard_token)
+        return _Viewer(who, lambda: keys.verify_dashboard_token(cookie, fresh=True) is not None)
+    raise ApiError(401, "sign in: POST /dashboard/session with an API key that has the 'read' scope",
+                   headers={"WWW-Authenticate": "Bearer"})
+
+
+Viewer = Annotated[_Viewer, Depends(viewer)]
+
+
+class SessionOut(BaseModel):
+    expires_at: str
+    expires_in: int
+
+
 @router.get("/dashboard", response_class=HTMLResponse, summary="Live dashboard page (HTML)")
 def dashboard_page():
     return HTMLResponse(PAGE)
 
 
-@router.get("/dashboard/snapshot", summary="What the dashboard shows, as JSON")
-async def dashboard_snapshot(who: Caller, res: Res):
-    if not who.can_read():
-        raise forbidden("this key has no 'read' scope")
+@router.post("/dashboard/session", response_model=SessionOut, responses=responses(*AUTHENTICATED, 422),
+             summary="Sign the dashboard in: sets its session cookie (a short-lived, read-only token)")
+async def dashboard_session(
+    request: Request, response: Response, res: Res,
+    header_key: Annotated[str | None, Depends(api_key_header)],
+    cookie: Annotated[str | None, Depends(session_cookie)],
+    token: Annotated[str | None, Header(alias="X-Dashboard-Token", description="a dashboard token "
+                                        "(e.g. from the link make demo prints)")] = None,
+):
+    keys = res.keys
+    if header_key:
+        who = await authenticate(request, header_key, keys.verify, keys.verify_cached)
+        if not who.can_read():
+            raise forbidden("this key has no 'read' scope")
+    elif token or cookie:
+        who = await authenticate(request, token or cookie, keys.verify_dashboard_token)
+    else:
+        raise ApiError(401, "send an API key with the 'read' scope (X-API-Key), a dashboard token "
+                            "(X-Dashboard-Token) or the session cookie", headers={"WWW-Authenticate": "Bearer"})
+    row = await run_in_threadpool(keys.lookup, who.key_id)
+    if row is None:
+        raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "Bearer"})
+    ttl = res.config.dashboard_token_seconds
+    session, expires = keys.session_token(who.key_id, row, ttl)
+    response.set_cookie(COOKIE, session, max_age=int(ttl), path="/dashboard", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
+    return SessionOut(expires_at=dt.datetime.fromtimestamp(expires, dt.timezone.utc).isoformat(),
+                      expires_in=int(expires - time.time()))
+
+
+@router.delete("/dashboard/session", status_code=204, summary="Sign the dashboard out (clears its cookie)")
+def dashboard_sign_out(response: Response):
+    response.delete_cookie(COOKIE, path="/dashboard", httponly=True, samesite="strict")
+    response.status_code = 204
+    return response
+
+
+@router.get("/dashboard/snapshot", summary="What the dashboard shows, as JSON", responses=responses(*AUTHENTICATED))
+async def dashboard_snapshot(who: Viewer, res: Res):
     return await run_in_threadpool(snapshot, res)
 
 
 @router.get("/dashboard/events", summary="Server-sent events: a 'snapshot' event whenever the dashboard changes",
             response_class=StreamingResponse,
-            responses={200: {"content": {"text/event-stream": {}}}, 401: {}, 403: {}})
-async def dashboard_events(request: Request,
-                           key: Annotated[str, Query(description="API key with 'read' scope (EventSource sends no headers)")],
-                           res: Res):
-    who = await run_in_threadpool(res.keys.verify, key)
-    if who is None:
-        raise HTTPException(401, "invalid or revoked API key")
-    if not who.can_read():
-        raise forbidden("this key has no 'read' scope")
-    return StreamingResponse(_feed(request).events(request), media_type="text/event-stream",
+            responses={200: {"content": {"text/event-stream": {}}}, **responses(*AUTHENTICATED)})
+async def dashboard_events(request: Request, who: Viewer):
+    return StreamingResponse(_feed(request).events(request, who.still_valid), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -1,5 +1,9 @@
 """``make demo``'s last step: the API serving detached (pid file ``.local/run/api.pid``, log
-``.local/logs/api.log``), its URL, the dashboard's URL and a demo key printed."""
+``.local/logs/api.log``), its URL, a demo key, and a dashboard sign-in link printed.
+
+The link carries no API key: a read-only dashboard token valid one hour, in the URL's ``#fragment``
+(browsers never send it to the server, so it reaches no log); the page exchanges it for its session
+cookie. The key is printed on its own, for ``curl -H "X-API-Key: ..."`` and the page's sign-in form."""
 from __future__ import annotations
 
 import os
@@ -10,11 +14,12 @@ import sys
 import time
 import urllib.request
 
-from orderflow.api.auth import create_key
+from orderflow.api.auth import create_key, dashboard_token
 from orderflow.config import Settings, settings_environment
 from orderflow.local.stack import process_alive, read_pid
 
 DEFAULT_PORT = 18080
+DASHBOARD_LINK_SECONDS = 3600
 
 
 def start_detached(settings: Settings, root: str = ".local", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
@@ -71,7 +76,10 @@ def stop_detached(root: str = ".local", timeout: float = 10.0) -> str:
 def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> None:
     url, state = start_detached(settings, root, port=port)
     _, key = create_key(settings.postgres_dsn, ["read", "ingest"], name="make demo")
+    token, _ = dashboard_token(key, DASHBOARD_LINK_SECONDS)
     print(f"API {state} on {url}  (docs {url}/docs, log {root}/logs/api.log, stop: make stack-down)")
     print(f"demo key (read, ingest): {key}")
-    print(f"dashboard: {url}/dashboard?key={key}")
+    print(f"dashboard: {url}/dashboard#token={token}")
+    print(f"           (read-only sign-in link, valid {DASHBOARD_LINK_SECONDS // 60} min; or open {url}/dashboard "
+          "and paste the key)")
     print(f'try: curl -H "X-API-Key: {key}" "{url}/restaurants/status?ids=rest-00001,rest-00002"')

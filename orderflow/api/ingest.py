@@ -13,50 +13,128 @@ ids and the orders pipeline (idempotent on the order id) counts it once.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Path, Request
-from pydantic import AwareDatetime, BaseModel, Field, model_validator
+from fastapi import APIRouter, Header, Path, Request
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from orderflow.api.auth import Principal
+from orderflow.api.contract import (
+    CSV_QUANTITY,
+    ORDER_ID,
+    PATH_ID,
+    TICKER,
+    TOKEN,
+    ClientToken,
+    EventTime,
+    OrderId,
+    Quantity,
+    Ticker,
+    Timestamp,
+)
 from orderflow.api.deps import Caller, Res, forbidden
+from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, responses
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS
 from orderflow.api.resources import Resources
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
 
-RestaurantId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$",
-                    description="Restaurant id", examples=["rest-00042"])
-ScheduleId = Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")
+RestaurantId = Path(min_length=1, max_length=128, pattern=PATH_ID, description="Restaurant id",
+                    examples=["rest-00042"])
+ScheduleId = Path(min_length=1, max_length=128, pattern=PATH_ID)
 Reason = Literal["LACK_OF_DELIVERY_STAFF", "CONNECTION_ISSUES", "OVERLOADED_OFFLINE_ORDERS", "HOLIDAYS"]
 
-class OrderIn(BaseModel):
-    """Documentation of the JSON order model; the body itself is parsed by the orders pipeline's parser."""
-
-    ativo: str = Field(description="asset, e.g. PETR4")
-    quantidade: int
-    token: str = Field(description="client token")
-    order_id: str | None = None
+# The order contract of the API, stated as the orders pipeline's parser (``normalize_orders``) applies it,
+# but strict about JSON types and unknown fields; the parser still applies its rules to what passes.
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-class RestProxyEnvelope(BaseModel):
-    records: list[dict] = Field(description='[{"value": {...order...}}, ...]')
+class OrderIn(_Strict):
+    """An order as the seed's producers send it."""
+
+    ativo: Ticker
+    quantidade: Quantity
+    token: ClientToken
+    order_id: OrderId | None = None
+    event_time: EventTime | None = None
 
 
+class EnglishOrderIn(_Strict):
+    """The same order with English field names."""
+
+    asset: Ticker
+    quantity: Quantity
+    client_token: ClientToken
+    order_id: OrderId | None = None
+    event_time: EventTime | None = None
+
+
+def _naming(value: Any) -> str:
+    english = isinstance(value, dict) and any(name in value for name in ("asset", "quantity", "client_token"))
+    return "english" if english else "portuguese"
+
+
+AnyOrder = Annotated[Annotated[OrderIn, Tag("portuguese")] | Annotated[EnglishOrderIn, Tag("english")],
+                     Discriminator(_naming)]
+
+
+class RestProxyRecord(_Strict):
+    value: AnyOrder
+    key: Any = Field(None, description="ignored: orderflow keys orders by client token, so one client's orders "
+                                       "stay in order")
+
+
+class RestProxyEnvelope(_Strict):
+    """A Confluent REST Proxy v2 produce request with the JSON embedded format."""
+
+    records: list[RestProxyRecord] = Field(min_length=1)
+
+
+JSON_ORDERS = TypeAdapter(AnyOrder | Annotated[list[AnyOrder], Field(min_length=1)])
+ENVELOPE = TypeAdapter(RestProxyEnvelope)
+_CSV_LINE = rf"{TICKER},{CSV_QUANTITY},{TOKEN}(?:,{ORDER_ID})?"
+CSV_PATTERN = (rf"(?:(?:ativo|asset),(?:quantidade|quantity),(?:token|client_token)(?:,order_id)?\r?\n)?"
+               rf"{_CSV_LINE}(?:\r?\n{_CSV_LINE})*(?:\r?\n)?")
+_CSV = re.compile(CSV_PATTERN)
+_TOKEN, _ORDER_ID = re.compile(TOKEN), re.compile(ORDER_ID)
+AVRO_MAGIC = b"\xc3\x01"
+
+JSON = "application/json"
+REST_PROXY_JSON = "application/vnd.kafka.json.v2+json"
+CSV = "text/csv"
+AVRO = "application/avro"
+# Schemas documented outside FastAPI's own (request bodies read raw): added to the spec's components.
+COMPONENT_SCHEMAS: dict[str, dict] = {}
+
+
+def component_schema(schema: dict) -> dict:
+    """``schema`` (generated with refs to ``#/components/schemas``) with its definitions moved there."""
+    COMPONENT_SCHEMAS.update(schema.pop("$defs", {}))
+    return schema
+
+
+REF_TEMPLATE = "#/components/schemas/{model}"
 ORDER_CONTENT_TYPES = {
-    "application/json": {"schema": {"oneOf": [
-        OrderIn.model_json_schema(),
-        {"type": "array", "items": OrderIn.model_json_schema()},
-    ]}, "example": {"ativo": "PETR4", "quantidade": 100, "token": "client-1"}},
-    "application/vnd.kafka.json.v2+json": {"schema": RestProxyEnvelope.model_json_schema()},
-    "text/csv": {"schema": {"type": "string"}, "example": "PETR4,100,client-1\nVALE3,5,client-2\n"},
-    "application/avro": {"schema": {"type": "string", "format": "binary"}},
+    JSON: {"schema": component_schema(JSON_ORDERS.json_schema(ref_template=REF_TEMPLATE)),
+           "example": {"ativo": "PETR4", "quantidade": 100, "token": "client-1"}},
+    REST_PROXY_JSON: {"schema": component_schema(ENVELOPE.json_schema(ref_template=REF_TEMPLATE)),
+                      "example": {"records": [{"value": {"ativo": "WEGE3", "quantidade": 100, "token": "vitor"}}]}},
+    CSV: {"schema": {"type": "string", "pattern": f"^{CSV_PATTERN}$"},
+          "example": "PETR4,100,client-1\nVALE3,5,client-2,my-order-7\n"},
+    AVRO: {"schema": {"type": "string", "format": "binary",
+                      "description": "one Order (schemas/order.avsc) in Avro single-object encoding"}},
 }
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
 class Accepted(BaseModel):
@@ -74,11 +152,17 @@ class OrdersAccepted(BaseModel):
     records: list[OrderAccepted]
 
 
-class KeepaliveIn(BaseModel):
-    sent_at: AwareDatetime | None = Field(None, description="when the restaurant sent it; default: now")
+class KeepaliveIn(_Strict):
+    sent_at: Timestamp | None = Field(None, description="when the restaurant sent it; default: now")
 
 
-class AvailabilityIn(BaseModel):
+class AvailabilityIn(_Strict):
+    # The schema states the cross-field rule too (JSON Schema if/then), so spec and answers agree.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"status": {"const": "AVAILABLE"}}, "required": ["status"]},
+        "then": {"properties": {"reason": {"type": "null"}}},
+    })
+
     status: Literal["AVAILABLE", "UNAVAILABLE"]
     reason: Reason | None = None
 
@@ -89,10 +173,10 @@ class AvailabilityIn(BaseModel):
         return self
 
 
-class UnavailabilityIn(BaseModel):
+class UnavailabilityIn(_Strict):
     reason: Reason
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime | None = Field(None, description="open-ended when absent")
+    starts_at: Timestamp
+    ends_at: Timestamp | None = Field(None, description="open-ended when absent")
     schedule_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$",
                                     description="default: a new UUID")
 
@@ -117,9 +201,11 @@ def _millis(moment: datetime | None) -> int:
 
 
 KAFKA_RESPONSES = {
-    503: {"description": "Kafka did not take the request: nothing of it was written (it is safe to retry)"},
-    504: {"description": "Kafka did not confirm the commit in time: the request may or may not have been "
-                         "written (retry with the same Idempotency-Key to count orders once)"},
+    503: {"model": ErrorOut, "description": "Kafka did not take the request: nothing of it was written (it is "
+                                            "safe to retry); or another dependency is unavailable"},
+    504: {"model": ErrorOut, "description": "Kafka did not confirm the commit in time: the request may or may not "
+                                            "have been written (retry with the same Idempotency-Key to count "
+                                            "orders once)"},
 }
 
 IdempotencyKey = Header(
@@ -132,14 +218,18 @@ IdempotencyKey = Header(
 )
 
 
-async def _produce(res: Resources, topic: str, records: list[tuple[bytes | None, bytes]]):
+async def produce(res: Resources, topic: str, records: list[tuple[bytes | None, bytes]]):
+    """Writes the records in one Kafka transaction: 503 when it is not committed, 504 when unconfirmed.
+
+    The REST Proxy dialect's codes: 50003 (retriable; nothing written) and 50002 (the outcome is unknown)."""
     try:
         delivered = await res.kafka.produce(topic, records)
     except DeliveryFailed as exc:
-        raise HTTPException(503, f"Kafka did not take the records, nothing of them was written: {exc}") from exc
+        raise ApiError(503, f"Kafka did not take the records, nothing of them was written: {exc}",
+                       error_code=50003) from exc
     except CommitUnconfirmed as exc:
-        raise HTTPException(504, f"Kafka did not confirm the commit in time, the records may have been written "
-                                 f"(retry with the same Idempotency-Key): {exc}") from exc
+        raise ApiError(504, f"Kafka did not confirm the commit in time, the records may have been written "
+                            f"(retry with the same Idempotency-Key): {exc}", error_code=50002) from exc
     INGESTED_RECORDS.labels(topic=topic).inc(len(records))
     return delivered
 
@@ -151,40 +241,98 @@ def minted_id_prefix(who: Principal, idempotency_key: str | None) -> str:
     return "api-" + hashlib.sha256(f"{who.key_id}\n{idempotency_key}".encode()).hexdigest()[:32]
 
 
-def _encode_orders(res: Resources, payload: bytes, id_prefix: str) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
+def _field_errors(exc: ValidationError) -> tuple[str, list[dict]]:
+    errors = [{"loc": ["body", *[p if isinstance(p, int) else str(p) for p in e["loc"]]], "msg": e["msg"]}
+              for e in exc.errors()[:20]]
+    readable = "; ".join(".".join(str(p) for p in e["loc"][1:]) + f": {e['msg']}" if len(e["loc"]) > 1
+                         else f"body: {e['msg']}" for e in errors)
+    return readable, errors
+
+
+class InvalidBody(ApiError):
+    def __init__(self, detail: str, errors: list[dict] | None = None):
+        super().__init__(422, detail)
+        self.errors = errors
+
+
+def check_order_body(kind: str, payload: bytes) -> None:
+    """Raises InvalidBody unless ``payload`` is what the content type ``kind`` documents."""
+    if kind in (JSON, REST_PROXY_JSON):
+        try:
+            (JSON_ORDERS if kind == JSON else ENVELOPE).validate_json(payload)
+        except ValidationError as exc:
+            raise InvalidBody(*_field_errors(exc)) from None
+    elif kind == CSV:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidBody("a text/csv body must be UTF-8") from None
+        if not _CSV.fullmatch(text):
+            raise InvalidBody("a text/csv body holds lines ativo,quantidade,token[,order_id] (quantity a positive "
+                              "integer; tokens and ids of letters, digits and '._:@-'), with an optional header")
+    elif not payload.startswith(AVRO_MAGIC):
+        raise InvalidBody("an application/avro body is one Order in Avro single-object encoding (C3 01 ...)")
+
+
+def encode_orders(res: Resources, kind: str, payload: bytes,
+                  minted: str) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
+    """Validates a body of content type ``kind`` and encodes its orders, all or nothing (InvalidBody / 413);
+    orders without an id are named ``<minted>-<index>``."""
     from orderflow.transforms.normalize_orders import InvalidOrder, parse_orders
 
+    if not payload.strip():
+        raise InvalidBody("empty body: send one or more orders")
+
+    def parse():
+        return parse_orders(payload, timestamp_ms=int(time.time() * 1000), minted_id_prefix=minted)
+
     try:
-        orders = parse_orders(payload, minted_id_prefix=id_prefix, timestamp_ms=int(time.time() * 1000))
+        check_order_body(kind, payload)
+    except InvalidBody as refused:
+        # When the orders pipeline would refuse the body too, its dead-letter reason comes first, then the
+        # fields at fault; what only the API's stricter contract refuses is named by that contract alone.
+        try:
+            parse()
+        except InvalidOrder as exc:
+            raise InvalidBody(f"invalid order ({exc.reason}): {exc.detail}; nothing was accepted. {refused.detail}",
+                              refused.errors) from None
+        raise
+    try:
+        orders = parse()
     except InvalidOrder as exc:
-        reason = getattr(exc, "reason", "invalid_order")
-        detail = getattr(exc, "detail", str(exc))
-        raise HTTPException(422, f"invalid order ({reason}): {detail}; nothing was accepted") from exc
-    if not orders:
-        raise HTTPException(422, "the body holds no order")
+        raise InvalidBody(f"invalid order ({exc.reason}): {exc.detail}; nothing was accepted") from exc
+    for index, order in enumerate(orders):  # an Avro body's record is not checked by a schema above
+        if not _TOKEN.fullmatch(order["client_token"]):
+            raise InvalidBody(f"order {index}: client token {order['client_token'][:80]!r} must be letters, digits "
+                              "or '._:@-', starting with a letter or digit; nothing was accepted")
+        if not _ORDER_ID.fullmatch(order["order_id"]) and not order["order_id"].startswith(minted):
+            raise InvalidBody(f"order {index}: order id {order['order_id'][:80]!r} must be letters, digits or "
+                              "'._:@-', starting with a letter or digit; nothing was accepted")
     if len(orders) > res.config.max_orders_per_request:
-        raise HTTPException(413, f"{len(orders)} orders in one request, at most "
-                                 f"{res.config.max_orders_per_request}: split the batch")
+        raise ApiError(413, f"{len(orders)} orders in one request, at most {res.config.max_orders_per_request}: "
+                            "split the batch")
     codec = res.codec("order")
     return orders, [(str(o["client_token"]).encode(), codec.encode(o)) for o in orders]
 
 
 @router.post(
     "/orders", status_code=202, response_model=OrdersAccepted,
-    summary="Ingest orders (JSON, REST-proxy envelope, CSV lines or Avro), all or nothing",
+    summary="Ingest orders (JSON, REST-proxy envelope, CSV lines or Avro, by Content-Type), all or nothing",
     openapi_extra={"requestBody": {"required": True, "content": ORDER_CONTENT_TYPES}},
-    responses={413: {"description": "body or batch too large"}, 422: {"description": "an order is invalid"},
-               **KAFKA_RESPONSES},
+    responses={**responses(415), **KAFKA_RESPONSES},
 )
 async def post_orders(request: Request, who: Caller, res: Res,
                       idempotency_key: Annotated[str | None, IdempotencyKey] = None):
     if not who.can_ingest():
         raise forbidden("this key has no 'ingest' scope")
+    kind = media_type(request)
+    if kind not in ORDER_CONTENT_TYPES:
+        raise ApiError(415, f"Content-Type {kind or '(none)'!r} is not accepted: send "
+                            f"{', '.join(ORDER_CONTENT_TYPES)}")
     payload = await request.body()
-    if not payload.strip():
-        raise HTTPException(422, "empty body: send one or more orders")
-    orders, records = await run_in_threadpool(_encode_orders, res, payload, minted_id_prefix(who, idempotency_key))
-    delivered = await _produce(res, res.settings.topics.orders, records)
+    orders, records = await run_in_threadpool(encode_orders, res, kind, payload,
+                                              minted_id_prefix(who, idempotency_key))
+    delivered = await produce(res, res.settings.topics.orders, records)
     return OrdersAccepted(accepted=len(orders), records=[
         OrderAccepted(order_id=o["order_id"], topic=d.topic, partition=d.partition, offset=d.offset)
         for o, d in zip(orders, delivered, strict=True)
@@ -204,7 +352,7 @@ async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Calle
     _require_restaurant(who, restaurant_id)
     value = res.codec("restaurant_keepalive").encode(
         {"restaurant_id": restaurant_id, "sent_at": _millis(body.sent_at if body else None)})
-    (d,) = await _produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value)])
+    (d,) = await produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value)])
     return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
 
 
@@ -218,7 +366,7 @@ def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:
 
 async def _send_availability(res: Resources, event: dict):
     value = res.codec("restaurant_availability").encode(event)
-    (d,) = await _produce(res, res.settings.topics.availability, [(event["restaurant_id"].encode(), value)])
+    (d,) = await produce(res, res.settings.topics.availability, [(event["restaurant_id"].encode(), value)])
     return d
 
 

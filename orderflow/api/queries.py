@@ -1,7 +1,8 @@
 """Query endpoints: orders and alarms (PostgreSQL), client volume (DynamoDB), restaurant status (Redis,
 one round trip for up to ``max_ids`` ids), unavailability history and the offline ranking (PostgreSQL).
 
-Money is returned as decimal strings (never floats), times as ISO-8601 with their offset.
+Money is returned as decimal strings (never floats) in one format, ``money()``; times as ISO-8601 with
+their offset.
 """
 from __future__ import annotations
 
@@ -12,19 +13,24 @@ from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
+from orderflow.api.contract import Day, Timestamp, money
 from orderflow.api.deps import Caller, Res, forbidden
+from orderflow.api.errors import AUTHENTICATED, responses
 from orderflow.api.ingest import RestaurantId
 from orderflow.api.resources import Resources
 
-router = APIRouter(tags=["query"])
+router = APIRouter(tags=["query"], responses=responses(*AUTHENTICATED, 422))
 
-Token = Path(min_length=1, max_length=128, description="client token")
-
-
-def _money(value) -> str | None:
-    return None if value is None else str(Decimal(value))
+# What the orders pipeline may have stored (any text without control characters, up to 256 bytes: a
+# Kafka producer's token or id, or the pipeline's own id <topic>/<partition>/<offset>#<n>) can be asked
+# for: URL-encode '/' as %2F and '#' as %23. What the API accepts is narrower (contract.TOKEN, ORDER_ID).
+STORED_TEXT = r"^[^\x00-\x1f\x7f-\x9f]+$"
+Token = Path(min_length=1, max_length=256, pattern=STORED_TEXT, description="client token (URL-encode '/')")
+OrderIdPath = Path(min_length=1, max_length=256, pattern=STORED_TEXT,
+                   description="the order's id (URL-encode '/' and '#')",
+                   examples=["api-5f0c6e9d4b2a4d7c9e1f3a5b7c9d1e3f-0"])
 
 
 def _iso(value) -> str | None:
@@ -48,22 +54,23 @@ class OrderOut(BaseModel):
     source_format: str | None
 
 
-@router.get("/orders/{order_id}", response_model=OrderOut, summary="A priced order as stored",
-            responses={404: {"description": "no such order (yet)"}})
-def get_order(order_id: Annotated[str, Path(min_length=1, max_length=256)], who: Caller, res: Res):
+@router.get("/orders/{order_id:path}", response_model=OrderOut, summary="A priced order as stored",
+            responses=responses(404))
+def get_order(order_id: Annotated[str, OrderIdPath], who: Caller, res: Res):
     if not who.can_read() and not who.clients:
         raise forbidden("this key has neither 'read' nor a 'client:<token>' scope")
+    sql = ("SELECT order_id, client_token, asset, quantity, pricing_code, price, total, event_time, trade_day,"
+           " source_format FROM orders WHERE order_id = %s")
+    params: list = [order_id]
+    if not who.can_read():  # another client's order is "not found", exactly as a missing one
+        sql += " AND client_token = ANY(%s)"
+        params.append(sorted(who.clients))
     with res.pg.connection() as conn:
-        row = conn.execute(
-            "SELECT order_id, client_token, asset, quantity, pricing_code, price, total, event_time,"
-            " trade_day, source_format FROM orders WHERE order_id = %s", (order_id,)
-        ).fetchone()
+        row = conn.execute(sql, params).fetchone()
     if row is None:
         raise HTTPException(404, f"order {order_id!r} not found (it may not be processed yet)")
-    if not who.can_read_client(row[1]):
-        raise forbidden("this key may read only the orders of client(s) " + ", ".join(sorted(who.clients)))
     return OrderOut(order_id=row[0], client_token=row[1], asset=row[2], quantity=row[3], pricing_code=row[4],
-                    price=_money(row[5]), total=_money(row[6]), event_time=_iso(row[7]),
+                    price=money(row[5]), total=money(row[6]), event_time=_iso(row[7]),
                     trade_day=_iso(row[8]), source_format=row[9])
 
 
@@ -75,10 +82,10 @@ class VolumeOut(BaseModel):
     updated_at: str | None
 
 
-@router.get("/clients/{token}/volume", response_model=VolumeOut,
+@router.get("/clients/{token:path}/volume", response_model=VolumeOut,
             summary="A client's financial volume of one day, in near real time (DynamoDB)")
 def get_volume(token: Annotated[str, Token], who: Caller, res: Res,
-               day: Annotated[dt.date | None, Query(description="YYYY-MM-DD, default today (exchange time zone)")] = None):
+               day: Annotated[Day | None, Query(description="YYYY-MM-DD, default today (exchange time zone)")] = None):
     if not who.can_read_client(token):
         raise forbidden(f"this key may not read client {token!r}")
     day = day or today(res)
@@ -88,8 +95,8 @@ def get_volume(token: Annotated[str, Token], who: Caller, res: Res,
         ConsistentRead=True,
     ).get("Item")
     if not item:
-        return VolumeOut(client_token=token, day=day.isoformat(), total="0", order_count=0, updated_at=None)
-    return VolumeOut(client_token=token, day=day.isoformat(), total=str(Decimal(item["total"]["N"])),
+        return VolumeOut(client_token=token, day=day.isoformat(), total=money(0), order_count=0, updated_at=None)
+    return VolumeOut(client_token=token, day=day.isoformat(), total=money(item["total"]["N"]),
                      order_count=int(Decimal(item.get("order_count", {"N": "0"})["N"])),
                      updated_at=item.get("updated_at", {}).get("S"))
 
@@ -111,7 +118,7 @@ class AlarmsOut(BaseModel):
 
 @router.get("/alarms", response_model=AlarmsOut, summary="Alarms fired since a moment, newest first")
 def get_alarms(who: Caller, res: Res,
-               since: Annotated[AwareDatetime | None, Query(description="ISO-8601 with offset; default 24 h ago")] = None,
+               since: Annotated[Timestamp | None, Query(description="ISO-8601 with offset; default 24 h ago")] = None,
                limit: Annotated[int, Query(ge=1, le=1000)] = 100):
     if not who.can_read() and not who.clients:
         raise forbidden("this key has neither 'read' nor a 'client:<token>' scope")
@@ -127,8 +134,8 @@ def get_alarms(who: Caller, res: Res,
     with res.pg.connection() as conn:
         rows = conn.execute(sql, params).fetchall()
     return AlarmsOut(since=since.isoformat(), alarms=[
-        AlarmOut(rule_id=r[0], scope=r[1], window_start=_iso(r[2]), window_end=_iso(r[3]), total=_money(r[4]),
-                 threshold=_money(r[5]), fired_at=_iso(r[6])) for r in rows
+        AlarmOut(rule_id=r[0], scope=r[1], window_start=_iso(r[2]), window_end=_iso(r[3]), total=money(r[4]),
+                 threshold=money(r[5]), fired_at=_iso(r[6])) for r in rows
     ])
 
 
@@ -216,8 +223,8 @@ def offline_ranking(res: Resources, first: dt.date, last: dt.date, limit: int) -
 @router.get("/reports/offline-ranking", response_model=RankingOut,
             summary="Restaurants ranked by unexplained offline time over a range of days")
 def get_offline_ranking(who: Caller, res: Res,
-                        first: Annotated[dt.date | None, Query(alias="from", description="first day, default today")] = None,
-                        last: Annotated[dt.date | None, Query(alias="to", description="last day (inclusive), default today")] = None,
+                        first: Annotated[Day | None, Query(alias="from", description="first day, default today")] = None,
+                        last: Annotated[Day | None, Query(alias="to", description="last day (inclusive), default today")] = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 10):
     if not who.can_read():
         raise forbidden("this key has no 'read' scope")

@@ -21,7 +21,8 @@ class Resources:
             settings.postgres_dsn, min_size=1, max_size=config.pg_pool_size, open=True,
             kwargs={"autocommit": True}, timeout=5,
         )
-        self.keys = KeyVerifier(self.pg, cache_seconds=config.key_cache_seconds)
+        self.keys = KeyVerifier(self.pg, cache_seconds=config.key_cache_seconds,
+                                unknown_cache_seconds=config.unknown_key_cache_seconds)
 
     @functools.cached_property
     def redis(self):

@@ -18,6 +18,9 @@ coordinates ``topic/partition/offset``, plus its index in the payload): a redeli
 recognised as the same order. Without a source the id is a digest of the payload and the index. A
 caller that mints its own ids (the HTTP API) passes ``minted_id_prefix``: ids are then ``<prefix>-<index>``.
 
+An Avro order keeps the input model its record states in ``source_format`` (the HTTP API encodes what it
+accepted as JSON, REST-proxy or CSV into Avro, and that model is what is stored).
+
 Every order is checked here against what every sink can hold (``OrderLimits``), so that a record no
 sink would take never gets past the edge (the HTTP API shares this parser and answers 422 with the same
 reason). The limits and their dead-letter reasons:
@@ -333,8 +336,9 @@ def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None =
                "window": limits.event_time_range(now), "minted_id_prefix": minted_id_prefix}
     if payload.startswith(_AVRO_MAGIC):
         record = _decode_order_avro(payload)
+        source_format = record.get("source_format") if record.get("source_format") in SOURCE_FORMATS else "AVRO"
         return [_canonical(record["asset"], record["quantity"], record["client_token"], record["order_id"],
-                           record["event_time"], "AVRO", index=0, **context)]
+                           record["event_time"], source_format, index=0, **context)]
     head = payload.lstrip()[:1]
     if head in (b"{", b"["):
         return _parse_json(payload, context)

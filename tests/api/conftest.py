@@ -1,4 +1,5 @@
-"""The API served for real (uvicorn on a free loopback port, in a thread) over the module's isolated stack."""
+"""The API served for real (uvicorn on a free loopback port, in a thread, configured as ``python -m orderflow.api
+serve`` configures it) over the module's isolated stack."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,16 +15,17 @@ import uvicorn
 from orderflow.api.app import create_app
 from orderflow.api.auth import create_key
 from orderflow.api.config import ApiConfig
+from orderflow.api.server import uvicorn_config
 
 
 class ServedApi:
-    def __init__(self, settings, config: ApiConfig):
+    def __init__(self, settings, config: ApiConfig, log_level: str = "warning"):
         self.settings = settings
         self.config = config
         self.port = port_for.select_random()
         self.url = f"http://127.0.0.1:{self.port}"
         self.app = create_app(settings, config)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
+        self.server = uvicorn.Server(uvicorn_config(self.app, config, port=self.port, log_level=log_level,
                                                     timeout_graceful_shutdown=1))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -50,9 +52,11 @@ class ServedApi:
 
 @pytest.fixture(scope="module")
 def api_config() -> ApiConfig:
-    # Small limits so the limit paths are cheap to exercise; no key cache so revocation is immediate.
+    # Small limits so the limit paths are cheap to exercise; no key cache so revocation is immediate; every
+    # test of a module calls from 127.0.0.1, so the failed-authentication limit is out of the way (its own test
+    # serves the API with a small one).
     return ApiConfig(max_body_bytes=64 * 1024, max_orders_per_request=500, max_ids=1000,
-                     dashboard_refresh_seconds=0.3, key_cache_seconds=0.0)
+                     dashboard_refresh_seconds=0.3, key_cache_seconds=0.0, auth_failures_per_minute=100_000)
 
 
 API_REDIS_DB = 7  # the session's Redis is shared by all modules: the API tests use a database of their own

@@ -1,8 +1,9 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Playwright.
 
-The page opens, shows the status counts, and a restaurant set unavailable in the hot state (written the
-way the presence pipeline writes it) appears on the open page without a reload; a screenshot is saved
-to ``.local/screenshots/dashboard.png``.
+The page opens, signs in with a key typed into its form (never put in a URL), shows the status counts, and
+a restaurant set unavailable in the hot state (written the way the presence pipeline writes it) appears on
+the open page without a reload; a screenshot is saved to ``.local/screenshots/dashboard.png``. A sign-in
+link carrying a dashboard token in its fragment (what ``make demo`` prints) opens the page too.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import time
 import psycopg
 import pytest
 
+from orderflow.api.auth import dashboard_token
 from orderflow.api.queries import today
 from orderflow.bootstrap import aws_client
 from orderflow.transforms.presence_rules import AvailabilityChange
@@ -50,8 +52,11 @@ def _seed(api, state_store):
 def test_a_status_change_arrives_live_on_the_open_page(api, browser, state_store):
     _seed(api, state_store)
     page = browser.new_page(viewport={"width": 1200, "height": 800})
-    page.goto(f"{api.url}/dashboard?key={api.key('read')}")
+    page.goto(f"{api.url}/dashboard")
+    page.fill("#sign-in input[name=key]", api.key("read"))
+    page.click("#sign-in button")
     page.wait_for_selector("#connection.live", timeout=15_000)
+    assert "key=" not in page.url
     unavailable = page.locator("#count-unavailable .n")
     page.wait_for_function("document.querySelector('#count-unavailable .n') !== null", timeout=15_000)
     before = int(unavailable.inner_text())
@@ -74,6 +79,18 @@ def test_a_status_change_arrives_live_on_the_open_page(api, browser, state_store
 def test_without_a_key_the_page_asks_for_one(api, browser):
     page = browser.new_page()
     page.goto(f"{api.url}/dashboard")
-    assert page.locator("#key-form").is_visible()
+    page.wait_for_selector("#key-form", state="visible", timeout=15_000)
     assert page.locator("#connection").inner_text() == "no key"
+    page.fill("#sign-in input[name=key]", api.key("ingest"))  # no 'read': refused, the form stays
+    page.click("#sign-in button")
+    page.wait_for_function("document.querySelector('#sign-in-error').textContent.includes('refused')", timeout=15_000)
+    page.close()
+
+
+def test_a_sign_in_link_with_a_dashboard_token_opens_the_live_page(api, browser):
+    token, _ = dashboard_token(api.key("read"), 600)
+    page = browser.new_page()
+    page.goto(f"{api.url}/dashboard#token={token}")
+    page.wait_for_selector("#connection.live", timeout=15_000)
+    assert token not in page.url  # dropped from the address bar once exchanged for the session cookie
     page.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 
 import pytest
 
@@ -12,6 +13,7 @@ from tests.api.kafka_check import count_records, read_at
 
 ORDER_CODEC = AvroCodec("order")
 AVAILABILITY_CODEC = AvroCodec("restaurant_availability")
+REST_PROXY_JSON = {"Content-Type": "application/vnd.kafka.json.v2+json"}
 
 
 def _landed_order(api, record: dict) -> dict:
@@ -39,8 +41,7 @@ def test_json_list_rest_proxy_envelope_csv_and_avro_are_all_accepted(api, ingest
     assert [o["client_token"] for o in map(lambda r: _landed_order(api, r), listed.json()["records"])] == ["c1", "c2"]
 
     envelope = {"records": [{"value": {"ativo": "WEGE3", "quantidade": i + 1, "token": f"rp-{i}"}} for i in range(40)]}
-    resp = ingester.post("/orders", content=json.dumps(envelope),
-                         headers={"Content-Type": "application/vnd.kafka.json.v2+json"})
+    resp = ingester.post("/orders", content=json.dumps(envelope), headers=REST_PROXY_JSON)
     assert resp.status_code == 202, resp.text
     records = resp.json()["records"]
     assert len(records) == 40 and len({r["order_id"] for r in records}) == 40
@@ -67,24 +68,89 @@ def test_a_batch_with_one_invalid_order_is_rejected_whole(api, ingester):
     before = count_records(api.settings.kafka_bootstrap, topic, partitions)
     records = [{"value": {"ativo": "PETR4", "quantidade": 5, "token": f"t{i}"}} for i in range(10)]
     records[7]["value"]["quantidade"] = -3
-    resp = ingester.post("/orders", json={"records": records})
+    resp = ingester.post("/orders", content=json.dumps({"records": records}), headers=REST_PROXY_JSON)
     assert resp.status_code == 422
-    assert "invalid_quantity" in resp.json()["detail"] and "nothing was accepted" in resp.json()["detail"]
+    assert resp.json()["errors"][0]["loc"][:4] == ["body", "records", 7, "value"]
+    assert "quantidade: Input should be greater than or equal to 1" in resp.json()["detail"]
+    records[7]["value"]["quantidade"] = 5
+    records[3]["value"]["ativo"] = "PE TR4"  # a rule the schema states, applied before anything is produced
+    resp = ingester.post("/orders", content=json.dumps({"records": records}), headers=REST_PROXY_JSON)
+    assert resp.status_code == 422 and "records.3.value" in resp.json()["detail"]
     csv = "PETR4,10,a\nnot a line\n"
     assert ingester.post("/orders", content=csv, headers={"Content-Type": "text/csv"}).status_code == 422
     assert count_records(api.settings.kafka_bootstrap, topic, partitions) == before
 
 
-@pytest.mark.parametrize("body, reason", [
-    (b"", "empty body"),
-    (b"{not json", "unparseable"),
-    (b'{"ativo": "PETR4", "quantidade": 1}', "token"),
-    (b'{"records": []}', "non-empty list"),
+@pytest.mark.parametrize("body, content_type, reason", [
+    (b"", "application/json", "empty body"),
+    (b"{not json", "application/json", "Invalid JSON"),
+    (b'{"ativo": "PETR4", "quantidade": 1}', "application/json", "token: Field required"),
+    (b'{"records": []}', "application/vnd.kafka.json.v2+json", "records: List should have at least 1 item"),
+    (b'{"records": [{"value": {"ativo": "PETR4", "quantidade": 1, "token": "x"}}]}', "application/json",
+     "records: Extra inputs are not permitted"),
+    (b'{"ativo": "PETR4", "quantidade": "5", "token": "x"}', "application/json", "quantidade: Value error, expected an integer"),
+    (b'{"ativo": "PETR4", "quantidade": 5, "token": "a/b"}', "application/json", "token: String should match pattern"),
+    (b'{"ativo": "PETR4", "quantidade": 5, "token": "x", "order_id": "o/1#2"}', "application/json",
+     "order_id: String should match pattern"),
+    (b"PETR4,1,a/b\n", "text/csv", "ativo,quantidade,token[,order_id]"),
+    (b'{"ativo": "PETR4", "quantidade": 1, "token": "x"}', "text/csv", "ativo,quantidade,token[,order_id]"),
+    (b"PETR4,1,x\n", "application/avro", "Avro single-object encoding"),
 ])
-def test_unusable_order_bodies_get_422_with_the_reason(ingester, body, reason):
-    resp = ingester.post("/orders", content=body, headers={"Content-Type": "application/json"})
+def test_unusable_order_bodies_get_422_with_the_reason(ingester, body, content_type, reason):
+    resp = ingester.post("/orders", content=body, headers={"Content-Type": content_type})
     assert resp.status_code == 422, resp.text
     assert reason in resp.json()["detail"]
+
+
+def test_unknown_fields_are_refused_not_ignored(ingester):
+    """An ignored field is a silent misunderstanding (occurred_at is not a field of availability)."""
+    resp = ingester.put("/restaurants/r-2/availability", json={"status": "AVAILABLE", "occurred_at": "2026-01-01T00:00:00Z"})
+    assert resp.status_code == 422
+    assert resp.json()["errors"] == [{"loc": ["body", "occurred_at"], "msg": "Extra inputs are not permitted"}]
+    resp = ingester.post("/orders", json={"ativo": "PETR4", "quantidade": 1, "token": "x", "price": "10"})
+    assert resp.status_code == 422 and "price: Extra inputs are not permitted" in resp.json()["detail"]
+    resp = ingester.post("/restaurants/r-2/keepalive", json={"sent_at": "2026-03-01T12:00:00Z", "battery": 80})
+    assert resp.status_code == 422 and "battery" in resp.json()["detail"]
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/xml", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/plain", None,
+])
+def test_orders_dispatch_on_content_type_and_refuse_others_with_415(api, ingester, content_type):
+    """A JSON body under any other Content-Type is refused, not guessed at."""
+    topic, partitions = api.settings.topics.orders, api.settings.topic_partitions
+    before = count_records(api.settings.kafka_bootstrap, topic, partitions)
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = ingester.post("/orders", content=b'{"ativo": "PETR4", "quantidade": 1, "token": "x"}', headers=headers)
+    assert resp.status_code == 415, resp.text
+    assert "application/json" in resp.json()["detail"] and "text/csv" in resp.json()["detail"]
+    assert count_records(api.settings.kafka_bootstrap, topic, partitions) == before
+
+
+def test_json_with_charset_is_json(ingester):
+    resp = ingester.post("/orders", content=b'{"ativo": "PETR4", "quantidade": 1, "token": "x"}',
+                         headers={"Content-Type": "application/json; charset=utf-8"})
+    assert resp.status_code == 202, resp.text
+
+
+def test_an_avro_order_is_held_to_the_same_token_and_id_rules(ingester):
+    order = {"order_id": "avro-2", "client_token": "a/b", "asset": "BBAS3", "quantity": 3,
+             "event_time": dt.datetime.now(dt.timezone.utc), "source_format": "AVRO"}
+    resp = ingester.post("/orders", content=encode_order_avro(order), headers={"Content-Type": "application/avro"})
+    assert resp.status_code == 422 and "client token 'a/b'" in resp.json()["detail"]
+    order.update(client_token="av", order_id="o/1#2")
+    resp = ingester.post("/orders", content=encode_order_avro(order), headers={"Content-Type": "application/avro"})
+    assert resp.status_code == 422 and "order id 'o/1#2'" in resp.json()["detail"]
+
+
+def test_minted_order_ids_are_url_safe_and_client_ids_kept(api, ingester):
+    resp = ingester.post("/orders", content="PETR4,1,csv-x\nVALE3,2,csv-y,client.id:7@a-b\n",
+                         headers={"Content-Type": "text/csv"})
+    assert resp.status_code == 202, resp.text
+    minted, given = (r["order_id"] for r in resp.json()["records"])
+    assert re.fullmatch(r"api-[0-9a-f]{32}-0", minted), minted
+    assert given == "client.id:7@a-b"
+    assert _landed_order(api, resp.json()["records"][0])["order_id"] == minted
 
 
 def test_body_and_batch_limits_give_413(api, ingester, api_config):
@@ -184,7 +250,8 @@ def test_schedule_and_cancel_unavailability(api, ingester):
 @pytest.mark.parametrize("body, words", [
     ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00+00:00", "ends_at": "2026-12-24T17:00:00+00:00"},
      "ends_at must be after starts_at"),
-    ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00"}, "timezone"),
+    ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00"}, "starts_at: Value error, expected an ISO-8601 date-time with offset"),
+    ({"reason": "HOLIDAYS", "starts_at": 1766599200}, "starts_at: Value error, expected an ISO-8601 date-time"),
     ({"reason": "HOLIDAYS"}, "starts_at: Field required"),
     ({"reason": "HOLIDAYS", "starts_at": "2026-12-24T18:00:00Z", "schedule_id": "bad id!"}, "schedule_id"),
 ])

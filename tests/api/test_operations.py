@@ -46,7 +46,7 @@ def test_healthz_names_the_failing_dependency(api_settings, api_config):
 def test_metrics_count_requests_by_route(anonymous, reader):
     reader.get("/orders/metrics-probe")
     text = anonymous.get("/metrics").text
-    assert 'orderflow_api_requests_total{method="GET",route="/orders/{order_id}",status="404"}' in text
+    assert 'orderflow_api_requests_total{method="GET",route="/orders/{order_id:path}",status="404"}' in text
     assert "orderflow_api_request_seconds_bucket" in text
 
 
@@ -75,24 +75,30 @@ def test_keys_cli_creates_a_working_key_and_refuses_bad_scopes(api, api_settings
         stored = conn.execute("SELECT key_sha256, scopes FROM api_keys WHERE key_id = %s", (key.split("_")[1],)).fetchone()
     assert key.encode() not in bytes(stored[0]) and len(bytes(stored[0])) == 32  # only the digest is kept
     assert stored[1] == ["client:alice", "read"]
-    bad = _cli(api_settings, "keys", "create", "--scope", "admin")
-    assert bad.returncode == 2 and "invalid scope 'admin'" in bad.stderr
+    bad = _cli(api_settings, "keys", "create", "--scope", "superuser")
+    assert bad.returncode == 2 and "invalid scope 'superuser'" in bad.stderr
+    bad = _cli(api_settings, "keys", "create", "--scope", "client:a/b")  # client tokens are URL-safe
+    assert bad.returncode == 2 and "invalid scope 'client:a/b'" in bad.stderr
 
 
 def test_dashboard_snapshot_and_live_events(api, reader, anonymous, state_store):
     assert anonymous.get("/dashboard").status_code == 200
     assert anonymous.get("/dashboard/snapshot").status_code == 401
+    assert anonymous.get("/dashboard/events").status_code == 401
     with api.client(api.key("ingest")) as ingest_only:
         assert ingest_only.get("/dashboard/snapshot").status_code == 403
-        assert ingest_only.get("/dashboard/events", params={"key": api.key("ingest")}).status_code == 403
-    assert anonymous.get("/dashboard/events", params={"key": "nope"}).status_code == 401
+        assert ingest_only.get("/dashboard/events").status_code == 403
+        assert ingest_only.post("/dashboard/session").status_code == 403
 
     before = reader.get("/dashboard/snapshot").json()
     assert set(before) >= {"status_counts", "offline_ranking", "client_volumes", "day"}
     unavailable_before = before["status_counts"]["offline_reasons"].get("unavailable", 0)
 
-    key = api.key("read")
-    with anonymous.stream("GET", "/dashboard/events", params={"key": key}) as stream:
+    browser = api.client()  # as the page does: the key once, in a header, for a session cookie
+    signed_in = browser.post("/dashboard/session", headers={"X-API-Key": api.key("read")})
+    assert signed_in.status_code == 200, signed_in.text
+    assert "orderflow_dashboard" in browser.cookies
+    with browser.stream("GET", "/dashboard/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         lines = stream.iter_lines()
         first = _next_snapshot(lines)

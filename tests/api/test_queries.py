@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import urllib.parse
 from decimal import Decimal
 
 import psycopg
@@ -25,7 +26,10 @@ def seeded(api_settings):
             "INSERT INTO orders (order_id, client_token, asset, quantity, pricing_code, price, total, event_time,"
             " trade_day, source_format) VALUES"
             " ('o-1', 'alice', 'PETR4', 300, 'PC-PETR4', 38.123456, 11437.0368, '2026-03-02T13:00:00Z', '2026-03-02', 'JSON'),"
-            " ('o-2', 'bob', 'VALE3', 10, 'PC-VALE3', 61.5, 615.0, '2026-03-02T14:00:00Z', '2026-03-02', 'CSV')"
+            " ('o-2', 'bob', 'VALE3', 10, 'PC-VALE3', 61.5, 615.0, '2026-03-02T14:00:00Z', '2026-03-02', 'CSV'),"
+            # the pipeline's own id for an order that came without one, and a Kafka producer's token and id
+            " ('ordem-ativo-x/3/17#0', 'bob', 'VALE3', 1, 'PC-VALE3', 61.5, 61.5, '2026-03-02T14:00:00Z', '2026-03-02', 'JSON'),"
+            " ('pedido ç/1', 'loja/são paulo', 'VALE3', 1, 'PC-VALE3', 61.5, 61.5, '2026-03-02T14:00:00Z', '2026-03-02', 'JSON')"
         )
         conn.execute(
             "INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold, fired_at) VALUES"
@@ -64,11 +68,22 @@ def test_order_by_id(seeded, reader):
     assert resp.status_code == 404 and "nope" in resp.json()["detail"]
 
 
+def test_every_stored_id_can_be_asked_for_url_encoded(seeded, reader):
+    for order_id in ("ordem-ativo-x/3/17#0", "pedido ç/1"):
+        resp = reader.get("/orders/" + urllib.parse.quote(order_id, safe=""))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["order_id"] == order_id
+    resp = reader.get("/clients/" + urllib.parse.quote("loja/são paulo", safe="") + "/volume")
+    assert resp.status_code == 200 and resp.json()["client_token"] == "loja/são paulo"
+
+
 def test_a_client_key_reads_only_its_orders(seeded, api, anonymous):
     with api.client(api.key("client:alice")) as alice:
         assert alice.get("/orders/o-1").status_code == 200
-        resp = alice.get("/orders/o-2")
-        assert resp.status_code == 403 and "alice" in resp.json()["detail"]
+        # Another client's order and a missing one answer alike: a client cannot tell whether it exists.
+        other, missing = alice.get("/orders/o-2"), alice.get("/orders/o-404")
+        assert other.status_code == missing.status_code == 404
+        assert other.json()["detail"].replace("o-2", "ID") == missing.json()["detail"].replace("o-404", "ID")
     with api.client(api.key("ingest")) as ingest_only:
         assert ingest_only.get("/orders/o-1").status_code == 403
     assert anonymous.get("/orders/o-1").status_code == 401
@@ -95,7 +110,7 @@ def test_alarms_since(seeded, api, reader):
     assert resp.status_code == 200, resp.text
     alarms = resp.json()["alarms"]
     assert [(a["rule_id"], a["scope"]) for a in alarms] == [("big-market", "*"), ("big-client", "alice")]
-    assert alarms[1]["total"] == "200000.50"
+    assert (alarms[1]["total"], alarms[1]["threshold"]) == ("200000.5", "100000")  # one money format
     assert len(reader.get("/alarms", params={"since": "2026-01-01T00:00:00Z"}).json()["alarms"]) == 3
     assert reader.get("/alarms", params={"since": "2026-01-01T00:00:00Z", "limit": 1}).json()["alarms"][0]["rule_id"] == "big-market"
     resp = reader.get("/alarms", params={"since": "2026-03-01T00:00:00"})

@@ -188,3 +188,10 @@ def test_normalize_orders_counts_each_reason_and_keeps_records_in_equal_to_order
     assert {name: counters[name] for name in counters if name.startswith("dead_letter_")} == {
         "dead_letter_invalid_token": 1, "dead_letter_invalid_quantity": 1, "dead_letter_invalid_order_id": 1,
         "dead_letter_quantity_out_of_range": 1}
+
+
+def test_minted_ids_and_an_avro_order_keeps_its_recorded_input_model():
+    payload = b"PETR4,1,a\nVALE3,2,b,given-1\n"
+    assert [o["order_id"] for o in parse_orders(payload, source="t/0/1", minted_id_prefix="api-x")] == ["api-x-0", "given-1"]
+    order = parse_orders(b'{"ativo": "PETR4", "quantidade": 1, "token": "a"}')[0]
+    assert parse_orders(encode_order_avro(order))[0]["source_format"] == "JSON"

@@ -1,0 +1,85 @@
+"""The value types of the API's contract, each stated once, with the rule its JSON Schema documents.
+
+pydantic's lax parsing accepts more than a schema says (``"0"`` as a date, ``1700000000`` as a
+date-time, ``"5"`` as an integer); every type here accepts exactly what its schema documents, so the
+OpenAPI spec and the answers agree (``tests/api/test_schemathesis.py`` checks it).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BeforeValidator, Field
+
+from orderflow.transforms.normalize_orders import MAX_QUANTITY
+
+# Client tokens and order ids the API accepts travel in URL paths (/clients/{token}/volume,
+# /orders/{order_id}, the client:<token> scope): letters, digits and '._:@-', starting with a letter or digit
+# (so never '.' or '..', which clients resolve away). The orders pipeline itself takes any text without
+# control characters from Kafka producers (normalize_orders.OrderLimits); this set is narrower.
+MAX_TOKEN_LENGTH = 128
+MAX_ORDER_ID_LENGTH = 200
+TICKER = r"[A-Za-z0-9][A-Za-z0-9.]{0,15}"
+TOKEN = rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_TOKEN_LENGTH - 1}}}"
+ORDER_ID = rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_ORDER_ID_LENGTH - 1}}}"
+PATH_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+# CSV quantities: 1..MAX_QUANTITY (10^12) as ASCII digits.
+CSV_QUANTITY = rf"(?:[1-9][0-9]{{0,{len(str(MAX_QUANTITY)) - 2}}}|{MAX_QUANTITY})"
+MAX_EPOCH_MILLIS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _rfc3339_text(value: Any) -> Any:
+    if isinstance(value, dt.datetime) or (isinstance(value, str) and _RFC3339.fullmatch(value)):
+        return value
+    raise ValueError("expected an ISO-8601 date-time with offset, e.g. 2026-03-01T12:00:00Z")
+
+
+def _iso_date_text(value: Any) -> Any:
+    if isinstance(value, dt.date) or (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+        return value
+    raise ValueError("expected a date YYYY-MM-DD")
+
+
+def _integral_number(value: Any) -> Any:
+    # JSON Schema's "integer" is any number without a fractional part (159.0 included), never a string.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("expected an integer")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("expected an integer")
+        return int(value)
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339_text)]
+Day = Annotated[dt.date, BeforeValidator(_iso_date_text)]
+
+
+def integer(**constraints):
+    """An integer type (``ge``, ``le``, ``description``, ...): the constraints go on the int itself, before the
+    validator, so that the schema states them as ``minimum``/``maximum``."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral_number)]
+
+
+Ticker = Annotated[str, Field(pattern=f"^{TICKER}$", description="asset ticker, e.g. WEGE3 (upper-cased)")]
+Quantity = integer(ge=1, le=MAX_QUANTITY, description="units, > 0")
+ClientToken = Annotated[str, Field(pattern=f"^{TOKEN}$", description="client token: letters, digits and "
+                                                                      "'._:@-', starting with a letter or digit")]
+OrderId = Annotated[str, Field(pattern=f"^{ORDER_ID}$", description="your id for the order (same set as tokens); "
+                                                                     "default: minted, api-<32 hex>-<index>")]
+EventTime = Annotated[
+    integer(ge=0, le=MAX_EPOCH_MILLIS, title="epoch millis") | Timestamp,
+    Field(description="when the order was placed (epoch millis or ISO-8601 with offset); default: arrival"),
+]
+
+
+def money(value) -> str | None:
+    """Money as a decimal string in plain notation without trailing zeros: ``"4217"``, ``"181952785.6963"``.
+
+    The one format of every amount the API answers (order price and total, volumes, alarm totals)."""
+    return None if value is None else format(Decimal(value).normalize(), "f")

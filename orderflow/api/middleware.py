@@ -1,0 +1,123 @@
+"""``ApiMiddleware``: the pure ASGI middleware around the whole app.
+
+- A request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400) and its connection
+  closed: the two framings disagree about where the body ends, which is how a request is smuggled
+  behind another.
+- The body of a POST/PUT/PATCH/DELETE is read here, whole, before the app runs: at most
+  ``max_body_bytes`` (413; a declared Content-Length is checked before anything is read) and within
+  ``body_timeout_seconds`` (408), so a slow body never holds a handler. The app then gets it at once.
+- An exception the app lets through is answered 503 naming the dependency when it is a connection or
+  operational failure, else 500; it is logged and never re-raised, so uvicorn keeps the keep-alive
+  connection usable (a re-raised exception makes it close the connection).
+- Request count and latency metrics (``metrics.py``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from orderflow.api.errors import error_body, unavailable_dependency
+from orderflow.api.metrics import LATENCY, REQUESTS
+
+logger = logging.getLogger("orderflow.api")
+METHODS_WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
+
+
+class ApiMiddleware:
+    def __init__(self, app, max_body_bytes: int, body_timeout_seconds: float):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.body_timeout_seconds = body_timeout_seconds
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        state = {"status": 500, "started": False}
+
+        async def send_recording(message):
+            if message["type"] == "http.response.start":
+                state["status"], state["started"] = message["status"], True
+            await send(message)
+
+        async def answer(status: int, detail: str, close: bool = False, headers=()):
+            body, media_type = error_body(scope["path"], status, detail)
+            response_headers = [(b"content-type", media_type.encode()),
+                                (b"content-length", str(len(body)).encode()), *headers]
+            if close:
+                response_headers.append((b"connection", b"close"))
+            await send_recording({"type": "http.response.start", "status": status, "headers": response_headers})
+            await send_recording({"type": "http.response.body", "body": body})
+
+        try:
+            headers = scope["headers"]
+            names = {name for name, _ in headers}
+            if b"transfer-encoding" in names and b"content-length" in names:
+                await answer(400, "both Content-Length and Transfer-Encoding: send one of them", close=True)
+                return
+            app_receive = receive
+            if scope["method"] in METHODS_WITH_BODY:
+                declared = dict(headers).get(b"content-length")
+                if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                    await answer(413, f"request body larger than {self.max_body_bytes} bytes", close=True)
+                    return
+                try:
+                    body = await asyncio.wait_for(self._read_body(receive), self.body_timeout_seconds)
+                except asyncio.TimeoutError:
+                    await answer(408, f"request body not received within {self.body_timeout_seconds:g}s", close=True)
+                    return
+                except _BodyTooLarge:
+                    await answer(413, f"request body larger than {self.max_body_bytes} bytes", close=True)
+                    return
+                if body is None:  # the client went away
+                    return
+                app_receive = _replay(body, receive)
+            try:
+                await self.app(scope, app_receive, send_recording)
+            except Exception as exc:  # noqa: BLE001 - answered here, never re-raised (see the docstring)
+                dependency = unavailable_dependency(exc)
+                if dependency is None:
+                    logger.exception("%s %s failed", scope["method"], scope["path"])
+                else:
+                    logger.warning("%s %s: %s unavailable: %s", scope["method"], scope["path"], dependency, exc)
+                if state["started"]:
+                    return  # the response is under way: uvicorn closes the connection
+                if dependency is None:
+                    await answer(500, f"internal error ({type(exc).__name__}); it is logged")
+                else:
+                    await answer(503, f"{dependency} unavailable: {exc}"[:500])
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            REQUESTS.labels(scope["method"], path, str(state["status"])).inc()
+            LATENCY.labels(scope["method"], path).observe(time.perf_counter() - started)
+
+    async def _read_body(self, receive) -> bytes | None:
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                raise _BodyTooLarge
+        return bytes(body)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _replay(body: bytes, receive):
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: only http.disconnect comes
+
+    return replay

@@ -1,0 +1,142 @@
+"""Serving the API with uvicorn, with the connection limits uvicorn lacks, and secrets kept out of logs.
+
+uvicorn's h11 protocol has an idle timeout between requests but none while a request's headers arrive,
+and no cap on connections: a client trickling header bytes holds a connection (and its memory) forever,
+and a thousand of them are all kept. ``GuardedH11Protocol`` adds:
+
+- a header timeout: a request line and its headers must arrive within ``header_timeout_seconds`` of the
+  request's first byte (or of the connection opening); otherwise ``408`` and the connection is closed;
+- a connection limit: a connection beyond ``max_connections`` (per worker process) is answered ``503``
+  and closed at once.
+
+The body has its own deadline (``body_timeout_seconds``), enforced in ``ApiMiddleware`` where the body is
+read. Both servers (``python -m orderflow.api serve`` and the tests' in-process server) are configured by
+``uvicorn_config`` / ``serve`` here, so they run with the same protocol and limits.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from orderflow.api.config import ApiConfig, load_api_config
+
+PROTOCOL = "orderflow.api.server:GuardedH11Protocol"
+_CONFIG_ATTRIBUTE = "orderflow_api_config"
+
+
+def _raw_response(status: int, reason: str, detail: str) -> bytes:
+    body = json.dumps({"detail": detail}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout and a connection limit (see the module docstring).
+
+    The limits come from the ``ApiConfig`` attached to uvicorn's config by ``uvicorn_config``, or, in the
+    worker processes of ``serve``, from the environment (``load_api_config``), as the app's own do.
+    """
+
+    def __init__(self, config, server_state, app_state, _loop=None):
+        super().__init__(config, server_state, app_state, _loop)
+        limits: ApiConfig = getattr(config, _CONFIG_ATTRIBUTE, None) or load_api_config()
+        self.header_timeout_seconds = limits.header_timeout_seconds
+        self.max_connections = limits.max_connections
+        self._header_timer = None
+        self._bytes_since_request = 0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            self.logger.warning("Refused a connection: %d open, the limit is %d", len(self.connections) - 1,
+                                self.max_connections)
+            transport.write(_raw_response(503, "Service Unavailable",
+                                          "the server is at its connection limit: retry shortly"))
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_since_request += len(data)
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            # Still waiting for a request's headers: the clock runs from its first byte.
+            self._arm_header_timer()
+        else:
+            self._cancel_header_timer()
+            self._bytes_since_request = 0
+
+    def connection_lost(self, exc) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        self._bytes_since_request = 0
+        super().on_response_complete()  # arms uvicorn's keep-alive timer until the next request's first byte
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None and not self.transport.is_closing():
+            self._header_timer = self.loop.call_later(self.header_timeout_seconds, self._header_timeout)
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self._bytes_since_request:  # a request started but its headers did not arrive in time
+            self.transport.write(_raw_response(408, "Request Timeout",
+                                               f"request headers not received within {self.header_timeout_seconds:g}s"))
+        self.transport.close()
+
+
+_SECRET_PARAMETER = re.compile(r"(?i)([?&](?:key|api_key|apikey|token|access_token)=)[^&\s]*")
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of secret-looking query parameters replaced by ``[redacted]``."""
+    return _SECRET_PARAMETER.sub(r"\1[redacted]", text)
+
+
+class RedactSecrets(logging.Filter):
+    """Keeps secrets out of the access log: ``?key=...`` (an old dashboard URL) is logged redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
+        return True
+
+
+def install_log_redaction() -> None:
+    logger = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactSecrets) for f in logger.filters):
+        logger.addFilter(RedactSecrets())
+
+
+def _server_options(config: ApiConfig) -> dict[str, Any]:
+    return {"http": PROTOCOL, "timeout_keep_alive": config.keep_alive_seconds, "timeout_graceful_shutdown": 3}
+
+
+def uvicorn_config(app, config: ApiConfig, host: str = "127.0.0.1", port: int = 18080, **kwargs):
+    """A ``uvicorn.Config`` serving ``app`` in this process with the API's protocol and limits."""
+    import uvicorn
+
+    server_config = uvicorn.Config(app, host=host, port=port, **{**_server_options(config), **kwargs})
+    setattr(server_config, _CONFIG_ATTRIBUTE, config)
+    return server_config
+
+
+def serve(host: str, port: int, workers: int = 1) -> None:
+    """``python -m orderflow.api serve``: the app built from the environment, in ``workers`` processes."""
+    import uvicorn
+
+    uvicorn.run("orderflow.api.app:create_app", factory=True, host=host, port=port, workers=workers,
+                log_level="info", **_server_options(load_api_config()))

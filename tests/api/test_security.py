@@ -1,0 +1,258 @@
+"""Security of the served API on loopback: request smuggling refused, slow headers and bodies bounded in time,
+connections bounded in count, unknown keys cheap and rate-limited, no API key in a URL or a log line, and an
+event stream that ends when its key is revoked."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import socket
+import time
+
+import pytest
+
+from orderflow.api.auth import revoke_key
+from tests.api.conftest import ServedApi
+
+HEADER_TIMEOUT = BODY_TIMEOUT = 1.5
+MAX_CONNECTIONS = 20
+
+
+@pytest.fixture(scope="module")
+def guarded(api_settings, api_config):
+    """The API with short timeouts and a small connection limit, so the limits are quick to reach."""
+    config = dataclasses.replace(api_config, header_timeout_seconds=HEADER_TIMEOUT, body_timeout_seconds=BODY_TIMEOUT,
+                                 max_connections=MAX_CONNECTIONS)
+    served = ServedApi(api_settings, config).start()
+    yield served
+    served.stop()
+
+
+def _connect(api) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", api.port), timeout=10)
+
+
+def _read_until_closed(sock: socket.socket, limit: float) -> tuple[bytes, float]:
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started, data = time.monotonic(), b""
+    sock.settimeout(limit)
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"connection still open after {limit}s; got {data[:200]!r}") from None
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data, time.monotonic() - started
+
+
+def test_content_length_with_transfer_encoding_is_refused_and_nothing_behind_it_is_answered(api):
+    key = api.key("read", "ingest")
+    smuggled = f"GET /alarms HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\n\r\n"
+    request = (f"POST /orders HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nContent-Type: text/csv\r\n"
+               f"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}").encode()
+    with _connect(api) as sock:
+        sock.sendall(request)
+        data, _ = _read_until_closed(sock, 10)
+    responses = re.findall(rb"^HTTP/1\.1 (\d{3})", data, flags=re.M)
+    assert responses == [b"400"], data
+    assert b"Content-Length and Transfer-Encoding" in data
+
+
+def test_trickling_headers_are_cut_off_in_time(guarded):
+    """Connections that send a header line now and then never complete a request: each is answered 408 and
+    closed once the header timeout has passed, whatever it keeps sending."""
+    sockets = [_connect(guarded) for _ in range(10)]
+    started = time.monotonic()
+    for sock in sockets:
+        sock.sendall(b"GET /alarms HTTP/1.1\r\nHost: t\r\n")
+    closed_after = {}
+    while len(closed_after) < len(sockets) and time.monotonic() - started < HEADER_TIMEOUT + 5:
+        for i, sock in enumerate(sockets):
+            if i in closed_after:
+                continue
+            try:
+                sock.sendall(b"X-Pad: y\r\n")
+                sock.settimeout(0.05)
+                data = sock.recv(65536)
+                if data:
+                    assert data.startswith(b"HTTP/1.1 408"), data
+                    closed_after[i] = time.monotonic() - started
+            except TimeoutError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after[i] = time.monotonic() - started
+        time.sleep(0.2)
+    for sock in sockets:
+        sock.close()
+    assert len(closed_after) == len(sockets), f"{len(sockets) - len(closed_after)} trickling connections kept"
+    assert max(closed_after.values()) < HEADER_TIMEOUT + 2
+
+
+def test_an_idle_connection_without_a_request_is_closed(guarded):
+    with _connect(guarded) as sock:
+        data, took = _read_until_closed(sock, HEADER_TIMEOUT + 5)
+    assert data == b"" and took < HEADER_TIMEOUT + 2
+
+
+def test_a_slow_body_is_refused_with_408_in_time(guarded):
+    key = guarded.key("ingest")
+    with _connect(guarded) as sock:
+        sock.sendall(f"POST /orders HTTP/1.1\r\nHost: t\r\nX-API-Key: {key}\r\nContent-Type: text/csv\r\n"
+                     f"Content-Length: 400\r\n\r\n".encode())
+        started = time.monotonic()
+        data = b""
+        sock.settimeout(0.3)
+        while time.monotonic() - started < BODY_TIMEOUT + 5:
+            try:
+                sock.sendall(b"PETR4,1,x\n")  # 10 bytes every 0.3 s: the body would take 12 s
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        took = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 408"), data
+    assert b"request body not received within" in data
+    assert took < BODY_TIMEOUT + 2
+
+
+def test_connections_beyond_the_limit_are_refused_at_once(guarded):
+    held = [_connect(guarded) for _ in range(MAX_CONNECTIONS)]
+    try:
+        time.sleep(0.2)
+        with _connect(guarded) as extra:
+            data, took = _read_until_closed(extra, 5)
+        assert data.startswith(b"HTTP/1.1 503") and b"connection limit" in data
+        assert took < 1
+    finally:
+        for sock in held:
+            sock.close()
+    time.sleep(0.3)
+    with guarded.client() as client:  # capacity comes back as connections close
+        assert client.get("/healthz").status_code == 200
+
+
+def _lookups(client, result: str) -> float:
+    text = client.get("/metrics").text
+    match = re.search(rf'^orderflow_api_key_lookups_total{{result="{result}"}} (\S+)$', text, flags=re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def test_an_unknown_key_costs_one_lookup_however_often_it_is_tried(api, anonymous):
+    unknown = "of_123456789abc_" + "B" * 43
+    before = _lookups(anonymous, "unknown")
+    for _ in range(10):
+        assert anonymous.get("/alarms", headers={"X-API-Key": unknown}).status_code == 401
+    assert _lookups(anonymous, "unknown") - before == 1
+
+
+def test_failed_authentications_are_limited_per_address(api_settings, api_config):
+    config = dataclasses.replace(api_config, auth_failures_per_minute=5, key_cache_seconds=60)
+    served = ServedApi(api_settings, config).start()
+    try:
+        good = served.key("read")
+        with served.client() as client:
+            assert client.get("/alarms", headers={"X-API-Key": good}).status_code == 200  # now cached
+            before = _lookups(client, "unknown")
+            statuses = [client.get("/alarms", headers={"X-API-Key": f"of_{i:012x}_" + "C" * 43}).status_code
+                        for i in range(12)]
+            assert statuses[:5] == [401] * 5 and set(statuses[5:]) == {429}
+            assert _lookups(client, "unknown") - before == 5  # throttled attempts cost no lookup
+            throttled = client.get("/alarms", headers={"X-API-Key": "of_ffffffffffff_" + "D" * 43})
+            assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) >= 1
+            assert "too many failed authentications" in throttled.json()["detail"]
+            # A key already verified keeps working from that address.
+            assert client.get("/alarms", headers={"X-API-Key": good}).status_code == 200
+    finally:
+        served.stop()
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_no_api_key_in_urls_or_logs(api_settings, api_config):
+    served = ServedApi(api_settings, api_config, log_level="info")  # uvicorn sets its loggers up here
+    capture = _Capture()
+    loggers = [logging.getLogger(name) for name in ("uvicorn.access", "uvicorn.error", "orderflow.api", "")]
+    for logger in loggers:
+        logger.addHandler(capture)
+    served.start()
+    access_log = capture.lines
+    try:
+        key = served.key("read")
+        with served.client() as page:
+            # The dashboard's way: the key once in a header, then a session cookie for the event stream.
+            assert page.post("/dashboard/session", headers={"X-API-Key": key}).status_code == 200
+            with page.stream("GET", "/dashboard/events") as stream:
+                assert stream.status_code == 200
+            # An old bookmark with the key in its URL is refused, and the key is not logged.
+            old = page.get("/dashboard/events", params={"key": key})
+            assert old.status_code == 400 and "never accepted in URLs" in old.json()["detail"]
+        time.sleep(0.2)
+        logged = "\n".join(access_log)
+        assert "/dashboard/events?key=[redacted]" in logged
+        assert key not in logged and key.split("_")[2] not in logged
+    finally:
+        served.stop()
+        for logger in loggers:
+            logger.removeHandler(capture)
+
+
+def _stream_until_closed(client, limit: float, revoke) -> float:
+    """Opens the event stream, revokes once the first snapshot arrived; seconds from revocation to its end."""
+    revoked_at = None
+    with client.stream("GET", "/dashboard/events") as stream:
+        assert stream.status_code == 200, stream.read()
+        for line in stream.iter_lines():
+            if revoked_at is None and line.startswith("data: "):
+                revoke()
+                revoked_at = time.monotonic()
+            assert revoked_at is None or time.monotonic() - revoked_at < limit, "stream still open after revocation"
+    assert revoked_at is not None
+    return time.monotonic() - revoked_at
+
+
+@pytest.mark.parametrize("credential", ["session cookie", "key header"])
+def test_an_event_stream_ends_within_the_key_cache_time_once_its_key_is_revoked(api_settings, api_config, credential):
+    cache_seconds = 1.0
+    config = dataclasses.replace(api_config, key_cache_seconds=cache_seconds, dashboard_refresh_seconds=0.2)
+    served = ServedApi(api_settings, config).start()
+    try:
+        key = served.key("read")
+        with served.client(key if credential == "key header" else None) as client:
+            if credential == "session cookie":
+                assert client.post("/dashboard/session", headers={"X-API-Key": key}).status_code == 200
+            took = _stream_until_closed(client, 10, lambda: revoke_key(api_settings.postgres_dsn, key.split("_")[1]))
+            assert took < cache_seconds + 1.5
+            # And it cannot be reopened.
+            assert client.get("/dashboard/events").status_code == 401
+    finally:
+        served.stop()
+
+
+def test_a_dashboard_token_is_read_only_and_nothing_else(api, anonymous):
+    with api.client() as page:
+        assert page.post("/dashboard/session", headers={"X-API-Key": api.key("read", "ingest")}).status_code == 200
+        token = page.cookies["orderflow_dashboard"]
+        assert page.get("/dashboard/snapshot").status_code == 200
+    for headers in ({"X-API-Key": token}, {"Authorization": f"Bearer {token}"}):
+        assert anonymous.get("/alarms", headers=headers).status_code == 401
+        assert anonymous.post("/orders", json={"ativo": "PETR4", "quantidade": 1, "token": "x"},
+                              headers=headers).status_code == 401
+    forged = re.sub(r"_(\d+)_", lambda m: f"_{int(m.group(1)) + 3600}_", token, count=1)  # a longer life
+    resp = anonymous.post("/dashboard/session", headers={"X-Dashboard-Token": forged})
+    assert resp.status_code == 401 and json.loads(resp.text)["detail"]
