@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=10_000, help="records to produce (default 10000)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--topic", default=settings.topics.orders)
-    parser.add_argument("--day", type=datetime.date.fromisoformat, help="trading day (default: today)")
+    parser.add_argument("--day", type=datetime.date.fromisoformat,
+                        help="trading day (default: yesterday); a day whose session is not over would carry "
+                             "event times in the future, which Kafka refuses (log.message.timestamp.after.max.ms); "
+                             "for live traffic use `python -m orderflow.generate feed`")
     parser.add_argument("--duplicate-rate", type=float, default=0.05)
     parser.add_argument("--malformed-rate", type=float, default=0.02)
     parser.add_argument("--clients", type=int, default=500)
@@ -186,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     if not formats or set(formats) - set(FORMATS):
         parser.error(f"--formats must be a comma list of {FORMATS}")
-    day = args.day or today(settings)
+    day = args.day or today(settings) - datetime.timedelta(days=1)
+    if day >= today(settings):
+        parser.error(f"--day {day}: its session is not over, so its orders would be stamped in the future; "
+                     "pick an earlier day, or stream live orders with `python -m orderflow.generate feed`")
     records = generate(args.n, seed=args.seed, day=day, timezone=settings.exchange_timezone,
                        duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate,
                        clients=args.clients, formats=formats)

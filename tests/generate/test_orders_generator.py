@@ -68,3 +68,23 @@ def test_cli_produces_to_the_topic(module_settings):
     records = [m for p in range(module_settings.topic_partitions)
                for m in read_partition(module_settings.kafka_bootstrap, module_settings.topics.orders, p)]
     assert len(records) == 300
+
+
+def test_cli_produces_yesterday_by_default_and_refuses_a_session_not_over(module_settings, monkeypatch, capsys):
+    import pytest
+
+    from orderflow.config import settings_environment
+    from orderflow.generate.orders import main
+    from orderflow.refdata import today
+    from tests.pipelines.orders_scenario import read_topic
+
+    for variable, value in settings_environment(module_settings).items():
+        monkeypatch.setenv(variable, value)
+    before = len(read_topic(module_settings, module_settings.topics.orders))
+    assert main(["--n", "300", "--no-progress"]) == 0
+    yesterday = today(module_settings) - datetime.timedelta(days=1)
+    assert f"produced 300 records for {yesterday}" in capsys.readouterr().out
+    assert len(read_topic(module_settings, module_settings.topics.orders)) == before + 300
+    with pytest.raises(SystemExit):
+        main(["--n", "10", "--day", str(today(module_settings)), "--no-progress"])
+    assert "would be stamped in the future" in capsys.readouterr().err
