@@ -2,7 +2,7 @@
 
     ReadFromKafka(batch_size)            lists of KafkaRecords, one DoFn call per batch from here on
       -> NormalizeOrders                 canonical Orders | dead letters
-      -> PriceOrders(reference data)     PricedOrders     | dead letters   (side input: memcached+DynamoDB)
+      -> PriceOrders(reference data)     PricedOrders     | dead letters   (memcached+DynamoDB, cached per worker)
       -> WriteToKafka(ordem-ativo-precificado)           every priced record, Avro PricedOrder, key order_id
       -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement, the
                                          absolute volumes put to DynamoDB under the rows' locks | dead
@@ -34,7 +34,7 @@ from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
 from orderflow.transforms.price_orders import PriceOrders
-from orderflow.transforms.reference_data import ReferenceDataSideInput
+from orderflow.transforms.reference_data import ReferenceData
 
 
 class OrdersOptions(PipelineOptions):
@@ -60,7 +60,8 @@ class OrdersOptions(PipelineOptions):
                                  "and --refdata_lookback_days before, in the exchange time zone)")
         parser.add_argument("--refdata_lookback_days", type=int, default=1)
         parser.add_argument("--refdata_refresh_seconds", type=float, default=300.0,
-                            help="streaming: reload the reference data this often")
+                            help="streaming: reload the reference data this often (an order whose day or asset "
+                                 "is missing also reloads it, at most every 10 s)")
         parser.add_argument("--alarm_rules", default=DEFAULT_RULES_JSON,
                             help="JSON list of alarm rules, or @path to a JSON file (see transforms/alarms.py)")
         parser.add_argument("--alarm_allowed_lateness_seconds", type=int, default=3600)
@@ -125,8 +126,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         start=start, batch_size=opts.orders_batch_size)
     normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
 
-    reference = pipeline | "ReferenceData" >> ReferenceDataSideInput(
-        settings, days=[d for d in opts.trade_days.split(",") if d.strip()] or None,
+    reference = ReferenceData(
+        settings, days=tuple(d.strip() for d in opts.trade_days.split(",") if d.strip()) or None,
         lookback_days=opts.refdata_lookback_days,
         refresh_seconds=None if bounded else opts.refdata_refresh_seconds)
     priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
@@ -157,10 +158,10 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter))
 
 
-def run(argv: list[str] | None = None, settings: Settings | None = None):
-    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
-    return run_pipeline(build, argv, settings, OrdersOptions)
+def run(argv: list[str] | None = None, settings: Settings | None = None, wait: bool | None = None):
+    """Builds and runs the pipeline; bounded runs (or ``wait``) wait until finished. Returns the PipelineResult."""
+    return run_pipeline(build, argv, settings, OrdersOptions, wait)
 
 
 if __name__ == "__main__":
-    run()
+    run(wait=True)

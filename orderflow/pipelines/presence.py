@@ -139,10 +139,10 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
 
 
-def run(argv: list[str] | None = None, settings: Settings | None = None):
-    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
-    return run_pipeline(build, argv, settings, PresenceOptions)
+def run(argv: list[str] | None = None, settings: Settings | None = None, wait: bool | None = None):
+    """Builds and runs the pipeline; bounded runs (or ``wait``) wait until finished. Returns the PipelineResult."""
+    return run_pipeline(build, argv, settings, PresenceOptions, wait)
 
 
 if __name__ == "__main__":
-    run()
+    run(wait=True)

@@ -1,12 +1,23 @@
-"""The one way orderflow's pipelines run: parse the options, stream unless ``--bounded``, build, run."""
+"""The one way orderflow's pipelines run: parse the options, stream unless ``--bounded``, build, run.
+
+Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` with the binary that
+``make prism`` builds into ``<repo>/.local/bin/prism``): the DirectRunner cannot run these graphs unbounded
+(it falls back to its legacy runner, where an unbounded splittable DoFn's watermark never advances).
+``--runner`` and ``--prism_location`` override the defaults; bounded runs keep Beam's default runner.
+"""
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PrismRunnerOptions, StandardOptions
 
 from orderflow.config import Settings
+
+# Where `make prism` installs the Prism binary (pinned to the apache-beam version of setup.py).
+PRISM_BINARY = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
+STREAMING_RUNNER = "PrismRunner"
 
 
 def add_bounded_flag(parser) -> None:
@@ -20,20 +31,38 @@ def add_bounded_flag(parser) -> None:
                             help="read every partition to its end, then finish (batch); default: stream")
 
 
+def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
+    """Streaming, on Prism with the project's binary unless ``--runner`` / ``--prism_location`` say otherwise."""
+    standard = options.view_as(StandardOptions)
+    standard.streaming = True
+    if standard.runner is None:
+        standard.runner = STREAMING_RUNNER
+    prism = options.view_as(PrismRunnerOptions)
+    if standard.runner in (STREAMING_RUNNER, "prism") and prism.prism_location is None:
+        if not PRISM_BINARY.is_file():
+            raise FileNotFoundError(
+                f"streaming runs on Beam's Prism runner, and {PRISM_BINARY} does not exist: run `make prism` "
+                "(or pass --prism_location=PATH, or another --runner)")
+        prism.prism_location = str(PRISM_BINARY)
+    return options
+
+
 def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | None], None],
                  argv: list[str] | None, settings: Settings | None,
-                 bounded_option_view: type[PipelineOptions]):
-    """Builds and runs a pipeline; bounded runs wait until finished. Returns the PipelineResult.
+                 bounded_option_view: type[PipelineOptions], wait: bool | None = None):
+    """Builds and runs a pipeline. Returns the PipelineResult.
 
     ``bounded_option_view`` is the pipeline's ``PipelineOptions`` subclass that defines ``--bounded``.
+    ``wait``: wait until the pipeline finishes (default: bounded runs only; a streaming run from the command
+    line must wait too, since the runner's job server and the SDK worker live in this process).
     """
     options = PipelineOptions(argv)
     bounded = options.view_as(bounded_option_view).bounded
     if not bounded:
-        options.view_as(StandardOptions).streaming = True
+        apply_streaming_defaults(options)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options, settings)
     result = pipeline.run()
-    if bounded:
+    if bounded if wait is None else wait:
         result.wait_until_finish()
     return result
