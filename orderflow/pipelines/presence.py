@@ -139,10 +139,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
 
 
-def run(argv: list[str] | None = None, settings: Settings | None = None, wait: bool | None = None):
-    """Builds and runs the pipeline; bounded runs (or ``wait``) wait until finished. Returns the PipelineResult."""
-    return run_pipeline(build, argv, settings, PresenceOptions, wait)
+def run(argv: list[str] | None = None, settings: Settings | None = None):
+    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
+    return run_pipeline(build, argv, settings, PresenceOptions)
 
 
 if __name__ == "__main__":
-    run(wait=True)
+    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
+    run().wait_until_finish()

@@ -49,12 +49,12 @@ def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
 
 def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | None], None],
                  argv: list[str] | None, settings: Settings | None,
-                 bounded_option_view: type[PipelineOptions], wait: bool | None = None):
-    """Builds and runs a pipeline. Returns the PipelineResult.
+                 bounded_option_view: type[PipelineOptions]):
+    """Builds and runs a pipeline; bounded runs wait until finished. Returns the PipelineResult.
 
     ``bounded_option_view`` is the pipeline's ``PipelineOptions`` subclass that defines ``--bounded``.
-    ``wait``: wait until the pipeline finishes (default: bounded runs only; a streaming run from the command
-    line must wait too, since the runner's job server and the SDK worker live in this process).
+    A streaming run's caller keeps its process alive (``result.wait_until_finish()``): on Prism the job
+    server and the SDK worker (LOOPBACK) live in it.
     """
     options = PipelineOptions(argv)
     bounded = options.view_as(bounded_option_view).bounded
@@ -63,6 +63,6 @@ def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | Non
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options, settings)
     result = pipeline.run()
-    if bounded if wait is None else wait:
+    if bounded:
         result.wait_until_finish()
     return result
