@@ -17,11 +17,11 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 from __future__ import annotations
 
 import datetime
-import time
+import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
 from orderflow.config import Settings, load_settings, with_overrides
 from orderflow.io.avro import AvroCodec
@@ -149,7 +149,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
     if not bounded:
         relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
-            start_timestamp=time.time(), fire_interval=opts.outbox_relay_seconds))
+            fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))
     _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
 
     _ = ((normalized.dead_letter, priced.dead_letter, written.dead_letter)
@@ -164,5 +164,6 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
     run().wait_until_finish()

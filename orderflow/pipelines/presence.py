@@ -20,6 +20,7 @@ the watermark passes each session's end and each day's closing time.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -145,5 +146,6 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
     run().wait_until_finish()
