@@ -72,6 +72,7 @@ class DetachedPipeline:
         pid = self.pid
         if pid is None:
             return STOPPED
+        self._reap()
         return RUNNING if process_alive(pid) else DEAD
 
     def log_tail(self, lines: int = 15) -> str:
@@ -86,11 +87,11 @@ class DetachedPipeline:
 
     def stop(self, timeout: float = 15.0) -> str:
         """SIGTERM to the process group, SIGKILL after ``timeout`` s; removes the pid file. Returns
-        ``stopped`` or ``not running``."""
+        ``stopped``, or ``not running`` when nothing of its process group was left."""
         pid = self.pid
-        if pid is None or not process_alive(pid):
+        self._reap()
+        if pid is None or not _group_exists(pid):  # a dead pipeline's group may outlive it (its Prism): stop that
             self.pid_path.unlink(missing_ok=True)
-            self._reap()
             return "not running"
         _signal_group(pid, signal.SIGTERM)
         if not self._wait_gone(pid, timeout):
@@ -100,17 +101,28 @@ class DetachedPipeline:
         return STOPPED
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
+        """Waits until no process of the pipeline's group is left (Prism exits a moment after the pipeline)."""
         deadline = time.monotonic() + timeout
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        gone = not process_alive(pid)
-        if gone:
+        while time.monotonic() < deadline:
             self._reap()
-        return gone
+            if not _group_exists(pid):
+                return True
+            time.sleep(0.05)
+        return False
 
     def _reap(self) -> None:
         if self._process is not None and self._process.poll() is not None:
             self._process = None
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def detached_pipelines(root: str | os.PathLike = ".local") -> list[DetachedPipeline]:

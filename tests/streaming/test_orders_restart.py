@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from decimal import Decimal
 
 import psycopg
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from orderflow import refdata
@@ -85,8 +89,14 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
     feeder.start()
     wait_for(lambda: sent_sms(settings.aws_endpoint_url, {phone}), 30, "the alarm's SMS before the kill", pipeline)
     wait_for(lambda: _orders_count(settings) >= N // 3, 30, "a third of the orders stored", pipeline)
+    pgid = pipeline.pid
     pipeline.kill()  # SIGKILL to the process group: the pipeline and its Prism job server
     stored_at_kill, committed_at_kill = _orders_count(settings), _committed(settings)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pgid, 0)  # nothing of the group survived, Prism included
+    status = subprocess.run([sys.executable, "-m", "orderflow.local", "status", "--root", str(pipeline.root)],
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 3 and re.search(r"^pipeline orders\s+dead\s", status.stdout, re.M), status.stdout
     feeder.join()
     del producer  # before the stack stops: its threads would keep reconnecting
     assert 0 < stored_at_kill < N, f"not a mid-stream kill: {stored_at_kill} of {N} stored"
