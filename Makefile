@@ -58,10 +58,12 @@ system-packages:
 	@if [ "$$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then useradd --system --no-create-home postgres; fi
 
 # Idempotent: skipped when the binary is there and built from Beam $(PRISM_VERSION) (`go version -m`).
+# Go's module proxy serves Beam's Go module; the build takes ~2 min the first time, seconds when cached.
 prism:
 	@if [ -x $(PRISM) ] && go version -m $(PRISM) 2>/dev/null | grep -Eq '^\s+mod\s+github.com/apache/beam/sdks/v2\s+$(PRISM_VERSION)\s'; then \
 	  :; \
 	else \
+	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build Prism (Beam's sdks/go.mod at $(PRISM_VERSION)): https://go.dev/doc/install"; exit 1; }; \
 	  echo "building Prism $(PRISM_VERSION) into $(PRISM)"; \
 	  mkdir -p $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION); \
 	fi

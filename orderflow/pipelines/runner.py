@@ -11,13 +11,17 @@ import pathlib
 from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, PrismRunnerOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
 from orderflow.config import Settings
 
 # Where `make prism` installs the Prism binary (pinned to the apache-beam version of setup.py).
 PRISM_BINARY = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
 STREAMING_RUNNER = "PrismRunner"
+# The Python portable runner opens the job's state and message streams with --job_server_timeout as their gRPC
+# deadline (default 300 s): a streaming run's wait_until_finish then dies with DEADLINE_EXCEEDED after 5 minutes
+# and takes the pipeline (Prism, LOOPBACK worker) with it. Streaming runs get ten years unless set explicitly.
+STREAMING_JOB_SERVER_TIMEOUT = 10 * 365 * 24 * 3600
 
 
 def add_bounded_flag(parser) -> None:
@@ -32,9 +36,12 @@ def add_bounded_flag(parser) -> None:
 
 
 def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
-    """Streaming, on Prism with the project's binary unless ``--runner`` / ``--prism_location`` say otherwise."""
+    """Streaming, on Prism with the project's binary unless ``--runner`` / ``--prism_location`` say otherwise,
+    with a job-service deadline that outlives the run (``STREAMING_JOB_SERVER_TIMEOUT``)."""
     standard = options.view_as(StandardOptions)
     standard.streaming = True
+    if "job_server_timeout" not in options.get_all_options(drop_default=True):
+        options.view_as(PortableOptions).job_server_timeout = STREAMING_JOB_SERVER_TIMEOUT
     if standard.runner is None:
         standard.runner = STREAMING_RUNNER
     prism = options.view_as(PrismRunnerOptions)
