@@ -87,7 +87,7 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
 
     feeder = threading.Thread(target=produce_steadily, args=(producer,))
     feeder.start()
-    wait_for(lambda: sent_sms(settings.aws_endpoint_url, {phone}), 30, "the alarm's SMS before the kill", pipeline)
+    wait_for(lambda: sent_sms(settings.sns_endpoint_url, {phone}), 30, "the alarm's SMS before the kill", pipeline)
     wait_for(lambda: _orders_count(settings) >= N // 3, 30, "a third of the orders stored", pipeline)
     pgid = pipeline.pid
     pipeline.kill()  # SIGKILL to the process group: the pipeline and its Prism job server
@@ -126,4 +126,4 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
     wait_for(dynamodb_exact, 15, "DynamoDB volumes equal to Postgres", restarted)
     time.sleep(2)  # relay ticks of the restarted run: a second SMS would be sent by now
     assert alarms == [("restart-day", CLIENTS[0])]
-    assert len(sent_sms(settings.aws_endpoint_url, {phone})) == 1
+    assert len(sent_sms(settings.sns_endpoint_url, {phone})) == 1

@@ -108,10 +108,10 @@ def test_alarm_crossed_while_streaming_is_recorded_once_and_sent_once(orders_pip
     _post(client, "SBSP3", quantity, ALARM_CLIENT, f"alarm-1-{SUFFIX}")
     wait_for(lambda: _priced(client, f"alarm-1-{SUFFIX}"), VISIBLE_WITHIN, "the first order priced", orders_pipeline)
     time.sleep(2)  # a window evaluation and a relay tick: below the threshold nothing fires
-    assert _alarms(live_settings) == [] and sent_sms(live_settings.aws_endpoint_url, {phone}) == []
+    assert _alarms(live_settings) == [] and sent_sms(live_settings.sns_endpoint_url, {phone}) == []
 
     posted = _post(client, "SBSP3", quantity, ALARM_CLIENT, f"alarm-2-{SUFFIX}")
-    wait_for(lambda: sent_sms(live_settings.aws_endpoint_url, {phone}), VISIBLE_WITHIN, "the alarm's SMS",
+    wait_for(lambda: sent_sms(live_settings.sns_endpoint_url, {phone}), VISIBLE_WITHIN, "the alarm's SMS",
              orders_pipeline)
     print(f"\nPOST crossing the threshold -> SMS sent {time.monotonic() - posted:.2f} s")
     alarms = client.get("/alarms").json()["alarms"]
@@ -123,7 +123,7 @@ def test_alarm_crossed_while_streaming_is_recorded_once_and_sent_once(orders_pip
     wait_for(lambda: _priced(client, f"alarm-3-{SUFFIX}"), VISIBLE_WITHIN, "the third order priced", orders_pipeline)
     time.sleep(3)  # the window fires again and the relay ticks every second
     assert len(_alarms(live_settings)) == 1
-    assert len(sent_sms(live_settings.aws_endpoint_url, {phone})) == 1
+    assert len(sent_sms(live_settings.sns_endpoint_url, {phone})) == 1
 
 
 def test_periodic_relay_sends_what_a_crashed_run_left_in_the_outbox(orders_pipeline, live_settings):
@@ -135,7 +135,7 @@ def test_periodic_relay_sends_what_a_crashed_run_left_in_the_outbox(orders_pipel
                      " ('crashed-run', '*', '2026-01-01T00:00Z', '2026-01-02T00:00Z', 2, 1)")
         conn.execute("INSERT INTO sms_outbox (rule_id, scope, window_start, phone, message) VALUES"
                      " ('crashed-run', '*', '2026-01-01T00:00Z', %s, 'queued before a crash')", (phone,))
-    _, took = wait_for(lambda: sent_sms(live_settings.aws_endpoint_url, {phone}), VISIBLE_WITHIN,
+    _, took = wait_for(lambda: sent_sms(live_settings.sns_endpoint_url, {phone}), VISIBLE_WITHIN,
                        "the queued SMS relayed", orders_pipeline)
     print(f"\nqueued SMS relayed by a periodic tick after {took:.2f} s")
-    assert sent_sms(live_settings.aws_endpoint_url, {phone}) == [(phone, "queued before a crash")]
+    assert sent_sms(live_settings.sns_endpoint_url, {phone}) == [(phone, "queued before a crash")]
