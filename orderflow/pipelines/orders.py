@@ -60,8 +60,10 @@ class OrdersOptions(PipelineOptions):
                                  "and --refdata_lookback_days before, in the exchange time zone)")
         parser.add_argument("--refdata_lookback_days", type=int, default=1)
         parser.add_argument("--refdata_refresh_seconds", type=float, default=300.0,
-                            help="streaming: reload the reference data this often (an order whose day or asset "
-                                 "is missing also reloads it, at most every 10 s)")
+                            help="streaming: reload the reference data this often")
+        parser.add_argument("--refdata_miss_reload_seconds", type=float, default=10.0,
+                            help="an order whose trading day or asset the reference data lacks reloads it first, "
+                                 "at most this often (a new day after midnight, an asset listed during the day)")
         parser.add_argument("--alarm_rules", default=DEFAULT_RULES_JSON,
                             help="JSON list of alarm rules, or @path to a JSON file (see transforms/alarms.py)")
         parser.add_argument("--alarm_allowed_lateness_seconds", type=int, default=3600)
@@ -129,7 +131,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     reference = ReferenceData(
         settings, days=tuple(d.strip() for d in opts.trade_days.split(",") if d.strip()) or None,
         lookback_days=opts.refdata_lookback_days,
-        refresh_seconds=None if bounded else opts.refdata_refresh_seconds)
+        refresh_seconds=None if bounded else opts.refdata_refresh_seconds,
+        miss_reload_seconds=opts.refdata_miss_reload_seconds)
     priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
 
     _ = (priced.priced

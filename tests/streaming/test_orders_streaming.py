@@ -24,6 +24,7 @@ VISIBLE_WITHIN = 15.0
 SUFFIX = uuid.uuid4().hex[:6]
 ALARM_CLIENT = f"alarmed-{SUFFIX}"
 ALARM_THRESHOLD = Decimal("10000")
+MISS_RELOAD = 1.0  # --refdata_miss_reload_seconds
 RULES = [{"id": "live-client-day", "scope": "client", "window": "day", "threshold": str(ALARM_THRESHOLD)}]
 
 
@@ -61,7 +62,8 @@ def _priced(client, order_id: str):
 def orders_pipeline(run_pipeline, client):
     """The orders pipeline streaming, warmed up: one order went through it end to end."""
     started = time.monotonic()
-    pipeline = run_pipeline("orders", "--outbox_relay_seconds=1", f"--alarm_rules={json.dumps(RULES)}")
+    pipeline = run_pipeline("orders", "--outbox_relay_seconds=1", f"--alarm_rules={json.dumps(RULES)}",
+                            f"--refdata_miss_reload_seconds={MISS_RELOAD}")
     _post(client, "VALE3", 1, f"warmup-{SUFFIX}", f"warmup-{SUFFIX}")
     _, took = wait_for(lambda: _priced(client, f"warmup-{SUFFIX}"), START_TIMEOUT, "the first order priced", pipeline)
     print(f"\norders pipeline: start to first order priced {time.monotonic() - started:.1f} s")
@@ -139,3 +141,16 @@ def test_periodic_relay_sends_what_a_crashed_run_left_in_the_outbox(orders_pipel
                        "the queued SMS relayed", orders_pipeline)
     print(f"\nqueued SMS relayed by a periodic tick after {took:.2f} s")
     assert sent_sms(live_settings.sns_endpoint_url, {phone}) == [(phone, "queued before a crash")]
+
+
+def test_asset_listed_while_streaming_is_priced_not_dead_lettered(orders_pipeline, client, live_settings, prices):
+    # The pipeline loaded today's reference data when it started; an asset listed since is not in that
+    # snapshot: its first order reloads it (at most every MISS_RELOAD s) instead of becoming a dead letter.
+    day = refdata.today(live_settings)
+    refdata.load_reference_data(live_settings, day, {**prices, "NEWCO3": ("NEWCO3-LISTED", Decimal("12.34"))})
+    time.sleep(MISS_RELOAD + 0.1)  # whatever the last reload was, the next miss may reload
+    order_id = f"newco-{SUFFIX}"
+    _post(client, "NEWCO3", 10, f"newco-{SUFFIX}", order_id)
+    order, took = wait_for(lambda: _priced(client, order_id), VISIBLE_WITHIN, "the new asset's order priced",
+                           orders_pipeline)
+    assert (order["pricing_code"], Decimal(order["total"])) == ("NEWCO3-LISTED", Decimal("123.4"))
