@@ -72,8 +72,10 @@ class DetachedPipeline:
         pid = self.pid
         if pid is None:
             return STOPPED
-        self._reap()
-        return RUNNING if process_alive(pid) else DEAD
+        if process_alive(pid):
+            return RUNNING
+        self._reap()  # our own child that just exited: reap it, so its process group is gone too
+        return DEAD
 
     def log_tail(self, lines: int = 15) -> str:
         return _tail(self.log_path, lines)
