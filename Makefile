@@ -9,10 +9,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Java 17 and Maven for the JVM services (Kafka). Node.js 20+ and npm (dynalite, the local DynamoDB) come with
 # the machine: Debian 12's own nodejs is 18, too old for dynalite 4.
 SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless
+# Beam's Prism runner (streaming runs), built from Beam's Go module at the version of apache-beam in setup.py.
+PRISM_VERSION := v2.77.0
+PRISM := .local/bin/prism
 
-.PHONY: setup system-packages jars node venv test demo stack-up stack-down stack-status bootstrap lint bench clean
+.PHONY: setup system-packages jars node venv prism test demo stack-up stack-down stack-status bootstrap lint bench clean
 
-setup: system-packages jars node venv
+setup: system-packages jars node venv prism
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
@@ -53,6 +56,17 @@ system-packages:
 	fi
 	@# PostgreSQL refuses to run as root: as root the stack runs it as the 'postgres' system user.
 	@if [ "$$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then useradd --system --no-create-home postgres; fi
+
+# Idempotent: skipped when the binary is there and built from Beam $(PRISM_VERSION) (`go version -m`).
+# Go's module proxy serves Beam's Go module; the build takes ~2 min the first time, seconds when cached.
+prism:
+	@if [ -x $(PRISM) ] && go version -m $(PRISM) 2>/dev/null | grep -Eq '^\s+mod\s+github.com/apache/beam/sdks/v2\s+$(PRISM_VERSION)\s'; then \
+	  :; \
+	else \
+	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build Prism (Beam's sdks/go.mod at $(PRISM_VERSION)): https://go.dev/doc/install"; exit 1; }; \
+	  echo "building Prism $(PRISM_VERSION) into $(PRISM)"; \
+	  mkdir -p $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION); \
+	fi
 
 venv: $(VENV)/.installed
 

@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             module = importlib.import_module(PIPELINES[args.pipeline][0])
             result = module.run(pipeline_argv(args.pipeline, args.position, args.group, args.stream, extra))
             print(f"{args.pipeline}: {getattr(result, 'state', 'started')}")
+            if args.stream:  # the streaming run (Prism, its SDK worker) lives in this process
+                result.wait_until_finish()
         elif args.command == "dump":
             start = StartPosition.parse(args.position, fallback=args.fallback)
             dump(bootstrap, args.topic, start, args.output, args.avro, args.group, extra)

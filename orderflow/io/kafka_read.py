@@ -404,9 +404,12 @@ class _ReadPartitionFnBase(beam.DoFn):
                     return
         finally:
             cache_entry[1] = next_offset
-            if self._commit_offsets and next_offset > part.start_offset:
-                committed = next_offset
-                bundle_finalizer.register(lambda: self._commit(topic, partition, committed))
+            if self._commit_offsets:
+                # Registered even when there is nothing to commit: Prism sends FinalizeBundle after every
+                # bundle of a stage that can request finalization, and the SDK harness logs an error for a
+                # bundle that registered no callback (see docs/runners.md).
+                committed = next_offset if next_offset > part.start_offset else None
+                bundle_finalizer.register(lambda: committed is not None and self._commit(topic, partition, committed))
 
 
 # DoFn parameter markers (module-level singletons: Beam reads them from process()'s defaults).

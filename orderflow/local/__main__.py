@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from orderflow.local.pipelines import DEAD, detached_pipelines
 from orderflow.local.stack import LocalStack, ServiceFailed
 
 
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 bootstrap_all(load_settings(stack.environment()))
         elif args.command == "down":
+            for pipeline in detached_pipelines(args.root):
+                print(f"pipeline {pipeline.name:<8} {pipeline.stop():<12} log: {pipeline.log_path}")
             states = stack.down()
         else:
             states = stack.status()
@@ -32,9 +35,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, state in states.items():
         port = stack.services[name].port
         print(f"{name:<10} {state:<12} 127.0.0.1:{port:<6} log: {stack.log_path(name)}")
-    if args.command == "status" and any(s != "ready" for s in states.values()):
-        return 3
-    return 0
+    if args.command != "status":
+        return 0
+    dead = False
+    for pipeline in detached_pipelines(args.root):
+        state = pipeline.status()
+        print(f"pipeline {pipeline.name:<8} {state:<12} pid {pipeline.pid:<10} log: {pipeline.log_path}")
+        if state == DEAD:
+            dead = True
+            print("  " + pipeline.log_tail().replace("\n", "\n  "))
+    return 3 if dead or any(s != "ready" for s in states.values()) else 0
 
 
 if __name__ == "__main__":

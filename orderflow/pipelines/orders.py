@@ -2,7 +2,7 @@
 
     ReadFromKafka(batch_size)            lists of KafkaRecords, one DoFn call per batch from here on
       -> NormalizeOrders                 canonical Orders | dead letters
-      -> PriceOrders(reference data)     PricedOrders     | dead letters   (side input: memcached+DynamoDB)
+      -> PriceOrders(reference data)     PricedOrders     | dead letters   (memcached+DynamoDB, cached per worker)
       -> WriteToKafka(ordem-ativo-precificado)           every priced record, Avro PricedOrder, key order_id
       -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement, the
                                          absolute volumes put to DynamoDB under the rows' locks | dead
@@ -17,11 +17,11 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 from __future__ import annotations
 
 import datetime
-import time
+import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.periodicsequence import PeriodicImpulse
+from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
 from orderflow.config import Settings, load_settings, with_overrides
 from orderflow.io.avro import AvroCodec
@@ -34,7 +34,7 @@ from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
 from orderflow.transforms.price_orders import PriceOrders
-from orderflow.transforms.reference_data import ReferenceDataSideInput
+from orderflow.transforms.reference_data import ReferenceData
 
 
 class OrdersOptions(PipelineOptions):
@@ -61,6 +61,9 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--refdata_lookback_days", type=int, default=1)
         parser.add_argument("--refdata_refresh_seconds", type=float, default=300.0,
                             help="streaming: reload the reference data this often")
+        parser.add_argument("--refdata_miss_reload_seconds", type=float, default=10.0,
+                            help="an order whose trading day or asset the reference data lacks reloads it first, "
+                                 "at most this often (a new day after midnight, an asset listed during the day)")
         parser.add_argument("--alarm_rules", default=DEFAULT_RULES_JSON,
                             help="JSON list of alarm rules, or @path to a JSON file (see transforms/alarms.py)")
         parser.add_argument("--alarm_allowed_lateness_seconds", type=int, default=3600)
@@ -125,10 +128,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         start=start, batch_size=opts.orders_batch_size)
     normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
 
-    reference = pipeline | "ReferenceData" >> ReferenceDataSideInput(
-        settings, days=[d for d in opts.trade_days.split(",") if d.strip()] or None,
+    reference = ReferenceData(
+        settings, days=tuple(d.strip() for d in opts.trade_days.split(",") if d.strip()) or None,
         lookback_days=opts.refdata_lookback_days,
-        refresh_seconds=None if bounded else opts.refdata_refresh_seconds)
+        refresh_seconds=None if bounded else opts.refdata_refresh_seconds,
+        miss_reload_seconds=opts.refdata_miss_reload_seconds)
     priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
 
     _ = (priced.priced
@@ -148,7 +152,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
     if not bounded:
         relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
-            start_timestamp=time.time(), fire_interval=opts.outbox_relay_seconds))
+            fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))
     _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
 
     _ = ((normalized.dead_letter, priced.dead_letter, written.dead_letter)
@@ -163,4 +167,6 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    run()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
+    run().wait_until_finish()

@@ -20,6 +20,7 @@ the watermark passes each session's end and each day's closing time.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -72,6 +73,9 @@ class PresenceOptions(PipelineOptions):
         parser.add_argument("--finalize_each_session", default=None, choices=["true", "false"],
                             help="emit intervals as each session closes (default: true when streaming, false "
                                  "when bounded, where everything is final at the end anyway)")
+        parser.add_argument("--status_timer_granularity_seconds", type=float, default=60.0,
+                            help="a shard's finalisation timer fires at most once per this much event time "
+                                 "(intervals of a session or day are written up to this late)")
         parser.add_argument("--status_shards", type=int, default=128,
                             help="keys of the status evaluation (restaurants are spread over them): its parallelism")
         parser.add_argument("--presence_postgres_dsn", default=None, help="default: settings")
@@ -130,7 +134,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
     intervals = (sessions, single_changes) | "Status" >> RestaurantStatusIntervals(
         hours, gap_ms, as_of_ms=as_of, finalize_at_session_end=at_session_end,
-        track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards)
+        track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards,
+        granularity_ms=int(opts.status_timer_granularity_seconds * 1000))
     intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
 
     _ = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused, history_refused,
@@ -145,4 +150,6 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    run()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
+    run().wait_until_finish()

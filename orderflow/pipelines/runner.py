@@ -1,12 +1,27 @@
-"""The one way orderflow's pipelines run: parse the options, stream unless ``--bounded``, build, run."""
+"""The one way orderflow's pipelines run: parse the options, stream unless ``--bounded``, build, run.
+
+Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` with the binary that
+``make prism`` builds into ``<repo>/.local/bin/prism``): the DirectRunner cannot run these graphs unbounded
+(it falls back to its legacy runner, where an unbounded splittable DoFn's watermark never advances).
+``--runner`` and ``--prism_location`` override the defaults; bounded runs keep Beam's default runner.
+"""
 from __future__ import annotations
 
+import pathlib
 from collections.abc import Callable
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
 from orderflow.config import Settings
+
+# Where `make prism` installs the Prism binary (pinned to the apache-beam version of setup.py).
+PRISM_BINARY = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
+STREAMING_RUNNER = "PrismRunner"
+# The Python portable runner opens the job's state and message streams with --job_server_timeout as their gRPC
+# deadline (default 300 s): a streaming run's wait_until_finish then dies with DEADLINE_EXCEEDED after 5 minutes
+# and takes the pipeline (Prism, LOOPBACK worker) with it. Streaming runs get ten years unless set explicitly.
+STREAMING_JOB_SERVER_TIMEOUT = 10 * 365 * 24 * 3600
 
 
 def add_bounded_flag(parser) -> None:
@@ -20,17 +35,38 @@ def add_bounded_flag(parser) -> None:
                             help="read every partition to its end, then finish (batch); default: stream")
 
 
+def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
+    """Streaming, on Prism with the project's binary unless ``--runner`` / ``--prism_location`` say otherwise,
+    with a job-service deadline that outlives the run (``STREAMING_JOB_SERVER_TIMEOUT``)."""
+    standard = options.view_as(StandardOptions)
+    standard.streaming = True
+    if "job_server_timeout" not in options.get_all_options(drop_default=True):
+        options.view_as(PortableOptions).job_server_timeout = STREAMING_JOB_SERVER_TIMEOUT
+    if standard.runner is None:
+        standard.runner = STREAMING_RUNNER
+    prism = options.view_as(PrismRunnerOptions)
+    if standard.runner in (STREAMING_RUNNER, "prism") and prism.prism_location is None:
+        if not PRISM_BINARY.is_file():
+            raise FileNotFoundError(
+                f"streaming runs on Beam's Prism runner, and {PRISM_BINARY} does not exist: run `make prism` "
+                "(or pass --prism_location=PATH, or another --runner)")
+        prism.prism_location = str(PRISM_BINARY)
+    return options
+
+
 def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | None], None],
                  argv: list[str] | None, settings: Settings | None,
                  bounded_option_view: type[PipelineOptions]):
     """Builds and runs a pipeline; bounded runs wait until finished. Returns the PipelineResult.
 
     ``bounded_option_view`` is the pipeline's ``PipelineOptions`` subclass that defines ``--bounded``.
+    A streaming run's caller keeps its process alive (``result.wait_until_finish()``): on Prism the job
+    server and the SDK worker (LOOPBACK) live in it.
     """
     options = PipelineOptions(argv)
     bounded = options.view_as(bounded_option_view).bounded
     if not bounded:
-        options.view_as(StandardOptions).streaming = True
+        apply_streaming_defaults(options)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options, settings)
     result = pipeline.run()

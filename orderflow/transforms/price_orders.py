@@ -1,4 +1,4 @@
-"""Prices batches of Orders through the reference-data side input: code and price of the order's day.
+"""Prices batches of Orders with the reference data (``ReferenceData``): code and price of the order's day.
 
 The order's trading day is its event time's calendar day in the exchange time zone. ``total`` is
 ``price * quantity`` in exact decimal at the scale of ``schemas/priced_order.avsc`` (never float).
@@ -13,6 +13,7 @@ from apache_beam.metrics import Metrics
 
 from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
+from orderflow.transforms.reference_data import ReferenceData
 
 DEAD_LETTER_TAG = "dead_letter"
 STAGE = "price_orders"
@@ -20,7 +21,8 @@ PRICE_SCALE = Decimal("0.000001")  # scale 6, as the decimal logical types of Pr
 
 
 class _PriceBatch(beam.DoFn):
-    def __init__(self, timezone: str):
+    def __init__(self, reference: ReferenceData, timezone: str):
+        self.reference = reference
         self.timezone = timezone
         self.priced = Metrics.counter("orders", "orders_priced")
         self.dead_letters = Metrics.counter("orders", "dead_letters_pricing")
@@ -28,6 +30,7 @@ class _PriceBatch(beam.DoFn):
 
     def setup(self):
         self._zone = zoneinfo.ZoneInfo(self.timezone)
+        self._reference = self.reference.open()
 
     def _dead(self, order: dict, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
         counter = self._reason_counters.get(reason)
@@ -37,17 +40,28 @@ class _PriceBatch(beam.DoFn):
         self.dead_letters.inc()
         return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, order_dead_letter(order, reason, detail, STAGE))
 
-    def process(self, orders, reference):
+    def process(self, orders):
         priced = OrderBatch()
         zone = self._zone
+        cache = self._reference
+        reference = cache.current()
+        reloaded = False
         quantized = {}  # price -> quantized price, once per distinct price in the batch
         for order in orders:
             day = order["event_time"].astimezone(zone).date()
             assets = reference.get(str(day))
+            entry = assets.get(order["asset"]) if assets is not None else None
+            if (entry is None or entry[0] is None or entry[1] is None) and not reloaded:
+                # A day or asset the snapshot lacks (a new trading day, an asset listed since): reload once
+                # per batch (rate-limited by the cache) before calling it a dead letter.
+                reloaded = True
+                if cache.reload_after_miss():
+                    reference = cache.current()
+                    assets = reference.get(str(day))
+                    entry = assets.get(order["asset"]) if assets is not None else None
             if assets is None:
                 yield self._dead(order, "no_pricing_code", f"no reference data loaded for trading day {day}")
                 continue
-            entry = assets.get(order["asset"])
             if entry is None:
                 yield self._dead(order, "unknown_asset", f"asset {order['asset']} is not traded on {day}")
                 continue
@@ -74,15 +88,17 @@ class _PriceBatch(beam.DoFn):
 class PriceOrders(beam.PTransform):
     """``list[Order]`` batches -> ``list[PricedOrder]`` batches (+ ``"dead_letter"``), priced by ``reference``.
 
-    ``reference``: the PCollection from ``ReferenceDataSideInput``, consumed as a singleton side input.
+    Args:
+      reference: the ``ReferenceData`` to price with (each worker keeps its own fresh snapshot).
+      timezone: the exchange time zone; an order's trading day is its event time's date there.
     """
 
-    def __init__(self, reference, timezone: str = "America/Sao_Paulo"):
+    def __init__(self, reference: ReferenceData, timezone: str = "America/Sao_Paulo"):
         super().__init__()
         self.reference = reference
         self.timezone = timezone
 
     def expand(self, batches):
         return batches | "Price" >> beam.ParDo(
-            _PriceBatch(self.timezone), beam.pvalue.AsSingleton(self.reference)
+            _PriceBatch(self.reference, self.timezone)
         ).with_output_types(OrderBatch).with_outputs(DEAD_LETTER_TAG, main="priced")

@@ -60,16 +60,3 @@ def test_same_bounded_replay_again_changes_nothing(scenario):
     assert counters["postgres_replayed"] == expected["unique"]
     check_state(settings, expected, alarms, phones)
 
-
-def test_streaming_graph_builds_with_refreshing_side_input_and_relay_ticks(stack_settings):
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    options = PipelineOptions(["--refdata_refresh_seconds=60", "--outbox_relay_seconds=10"])
-    options.view_as(StandardOptions).streaming = True
-    pipeline = beam.Pipeline(options=options)
-    orders_pipeline.build(pipeline, options, stack_settings)
-    labels = {t.full_label for t in pipeline.transforms_stack[0].parts}
-    assert {"ReadOrders", "ReferenceData", "Price", "PostgresAndDailyVolume", "Alarms", "RelayEvery"} <= labels
-    reference = next(t for t in pipeline.transforms_stack[0].parts if t.full_label == "ReferenceData")
-    assert any(part.full_label == "ReferenceData/Every" for part in reference.parts)  # PeriodicImpulse refresh

@@ -1,4 +1,4 @@
-"""PriceOrders with the reference-data side input loaded from real memcached + DynamoDB."""
+"""PriceOrders with the reference data loaded from real memcached + DynamoDB."""
 from __future__ import annotations
 
 import datetime
@@ -11,7 +11,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from orderflow import refdata
 from orderflow.transforms.normalize_orders import parse_orders
 from orderflow.transforms.price_orders import PriceOrders
-from orderflow.transforms.reference_data import ReferenceDataSideInput, trading_days
+from orderflow.transforms.reference_data import ReferenceData, trading_days
 
 DAY = datetime.date(2026, 11, 18)
 UTC = datetime.timezone.utc
@@ -38,7 +38,7 @@ def test_prices_exactly_and_dead_letters_each_gap(module_settings):
         _order("7", "FINE3", 1, late_evening),
     ]
     with TestPipeline() as p:
-        reference = p | ReferenceDataSideInput(module_settings, days=[str(DAY)])
+        reference = ReferenceData(module_settings, days=(str(DAY),))
         out = p | beam.Create([batch]) | PriceOrders(reference, module_settings.exchange_timezone)
         assert_that(out.priced | beam.FlatMap(lambda b: [(o["order_id"], o["trade_day"], o["pricing_code"],
                                                           o["price"], o["total"]) for o in b]),
@@ -58,8 +58,7 @@ def test_total_is_exact_decimal_not_float(module_settings):
     refdata.load_reference_data(module_settings, DAY, {"TINY3": ("T-18", Decimal("0.000001"))})
     batch = [_order("x", "TINY3", 3, datetime.datetime(2026, 11, 18, 15, tzinfo=UTC))]
     with TestPipeline() as p:
-        reference = p | ReferenceDataSideInput(module_settings, days=[str(DAY)])
-        out = p | beam.Create([batch]) | PriceOrders(reference)
+        out = p | beam.Create([batch]) | PriceOrders(ReferenceData(module_settings, days=(str(DAY),)))
         assert_that(out.priced | beam.Map(lambda b: (type(b[0]["total"]), str(b[0]["total"]))),
                     equal_to([(Decimal, "0.000003")]))
 

@@ -1,0 +1,132 @@
+"""Pipelines run detached beside the local stack, with the stack's conventions: pid file ``<root>/run/``,
+log ``<root>/logs/``, each process leading its own process group (Prism, the runner's job server, is its
+child and goes with it).
+
+    pipeline = DetachedPipeline("orders", ".local")
+    pipeline.start(["--orders_batch_size=500"], env=settings_environment(settings))
+    pipeline.status()   # "running" | "dead" (its pid file remains, the process is gone) | "stopped"
+    pipeline.stop()
+
+``python -m orderflow.local status`` reports every pipeline that has a pid file (a dead one with the end
+of its log) and ``down`` stops them before the services.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping
+
+from orderflow.local.stack import _signal_group, _tail, process_alive, read_pid
+
+PIPELINES = {"orders": "orderflow.pipelines.orders", "presence": "orderflow.pipelines.presence"}
+RUNNING, DEAD, STOPPED = "running", "dead", "stopped"
+
+
+class DetachedPipeline:
+    """One pipeline process (``python -m orderflow.pipelines.<name>``) started detached under ``root``."""
+
+    def __init__(self, name: str, root: str | os.PathLike = ".local"):
+        if name not in PIPELINES:
+            raise ValueError(f"unknown pipeline {name!r}; one of {sorted(PIPELINES)}")
+        self.name = name
+        self.root = pathlib.Path(root).absolute()
+        self._process: subprocess.Popen | None = None  # when started by this process: reaped on stop
+
+    @property
+    def pid_path(self) -> pathlib.Path:
+        return self.root / "run" / f"pipeline-{self.name}.pid"
+
+    @property
+    def log_path(self) -> pathlib.Path:
+        return self.root / "logs" / f"pipeline-{self.name}.log"
+
+    @property
+    def pid(self) -> int | None:
+        return read_pid(self.pid_path)
+
+    def start(self, args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> int:
+        """Starts the pipeline (streaming unless ``--bounded`` is in ``args``) with ``env`` added to this
+        process' environment (e.g. ``config.settings_environment(settings)``); returns its pid. The log is
+        appended to, so a restart keeps the history of the previous run."""
+        if self.status() == RUNNING:
+            raise RuntimeError(f"pipeline {self.name} already runs (pid {self.pid}); log: {self.log_path}")
+        self.pid_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting pipeline {self.name} {' '.join(args)}\n"
+                      .encode())
+            log.flush()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", PIPELINES[self.name], *args], stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
+        self.pid_path.write_text(str(self._process.pid))
+        return self._process.pid
+
+    def status(self) -> str:
+        """``running``; ``dead`` when its pid file remains but the process is gone (it crashed or was killed);
+        ``stopped`` when it was stopped or never started."""
+        pid = self.pid
+        if pid is None:
+            return STOPPED
+        if process_alive(pid):
+            return RUNNING
+        self._reap()  # our own child that just exited: reap it, so its process group is gone too
+        return DEAD
+
+    def log_tail(self, lines: int = 15) -> str:
+        return _tail(self.log_path, lines)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Sends ``sig`` to the pipeline's process group and keeps the pid file (a crash, as tests make one)."""
+        pid = self.pid
+        if pid is not None:
+            _signal_group(pid, sig)
+            self._wait_gone(pid, 15.0)
+
+    def stop(self, timeout: float = 15.0) -> str:
+        """SIGTERM to the process group, SIGKILL after ``timeout`` s; removes the pid file. Returns
+        ``stopped``, or ``not running`` when nothing of its process group was left."""
+        pid = self.pid
+        self._reap()
+        if pid is None or not _group_exists(pid):  # a dead pipeline's group may outlive it (its Prism): stop that
+            self.pid_path.unlink(missing_ok=True)
+            return "not running"
+        _signal_group(pid, signal.SIGTERM)
+        if not self._wait_gone(pid, timeout):
+            _signal_group(pid, signal.SIGKILL)
+            self._wait_gone(pid, timeout)
+        self.pid_path.unlink(missing_ok=True)
+        return STOPPED
+
+    def _wait_gone(self, pid: int, timeout: float) -> bool:
+        """Waits until no process of the pipeline's group is left (Prism exits a moment after the pipeline)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._reap()
+            if not _group_exists(pid):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _reap(self) -> None:
+        if self._process is not None and self._process.poll() is not None:
+            self._process = None
+
+
+def _group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def detached_pipelines(root: str | os.PathLike = ".local") -> list[DetachedPipeline]:
+    """The pipelines that have a pid file under ``root`` (running or dead)."""
+    return [p for p in (DetachedPipeline(name, root) for name in PIPELINES) if p.pid_path.exists()]

@@ -1,0 +1,112 @@
+"""The presence pipeline streaming on Prism: a restaurant that stops pinging turns offline in
+``GET /restaurants/status`` after the gap, and when its day closes its offline interval is in the ranking."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import time
+import uuid
+import zoneinfo
+
+import psycopg
+import pytest
+
+from orderflow.api.config import ApiConfig
+from tests.api.conftest import ServedApi
+from tests.streaming.conftest import START_TIMEOUT, wait_for
+
+GAP = 5.0                    # --keepalive_timeout_seconds: the pipeline's session gap and the API's timeout
+ZONE = "America/Sao_Paulo"
+UTC = dt.timezone.utc
+SUFFIX = uuid.uuid4().hex[:6]
+
+
+def _opening_hours_closing_soon(now: dt.datetime) -> tuple[str, dt.datetime]:
+    """Opening hours that close at the first whole minute at least 40 s from ``now`` (time for the pipeline to
+    start, a few pings and the gap), and opened two hours before; and that closing instant."""
+    local = now.astimezone(zoneinfo.ZoneInfo(ZONE))
+    closes = local.replace(second=0, microsecond=0) + dt.timedelta(minutes=math.ceil((local.second + 40) / 60))
+    return f"{closes - dt.timedelta(hours=2):%H:%M}-{closes:%H:%M}", closes
+
+
+@pytest.fixture(scope="module")
+def presence(run_pipeline, live_settings):
+    hours, closes = _opening_hours_closing_soon(dt.datetime.now(UTC))
+    # The API evaluates statuses with the same rules as the pipeline: one configuration, read by both.
+    missing = {"opening_hours", "presence_timezone", "keepalive_timeout_seconds"} - {
+        f.name for f in dataclasses.fields(live_settings)}
+    if missing:
+        pytest.fail(f"Settings lacks the shared presence rules {sorted(missing)} (issue 18): the API cannot "
+                    "evaluate statuses with the pipeline's gap and opening hours")
+    settings = dataclasses.replace(live_settings, opening_hours=hours, presence_timezone=ZONE,
+                                   keepalive_timeout_seconds=GAP)
+    api = ServedApi(settings, ApiConfig(key_cache_seconds=0.0)).start()
+    with api.client(api.key("read", "ingest")) as client:
+        started = time.monotonic()
+        pipeline = run_pipeline("presence", f"--keepalive_timeout_seconds={GAP}", f"--opening_hours={hours}",
+                                f"--presence_timezone={ZONE}", "--status_timer_granularity_seconds=1",
+                                settings=settings)
+        warmup = f"warmup-{SUFFIX}"
+        assert client.post(f"/restaurants/{warmup}/keepalive", json={}).status_code == 202
+        wait_for(lambda: _status(client, warmup)["last_keepalive"], START_TIMEOUT, "the first keep-alive in Redis",
+                 pipeline)
+        print(f"\npresence pipeline: start to first keep-alive in the hot state {time.monotonic() - started:.1f} s")
+        yield client, pipeline, closes, settings
+    api.stop()
+
+
+def _status(client, restaurant_id: str) -> dict:
+    answer = client.get("/restaurants/status", params={"ids": restaurant_id})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["restaurants"][restaurant_id]
+
+
+def test_silent_restaurant_turns_offline_after_the_gap_and_its_offline_time_is_ranked(presence):
+    client, pipeline, closes, settings = presence
+    restaurant = f"rest-{SUFFIX}"
+    for _ in range(3):
+        now = dt.datetime.now(UTC)
+        sent = now.replace(microsecond=now.microsecond // 1000 * 1000)  # keep-alives carry milliseconds
+        answer = client.post(f"/restaurants/{restaurant}/keepalive", json={"sent_at": sent.isoformat()})
+        assert answer.status_code == 202, answer.text
+        time.sleep(1)
+    last_ping = sent
+    assert dt.datetime.now(UTC) < closes - dt.timedelta(seconds=GAP + 5), "too little time left before closing"
+
+    # Online until the gap has passed since its last ping, then offline for lack of keep-alives.
+    seen = []
+
+    def offline():
+        status = _status(client, restaurant)
+        seen.append((dt.datetime.now(UTC), status["status"]))
+        return status if status["status"] == "offline" else None
+
+    status, _ = wait_for(offline, GAP + 15, "offline after the gap", pipeline)
+    went_offline = seen[-1][0]
+    assert status["reasons"] == ["no_keepalive"]
+    assert status["last_keepalive"] is not None and dt.datetime.fromisoformat(status["last_keepalive"]) == last_ping
+    assert any(state == "online" for _, state in seen) or went_offline - last_ping < dt.timedelta(seconds=GAP + 1)
+    assert all(state == "online" for when, state in seen if when < last_ping + dt.timedelta(seconds=GAP - 0.5))
+    print(f"\nlast keep-alive -> offline in GET /restaurants/status: "
+          f"{(went_offline - last_ping).total_seconds():.2f} s (gap {GAP} s)")
+
+    # When the day closes (closing time + gap, as the watermark passes it), the restaurant's timeline is final:
+    # online from its first ping to the last ping + gap, then offline (unexplained) until closing time.
+    def ranked():
+        answer = client.get("/reports/offline-ranking", params={"limit": 1000})
+        assert answer.status_code == 200, answer.text
+        return next((e for e in answer.json()["ranking"] if e["restaurant_id"] == restaurant), None)
+
+    wait_left = (closes - dt.datetime.now(UTC)).total_seconds() + GAP + 20
+    entry, _ = wait_for(ranked, wait_left, "the offline interval in the ranking", pipeline, interval=0.5)
+    print(f"ranking entry {(dt.datetime.now(UTC) - closes).total_seconds():.1f} s after closing time")
+    offline_from = last_ping + dt.timedelta(seconds=GAP)
+    assert entry["unexplained_offline_seconds"] == round((closes - offline_from).total_seconds())
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        intervals = conn.execute(
+            "SELECT start_at, end_at, status, reason FROM restaurant_status_intervals WHERE restaurant_id = %s"
+            " ORDER BY start_at", (restaurant,)).fetchall()
+    assert intervals[-1] == (offline_from, closes, "offline_unexplained", "no_keepalive")
+    assert [status for _, _, status, _ in intervals[:-1]] == ["online"] * (len(intervals) - 1)
+    assert intervals[-2][1] == offline_from  # the online time ends where the offline time starts
