@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-1
 PRISM_VERSION := v2.77.0
 PRISM := .local/bin/prism
 
-.PHONY: setup system-packages jars node venv prism test demo stack-up stack-down stack-status bootstrap lint bench clean
+.PHONY: setup system-packages jars node venv prism test demo demo-replay stack-up stack-down stack-status bootstrap lint bench clean
 
 setup: system-packages jars node venv prism
 
@@ -82,11 +82,14 @@ test: setup
 demo: setup stack-up
 	$(PY) -m orderflow.demo
 
+demo-replay: setup stack-up
+	$(PY) -m orderflow.demo replay
+
 stack-up: setup
 	$(PY) -m orderflow.local up
 
 stack-down:
-	@if [ -x $(PY) ]; then $(PY) -m orderflow.api stop; $(PY) -m orderflow.local down; fi
+	@if [ -x $(PY) ]; then $(PY) -m orderflow.local down; fi
 
 stack-status:
 	$(PY) -m orderflow.local status

@@ -6,17 +6,12 @@ The link carries no API key: a read-only dashboard token valid one hour, in the 
 cookie. The key is printed on its own, for ``curl -H "X-API-Key: ..."`` and the page's sign-in form."""
 from __future__ import annotations
 
-import os
-import pathlib
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 
 from orderflow.api.auth import create_key, dashboard_token
 from orderflow.config import Settings, settings_environment
-from orderflow.local.stack import process_alive, read_pid
+from orderflow.local.processes import RUNNING, DetachedProcess
 
 DEFAULT_PORT = 18080
 DASHBOARD_LINK_SECONDS = 3600
@@ -24,56 +19,36 @@ DASHBOARD_LINK_SECONDS = 3600
 
 def start_detached(settings: Settings, root: str = ".local", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                    timeout: float = 30.0) -> tuple[str, str]:
-    """Starts ``python -m orderflow.api serve`` for ``settings`` in its own session unless ours already runs.
+    """Starts ``python -m orderflow.api serve`` for ``settings`` detached (``DetachedProcess("api")``) unless
+    ours already runs, and waits until it answers.
 
     Returns (url, "started" | "running"); raises RuntimeError with the log's path if it does not come up.
     """
-    root_path = pathlib.Path(root).absolute()
-    pid_file, log_path = root_path / "run" / "api.pid", root_path / "logs" / "api.log"
+    api = DetachedProcess("api", root)
     url = f"http://{host}:{port}"
-    pid = read_pid(pid_file)
-    if pid is not None and process_alive(pid):
+    if api.status() == RUNNING:
         return url, "running"
-    pid_file.parent.mkdir(parents=True, exist_ok=True)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "orderflow.api", "serve", "--host", host, "--port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **settings_environment(settings)},
-        )
-    pid_file.write_text(str(proc.pid))
+    api.start(["--host", host, "--port", str(port)], env=settings_environment(settings))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"api: exited during start-up; log: {log_path}")
+        if api.status() != RUNNING:
+            raise RuntimeError(f"api: exited during start-up; log: {api.log_path}\n{api.log_tail()}")
         try:
             with urllib.request.urlopen(f"{url}/openapi.json", timeout=1) as resp:
                 if resp.status == 200:
                     return url, "started"
         except OSError:
             time.sleep(0.2)
-    raise RuntimeError(f"api: not answering on {url} in {timeout:.0f}s; log: {log_path}")
+    raise RuntimeError(f"api: not answering on {url} in {timeout:.0f}s; log: {api.log_path}")
 
 
 def stop_detached(root: str = ".local", timeout: float = 10.0) -> str:
     """Stops the API started by ``start_detached`` (by its pid file) and nothing else."""
-    pid_file = pathlib.Path(root).absolute() / "run" / "api.pid"
-    pid = read_pid(pid_file)
-    if pid is None or not process_alive(pid):
-        pid_file.unlink(missing_ok=True)
-        return "api        not running"
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while process_alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if process_alive(pid):
-        os.killpg(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-    return "api        stopped"
+    return f"api        {DetachedProcess('api', root).stop(timeout)}"
 
 
-def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> None:
+def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> tuple[str, str]:
+    """Serves the API detached, creates a demo key and prints the URLs; returns (url, key)."""
     url, state = start_detached(settings, root, port=port)
     _, key = create_key(settings.postgres_dsn, ["read", "ingest"], name="make demo")
     token, _ = dashboard_token(key, DASHBOARD_LINK_SECONDS)
@@ -83,3 +58,4 @@ def demo(settings: Settings, root: str = ".local", port: int = DEFAULT_PORT) -> 
     print(f"           (read-only sign-in link, valid {DASHBOARD_LINK_SECONDS // 60} min; or open {url}/dashboard "
           "and paste the key)")
     print(f'try: curl -H "X-API-Key: {key}" "{url}/restaurants/status?ids=rest-00001,rest-00002"')
+    return url, key

@@ -1,4 +1,6 @@
-"""``make demo``: shows orderflow working end to end on the local stack (already up)."""
+"""``make demo`` (``python -m orderflow.demo``): the live system on the local stack (already up), see
+``orderflow.demo.live``. ``make demo-replay`` (``python -m orderflow.demo replay``): the bounded walk-through,
+one generated day replayed through both pipelines with summaries."""
 from __future__ import annotations
 
 import sys
@@ -7,13 +9,19 @@ from orderflow.config import load_settings
 from orderflow.local.roundtrip import format_table, run_roundtrips
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     settings = load_settings()
     print("== Round trip through every service of the local stack")
     rows = run_roundtrips(settings)
     print(format_table(rows))
     if not all(r.ok for r in rows):
         return 1
+    if argv[:1] != ["replay"]:
+        from orderflow.demo.live import demo as live_demo
+
+        live_demo(settings)
+        return 0
     from orderflow.demo.orders import demo as orders_demo
 
     print("== Orders: reference data, generated orders, bounded pipeline run")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from orderflow.local.pipelines import DEAD, detached_pipelines
+from orderflow.local.processes import DEAD, detached_processes
 from orderflow.local.stack import LocalStack, ServiceFailed
 
 
@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 bootstrap_all(load_settings(stack.environment()))
         elif args.command == "down":
-            for pipeline in detached_pipelines(args.root):
-                print(f"pipeline {pipeline.name:<8} {pipeline.stop():<12} log: {pipeline.log_path}")
+            for pipeline in detached_processes(args.root):
+                print(f"{pipeline.name:<10} {pipeline.stop():<12} {'':<16} log: {pipeline.log_path}")
             states = stack.down()
         else:
             states = stack.status()
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command != "status":
         return 0
     dead = False
-    for pipeline in detached_pipelines(args.root):
+    for pipeline in detached_processes(args.root):
         state = pipeline.status()
-        print(f"pipeline {pipeline.name:<8} {state:<12} pid {pipeline.pid:<10} log: {pipeline.log_path}")
+        print(f"{pipeline.name:<10} {state:<12} {'pid ' + str(pipeline.pid):<16} log: {pipeline.log_path}")
         if state == DEAD:
             dead = True
             print("  " + pipeline.log_tail().replace("\n", "\n  "))

@@ -1,6 +1,7 @@
 """Reading back what the API produced, straight from the broker."""
 from __future__ import annotations
 
+import time
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -11,15 +12,24 @@ def _consumer(bootstrap: str, isolation: str = "read_committed") -> Consumer:
                      "enable.auto.commit": False, "enable.partition.eof": True, "isolation.level": isolation})
 
 
-def read_at(bootstrap: str, topic: str, partition: int, offset: int):
-    """The record at ``topic/partition/offset`` (a confluent_kafka Message)."""
+def read_at(bootstrap: str, topic: str, partition: int, offset: int, timeout: float = 10.0):
+    """The record at ``topic/partition/offset`` (a confluent_kafka Message), read ``read_committed``.
+
+    A committed transaction's markers reach its partitions a moment after the commit is acknowledged,
+    so the record may become visible a little after the API's 202: partition EOF before it is waited
+    past, up to ``timeout``."""
     consumer = _consumer(bootstrap)
     consumer.assign([TopicPartition(topic, partition, offset)])
+    deadline = time.monotonic() + timeout
     try:
-        msg = consumer.poll(10)
-        assert msg is not None and not msg.error(), msg and msg.error()
-        assert msg.offset() == offset
-        return msg
+        while True:
+            msg = consumer.poll(max(deadline - time.monotonic(), 0.1))
+            if msg is not None and msg.error() and msg.error().code() == KafkaError._PARTITION_EOF \
+                    and time.monotonic() < deadline:
+                continue
+            assert msg is not None and not msg.error(), msg and msg.error()
+            assert msg.offset() == offset
+            return msg
     finally:
         consumer.close()
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from orderflow.local.pipelines import DEAD, DetachedPipeline
+from orderflow.local.processes import DEAD, DetachedProcess
 
 
 def _local(*args: str) -> subprocess.CompletedProcess:
@@ -15,7 +15,7 @@ def _local(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_pipeline_that_dies_is_reported_dead_with_the_end_of_its_log(tmp_path):
-    pipeline = DetachedPipeline("orders", tmp_path)
+    pipeline = DetachedProcess("orders", tmp_path)
     pid = pipeline.start(["--prism_location=/nonexistent/prism"])  # fails when the runner starts
     deadline = time.monotonic() + 60
     while pipeline.status() != DEAD:
@@ -24,12 +24,12 @@ def test_a_pipeline_that_dies_is_reported_dead_with_the_end_of_its_log(tmp_path)
 
     status = _local("status", "--root", str(tmp_path))
     assert status.returncode == 3, status.stdout
-    assert re.search(rf"^pipeline orders\s+dead\s+pid {pid}\s+log: {re.escape(str(pipeline.log_path))}$",
+    assert re.search(rf"^orders\s+dead\s+pid {pid}\s+log: {re.escape(str(pipeline.log_path))}$",
                      status.stdout, re.M), status.stdout
     assert 'Unable to parse binary URL "/nonexistent/prism"' in status.stdout  # the reason, from its log
 
     down = _local("down", "--root", str(tmp_path))  # "stopped" if anything of its process group was left
-    assert down.returncode == 0 and re.search(r"^pipeline orders\s+(not running|stopped)\s", down.stdout, re.M), \
+    assert down.returncode == 0 and re.search(r"^orders\s+(not running|stopped)\s", down.stdout, re.M), \
         down.stdout
     assert not pipeline.pid_path.exists()
-    assert "pipeline orders" not in _local("status", "--root", str(tmp_path)).stdout
+    assert not re.search(r"^orders\s", _local("status", "--root", str(tmp_path)).stdout, re.M)

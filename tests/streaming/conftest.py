@@ -15,14 +15,14 @@ import pytest
 
 from orderflow import refdata
 from orderflow.config import settings_environment
-from orderflow.local.pipelines import RUNNING, DetachedPipeline
+from orderflow.local.processes import RUNNING, DetachedProcess
 from orderflow.pipelines.runner import PRISM_BINARY
 
 # Every bound below is for a loaded 2-core CI machine; the measured values are printed (pytest -s).
 START_TIMEOUT = 120.0
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str, pipeline: DetachedPipeline | None = None,
+def wait_for(check: Callable[[], object], timeout: float, what: str, pipeline: DetachedProcess | None = None,
              interval: float = 0.1):
     """Polls ``check`` until it returns a truthy value (returned with the seconds it took); fails after
     ``timeout`` s naming ``what``, with the end of the pipeline's log, or at once when the pipeline died."""
@@ -55,10 +55,10 @@ def run_pipeline(live_settings, tmp_path_factory):
     """``run_pipeline(name, *args, settings=None)`` starts a streaming pipeline process; all are stopped at the
     end of the module."""
     root = tmp_path_factory.mktemp("pipelines")
-    started: list[DetachedPipeline] = []
+    started: list[DetachedProcess] = []
 
-    def start(name: str, *args: str, settings=None) -> DetachedPipeline:
-        pipeline = DetachedPipeline(name, root)
+    def start(name: str, *args: str, settings=None) -> DetachedProcess:
+        pipeline = DetachedProcess(name, root)
         pipeline.start(args, env=settings_environment(settings or live_settings))
         started.append(pipeline)
         return pipeline

@@ -1,14 +1,16 @@
-"""Pipelines run detached beside the local stack, with the stack's conventions: pid file ``<root>/run/``,
-log ``<root>/logs/``, each process leading its own process group (Prism, the runner's job server, is its
-child and goes with it).
+"""The processes of the live system, run detached beside the local stack with the stack's conventions:
+pid file ``<root>/run/<name>.pid``, log ``<root>/logs/<name>.log``, each process leading its own process
+group (a pipeline's Prism, the runner's job server, is its child and goes with it).
 
-    pipeline = DetachedPipeline("orders", ".local")
+    pipeline = DetachedProcess("orders", ".local")
     pipeline.start(["--orders_batch_size=500"], env=settings_environment(settings))
     pipeline.status()   # "running" | "dead" (its pid file remains, the process is gone) | "stopped"
     pipeline.stop()
 
-``python -m orderflow.local status`` reports every pipeline that has a pid file (a dead one with the end
-of its log) and ``down`` stops them before the services.
+The processes (``PROCESSES``): both pipelines (``python -m orderflow.pipelines.<name>``), the live feed
+(``python -m orderflow.generate feed``) and the API (``python -m orderflow.api serve``).
+``python -m orderflow.local status`` reports every one that has a pid file (a dead one with the end of its
+log) and ``down`` stops them before the services.
 """
 from __future__ import annotations
 
@@ -22,46 +24,52 @@ from collections.abc import Iterable, Mapping
 
 from orderflow.local.stack import _signal_group, _tail, process_alive, read_pid
 
-PIPELINES = {"orders": "orderflow.pipelines.orders", "presence": "orderflow.pipelines.presence"}
+# name -> the ``python -m`` arguments that run it
+PROCESSES = {
+    "orders": ("orderflow.pipelines.orders",),
+    "presence": ("orderflow.pipelines.presence",),
+    "feed": ("orderflow.generate", "feed"),
+    "api": ("orderflow.api", "serve"),
+}
 RUNNING, DEAD, STOPPED = "running", "dead", "stopped"
 
 
-class DetachedPipeline:
-    """One pipeline process (``python -m orderflow.pipelines.<name>``) started detached under ``root``."""
+class DetachedProcess:
+    """One process of ``PROCESSES`` started detached under ``root``."""
 
     def __init__(self, name: str, root: str | os.PathLike = ".local"):
-        if name not in PIPELINES:
-            raise ValueError(f"unknown pipeline {name!r}; one of {sorted(PIPELINES)}")
+        if name not in PROCESSES:
+            raise ValueError(f"unknown process {name!r}; one of {sorted(PROCESSES)}")
         self.name = name
         self.root = pathlib.Path(root).absolute()
         self._process: subprocess.Popen | None = None  # when started by this process: reaped on stop
 
     @property
     def pid_path(self) -> pathlib.Path:
-        return self.root / "run" / f"pipeline-{self.name}.pid"
+        return self.root / "run" / f"{self.name}.pid"
 
     @property
     def log_path(self) -> pathlib.Path:
-        return self.root / "logs" / f"pipeline-{self.name}.log"
+        return self.root / "logs" / f"{self.name}.log"
 
     @property
     def pid(self) -> int | None:
         return read_pid(self.pid_path)
 
     def start(self, args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> int:
-        """Starts the pipeline (streaming unless ``--bounded`` is in ``args``) with ``env`` added to this
+        """Starts the process (a pipeline streams unless ``--bounded`` is in ``args``) with ``env`` added to this
         process' environment (e.g. ``config.settings_environment(settings)``); returns its pid. The log is
         appended to, so a restart keeps the history of the previous run."""
         if self.status() == RUNNING:
-            raise RuntimeError(f"pipeline {self.name} already runs (pid {self.pid}); log: {self.log_path}")
+            raise RuntimeError(f"{self.name} already runs (pid {self.pid}); log: {self.log_path}")
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
-            log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting pipeline {self.name} {' '.join(args)}\n"
+            log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} starting {self.name} {' '.join(args)}\n"
                       .encode())
             log.flush()
             self._process = subprocess.Popen(
-                [sys.executable, "-m", PIPELINES[self.name], *args], stdout=log, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", *PROCESSES[self.name], *args], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
         self.pid_path.write_text(str(self._process.pid))
         return self._process.pid
@@ -81,7 +89,7 @@ class DetachedPipeline:
         return _tail(self.log_path, lines)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Sends ``sig`` to the pipeline's process group and keeps the pid file (a crash, as tests make one)."""
+        """Sends ``sig`` to the process group and keeps the pid file (a crash, as tests make one)."""
         pid = self.pid
         if pid is not None:
             _signal_group(pid, sig)
@@ -103,7 +111,7 @@ class DetachedPipeline:
         return STOPPED
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
-        """Waits until no process of the pipeline's group is left (Prism exits a moment after the pipeline)."""
+        """Waits until no process of the group is left (Prism exits a moment after the pipeline)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._reap()
@@ -127,6 +135,6 @@ def _group_exists(pgid: int) -> bool:
     return True
 
 
-def detached_pipelines(root: str | os.PathLike = ".local") -> list[DetachedPipeline]:
-    """The pipelines that have a pid file under ``root`` (running or dead)."""
-    return [p for p in (DetachedPipeline(name, root) for name in PIPELINES) if p.pid_path.exists()]
+def detached_processes(root: str | os.PathLike = ".local") -> list[DetachedProcess]:
+    """The processes that have a pid file under ``root`` (running or dead)."""
+    return [p for p in (DetachedProcess(name, root) for name in PROCESSES) if p.pid_path.exists()]

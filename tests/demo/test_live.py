@@ -1,0 +1,31 @@
+"""``make demo``'s live system on the test stack: both pipelines streaming on Prism, the feed and the API
+started detached; an order POSTed through the REST Proxy request shows in the client's volume, a
+restaurant set unavailable shows in its status; status reports every process; stopping ends them all."""
+from __future__ import annotations
+
+import psycopg
+import port_for
+
+from orderflow.demo.live import demo
+from orderflow.local.processes import PROCESSES, RUNNING, DetachedProcess, detached_processes
+
+
+def test_live_demo_streams_what_a_user_does_through_the_api(module_settings, tmp_path, capsys):
+    root = str(tmp_path)
+    try:
+        seconds = demo(module_settings, root=root, port=port_for.select_random(), timeout=180,
+                       feed_args=["--restaurants", "50", "--orders-per-second", "5"])
+        out = capsys.readouterr().out
+        assert "vitor's order (REST Proxy v2 request) -> priced and in her volume after" in out
+        assert "rest-00042 set UNAVAILABLE (HOLIDAYS) -> its status after" in out
+        assert "'unavailable'" in out.split("rest-00042 set UNAVAILABLE", 1)[1].splitlines()[0]
+        assert seconds["order_to_volume"] < 180 and seconds["unavailable_to_status"] < 180
+        assert {p.name: p.status() for p in detached_processes(root)} == {name: RUNNING for name in PROCESSES}
+        # The feed's orders stream through as well: more than vitor's one are priced and stored.
+        with psycopg.connect(module_settings.postgres_dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM orders WHERE client_token <> 'vitor'").fetchone()[0] > 0
+            assert conn.execute("SELECT count(*) FROM orders WHERE client_token = 'vitor'").fetchone()[0] == 1
+    finally:
+        stopped = {name: DetachedProcess(name, root).stop() for name in PROCESSES}
+    assert set(stopped.values()) == {"stopped"}
+    assert detached_processes(root) == []
