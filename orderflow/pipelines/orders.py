@@ -31,6 +31,7 @@ from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
 from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
+from orderflow.pipelines.summary import orders_summary, report_run
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
 from orderflow.transforms.price_orders import PriceOrders
@@ -158,8 +159,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
-    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
-    return run_pipeline(build, argv, settings, OrdersOptions)
+    """Builds and runs the pipeline; bounded runs wait until finished and print a summary, streaming runs
+    log one every ``--summary_interval_seconds``. Returns the PipelineResult."""
+    result = run_pipeline(build, argv, settings, OrdersOptions)
+    report_run(result, argv, "orders", orders_summary, OrdersOptions)
+    return result
 
 
 if __name__ == "__main__":
