@@ -32,7 +32,7 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
 from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
-from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run
+from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.presence_rules import PresenceRules, to_ms
@@ -129,14 +129,14 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
             settings.kafka_bootstrap, topic, bounded=bounded, group_id=opts.presence_group_id, start=start,
             batch_size=opts.presence_batch_size)
 
-    keepalives = read("ReadKeepalives", settings.topics.keepalive) | "DecodeKeepalives" >> DecodeAvro(
-        "restaurant_keepalive")
+    keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
+    keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
     keepalives_refused = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(
         settings.redis_url, prefix)
     sessions = keepalives.decoded | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
 
-    changes = read("ReadAvailability", settings.topics.availability) | "DecodeAvailability" >> (
-        DecodeAvailabilityChanges())
+    availability_records = read("ReadAvailability", settings.topics.availability)
+    changes = availability_records | "DecodeAvailability" >> DecodeAvailabilityChanges()
     availability_refused = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(
         settings.redis_url, prefix)
     history_refused = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(settings.postgres_dsn)
@@ -147,11 +147,22 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards)
     intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
 
-    _ = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused, history_refused,
-          intervals_refused)
-         | "DeadLetters" >> beam.Flatten()
+    dead_letters = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused,
+                     history_refused, intervals_refused)
+                    | "DeadLetters" >> beam.Flatten())
+    _ = (dead_letters
          | "CountDeadLetters" >> CountDeadLetters("presence")
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
+
+    summary = None if bounded else streaming_summary("presence", options)
+    if summary is not None:  # a bounded run's summary comes from its metrics when it ends
+        summary.count(keepalive_records, "ReadFromKafka/records", "keep-alive records")
+        summary.count(availability_records, "ReadFromKafka/records", "availability records")
+        summary.count(keepalives.decoded, "DecodeAvro/restaurant_keepalive_decoded")
+        summary.count(changes.changes, "DecodeAvailabilityChanges/changes")
+        summary.count(sessions, "KeepaliveSessions/sessions")
+        summary.count(intervals, "RestaurantStatusIntervals/intervals")
+        summary.count_dead_letters(dead_letters)
 
 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
@@ -163,4 +174,5 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    run()
+    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
+    run().wait_until_finish()

@@ -41,8 +41,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows, Sessions
 from apache_beam.utils.timestamp import Duration, Timestamp
-from apache_beam.utils.windowed_value import PaneInfoTiming
-from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
 
 from orderflow.transforms.presence_rules import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, to_ms
 

@@ -1,14 +1,19 @@
 """The presence pipeline's command line over one past day (``--track_from`` at its 00:00, ``--as_of`` the
 next night) on a topic that also holds events of later days, as an operator recomputes a day.
 
-Each restaurant's offline time of the day is planned by hand; the run's summary line is checked too.
+Each restaurant's offline time of the day is planned by hand; the run's summary line is checked too, and a
+streaming run over the same topics prints its running summary periodically.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
+import pathlib
+import selectors
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from zoneinfo import ZoneInfo
 
@@ -109,7 +114,41 @@ def test_the_run_ends_with_a_summary_and_no_warning(day_run):
     assert len(summary) == 1, run.stdout
     line = summary[0]
     records = counts["keepalives"] + 1 + 2  # + the broken record + the two availability changes
-    assert f" {records:,} records: {counts['keepalives']:,} keep-alives, 2 availability changes;" in line
+    assert f": {records:,} records, {counts['keepalives']:,} keep-alives, 2 availability changes," in line
     assert f"{counts['after_cut_off']:,} pings after the cut-off" in line
     assert line.endswith("1 dead letters (avro_not_single_object 1)")
     assert "WARNING" not in run.stderr, run.stderr[-3000:]
+
+
+PRISM = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"  # `make prism`
+
+
+def test_a_streaming_run_prints_its_running_summary_periodically(day_run, module_settings):
+    # Last in this module: the streaming run evaluates the same restaurants from their first event on.
+    if not PRISM.is_file():
+        pytest.skip(f"no Prism binary at {PRISM} (make prism): streaming runs on Prism")
+    counts, _ = day_run
+    env = {**os.environ, **settings_environment(module_settings),
+           "ORDERFLOW_PRESENCE_REDIS_PREFIX": f"t-{uuid.uuid4().hex[:8]}:restaurant:"}
+    argv = [sys.executable, "-m", "orderflow.pipelines.presence", "--presence_start=earliest",
+            "--presence_group_id=summary-test", "--summary_interval_seconds=2", "--runner=PrismRunner",
+            f"--prism_location={PRISM}"]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    everything = f": {counts['keepalives'] + 3:,} records, {counts['keepalives']:,} keep-alives, 2 availability changes,"
+    lines, deadline = [], time.monotonic() + 240
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(process.stderr, selectors.EVENT_READ)
+            while time.monotonic() < deadline and process.poll() is None:
+                if selector.select(timeout=1):
+                    lines.append(process.stderr.readline())
+                    if everything in lines[-1] and sum(" pipeline running " in line for line in lines) >= 2:
+                        break
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the process group this test started
+        process.wait()
+    summaries = [line for line in lines if " presence pipeline running (this worker process): " in line]
+    assert len(summaries) >= 2, "".join(lines)[-3000:]  # periodic
+    assert everything in summaries[-1], "".join(lines)[-3000:]
+    assert summaries[-1].rstrip().endswith("1 dead letters (avro_not_single_object 1)")
