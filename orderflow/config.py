@@ -39,6 +39,13 @@ class Settings:
     client_volume_table: str = "client-daily-volume"
     alarm_sns_topic: str = "orderflow-alarms"
     exchange_timezone: str = "America/Sao_Paulo"
+    # The presence rules, read by the presence pipeline (its options override them) and by the API's
+    # status answers alike: see ``presence_rules(settings)``.
+    opening_hours: str = "10:00-23:00"
+    presence_timezone: str = "America/Sao_Paulo"
+    keepalive_timeout_seconds: float = 120.0
+    presence_redis_prefix: str = "restaurant:"
+    keepalive_max_skew_seconds: float = 300.0
 
     def endpoint_url(self, service: str) -> str | None:
         """The endpoint of an AWS service orderflow uses ("dynamodb" or "sns"); None = real AWS."""
@@ -69,6 +76,13 @@ ENVIRONMENT = [
     ("ORDERFLOW_CLIENT_VOLUME_TABLE", "client_volume_table", "DynamoDB table: client daily volume"),
     ("ORDERFLOW_ALARM_SNS_TOPIC", "alarm_sns_topic", "SNS topic name for alarm SMS"),
     ("ORDERFLOW_EXCHANGE_TZ", "exchange_timezone", "time zone that defines an order's day"),
+    ("ORDERFLOW_OPENING_HOURS", "opening_hours", "restaurants' opening hours, HH:MM-HH:MM local time"),
+    ("ORDERFLOW_PRESENCE_TIMEZONE", "presence_timezone", "time zone of the opening hours"),
+    ("ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds",
+     "a restaurant is connected until this long after a keep-alive"),
+    ("ORDERFLOW_PRESENCE_REDIS_PREFIX", "presence_redis_prefix", "key prefix of the restaurants' Redis hot state"),
+    ("ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS", "keepalive_max_skew_seconds",
+     "API: a keep-alive's sent_at may differ from arrival by at most this much"),
 ]
 # The former single endpoint of both AWS services, still read: it is the default of each of the two
 # variables above (an empty value = real AWS for both).
@@ -98,6 +112,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
                 values[field] = raw or None
             elif isinstance(default, int):
                 values[field] = int(raw)
+            elif isinstance(default, float):
+                values[field] = float(raw)
             else:
                 values[field] = raw
     topics = {field: environ[var] for var, field in TOPIC_ENVIRONMENT if var in environ}

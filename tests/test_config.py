@@ -1,4 +1,4 @@
-from orderflow.config import ENVIRONMENT, Settings, load_settings
+from orderflow.config import ENVIRONMENT, Settings, load_settings, settings_environment
 
 
 def test_defaults_point_at_the_local_stack():
@@ -77,3 +77,18 @@ def test_with_overrides_replaces_only_what_is_given():
     assert changed.topics.orders == "orders-x"
     assert changed.topics.keepalive == base.topics.keepalive
     assert with_overrides(base) == base
+
+
+def test_the_presence_rules_come_from_the_environment():
+    from orderflow.io.restaurant_state import RestaurantStateStore
+    from orderflow.transforms.presence_rules import PresenceRules
+
+    settings = load_settings({"ORDERFLOW_OPENING_HOURS": "18:00-02:00", "ORDERFLOW_PRESENCE_TIMEZONE": "Europe/Lisbon",
+                              "ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS": "90.5", "ORDERFLOW_PRESENCE_REDIS_PREFIX": "p:",
+                              "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS": "30"})
+    rules = PresenceRules.from_settings(settings)
+    assert (rules.hours.opens.hour, rules.hours.closes.hour, rules.hours.timezone) == (18, 2, "Europe/Lisbon")
+    assert rules.gap_ms == 90_500 and settings.keepalive_max_skew_seconds == 30.0
+    store = RestaurantStateStore.from_settings(settings)  # what the API's status answers use
+    assert (store.opening_hours, store.keepalive_timeout_ms, store.key("r-1")) == (rules.hours, 90_500, "p:r-1")
+    assert load_settings(settings_environment(settings)) == settings

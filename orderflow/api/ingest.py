@@ -153,7 +153,9 @@ class OrdersAccepted(BaseModel):
 
 
 class KeepaliveIn(_Strict):
-    sent_at: Timestamp | None = Field(None, description="when the restaurant sent it; default: now")
+    sent_at: Timestamp | None = Field(
+        None, description="when the restaurant sent it (default: now); the record's Kafka timestamp. At most "
+                          "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS (300) from the server's clock, else 422")
 
 
 class AvailabilityIn(_Strict):
@@ -350,10 +352,24 @@ def _require_restaurant(who: Principal, restaurant_id: str) -> None:
 async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
                          body: KeepaliveIn | None = None):
     _require_restaurant(who, restaurant_id)
-    value = res.codec("restaurant_keepalive").encode(
-        {"restaurant_id": restaurant_id, "sent_at": _millis(body.sent_at if body else None)})
-    (d,) = await produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value)])
+    sent_at = _millis(body.sent_at if body else None)
+    _check_skew(sent_at, res.settings.keepalive_max_skew_seconds)
+    value = res.codec("restaurant_keepalive").encode({"restaurant_id": restaurant_id, "sent_at": sent_at})
+    # Kafka timestamp = event time: the pipeline's watermark and a replay from a time follow sent_at.
+    (d,) = await produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value, sent_at)])
     return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
+
+
+def _check_skew(sent_at_ms: int, max_skew_seconds: float) -> None:
+    """A keep-alive's ``sent_at`` becomes its Kafka timestamp, so it must be near arrival: one far ahead
+    would push the pipeline's watermark past everyone else's pings, one far behind would land outside the
+    replay position of its time."""
+    skew = sent_at_ms / 1000 - time.time()
+    if abs(skew) > max_skew_seconds:
+        direction = "ahead of" if skew > 0 else "behind"
+        detail = f"sent_at is {abs(skew):.0f} s {direction} the server's clock; at most {max_skew_seconds:.0f} s " \
+                 "either way is accepted"
+        raise InvalidBody(f"sent_at: {detail}", [{"loc": ["body", "sent_at"], "msg": detail}])
 
 
 def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:

@@ -155,7 +155,9 @@ class KafkaSink:
 
     # -- producing ------------------------------------------------------------------------------------------
     async def produce(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[Delivered]:
-        """Writes ``(key, value)`` records in one transaction; raises DeliveryFailed or CommitUnconfirmed."""
+        """Writes ``(key, value)`` records in one transaction; raises DeliveryFailed or CommitUnconfirmed.
+        A record given as ``(key, value, timestamp_ms)`` gets that Kafka timestamp (its event time; else the
+        time of producing)."""
         if self._waiting >= self.max_waiting:
             raise DeliveryFailed(f"{self._waiting} requests are already waiting for Kafka")
         self._waiting += 1
@@ -196,8 +198,9 @@ class KafkaSink:
         producer = self._begin(slot, deadline)
         reports: list = [None] * len(records)
         try:
-            for index, (key, value) in enumerate(records):
-                self._produce_one(producer, topic, key, value, functools.partial(_report, reports, index), deadline)
+            for index, (key, value, *timestamp) in enumerate(records):
+                self._produce_one(producer, topic, key, value, functools.partial(_report, reports, index), deadline,
+                                  timestamp[0] if timestamp else 0)
             left = producer.flush(max(deadline - time.monotonic(), 0))
             if left:
                 raise DeliveryFailed(f"{left} of {len(records)} records not acknowledged within {self.timeout:.0f}s")
@@ -234,10 +237,11 @@ class KafkaSink:
                     raise DeliveryFailed(f"could not begin a transaction: {_describe(exc)}") from exc
         raise AssertionError("unreachable")
 
-    def _produce_one(self, producer: Producer, topic: str, key, value, on_delivery, deadline: float) -> None:
+    def _produce_one(self, producer: Producer, topic: str, key, value, on_delivery, deadline: float,
+                     timestamp_ms: int = 0) -> None:
         while True:
             try:
-                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                producer.produce(topic, value=value, key=key, timestamp=timestamp_ms, on_delivery=on_delivery)
                 return
             except BufferError:
                 # Local queue full: serve acknowledgements, then retry (within the request's time).

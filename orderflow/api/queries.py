@@ -210,12 +210,10 @@ class RankingOut(BaseModel):
 
 
 def offline_ranking(res: Resources, first: dt.date, last: dt.date, limit: int) -> list[RankingEntry]:
+    from orderflow.io.presence_postgres import offline_ranking as ranking_rows  # the one ranking query
+
     with res.pg.connection() as conn:
-        rows = conn.execute(
-            "SELECT restaurant_id, sum(unexplained_offline_seconds) AS seconds FROM restaurant_offline_daily"
-            " WHERE day BETWEEN %s AND %s GROUP BY restaurant_id HAVING sum(unexplained_offline_seconds) > 0"
-            " ORDER BY seconds DESC, restaurant_id LIMIT %s", (first, last, limit)
-        ).fetchall()
+        rows = ranking_rows(conn, first, last, limit)
     return [RankingEntry(rank=n, restaurant_id=r[0], unexplained_offline_seconds=int(r[1]))
             for n, r in enumerate(rows, start=1)]
 
@@ -224,12 +222,12 @@ def offline_ranking(res: Resources, first: dt.date, last: dt.date, limit: int) -
             summary="Restaurants ranked by unexplained offline time over a range of days")
 def get_offline_ranking(who: Caller, res: Res,
                         first: Annotated[Day | None, Query(alias="from", description="first day, default today")] = None,
-                        last: Annotated[Day | None, Query(alias="to", description="last day (inclusive), default today")] = None,
+                        last: Annotated[Day | None, Query(alias="to", description="last day (inclusive), default: from")] = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 10):
     if not who.can_read():
         raise forbidden("this key has no 'read' scope")
     first = first or today(res)
-    last = last or max(first, today(res))
+    last = last or first
     if last < first:
         raise HTTPException(422, f"to ({last}) is before from ({first})")
     if (last - first).days > 366:

@@ -52,7 +52,7 @@ class Resources:
     def restaurant_state(self):
         from orderflow.io.restaurant_state import RestaurantStateStore
 
-        return RestaurantStateStore(self.settings.redis_url)
+        return RestaurantStateStore.from_settings(self.settings)  # the presence pipeline's rules and prefix
 
     @functools.cache  # noqa: B019 - one Resources per process, codecs live as long
     def codec(self, schema_name: str):

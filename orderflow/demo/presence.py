@@ -44,7 +44,7 @@ def demo(settings: Settings | None = None, restaurants: int = 1000, minutes: int
     for n, (rid, seconds) in enumerate(ranking, start=1):
         print(f"  {n:>2}  {rid:<12} {seconds / 60:8.1f}  {planned.get(rid, 0) / 60:8.1f}")
     ok = all(planned.get(rid) == seconds for rid, seconds in ranking)
-    store = RestaurantStateStore(settings.redis_url)
+    store = RestaurantStateStore.from_settings(settings)  # the rules and key prefix the pipeline used
     now = store.statuses([r.restaurant_id for r in plan.restaurants],
                          now=dt.datetime.fromtimestamp(plan.end_ms / 1000, dt.timezone.utc))
     online = sum(v["status"] == "online" for v in now.values())

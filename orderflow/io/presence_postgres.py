@@ -180,7 +180,10 @@ def _dt(ms: int | None) -> dt.datetime | None:
 
 
 def offline_ranking(conn, day_from: dt.date, day_to: dt.date, limit: int = 10) -> list[tuple[str, int]]:
-    """``[(restaurant_id, unexplained offline seconds)]`` over ``[day_from, day_to]``, most offline first."""
+    """``[(restaurant_id, unexplained offline seconds)]`` over ``[day_from, day_to]``, most offline first.
+
+    The one ranking query (the HTTP API's too): every restaurant evaluated in the range is ranked,
+    restaurants with no unexplained offline time included (last, with 0)."""
     return conn.execute(RANKING_SQL, {"day_from": day_from, "day_to": day_to, "limit": limit}).fetchall()
 
 

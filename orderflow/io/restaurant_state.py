@@ -38,6 +38,7 @@ from orderflow.transforms.presence_rules import (
     UNAVAILABLE,
     AvailabilityChange,
     OpeningHours,
+    PresenceRules,
     current_status,
     ms_to_datetime,
     to_ms,
@@ -109,7 +110,8 @@ class RestaurantStateStore:
     """Reads and writes the restaurants' hot state in Redis.
 
     ``opening_hours`` and ``keepalive_timeout_ms`` are the rules used to evaluate statuses on read
-    (defaults: 10:00-23:00 America/Sao_Paulo, two minutes).
+    (defaults: 10:00-23:00 America/Sao_Paulo, two minutes). ``from_settings`` builds the store the
+    configuration describes (rules and key prefix), as the pipeline writes and the API reads it.
     """
 
     def __init__(self, redis_url: str, *, opening_hours: OpeningHours | None = None,
@@ -121,6 +123,13 @@ class RestaurantStateStore:
         self.key_prefix = key_prefix
         self._client = client
         self._scripts = None
+
+    @classmethod
+    def from_settings(cls, settings, client: redis.Redis | None = None) -> RestaurantStateStore:
+        """The store of ``settings`` (``orderflow.config.Settings``): its Redis, key prefix and presence rules."""
+        rules = PresenceRules.from_settings(settings)
+        return cls(settings.redis_url, opening_hours=rules.hours, keepalive_timeout_ms=rules.gap_ms,
+                   key_prefix=settings.presence_redis_prefix, client=client)
 
     @property
     def client(self) -> redis.Redis:

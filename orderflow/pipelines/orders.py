@@ -31,6 +31,7 @@ from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
 from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
+from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
 from orderflow.transforms.price_orders import PriceOrders
@@ -155,15 +156,26 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
             fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))
     _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
 
-    _ = ((normalized.dead_letter, priced.dead_letter, written.dead_letter)
-         | "DeadLetters" >> beam.Flatten()
+    dead_letters = (normalized.dead_letter, priced.dead_letter, written.dead_letter) | "DeadLetters" >> beam.Flatten()
+    _ = (dead_letters
          | "ToKafka" >> beam.Map(lambda letter: letter.to_kafka())
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter))
 
+    summary = None if bounded else streaming_summary("orders", options)
+    if summary is not None:  # a bounded run's summary comes from its metrics when it ends
+        summary.count(records, "orders/records_in")
+        summary.count(priced.priced, "orders/orders_priced")
+        summary.count(owned, "orders/stored")
+        summary.count(written.dead_letter, "orders/refused")
+        summary.count_dead_letters(dead_letters)
+
 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
-    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
-    return run_pipeline(build, argv, settings, OrdersOptions)
+    """Builds and runs the pipeline; bounded runs wait until finished and print a summary, streaming runs
+    log one every ``--summary_interval_seconds``. Returns the PipelineResult."""
+    result = run_pipeline(build, argv, settings, OrdersOptions)
+    report_run(result, argv, "orders", orders_summary, OrdersOptions)
+    return result
 
 
 if __name__ == "__main__":

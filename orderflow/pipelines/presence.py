@@ -10,7 +10,8 @@
            -> WriteUnavailabilityHistory                  restaurant_unavailability
     (sessions, changes) -> RestaurantStatusIntervals      online / offline_scheduled / offline_unexplained
       -> WriteStatusIntervals                             restaurant_status_intervals + restaurant_offline_daily
-    dead letters (input, and records a sink refused) -> WritePresenceDeadLetters   presence_dead_letters
+    dead letters (input, and records a sink refused) -> CountDeadLetters -> WritePresenceDeadLetters
+                                                          presence/dead_letter_<reason>, presence_dead_letters
 
 ``--bounded`` reads both topics to their end and evaluates up to ``--as_of`` (default: the time the run
 starts): a session still open then stays online up to the cut-off. Streaming (Flink/Prism) evaluates as
@@ -32,9 +33,10 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
 from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
+from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
-from orderflow.transforms.presence_rules import OpeningHours, to_ms
+from orderflow.transforms.presence_rules import PresenceRules, to_ms
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
 
 
@@ -61,15 +63,21 @@ class PresenceOptions(PipelineOptions):
         parser.add_argument("--presence_group_id", default="orderflow-presence", help="consumer group")
         parser.add_argument("--presence_batch_size", type=int, default=5000,
                             help="Kafka records per batch element (all work is per batch)")
-        parser.add_argument("--keepalive_timeout_seconds", type=float, default=120.0,
-                            help="session gap: a restaurant is connected until this long after a keep-alive")
-        parser.add_argument("--opening_hours", default="10:00-23:00", help="HH:MM-HH:MM, local time")
-        parser.add_argument("--presence_timezone", default="America/Sao_Paulo", help="time zone of opening hours")
+        parser.add_argument("--keepalive_timeout_seconds", type=float, default=None,
+                            help="session gap: a restaurant is connected until this long after a keep-alive "
+                                 "(default: settings, ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS, 120)")
+        parser.add_argument("--opening_hours", default=None,
+                            help="HH:MM-HH:MM, local time (default: settings, ORDERFLOW_OPENING_HOURS, 10:00-23:00)")
+        parser.add_argument("--presence_timezone", default=None,
+                            help="time zone of opening hours (default: settings, ORDERFLOW_PRESENCE_TIMEZONE, "
+                                 "America/Sao_Paulo)")
         parser.add_argument("--as_of", default=None,
                             help="bounded: evaluate up to this instant (ISO-8601 or epoch ms; default: now)")
         parser.add_argument("--track_from", default=None,
-                            help="every restaurant's timeline starts here (ISO-8601 or epoch ms); default: "
-                                 "its first keep-alive or availability change")
+                            help="bounded: start of the evaluated period (ISO-8601 or epoch ms): a restaurant "
+                                 "with events by then is evaluated from here, one first seen later from its "
+                                 "first event; default: every restaurant from its first keep-alive or "
+                                 "availability change")
         parser.add_argument("--finalize_each_session", default=None, choices=["true", "false"],
                             help="emit intervals as each session closes (default: true when streaming, false "
                                  "when bounded, where everything is final at the end anyway)")
@@ -80,17 +88,23 @@ class PresenceOptions(PipelineOptions):
                             help="keys of the status evaluation (restaurants are spread over them): its parallelism")
         parser.add_argument("--presence_postgres_dsn", default=None, help="default: settings")
         parser.add_argument("--presence_redis_url", default=None, help="default: settings")
-        parser.add_argument("--presence_redis_prefix", default="restaurant:", help="key prefix of the hot state")
+        parser.add_argument("--presence_redis_prefix", default=None,
+                            help="key prefix of the hot state (default: settings, ORDERFLOW_PRESENCE_REDIS_PREFIX, "
+                                 "restaurant:)")
         parser.add_argument("--presence_kafka_bootstrap", default=None, help="default: settings")
 
 
-def presence_settings(options: PipelineOptions) -> Settings:
-    """Settings from the environment, with the endpoints and topics the options override."""
+def presence_settings(options: PipelineOptions, settings: Settings | None = None) -> Settings:
+    """``settings`` (default: from the environment) with the endpoints, topics and presence rules the options
+    override: the API reads the same settings, so it answers with the rules the pipeline applies."""
     opts = options.view_as(PresenceOptions)
-    return with_overrides(load_settings(),
+    return with_overrides(settings or load_settings(),
                           topics={"keepalive": opts.keepalive_topic, "availability": opts.availability_topic},
                           postgres_dsn=opts.presence_postgres_dsn, redis_url=opts.presence_redis_url,
-                          kafka_bootstrap=opts.presence_kafka_bootstrap)
+                          kafka_bootstrap=opts.presence_kafka_bootstrap, opening_hours=opts.opening_hours,
+                          presence_timezone=opts.presence_timezone,
+                          keepalive_timeout_seconds=opts.keepalive_timeout_seconds,
+                          presence_redis_prefix=opts.presence_redis_prefix)
 
 
 def _one_by_one(batch):
@@ -101,10 +115,10 @@ def _one_by_one(batch):
 def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings | None = None) -> None:
     """Wires the presence pipeline onto ``pipeline`` (no runner choice here)."""
     opts = options.view_as(PresenceOptions)
-    settings = settings or presence_settings(options)
+    settings = presence_settings(options, settings)
     bounded = opts.bounded
-    hours = OpeningHours.parse(opts.opening_hours, opts.presence_timezone)
-    gap_ms = int(opts.keepalive_timeout_seconds * 1000)
+    rules = PresenceRules.from_settings(settings)
+    hours, gap_ms, prefix = rules.hours, rules.gap_ms, settings.presence_redis_prefix
     as_of = parse_instant(opts.as_of) if bounded else None
     if bounded and as_of is None:
         as_of = to_ms(dt.datetime.now(dt.timezone.utc))
@@ -119,16 +133,16 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
             settings.kafka_bootstrap, topic, bounded=bounded, group_id=opts.presence_group_id, start=start,
             batch_size=opts.presence_batch_size)
 
-    keepalives = read("ReadKeepalives", settings.topics.keepalive) | "DecodeKeepalives" >> DecodeAvro(
-        "restaurant_keepalive")
+    keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
+    keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
     keepalives_refused = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(
-        settings.redis_url, opts.presence_redis_prefix)
+        settings.redis_url, prefix)
     sessions = keepalives.decoded | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
 
-    changes = read("ReadAvailability", settings.topics.availability) | "DecodeAvailability" >> (
-        DecodeAvailabilityChanges())
+    availability_records = read("ReadAvailability", settings.topics.availability)
+    changes = availability_records | "DecodeAvailability" >> DecodeAvailabilityChanges()
     availability_refused = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(
-        settings.redis_url, opts.presence_redis_prefix)
+        settings.redis_url, prefix)
     history_refused = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(settings.postgres_dsn)
     single_changes = changes.changes | "OneByOne" >> beam.FlatMap(_one_by_one)
 
@@ -138,15 +152,30 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         granularity_ms=int(opts.status_timer_granularity_seconds * 1000))
     intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
 
-    _ = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused, history_refused,
-          intervals_refused)
-         | "DeadLetters" >> beam.Flatten()
+    dead_letters = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused,
+                     history_refused, intervals_refused)
+                    | "DeadLetters" >> beam.Flatten())
+    _ = (dead_letters
+         | "CountDeadLetters" >> CountDeadLetters("presence")
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
+
+    summary = None if bounded else streaming_summary("presence", options)
+    if summary is not None:  # a bounded run's summary comes from its metrics when it ends
+        summary.count(keepalive_records, "ReadFromKafka/records", "keep-alive records")
+        summary.count(availability_records, "ReadFromKafka/records", "availability records")
+        summary.count(keepalives.decoded, "DecodeAvro/restaurant_keepalive_decoded")
+        summary.count(changes.changes, "DecodeAvailabilityChanges/changes")
+        summary.count(sessions, "KeepaliveSessions/sessions")
+        summary.count(intervals, "RestaurantStatusIntervals/intervals")
+        summary.count_dead_letters(dead_letters)
 
 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
-    """Builds and runs the pipeline; bounded runs wait until finished. Returns the PipelineResult."""
-    return run_pipeline(build, argv, settings, PresenceOptions)
+    """Builds and runs the pipeline; bounded runs wait until finished and print a summary, streaming runs
+    log one every ``--summary_interval_seconds``. Returns the PipelineResult."""
+    result = run_pipeline(build, argv, settings, PresenceOptions)
+    report_run(result, argv, "presence", presence_summary, PresenceOptions)
+    return result
 
 
 if __name__ == "__main__":

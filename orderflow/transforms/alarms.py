@@ -169,8 +169,14 @@ class _DetectCrossings(beam.DoFn):
 class WindowedAlarms(beam.PTransform):
     """Batches of owned PricedOrders -> ``Alarm`` for every pane whose window total crosses its rule.
 
+    Args:
+        rules: the alarm rules, each its own windowed branch.
+        timezone: the exchange time zone (day windows).
+        allowed_lateness_seconds: how late a partial sum may arrive and still update its window.
+
     A window may emit its alarm in several panes (early, on time, late); recording is idempotent per
-    (rule, scope, window start), so it fires once.
+    (rule, scope, window start), so it fires once. The output is in the global window (each ``Alarm``
+    names its own window).
     """
 
     def __init__(self, rules: list[AlarmRule], timezone: str = "America/Sao_Paulo",
@@ -195,5 +201,8 @@ class WindowedAlarms(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                     allowed_lateness=Duration(seconds=self.allowed_lateness_seconds))
                 | f"WindowTotal[{rule.rule_id}]" >> beam.CombinePerKey(sum)
-                | f"DetectCrossings[{rule.rule_id}]" >> beam.ParDo(_DetectCrossings(self.rules)))
+                | f"DetectCrossings[{rule.rule_id}]" >> beam.ParDo(_DetectCrossings(self.rules))
+                # An Alarm carries its own window; the branches' windowing strategies differ (fixed, sliding),
+                # and a Flatten needs one.
+                | f"ToGlobalWindow[{rule.rule_id}]" >> beam.WindowInto(window.GlobalWindows()))
         return crossings | "AllCrossings" >> beam.Flatten()

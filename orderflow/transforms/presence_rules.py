@@ -156,6 +156,13 @@ class OpeningHours:
         close_day = day if self.closes > self.opens else day + dt.timedelta(days=1)
         return self._local_ms(day, self.opens), self._local_ms(close_day, self.closes)
 
+    def longest_window_ms(self) -> int:
+        """An upper bound of one opening window's length: its wall-clock length plus an hour for a
+        daylight-saving change inside it."""
+        opens = self.opens.hour * 3600 + self.opens.minute * 60 + self.opens.second
+        closes = self.closes.hour * 3600 + self.closes.minute * 60 + self.closes.second
+        return ((closes - opens) % 86_400 + 3600) * 1000
+
     def is_open(self, ms: int) -> bool:
         return any(s <= ms < e for s, e in self._windows_around(ms, ms))
 
@@ -179,6 +186,29 @@ class OpeningHours:
             if ms > start_ms:
                 out.append(ms)
             day += dt.timedelta(days=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class PresenceRules:
+    """The configurable part of the rules: opening hours (in their time zone) and the keep-alive timeout.
+
+    One definition for everyone: ``from_settings`` reads it from ``orderflow.config.Settings``
+    (``ORDERFLOW_OPENING_HOURS``, ``ORDERFLOW_PRESENCE_TIMEZONE``, ``ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS``),
+    which the presence pipeline (its options override the environment) and the HTTP API both load.
+    """
+
+    hours: OpeningHours = dataclasses.field(default_factory=OpeningHours)
+    gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS
+
+    def __post_init__(self):
+        if self.gap_ms <= 0:
+            raise ValueError(f"the keep-alive timeout must be positive, got {self.gap_ms} ms")
+
+    @classmethod
+    def from_settings(cls, settings) -> PresenceRules:
+        """The rules of ``settings`` (an ``orderflow.config.Settings``)."""
+        return cls(OpeningHours.parse(settings.opening_hours, settings.presence_timezone),
+                   round(settings.keepalive_timeout_seconds * 1000))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -17,10 +17,18 @@ timeline with ``presence_rules.evaluate`` up to the latest instant known to be f
   Time after the cut-off is never evaluated, so a session still open at the end of input stays online up
   to the cut-off instead of being closed early at its last ping.
 
-A restaurant's timeline starts at ``track_from_ms`` when given (bounded runs over a known period), else at
-its first known event (first session or availability change). Day closes keep being evaluated (offline time accrues) until ``max_idle_days`` pass without any input for the
+A restaurant's timeline starts at its own first known event (first session or availability change). With
+``track_from_ms`` (bounded runs over a known period), a restaurant that already had events by then starts
+exactly there (the time before its first event of the period counts against it), and one first seen later
+still starts at its first event: a restaurant is never charged for time before it existed, whatever else
+its shard holds (every restaurant is finalised from its own start; a shard's timer only says *when*).
+Day closes keep being evaluated (offline time accrues) until ``max_idle_days`` pass without any input for the
 restaurant; then its timers stop, so state and timers stay bounded (and a drained pipeline terminates).
 Intervals are emitted once per finalisation; the Postgres sink upserts them by (restaurant, start).
+
+Metrics (namespace ``RestaurantStatusIntervals``): ``intervals`` emitted, ``restaurant_finalizations``,
+``late_sessions_ignored`` / ``late_pings_ignored``: sessions (and the keep-alives they carry) that arrived
+after the restaurant's timeline was final over their whole span, so they could not change anything.
 """
 from __future__ import annotations
 
@@ -66,6 +74,10 @@ def _retained(items: list, until: int) -> list:
     return sessions + [(_CHANGE, c) for c in current + later + schedule_changes]
 
 
+def _pings(session: tuple) -> int:
+    return session[2] if len(session) > 2 else 1
+
+
 def shard_of(restaurant_id: str, shards: int) -> int:
     """Stable shard of a restaurant (the same on every worker and run)."""
     return zlib.crc32(restaurant_id.encode()) % shards
@@ -95,7 +107,8 @@ class _EvaluateStatusFn(beam.DoFn):
         self._at_session_end = finalize_at_session_end
         self._granularity = max(1, granularity_ms)
         self._intervals = Metrics.counter("RestaurantStatusIntervals", "intervals")
-        self._late = Metrics.counter("RestaurantStatusIntervals", "late_inputs_ignored")
+        self._late_sessions = Metrics.counter("RestaurantStatusIntervals", "late_sessions_ignored")
+        self._late_pings = Metrics.counter("RestaurantStatusIntervals", "late_pings_ignored")
         self._finalized = Metrics.counter("RestaurantStatusIntervals", "restaurant_finalizations")
 
     def _day_close_after(self, t: int) -> int:
@@ -115,14 +128,18 @@ class _EvaluateStatusFn(beam.DoFn):
             timer.set(Timestamp(micros=at * 1000))
 
     def _start(self, progress_entry) -> int:
+        """Where the restaurant's unfinalised timeline starts: where it was final, else its first event
+        (``track_from`` if it had events by then)."""
         done, _, first = progress_entry
         if done is not None:
             return done
-        return self._track_from if self._track_from is not None else first
+        return first if self._track_from is None else max(first, self._track_from)
 
     def process(self, element, pending=beam.DoFn.StateParam(PENDING), progress=beam.DoFn.StateParam(PROGRESS),
                 next_timer=beam.DoFn.StateParam(NEXT_TIMER), timer=beam.DoFn.TimerParam(FINALIZE)):
         _, (restaurant_id, item) = element
+        if item[0] == _SESSION:
+            pings, item = item[3], item[:3]
         state = progress.read() or {}
         entry = state.get(restaurant_id)
         start = _item_start(item)
@@ -130,7 +147,8 @@ class _EvaluateStatusFn(beam.DoFn):
         if entry is None:
             entry = state[restaurant_id] = [None, end, start]
         elif entry[0] is not None and item[0] == _SESSION and end <= entry[0]:
-            self._late.inc()  # its time is already final
+            self._late_sessions.inc()  # its time is already final
+            self._late_pings.inc(pings)
             return
         entry[1] = max(entry[1], end)
         if entry[0] is None:
@@ -217,13 +235,21 @@ class _EvaluateStatusFn(beam.DoFn):
 class RestaurantStatusIntervals(beam.PTransform):
     """``(sessions, changes)`` -> ``StatusInterval`` rows (online / offline_scheduled / offline_unexplained).
 
-    ``sessions``: ``(restaurant_id, (start_ms, end_ms))`` from ``KeepaliveSessions``; ``changes``:
-    ``AvailabilityChange`` elements timestamped at ``occurred_at``. ``as_of_ms`` (bounded runs) is the
-    cut-off: nothing after it is evaluated and the last intervals end there (``KeepaliveSessions`` must get
-    the same cut-off). ``track_from_ms``: where every restaurant's timeline starts (default: its first event).
-    State is kept per shard of restaurants (``shards``), and a shard's timer fires at most once per
-    ``granularity_ms`` of event time (each restaurant is still finalised exactly at its own safe instants). ``finalize_at_session_end``
-    emits intervals as each session closes (streaming freshness) instead of only per opening day.
+    Args:
+        opening_hours, gap_ms: the presence rules (``PresenceRules``).
+        as_of_ms: bounded runs' cut-off: nothing after it is evaluated and the last intervals end there
+            (``KeepaliveSessions`` must get the same cut-off).
+        finalize_at_session_end: emit intervals as each session closes (streaming freshness) instead of
+            only per opening day.
+        max_idle_days: a restaurant without input for this long stops being evaluated.
+        track_from_ms: the start of the evaluated period: a restaurant with events by then starts there,
+            one first seen later at its first event (default: every restaurant at its first event).
+        shards: state is kept per shard of restaurants.
+        granularity_ms: a shard's timer fires at most once per this much event time (each restaurant is
+            still finalised exactly at its own safe instants).
+
+    ``sessions``: ``(restaurant_id, (start_ms, end_ms[, pings]))`` from ``KeepaliveSessions``; ``changes``:
+    ``AvailabilityChange`` elements timestamped at ``occurred_at``.
     """
 
     def __init__(self, opening_hours: OpeningHours | None = None, gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS,
@@ -243,7 +269,7 @@ class RestaurantStatusIntervals(beam.PTransform):
         sessions, changes = inputs
         shards = self._shards
         keyed_sessions = sessions | "TagSessions" >> beam.Map(
-            lambda kv: (shard_of(kv[0], shards), (kv[0], (_SESSION, kv[1][0], kv[1][1]))))
+            lambda kv: (shard_of(kv[0], shards), (kv[0], (_SESSION, kv[1][0], kv[1][1], _pings(kv[1])))))
         keyed_changes = (changes
                          | "ChangesToGlobalWindow" >> beam.WindowInto(GlobalWindows())
                          | "TagChanges" >> beam.Map(

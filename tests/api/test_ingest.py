@@ -4,8 +4,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 
 import pytest
+from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from orderflow.io.avro import AvroCodec
 from orderflow.transforms.normalize_orders import encode_order_avro
@@ -183,8 +185,8 @@ def test_ingest_needs_a_key_with_ingest_scope(api, anonymous, reader):
     assert resp.status_code == 202
 
 
-def test_keepalive_lands_keyed_by_restaurant(api, ingester):
-    sent_at = dt.datetime(2026, 3, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+def test_keepalive_lands_keyed_by_restaurant_at_its_event_time(api, ingester):
+    sent_at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=90)).replace(microsecond=123000)
     resp = ingester.post("/restaurants/r-1/keepalive", json={"sent_at": sent_at.isoformat()})
     assert resp.status_code == 202, resp.text
     body = resp.json()
@@ -193,7 +195,22 @@ def test_keepalive_lands_keyed_by_restaurant(api, ingester):
     assert msg.key() == b"r-1"
     ping = AvroCodec("restaurant_keepalive").decode(msg.value())
     assert ping["restaurant_id"] == "r-1" and ping["sent_at"] == sent_at
-    assert ingester.post("/restaurants/r-1/keepalive").status_code == 202  # no body: sent now
+    # The record's Kafka timestamp is the event time (the pipeline's watermark and replays follow it).
+    assert msg.timestamp() == (TIMESTAMP_CREATE_TIME, round(sent_at.timestamp() * 1000))
+    before = int(time.time() * 1000)
+    resp = ingester.post("/restaurants/r-1/keepalive")  # no body: sent now
+    assert resp.status_code == 202
+    now = read_at(api.settings.kafka_bootstrap, body["topic"], resp.json()["partition"], resp.json()["offset"])
+    assert before <= now.timestamp()[1] <= int(time.time() * 1000)
+    assert round(AvroCodec("restaurant_keepalive").decode(now.value())["sent_at"].timestamp() * 1000) == now.timestamp()[1]
+
+
+@pytest.mark.parametrize("skew", [-3600, -301, 301, 86400])
+def test_keepalive_sent_too_far_from_now_is_refused(api, ingester, skew):
+    sent_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=skew)
+    resp = ingester.post("/restaurants/r-1/keepalive", json={"sent_at": sent_at.isoformat()})
+    assert resp.status_code == 422, resp.text
+    assert "sent_at" in resp.text and "300 s" in resp.text
 
 
 def test_a_restaurant_key_acts_only_for_its_restaurant(api, reader):

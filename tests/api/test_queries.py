@@ -176,8 +176,9 @@ def test_offline_ranking(seeded, reader):
     assert resp.status_code == 200, resp.text
     ranking = resp.json()["ranking"]
     assert [(e["rank"], e["restaurant_id"], e["unexplained_offline_seconds"]) for e in ranking] == [
-        (1, "r-10", 1500), (2, "r-11", 1200), (3, "r-12", 30)]
-    one_day = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "to": "2026-03-02", "limit": 1})
+        (1, "r-10", 1500), (2, "r-11", 1200), (3, "r-12", 30), (4, "r-13", 0)]  # never offline: ranked too
+    one_day = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "limit": 1})
+    assert one_day.json()["to_day"] == "2026-03-02"  # to defaults to from
     assert [e["restaurant_id"] for e in one_day.json()["ranking"]] == ["r-10"]
     resp = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "to": "2026-03-01"})
     assert resp.status_code == 422 and "before" in resp.json()["detail"]

@@ -2,8 +2,11 @@
 (event time and watermark controlled: session windows close when the watermark passes them)."""
 from __future__ import annotations
 
+import pathlib
+
 import apache_beam as beam
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -92,15 +95,17 @@ def test_pings_outside_opening_hours_never_make_it_online():
         for i in got:
             by.setdefault(i.restaurant_id, []).append(i)
         assert all(HOURS.is_open(i.start_ms) and HOURS.is_open(i.end_ms - 1) for i in got)
-        # tracked from 09:00; pings until 09:49:30 -> connected to 09:51:30, before opening: 10:00-10:20 is
-        # offline; pings 23:00-23:40 change nothing
+        # tracked from 09:00 (both were known by then: an availability change at 09:00); pings until
+        # 09:49:30 -> connected to 09:51:30, before opening: 10:00-10:20 is offline; pings 23:00-23:40
+        # change nothing
         assert summarize(by["early"]) == [("offline_unexplained", "no_keepalive", "10 10:00:00", "10 10:20:00"),
                                      ("online", None, "10 10:20:00", "10 10:31:30"),
                                      ("offline_unexplained", "no_keepalive", "10 10:31:30", "10 23:00:00")]
         assert summarize(by["late"]) == [("offline_unexplained", "no_keepalive", "10 10:00:00", "10 22:50:00"),
                                          ("online", None, "10 22:50:00", "10 23:00:00")]
 
-    run_timeline(timeline, as_of=at(23, 50), expect=expect, track_from=at(9))
+    known = [status("early", at(9), "AVAILABLE"), status("late", at(9), "AVAILABLE")]
+    run_timeline(timeline, known, as_of=at(23, 50), expect=expect, track_from=at(9))
 
 
 def test_scheduled_unavailability_explains_offline_and_cancelled_does_not():
@@ -153,3 +158,60 @@ def test_days_close_for_a_restaurant_that_stopped_pinging():
                  expect=[("online", None, "10 20:00:00", "10 21:02:00"),
                          ("offline_unexplained", "no_keepalive", "10 21:02:00", "10 23:00:00"),
                          ("offline_unexplained", "no_keepalive", "11 10:00:00", "11 23:00:00")])
+
+
+def test_pings_across_closing_time_arriving_one_by_one_keep_the_restaurant_online_until_closing():
+    # A restaurant known since 09:00 pings 22:50-23:40, one ping per bundle. A lone ping after 23:00 once made
+    # a session window ending after closes + gap (23:02): the day was closed at 23:02 first, and the session
+    # covering 22:50-23:00 arrived too late to count.
+    run_timeline({"r": pings(at(22, 50), at(23, 40))}, [status("r", at(9), "AVAILABLE")], as_of=at(23, 50),
+                 chunk_ms=30_000,
+                 expect=[("offline_unexplained", "no_keepalive", "10 10:00:00", "10 22:50:00"),
+                         ("online", None, "10 22:50:00", "10 23:00:00")])
+
+
+def _late_ping_stream():
+    def ping(t):
+        return TimestampedValue({"restaurant_id": "r", "sent_at": t}, t / 1000)
+
+    return (TestStream()
+            .add_elements([ping(t) for t in pings(at(12), at(12, 10))])    # session [12:00, 12:11:30)
+            .advance_watermark_to(at(12, 15) / 1000)                        # ... has fired
+            .add_elements([ping(at(12, 10, 30))])   # late, in time to count: connected until 12:12:30
+            .add_elements([ping(t) for t in pings(at(12, 20), at(12, 30))])
+            .advance_watermark_to(at(13) / 1000)    # past as_of + gap: the whole timeline is final
+            .add_elements([ping(at(12, 5))])        # late, too late to count
+            .advance_watermark_to(at(14) / 1000)
+            .advance_watermark_to_infinity())
+
+
+PRISM = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"  # `make prism`
+
+
+@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+def test_late_pings_still_count_where_the_timeline_is_not_final_and_are_counted_where_it_is(runner):
+    if runner == "PrismRunner" and not PRISM.is_file():
+        pytest.skip(f"no Prism binary at {PRISM} (make prism)")
+    options = PipelineOptions([f"--runner={runner}"] + ([f"--prism_location={PRISM}"] if runner == "PrismRunner" else []))
+    options.view_as(StandardOptions).streaming = True
+    p = TestPipeline(options=options)
+    sessions = p | _late_ping_stream() | KeepaliveSessions(opening_hours=HOURS, until_ms=at(12, 40))
+    intervals = (sessions, p | "NoChanges" >> beam.Create([])) | RestaurantStatusIntervals(
+        opening_hours=HOURS, as_of_ms=at(12, 40), finalize_at_session_end=True)
+    # Without allowed lateness the 12:10:30 ping was dropped: offline from 12:11:30.
+    expected = [("online", None, "10 12:00:00", "10 12:11:30"), ("online", None, "10 12:11:30", "10 12:12:30"),
+                ("offline_unexplained", "no_keepalive", "10 12:12:30", "10 12:20:00"),
+                ("online", None, "10 12:20:00", "10 12:31:30"),
+                ("offline_unexplained", "no_keepalive", "10 12:31:30", "10 12:40:00")]
+
+    def check(actual):
+        assert summarize(actual) == expected
+
+    assert_that(intervals, check)
+    result = p.run()
+    result.wait_until_finish()
+    if runner == "DirectRunner":
+        return  # Beam 2.77's legacy DirectRunner commits a streaming step's counters of its first bundle only
+    counters = {r.key.metric.name: r.committed for r in result.metrics().query(MetricsFilter())["counters"]}
+    assert counters["late_pings"] == 2 and counters["late_sessions"] == 2  # both late pings fired a late pane
+    assert counters["late_pings_ignored"] == 1 and counters["late_sessions_ignored"] == 1  # the 12:05 one
