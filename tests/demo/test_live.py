@@ -3,8 +3,8 @@ started detached; an order POSTed through the REST Proxy request shows in the cl
 restaurant set unavailable shows in its status; status reports every process; stopping ends them all."""
 from __future__ import annotations
 
-import psycopg
 import port_for
+import psycopg
 
 from orderflow.demo.live import demo
 from orderflow.local.processes import PROCESSES, RUNNING, DetachedProcess, detached_processes
