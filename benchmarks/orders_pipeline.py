@@ -49,7 +49,10 @@ def alarm_rules(n: int) -> list[dict]:
 # --------------------------------------------------------------------------------------------------
 # The hand-written baseline.
 # --------------------------------------------------------------------------------------------------
-def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
+def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: list | None = None,
+              stop=None, batches_per_transaction: int = BATCHES_PER_TRANSACTION, consume_timeout: float = 1.0) -> None:
+    """Reads the whole topic and returns; or, given ``stop`` (a ``threading.Event``), streams until it is set
+    (benchmarks/streaming_latency.py: one batch per transaction, a short ``consume_timeout``)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import psycopg
@@ -65,12 +68,12 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
     from orderflow.transforms.normalize_orders import InvalidOrder, encode_order_avro, parse_orders
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
-    reference = refdata.read_reference_data(settings, [DAY])
+    reference = refdata.read_reference_data(settings, days or [DAY])
     rules = parse_rules(rules_json)
     codec = AvroCodec("priced_order")
     scale = Decimal("0.000001")
     conn = psycopg.connect(settings.postgres_dsn)
-    writer = OrdersWriter(settings.postgres_dsn, DailyVolumeTable(settings).write, BATCHES_PER_TRANSACTION)
+    writer = OrdersWriter(settings.postgres_dsn, DailyVolumeTable(settings).write, batches_per_transaction)
     sns = aws_client(settings, "sns")
     relay_sms_outbox(conn, sns)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
@@ -132,8 +135,8 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str) -> None:
 
     background = ThreadPoolExecutor(max_workers=1)
     in_flight = None
-    while open_partitions:
-        messages = consumer.consume(batch_size, timeout=1.0)
+    while (not stop.is_set()) if stop is not None else open_partitions:
+        messages = consumer.consume(batch_size, timeout=consume_timeout)
         priced, dead = [], []
         for message in messages:
             if message.error():

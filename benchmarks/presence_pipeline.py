@@ -39,7 +39,10 @@ START = dt.datetime(2026, 11, 10, 12, 0, tzinfo=ZoneInfo("America/Sao_Paulo"))
 # --------------------------------------------------------------------------------------------------
 # The hand-written baseline.
 # --------------------------------------------------------------------------------------------------
-def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, prefix: str) -> None:
+def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, prefix: str, *,
+              stop=None, consume_timeout: float = 1.0) -> None:
+    """Reads both topics to their end, then evaluates every restaurant; or, given ``stop`` (a
+    ``threading.Event``), streams until it is set (benchmarks/streaming_latency.py)."""
     import psycopg
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -71,10 +74,10 @@ def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, 
     intervals: dict[str, list[int]] = {}  # restaurant -> flat [s0, e0, s1, e1, ...]
     changes: dict[str, list] = {}
     dead = 0
-    while open_partitions:
+    while (not stop.is_set()) if stop is not None else open_partitions:
         latest: dict[str, int] = {}
         batch_changes = []
-        for message in consumer.consume(batch_size, timeout=1.0):
+        for message in consumer.consume(batch_size, timeout=consume_timeout):
             if message.error():
                 if message.error().code() == KafkaError._PARTITION_EOF:
                     open_partitions.discard((message.topic(), message.partition()))
