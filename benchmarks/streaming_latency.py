@@ -464,7 +464,7 @@ def print_summary(results: dict[tuple[str, str], list[dict]]) -> None:
 
     unit = {"orders": "orders/s", "presence": "keep-alives/s"}
     what = {"orders": "produced -> volume in DynamoDB", "presence": "silence -> offline (minus last ping + gap)"}
-    print(f"\n{'side':<15} {'latency':<42} {'rate':>14} {'p50':>7} {'p99':>7} {'max sustained':>20} {'ours/hand':>10}")
+    print(f"\n{'side':<19} {'latency':<42} {'rate':>14} {'p50':>7} {'p99':>7} {'max sustained':>20} {'ours/hand':>10}")
     for (kind, role), steps in results.items():
         top = best(steps)
         hand = best(results.get((kind, "hand"), [])) if role == "beam" else None
@@ -475,11 +475,14 @@ def print_summary(results: dict[tuple[str, str], list[dict]]) -> None:
                      & {s["rate"] for s in results[kind, "hand"] if s["sustained"]})
             common = max(rates) if rates else None
         at = next((s for s in steps if s["rate"] == common), top) if common is not None else top
-        ratio = f"{top['rate'] / hand['rate']:.2f}x" if top and hand else "-"
+        at = at or (steps[0] if steps else None)  # nothing sustained: the first step's latencies
+        ratio = "-"
+        if role == "beam" and hand:
+            ratio = f"{top['rate'] / hand['rate']:.2f}x" if top else f"<{steps[0]['rate'] / hand['rate']:.2f}x"
         name = f"{kind} {'beam' if role == 'beam' else 'hand loop'}"
         print(f"{name:<19} {what[kind]:<42} {(at['rate'] if at else 0):>8,.0f}/s   {fmt(at and at['p50'])} "
               f"{fmt(at and at['p99'])} {(format(top['rate'], ',.0f') + ' ' + unit[kind]) if top else 'none':>20} {ratio:>10}")
-    print("(p50/p99 at the highest rate both sides sustained; ours/hand = max sustained rate of the pipeline over "
+    print("(p50/p99 at the highest rate both sides sustained, else at the side's highest sustained or first step; ours/hand = max sustained rate of the pipeline over "
           "the hand loop's; 'max sustained' is a lower bound when the last step was sustained)")
 
 
