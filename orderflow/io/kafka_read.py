@@ -224,7 +224,7 @@ class _ReadPartitionFnBase(beam.DoFn):
     def __init__(self, bootstrap_servers: str, consumer_config: dict | None, group_id: str | None,
                  commit_offsets: bool, timestamp_fn: Callable[[KafkaRecord], float] | None,
                  batch_size: int | None, poll_timeout: float = 0.1, eof_timeout: float = 120.0,
-                 max_read_seconds: float = 5.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
+                 max_read_seconds: float = 1.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
                  max_cached_consumers: int = 16):
         self._bootstrap = bootstrap_servers
         self._consumer_config = dict(consumer_config or {})
@@ -460,7 +460,7 @@ class ReadFromKafka(beam.PTransform):
     def __init__(self, bootstrap_servers: str, topics: str | Iterable[str], *, start: StartPosition | None = None,
                  bounded: bool = False, group_id: str | None = None, commit_offsets: bool = True,
                  consumer_config: dict | None = None, timestamp_fn: Callable[[KafkaRecord], float] | None = None,
-                 batch_size: int | None = None, poll_timeout: float = 0.1, max_read_seconds: float = 5.0,
+                 batch_size: int | None = None, poll_timeout: float = 0.1, max_read_seconds: float = 1.0,
                  idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0):
         super().__init__()
         self._bootstrap = bootstrap_servers

@@ -96,7 +96,7 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
         os.killpg(pgid, 0)  # nothing of the group survived, Prism included
     status = subprocess.run([sys.executable, "-m", "orderflow.local", "status", "--root", str(pipeline.root)],
                             capture_output=True, text=True, timeout=60)
-    assert status.returncode == 3 and re.search(r"^pipeline orders\s+dead\s", status.stdout, re.M), status.stdout
+    assert status.returncode == 3 and re.search(r"^orders\s+dead\s", status.stdout, re.M), status.stdout
     feeder.join()
     del producer  # before the stack stops: its threads would keep reconnecting
     assert 0 < stored_at_kill < N, f"not a mid-stream kill: {stored_at_kill} of {N} stored"
@@ -109,7 +109,7 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
     # It resumed where the killed run's finalized bundles had committed, not from the start of the topic.
     resumed = {int(p): int(o) for p, o in re.findall(
         re.escape(settings.topics.orders) + r"/(\d+) starts at offset (\d+) \(committed\)",
-        restarted.log_path.read_text().rsplit("starting pipeline orders", 1)[-1])}
+        restarted.log_path.read_text().rsplit("starting orders", 1)[-1])}
     assert resumed == committed_at_kill
 
     with psycopg.connect(settings.postgres_dsn) as conn:

@@ -192,7 +192,10 @@ PRISM = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
 def test_late_pings_still_count_where_the_timeline_is_not_final_and_are_counted_where_it_is(runner):
     if runner == "PrismRunner" and not PRISM.is_file():
         pytest.skip(f"no Prism binary at {PRISM} (make prism)")
-    options = PipelineOptions([f"--runner={runner}"] + ([f"--prism_location={PRISM}"] if runner == "PrismRunner" else []))
+    # Its own Prism job server: Beam shares one per process, and a DirectRunner test that tried Prism earlier in
+    # the session left one without our --prism_location (it would try to download Prism).
+    prism = [f"--prism_location={PRISM}", "--experiments=disable_prism_server_singleton"]
+    options = PipelineOptions([f"--runner={runner}"] + (prism if runner == "PrismRunner" else []))
     options.view_as(StandardOptions).streaming = True
     p = TestPipeline(options=options)
     sessions = p | _late_ping_stream() | KeepaliveSessions(opening_hours=HOURS, until_ms=at(12, 40))
