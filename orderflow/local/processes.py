@@ -121,8 +121,18 @@ class DetachedProcess:
         return False
 
     def _reap(self) -> None:
-        if self._process is not None and self._process.poll() is not None:
-            self._process = None
+        """Reaps the process if it exited and is a child of this one (started by this or another instance in
+        this process): a zombie would keep its process group, and so ``stop``, waiting."""
+        if self._process is not None:
+            if self._process.poll() is not None:
+                self._process = None
+            return
+        pid = self.pid
+        if pid is not None:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass  # not our child: its own parent reaps it
 
 
 def _group_exists(pgid: int) -> bool:

@@ -18,13 +18,16 @@ from orderflow.api.auth import dashboard_token
 from orderflow.api.queries import today
 from orderflow.bootstrap import aws_client
 from orderflow.transforms.presence_rules import AvailabilityChange
+from tests.environment import require
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = pathlib.Path(".local/screenshots/dashboard.png")
 
-pytestmark = pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium not installed (make setup)")
+@pytest.fixture(autouse=True)
+def _chromium():
+    require(shutil.which(CHROMIUM) is not None, "Debian chromium not installed (make setup)")
 
 
 @pytest.fixture(scope="module")

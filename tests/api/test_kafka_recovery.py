@@ -16,25 +16,14 @@ import uuid
 
 import pytest
 
-from orderflow import bootstrap
 from orderflow.api.config import ApiConfig
-from orderflow.config import load_settings
 from orderflow.io.avro import AvroCodec
-from orderflow.local import temporary_stack
 from orderflow.local.stack import read_pid
 from tests.api.conftest import ServedApi
 from tests.api.kafka_check import read_all
 
 PRODUCE_TIMEOUT = 3.0
 RECOVERY_SECONDS = 10.0  # from the broker being ready again to the first POST answered 202
-
-
-@pytest.fixture(scope="module")
-def own_stack():
-    with temporary_stack("test-api-kafka-", timeout=120) as local_stack:
-        settings = load_settings(local_stack.environment())
-        bootstrap.bootstrap_all(settings)
-        yield local_stack, settings
 
 
 @pytest.fixture(scope="module")

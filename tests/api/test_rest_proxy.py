@@ -10,6 +10,7 @@ import pytest
 
 from orderflow.io.avro import AvroCodec
 from tests.api.kafka_check import count_records, read_at
+from tests.environment import require
 
 V2 = "application/vnd.kafka.v2+json"
 JSON_V2 = "application/vnd.kafka.json.v2+json"
@@ -24,8 +25,8 @@ def _curl(*args: str) -> tuple[int, dict[str, str], bytes]:
     return int(status_line.split()[1]), headers, body
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_the_seed_request_sent_with_curl_is_produced(api):
+    require(shutil.which("curl") is not None, "curl not installed")
     key = api.key("ingest")
     topic = api.settings.topics.orders  # ordem-ativo, suffixed per test module
     # The request of the issue, word for word, plus the API key it now needs.

@@ -12,21 +12,11 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow import bootstrap, refdata
-from orderflow.config import load_settings
 from orderflow.generate.orders import generate, produce
 from orderflow.io.kafka_offsets import PartitionReader
-from orderflow.local import temporary_stack
 from orderflow.pipelines import orders
 from tests.io.kafka_testing import produce as produce_raw
 from tests.pipelines.orders_scenario import DAY, dynamodb_volumes, expected_outcome, read_topic
-
-
-@pytest.fixture(scope="module")
-def own_stack():
-    with temporary_stack("test-broker-", timeout=120) as local_stack:
-        settings = load_settings(local_stack.environment())
-        bootstrap.bootstrap_all(settings)
-        yield local_stack, settings
 
 
 def _restart_broker(stack, sig) -> None:

@@ -25,6 +25,7 @@ from orderflow.config import settings_environment
 from orderflow.io.avro import AvroCodec
 from orderflow.io.presence_postgres import offline_ranking
 from orderflow.transforms.status_intervals import shard_of
+from tests.environment import require
 
 SP = ZoneInfo("America/Sao_Paulo")
 DAY = dt.date(2026, 3, 10)
@@ -126,7 +127,7 @@ PRISM = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
 def test_a_streaming_run_prints_its_running_summary_periodically(day_run, module_settings):
     # Last in this module: the streaming run evaluates the same restaurants from their first event on.
     if not PRISM.is_file():
-        pytest.skip(f"no Prism binary at {PRISM} (make prism): streaming runs on Prism")
+        require(False, f"no Prism binary at {PRISM} (make prism): streaming runs on Prism")
     counts, _ = day_run
     env = {**os.environ, **settings_environment(module_settings),
            "ORDERFLOW_PRESENCE_REDIS_PREFIX": f"t-{uuid.uuid4().hex[:8]}:restaurant:"}

@@ -16,6 +16,7 @@ from apache_beam.transforms.window import TimestampedValue
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.presence_rules import OpeningHours
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
+from tests.environment import require
 from tests.transforms.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
 
 
@@ -191,7 +192,7 @@ PRISM = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
 @pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
 def test_late_pings_still_count_where_the_timeline_is_not_final_and_are_counted_where_it_is(runner):
     if runner == "PrismRunner" and not PRISM.is_file():
-        pytest.skip(f"no Prism binary at {PRISM} (make prism)")
+        require(False, f"no Prism binary at {PRISM} (make prism)")
     # Its own Prism job server: Beam shares one per process, and a DirectRunner test that tried Prism earlier in
     # the session left one without our --prism_location (it would try to download Prism).
     prism = [f"--prism_location={PRISM}", "--experiments=disable_prism_server_singleton"]
