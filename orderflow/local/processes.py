@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 
-from orderflow.local.stack import _signal_group, _tail, process_alive, read_pid
+from orderflow.local.stack import group_exists, log_tail, process_alive, read_pid, signal_group, terminate_group
 
 # name -> the ``python -m`` arguments that run it
 PROCESSES = {
@@ -86,39 +86,32 @@ class DetachedProcess:
         return DEAD
 
     def log_tail(self, lines: int = 15) -> str:
-        return _tail(self.log_path, lines)
+        return log_tail(self.log_path, lines)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Sends ``sig`` to the process group and keeps the pid file (a crash, as tests make one)."""
         pid = self.pid
         if pid is not None:
-            _signal_group(pid, sig)
-            self._wait_gone(pid, 15.0)
+            signal_group(pid, sig)
+            deadline = time.monotonic() + 15.0
+            while not self._gone(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
 
     def stop(self, timeout: float = 15.0) -> str:
         """SIGTERM to the process group, SIGKILL after ``timeout`` s; removes the pid file. Returns
         ``stopped``, or ``not running`` when nothing of its process group was left."""
         pid = self.pid
-        self._reap()
-        if pid is None or not _group_exists(pid):  # a dead pipeline's group may outlive it (its Prism): stop that
+        if pid is None or self._gone(pid):  # a dead pipeline's group may outlive it (its Prism): stop that
             self.pid_path.unlink(missing_ok=True)
             return "not running"
-        _signal_group(pid, signal.SIGTERM)
-        if not self._wait_gone(pid, timeout):
-            _signal_group(pid, signal.SIGKILL)
-            self._wait_gone(pid, timeout)
+        terminate_group(pid, signal.SIGTERM, lambda: self._gone(pid), timeout)
         self.pid_path.unlink(missing_ok=True)
         return STOPPED
 
-    def _wait_gone(self, pid: int, timeout: float) -> bool:
-        """Waits until no process of the group is left (Prism exits a moment after the pipeline)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._reap()
-            if not _group_exists(pid):
-                return True
-            time.sleep(0.05)
-        return False
+    def _gone(self, pid: int) -> bool:
+        """No process of the group is left (Prism exits a moment after the pipeline); reaps ours first."""
+        self._reap()
+        return not group_exists(pid)
 
     def _reap(self) -> None:
         """Reaps the process if it exited and is a child of this one (started by this or another instance in
@@ -133,16 +126,6 @@ class DetachedProcess:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass  # not our child: its own parent reaps it
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def detached_processes(root: str | os.PathLike = ".local") -> list[DetachedProcess]:

@@ -232,14 +232,7 @@ class LocalStack:
             self._pid_file(service).unlink(missing_ok=True)
             return "not running"
         # Each service leads its own process group (start_new_session), so this reaches its children.
-        _signal_group(pid, sig)
-        deadline = time.monotonic() + timeout
-        while process_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process_alive(pid):
-            _signal_group(pid, signal.SIGKILL)
-            while process_alive(pid):
-                time.sleep(0.05)
+        terminate_group(pid, sig, lambda: not process_alive(pid), timeout)
         # A killed multi-threaded process (the JVM) shows as a zombie while its other threads still exit
         # and hold its sockets: wait until the port is free, so that an immediate up() can take it again.
         deadline = time.monotonic() + timeout
@@ -294,14 +287,14 @@ class LocalStack:
             if not self._pid_alive(service):
                 raise ServiceFailed(
                     f"{service.name}: process exited during start-up; log: {self.log_path(service.name)}\n"
-                    + _tail(self.log_path(service.name))
+                    + log_tail(self.log_path(service.name))
                 )
             if service.ready():
                 return
             time.sleep(0.1)
         raise ServiceFailed(
             f"{service.name}: not ready on port {service.port} in time; log: {self.log_path(service.name)}\n"
-            + _tail(self.log_path(service.name))
+            + log_tail(self.log_path(service.name))
         )
 
     def _services(self) -> list[Service]:
@@ -525,14 +518,40 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-def _signal_group(pid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
+    """Sends ``sig`` to the process group ``pgid`` (every process of the stack leads its own); gone is fine."""
     try:
-        os.killpg(pid, sig)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
 
 
-def _tail(path: pathlib.Path, lines: int = 15) -> str:
+def group_exists(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` is left (a zombie member counts until it is reaped)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def terminate_group(pgid: int, sig: int, gone: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Sends ``sig`` to the group, and SIGKILL if ``gone()`` is still false after ``timeout`` s; returns once
+    ``gone()`` holds (or a second timeout passed after SIGKILL)."""
+    signal_group(pgid, sig)
+    for final in (False, True):
+        deadline = time.monotonic() + timeout
+        while not gone() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if gone() or final:
+            return
+        signal_group(pgid, signal.SIGKILL)
+
+
+def log_tail(path: pathlib.Path, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log, or "(no log)"."""
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except FileNotFoundError:
