@@ -42,6 +42,7 @@ from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, r
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS
 from orderflow.api.resources import Resources
+from orderflow.transforms.presence_rules import AvailabilityChange
 
 router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
 
@@ -373,11 +374,7 @@ def _check_skew(sent_at_ms: int, max_skew_seconds: float) -> None:
 
 
 def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:
-    event = {"event_id": uuid.uuid4().hex, "restaurant_id": restaurant_id, "kind": kind, "status": None,
-             "schedule_id": None, "reason": None, "starts_at": None, "ends_at": None,
-             "occurred_at": _millis(None)}
-    event.update(fields)
-    return event
+    return AvailabilityChange.event(uuid.uuid4().hex, restaurant_id, kind, _millis(None), **fields)._asdict()
 
 
 async def _send_availability(res: Resources, event: dict):

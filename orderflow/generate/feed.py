@@ -25,6 +25,7 @@ from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
 from orderflow.generate.orders import FORMATS, encode_order
 from orderflow.io.avro import AvroCodec
 from orderflow.refdata import SAMPLE_ASSETS
+from orderflow.transforms.presence_rules import AvailabilityChange
 
 TICK_SECONDS = 0.25
 
@@ -137,10 +138,8 @@ class LiveFeed:
 
     def _change(self, restaurant: str, now_ms: int, kind: str, **fields) -> None:
         self._event += 1
-        change = {"event_id": f"feed-{self.options.seed}-{now_ms}-{self._event}", "restaurant_id": restaurant,
-                  "kind": kind, "status": fields.get("status"), "schedule_id": fields.get("schedule_id"),
-                  "reason": fields.get("reason"), "starts_at": fields.get("starts_at"),
-                  "ends_at": fields.get("ends_at"), "occurred_at": now_ms}
+        change = AvailabilityChange.event(f"feed-{self.options.seed}-{now_ms}-{self._event}", restaurant, kind,
+                                          now_ms, **fields)._asdict()
         self.producer.produce(self.settings.topics.availability, self.availability.encode(change),
                               restaurant.encode(), timestamp=now_ms)
         self.counts["changes"] += 1

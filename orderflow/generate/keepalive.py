@@ -30,6 +30,7 @@ from zoneinfo import ZoneInfo
 
 from orderflow.config import Settings, load_settings
 from orderflow.io.avro import AvroCodec
+from orderflow.transforms.presence_rules import AvailabilityChange
 
 DEFAULT_TZ = "America/Sao_Paulo"
 KINDS = ("outage", "scheduled", "cancelled", "unavailable", "gone")
@@ -196,9 +197,7 @@ def _plan_event(plan: Plan, r: RestaurantPlan, kind: str, lo: int, hi: int, rng:
 
 
 def _change(r: RestaurantPlan, n: int, kind: str, occurred_at: int, **fields) -> dict:
-    return {"event_id": f"{r.restaurant_id}-e{n}", "restaurant_id": r.restaurant_id, "kind": kind,
-            "status": fields.get("status"), "schedule_id": fields.get("schedule_id"), "reason": fields.get("reason"),
-            "starts_at": fields.get("starts_at"), "ends_at": fields.get("ends_at"), "occurred_at": occurred_at}
+    return AvailabilityChange.event(f"{r.restaurant_id}-e{n}", r.restaurant_id, kind, occurred_at, **fields)._asdict()
 
 
 # -- Kafka ------------------------------------------------------------------------------------------------

@@ -236,6 +236,14 @@ class AvailabilityChange(NamedTuple):
     occurred_at: int
 
     @classmethod
+    def event(cls, event_id: str, restaurant_id: str, kind: str, occurred_at: int, *, status: str | None = None,
+              schedule_id: str | None = None, reason: str | None = None, starts_at: int | None = None,
+              ends_at: int | None = None) -> AvailabilityChange:
+        """A new event; ``._asdict()`` is its Avro record (timestamps as epoch milliseconds), as the API, the
+        generators and the feed produce it."""
+        return cls(event_id, restaurant_id, kind, status, schedule_id, reason, starts_at, ends_at, occurred_at)
+
+    @classmethod
     def from_record(cls, record: dict) -> AvailabilityChange:
         return cls(record["event_id"], record["restaurant_id"], record["kind"], record.get("status"),
                    record.get("schedule_id"), record.get("reason"), to_ms(record.get("starts_at")),
