@@ -46,6 +46,9 @@ class Settings:
     keepalive_timeout_seconds: float = 120.0
     presence_redis_prefix: str = "restaurant:"
     keepalive_max_skew_seconds: float = 300.0
+    # How long every sink retries a store's transient errors (an outage) before the bundle fails:
+    # ``orderflow.io.retry``.
+    sink_retry_seconds: float = 300.0
 
     def endpoint_url(self, service: str) -> str | None:
         """The endpoint of an AWS service orderflow uses ("dynamodb" or "sns"); None = real AWS."""
@@ -83,6 +86,8 @@ ENVIRONMENT = [
     ("ORDERFLOW_PRESENCE_REDIS_PREFIX", "presence_redis_prefix", "key prefix of the restaurants' Redis hot state"),
     ("ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS", "keepalive_max_skew_seconds",
      "API: a keep-alive's sent_at may differ from arrival by at most this much"),
+    ("ORDERFLOW_SINK_RETRY_SECONDS", "sink_retry_seconds",
+     "pipelines: how long a sink retries an unavailable store before the bundle fails"),
 ]
 # The former single endpoint of both AWS services, still read: it is the default of each of the two
 # variables above (an empty value = real AWS for both).

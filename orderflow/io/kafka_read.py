@@ -45,6 +45,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition, resolve_start_offset
 from orderflow.io.kafka_record import KafkaRecord
+from orderflow.io.retry import is_transient
 
 __all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET"]
 
@@ -242,6 +243,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._records = Metrics.counter("ReadFromKafka", "records")
         self._elements = Metrics.counter("ReadFromKafka", "elements")
         self._commits = Metrics.counter("ReadFromKafka", "offset_commits")
+        self._broker_unavailable = Metrics.counter("ReadFromKafka", "transient_errors")
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def setup(self):
@@ -350,9 +352,16 @@ class _ReadPartitionFnBase(beam.DoFn):
                     errors = [m for m in messages if m.error() is not None]
                     if errors:
                         for m in errors:
-                            if m.error().code() != _PARTITION_EOF:
+                            if m.error().code() == _PARTITION_EOF:
+                                end_offset = m.offset()
+                            elif not is_transient(KafkaException(m.error())):
                                 raise KafkaException(m.error())
-                            end_offset = m.offset()
+                            else:
+                                # The broker is unreachable or moving (orderflow.io.retry): the consumer
+                                # reconnects by itself; keep polling, the position is unchanged.
+                                self._broker_unavailable.inc()
+                                _LOG.warning("ReadFromKafka: %s/%d at offset %d: %s (retrying)", topic, partition,
+                                             next_offset, m.error())
                         messages = [m for m in messages if m.error() is None]
                     if messages and messages[0].offset() < next_offset:
                         # Stale prefetch (or an offset reset): records before the restriction are not ours.

@@ -3,6 +3,11 @@
 Delivery is confirmed before a bundle completes: ``finish_bundle`` flushes the producer and fails the
 bundle if any record of it was not delivered, so the runner retries the bundle rather than losing the
 records (at-least-once; the idempotent producer removes duplicates caused by its own retries).
+
+Outages (``orderflow.io.retry``): while the broker is down the producer keeps the records and retries
+them itself (librdkafka reconnects); a record fails only when it is still undelivered after
+``delivery_timeout`` (librdkafka's ``message.timeout.ms``, from ``Settings.sink_retry_seconds``), so a
+broker outage shorter than that holds the bundle and then completes it, without a duplicate.
 """
 from __future__ import annotations
 
@@ -30,11 +35,12 @@ class KafkaDeliveryError(RuntimeError):
 
 
 class _WriteToKafkaFn(beam.DoFn):
-    def __init__(self, bootstrap_servers: str, topic: str, producer_config: dict | None, flush_timeout: float):
+    def __init__(self, bootstrap_servers: str, topic: str, producer_config: dict | None, delivery_timeout: float):
         self._bootstrap = bootstrap_servers
         self._topic = topic
-        self._producer_config = dict(producer_config or {})
-        self._flush_timeout = flush_timeout
+        self._producer_config = {"message.timeout.ms": int(delivery_timeout * 1000), **(producer_config or {})}
+        # librdkafka fails each record at its own timeout; the flush only has to outlast it.
+        self._flush_timeout = delivery_timeout + 30.0
         self._written = Metrics.counter("WriteToKafka", "records")
         self._failed = Metrics.counter("WriteToKafka", "delivery_failures")
 
@@ -99,12 +105,18 @@ class WriteToKafka(beam.PTransform):
     ``key`` (bytes or None) chooses the partition; ``headers`` is a list of ``(name, bytes)``. The
     producer is idempotent; each bundle is flushed before it completes and a delivery failure fails the
     bundle (so the runner retries it) instead of vanishing. Returns an empty PCollection.
+
+    Args:
+        bootstrap_servers: the Kafka cluster.
+        topic: the topic written.
+        producer_config: librdkafka settings over ``DEFAULT_PRODUCER_CONFIG``.
+        delivery_timeout: seconds a record may wait for the broker (an outage) before it fails the bundle.
     """
 
     def __init__(self, bootstrap_servers: str, topic: str, producer_config: dict | None = None,
-                 flush_timeout: float = 60.0):
+                 delivery_timeout: float = 300.0):
         super().__init__()
-        self._fn = _WriteToKafkaFn(bootstrap_servers, topic, producer_config, flush_timeout)
+        self._fn = _WriteToKafkaFn(bootstrap_servers, topic, producer_config, delivery_timeout)
 
     def expand(self, pcoll):
         return pcoll | beam.ParDo(self._fn)

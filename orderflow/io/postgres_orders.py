@@ -46,9 +46,11 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import orjson
+import psycopg
 from apache_beam.metrics import Metrics
 
 from orderflow.io.postgres import connect, error_message, is_data_error
+from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
 
@@ -209,56 +211,103 @@ class OrdersWriter:
     volume with ``write_volumes`` while the transaction still holds the rows' locks, then commits, and
     returns the orders of volume items that ``write_volumes`` refused (it returns ``[(volume, message)]``,
     or None); ``rollback()`` discards the transaction (and its pending volumes).
+
+    Outages (``orderflow.io.retry``): a transient error of Postgres or DynamoDB is retried for up to
+    ``retry_seconds``. A lost connection loses the open transaction with it, so the retry first replays
+    the transaction's batches on a new connection: every statement is idempotent (an order inserted by a
+    commit whose answer was lost comes back as ``replayed``, owned by the same record), and the volumes
+    are read again under the new locks before DynamoDB gets them. ``transient_retries`` counts attempts.
     """
 
     def __init__(self, dsn: str, write_volumes: Callable[[list[tuple]], object] | None = None,
-                 max_batches: int = 20):
+                 max_batches: int = 20, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         self.dsn = dsn
         self.write_volumes = write_volumes
         self.max_batches = max_batches
+        self.retry_seconds = retry_seconds
+        self.transient_retries = 0
         self._conn = None
         self._pending: dict[tuple[str, object], tuple] = {}
         self._owned: dict[tuple[str, object], list[dict]] = {}  # this transaction's owned orders per key
-        self._batches = 0
+        self._transaction: list[list[dict]] = []  # its batches, replayed if the connection is lost
+        self._lost = False  # the connection (and the open transaction with it) failed
 
-    def write(self, orders: list[dict]) -> WriteResult:
+    def _connection(self):
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn)
-        result = execute_batch(self._conn, orders)
+        return self._conn
+
+    def _execute(self, orders: list[dict]) -> BatchResult:
+        result = execute_batch(self._connection(), orders)
         for volume in result.volumes:  # later statements of the transaction see newer values
             self._pending[(volume[0], volume[1])] = volume
         for order in result.owned:
             self._owned.setdefault((order["client_token"], order["trade_day"]), []).append(order)
-        self._batches += 1
+        return result
+
+    def _on_retry(self, exc: BaseException) -> None:
+        self.transient_retries += 1
+        if isinstance(exc, psycopg.Error):
+            self._lost = True
+
+    def _retrying(self, what: str, call: Callable[[], object]):
+        """``call()`` with the outage rule; after a Postgres failure, on a new connection with the open
+        transaction replayed first (its results were returned already: the replay's are the same)."""
+        def attempt():
+            if self._lost:
+                self._drop_connection()
+                self._pending, self._owned = {}, {}
+                self._lost = False
+                for batch in self._transaction:
+                    self._execute(batch)
+            return call()
+
+        return call_with_retry(what, attempt, self.retry_seconds, on_retry=self._on_retry)
+
+    def write(self, orders: list[dict]) -> WriteResult:
+        result = self._retrying("orders to Postgres", lambda: self._execute(orders))
+        self._transaction.append(orders)
         rejected = list(result.rejected)
-        if self._batches >= self.max_batches:
+        if len(self._transaction) >= self.max_batches:
             rejected += self.commit()
         return WriteResult(result.owned, result.counts, rejected)
 
     def commit(self) -> list[Rejected]:
-        if self._conn is None or not self._batches:
+        if not self._transaction:
             return []
-        rejected = []
-        if self.write_volumes is not None and self._pending:
-            refused = self.write_volumes(list(self._pending.values())) or []
-            rejected = _refused_orders(refused, self._owned)
-        self._conn.commit()
-        self._pending, self._owned, self._batches = {}, {}, 0
+
+        def write_volumes_and_commit() -> list[Rejected]:
+            rejected = []
+            if self.write_volumes is not None and self._pending:
+                refused = self.write_volumes(list(self._pending.values())) or []
+                rejected = _refused_orders(refused, self._owned)
+            self._connection().commit()
+            return rejected
+
+        rejected = self._retrying("daily volumes to DynamoDB and the Postgres commit", write_volumes_and_commit)
+        self._pending, self._owned, self._transaction = {}, {}, []
         return rejected
 
     def rollback(self) -> None:
-        self._pending, self._owned, self._batches = {}, {}, 0
+        self._pending, self._owned, self._transaction = {}, {}, []
         if self._conn is not None and not self._conn.closed:
             try:
                 self._conn.rollback()
             except Exception:  # noqa: BLE001 - a broken connection: drop it, the next write reconnects
+                self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
                 self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                pass
+            self._conn = None
 
     def close(self) -> None:
         if self._conn is not None:
             self.rollback()
-            self._conn.close()
-            self._conn = None
+            self._drop_connection()
 
 
 class _WriteBatch(beam.DoFn):
@@ -268,10 +317,12 @@ class _WriteBatch(beam.DoFn):
     are the dead letters of the orders a sink refused (those of the bundle's last commit with the last
     batch's timestamp and window)."""
 
-    def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int):
+    def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int, retry_seconds: float):
         self.dsn = dsn
         self.volume_table = volume_table
         self.max_batches = max_batches_per_transaction
+        self.retry_seconds = retry_seconds
+        self.transient_retries = Metrics.counter("orders", "transient_retries")
         self.inserted = Metrics.counter("orders", "postgres_inserted")
         self.replayed = Metrics.counter("orders", "postgres_replayed")
         self.duplicates = Metrics.counter("orders", "postgres_duplicates")
@@ -284,7 +335,8 @@ class _WriteBatch(beam.DoFn):
         from concurrent.futures import ThreadPoolExecutor
 
         self._writer = OrdersWriter(self.dsn, self.volume_table.write if self.volume_table is not None else None,
-                                    self.max_batches)
+                                    self.max_batches, self.retry_seconds)
+        self._retries_counted = 0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-orders")
 
     def start_bundle(self):
@@ -315,6 +367,8 @@ class _WriteBatch(beam.DoFn):
             # The bundle fails and is retried from its start: so must the transaction.
             self._thread.submit(self._writer.rollback).result()
             raise
+        finally:
+            self._count_retries()
         self.batches.inc()
         self.inserted.inc(counts["inserted"])
         self.replayed.inc(counts["replayed"])
@@ -322,6 +376,12 @@ class _WriteBatch(beam.DoFn):
         yield from self._dead_letters(rejected, timestamp, window)
         if owned:
             yield WindowedValue(OrderBatch(owned), timestamp, [window])
+
+    def _count_retries(self):
+        # Counted here, on the bundle's thread: Beam metrics updated on the writer's thread are not reported.
+        retries = self._writer.transient_retries
+        self.transient_retries.inc(retries - self._retries_counted)
+        self._retries_counted = retries
 
     def process(self, orders, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
         previous = list(self._collect())
@@ -336,6 +396,8 @@ class _WriteBatch(beam.DoFn):
         except Exception:
             self._thread.submit(self._writer.rollback).result()
             raise
+        finally:
+            self._count_retries()
         if rejected:
             yield from self._dead_letters(rejected, *self._last_batch)
 
@@ -356,15 +418,20 @@ class WriteOrdersToPostgres(beam.PTransform):
         dsn: the Postgres database.
         volume_table: a ``orderflow.io.dynamodb_volume.DailyVolumeTable`` (or None: Postgres only).
         max_batches_per_transaction: batches of a bundle one Postgres transaction covers.
+        retry_seconds: how long a transient Postgres or DynamoDB error is retried before the bundle fails
+          (``orderflow.io.retry``).
     """
 
-    def __init__(self, dsn: str, volume_table=None, max_batches_per_transaction: int = 20):
+    def __init__(self, dsn: str, volume_table=None, max_batches_per_transaction: int = 20,
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
         self.dsn = dsn
         self.volume_table = volume_table
         self.max_batches_per_transaction = max_batches_per_transaction
+        self.retry_seconds = retry_seconds
 
     def expand(self, batches):
         return batches | "UpsertOrders" >> beam.ParDo(
-            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction)).with_output_types(
+            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction,
+                        self.retry_seconds)).with_output_types(
             OrderBatch).with_outputs(DEAD_LETTER_TAG, main="owned")

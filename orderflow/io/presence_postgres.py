@@ -21,6 +21,10 @@ payload), which the presence pipeline stores with its other dead letters; everyt
 Halves keep the batch's order (intervals by restaurant and start, changes by occurrence), so each part
 is written as the whole batch would have been. Counter: ``PresencePostgres/dead_letters``. Dead letters'
 text is made storable before it is written (NUL escaped, an over-long source shortened with a digest).
+
+Outages (``orderflow.io.retry``): a transient error (Postgres stopped, restarting, unreachable) is retried
+with backoff on a new connection for up to ``retry_seconds``; every batch statement is idempotent, so a
+batch whose commit answer was lost is simply written again. Counter: ``PresencePostgres/transient_retries``.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from apache_beam.metrics import Metrics
 
 from orderflow.io.dead_letter import DeadLetter
 from orderflow.io.postgres import connect, error_message, is_data_error
+from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.transforms.presence_rules import (
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
@@ -223,8 +228,12 @@ class _PostgresBatchFn(beam.DoFn):
     Yields a ``DeadLetter`` for each record Postgres refuses because of its data."""
 
     def __init__(self, dsn: str, write, counter: str, order: Callable | None = None,
-                 source: Callable[[object], str] | None = None, stage: str = ""):
+                 source: Callable[[object], str] | None = None, stage: str = "",
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
         self._dsn = dsn
+        self._retry_seconds = retry_seconds
+        self._what = counter
+        self._retries = Metrics.counter("PresencePostgres", "transient_retries")
         self._write = write
         self._order = order
         self._source = source
@@ -233,13 +242,26 @@ class _PostgresBatchFn(beam.DoFn):
         self._dead = Metrics.counter("PresencePostgres", "dead_letters")
 
     def setup(self):
-        self._conn = connect(self._dsn)
+        self._conn = None
+
+    def _write_batch(self, batch):
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self._dsn)
+        return write_bisecting(self._conn, self._write, batch)
+
+    def _reconnect(self, _exc):
+        self._retries.inc()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def process(self, batch):
         if not batch:
             return
         batch = sorted(batch, key=self._order) if self._order else list(batch)
-        written, refused = write_bisecting(self._conn, self._write, batch)
+        written, refused = call_with_retry(f"presence {self._what} to Postgres",
+                                           lambda: self._write_batch(batch), self._retry_seconds,
+                                           on_retry=self._reconnect)
         self._rows.inc(written)
         for record, message in refused:
             self._dead.inc()
@@ -282,17 +304,19 @@ class WriteStatusIntervals(beam.PTransform):
     Args:
         dsn: the Postgres database.
         max_batch_size: most intervals per statement.
+        retry_seconds: how long an unavailable Postgres is retried before the bundle fails.
     """
 
-    def __init__(self, dsn: str, max_batch_size: int = 5000):
+    def __init__(self, dsn: str, max_batch_size: int = 5000, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
-        self._dsn, self._max = dsn, max_batch_size
+        self._dsn, self._max, self._retry_seconds = dsn, max_batch_size, retry_seconds
 
     def expand(self, intervals):
         return (_batched(intervals, "Batch", 100, self._max)
                 | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_intervals, "status_intervals",
                                                          _interval_order, _interval_source,
-                                                         "presence_postgres/status_intervals")))
+                                                         "presence_postgres/status_intervals",
+                                                         self._retry_seconds)))
 
 
 class WriteUnavailabilityHistory(beam.PTransform):
@@ -302,16 +326,17 @@ class WriteUnavailabilityHistory(beam.PTransform):
 
     Args:
         dsn: the Postgres database.
+        retry_seconds: how long an unavailable Postgres is retried before the bundle fails.
     """
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
-        self._dsn = dsn
+        self._dsn, self._retry_seconds = dsn, retry_seconds
 
     def expand(self, change_batches):
         return change_batches | "Write" >> beam.ParDo(
             _PostgresBatchFn(self._dsn, write_unavailability, "unavailability_changes", _change_order,
-                             _change_source, "presence_postgres/unavailability"))
+                             _change_source, "presence_postgres/unavailability", self._retry_seconds))
 
 
 _MAX_SOURCE_BYTES = 256  # (source, stage) is a unique index key: far under its 2,704-byte row limit
@@ -340,12 +365,18 @@ def write_dead_letters(conn, letters: list[DeadLetter]) -> int:
 
 
 class WritePresenceDeadLetters(beam.PTransform):
-    """``DeadLetter`` elements -> ``presence_dead_letters`` (idempotent by source coordinates and stage)."""
+    """``DeadLetter`` elements -> ``presence_dead_letters`` (idempotent by source coordinates and stage).
 
-    def __init__(self, dsn: str):
+    Args:
+        dsn: the Postgres database.
+        retry_seconds: how long an unavailable Postgres is retried before the bundle fails.
+    """
+
+    def __init__(self, dsn: str, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
-        self._dsn = dsn
+        self._dsn, self._retry_seconds = dsn, retry_seconds
 
     def expand(self, letters):
         return (_batched(letters, "Batch", 1, 1000)
-                | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_dead_letters, "dead_letters")))
+                | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_dead_letters, "dead_letters",
+                                                         retry_seconds=self._retry_seconds)))

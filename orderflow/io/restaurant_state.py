@@ -29,6 +29,7 @@ import apache_beam as beam
 import redis
 from apache_beam.metrics import Metrics
 
+from orderflow.io.retry import DEFAULT_RETRY_SECONDS, REDIS_SERVER_STATE_ERRORS, call_with_retry
 from orderflow.transforms.presence_rules import (
     AVAILABLE,
     DEFAULT_KEEPALIVE_GAP_MS,
@@ -46,12 +47,11 @@ from orderflow.transforms.presence_rules import (
 
 DEFAULT_KEY_PREFIX = "restaurant:"
 REDIS_REJECTED = "redis_rejected"
-# Error replies about the server's state, not the data: the write may succeed later.
-_SERVER_STATE_ERRORS = ("OOM", "BUSY", "LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOSCRIPT")
 
 
 def _refused_for_its_data(result) -> bool:
-    return isinstance(result, redis.ResponseError) and not str(result).startswith(_SERVER_STATE_ERRORS)
+    # Error replies about the server's state (OOM, LOADING, ...) are an outage, not the data's fault.
+    return isinstance(result, redis.ResponseError) and not str(result).startswith(REDIS_SERVER_STATE_ERRORS)
 
 
 class RedisWrites(NamedTuple):
@@ -278,14 +278,25 @@ class RestaurantStateStore:
 
 
 class _RedisWriteFn(beam.DoFn):
-    def __init__(self, redis_url: str, key_prefix: str):
+    def __init__(self, redis_url: str, key_prefix: str, retry_seconds: float):
         self._redis_url = redis_url
         self._key_prefix = key_prefix
+        self._retry_seconds = retry_seconds
         self._writes = Metrics.counter("RestaurantState", "redis_writes")
         self._dead = Metrics.counter("RestaurantState", "dead_letters")
+        self._retries = Metrics.counter("RestaurantState", "transient_retries")
 
     def setup(self):
         self._store = RestaurantStateStore(self._redis_url, key_prefix=self._key_prefix)
+
+    def _retrying(self, what: str, write):
+        """``write()`` under the outage rule (``orderflow.io.retry``); every write here is idempotent (a
+        maximum, the latest status, a merge), so a retried batch writes nothing twice."""
+        def reconnect(_exc):
+            self._retries.inc()
+            self._store.close()
+
+        return call_with_retry(what, write, self._retry_seconds, on_retry=reconnect)
 
     def _dead_letters(self, writes: RedisWrites, stage: str, describe):
         from orderflow.io.dead_letter import DeadLetter
@@ -334,7 +345,8 @@ class _RecordKeepalivesFn(_RedisWriteFn):
 
     def _flush(self):
         if self._latest:
-            writes = self._store.record_keepalives(self._latest)
+            latest = self._latest
+            writes = self._retrying("keep-alives to Redis", lambda: self._store.record_keepalives(latest))
             self._latest = {}
             yield from self._dead_letters(writes, "restaurant_state/keepalives", _describe_keepalive)
 
@@ -351,18 +363,26 @@ class _RecordKeepalivesFn(_RedisWriteFn):
 
 class _ApplyChangesFn(_RedisWriteFn):
     def process(self, batch):
-        writes = self._store.apply_changes(batch if isinstance(batch, list) else [batch])
+        changes = batch if isinstance(batch, list) else [batch]
+        writes = self._retrying("availability to Redis", lambda: self._store.apply_changes(changes))
         yield from self._dead_letters(writes, "restaurant_state/availability", _describe_change)
 
 
 class WriteKeepalivesToRedis(beam.PTransform):
     """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` of each restaurant, one round
     trip per bundle (the hot state is written when the bundle commits). Returns the ``DeadLetter``s of
-    restaurants whose write Redis refused."""
+    restaurants whose write Redis refused.
 
-    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
+    Args:
+        redis_url: the Redis of the hot state.
+        key_prefix: prefix of the restaurants' hashes.
+        retry_seconds: how long an unavailable Redis is retried before the bundle fails.
+    """
+
+    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX,
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
-        self._fn = _RecordKeepalivesFn(redis_url, key_prefix)
+        self._fn = _RecordKeepalivesFn(redis_url, key_prefix, retry_seconds)
 
     def expand(self, keepalives):
         return keepalives | beam.ParDo(self._fn)
@@ -370,11 +390,18 @@ class WriteKeepalivesToRedis(beam.PTransform):
 
 class WriteAvailabilityToRedis(beam.PTransform):
     """``AvailabilityChange`` lists (or single changes) -> status and schedules, one round trip per batch.
-    Returns the ``DeadLetter``s of changes Redis refused."""
+    Returns the ``DeadLetter``s of changes Redis refused.
 
-    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX):
+    Args:
+        redis_url: the Redis of the hot state.
+        key_prefix: prefix of the restaurants' hashes.
+        retry_seconds: how long an unavailable Redis is retried before the bundle fails.
+    """
+
+    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX,
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
-        self._fn = _ApplyChangesFn(redis_url, key_prefix)
+        self._fn = _ApplyChangesFn(redis_url, key_prefix, retry_seconds)
 
     def expand(self, changes):
         return changes | beam.ParDo(self._fn)

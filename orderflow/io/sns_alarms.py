@@ -11,15 +11,24 @@ with the SNS message id and commits. A crash before the commit leaves the row pe
 the next run: nothing is lost, and the only window for a repeat is between SNS accepting the message and
 the commit of that single row. The pipeline runs the relay after each recording bundle and once at
 start (leftovers of a crashed run); ``python -m orderflow.io.sns_alarms`` runs it by hand.
+
+Outages (``orderflow.io.retry``): recording retries a transient Postgres error on a new connection (the
+statement is idempotent); the relay gives up its tick on a transient Postgres or SNS error and the next
+tick (``--outbox_relay_seconds``) sends what is pending. A Postgres failure between SNS accepting an SMS
+and the commit of its row repeats that one SMS.
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.config import Settings, load_settings
+from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry, is_transient
+
+_LOG = logging.getLogger(__name__)
 
 RECORD_ALARMS_SQL = """
 WITH input AS (
@@ -86,15 +95,28 @@ def relay_sms_outbox(conn, sns_client, limit: int | None = None) -> int:
 
 
 class _RecordAlarms(beam.DoFn):
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, retry_seconds: float):
         self.dsn = dsn
+        self.retry_seconds = retry_seconds
         self.fired = Metrics.counter("orders", "alarms_fired")
         self.queued = Metrics.counter("orders", "sms_queued")
+        self.retries = Metrics.counter("orders", "transient_retries")
 
     def setup(self):
+        self._conn = None
+
+    def _record(self, alarms):
         from orderflow.io.postgres import connect
 
-        self._conn = connect(self.dsn)
+        if self._conn is None or self._conn.closed:
+            self._conn = connect(self.dsn)
+        return record_alarms(self._conn, alarms)
+
+    def _reconnect(self, _exc):
+        self.retries.inc()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def start_bundle(self):
         self._alarms = []
@@ -109,7 +131,9 @@ class _RecordAlarms(beam.DoFn):
 
         if not self._alarms:
             return
-        fired, queued = record_alarms(self._conn, self._alarms)
+        alarms = self._alarms
+        fired, queued = call_with_retry("alarms to Postgres", lambda: self._record(alarms), self.retry_seconds,
+                                        on_retry=self._reconnect)
         self._alarms = []
         self.fired.inc(fired)
         self.queued.inc(queued)
@@ -119,41 +143,60 @@ class _RecordAlarms(beam.DoFn):
             yield WindowedValue(queued, self._window.max_timestamp(), [self._window])
 
     def teardown(self):
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 class _RelayOutbox(beam.DoFn):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.sent = Metrics.counter("orders", "sms_sent")
+        self.failed_ticks = Metrics.counter("orders", "sms_relay_unavailable")
 
     def setup(self):
         from orderflow.bootstrap import aws_client
-        from orderflow.io.postgres import connect
 
-        self._conn = connect(self.settings.postgres_dsn)
+        self._conn = None
         self._sns = aws_client(self.settings, "sns")
 
     def process(self, _tick):
-        sent = relay_sms_outbox(self._conn, self._sns)
+        from orderflow.io.postgres import connect
+
+        try:
+            if self._conn is None or self._conn.closed:
+                self._conn = connect(self.settings.postgres_dsn)
+            sent = relay_sms_outbox(self._conn, self._sns)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # The rows stay pending: the next tick sends them.
+            self.failed_ticks.inc()
+            _LOG.warning("SMS relay: a store is unavailable (%s: %s); pending messages wait for the next tick",
+                         type(exc).__name__, exc)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            return
         self.sent.inc(sent)
         if sent:
             yield sent
 
     def teardown(self):
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
 
 class RecordAlarms(beam.PTransform):
     """``Alarm``s -> recorded once in Postgres with their SMS queued; emits ticks for ``RelaySmsOutbox``."""
 
-    def __init__(self, dsn: str):
+    def __init__(self, dsn: str, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
         self.dsn = dsn
+        self.retry_seconds = retry_seconds
 
     def expand(self, alarms):
         return (alarms
-                | "InsertAlarmsAndOutbox" >> beam.ParDo(_RecordAlarms(self.dsn))
+                | "InsertAlarmsAndOutbox" >> beam.ParDo(_RecordAlarms(self.dsn, self.retry_seconds))
                 # Ticks leave the alarm windows: they only wake the relay, which is not windowed.
                 | "TicksGlobal" >> beam.WindowInto(beam.window.GlobalWindows()))
 

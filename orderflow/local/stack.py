@@ -420,7 +420,11 @@ class LocalStack:
             Service(
                 "redis", p.redis,
                 command=lambda: [shutil.which("redis-server") or "redis-server", "--port", str(p.redis),
-                                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                 "--bind", "127.0.0.1", "--save", "",
+                                 # The hot state survives a restart, as a production Redis's must (a
+                                 # restaurant's UNAVAILABLE status is written once): an append-only file,
+                                 # fsynced every second (a SIGKILL may lose the last second of writes).
+                                 "--appendonly", "yes", "--appendfsync", "everysec",
                                  "--dir", str(self.root)],
                 ready=redis_ready,
             ),
@@ -437,10 +441,13 @@ class LocalStack:
                 ready=kafka_ready, prepare=prepare_kafka,
             ),
             Service(
-                # dynalite: the DynamoDB API (with DynamoDB's validation) on an in-memory LevelDB. Tables
-                # are ACTIVE at once instead of after dynalite's default 500 ms in CREATING.
+                # dynalite: the DynamoDB API (with DynamoDB's validation) on a LevelDB kept on disk under
+                # <root>/dynamodb, so that, like DynamoDB, a restart loses nothing (a SIGKILL included: each
+                # write is in LevelDB's log before it is answered). Tables are ACTIVE at once instead of
+                # after dynalite's default 500 ms in CREATING.
                 "dynamodb", p.dynamodb,
                 command=lambda: [node_binary(), dynalite_cli(), "--host", "127.0.0.1", "--port", str(p.dynamodb),
+                                 "--path", str(self.root / "dynamodb"),
                                  "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"],
                 ready=dynamodb_ready,
             ),

@@ -138,16 +138,17 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
     _ = (priced.priced
          | "EncodePriced" >> beam.ParDo(_EncodePriced())
-         | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders))
+         | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders,
+                                           delivery_timeout=settings.sink_retry_seconds))
 
     per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
     written = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
-        settings.postgres_dsn, DailyVolumeTable(settings), per_transaction)
+        settings.postgres_dsn, DailyVolumeTable(settings), per_transaction, settings.sink_retry_seconds)
     owned = written.owned
 
     ticks = (owned
              | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
-             | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn))
+             | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn, settings.sink_retry_seconds))
     # The relay also runs once at start (messages a crashed run queued but did not send) and, when
     # streaming, on an interval.
     relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
@@ -159,7 +160,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     dead_letters = (normalized.dead_letter, priced.dead_letter, written.dead_letter) | "DeadLetters" >> beam.Flatten()
     _ = (dead_letters
          | "ToKafka" >> beam.Map(lambda letter: letter.to_kafka())
-         | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter))
+         | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter,
+                                                delivery_timeout=settings.sink_retry_seconds))
 
     summary = None if bounded else streaming_summary("orders", options)
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends

@@ -136,28 +136,31 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
     keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
     keepalives_refused = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(
-        settings.redis_url, prefix)
+        settings.redis_url, prefix, retry_seconds=settings.sink_retry_seconds)
     sessions = keepalives.decoded | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
 
     availability_records = read("ReadAvailability", settings.topics.availability)
     changes = availability_records | "DecodeAvailability" >> DecodeAvailabilityChanges()
     availability_refused = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(
-        settings.redis_url, prefix)
-    history_refused = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(settings.postgres_dsn)
+        settings.redis_url, prefix, retry_seconds=settings.sink_retry_seconds)
+    history_refused = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(
+        settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds)
     single_changes = changes.changes | "OneByOne" >> beam.FlatMap(_one_by_one)
 
     intervals = (sessions, single_changes) | "Status" >> RestaurantStatusIntervals(
         hours, gap_ms, as_of_ms=as_of, finalize_at_session_end=at_session_end,
         track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards,
         granularity_ms=int(opts.status_timer_granularity_seconds * 1000))
-    intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(settings.postgres_dsn)
+    intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(
+        settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds)
 
     dead_letters = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused,
                      history_refused, intervals_refused)
                     | "DeadLetters" >> beam.Flatten())
     _ = (dead_letters
          | "CountDeadLetters" >> CountDeadLetters("presence")
-         | "DeadLettersToPostgres" >> WritePresenceDeadLetters(settings.postgres_dsn))
+         | "DeadLettersToPostgres" >> WritePresenceDeadLetters(
+             settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds))
 
     summary = None if bounded else streaming_summary("presence", options)
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
