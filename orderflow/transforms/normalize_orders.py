@@ -47,7 +47,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import logging
 import re
+import reprlib
 from typing import Any
 
 import apache_beam as beam
@@ -58,6 +60,19 @@ from orderflow.io.avro import AvroCodec, AvroDecodeError
 from orderflow.io.dead_letter import DeadLetter
 from orderflow.io.kafka_record import KafkaRecord
 from orderflow.transforms.order_batch import OrderBatch
+
+_LOG = logging.getLogger(__name__)
+# The parser itself failed on a record (a bug the record exposed): the record is kept as a dead letter.
+NORMALIZE_FAILED = "normalize_failed"
+
+# Values quoted in refusals are shown bounded: a hostile value may be huge or nested a thousand deep (a plain
+# repr of a 900-deep list raises RecursionError).
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 2, 60, 60, 4, 4
+
+
+def _shown(value) -> str:
+    return _REPR.repr(value)
 
 SOURCE_FORMATS = ("JSON", "REST_PROXY", "CSV", "AVRO")
 DEAD_LETTER_TAG = "dead_letter"
@@ -143,7 +158,7 @@ def _first(record: dict, names: tuple[str, ...]) -> Any:
 
 def _quantity(value: Any, limits: OrderLimits, where: str) -> int:
     if isinstance(value, bool):
-        raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is not an integer")
+        raise InvalidOrder("invalid_quantity", f"{where}: quantity {_shown(value)} is not an integer")
     if isinstance(value, str):
         digits = value.strip()
         # ASCII digits only: int() would also take "5_000", "+5" and any Unicode digit (e.g. Arabic-Indic).
@@ -156,10 +171,10 @@ def _quantity(value: Any, limits: OrderLimits, where: str) -> int:
         value = int(digits)
     elif isinstance(value, float):
         if not value.is_integer():
-            raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is not an integer")
+            raise InvalidOrder("invalid_quantity", f"{where}: quantity {_shown(value)} is not an integer")
         value = int(value)
     elif not isinstance(value, int):
-        raise InvalidOrder("invalid_quantity", f"{where}: quantity {value!r} is missing or not an integer")
+        raise InvalidOrder("invalid_quantity", f"{where}: quantity {_shown(value)} is missing or not an integer")
     if value <= 0:
         raise InvalidOrder("invalid_quantity", f"{where}: quantity must be > 0, got {value}")
     if value > limits.max_quantity:
@@ -231,7 +246,7 @@ def _order_id(value: Any, source: str, payload: bytes, index: int, limits: Order
             return f"{source}#{index}"
         return f"sha256:{hashlib.sha256(payload).hexdigest()[:32]}#{index}"
     if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise InvalidOrder("invalid_order_id", f"{where}: order id {value!r} is not a string")
+        raise InvalidOrder("invalid_order_id", f"{where}: order id {_shown(value)} is not a string")
     value = str(value).strip()
     if not value:
         raise InvalidOrder("invalid_order_id", f"{where}: order id is blank")
@@ -341,7 +356,10 @@ def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None =
                            record["event_time"], source_format, index=0, **context)]
     head = payload.lstrip()[:1]
     if head in (b"{", b"["):
-        return _parse_json(payload, context)
+        try:
+            return _parse_json(payload, context)
+        except RecursionError:
+            raise InvalidOrder("unparseable", "JSON nested too deeply") from None
     return _parse_csv(payload, context)
 
 
@@ -388,6 +406,14 @@ class _NormalizeBatch(beam.DoFn):
                 self.dead_letters.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
                     invalid.reason, invalid.detail, payload or b"", source, STAGE))
+                continue
+            except Exception as exc:  # noqa: BLE001 - a record the rules did not foresee must not stop the pipeline
+                _LOG.warning("normalize_orders: %s failed the parser itself; dead-lettered as %s", source,
+                             NORMALIZE_FAILED, exc_info=True)
+                self._dead(NORMALIZE_FAILED).inc()
+                self.dead_letters.inc()
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
+                    NORMALIZE_FAILED, f"{type(exc).__name__}: {str(exc)[:500]}", payload or b"", source, STAGE))
                 continue
             for index, order in enumerate(parsed):
                 # Without coordinates there is no record identity to recognise a replay by.

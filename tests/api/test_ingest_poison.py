@@ -24,6 +24,10 @@ POISON = [  # (name, body, content type, reason)
      "application/json", "invalid_quantity"),
     ("huge_quantity", b'{"ativo": "PETR4", "quantidade": 9223372036854775807, "token": "ana"}', "application/json",
      "quantity_out_of_range"),
+    # Found by the fault suite: a repr of the 900-deep quantity in the refusal raised RecursionError.
+    ("quantity_nested_900_deep", b'{"ativo": "PETR4", "quantidade": ' + b"[" * 900 + b"5" + b"]" * 900
+     + b', "token": "ana"}', "application/json", "invalid_quantity"),
+    ("json_nested_past_the_parser_limit", b"[" * 5000 + b"]" * 5000, "application/json", "unparseable"),
     ("one_poisoned_order_in_an_envelope", b'{"records": [{"value": {"ativo": "PETR4", "quantidade": 1, "token": "a"}},'
      b' {"value": {"ativo": "PETR4", "quantidade": 1, "token": "b\\u0000"}}]}', "application/vnd.kafka.json.v2+json",
      "invalid_token"),

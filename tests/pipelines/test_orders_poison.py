@@ -33,6 +33,10 @@ POISON = {  # name -> (value on ordem-ativo, dead-letter reason)
     "quantity_in_arabic_indic_digits": ('{"ativo": "PETR4", "quantidade": "١٢", "token": "ana"}'.encode(),
                                         "invalid_quantity"),
     "huge_quantity": (b'{"ativo": "PETR4", "quantidade": 9223372036854775807, "token": "ana"}', "quantity_out_of_range"),
+    # Found by the fault suite: the refusal's repr of a 900-deep value raised RecursionError and failed the bundle.
+    "quantity_nested_900_deep": (b'{"ativo": "PETR4", "quantidade": ' + b"[" * 900 + b"5" + b"]" * 900
+                                 + b', "token": "ana"}', "invalid_quantity"),
+    "json_nested_5000_deep": (b"[" * 5000 + b"]" * 5000, "unparseable"),
 }
 
 
