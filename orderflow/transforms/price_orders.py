@@ -20,6 +20,46 @@ STAGE = "price_orders"
 PRICE_SCALE = Decimal("0.000001")  # scale 6, as the decimal logical types of PricedOrder
 
 
+class UnpricedOrder(ValueError):
+    """An order the reference data cannot price: ``reason`` (the dead-letter reason) and ``detail``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def price_order(order: dict, snapshot: dict, zone: zoneinfo.ZoneInfo, quantized: dict | None = None) -> dict:
+    """The PricedOrder of ``order`` from ``snapshot`` (``{day: {asset: (pricing_code, price)}}``), or
+    UnpricedOrder with the dead-letter reason (``no_pricing_code``, ``unknown_asset``, ``no_price``,
+    ``invalid_price``).
+
+    The trading day is the event time's date in ``zone``; ``total`` is ``price * quantity`` in exact
+    decimal at scale 6. ``quantized`` (price -> quantized price), when given, is a cache the caller keeps
+    across orders (a batch's few distinct prices are quantized once).
+    """
+    day = order["event_time"].astimezone(zone).date()
+    assets = snapshot.get(str(day))
+    if assets is None:
+        raise UnpricedOrder("no_pricing_code", f"no reference data loaded for trading day {day}")
+    entry = assets.get(order["asset"])
+    if entry is None:
+        raise UnpricedOrder("unknown_asset", f"asset {order['asset']} is not traded on {day}")
+    code, price = entry
+    if code is None:
+        raise UnpricedOrder("no_pricing_code", f"no pricing code for {order['asset']} on {day}")
+    if price is None:
+        raise UnpricedOrder("no_price", f"no price for pricing code {code} ({order['asset']}, {day})")
+    exact = quantized.get(price) if quantized is not None else None
+    if exact is None:
+        exact = price.quantize(PRICE_SCALE)
+        if quantized is not None:
+            quantized[price] = exact
+    if exact != price:
+        raise UnpricedOrder("invalid_price", f"price {price} of {code} has more than 6 decimals")
+    return {**order, "trade_day": day, "pricing_code": code, "price": exact, "total": exact * order["quantity"]}
+
+
 class _PriceBatch(beam.DoFn):
     def __init__(self, reference: ReferenceData, timezone: str):
         self.reference = reference
@@ -48,38 +88,22 @@ class _PriceBatch(beam.DoFn):
         reloaded = False
         quantized = {}  # price -> quantized price, once per distinct price in the batch
         for order in orders:
-            day = order["event_time"].astimezone(zone).date()
-            assets = reference.get(str(day))
-            entry = assets.get(order["asset"]) if assets is not None else None
-            if (entry is None or entry[0] is None or entry[1] is None) and not reloaded:
-                # A day or asset the snapshot lacks (a new trading day, an asset listed since): reload once
-                # per batch (rate-limited by the cache) before calling it a dead letter.
-                reloaded = True
-                if cache.reload_after_miss():
-                    reference = cache.current()
-                    assets = reference.get(str(day))
-                    entry = assets.get(order["asset"]) if assets is not None else None
-            if assets is None:
-                yield self._dead(order, "no_pricing_code", f"no reference data loaded for trading day {day}")
+            try:
+                priced.append(price_order(order, reference, zone, quantized))
                 continue
-            if entry is None:
-                yield self._dead(order, "unknown_asset", f"asset {order['asset']} is not traded on {day}")
-                continue
-            code, price = entry
-            if code is None:
-                yield self._dead(order, "no_pricing_code", f"no pricing code for {order['asset']} on {day}")
-                continue
-            if price is None:
-                yield self._dead(order, "no_price", f"no price for pricing code {code} ({order['asset']}, {day})")
-                continue
-            exact = quantized.get(price)
-            if exact is None:
-                exact = quantized[price] = price.quantize(PRICE_SCALE)
-            if exact != price:
-                yield self._dead(order, "invalid_price", f"price {price} of {code} has more than 6 decimals")
-                continue
-            priced.append({**order, "trade_day": day, "pricing_code": code, "price": exact,
-                           "total": exact * order["quantity"]})
+            except UnpricedOrder as unpriced:
+                if reloaded or unpriced.reason == "invalid_price":
+                    yield self._dead(order, unpriced.reason, unpriced.detail)
+                    continue
+            # A day or asset the snapshot lacks (a new trading day, an asset listed since): reload once per
+            # batch (rate-limited by the cache) before calling it a dead letter.
+            reloaded = True
+            if cache.reload_after_miss():
+                reference = cache.current()
+            try:
+                priced.append(price_order(order, reference, zone, quantized))
+            except UnpricedOrder as unpriced:
+                yield self._dead(order, unpriced.reason, unpriced.detail)
         self.priced.inc(len(priced))
         if priced:
             yield priced
