@@ -13,7 +13,7 @@ SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-1
 PRISM_VERSION := v2.77.0
 PRISM := .local/bin/prism
 
-.PHONY: setup system-packages jars node venv prism test demo demo-replay stack-up stack-down stack-status bootstrap lint bench clean
+.PHONY: setup system-packages jars node venv prism test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
 
 setup: system-packages jars node venv prism
 
@@ -100,7 +100,19 @@ bootstrap:
 lint:
 	$(VENV)/bin/ruff check orderflow tests benchmarks
 
-bench:
+# The peers of benchmarks/peers.py that cannot share $(VENV) (Quix Streams pins an older confluent-kafka):
+# a venv layered over $(VENV) (its own packages first, then $(VENV)'s through a .pth file).
+PEERS_VENV := .local/peers-venv
+peers-venv: $(PEERS_VENV)/.installed
+
+$(PEERS_VENV)/.installed: benchmarks/peers-requirements.txt
+	[ -x $(PEERS_VENV)/bin/python ] || $(PY) -m venv $(PEERS_VENV)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+	  > "$$($(PEERS_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_project_venv.pth"
+	$(PEERS_VENV)/bin/python -m pip install -q -r benchmarks/peers-requirements.txt
+	touch $@
+
+bench: peers-venv
 	@for b in benchmarks/*.py; do [ "$$b" = benchmarks/harness.py ] && continue; echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: stack-down

@@ -33,6 +33,10 @@ EXTRAS_REQUIRE = {
         "aiohttp==3.14.5",
         "schemathesis==4.32.5",
         "playwright==1.65.2",
+        # benchmarks/peers.py: Bytewax as a peer (Quix Streams cannot share this venv: peers-requirements.txt),
+        # py-spy for its --profile.
+        "bytewax==0.21.1",
+        "py-spy==0.4.3",
     ],
 }
 

@@ -10,10 +10,10 @@ import sys
 from orderflow.config import Settings, settings_environment
 
 
-def run_side(script: str, role: str, settings: Settings, args: list[str]) -> dict | None:
-    """Runs ``script --role ROLE ARGS`` with ``settings``; returns its last stdout line as JSON, or None
-    after printing the child's output when it failed."""
-    proc = subprocess.run([sys.executable, script, "--role", role, *args],
+def run_side(script: str, role: str, settings: Settings, args: list[str], python: str | None = None) -> dict | None:
+    """Runs ``script --role ROLE ARGS`` with ``settings`` (under ``python``, default this interpreter);
+    returns its last stdout line as JSON, or None after printing the child's output when it failed."""
+    proc = subprocess.run([python or sys.executable, script, "--role", role, *args],
                           env={**os.environ, **settings_environment(settings)}, capture_output=True, text=True)
     if proc.returncode != 0:
         print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)

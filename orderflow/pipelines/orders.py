@@ -10,6 +10,8 @@
            -> WindowedAlarms (owned orders) -> RecordAlarms (alarm + SMS outbox) -> RelaySmsOutbox (SNS)
     dead letters -> WriteToKafka(ordem-ativo-dlq) with the reason in headers
 
+``--orders_sinks=kafka`` keeps the two Kafka outputs only (no Postgres, DynamoDB, alarms or SMS).
+
 ``--bounded`` reads every partition to its end and finishes; otherwise it streams (Flink/Prism), the
 reference data refreshing every ``--refdata_refresh_seconds`` and the outbox relay ticking every
 ``--outbox_relay_seconds``. ``python -m orderflow.pipelines.orders --bounded`` runs it.
@@ -79,6 +81,10 @@ class OrdersOptions(PipelineOptions):
                             help="most UTF-8 bytes of a client token or order id; keep it well under the "
                                  "sinks' key limits (DynamoDB 2,048 B, Postgres index row 2,704 B)")
         parser.add_argument("--order_max_quantity", type=int, default=MAX_QUANTITY, help="largest quantity")
+        parser.add_argument("--orders_sinks", choices=("all", "kafka"), default="all",
+                            help="kafka: publish priced orders and dead letters to Kafka only, without Postgres, "
+                                 "DynamoDB, alarms or SMS (the compute path alone, as benchmarks/peers.py "
+                                 "measures it beside Quix Streams and Bytewax); default all")
         parser.add_argument("--orders_postgres_dsn", default=None, help="default: settings")
         parser.add_argument("--orders_kafka_bootstrap", default=None, help="default: settings")
 
@@ -141,23 +147,26 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders,
                                            delivery_timeout=settings.sink_retry_seconds))
 
-    per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
-    written = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
-        settings.postgres_dsn, DailyVolumeTable(settings), per_transaction, settings.sink_retry_seconds)
-    owned = written.owned
+    dead_letter_outputs = [normalized.dead_letter, priced.dead_letter]
+    written = None
+    if opts.orders_sinks == "all":
+        per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
+        written = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
+            settings.postgres_dsn, DailyVolumeTable(settings), per_transaction, settings.sink_retry_seconds)
+        dead_letter_outputs.append(written.dead_letter)
 
-    ticks = (owned
-             | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
-             | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn, settings.sink_retry_seconds))
-    # The relay also runs once at start (messages a crashed run queued but did not send) and, when
-    # streaming, on an interval.
-    relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
-    if not bounded:
-        relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
-            fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))
-    _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
+        ticks = (written.owned
+                 | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
+                 | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn, settings.sink_retry_seconds))
+        # The relay also runs once at start (messages a crashed run queued but did not send) and, when
+        # streaming, on an interval.
+        relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
+        if not bounded:
+            relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
+                fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))
+        _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
 
-    dead_letters = (normalized.dead_letter, priced.dead_letter, written.dead_letter) | "DeadLetters" >> beam.Flatten()
+    dead_letters = tuple(dead_letter_outputs) | "DeadLetters" >> beam.Flatten()
     _ = (dead_letters
          | "ToKafka" >> beam.Map(lambda letter: letter.to_kafka())
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter,
@@ -167,8 +176,9 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
         summary.count(records, "orders/records_in")
         summary.count(priced.priced, "orders/orders_priced")
-        summary.count(owned, "orders/stored")
-        summary.count(written.dead_letter, "orders/refused")
+        if written is not None:
+            summary.count(written.owned, "orders/stored")
+            summary.count(written.dead_letter, "orders/refused")
         summary.count_dead_letters(dead_letters)
 
 
