@@ -144,13 +144,21 @@ def run_loop(settings: Settings, batch_size: int) -> None:
     consumer.close()
 
 
-def run_beam(settings: Settings, batch_size: int) -> None:
+def run_beam(settings: Settings, batch_size: int, beam_args: list[str]) -> dict:
     from orderflow.pipelines import orders
+    from orderflow.pipelines.summary import counters
 
     # The reference data is loaded once per worker and never reloaded (as in the peers): a bounded run
     # does not refresh it, and an order of an unknown asset does not reload it either.
-    orders.run(["--bounded", "--orders_sinks=kafka", f"--trade_days={DAY}", "--refdata_miss_reload_seconds=1e9",
-                f"--orders_batch_size={batch_size}"], settings=settings)
+    result = orders.run(["--bounded", "--orders_sinks=kafka", f"--trade_days={DAY}",
+                         "--refdata_miss_reload_seconds=1e9", f"--orders_batch_size={batch_size}", *beam_args],
+                        settings=settings)
+    # Beam's DirectRunner tries Prism (downloading the binary unless --prism_location is given), then its
+    # FnApiRunner, then its legacy BundleBasedDirectRunner, by what the graph needs: say which one ran.
+    module = type(result).__module__.rsplit(".", 1)[-1]
+    return {"runner": {"fn_runner": "FnApiRunner", "portable_runner": "Prism (portable)",
+                       "direct_runner": "BundleBasedDirectRunner"}.get(module, module),
+            "batches": counters(result).get("ReadFromKafka/elements")}
 
 
 def run_quix(settings: Settings, batch_size: int) -> None:
@@ -243,11 +251,14 @@ def run_bytewax(settings: Settings, batch_size: int) -> None:
     cli_main(flow, workers_per_process=1)
 
 
-def child(role: str, batch_size: int, profile: str | None, py_spy: str | None) -> None:
+def child(role: str, batch_size: int, beam_args: list[str], profile: str | None, py_spy: str | None) -> None:
     settings = load_settings()  # the parent hands them over in the environment
     profiler = start_profiler(py_spy, f"{profile}/{role}.txt") if profile else None
     started = time.perf_counter()
-    {"loop": run_loop, "beam": run_beam, "quix": run_quix, "bytewax": run_bytewax}[role](settings, batch_size)
+    if role == "beam":
+        extra = run_beam(settings, batch_size, beam_args)
+    else:
+        extra = {"loop": run_loop, "quix": run_quix, "bytewax": run_bytewax}[role](settings, batch_size)
     elapsed = time.perf_counter() - started
     if profiler is not None:
         profiler.send_signal(signal.SIGINT)  # py-spy writes its file and exits
@@ -255,16 +266,21 @@ def child(role: str, batch_size: int, profile: str | None, py_spy: str | None) -
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent process.
     with open("/proc/self/status") as status:
         peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb}))
+    print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb, **(extra or {})}))
 
 
 # --------------------------------------------------------------------------------------------------
-# --profile: py-spy samples a side's process (every thread, CPU only) and the stacks are put in stages.
+# --profile: py-spy samples a side's process (the thread holding the GIL) and the stacks are put in stages.
 # --------------------------------------------------------------------------------------------------
+# Only the thread holding the GIL: a thread waiting for it would otherwise be sampled on whatever line it
+# waits at (Beam's runner has several threads), which counts the same CPU second more than once.
+PY_SPY_MODE = ["--gil", "--nonblocking"]
+
+
 def start_profiler(py_spy: str, output: str) -> subprocess.Popen:
-    """py-spy attached to this process; ``--nonblocking`` so that sampling does not pause the work."""
+    """py-spy attached to this process: samples of the thread holding the GIL, taken without pausing it."""
     proc = subprocess.Popen([py_spy, "record", "--pid", str(os.getpid()), "--rate", "200", "--format", "raw",
-                             "--full-filenames", "--nonblocking", "--subprocesses", "--output", output],
+                             "--full-filenames", *PY_SPY_MODE, "--subprocesses", "--output", output],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)  # attached before the work starts
     return proc
@@ -286,9 +302,8 @@ STAGE_RULES = [
     ("Kafka read", None, "orderflow/io/kafka_read.py"),
     ("Kafka read", None, "orderflow/io/kafka_offsets.py"),
     ("reference data load", None, "orderflow/refdata.py"),
-    ("start-up: imports", "_find_and_load", "<frozen importlib._bootstrap>"),
-    ("Beam: coders", None, "apache_beam/coders/"),
-    ("Beam: runner, bundles, DoFn calls", None, "apache_beam/"),
+    ("Beam: coders (element size sampling, stage boundaries)", None, "apache_beam/coders/"),
+    ("Beam: bundles, DoFn calls", None, "apache_beam/"),  # "Beam: job start" outside of bundles (stage_of)
     ("Quix Streams", None, "quixstreams/"),
     ("Bytewax", None, "bytewax/"),
     ("Kafka client (confluent-kafka Python code)", None, "confluent_kafka/"),
@@ -296,13 +311,23 @@ STAGE_RULES = [
 
 
 def stage_of(frames: list[str]) -> str:
-    """The stage of one sampled stack (root first): its innermost frame that a rule claims."""
+    """The stage of one sampled stack (root first): start-up if it imports, else its innermost frame that a
+    rule claims."""
+    if any(frame.startswith("_find_and_load ") for frame in frames):
+        return "start-up: imports"
     for frame in reversed(frames):
         function, _, where = frame.partition(" (")
         for stage, name, fragment in STAGE_RULES:
-            if fragment in where and (name is None or function == name):
+            if fragment in where and (name is None or function.rpartition(".")[2] == name):
+                if stage == "Beam: bundles, DoFn calls" and not any(
+                        f.startswith("BundleProcessor.process_bundle ") for f in frames):
+                    return "Beam: job start (graph, pickling, runner choice)"
                 return stage
-    return "other (the side's own loop, Kafka client calls in C, threads)"
+    return OWN_CODE
+
+
+OWN_CODE = "the side's own code (e.g. the loop's consume/produce)"
+NOT_WORK = ("start-up: imports", "reference data load", "Beam: job start (graph, pickling, runner choice)")
 
 
 def stage_shares(path: pathlib.Path) -> collections.Counter:
@@ -322,12 +347,13 @@ def print_profile(directory: pathlib.Path, records: int, sides: list[str]) -> No
             continue
         shares = stage_shares(path)
         total = sum(shares.values())
-        work = total - shares["start-up: imports"] - shares["reference data load"]
-        print(f"\nprofile of {LABELS[side]} ({total:,} samples at 200/s, CPU of every thread; raw stacks: {path})")
-        print(f"  {'stage':<44} {'share':>6} {'of work':>8} {'us/record':>10}")
+        work = total - sum(shares[stage] for stage in NOT_WORK)
+        print(f"\nprofile of {LABELS[side]} ({total:,} samples at 200/s of the thread holding the GIL; "
+              f"raw stacks: {path})")
+        print(f"  {'stage':<54} {'share':>6} {'of work':>8} {'us/record':>10}")
         for stage, samples in shares.most_common():
-            of_work = "" if stage in ("start-up: imports", "reference data load") else f"{samples / work:8.1%}"
-            print(f"  {stage:<44} {samples / total:6.1%} {of_work:>8} {samples / 200 / records * 1e6:10.1f}")
+            of_work = "" if stage in NOT_WORK else f"{samples / work:8.1%}"
+            print(f"  {stage:<54} {samples / total:6.1%} {of_work:>8} {samples / 200 / records * 1e6:10.1f}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -388,6 +414,8 @@ def main() -> int:
                              "Bytewax's source batch_size, Quix's max_partition_buffer_size")
     parser.add_argument("--only", default=",".join(SIDES), help=f"comma list of sides to run, from {SIDES}; "
                         "the loop always runs (it is the reference)")
+    parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam side, e.g. "
+                        "'--runner=PrismRunner --prism_location=.local/bin/prism' (default: Beam's DirectRunner)")
     parser.add_argument("--peers-python", default=str(PEERS_PYTHON),
                         help="interpreter of the Quix Streams side (default: .local/peers-venv, `make peers-venv`)")
     parser.add_argument("--profile", metavar="DIR", help="sample each side with py-spy (raw stacks into DIR) and "
@@ -396,7 +424,7 @@ def main() -> int:
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
-        child(args.role, args.batch_size, args.profile, args.py_spy)
+        child(args.role, args.batch_size, args.beam_args.split(), args.profile, args.py_spy)
         return 0
     if args.profile:
         pathlib.Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -432,7 +460,8 @@ def main() -> int:
                                     [settings.topics.priced_orders, settings.topics.orders_dead_letter],
                                     settings.topic_partitions)
             profiling = ["--profile", args.profile, "--py-spy", args.py_spy] if args.profile else []
-            measured = run_side(__file__, side, settings, ["--batch-size", str(args.batch_size), *profiling],
+            measured = run_side(__file__, side, settings, ["--batch-size", str(args.batch_size),
+                                                           f"--beam-args={args.beam_args}", *profiling],
                                 python=args.peers_python if side == "quix" else None)
             if measured is None:
                 failures.append(f"{side}: the run failed (its output is above)")
@@ -446,7 +475,9 @@ def main() -> int:
             measured["outcome"] = written
             results[side] = measured
             print(f"{side:>8}: {measured['seconds']:7.2f}s, {sum(written['priced'].values()):,} priced, "
-                  f"{sum(written['dead'].values()):,} dead letters", flush=True)
+                  f"{sum(written['dead'].values()):,} dead letters"
+                  + (f" (runner: {measured['runner']}, {measured['batches']} batches read)"
+                     if "runner" in measured else ""), flush=True)
 
     loop = results.get("loop")
     print(f"\n{'implementation':<30} {'records/s':>10} {'x loop':>7} {'peak RSS':>9}")
