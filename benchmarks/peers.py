@@ -146,7 +146,6 @@ def run_loop(settings: Settings, batch_size: int) -> None:
 
 def run_beam(settings: Settings, batch_size: int, beam_args: list[str]) -> dict:
     from orderflow.pipelines import orders
-    from orderflow.pipelines.summary import counters
 
     # The reference data is loaded once per worker and never reloaded (as in the peers): a bounded run
     # does not refresh it, and an order of an unknown asset does not reload it either.
@@ -157,8 +156,7 @@ def run_beam(settings: Settings, batch_size: int, beam_args: list[str]) -> dict:
     # FnApiRunner, then its legacy BundleBasedDirectRunner, by what the graph needs: say which one ran.
     module = type(result).__module__.rsplit(".", 1)[-1]
     return {"runner": {"fn_runner": "FnApiRunner", "portable_runner": "Prism (portable)",
-                       "direct_runner": "BundleBasedDirectRunner"}.get(module, module),
-            "batches": counters(result).get("ReadFromKafka/elements")}
+                       "direct_runner": "BundleBasedDirectRunner"}.get(module, module)}
 
 
 def run_quix(settings: Settings, batch_size: int) -> None:
@@ -476,8 +474,7 @@ def main() -> int:
             results[side] = measured
             print(f"{side:>8}: {measured['seconds']:7.2f}s, {sum(written['priced'].values()):,} priced, "
                   f"{sum(written['dead'].values()):,} dead letters"
-                  + (f" (runner: {measured['runner']}, {measured['batches']} batches read)"
-                     if "runner" in measured else ""), flush=True)
+                  + (f" (runner: {measured['runner']})" if "runner" in measured else ""), flush=True)
 
     loop = results.get("loop")
     print(f"\n{'implementation':<30} {'records/s':>10} {'x loop':>7} {'peak RSS':>9}")
