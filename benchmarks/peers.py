@@ -17,7 +17,8 @@ to a dead-letter topic. Done by
 
 Every side parses and prices with the same functions (``parse_orders``, ``price_order``,
 ``order_dead_letter``, ``AvroCodec``), runs in its own process (own peak RSS) with the same librdkafka
-producer settings (``WriteToKafka``'s), and writes to topics of its own. Each side's outputs are read
+producer settings (``WriteToKafka``'s) and fetch settings (``ReadFromKafka``'s), and writes to topics of
+its own. Each side's outputs are read
 back and compared with the loop's as multisets of decoded PricedOrders (order_id, client, asset, quantity,
 event time, format, trade day, pricing code, price, total) and of dead letters (key, payload, headers):
 the run fails if any side differs, or if priced + dead letters != records in. Rates include each side's
@@ -96,10 +97,18 @@ class Work:
         return order["order_id"].encode(), self.codec.encode(order)
 
 
-def producer_config(settings: Settings) -> dict:
+def producer_config() -> dict:
+    """``WriteToKafka``'s librdkafka producer settings, for every side."""
     from orderflow.io.kafka_write import DEFAULT_PRODUCER_CONFIG
 
-    return {**DEFAULT_PRODUCER_CONFIG, "bootstrap.servers": settings.kafka_bootstrap}
+    return dict(DEFAULT_PRODUCER_CONFIG)
+
+
+def fetch_config() -> dict:
+    """``ReadFromKafka``'s librdkafka fetch settings (sizes, waits, prefetch), for every side."""
+    from orderflow.io.kafka_read import DEFAULT_CONSUMER_CONFIG
+
+    return {k: v for k, v in DEFAULT_CONSUMER_CONFIG.items() if k.startswith(("fetch.", "max.partition.", "queued."))}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -110,9 +119,10 @@ def run_loop(settings: Settings, batch_size: int) -> None:
 
     work = Work(settings)
     topics = settings.topics
-    producer = Producer(producer_config(settings))
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"peers-loop-{uuid.uuid4().hex[:6]}",
-                         "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    producer = Producer({**producer_config(), "bootstrap.servers": settings.kafka_bootstrap})
+    consumer = Consumer({**fetch_config(), "bootstrap.servers": settings.kafka_bootstrap,
+                         "group.id": f"peers-loop-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest"})
     partitions = list(consumer.list_topics(topics.orders, timeout=10).topics[topics.orders].partitions)
     consumer.assign([TopicPartition(topics.orders, p, 0) for p in partitions])
     open_partitions = set(partitions)
@@ -192,9 +202,8 @@ def run_quix(settings: Settings, batch_size: int) -> None:
 
     app = Application(broker_address=settings.kafka_bootstrap, consumer_group=f"peers-quix-{uuid.uuid4().hex[:6]}",
                       auto_offset_reset="earliest", loglevel="WARNING", use_changelog_topics=False,
-                      producer_extra_config={k: v for k, v in producer_config(settings).items()
-                                             if k != "bootstrap.servers"},
-                      max_partition_buffer_size=batch_size, on_message_processed=processed)
+                      producer_extra_config=producer_config(), consumer_extra_config=fetch_config(),
+                      on_message_processed=processed)
     source = app.topic(topics.orders, key_deserializer="bytes", value_deserializer="bytes")
     priced_topic = app.topic(topics.priced_orders, key_serializer="bytes", value_serializer=PricedOrderAvro())
     dead_topic = app.topic(topics.orders_dead_letter, key_serializer="bytes", value_serializer=RecordValue())
@@ -226,7 +235,6 @@ def run_bytewax(settings: Settings, batch_size: int) -> None:
     work = Work(settings)
     topics = settings.topics
     brokers = [settings.kafka_bootstrap]
-    producer = {k: v for k, v in producer_config(settings).items() if k != "bootstrap.servers"}
 
     def normalize_and_price(message):
         priced, dead = work(message.value, f"{message.topic}/{message.partition}/{message.offset}",
@@ -238,14 +246,16 @@ def run_bytewax(settings: Settings, batch_size: int) -> None:
         return KafkaSinkMessage(key, value, headers=headers)
 
     flow = Dataflow("orders_peers")
-    records = kop.input("read_orders", flow, brokers=brokers, topics=[topics.orders], tail=False, batch_size=batch_size)
+    records = kop.input("read_orders", flow, brokers=brokers, topics=[topics.orders], tail=False, batch_size=batch_size,
+                        add_config=fetch_config())
     op.raises("fail_on_kafka_error", records.errs)
     outcomes = op.flat_map("normalize_and_price", records.oks, normalize_and_price)
     split = op.branch("priced_or_dead", outcomes, lambda outcome: not isinstance(outcome, DeadLetter))
     priced = op.map("encode_priced", split.trues, lambda order: KafkaSinkMessage(*work.priced_record(order)))
-    kop.output("publish_priced", priced, brokers=brokers, topic=topics.priced_orders, add_config=producer)
+    kop.output("publish_priced", priced, brokers=brokers, topic=topics.priced_orders, add_config=producer_config())
     dead = op.map("encode_dead_letter", split.falses, dead_letter_message)
-    kop.output("publish_dead_letters", dead, brokers=brokers, topic=topics.orders_dead_letter, add_config=producer)
+    kop.output("publish_dead_letters", dead, brokers=brokers, topic=topics.orders_dead_letter,
+               add_config=producer_config())
     cli_main(flow, workers_per_process=1)
 
 
@@ -408,8 +418,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=300_000, help="records to generate (default 300,000)")
     parser.add_argument("--batch-size", type=int, default=10_000,
-                        help="Kafka records per batch: Beam's --orders_batch_size, the loop's consume(), "
-                             "Bytewax's source batch_size, Quix's max_partition_buffer_size")
+                        help="Kafka records per batch: Beam's --orders_batch_size, the loop's consume() and "
+                             "Bytewax's source batch_size (Quix Streams consumes one message at a time)")
     parser.add_argument("--only", default=",".join(SIDES), help=f"comma list of sides to run, from {SIDES}; "
                         "the loop always runs (it is the reference)")
     parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam side, e.g. "
