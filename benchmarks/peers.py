@@ -66,8 +66,12 @@ class Work:
     def __init__(self, settings: Settings):
         import zoneinfo
 
+        from orderflow.io import dead_letter
         from orderflow.io.avro import AvroCodec
+        from orderflow.transforms import normalize_orders, price_orders
 
+        # Imported here (start-up, measured) and kept, not imported per record.
+        self.normalize, self.pricing, self.DeadLetter = normalize_orders, price_orders, dead_letter.DeadLetter
         self.snapshot = refdata.read_reference_data(settings, [DAY])
         self.zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
         self.codec = AvroCodec("priced_order")
@@ -75,22 +79,21 @@ class Work:
 
     def __call__(self, value: bytes | None, source: str, timestamp_ms: int | None) -> tuple[list[dict], list]:
         """``(priced orders, dead letters)`` of one record whose coordinates are ``source``."""
-        from orderflow.io.dead_letter import DeadLetter
-        from orderflow.transforms.normalize_orders import STAGE, InvalidOrder, order_dead_letter, parse_orders
-        from orderflow.transforms.price_orders import STAGE as PRICE_STAGE
-        from orderflow.transforms.price_orders import UnpricedOrder, price_order
-
+        normalize, pricing = self.normalize, self.pricing
         try:
-            orders = parse_orders(value or b"", source=source, timestamp_ms=timestamp_ms)
-        except InvalidOrder as invalid:
-            return [], [DeadLetter(invalid.reason, invalid.detail, value or b"", source, STAGE)]
+            orders = normalize.parse_orders(value or b"", source=source, timestamp_ms=timestamp_ms)
+        except normalize.InvalidOrder as invalid:
+            return [], [self.DeadLetter(invalid.reason, invalid.detail, value or b"", source, normalize.STAGE)]
+        except Exception as exc:  # noqa: BLE001 - as NormalizeOrders' DoFn: the parser failing is a dead letter
+            return [], [self.DeadLetter(normalize.NORMALIZE_FAILED, f"{type(exc).__name__}: {str(exc)[:500]}",
+                                        value or b"", source, normalize.STAGE)]
         priced, dead = [], []
         for index, order in enumerate(orders):
             order["source"] = f"{source}#{index}"
             try:
-                priced.append(price_order(order, self.snapshot, self.zone, self.quantized))
-            except UnpricedOrder as unpriced:
-                dead.append(order_dead_letter(order, unpriced.reason, unpriced.detail, PRICE_STAGE))
+                priced.append(pricing.price_order(order, self.snapshot, self.zone, self.quantized))
+            except pricing.UnpricedOrder as unpriced:
+                dead.append(normalize.order_dead_letter(order, unpriced.reason, unpriced.detail, pricing.STAGE))
         return priced, dead
 
     def priced_record(self, order: dict) -> tuple[bytes, bytes]:
