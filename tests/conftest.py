@@ -33,7 +33,12 @@ def own_stack():
     with temporary_stack("test-own-", os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"), timeout=120) as local_stack:
         settings = load_settings(local_stack.environment())
         bootstrap.bootstrap_all(settings)
-        yield local_stack, settings
+        try:
+            yield local_stack, settings
+        finally:
+            # The services' logs outlive the stack (its directory is removed): a failure can be read afterwards.
+            kept = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local")) / "test-logs" / local_stack.root.name
+            shutil.copytree(local_stack.root / "logs", kept, dirs_exist_ok=True)
 
 
 @pytest.fixture(scope="session")
