@@ -57,16 +57,23 @@ class FaultSystem:
             return {c: (t, n) for c, t, n in conn.execute(
                 "SELECT client_token, sum(total), count(*) FROM orders GROUP BY 1")}
 
-    def redis_keepalives(self) -> dict[str, int]:
+    def _redis_field(self, field: str) -> dict[str, bytes]:
+        """restaurant -> ``field`` of its hot-state hash, for the feed's restaurants that have it."""
         client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
         try:
             with client.pipeline(transaction=False) as pipe:
                 for restaurant in self.feed.restaurants:
-                    pipe.hget(f"{self.settings.presence_redis_prefix}{restaurant}", "last_keepalive_ms")
+                    pipe.hget(f"{self.settings.presence_redis_prefix}{restaurant}", field)
                 values = pipe.execute()
         finally:
             client.close()
-        return {r: int(v) for r, v in zip(self.feed.restaurants, values, strict=True) if v is not None}
+        return {r: v for r, v in zip(self.feed.restaurants, values, strict=True) if v is not None}
+
+    def redis_keepalives(self) -> dict[str, int]:
+        return {r: int(v) for r, v in self._redis_field("last_keepalive_ms").items()}
+
+    def redis_statuses(self) -> dict[str, str]:
+        return {r: v.decode() for r, v in self._redis_field("status").items()}
 
     def unavailability(self) -> set[tuple[str, int, int | None]]:
         """(restaurant, start ms, end ms or None) of the stored stretches of status UNAVAILABLE."""
@@ -74,17 +81,6 @@ class FaultSystem:
             rows = conn.execute("SELECT restaurant_id, starts_at, ends_at FROM restaurant_unavailability"
                                 " WHERE kind = 'status'").fetchall()
         return {(r, to_ms(start), None if end is None else to_ms(end)) for r, start, end in rows}
-
-    def redis_statuses(self) -> dict[str, str]:
-        client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
-        try:
-            with client.pipeline(transaction=False) as pipe:
-                for restaurant in self.feed.restaurants:
-                    pipe.hget(f"{self.settings.presence_redis_prefix}{restaurant}", "status")
-                values = pipe.execute()
-        finally:
-            client.close()
-        return {r: v.decode() for r, v in zip(self.feed.restaurants, values, strict=True) if v is not None}
 
     def settle(self, what: str) -> float:
         """Pauses the feed, flushes it, and waits until Postgres, DynamoDB and Redis hold exactly what it
