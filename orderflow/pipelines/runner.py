@@ -7,6 +7,7 @@ Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` wi
 """
 from __future__ import annotations
 
+import gc
 import pathlib
 from collections.abc import Callable
 
@@ -69,7 +70,19 @@ def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | Non
         apply_streaming_defaults(options)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options, settings)
-    result = pipeline.run()
+    # This process owns its heap: Beam's modules and the pipeline graph, large and alive for the whole run,
+    # leave the collector's generations (gc.freeze), so the full collections that the records of a run
+    # trigger do not scan them again and again. (The Kafka source used to pause the collector itself
+    # around each batch; a library must not.) A bounded run gives them back when it ends.
+    gc.collect()
+    gc.freeze()
+    try:
+        result = pipeline.run()
+        if bounded:
+            result.wait_until_finish()
+    except BaseException:
+        gc.unfreeze()
+        raise
     if bounded:
-        result.wait_until_finish()
+        gc.unfreeze()
     return result
