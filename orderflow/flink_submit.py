@@ -353,9 +353,15 @@ def describe(submission: Submission) -> dict[str, object]:
     }
     options_class = _pipeline_options_class(module)
     if options_class is not None:
+        from orderflow.pipelines.runner import RunModeOptions
+
         described["pipeline_options_class"] = options_class.__name__
-        described["pipeline_options"] = _jsonable(
-            options.view_as(options_class).get_all_options(current_only=True))
+        pipeline_options = options.view_as(options_class).get_all_options(current_only=True)
+        if getattr(module, "RunModeOptions", None) is RunModeOptions:
+            # The pipeline honours the shared run mode (--bounded): shown with its own knobs.
+            pipeline_options = {**options.view_as(RunModeOptions).get_all_options(current_only=True),
+                                **pipeline_options}
+        described["pipeline_options"] = _jsonable(pipeline_options)
 
     # Translate without staging: a copy of the options without --setup_file gives the same graph.
     unstaged = PipelineOptions([a for a in submission.beam_args if not a.startswith("--setup_file")])

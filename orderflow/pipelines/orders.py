@@ -30,7 +30,7 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
-from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
+from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
@@ -43,7 +43,6 @@ class OrdersOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_bounded_flag(parser)
         parser.add_argument("--orders_topic", default=None, help="input topic (default: settings)")
         parser.add_argument("--orders_start", default=None,
                             help="earliest | latest | committed | ISO time | topic:p=o,...; default: "
@@ -114,7 +113,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     opts = options.view_as(OrdersOptions)
     settings = settings or orders_settings(options)
     topics = settings.topics
-    bounded = opts.bounded
+    bounded = options.view_as(RunModeOptions).bounded
     rules = parse_rules(opts.alarm_rules)
 
     # A bounded run replays the topic from the start by default: the window state of an interrupted run
@@ -175,8 +174,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
     """Builds and runs the pipeline; bounded runs wait until finished and print a summary, streaming runs
     log one every ``--summary_interval_seconds``. Returns the PipelineResult."""
-    result = run_pipeline(build, argv, settings, OrdersOptions)
-    report_run(result, argv, "orders", orders_summary, OrdersOptions)
+    result = run_pipeline(build, argv, settings)
+    report_run(result, argv, "orders", orders_summary)
     return result
 
 

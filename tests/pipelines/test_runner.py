@@ -24,3 +24,16 @@ def test_explicit_runner_prism_location_and_timeout_are_kept():
     other = apply_streaming_defaults(PipelineOptions(["--runner=FlinkRunner"]))
     assert other.view_as(StandardOptions).runner == "FlinkRunner"
     assert other.view_as(PrismRunnerOptions).prism_location is None
+
+
+def test_bounded_is_one_run_mode_option_shared_by_both_pipelines():
+    import orderflow.pipelines.orders  # noqa: F401 - registers OrdersOptions
+    import orderflow.pipelines.presence  # noqa: F401 - registers PresenceOptions
+    from orderflow.pipelines.runner import RunModeOptions
+
+    # Beam parses every registered options class with one parser: --bounded is declared once, in one class.
+    options = PipelineOptions(["--bounded", "--orders_batch_size=5", "--presence_batch_size=7"])
+    everything = options.get_all_options()
+    assert (everything["bounded"], everything["orders_batch_size"], everything["presence_batch_size"]) == (True, 5, 7)
+    assert options.view_as(RunModeOptions).bounded is True
+    assert PipelineOptions(["--orders_batch_size=5"]).view_as(RunModeOptions).bounded is False
