@@ -39,6 +39,7 @@ from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTr
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator, WatermarkEstimatorProvider
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -491,11 +492,27 @@ class ReadFromKafka(beam.PTransform):
         self._bounded = bounded
         self._group_id = group_id
         self._consumer_config = consumer_config
+        self._batch_size = batch_size
+        self._out_of_order_slack = out_of_order_slack
+        self._idle_watermark_delay = idle_watermark_delay
         fn_class = _ReadBoundedPartitionFn if bounded else _ReadUnboundedPartitionFn
         self._read_fn = fn_class(bootstrap_servers, consumer_config, group_id, commit_offsets, timestamp_fn,
                                  batch_size, poll_timeout=poll_timeout, max_read_seconds=max_read_seconds,
                                  idle_poll_interval=idle_poll_interval, idle_watermark_delay=idle_watermark_delay,
                                  out_of_order_slack=out_of_order_slack)
+
+    def display_data(self):
+        return {
+            "topics": DisplayDataItem(",".join(self._topics), label="Topics"),
+            "start": DisplayDataItem(self._start.kind, label="Start position"),
+            "bounded": DisplayDataItem(self._bounded, label="Bounded (read to the end, then finish)"),
+            "group_id": DisplayDataItem(self._group_id, label="Consumer group").drop_if_none(),
+            "batch_size": DisplayDataItem(self._batch_size, label="Records per element").drop_if_none(),
+            "out_of_order_slack": DisplayDataItem(self._out_of_order_slack,
+                                                  label="Out-of-order slack of the watermark (s)"),
+            "idle_watermark_delay": DisplayDataItem(self._idle_watermark_delay,
+                                                    label="Idle partition's watermark behind the clock (s)"),
+        }
 
     def expand(self, pbegin):
         return (

@@ -52,6 +52,10 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--orders_batch_size", type=int, default=10_000,
                             help="most Kafka records per batch element (all work is per batch); the "
                                  "benchmarked size, a streaming read emits what it has without waiting")
+        parser.add_argument("--orders_out_of_order_slack_seconds", type=float, default=0.0,
+                            help="streaming: how far behind the latest record time of its partition an order's "
+                                 "Kafka timestamp may be and still be on time (the read's watermark trails by "
+                                 "this much); later ones are late for the alarm windows")
         parser.add_argument("--orders_batches_per_transaction", type=int, default=None,
                             help="batches per Postgres transaction (and DynamoDB flush); default 20 when "
                                  "--bounded, 1 when streaming (short row locks, no cross-batch deadlocks)")
@@ -125,7 +129,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         start = StartPosition.earliest() if bounded else StartPosition.committed()
     records = pipeline | "ReadOrders" >> ReadFromKafka(
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
-        start=start, batch_size=opts.orders_batch_size)
+        start=start, batch_size=opts.orders_batch_size, out_of_order_slack=opts.orders_out_of_order_slack_seconds)
     normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
 
     reference = ReferenceData(

@@ -62,6 +62,10 @@ class PresenceOptions(PipelineOptions):
         parser.add_argument("--presence_group_id", default="orderflow-presence", help="consumer group")
         parser.add_argument("--presence_batch_size", type=int, default=5000,
                             help="Kafka records per batch element (all work is per batch)")
+        parser.add_argument("--presence_out_of_order_slack_seconds", type=float, default=0.0,
+                            help="streaming: how far behind the latest record time of its partition a keep-alive "
+                                 "or availability record may be and still be on time (the reads' watermark "
+                                 "trails by this much)")
         parser.add_argument("--keepalive_timeout_seconds", type=float, default=None,
                             help="session gap: a restaurant is connected until this long after a keep-alive "
                                  "(default: settings, ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS, 120)")
@@ -130,7 +134,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     def read(label: str, topic: str):
         return pipeline | label >> ReadFromKafka(
             settings.kafka_bootstrap, topic, bounded=bounded, group_id=opts.presence_group_id, start=start,
-            batch_size=opts.presence_batch_size)
+            batch_size=opts.presence_batch_size, out_of_order_slack=opts.presence_out_of_order_slack_seconds)
 
     keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
     keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
