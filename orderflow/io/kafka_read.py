@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import apache_beam as beam
+from apache_beam.coders import Coder, StrUtf8Coder, TimestampCoder, TupleCoder, VarIntCoder
 from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator, WatermarkEstimatorProvider
@@ -48,7 +49,8 @@ from orderflow.io.kafka_offsets import PartitionReader, StartPosition, resolve_s
 from orderflow.io.kafka_record import KafkaRecord
 from orderflow.io.retry import is_transient
 
-__all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET"]
+__all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
+           "KafkaPartitionCoder", "OffsetRangeCoder"]
 
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
@@ -84,6 +86,45 @@ class KafkaPartition(NamedTuple):
     partition: int
     start_offset: int
     end_offset: int = 2**63 - 1
+
+
+# A streaming read's residuals (partition, offset range, watermark) live in the runner's state, a Flink
+# checkpoint or savepoint: their coders write explicit fields, with no Python class or module path in the
+# bytes (a pickle would name them, and moving a class would break a restore).
+_PARTITION_FIELDS = TupleCoder([StrUtf8Coder(), VarIntCoder(), VarIntCoder(), VarIntCoder()])
+_RANGE_FIELDS = TupleCoder([VarIntCoder(), VarIntCoder()])
+
+
+class KafkaPartitionCoder(Coder):
+    """``KafkaPartition`` as (topic, partition, start offset, end offset)."""
+
+    def encode(self, value: KafkaPartition) -> bytes:
+        return _PARTITION_FIELDS.encode(tuple(value))
+
+    def decode(self, encoded: bytes) -> KafkaPartition:
+        return KafkaPartition(*_PARTITION_FIELDS.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return KafkaPartition
+
+
+class OffsetRangeCoder(Coder):
+    """A restriction, ``OffsetRange``, as (start, stop)."""
+
+    def encode(self, value: OffsetRange) -> bytes:
+        return _RANGE_FIELDS.encode((value.start, value.stop))
+
+    def decode(self, encoded: bytes) -> OffsetRange:
+        return OffsetRange(*_RANGE_FIELDS.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+beam.coders.registry.register_coder(KafkaPartition, KafkaPartitionCoder)
 
 
 class PartitionEnd(NamedTuple):
@@ -164,6 +205,9 @@ class _PartitionRestrictionProvider(RestrictionProvider):
     def create_tracker(self, restriction: OffsetRange) -> KafkaOffsetTracker:
         return KafkaOffsetTracker(restriction, self._bounded)
 
+    def restriction_coder(self) -> Coder:
+        return OffsetRangeCoder()
+
     def restriction_size(self, element, restriction: OffsetRange):
         # Open restrictions have an unknown size; any positive number marks them as work to do.
         return 1 if restriction.stop == MAX_OFFSET else max(restriction.size(), 0)
@@ -180,6 +224,9 @@ class _KafkaWatermarkEstimatorProvider(WatermarkEstimatorProvider):
 
     def create_watermark_estimator(self, estimator_state) -> ManualWatermarkEstimator:
         return ManualWatermarkEstimator(estimator_state if estimator_state is not None else MIN_TIMESTAMP)
+
+    def estimator_state_coder(self) -> Coder:
+        return TimestampCoder()
 
 
 class _ResolvePartitionsFn(beam.DoFn):
@@ -520,7 +567,7 @@ class ReadFromKafka(beam.PTransform):
             | "Topics" >> beam.Create(self._topics)
             | "ResolvePartitions" >> beam.ParDo(
                 _ResolvePartitionsFn(self._bootstrap, self._start, self._group_id, self._consumer_config,
-                                     self._bounded))
+                                     self._bounded)).with_output_types(KafkaPartition)
             | "SpreadPartitions" >> beam.Reshuffle()
             | "ReadPartitions" >> beam.ParDo(self._read_fn)
         )

@@ -264,3 +264,38 @@ def test_unbounded_read_yields_an_unbounded_pcollection_and_bounded_a_bounded_on
     bounded = pipeline | "B" >> ReadFromKafka("127.0.0.1:1", "t", bounded=True)
     assert unbounded.is_bounded is False
     assert bounded.is_bounded is True
+
+
+# -- what a streaming read leaves in the runner's state (residuals) ---------------------------------------------
+def test_a_residual_round_trips_and_names_no_python_class():
+    from apache_beam.coders import PickleCoder
+
+    from orderflow.io.kafka_read import _UNBOUNDED_RESTRICTION
+
+    provider = _UNBOUNDED_RESTRICTION.restriction_provider
+    residual = (KafkaPartition("ordem-ativo", 3, 120, MAX_OFFSET), OffsetRange(4_567, MAX_OFFSET), Timestamp(1_700_000_000))
+    coders = (beam.coders.registry.get_coder(KafkaPartition), provider.restriction_coder(),
+              _WATERMARK_ESTIMATOR.watermark_estimator_provider.estimator_state_coder())
+    for coder, value in zip(coders, residual, strict=True):
+        encoded = coder.encode(value)
+        assert coder.decode(encoded) == value and type(coder.decode(encoded)) is type(value)
+        for name in (b"orderflow", b"KafkaPartition", b"OffsetRange", b"apache_beam", b"Timestamp"):
+            assert name not in encoded
+    assert b"KafkaPartition" in PickleCoder().encode(residual[0])   # what a pickle would have held
+
+
+def test_the_partitions_the_reading_sdf_gets_are_typed_kafka_partitions():
+    from apache_beam.pipeline import PipelineVisitor
+
+    pipeline = beam.Pipeline()
+    _ = pipeline | ReadFromKafka("127.0.0.1:1", "t")
+    resolved = []
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, node):
+            if node.full_label.endswith("/ResolvePartitions"):
+                resolved.extend(pcoll.element_type for pcoll in node.outputs.values())
+
+    pipeline.visit(Visitor())
+    # So the partition PCollection (and the SDF's residuals) use KafkaPartitionCoder, not a pickle.
+    assert resolved == [KafkaPartition]
