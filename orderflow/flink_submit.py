@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import pathlib
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -352,9 +353,15 @@ def describe(submission: Submission) -> dict[str, object]:
     }
     options_class = _pipeline_options_class(module)
     if options_class is not None:
+        from orderflow.pipelines.runner import RunModeOptions
+
         described["pipeline_options_class"] = options_class.__name__
-        described["pipeline_options"] = _jsonable(
-            options.view_as(options_class).get_all_options(current_only=True))
+        pipeline_options = options.view_as(options_class).get_all_options(current_only=True)
+        if getattr(module, "RunModeOptions", None) is RunModeOptions:
+            # The pipeline honours the shared run mode (--bounded): shown with its own knobs.
+            pipeline_options = {**options.view_as(RunModeOptions).get_all_options(current_only=True),
+                                **pipeline_options}
+        described["pipeline_options"] = _jsonable(pipeline_options)
 
     # Translate without staging: a copy of the options without --setup_file gives the same graph.
     unstaged = PipelineOptions([a for a in submission.beam_args if not a.startswith("--setup_file")])
@@ -385,36 +392,69 @@ def submit(submission: Submission):
 
 # -- no network during a dry run -----------------------------------------------------------------------
 _network_forbidden = threading.local()
-_hook_installed = False
-_NETWORK_EVENTS = {"socket.connect", "socket.getaddrinfo", "socket.sendto", "socket.sendmsg"}
+_guard_lock = threading.Lock()
+_guarded_blocks = 0  # no_network() blocks open in any thread; the guards are in place while > 0
+_saved_entry_points: list[tuple[object, str, object]] = []
+_INHERITED = object()
+# The socket module's ways out: connections, datagrams and name look-ups.
+_GUARDED = ((socket.socket, ("connect", "connect_ex", "sendto", "sendmsg")),
+            (socket, ("getaddrinfo", "gethostbyname", "gethostbyname_ex")))
 
 
 class NetworkForbidden(RuntimeError):
     """Raised for any socket connection attempted inside ``no_network()``."""
 
 
-def _audit(event: str, args: tuple) -> None:
-    if event in _NETWORK_EVENTS and getattr(_network_forbidden, "active", False):
-        raise NetworkForbidden(f"dry run tried to reach the network: {event} {args[1:] if len(args) > 1 else args}")
+def _guard(event: str, original, is_method: bool):
+    def guarded(*args, **kwargs):
+        if getattr(_network_forbidden, "active", False):
+            shown = args[1:] if is_method else args
+            raise NetworkForbidden(f"dry run tried to reach the network: {event} {shown}")
+        return original(*args, **kwargs)
+
+    return guarded
+
+
+def _install_guards() -> None:
+    for owner, names in _GUARDED:
+        for name in names:
+            # What the owner itself defines (socket.socket inherits connect & co. from _socket.socket).
+            _saved_entry_points.append((owner, name, vars(owner).get(name, _INHERITED)))
+            setattr(owner, name, _guard(f"socket.{name}", getattr(owner, name), is_method=owner is socket.socket))
+
+
+def _remove_guards() -> None:
+    while _saved_entry_points:
+        owner, name, own = _saved_entry_points.pop()
+        if own is _INHERITED:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, own)
 
 
 @contextmanager
 def no_network() -> Iterator[None]:
     """Within this block any socket connect/resolve in this thread raises NetworkForbidden.
 
-    Uses a Python audit hook (PEP 578); hooks cannot be removed, so the hook is installed once and
-    only acts while a thread is inside this block.
+    The ``socket`` module's connect, send-to and name-lookup entry points are wrapped while any thread is
+    inside such a block, and restored when the last block ends; other threads pass through unchanged.
+    (Code in C that opens its own sockets, such as gRPC's core, is not seen: a dry run starts no client.)
     """
-    global _hook_installed
-    if not _hook_installed:
-        sys.addaudithook(_audit)
-        _hook_installed = True
+    global _guarded_blocks
+    with _guard_lock:
+        if _guarded_blocks == 0:
+            _install_guards()
+        _guarded_blocks += 1
     previous = getattr(_network_forbidden, "active", False)
     _network_forbidden.active = True
     try:
         yield
     finally:
         _network_forbidden.active = previous
+        with _guard_lock:
+            _guarded_blocks -= 1
+            if _guarded_blocks == 0:
+                _remove_guards()
 
 
 def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, str] = PIPELINES) -> int:

@@ -71,10 +71,12 @@ def test_run_passes_the_position_group_and_boundedness_to_the_pipeline():
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from orderflow.pipelines.orders import OrdersOptions
+    from orderflow.pipelines.runner import RunModeOptions
 
     argv = replay.pipeline_argv("orders", "2026-11-21T10:00:00Z", "my-group", stream=False, extra=["--x=1"])
     options = PipelineOptions(argv).view_as(OrdersOptions)
-    assert (options.orders_start, options.orders_group_id, options.bounded) == (
+    bounded = options.view_as(RunModeOptions).bounded
+    assert (options.orders_start, options.orders_group_id, bounded) == (
         "2026-11-21T10:00:00Z", "my-group", True)
     assert argv[-1] == "--x=1"
     assert "--bounded" not in replay.pipeline_argv("presence", "committed", None, stream=True, extra=[])

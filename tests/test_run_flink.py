@@ -232,6 +232,18 @@ def test_no_network_refuses_connections_only_inside_the_block():
             pass
 
 
+def test_no_network_puts_the_socket_module_back_as_it_was():
+    before = (vars(socket.socket).get("connect"), socket.getaddrinfo, socket.socket.sendto)
+    with no_network():
+        assert socket.getaddrinfo is not before[1]
+        with no_network():                     # nested: the guards stay until the outer block ends
+            pass
+        with pytest.raises(NetworkForbidden):
+            socket.getaddrinfo("localhost", 80)
+    assert (vars(socket.socket).get("connect"), socket.getaddrinfo, socket.socket.sendto) == before
+    assert before[0] is None                   # connect is _socket.socket's again, not a leftover wrapper
+
+
 def test_dry_run_fails_if_building_the_pipeline_touches_the_network(capsys, monkeypatch):
     import tests.test_portability as tiny
 

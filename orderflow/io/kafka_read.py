@@ -16,8 +16,9 @@ Restriction: an ``OffsetRange`` of the partition, so
   other. The last offsets before ``end`` may be transaction markers or aborted records that are never
   delivered, so partition EOF also ends the range (``KafkaOffsetTracker`` truncates it there, and
   ``check_done`` holds);
-- unbounded mode checkpoints (``defer_remainder``) when it has caught up or read for a while, and its
-  watermark estimator follows record timestamps and advances on an idle partition.
+- unbounded mode checkpoints (``defer_remainder``) when it has caught up or read for a while; its
+  watermark (Beam's ``ManualWatermarkEstimator``) follows the latest record timestamp less the
+  ``out_of_order_slack``, and the wall clock on an idle partition.
 
 Records are claimed a batch at a time (claiming the last offset of a batch claims the batch), which keeps
 per-record Python work to building the ``KafkaRecord``. Processed offsets are committed to the consumer
@@ -26,7 +27,6 @@ group when the runner finalizes the bundle, so a rerun resumes after the last fi
 from __future__ import annotations
 
 import collections
-import gc
 import logging
 import operator
 import time
@@ -34,11 +34,13 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.io.iobase import RestrictionProgress, WatermarkEstimator
+from apache_beam.coders import Coder, StrUtf8Coder, TimestampCoder, TupleCoder, VarIntCoder
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
-from apache_beam.io.watermark_estimators import WatermarkEstimatorProvider
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator, WatermarkEstimatorProvider
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.display import DisplayDataItem
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -47,7 +49,8 @@ from orderflow.io.kafka_offsets import PartitionReader, StartPosition, resolve_s
 from orderflow.io.kafka_record import KafkaRecord
 from orderflow.io.retry import is_transient
 
-__all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET"]
+__all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
+           "KafkaPartitionCoder", "OffsetRangeCoder"]
 
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
@@ -85,14 +88,56 @@ class KafkaPartition(NamedTuple):
     end_offset: int = 2**63 - 1
 
 
+# A streaming read's residuals (partition, offset range, watermark) live in the runner's state, a Flink
+# checkpoint or savepoint: their coders write explicit fields, with no Python class or module path in the
+# bytes (a pickle would name them, and moving a class would break a restore).
+_PARTITION_FIELDS = TupleCoder([StrUtf8Coder(), VarIntCoder(), VarIntCoder(), VarIntCoder()])
+_RANGE_FIELDS = TupleCoder([VarIntCoder(), VarIntCoder()])
+
+
+class KafkaPartitionCoder(Coder):
+    """``KafkaPartition`` as (topic, partition, start offset, end offset)."""
+
+    def encode(self, value: KafkaPartition) -> bytes:
+        return _PARTITION_FIELDS.encode(tuple(value))
+
+    def decode(self, encoded: bytes) -> KafkaPartition:
+        return KafkaPartition(*_PARTITION_FIELDS.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return KafkaPartition
+
+
+class OffsetRangeCoder(Coder):
+    """A restriction, ``OffsetRange``, as (start, stop)."""
+
+    def encode(self, value: OffsetRange) -> bytes:
+        return _RANGE_FIELDS.encode((value.start, value.stop))
+
+    def decode(self, encoded: bytes) -> OffsetRange:
+        return OffsetRange(*_RANGE_FIELDS.decode(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+beam.coders.registry.register_coder(KafkaPartition, KafkaPartitionCoder)
+
+
 class PartitionEnd(NamedTuple):
     """Claimed instead of an offset when a bounded read reaches the end of its partition at ``offset``."""
 
     offset: int
 
 
-class KafkaOffsetTracker(OffsetRestrictionTracker):
+class KafkaOffsetTracker(RestrictionTracker):
     """Offset-range tracker for a partition whose end is not known in advance.
+
+    A stock ``OffsetRestrictionTracker`` does the claiming, splitting and done-checking, used through its
+    public methods only; this tracker adds what a Kafka partition needs:
 
     - ``try_claim(PartitionEnd(e))`` ends the restriction at ``e`` (bounded reads at partition EOF): the
       range becomes ``[start, e)``, fully claimed, with nothing left to split off; it returns False.
@@ -102,38 +147,51 @@ class KafkaOffsetTracker(OffsetRestrictionTracker):
     """
 
     def __init__(self, offset_range: OffsetRange, bounded: bool = True):
-        super().__init__(offset_range)
+        self._offsets = OffsetRestrictionTracker(offset_range)
         self._bounded = bounded
+        self._last_attempt: int | None = None  # the last offset passed to try_claim, claimed or not
 
-    def try_claim(self, position):
+    def try_claim(self, position) -> bool:
         if isinstance(position, PartitionEnd):
             self._end_at(position.offset)
             return False
-        return super().try_claim(position)
+        claimed = self._offsets.try_claim(position)  # raises unless positions strictly increase
+        self._last_attempt = position
+        return claimed
 
     def _end_at(self, end: int) -> None:
-        start, stop = self._range.start, self._range.stop
+        """The partition ends at ``end``: the restriction becomes ``[start, end)`` with all of it claimed."""
+        start, stop = self._offsets.start_position(), self._offsets.stop_position()
         end = min(max(end, start), stop)
-        if self._last_claim_attempt is not None and end <= self._last_claim_attempt:
-            end = min(self._last_claim_attempt + 1, stop)
-        self._range = OffsetRange(start, end)
+        if self._last_attempt is not None and end <= self._last_attempt:
+            end = min(self._last_attempt + 1, stop)  # never below what was already attempted
+        self._offsets = OffsetRestrictionTracker(OffsetRange(start, end))
         if end > start:
-            self._last_claim_attempt = end - 1
-        self._checkpointed = True  # nothing remains: no further split
+            # Offsets up to the end are read or are not records (transaction markers, aborted records):
+            # claiming the last one leaves nothing unclaimed (check_done holds) and nothing to split off.
+            self._offsets.try_claim(end - 1)
+            self._last_attempt = end - 1
+
+    def current_restriction(self) -> OffsetRange:
+        return self._offsets.current_restriction()
+
+    def check_done(self) -> None:
+        self._offsets.check_done()
 
     def try_split(self, fraction_of_remainder):
-        if fraction_of_remainder > 0 and self._range.stop == MAX_OFFSET:
+        if fraction_of_remainder > 0 and self._offsets.stop_position() == MAX_OFFSET:
             return None
-        return super().try_split(fraction_of_remainder)
+        return self._offsets.try_split(fraction_of_remainder)
 
     def current_progress(self) -> RestrictionProgress:
-        if self._range.stop != MAX_OFFSET:
-            return super().current_progress()
-        done = 0 if self._last_claim_attempt is None else self._last_claim_attempt + 1 - self._range.start
+        start, stop = self._offsets.start_position(), self._offsets.stop_position()
+        if stop != MAX_OFFSET:
+            return self._offsets.current_progress()
+        done = 0 if self._last_attempt is None else self._last_attempt + 1 - start
         # The remainder of an open partition is unknown; report one unit so the runner sees work left.
         return RestrictionProgress(completed=max(done, 0), remaining=1)
 
-    def is_bounded(self):
+    def is_bounded(self) -> bool:
         return self._bounded
 
 
@@ -147,44 +205,28 @@ class _PartitionRestrictionProvider(RestrictionProvider):
     def create_tracker(self, restriction: OffsetRange) -> KafkaOffsetTracker:
         return KafkaOffsetTracker(restriction, self._bounded)
 
+    def restriction_coder(self) -> Coder:
+        return OffsetRangeCoder()
+
     def restriction_size(self, element, restriction: OffsetRange):
         # Open restrictions have an unknown size; any positive number marks them as work to do.
         return 1 if restriction.stop == MAX_OFFSET else max(restriction.size(), 0)
 
 
-class KafkaWatermarkEstimator(WatermarkEstimator):
-    """Watermark = the latest record timestamp emitted; advanced by ``advance_idle`` on a caught-up partition.
-
-    Records of one partition are appended in (roughly) time order, so the latest timestamp seen bounds
-    the earlier ones; a partition with no new data would hold the watermark for ever, so when the reader
-    has caught up it moves the watermark to ``now - idle_delay`` (records produced later are expected to
-    carry a time after that).
-    """
-
-    def __init__(self, watermark: Timestamp | None):
-        self._watermark = watermark or MIN_TIMESTAMP
-
-    def observe_timestamp(self, timestamp: Timestamp) -> None:
-        if timestamp > self._watermark:
-            self._watermark = timestamp
-
-    def advance_idle(self, timestamp: Timestamp) -> None:
-        if timestamp > self._watermark:
-            self._watermark = timestamp
-
-    def current_watermark(self) -> Timestamp:
-        return self._watermark
-
-    def get_estimator_state(self) -> Timestamp:
-        return self._watermark
-
-
 class _KafkaWatermarkEstimatorProvider(WatermarkEstimatorProvider):
-    def initial_estimator_state(self, element, restriction):
-        return None
+    """Beam's ``ManualWatermarkEstimator``, starting at ``MIN_TIMESTAMP``. The reading DoFn sets it: to the
+    latest element timestamp less ``out_of_order_slack`` after each batch, and to ``now -
+    idle_watermark_delay`` while the partition is caught up (records produced later carry a time after
+    that), so an idle partition does not hold the watermark for ever. It never moves back."""
 
-    def create_watermark_estimator(self, estimator_state):
-        return KafkaWatermarkEstimator(estimator_state)
+    def initial_estimator_state(self, element, restriction) -> Timestamp:
+        return MIN_TIMESTAMP
+
+    def create_watermark_estimator(self, estimator_state) -> ManualWatermarkEstimator:
+        return ManualWatermarkEstimator(estimator_state if estimator_state is not None else MIN_TIMESTAMP)
+
+    def estimator_state_coder(self) -> Coder:
+        return TimestampCoder()
 
 
 class _ResolvePartitionsFn(beam.DoFn):
@@ -226,7 +268,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                  commit_offsets: bool, timestamp_fn: Callable[[KafkaRecord], float] | None,
                  batch_size: int | None, poll_timeout: float = 0.1, eof_timeout: float = 120.0,
                  max_read_seconds: float = 1.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
-                 max_cached_consumers: int = 16):
+                 max_cached_consumers: int = 16, out_of_order_slack: float = 0.0):
         self._bootstrap = bootstrap_servers
         self._consumer_config = dict(consumer_config or {})
         self._group_id = group_id
@@ -238,6 +280,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._max_read_seconds = max_read_seconds
         self._idle_poll_interval = idle_poll_interval
         self._idle_watermark_delay = idle_watermark_delay
+        self._out_of_order_slack = Duration.of(out_of_order_slack)
         self._max_cached_consumers = max_cached_consumers
         self._fetch_count = max(10_000, batch_size or 0)
         self._records = Metrics.counter("ReadFromKafka", "records")
@@ -302,37 +345,36 @@ class _ReadPartitionFnBase(beam.DoFn):
     # -- reading ----------------------------------------------------------------------------------------
     def _to_records(self, topic: str, partition: int, messages: list) -> list[KafkaRecord]:
         new, cls = _new_record, KafkaRecord
-        # Building ~10k tuples at once would trigger several young-generation collections that promote
-        # them and, as they pile up, full collections of the whole (large) Beam heap: that cost more than
-        # the conversion itself. Collection is paused for the few milliseconds this list takes.
-        gc_was_enabled = gc.isenabled()
-        gc.disable()
-        try:
-            return [new(cls, (topic, partition, m.offset(), m.key(), m.value(), m.timestamp()[1],
-                              tuple(h) if (h := m.headers()) else ()))
-                    for m in messages]
-        finally:
-            if gc_was_enabled:
-                gc.enable()
+        return [new(cls, (topic, partition, m.offset(), m.key(), m.value(), m.timestamp()[1],
+                          tuple(h) if (h := m.headers()) else ()))
+                for m in messages]
 
-    def _emit(self, records: list[KafkaRecord]):
+    def _emit(self, records: list[KafkaRecord]) -> list[TimestampedValue]:
         """Timestamped elements for ``records`` (all claimed): one per record, or lists of ``batch_size``."""
         timestamp_fn = self._timestamp_fn
         batch_size = self._batch_size
         if batch_size:
+            out = []
             for i in range(0, len(records), batch_size):
                 chunk = records[i:i + batch_size]
                 if timestamp_fn is None:
                     ts = Timestamp(micros=min(map(_timestamp_ms, chunk)) * 1000)
                 else:
                     ts = Timestamp.of(min(timestamp_fn(r) for r in chunk))
-                yield TimestampedValue(chunk, ts)
-        elif timestamp_fn is None:
-            for r in records:
-                yield TimestampedValue(r, Timestamp(micros=r.timestamp_ms * 1000))
-        else:
-            for r in records:
-                yield TimestampedValue(r, Timestamp.of(timestamp_fn(r)))
+                out.append(TimestampedValue(chunk, ts))
+            return out
+        if timestamp_fn is None:
+            return [TimestampedValue(r, Timestamp(micros=r.timestamp_ms * 1000)) for r in records]
+        return [TimestampedValue(r, Timestamp.of(timestamp_fn(r))) for r in records]
+
+    def _output(self, records: list[KafkaRecord], watermark_estimator):
+        """Emits ``records``; then, streaming, moves the watermark to the latest element timestamp less the
+        out-of-order slack (a later record timestamped before that is late)."""
+        elements = self._emit(records)
+        yield from elements
+        self._records.inc(len(records))
+        if watermark_estimator is not None and elements:
+            _advance_watermark(watermark_estimator, max(e.timestamp for e in elements) - self._out_of_order_slack)
 
     def _read(self, part: KafkaPartition, tracker, watermark_estimator, bundle_finalizer):
         topic, partition = part.topic, part.partition
@@ -373,13 +415,11 @@ class _ReadPartitionFnBase(beam.DoFn):
                         # A split moved our end below this batch: emit only what is still ours, then stop.
                         stop = tracker.current_restriction().stop
                         records = [r for r in records if r.offset < stop]
-                        yield from self._emit(records)
-                        self._records.inc(len(records))
+                        yield from self._output(records, watermark_estimator)
                         if records:
                             next_offset = records[-1].offset + 1
                         return
-                    yield from self._emit(records)
-                    self._records.inc(len(records))
+                    yield from self._output(records, watermark_estimator)
                     next_offset = records[-1].offset + 1
                     cache_entry[1] = next_offset
                 if bounded:
@@ -400,7 +440,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                     cache_entry[2] = False
                 if cache_entry[2]:
                     # Caught up: the partition is idle, let its watermark follow the wall clock.
-                    watermark_estimator.advance_idle(Timestamp.now() - Duration.of(self._idle_watermark_delay))
+                    _advance_watermark(watermark_estimator, Timestamp.now() - Duration.of(self._idle_watermark_delay))
                     if not messages:
                         tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                         return
@@ -419,6 +459,13 @@ class _ReadPartitionFnBase(beam.DoFn):
                 # bundle that registered no callback (see docs/runners.md).
                 committed = next_offset if next_offset > part.start_offset else None
                 bundle_finalizer.register(lambda: committed is not None and self._commit(topic, partition, committed))
+
+
+def _advance_watermark(estimator: ManualWatermarkEstimator, timestamp: Timestamp) -> None:
+    """Sets the watermark to ``timestamp`` unless it is already there or later (it never goes back)."""
+    current = estimator.current_watermark()
+    if current is None or timestamp > current:
+        estimator.set_watermark(timestamp)
 
 
 # DoFn parameter markers (module-level singletons: Beam reads them from process()'s defaults).
@@ -464,13 +511,17 @@ class ReadFromKafka(beam.PTransform):
       poll_timeout / max_read_seconds / idle_poll_interval / idle_watermark_delay: streaming knobs
         (seconds): poll wait, how long one call reads before it checkpoints, how long an idle partition
         waits before polling again, and how far behind the wall clock an idle partition's watermark is.
+      out_of_order_slack: streaming (seconds): a partition's watermark is its latest element timestamp
+        less this, so records up to this much older than the latest one read are still on time; later
+        ones are late data (kept or dropped by the windowing's allowed lateness). Default 0: records of
+        a partition are expected in timestamp order.
     """
 
     def __init__(self, bootstrap_servers: str, topics: str | Iterable[str], *, start: StartPosition | None = None,
                  bounded: bool = False, group_id: str | None = None, commit_offsets: bool = True,
                  consumer_config: dict | None = None, timestamp_fn: Callable[[KafkaRecord], float] | None = None,
                  batch_size: int | None = None, poll_timeout: float = 0.1, max_read_seconds: float = 1.0,
-                 idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0):
+                 idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0, out_of_order_slack: float = 0.0):
         super().__init__()
         self._bootstrap = bootstrap_servers
         self._topics = [topics] if isinstance(topics, str) else list(topics)
@@ -478,6 +529,8 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError("ReadFromKafka needs at least one topic")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if out_of_order_slack < 0:
+            raise ValueError(f"out_of_order_slack must not be negative, got {out_of_order_slack}")
         if start is None:
             start = StartPosition.committed() if group_id else StartPosition.earliest()
         if start.kind == "committed" and not group_id:
@@ -486,10 +539,27 @@ class ReadFromKafka(beam.PTransform):
         self._bounded = bounded
         self._group_id = group_id
         self._consumer_config = consumer_config
+        self._batch_size = batch_size
+        self._out_of_order_slack = out_of_order_slack
+        self._idle_watermark_delay = idle_watermark_delay
         fn_class = _ReadBoundedPartitionFn if bounded else _ReadUnboundedPartitionFn
         self._read_fn = fn_class(bootstrap_servers, consumer_config, group_id, commit_offsets, timestamp_fn,
                                  batch_size, poll_timeout=poll_timeout, max_read_seconds=max_read_seconds,
-                                 idle_poll_interval=idle_poll_interval, idle_watermark_delay=idle_watermark_delay)
+                                 idle_poll_interval=idle_poll_interval, idle_watermark_delay=idle_watermark_delay,
+                                 out_of_order_slack=out_of_order_slack)
+
+    def display_data(self):
+        return {
+            "topics": DisplayDataItem(",".join(self._topics), label="Topics"),
+            "start": DisplayDataItem(self._start.kind, label="Start position"),
+            "bounded": DisplayDataItem(self._bounded, label="Bounded (read to the end, then finish)"),
+            "group_id": DisplayDataItem(self._group_id, label="Consumer group").drop_if_none(),
+            "batch_size": DisplayDataItem(self._batch_size, label="Records per element").drop_if_none(),
+            "out_of_order_slack": DisplayDataItem(self._out_of_order_slack,
+                                                  label="Out-of-order slack of the watermark (s)"),
+            "idle_watermark_delay": DisplayDataItem(self._idle_watermark_delay,
+                                                    label="Idle partition's watermark behind the clock (s)"),
+        }
 
     def expand(self, pbegin):
         return (
@@ -497,7 +567,7 @@ class ReadFromKafka(beam.PTransform):
             | "Topics" >> beam.Create(self._topics)
             | "ResolvePartitions" >> beam.ParDo(
                 _ResolvePartitionsFn(self._bootstrap, self._start, self._group_id, self._consumer_config,
-                                     self._bounded))
+                                     self._bounded)).with_output_types(KafkaPartition)
             | "SpreadPartitions" >> beam.Reshuffle()
             | "ReadPartitions" >> beam.ParDo(self._read_fn)
         )

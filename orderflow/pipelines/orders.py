@@ -32,7 +32,7 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
-from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
+from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
@@ -45,7 +45,6 @@ class OrdersOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_bounded_flag(parser)
         parser.add_argument("--orders_topic", default=None, help="input topic (default: settings)")
         parser.add_argument("--orders_start", default=None,
                             help="earliest | latest | committed | ISO time | topic:p=o,...; default: "
@@ -55,6 +54,10 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--orders_batch_size", type=int, default=10_000,
                             help="most Kafka records per batch element (all work is per batch); the "
                                  "benchmarked size, a streaming read emits what it has without waiting")
+        parser.add_argument("--orders_out_of_order_slack_seconds", type=float, default=0.0,
+                            help="streaming: how far behind the latest record time of its partition an order's "
+                                 "Kafka timestamp may be and still be on time (the read's watermark trails by "
+                                 "this much); later ones are late for the alarm windows")
         parser.add_argument("--orders_batches_per_transaction", type=int, default=None,
                             help="batches per Postgres transaction (and DynamoDB flush); default 20 when "
                                  "--bounded, 1 when streaming (short row locks, no cross-batch deadlocks)")
@@ -120,7 +123,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     opts = options.view_as(OrdersOptions)
     settings = settings or orders_settings(options)
     topics = settings.topics
-    bounded = opts.bounded
+    bounded = options.view_as(RunModeOptions).bounded
     rules = parse_rules(opts.alarm_rules)
 
     # A bounded run replays the topic from the start by default: the window state of an interrupted run
@@ -132,7 +135,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         start = StartPosition.earliest() if bounded else StartPosition.committed()
     records = pipeline | "ReadOrders" >> ReadFromKafka(
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
-        start=start, batch_size=opts.orders_batch_size)
+        start=start, batch_size=opts.orders_batch_size, out_of_order_slack=opts.orders_out_of_order_slack_seconds)
     normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
 
     reference = ReferenceData(
@@ -185,8 +188,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
     """Builds and runs the pipeline; bounded runs wait until finished and print a summary, streaming runs
     log one every ``--summary_interval_seconds``. Returns the PipelineResult."""
-    result = run_pipeline(build, argv, settings, OrdersOptions)
-    report_run(result, argv, "orders", orders_summary, OrdersOptions)
+    result = run_pipeline(build, argv, settings)
+    report_run(result, argv, "orders", orders_summary)
     return result
 
 

@@ -32,7 +32,7 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
-from orderflow.pipelines.runner import add_bounded_flag, run_pipeline
+from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
@@ -54,7 +54,6 @@ class PresenceOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        add_bounded_flag(parser)
         parser.add_argument("--keepalive_topic", default=None, help="default: settings")
         parser.add_argument("--availability_topic", default=None, help="default: settings")
         parser.add_argument("--presence_start", default=None,
@@ -63,6 +62,10 @@ class PresenceOptions(PipelineOptions):
         parser.add_argument("--presence_group_id", default="orderflow-presence", help="consumer group")
         parser.add_argument("--presence_batch_size", type=int, default=5000,
                             help="Kafka records per batch element (all work is per batch)")
+        parser.add_argument("--presence_out_of_order_slack_seconds", type=float, default=0.0,
+                            help="streaming: how far behind the latest record time of its partition a keep-alive "
+                                 "or availability record may be and still be on time (the reads' watermark "
+                                 "trails by this much)")
         parser.add_argument("--keepalive_timeout_seconds", type=float, default=None,
                             help="session gap: a restaurant is connected until this long after a keep-alive "
                                  "(default: settings, ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS, 120)")
@@ -116,7 +119,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     """Wires the presence pipeline onto ``pipeline`` (no runner choice here)."""
     opts = options.view_as(PresenceOptions)
     settings = presence_settings(options, settings)
-    bounded = opts.bounded
+    bounded = options.view_as(RunModeOptions).bounded
     rules = PresenceRules.from_settings(settings)
     hours, gap_ms, prefix = rules.hours, rules.gap_ms, settings.presence_redis_prefix
     as_of = parse_instant(opts.as_of) if bounded else None
@@ -131,7 +134,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     def read(label: str, topic: str):
         return pipeline | label >> ReadFromKafka(
             settings.kafka_bootstrap, topic, bounded=bounded, group_id=opts.presence_group_id, start=start,
-            batch_size=opts.presence_batch_size)
+            batch_size=opts.presence_batch_size, out_of_order_slack=opts.presence_out_of_order_slack_seconds)
 
     keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
     keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
@@ -176,8 +179,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 def run(argv: list[str] | None = None, settings: Settings | None = None):
     """Builds and runs the pipeline; bounded runs wait until finished and print a summary, streaming runs
     log one every ``--summary_interval_seconds``. Returns the PipelineResult."""
-    result = run_pipeline(build, argv, settings, PresenceOptions)
-    report_run(result, argv, "presence", presence_summary, PresenceOptions)
+    result = run_pipeline(build, argv, settings)
+    report_run(result, argv, "presence", presence_summary)
     return result
 
 

@@ -1,5 +1,8 @@
 """The one way orderflow's pipelines run: parse the options, stream unless ``--bounded``, build, run.
 
+``RunModeOptions`` declares ``--bounded``, the run mode every pipeline shares; each pipeline's own options
+class declares only its own knobs.
+
 Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` with the binary that
 ``make prism`` builds into ``<repo>/.local/bin/prism``): the DirectRunner cannot run these graphs unbounded
 (it falls back to its legacy runner, where an unbounded splittable DoFn's watermark never advances).
@@ -7,6 +10,7 @@ Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` wi
 """
 from __future__ import annotations
 
+import gc
 import pathlib
 from collections.abc import Callable
 
@@ -24,13 +28,16 @@ STREAMING_RUNNER = "PrismRunner"
 STREAMING_JOB_SERVER_TIMEOUT = 10 * 365 * 24 * 3600
 
 
-def add_bounded_flag(parser) -> None:
-    """Adds ``--bounded``, shared by every pipeline's options.
+class RunModeOptions(PipelineOptions):
+    """How an orderflow pipeline runs, the same for all of them: ``--bounded`` reads every Kafka partition
+    to its end, then finishes (batch); without it the pipeline streams.
 
-    All PipelineOptions subclasses share one argparse parser, so a flag that two pipelines' options both
-    define must be added only once.
+    One class for every pipeline, because Beam parses all registered options classes with one parser,
+    where a flag may be declared once. Read it with ``options.view_as(RunModeOptions).bounded``.
     """
-    if "--bounded" not in parser._option_string_actions:  # noqa: SLF001 - argparse has no public lookup
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
         parser.add_argument("--bounded", action="store_true", default=False,
                             help="read every partition to its end, then finish (batch); default: stream")
 
@@ -55,21 +62,31 @@ def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
 
 
 def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | None], None],
-                 argv: list[str] | None, settings: Settings | None,
-                 bounded_option_view: type[PipelineOptions]):
-    """Builds and runs a pipeline; bounded runs wait until finished. Returns the PipelineResult.
+                 argv: list[str] | None, settings: Settings | None):
+    """Builds and runs a pipeline; bounded runs (``--bounded``) wait until finished. Returns the PipelineResult.
 
-    ``bounded_option_view`` is the pipeline's ``PipelineOptions`` subclass that defines ``--bounded``.
     A streaming run's caller keeps its process alive (``result.wait_until_finish()``): on Prism the job
     server and the SDK worker (LOOPBACK) live in it.
     """
     options = PipelineOptions(argv)
-    bounded = options.view_as(bounded_option_view).bounded
+    bounded = options.view_as(RunModeOptions).bounded
     if not bounded:
         apply_streaming_defaults(options)
     pipeline = beam.Pipeline(options=options)
     build(pipeline, options, settings)
-    result = pipeline.run()
+    # This process owns its heap: Beam's modules and the pipeline graph, large and alive for the whole run,
+    # leave the collector's generations (gc.freeze), so the full collections that the records of a run
+    # trigger do not scan them again and again. (The Kafka source used to pause the collector itself
+    # around each batch; a library must not.) A bounded run gives them back when it ends.
+    gc.collect()
+    gc.freeze()
+    try:
+        result = pipeline.run()
+        if bounded:
+            result.wait_until_finish()
+    except BaseException:
+        gc.unfreeze()
+        raise
     if bounded:
-        result.wait_until_finish()
+        gc.unfreeze()
     return result

@@ -25,6 +25,8 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from orderflow.pipelines.runner import RunModeOptions
+
 DEAD_LETTER_PREFIX = "dead_letter_"
 
 
@@ -122,11 +124,11 @@ def presence_summary(values: dict[str, int]) -> str:
     return describe({key: 0 for key, _ in PRESENCE_PARTS} | values, PRESENCE_PARTS, "presence")
 
 
-def report_run(result: PipelineResult, argv: list[str] | None, name: str, summarize: Callable[[dict[str, int]], str],
-               bounded_option_view: type[PipelineOptions]) -> None:
-    """Prints the one-line summary of a bounded run that ended (``--bounded`` of ``bounded_option_view``, the
-    pipeline's options); a streaming run's workers log theirs (``StreamingSummary``)."""
-    if PipelineOptions(argv).view_as(bounded_option_view).bounded:
+def report_run(result: PipelineResult, argv: list[str] | None, name: str,
+               summarize: Callable[[dict[str, int]], str]) -> None:
+    """Prints the one-line summary of a bounded run (``--bounded``) that ended; a streaming run's workers log
+    theirs (``StreamingSummary``)."""
+    if PipelineOptions(argv).view_as(RunModeOptions).bounded:
         state = str(result.state).rsplit(".", 1)[-1].lower()
         print(f"{name} pipeline {state}: {summarize(counters(result))}", flush=True)
 

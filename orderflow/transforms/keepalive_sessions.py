@@ -39,9 +39,9 @@ from collections.abc import Iterable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import window
-from apache_beam.transforms.window import GlobalWindow, GlobalWindows, Sessions
+from apache_beam.transforms.window import GlobalWindows, Sessions
 from apache_beam.utils.timestamp import Duration, Timestamp
-from apache_beam.utils.windowed_value import PaneInfoTiming, WindowedValue
+from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from orderflow.transforms.presence_rules import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, to_ms
 
@@ -119,6 +119,8 @@ class _MergePingsFn(beam.DoFn):
             yield from self._flush(as_windowed=False)
 
     def finish_bundle(self):
+        # finish_bundle has no input element whose window an output could take: its outputs name their
+        # window, the global one of the keep-alives (Beam's public GlobalWindows.windowed_value).
         yield from self._flush(as_windowed=True)
 
     def _flush(self, as_windowed: bool) -> Iterable:
@@ -145,7 +147,7 @@ class _MergePingsFn(beam.DoFn):
                             # the interval's pings ride on its first marker (counted in late panes)
                             value = (restaurant_id, pings)
                             pings = 0
-                            yield (WindowedValue(value, _ts(t), (GlobalWindow(),)) if as_windowed
+                            yield (GlobalWindows.windowed_value(value, _ts(t)) if as_windowed
                                    else window.TimestampedValue(value, _ts(t)))
                     j += 1
                 if not kept:

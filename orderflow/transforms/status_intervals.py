@@ -36,7 +36,7 @@ import typing
 import zlib
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.coders import Coder, ListCoder, NullableCoder, StrUtf8Coder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -48,10 +48,13 @@ from orderflow.transforms.presence_rules import (
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
     SET_STATUS,
+    AvailabilityChange,
     OpeningHours,
     evaluate,
     schedules,
 )
+
+__all__ = ["RestaurantStatusIntervals", "PendingItemCoder", "ShardProgressCoder", "shard_of"]
 
 _SESSION = "S"
 _CHANGE = "A"
@@ -78,6 +81,62 @@ def _pings(session: tuple) -> int:
     return session[2] if len(session) > 2 else 1
 
 
+# -- the state's coders ------------------------------------------------------------------------------------
+# State outlives the code that wrote it (a Flink savepoint is restored by the next release), so its bytes
+# are an explicit format built from Beam's standard coders, with no Python class or module path in them
+# (a pickle would name them, and moving a class would break the restore). Each value starts with its
+# format version; a new layout gets a new version and the decoder keeps reading the old ones.
+_FORMAT_V1 = 1
+_INT, _OPTIONAL_INT, _STR, _OPTIONAL_STR = VarIntCoder(), NullableCoder(VarIntCoder()), StrUtf8Coder(), NullableCoder(StrUtf8Coder())
+# AvailabilityChange, field by field in its declared order.
+_CHANGE_V1 = TupleCoder([_STR, _STR, _STR, _OPTIONAL_STR, _OPTIONAL_STR, _OPTIONAL_STR, _OPTIONAL_INT, _OPTIONAL_INT, _INT])
+# (version, restaurant_id, session (start_ms, end_ms) or None, change or None): exactly one of the two is set.
+_PENDING_V1 = TupleCoder([_INT, _STR, NullableCoder(TupleCoder([_INT, _INT])), NullableCoder(_CHANGE_V1)])
+# (version, [(restaurant_id, final_until or None, last_input, first), ...])
+_PROGRESS_V1 = TupleCoder([_INT, ListCoder(TupleCoder([_STR, _OPTIONAL_INT, _INT, _INT]))])
+
+
+def _check_version(version: int, what: str) -> None:
+    if version != _FORMAT_V1:
+        raise ValueError(f"{what} state in format version {version}; this release reads version {_FORMAT_V1}")
+
+
+class PendingItemCoder(Coder):
+    """Coder of the status evaluation's pending inputs: ``(restaurant_id, ("S", start_ms, end_ms))`` or
+    ``(restaurant_id, ("A", AvailabilityChange))``."""
+
+    def encode(self, value) -> bytes:
+        restaurant_id, item = value
+        if item[0] == _SESSION:
+            return _PENDING_V1.encode((_FORMAT_V1, restaurant_id, (item[1], item[2]), None))
+        return _PENDING_V1.encode((_FORMAT_V1, restaurant_id, None, tuple(item[1])))
+
+    def decode(self, encoded: bytes):
+        version, restaurant_id, session, change = _PENDING_V1.decode(encoded)
+        _check_version(version, "pending")
+        if session is not None:
+            return restaurant_id, (_SESSION, session[0], session[1])
+        return restaurant_id, (_CHANGE, AvailabilityChange(*change))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
+class ShardProgressCoder(Coder):
+    """Coder of a shard's progress: ``{restaurant_id: [final_until or None, last_input, first]}`` (ms)."""
+
+    def encode(self, value: dict) -> bytes:
+        return _PROGRESS_V1.encode((_FORMAT_V1, [(rid, *entry) for rid, entry in value.items()]))
+
+    def decode(self, encoded: bytes) -> dict:
+        version, entries = _PROGRESS_V1.decode(encoded)
+        _check_version(version, "progress")
+        return {rid: [final_until, last_input, first] for rid, final_until, last_input, first in entries}
+
+    def is_deterministic(self) -> bool:
+        return True
+
+
 def shard_of(restaurant_id: str, shards: int) -> int:
     """Stable shard of a restaurant (the same on every worker and run)."""
     return zlib.crc32(restaurant_id.encode()) % shards
@@ -92,8 +151,8 @@ class _EvaluateStatusFn(beam.DoFn):
     one small dict however many restaurants it holds, so state traffic grows with shards, not restaurants.
     """
 
-    PENDING = BagStateSpec("pending", PickleCoder())          # (restaurant_id, item)
-    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())  # restaurant_id -> [final_until, last_input, first]
+    PENDING = BagStateSpec("pending", PendingItemCoder())          # (restaurant_id, item)
+    PROGRESS = ReadModifyWriteStateSpec("progress", ShardProgressCoder())  # restaurant_id -> [final_until, last_input, first]
     NEXT_TIMER = ReadModifyWriteStateSpec("next_timer", VarIntCoder())
     FINALIZE = TimerSpec("finalize", TimeDomain.WATERMARK)
 

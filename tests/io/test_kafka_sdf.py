@@ -8,6 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.runners.sdf_utils import (
     RestrictionTrackerView,
     ThreadsafeRestrictionTracker,
@@ -18,10 +19,10 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 
 from orderflow.io.kafka_offsets import PartitionReader
 from orderflow.io.kafka_read import (
+    _WATERMARK_ESTIMATOR,
     MAX_OFFSET,
     KafkaOffsetTracker,
     KafkaPartition,
-    KafkaWatermarkEstimator,
     PartitionEnd,
     ReadFromKafka,
     _ReadBoundedPartitionFn,
@@ -90,17 +91,20 @@ def test_progress_of_an_open_restriction_reports_work_done_and_some_left():
 
 
 # -- the watermark estimator -------------------------------------------------------------------------------
-def test_watermark_follows_record_timestamps_and_advances_when_idle():
-    estimator = KafkaWatermarkEstimator(None)
+def _new_estimator():
+    """The estimator the runner creates for a new partition restriction, from the DoFn's own provider."""
+    provider = _WATERMARK_ESTIMATOR.watermark_estimator_provider
+    return provider.create_watermark_estimator(provider.initial_estimator_state(None, None))
+
+
+def test_the_watermark_estimator_is_beams_manual_one_starting_at_the_beginning_of_time():
+    estimator = _new_estimator()
+    assert type(estimator) is ManualWatermarkEstimator
     assert estimator.current_watermark() == MIN_TIMESTAMP
-    estimator.observe_timestamp(Timestamp(100))
-    estimator.observe_timestamp(Timestamp(90))            # an earlier record does not move it back
-    assert estimator.current_watermark() == Timestamp(100)
-    estimator.advance_idle(Timestamp(95))
-    assert estimator.current_watermark() == Timestamp(100)
-    estimator.advance_idle(Timestamp(500))
-    assert estimator.current_watermark() == Timestamp(500)
-    assert KafkaWatermarkEstimator(estimator.get_estimator_state()).current_watermark() == Timestamp(500)
+    estimator.set_watermark(Timestamp(500))
+    restored = _WATERMARK_ESTIMATOR.watermark_estimator_provider.create_watermark_estimator(
+        estimator.get_estimator_state())      # a residual resumes where its watermark was
+    assert restored.current_watermark() == Timestamp(500)
 
 
 # -- the DoFn, called as the SDK harness calls it ------------------------------------------------------------
@@ -176,7 +180,7 @@ def test_unbounded_process_checkpoints_with_a_residual_and_resumes_there(topic_w
     bootstrap, topic = topic_with_records
     group = f"g-{topic}"
     fn = _fn(_ReadUnboundedPartitionFn, bootstrap, group_id=group, idle_watermark_delay=2.0)
-    estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
     try:
         before = Timestamp.now()
         out, tracker, finalizer = _invoke(fn, KafkaPartition(topic, 0, 0), OffsetRange(0, MAX_OFFSET),
@@ -211,7 +215,7 @@ def test_unbounded_process_checkpoints_with_a_residual_and_resumes_there(topic_w
 def test_unbounded_process_on_an_empty_partition_defers_everything(stack_settings, make_topic):
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("sdf-empty", partitions=1)
     fn = _fn(_ReadUnboundedPartitionFn, bootstrap)
-    estimator = ThreadsafeWatermarkEstimator(KafkaWatermarkEstimator(None))
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
     try:
         out, tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 0), OffsetRange(0, MAX_OFFSET),
                                   bounded=False, estimator=estimator)
@@ -232,9 +236,66 @@ def test_unbounded_process_on_an_empty_partition_defers_everything(stack_setting
     assert estimator.current_watermark() > MIN_TIMESTAMP
 
 
+@pytest.mark.parametrize("slack", [0.0, 30.0])
+def test_unbounded_watermark_is_the_latest_record_time_less_the_out_of_order_slack(topic_with_records, slack):
+    bootstrap, topic = topic_with_records
+    # An idle partition's watermark follows the wall clock less idle_watermark_delay: set far back here so
+    # that only the records move it.
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, idle_watermark_delay=10 * 365 * 86400, out_of_order_slack=slack)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    try:
+        out, _, _ = _invoke(fn, KafkaPartition(topic, 0, 0), OffsetRange(0, MAX_OFFSET), bounded=False,
+                            estimator=estimator)
+    finally:
+        fn.teardown()
+    assert len(out) == 100
+    latest = Timestamp(micros=(1_700_000_000_000 + 99) * 1000)
+    assert estimator.current_watermark() == latest - Duration.of(slack)
+
+
+def test_a_negative_out_of_order_slack_is_refused():
+    with pytest.raises(ValueError, match="out_of_order_slack"):
+        ReadFromKafka("127.0.0.1:1", "t", out_of_order_slack=-1)
+
+
 def test_unbounded_read_yields_an_unbounded_pcollection_and_bounded_a_bounded_one():
     pipeline = beam.Pipeline()
     unbounded = pipeline | "U" >> ReadFromKafka("127.0.0.1:1", "t")
     bounded = pipeline | "B" >> ReadFromKafka("127.0.0.1:1", "t", bounded=True)
     assert unbounded.is_bounded is False
     assert bounded.is_bounded is True
+
+
+# -- what a streaming read leaves in the runner's state (residuals) ---------------------------------------------
+def test_a_residual_round_trips_and_names_no_python_class():
+    from apache_beam.coders import PickleCoder
+
+    from orderflow.io.kafka_read import _UNBOUNDED_RESTRICTION
+
+    provider = _UNBOUNDED_RESTRICTION.restriction_provider
+    residual = (KafkaPartition("ordem-ativo", 3, 120, MAX_OFFSET), OffsetRange(4_567, MAX_OFFSET), Timestamp(1_700_000_000))
+    coders = (beam.coders.registry.get_coder(KafkaPartition), provider.restriction_coder(),
+              _WATERMARK_ESTIMATOR.watermark_estimator_provider.estimator_state_coder())
+    for coder, value in zip(coders, residual, strict=True):
+        encoded = coder.encode(value)
+        assert coder.decode(encoded) == value and type(coder.decode(encoded)) is type(value)
+        for name in (b"orderflow", b"KafkaPartition", b"OffsetRange", b"apache_beam", b"Timestamp"):
+            assert name not in encoded
+    assert b"KafkaPartition" in PickleCoder().encode(residual[0])   # what a pickle would have held
+
+
+def test_the_partitions_the_reading_sdf_gets_are_typed_kafka_partitions():
+    from apache_beam.pipeline import PipelineVisitor
+
+    pipeline = beam.Pipeline()
+    _ = pipeline | ReadFromKafka("127.0.0.1:1", "t")
+    resolved = []
+
+    class Visitor(PipelineVisitor):
+        def visit_transform(self, node):
+            if node.full_label.endswith("/ResolvePartitions"):
+                resolved.extend(pcoll.element_type for pcoll in node.outputs.values())
+
+    pipeline.visit(Visitor())
+    # So the partition PCollection (and the SDF's residuals) use KafkaPartitionCoder, not a pickle.
+    assert resolved == [KafkaPartition]

@@ -24,3 +24,48 @@ def test_explicit_runner_prism_location_and_timeout_are_kept():
     other = apply_streaming_defaults(PipelineOptions(["--runner=FlinkRunner"]))
     assert other.view_as(StandardOptions).runner == "FlinkRunner"
     assert other.view_as(PrismRunnerOptions).prism_location is None
+
+
+def test_bounded_is_one_run_mode_option_shared_by_both_pipelines():
+    import orderflow.pipelines.orders  # noqa: F401 - registers OrdersOptions
+    import orderflow.pipelines.presence  # noqa: F401 - registers PresenceOptions
+    from orderflow.pipelines.runner import RunModeOptions
+
+    # Beam parses every registered options class with one parser: --bounded is declared once, in one class.
+    options = PipelineOptions(["--bounded", "--orders_batch_size=5", "--presence_batch_size=7"])
+    everything = options.get_all_options()
+    assert (everything["bounded"], everything["orders_batch_size"], everything["presence_batch_size"]) == (True, 5, 7)
+    assert options.view_as(RunModeOptions).bounded is True
+    assert PipelineOptions(["--orders_batch_size=5"]).view_as(RunModeOptions).bounded is False
+
+
+def _read_display_data(module, argv: list[str]) -> dict[str, dict[str, object]]:
+    """Builds a pipeline graph (nothing runs) and returns each Kafka read's display data by label."""
+    import apache_beam as beam
+    from apache_beam.pipeline import PipelineVisitor
+    from apache_beam.transforms.display import DisplayData
+
+    from orderflow.io.kafka_read import ReadFromKafka
+
+    pipeline = beam.Pipeline(options=PipelineOptions(argv))
+    module.build(pipeline, pipeline.options)
+    reads = {}
+
+    class Visitor(PipelineVisitor):
+        def enter_composite_transform(self, node):
+            if isinstance(node.transform, ReadFromKafka):
+                reads[node.full_label] = {i.key: i.value for i in DisplayData.create_from(node.transform).items}
+
+    pipeline.visit(Visitor())
+    return reads
+
+
+def test_each_pipeline_passes_its_out_of_order_slack_to_its_kafka_reads():
+    from orderflow.pipelines import orders, presence
+
+    orders_reads = _read_display_data(orders, ["--bounded", "--orders_out_of_order_slack_seconds=30"])
+    assert [r["out_of_order_slack"] for r in orders_reads.values()] == [30.0]
+    presence_reads = _read_display_data(presence, ["--bounded", "--presence_out_of_order_slack_seconds=12.5"])
+    assert sorted(r["out_of_order_slack"] for r in presence_reads.values()) == [12.5, 12.5]
+    default = _read_display_data(orders, ["--bounded"])
+    assert [(r["out_of_order_slack"], r["bounded"]) for r in default.values()] == [(0.0, True)]
