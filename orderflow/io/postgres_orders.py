@@ -343,20 +343,27 @@ class _WriteBatch(beam.DoFn):
         self._in_flight = None  # (future, timestamp, window) of the batch being written
         self._last_batch = None  # (timestamp, window) of the bundle's last batch
 
-    def _dead_letters(self, rejected: list[Rejected], timestamp, window):
+    @staticmethod
+    def _output(value, timestamp, window, in_process: bool):
+        # From process(): the batch's timestamp in the current element's window (every batch of this sink is
+        # in one window, the global one); from finish_bundle(), which has no current element, Beam's way is
+        # a WindowedValue in the batch's window.
+        if in_process:
+            return beam.window.TimestampedValue(value, timestamp)
         from apache_beam.utils.windowed_value import WindowedValue
 
+        return WindowedValue(value, timestamp, [window])
+
+    def _dead_letters(self, rejected: list[Rejected], timestamp, window, in_process: bool):
         for order, reason, message in rejected:
             self.by_reason[reason].inc()
             self.dead_letters.inc()
             stage = "postgres_orders" if reason == POSTGRES_REJECTED else "dynamodb_volume"
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, WindowedValue(
-                order_dead_letter(order, reason, message, stage), timestamp, [window]))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, self._output(
+                order_dead_letter(order, reason, message, stage), timestamp, window, in_process))
 
-    def _collect(self):
-        """Waits for the batch in flight; yields its owned orders as a WindowedValue, and its dead letters."""
-        from apache_beam.utils.windowed_value import WindowedValue
-
+    def _collect(self, in_process: bool):
+        """Waits for the batch in flight; yields its owned orders and its dead letters, with its timestamp."""
         if self._in_flight is None:
             return
         future, timestamp, window = self._in_flight
@@ -373,9 +380,9 @@ class _WriteBatch(beam.DoFn):
         self.inserted.inc(counts["inserted"])
         self.replayed.inc(counts["replayed"])
         self.duplicates.inc(counts["duplicates"])
-        yield from self._dead_letters(rejected, timestamp, window)
+        yield from self._dead_letters(rejected, timestamp, window, in_process)
         if owned:
-            yield WindowedValue(OrderBatch(owned), timestamp, [window])
+            yield self._output(OrderBatch(owned), timestamp, window, in_process)
 
     def _count_retries(self):
         # Counted here, on the bundle's thread: Beam metrics updated on the writer's thread are not reported.
@@ -384,13 +391,13 @@ class _WriteBatch(beam.DoFn):
         self._retries_counted = retries
 
     def process(self, orders, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
-        previous = list(self._collect())
+        previous = list(self._collect(in_process=True))
         self._in_flight = (self._thread.submit(self._writer.write, orders), timestamp, window)
         self._last_batch = (timestamp, window)
         yield from previous
 
     def finish_bundle(self):
-        yield from self._collect()
+        yield from self._collect(in_process=False)
         try:
             rejected = self._thread.submit(self._writer.commit).result()
         except Exception:
@@ -399,7 +406,7 @@ class _WriteBatch(beam.DoFn):
         finally:
             self._count_retries()
         if rejected:
-            yield from self._dead_letters(rejected, *self._last_batch)
+            yield from self._dead_letters(rejected, *self._last_batch, in_process=False)
 
     def teardown(self):
         thread = getattr(self, "_thread", None)

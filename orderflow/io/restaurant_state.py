@@ -351,14 +351,13 @@ class _RecordKeepalivesFn(_RedisWriteFn):
             yield from self._dead_letters(writes, "restaurant_state/keepalives", _describe_keepalive)
 
     def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindow
-        from apache_beam.utils.windowed_value import WindowedValue
+        from apache_beam.transforms.window import GlobalWindows
 
         # Keep-alives reach this sink in the global window (sessions are formed downstream); a refused
         # restaurant's dead letter carries the time of its latest ping.
         for letter in self._flush():
             sent_ms = json.loads(letter.payload)["last_keepalive_ms"]
-            yield WindowedValue(letter, sent_ms / 1000, [GlobalWindow()])
+            yield GlobalWindows.windowed_value(letter, sent_ms / 1000)
 
 
 class _ApplyChangesFn(_RedisWriteFn):
