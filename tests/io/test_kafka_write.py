@@ -54,8 +54,7 @@ def test_a_delivery_failure_fails_the_bundle_instead_of_vanishing():
     with pytest.raises(Exception, match=r"WriteToKafka\(nowhere\).*undelivered"):
         with TestPipeline() as p:
             _ = (p | beam.Create([(b"k", b"v")])
-                 | WriteToKafka("127.0.0.1:1", "nowhere", producer_config={"message.timeout.ms": 1500},
-                                flush_timeout=10))
+                 | WriteToKafka("127.0.0.1:1", "nowhere", delivery_timeout=1.5))
 
 
 def test_avro_round_trip_through_kafka_with_an_old_schema_and_corrupt_bytes(stack_settings, make_topic):
