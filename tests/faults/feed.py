@@ -227,8 +227,9 @@ def hostile_record(rng: random.Random, i: int) -> bytes:
     if kind == 5:
         return f"PETR4,{''.join(rng.choice('٠١٢٣٤٥٦٧٨٩') for _ in range(3))},{token}".encode()
     if kind == 6:
-        # 1 MB values are few (every 700th record): each is a 1 MB dead letter on the DLQ.
-        return rng.randbytes(_MEGABYTE) if i % 700 == 6 else rng.randbytes(rng.randint(1000, 5000))
+        # 1 MB values are few (3 in 10,000): each is a 1 MB record on the input topic and a dead letter
+        # truncated to fit on the DLQ.
+        return rng.randbytes(_MEGABYTE) if i % 3500 == 6 else rng.randbytes(rng.randint(1000, 5000))
     if kind == 7:
         return json.dumps({"ativo": "PETR4", "quantidade": 5, "token": token,
                            "timestamp": "0001-01-01T00:00:00Z"}).encode()
