@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from orderflow import flink_submit
 from orderflow.flink_submit import NetworkForbidden, SubmissionError, no_network, resolve
+from tests.environment import require
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RUN_FLINK = REPO / "run_flink.sh"
@@ -306,19 +306,26 @@ def test_images_match_the_installed_sdk_and_flink_version():
     assert f"ARG FLINK_IMAGE=flink:{flink_submit.DEFAULT_FLINK_VERSION}-java17\n" in flink
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+KUSTOMIZE = REPO / ".local" / "bin" / "kustomize"  # `make kustomize` (part of make setup)
+
+
 def test_kustomization_renders_every_manifest():
     import yaml
 
-    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy")], capture_output=True, text=True,
-                              timeout=60, check=True).stdout
-    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered))
+    require(KUSTOMIZE.is_file(), f"no kustomize binary at {KUSTOMIZE} (make kustomize)")
+    rendered = subprocess.run([str(KUSTOMIZE), "build", str(REPO / "deploy")], capture_output=True, text=True,
+                              timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = list(yaml.safe_load_all(rendered.stdout))
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in documents)
     assert kinds == sorted([
         ("ConfigMap", "orderflow-endpoints"),
         ("FlinkDeployment", "orderflow-orders"), ("FlinkDeployment", "orderflow-presence"),
         *[("KafkaTopic", t) for t in ("ordem-ativo", "ordem-ativo-precificado", "ordem-ativo-dlq",
                                       "restaurant-keepalive", "restaurant-availability")],
     ])
+    namespaces = {(doc["kind"], doc["metadata"]["namespace"]) for doc in documents}
+    assert namespaces == {("ConfigMap", "orderflow"), ("FlinkDeployment", "orderflow"), ("KafkaTopic", "kafka")}
 
 
 def test_topics_are_the_ones_the_pipelines_use():
