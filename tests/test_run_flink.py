@@ -335,3 +335,27 @@ def test_topics_are_the_ones_the_pipelines_use():
 
     declared = {t["metadata"]["name"] for t in _load_yaml("kafka-topics.yaml")}
     assert declared == {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)}
+
+
+def test_restore_and_tuning_options_reach_the_job_server_through_the_script(tmp_path):
+    """What an operator types to restore a savepoint and tune checkpoints and bundles, through run_flink.sh:
+    each option is in the Beam command line the Flink job server receives, typed."""
+    savepoint = "s3://flink/savepoints/savepoint-1a2b3c"
+    result = run_flink("orders", "--flink_master", "jm:8081", f"--savepoint_path={savepoint}",
+                       "--allow_non_restored_state", "--num_concurrent_checkpoints=2",
+                       "--tolerable_checkpoint_failure_number=3", "--max_bundle_size=500",
+                       "--max_bundle_time_mills=250", "--auto_watermark_interval=200", "--no_uber_jar",
+                       "--orders_batch_size=2000", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    assert {key: described["options"].get(key) for key in (
+        "savepoint_path", "allow_non_restored_state", "num_concurrent_checkpoints",
+        "tolerable_checkpoint_failure_number", "max_bundle_size", "max_bundle_time_mills",
+        "auto_watermark_interval")} == {
+        "savepoint_path": savepoint, "allow_non_restored_state": True, "num_concurrent_checkpoints": 2,
+        "tolerable_checkpoint_failure_number": 3, "max_bundle_size": 500, "max_bundle_time_mills": 250,
+        "auto_watermark_interval": 200}
+    assert f"--savepoint_path={savepoint}" in described["beam_args"]
+    assert "--allow_non_restored_state" in described["beam_args"]
+    assert described["flink"]["flink_submit_uber_jar"] is False
+    assert described["pipeline_options"]["orders_batch_size"] == 2000
