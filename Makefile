@@ -12,10 +12,14 @@ SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-1
 # Beam's Prism runner (streaming runs), built from Beam's Go module at the version of apache-beam in setup.py.
 PRISM_VERSION := v2.77.0
 PRISM := .local/bin/prism
+# kustomize, to render deploy/ in the tests as `kubectl kustomize` would; the newest release that builds
+# with Go 1.26 (v5.8.3 asks for Go 1.27).
+KUSTOMIZE_VERSION := v5.8.2
+KUSTOMIZE := .local/bin/kustomize
 
-.PHONY: setup system-packages jars node venv prism test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
+.PHONY: setup system-packages jars node venv prism kustomize test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
 
-setup: system-packages jars node venv prism
+setup: system-packages jars node venv prism kustomize
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
@@ -66,6 +70,16 @@ prism:
 	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build Prism (Beam's sdks/go.mod at $(PRISM_VERSION)): https://go.dev/doc/install"; exit 1; }; \
 	  echo "building Prism $(PRISM_VERSION) into $(PRISM)"; \
 	  mkdir -p $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION); \
+	fi
+
+# Idempotent like prism: skipped when the binary is there and built from kustomize $(KUSTOMIZE_VERSION).
+kustomize:
+	@if [ -x $(KUSTOMIZE) ] && go version -m $(KUSTOMIZE) 2>/dev/null | grep -Eq '^\s+mod\s+sigs.k8s.io/kustomize/kustomize/v5\s+$(KUSTOMIZE_VERSION)\s'; then \
+	  :; \
+	else \
+	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build kustomize $(KUSTOMIZE_VERSION): https://go.dev/doc/install"; exit 1; }; \
+	  echo "building kustomize $(KUSTOMIZE_VERSION) into $(KUSTOMIZE)"; \
+	  mkdir -p $(dir $(KUSTOMIZE)) && GOBIN=$(abspath $(dir $(KUSTOMIZE))) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); \
 	fi
 
 venv: $(VENV)/.installed

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from orderflow import flink_submit
 from orderflow.flink_submit import NetworkForbidden, SubmissionError, no_network, resolve
+from tests.environment import require
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RUN_FLINK = REPO / "run_flink.sh"
@@ -306,19 +306,26 @@ def test_images_match_the_installed_sdk_and_flink_version():
     assert f"ARG FLINK_IMAGE=flink:{flink_submit.DEFAULT_FLINK_VERSION}-java17\n" in flink
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+KUSTOMIZE = REPO / ".local" / "bin" / "kustomize"  # `make kustomize` (part of make setup)
+
+
 def test_kustomization_renders_every_manifest():
     import yaml
 
-    rendered = subprocess.run(["kubectl", "kustomize", str(REPO / "deploy")], capture_output=True, text=True,
-                              timeout=60, check=True).stdout
-    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(rendered))
+    require(KUSTOMIZE.is_file(), f"no kustomize binary at {KUSTOMIZE} (make kustomize)")
+    rendered = subprocess.run([str(KUSTOMIZE), "build", str(REPO / "deploy")], capture_output=True, text=True,
+                              timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    documents = list(yaml.safe_load_all(rendered.stdout))
+    kinds = sorted((doc["kind"], doc["metadata"]["name"]) for doc in documents)
     assert kinds == sorted([
         ("ConfigMap", "orderflow-endpoints"),
         ("FlinkDeployment", "orderflow-orders"), ("FlinkDeployment", "orderflow-presence"),
         *[("KafkaTopic", t) for t in ("ordem-ativo", "ordem-ativo-precificado", "ordem-ativo-dlq",
                                       "restaurant-keepalive", "restaurant-availability")],
     ])
+    namespaces = {(doc["kind"], doc["metadata"]["namespace"]) for doc in documents}
+    assert namespaces == {("ConfigMap", "orderflow"), ("FlinkDeployment", "orderflow"), ("KafkaTopic", "kafka")}
 
 
 def test_topics_are_the_ones_the_pipelines_use():
@@ -328,3 +335,27 @@ def test_topics_are_the_ones_the_pipelines_use():
 
     declared = {t["metadata"]["name"] for t in _load_yaml("kafka-topics.yaml")}
     assert declared == {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)}
+
+
+def test_restore_and_tuning_options_reach_the_job_server_through_the_script(tmp_path):
+    """What an operator types to restore a savepoint and tune checkpoints and bundles, through run_flink.sh:
+    each option is in the Beam command line the Flink job server receives, typed."""
+    savepoint = "s3://flink/savepoints/savepoint-1a2b3c"
+    result = run_flink("orders", "--flink_master", "jm:8081", f"--savepoint_path={savepoint}",
+                       "--allow_non_restored_state", "--num_concurrent_checkpoints=2",
+                       "--tolerable_checkpoint_failure_number=3", "--max_bundle_size=500",
+                       "--max_bundle_time_mills=250", "--auto_watermark_interval=200", "--no_uber_jar",
+                       "--orders_batch_size=2000", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    described = json.loads(result.stdout)
+    assert {key: described["options"].get(key) for key in (
+        "savepoint_path", "allow_non_restored_state", "num_concurrent_checkpoints",
+        "tolerable_checkpoint_failure_number", "max_bundle_size", "max_bundle_time_mills",
+        "auto_watermark_interval")} == {
+        "savepoint_path": savepoint, "allow_non_restored_state": True, "num_concurrent_checkpoints": 2,
+        "tolerable_checkpoint_failure_number": 3, "max_bundle_size": 500, "max_bundle_time_mills": 250,
+        "auto_watermark_interval": 200}
+    assert f"--savepoint_path={savepoint}" in described["beam_args"]
+    assert "--allow_non_restored_state" in described["beam_args"]
+    assert described["flink"]["flink_submit_uber_jar"] is False
+    assert described["pipeline_options"]["orders_batch_size"] == 2000

@@ -70,11 +70,15 @@ def encode_order(fmt: str, order_id: str | None, client: str | None, asset: str,
 def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezone: str = "America/Sao_Paulo",
              duplicate_rate: float = 0.05, malformed_rate: float = 0.02, clients: int = 500,
              assets: Iterable[str] | None = None, formats: Iterable[str] = FORMATS, id_prefix: str | None = None,
-             session_hours: float = 7.0, anonymous_share: float = 0.2) -> Iterator[GeneratedRecord]:
+             session_hours: float = 7.0, anonymous_share: float = 0.2,
+             near_midnight: int = 0) -> Iterator[GeneratedRecord]:
     """``n`` records: about ``n * duplicate_rate`` duplicates, ``n * malformed_rate`` malformed, the rest orders.
 
     ``anonymous_share`` of the JSON/CSV orders carry no id (the pipeline derives one from the Kafka
     coordinates); duplicates are drawn only from orders with an id, as only those can be recognised.
+    ``near_midnight`` of the records fall outside the session, in the first hour of ``day`` (the first half)
+    and its last hour (the rest), local time: their UTC date is another day on one side of midnight or the
+    other (in São Paulo, UTC-3, the last hour's), so a trading day taken in the wrong time zone shows.
     """
     rng = random.Random(seed)
     zone = zoneinfo.ZoneInfo(timezone)
@@ -91,6 +95,10 @@ def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezon
     event_ms = float(open_ms)
     burst_left = 0
     with_ids: list[GeneratedRecord] = []
+    early, late = near_midnight // 2, near_midnight - near_midnight // 2
+    day_start_ms = int(datetime.datetime(day.year, day.month, day.day, tzinfo=zone).timestamp() * 1000)
+    next_day = day + datetime.timedelta(days=1)
+    day_end_ms = int(datetime.datetime(next_day.year, next_day.month, next_day.day, tzinfo=zone).timestamp() * 1000)
     for i in range(n):
         if burst_left == 0 and rng.random() < 0.002:
             burst_left = rng.randint(50, 300)
@@ -98,8 +106,13 @@ def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezon
         burst_left = max(0, burst_left - 1)
         event_ms += gap
         ts = int(event_ms)
+        near = i < early or i >= n - late  # a new record (not a duplicate, which keeps its original's time)
+        if i < early:  # spread over 00:00-01:00 local, after midnight
+            ts = day_start_ms + (i + 1) * 3_600_000 // (early + 1)
+        elif near:  # spread over 23:00-24:00 local, before the next midnight
+            ts = day_end_ms - 3_600_000 + (i - (n - late) + 1) * 3_600_000 // (late + 1)
         roll = rng.random()
-        if roll < duplicate_rate and with_ids:
+        if roll < duplicate_rate and with_ids and not near:
             original = rng.choice(with_ids)
             yield dataclasses.replace(original, kind="duplicate")
             continue

@@ -166,6 +166,10 @@ class _DetectCrossings(beam.DoFn):
                         window.end.to_utc_datetime(has_tz=True), total, threshold)
 
 
+def _no_alarm(_batch) -> tuple:
+    return ()
+
+
 class WindowedAlarms(beam.PTransform):
     """Batches of owned PricedOrders -> ``Alarm`` for every pane whose window total crosses its rule.
 
@@ -187,6 +191,8 @@ class WindowedAlarms(beam.PTransform):
         self.allowed_lateness_seconds = allowed_lateness_seconds
 
     def expand(self, batches):
+        if not self.rules:  # alarms switched off (--alarm_rules=[]): no branch, and nothing to flatten
+            return batches | "NoRules" >> beam.FlatMap(_no_alarm)
         index = {rule.rule_id: i for i, rule in enumerate(self.rules)}
         by_rule = (batches
                    | "SumPerSlice" >> beam.ParDo(_SumPerSlice(self.rules, self.timezone))

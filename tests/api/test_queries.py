@@ -5,10 +5,12 @@ database); the Redis hot state is written through the presence pipeline's own ``
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 import urllib.parse
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -17,6 +19,17 @@ from orderflow.bootstrap import aws_client
 from orderflow.transforms.presence_rules import AvailabilityChange
 
 UTC = dt.timezone.utc
+
+
+@pytest.fixture(scope="module")
+def api_settings(api_settings):
+    """The API tests' settings, so that no answer depends on when the module runs: opening hours from 3 hours
+    ago to 3 hours ahead (local time, may cross midnight), and an exchange time zone whose date is not UTC's
+    now (UTC+14 late in the UTC day, UTC-12 early), so "today" taken in the wrong zone shows."""
+    now = dt.datetime.now(ZoneInfo(api_settings.presence_timezone))
+    hours = f"{now - dt.timedelta(hours=3):%H:%M}-{now + dt.timedelta(hours=3):%H:%M}"
+    exchange = "Pacific/Kiritimati" if dt.datetime.now(UTC).hour >= 12 else "Etc/GMT+12"
+    return dataclasses.replace(api_settings, opening_hours=hours, exchange_timezone=exchange)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +109,16 @@ def test_client_volume_from_dynamodb(seeded, api, reader):
                            "updated_at": "2026-03-02T13:00:01Z"}
     empty = reader.get("/clients/alice/volume", params={"day": "2026-03-03"}).json()
     assert (empty["total"], empty["order_count"]) == ("0", 0)
-    assert reader.get("/clients/alice/volume").json()["day"]  # default: today
+    # Without a day: today in the exchange's time zone (volumes seeded for it and the next day; the day may
+    # turn during the request).
+    before = dt.datetime.now(ZoneInfo(seeded.exchange_timezone)).date()
+    for day, total in ((before, "7.5"), (before + dt.timedelta(days=1), "8.5")):
+        aws_client(seeded, "dynamodb").put_item(TableName=seeded.client_volume_table, Item={
+            "client_token": {"S": "alice"}, "day": {"S": str(day)}, "total": {"N": total},
+            "order_count": {"N": "3"}, "updated_at": {"S": "2026-03-02T13:00:01Z"}})
+    today = reader.get("/clients/alice/volume").json()
+    after = dt.datetime.now(ZoneInfo(seeded.exchange_timezone)).date()
+    assert (today["day"], today["total"]) in {(str(before), "7.5"), (str(after), "7.5" if after == before else "8.5")}
     resp = reader.get("/clients/alice/volume", params={"day": "2026-13-40"})
     assert resp.status_code == 422 and "day" in resp.json()["detail"]
     with api.client(api.key("client:alice")) as alice:
@@ -135,9 +157,12 @@ def test_restaurant_statuses_in_one_call(api, reader, state_store):
     down = body["restaurants"]["q-down"]
     assert down["status"] == "offline" and "unavailable" in down["reasons"]
     assert down["availability"]["reason"] == "LACK_OF_DELIVERY_STAFF"
-    assert "no_keepalive" not in body["restaurants"]["q-online"]["reasons"]
-    assert body["restaurants"]["q-unknown"]["reasons"][-1] == "no_keepalive"
-    assert body["restaurants"]["q-online"]["last_keepalive"] is not None
+    assert down["reasons"] == ["unavailable"]
+    online = body["restaurants"]["q-online"]
+    assert (online["status"], online["reasons"]) == ("online", [])  # open now (the module's opening hours)
+    assert online["last_keepalive"] == dt.datetime.fromtimestamp(now_ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    unknown = body["restaurants"]["q-unknown"]
+    assert (unknown["status"], unknown["reasons"], unknown["last_keepalive"]) == ("offline", ["no_keepalive"], None)
 
 
 def test_status_id_count_limit(api, reader, api_config):

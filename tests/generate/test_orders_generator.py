@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import zoneinfo
 
 import pytest
 
@@ -88,3 +89,16 @@ def test_cli_produces_yesterday_by_default_and_refuses_a_session_not_over(module
     with pytest.raises(SystemExit):
         main(["--n", "10", "--day", str(today(module_settings)), "--no-progress"])
     assert "would be stamped in the future" in capsys.readouterr().err
+
+
+def test_near_midnight_records_fall_in_the_first_and_last_local_hour_of_the_day():
+    zone = zoneinfo.ZoneInfo("America/Sao_Paulo")
+    records = list(generate(1_000, seed=2, day=DAY, near_midnight=20))
+    hours = collections.Counter(datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, zone).hour for r in records)
+    assert hours[0] >= 10 and hours[23] >= 10  # and duplicates of them
+    local_days = {datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, zone).date() for r in records}
+    assert local_days == {DAY}
+    # 23:00-24:00 in São Paulo is already the next day in UTC.
+    late = [r for r in records if datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, zone).hour == 23]
+    assert {datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, datetime.timezone.utc).date() for r in late} == {
+        DAY + datetime.timedelta(days=1)}

@@ -10,7 +10,7 @@ import psycopg
 
 from orderflow.bootstrap import aws_client
 from orderflow.io.dynamodb_volume import DailyVolumeTable
-from orderflow.io.postgres_orders import upsert_orders
+from orderflow.io.postgres_orders import OrdersWriter
 
 DAY = datetime.date(2026, 11, 15)
 
@@ -32,25 +32,33 @@ def test_write_puts_absolute_exact_items_in_batches(module_settings):
     assert _scan(module_settings)[("w001", "2026-11-14")] == (Decimal("9.5"), 7)
 
 
-def test_parallel_batches_of_the_same_clients_leave_dynamodb_equal_to_postgres(module_settings):
-    """Four writers race on the same few clients; DynamoDB must end exactly at Postgres' final values."""
+def test_parallel_writers_of_the_same_clients_leave_dynamodb_at_the_exact_volumes(module_settings):
+    """Four production writers (``OrdersWriter``, one batch per transaction as when streaming) race on the
+    same few clients, with orders sent twice across writers; DynamoDB must end exactly at each client's
+    volume of its distinct orders, counted here from the batches themselves."""
     clients = ["p-ana", "p-bia", "p-caio"]
     rng = random.Random(3)
-    batches = [[{"order_id": f"par-{w}-{b}-{i}", "client_token": rng.choice(clients), "asset": "WEGE3",
-                 "quantity": 1, "pricing_code": "W", "price": Decimal("1.5"), "total": Decimal("1.5"),
-                 "event_time": datetime.datetime(2026, 11, 15, 15, tzinfo=datetime.timezone.utc),
-                 "trade_day": DAY, "source_format": "JSON", "source": f"t/{w}/{b}#{i}"}
-                for i in range(20)] for w in range(4) for b in range(10)]
+
+    def order(n):
+        return {"order_id": f"par-{n}", "client_token": clients[n % 3], "asset": "WEGE3", "quantity": 1 + n % 4,
+                "pricing_code": "W", "price": Decimal("1.5"), "total": Decimal("1.5") * (1 + n % 4),
+                "event_time": datetime.datetime(2026, 11, 15, 15, tzinfo=datetime.timezone.utc),
+                "trade_day": DAY, "source_format": "JSON", "source": f"t/0/{n}#0"}
+
+    numbers = list(range(700)) + rng.sample(range(700), 100)  # 100 orders a second time, by any writer
+    rng.shuffle(numbers)
+    batches = [[order(n) for n in numbers[i:i + 20]] for i in range(0, len(numbers), 20)]
     errors = []
 
     def writer(mine):
-        table = DailyVolumeTable(module_settings)
+        orders = OrdersWriter(module_settings.postgres_dsn, DailyVolumeTable(module_settings).write, max_batches=1)
         try:
-            with psycopg.connect(module_settings.postgres_dsn) as conn:
-                for batch in mine:
-                    upsert_orders(conn, batch, table.write)
+            for batch in mine:
+                assert orders.write(batch).rejected == []
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
+        finally:
+            orders.close()
 
     threads = [threading.Thread(target=writer, args=(batches[w::4],)) for w in range(4)]
     for t in threads:
@@ -58,10 +66,11 @@ def test_parallel_batches_of_the_same_clients_leave_dynamodb_equal_to_postgres(m
     for t in threads:
         t.join()
     assert not errors, errors
-    with psycopg.connect(module_settings.postgres_dsn) as conn:
-        truth = {(c, str(d)): (t, n) for c, d, t, n in conn.execute(
-            "SELECT client_token, day, total, order_count FROM client_daily_volume WHERE client_token LIKE 'p-%'")}
-    assert sum(n for _, n in truth.values()) == 800
+    truth = {}
+    for n in set(numbers):
+        total, count = truth.get((clients[n % 3], str(DAY)), (Decimal(0), 0))
+        truth[(clients[n % 3], str(DAY))] = (total + Decimal("1.5") * (1 + n % 4), count + 1)
+    assert sum(n for _, n in truth.values()) == 700
     assert {k: v for k, v in _scan(module_settings).items() if k[0].startswith("p-")} == truth
 
 
@@ -79,7 +88,7 @@ def test_an_item_dynamodb_refuses_is_bisected_out_and_the_others_are_written(mod
 
 
 def test_orders_of_a_refused_volume_item_become_dead_letters_and_stay_in_postgres(module_settings):
-    from orderflow.io.postgres_orders import DYNAMODB_REJECTED, OrdersWriter
+    from orderflow.io.postgres_orders import DYNAMODB_REJECTED
 
     day = datetime.date(2026, 11, 18)
     long_token = "q" * 2100

@@ -21,6 +21,9 @@ from tests.io.sns_testing import sent_sms
 
 DAY = datetime.date(2026, 11, 13)
 SLIDE_SIZE, SLIDE_PERIOD = 3600, 900
+# Records in the first and last hour of DAY, local time (the last hour is the next day in UTC): a trade day
+# computed in the wrong time zone prices them for a day without reference data, and the checks fail.
+NEAR_MIDNIGHT = 40
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +42,11 @@ def prepare_scenario(settings, n: int, seed: int) -> Scenario:
     and produces the records to the orders topic."""
     prices = refdata.sample_prices(DAY)
     refdata.load_reference_data(settings, DAY, prices)
-    records = list(generate(n, seed=seed, day=DAY, timezone=settings.exchange_timezone))
+    records = list(generate(n, seed=seed, day=DAY, timezone=settings.exchange_timezone, near_midnight=NEAR_MIDNIGHT))
+    zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
+    local_days = {datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, zone).date() for r in records}
+    utc_days = {datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, datetime.timezone.utc).date() for r in records}
+    assert local_days == {DAY} and utc_days != {DAY}  # a trade day taken in UTC would be another day for some
     expected = expected_outcome(records, prices)
     top_clients = [c for c, _ in sorted(expected["volumes"].items(), key=lambda kv: -kv[1][0])[:2]]
     phones = register_phones(settings, top_clients)
@@ -132,7 +139,11 @@ def check_state(settings, expected, alarms, phones):
         assert by_client == expected["volumes"]
         recorded = conn.execute("SELECT rule_id, scope, window_start, total, threshold FROM alarms").fetchall()
         assert {(r, s, w) for r, s, w, _, _ in recorded} == alarms
-        assert all(total >= threshold for *_, total, threshold in recorded)
+        # Each alarm's total is its window's total computed independently, its threshold the rule's.
+        thresholds = {rule["id"]: Decimal(rule["threshold"]) for rule in alarm_rules(expected)}
+        assert [(total, threshold) for *_, total, threshold in recorded] == [
+            (expected["volumes"][scope][0] if rule == "e2e-client-day" else expected["windows"][int(start.timestamp())],
+             thresholds[rule]) for rule, scope, start, _, _ in recorded]
         assert conn.execute("SELECT count(*) FROM sms_outbox WHERE sent_at IS NULL").fetchone()[0] == 0
     # DynamoDB: every client's daily volume equals the independent computation, exactly.
     assert dynamodb_volumes(settings, DAY) == expected["volumes"]

@@ -56,7 +56,13 @@ def test_presence_pipeline_runs_portably_with_exact_results(portable_run):
     assert got == plan.expected()
     assert sum(got.values()) > 0
     assert letters == {"avro_not_single_object": CORRUPT}
+    # The run's own counters (from the SDK worker, over the Fn API): every record read is decoded or a dead letter.
     assert counts["keepalives"] == plan.count_pings()
+    assert run.counters["ReadFromKafka:records"] == plan.count_pings() + CORRUPT + len(plan.changes)
+    assert run.counters["DecodeAvro:restaurant_keepalive_decoded"] == plan.count_pings()
+    assert run.counters["DecodeAvailabilityChanges:changes"] == len(plan.changes)
+    assert {name.removeprefix("presence:dead_letter_"): n for name, n in run.counters.items()
+            if name.startswith("presence:dead_letter_") and n} == letters
 
     # The hot state written from the SDK worker: every restaurant's last keep-alive.
     last = {}

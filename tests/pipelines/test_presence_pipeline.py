@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
+from apache_beam.metrics.metric import MetricsFilter
 from confluent_kafka import Producer
 
 from orderflow.generate.keepalive import make_plan, produce
@@ -19,6 +20,7 @@ from orderflow.io.avro import AvroCodec
 from orderflow.io.presence_postgres import offline_ranking
 from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.pipelines import presence
+from orderflow.pipelines.summary import counters
 
 SP = ZoneInfo("America/Sao_Paulo")
 START = dt.datetime(2026, 3, 10, 21, 50, tzinfo=SP)  # 90 minutes across closing time (23:00)
@@ -78,12 +80,31 @@ def test_intervals_cover_the_open_part_of_the_period_without_overlap(run, module
     assert statuses == {"online", "offline_scheduled", "offline_unexplained"}
 
 
+def read_counters(result, step_prefix: str) -> int:
+    """``ReadFromKafka/records`` of the read whose step label starts with ``step_prefix``."""
+    found = result.metrics().query(MetricsFilter().with_namespace("ReadFromKafka").with_name("records"))["counters"]
+    return sum(c.committed for c in found if c.key.step.startswith(step_prefix))
+
+
 def test_records_in_equal_records_out_plus_dead_letters(run, module_settings):
-    plan, counts, _, _ = run
+    """The pipeline's own counters against the plan: every record read was decoded or dead-lettered."""
+    plan, counts, _, result = run
+    assert counts["keepalives"] == plan.count_pings()
+    got = counters(result)
+    keepalive_records, availability_records = read_counters(result, "ReadKeepalives"), read_counters(
+        result, "ReadAvailability")
+    assert keepalive_records == plan.count_pings() + CORRUPT
+    assert availability_records == len(plan.changes) + 1
+    assert got["DecodeAvro/restaurant_keepalive_decoded"] == plan.count_pings()
+    assert got["DecodeAvailabilityChanges/changes"] == len(plan.changes)
+    dead = {name.removeprefix("presence/dead_letter_"): n for name, n in got.items()
+            if name.startswith("presence/dead_letter_") and n}
+    assert dead == {"avro_not_single_object": CORRUPT, "missing_status": 1}
+    assert got["ReadFromKafka/records"] == (got["DecodeAvro/restaurant_keepalive_decoded"]
+                                            + got["DecodeAvailabilityChanges/changes"] + sum(dead.values()))
     with psycopg.connect(module_settings.postgres_dsn) as conn:
         letters = conn.execute("SELECT reason, count(*) FROM presence_dead_letters GROUP BY reason").fetchall()
-    assert dict(letters) == {"avro_not_single_object": CORRUPT, "missing_status": 1}
-    assert counts["keepalives"] == plan.count_pings()
+    assert dict(letters) == dead
 
 
 def test_unavailability_history(run, module_settings):

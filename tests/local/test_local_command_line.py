@@ -1,0 +1,74 @@
+"""``python -m orderflow.local up|status|down`` as ``make stack-up`` / ``stack-status`` / ``stack-down`` run it: on
+the default ports (the command has no other), in a root of its own; ``status`` exits 3 when a service is down.
+
+The session's stack runs on free ports, so the default ones are free on a fresh machine (CI); on a developer's
+machine with ``make stack-up`` running they are taken, and the test is skipped there (never in CI).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+
+import psycopg
+from confluent_kafka.admin import AdminClient
+
+from orderflow.config import Topics
+from orderflow.local.stack import StackPorts
+from tests.environment import require
+
+
+def _local(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orderflow.local", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _states(output: str) -> dict[str, tuple[str, int]]:
+    """``{service: (state, port)}`` from the command's table."""
+    return {m[1]: (m[2], int(m[3])) for m in re.finditer(r"^(\w+)\s+([\w ]+?)\s+127\.0\.0\.1:(\d+)\s+log:", output, re.M)}
+
+
+def test_up_status_down_and_status_exit_code_3(tmp_path):
+    ports = {f.name: getattr(StackPorts(), f.name) for f in dataclasses.fields(StackPorts)}
+    taken = [f"{name} {port}" for name, port in ports.items() if not _free(port)]
+    require(not taken, f"the default ports of the local stack are taken ({', '.join(taken)}): a stack runs here")
+    base = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"))
+    base.mkdir(parents=True, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="test-cli-stack-", dir=base)
+    services = {name: port for name, port in ports.items() if name != "kafka_controller"}
+    try:
+        up = _local("up", "--root", root, timeout=240)
+        assert up.returncode == 0, up.stdout + up.stderr[-3000:]
+        assert _states(up.stdout) == {name: ("started", port) for name, port in services.items()}, up.stdout
+
+        status = _local("status", "--root", root)
+        assert status.returncode == 0, status.stdout
+        assert _states(status.stdout) == {name: ("ready", port) for name, port in services.items()}
+        # up bootstrapped the stack with the default settings: migrations and topics are there.
+        with psycopg.connect(f"postgresql://orderflow@127.0.0.1:{ports['postgres']}/orderflow") as conn:
+            assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] > 0
+        topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{ports['kafka']}"}).list_topics(timeout=10).topics
+        assert {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)} <= set(topics)
+
+        down = _local("down", "--root", root)
+        assert down.returncode == 0, down.stdout + down.stderr[-3000:]
+        assert _states(down.stdout) == {name: ("stopped", port) for name, port in services.items()}
+
+        after = _local("status", "--root", root)
+        assert after.returncode == 3, after.stdout
+        assert _states(after.stdout) == {name: ("down", port) for name, port in services.items()}
+        assert all(_free(port) for port in ports.values())
+    finally:
+        _local("down", "--root", root)
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""Commands users type, run as subprocesses with settings from the environment, each checked by its effect on
+the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.replay run|offsets|dump --avro``
+and ``python -m orderflow.generate keepalive``."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from orderflow import bootstrap
+from orderflow.config import Topics, settings_environment
+from orderflow.generate.keepalive import make_plan
+from orderflow.io.avro import AvroCodec
+from tests.io.kafka_testing import produce, read_partition
+
+
+def _command(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], env={**os.environ, **env}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _count(bootstrap_servers: str, topic: str, partitions: int) -> int:
+    return sum(len(read_partition(bootstrap_servers, topic, p)) for p in range(partitions))
+
+
+@pytest.fixture
+def empty_database(stack_settings):
+    from pytest_postgresql.janitor import DatabaseJanitor
+
+    dbname = "t_" + uuid.uuid4().hex[:12]
+    port = int(stack_settings.postgres_dsn.rsplit(":", 1)[1].split("/")[0])
+    janitor = DatabaseJanitor(user="orderflow", host="127.0.0.1", port=port, dbname=dbname)
+    janitor.init()
+    yield f"postgresql://orderflow@127.0.0.1:{port}/{dbname}"
+    janitor.drop()
+
+
+def test_bootstrap_creates_everything_it_is_configured_with_once(stack_settings, empty_database):
+    suffix = uuid.uuid4().hex[:8]
+    settings = dataclasses.replace(
+        stack_settings, postgres_dsn=empty_database, topic_partitions=3,
+        topics=Topics(**{f.name: f"boot-{f.name}-{suffix}" for f in dataclasses.fields(Topics)}),
+        prices_table=f"boot-prices-{suffix}", client_volume_table=f"boot-volume-{suffix}",
+        alarm_sns_topic=f"boot-alarms-{suffix}")
+    env = settings_environment(settings)
+
+    first = _command("orderflow.bootstrap", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    with psycopg.connect(empty_database) as conn:
+        applied = [r[0] for r in conn.execute("SELECT name FROM schema_migrations ORDER BY name")]
+    assert applied == [p.name for p in bootstrap.migration_files()]
+    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
+    assert {topic: len(metadata.topics[topic].partitions) for topic in bootstrap.all_topics(settings)} == dict.fromkeys(
+        bootstrap.all_topics(settings), 3)
+    tables = bootstrap.aws_client(settings, "dynamodb").list_tables()["TableNames"]
+    assert {settings.prices_table, settings.client_volume_table} <= set(tables)
+    arns = [t["TopicArn"] for t in bootstrap.aws_client(settings, "sns").list_topics()["Topics"]]
+    assert any(arn.endswith(f":{settings.alarm_sns_topic}") for arn in arns)
+    assert f":{settings.alarm_sns_topic}" in first.stdout
+
+    second = _command("orderflow.bootstrap", env=env)  # nothing left to create
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert {line.split(None, 1)[0]: line.split(None, 1)[1] for line in second.stdout.splitlines()
+            if line.split(None, 1)[0] in ("migrations", "topics", "dynamodb_tables")} == {
+        "migrations": "[]", "topics": "[]", "dynamodb_tables": "[]"}
+
+
+KEEPALIVE = AvroCodec("restaurant_keepalive")
+T0 = int(dt.datetime(2026, 3, 10, 15, tzinfo=dt.timezone.utc).timestamp() * 1000)  # 12:00 in São Paulo
+
+
+@pytest.fixture(scope="module")
+def keepalives(module_settings):
+    """Keep-alives of 'before' (at T0) and 'after' (an hour later), and one undecodable record, on the
+    module's keep-alive topic."""
+    records = [(b"before", KEEPALIVE.encode({"restaurant_id": "before", "sent_at": T0}), T0),
+               (b"after", KEEPALIVE.encode({"restaurant_id": "after", "sent_at": T0 + 3_600_000}), T0 + 3_600_000),
+               (b"corrupt", b"not avro", T0 + 3_600_000)]
+    produce(module_settings.kafka_bootstrap, module_settings.topics.keepalive, records, partition=0)
+    return records
+
+
+def test_replay_run_starts_the_pipeline_at_a_time_then_offsets_show_its_group(module_settings, keepalives):
+    env = settings_environment(module_settings)
+    group, prefix = f"replay-{uuid.uuid4().hex[:8]}", f"t-{uuid.uuid4().hex[:8]}:restaurant:"
+    since = dt.datetime.fromtimestamp((T0 + 1_800_000) / 1000, dt.timezone.utc).isoformat()  # between the two
+    run = _command("orderflow.replay", "run", "presence", "--from", since, "--group", group, "--",
+                   f"--presence_redis_prefix={prefix}", f"--as_of={T0 + 7_200_000}", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "presence: DONE" in run.stdout
+    assert "1 keep-alives" in run.stdout and "1 dead letters (avro_not_single_object 1)" in run.stdout
+    hot = redis.Redis.from_url(module_settings.redis_url)
+    assert {k.decode() for k in hot.scan_iter(match=f"{prefix}*")} == {f"{prefix}after"}  # not 'before'
+
+    offsets = _command("orderflow.replay", "offsets", "--group", group, "--topic", module_settings.topics.keepalive,
+                       env=env)
+    assert offsets.returncode == 0, offsets.stderr[-3000:]
+    rows = {row["partition"]: row for row in map(json.loads, offsets.stdout.splitlines())}
+    assert sorted(rows) == list(range(module_settings.topic_partitions))
+    # The bounded run committed its group's position at the end of what it read: nothing left behind.
+    assert {p: (r["committed"], r["log_start"], r["end"], r["lag"]) for p, r in rows.items()} == {
+        0: (3, 0, 3, 0), **{p: (None, 0, 0, 0) for p in range(1, module_settings.topic_partitions)}}
+
+
+def test_dump_with_avro_decodes_values_and_names_the_undecodable(module_settings, keepalives, tmp_path):
+    out = tmp_path / "keepalives.jsonl"
+    done = _command("orderflow.replay", "dump", "--topic", module_settings.topics.keepalive, "--from", "earliest",
+                    "--avro", "restaurant_keepalive", "--output", str(out), env=settings_environment(module_settings))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["offset"])
+    assert [(r["partition"], r["offset"], r["key"], r["timestamp_ms"]) for r in rows] == [
+        (0, i, key.decode(), ts) for i, (key, _, ts) in enumerate(keepalives)]
+    def utc(ms):  # the schema's timestamp-millis, decoded, then written as text
+        return str(dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc))
+
+    assert [r["value"] for r in rows[:2]] == [{"restaurant_id": "before", "sent_at": utc(T0)},
+                                              {"restaurant_id": "after", "sent_at": utc(T0 + 3_600_000)}]
+    assert rows[2]["value"] == "not avro" and "value_error" in rows[2]
+
+
+def test_generate_keepalive_writes_its_plan_to_kafka_and_its_expectation_to_a_file(module_settings, tmp_path):
+    settings = dataclasses.replace(module_settings, topics=dataclasses.replace(
+        module_settings.topics, keepalive=f"gen-keepalive-{uuid.uuid4().hex[:8]}",
+        availability=f"gen-availability-{uuid.uuid4().hex[:8]}"))
+    bootstrap.create_topics(settings.kafka_bootstrap, [settings.topics.keepalive, settings.topics.availability],
+                            settings.topic_partitions)
+    expected_file = tmp_path / "expected.json"
+    done = _command("orderflow.generate", "keepalive", "--restaurants", "20", "--minutes", "30",
+                    "--end", "2026-03-11T01:30:00", "--interval", "60", "--seed", "3", "--corrupt", "2",
+                    "--expected", str(expected_file), "--no-progress", env=settings_environment(settings))
+    assert done.returncode == 0, done.stderr[-3000:]
+    plan = make_plan(20, dt.datetime(2026, 3, 11, 1, 0), 30, interval_s=60, seed=3)  # naive = UTC, as the CLI
+    summary = json.loads(done.stdout.splitlines()[0])
+    assert (summary["keepalives"], summary["changes"], summary["corrupt"]) == (plan.count_pings(), len(plan.changes), 2)
+    written = json.loads(expected_file.read_text())["expected_unexplained_seconds"]
+    assert written == {f"{rid}/{day}": seconds for (rid, day), seconds in plan.expected().items()}
+    assert _count(settings.kafka_bootstrap, settings.topics.keepalive, settings.topic_partitions) == (
+        plan.count_pings() + 2)
+    assert _count(settings.kafka_bootstrap, settings.topics.availability, settings.topic_partitions) == len(
+        plan.changes)
