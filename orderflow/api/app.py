@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from orderflow.api import alarm_phones, dashboard, ingest, operations, queries, rest_proxy
+from orderflow.api import alarm_phones, dashboard, ingest, operations, queries, rest_proxy, static_assets
 from orderflow.api.auth import FailureLimiter
 from orderflow.api.config import ApiConfig, load_api_config
 from orderflow.api.errors import error_body
@@ -66,7 +66,9 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
         finally:
             app.state.resources.close()
 
-    app = FastAPI(title="orderflow API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc are served from local assets (static_assets), never from a CDN.
+    app = FastAPI(title="orderflow API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.auth_failures = FailureLimiter(config.auth_failures_per_minute)
     app.add_middleware(ApiMiddleware, max_body_bytes=config.max_body_bytes,
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
     app.include_router(rest_proxy.make_router(settings.topics.orders))
     for module in (queries, dashboard, alarm_phones, operations):
         app.include_router(module.router)
+    static_assets.install(app)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
