@@ -32,6 +32,7 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
+from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
@@ -175,7 +176,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter,
                                                 delivery_timeout=settings.sink_retry_seconds))
 
-    summary = None if bounded else streaming_summary("orders", options)
+    summary = None if bounded else streaming_summary("orders", options, ProgressTarget(
+        "orders", settings.postgres_dsn, opts.orders_group_id, (topics.orders,)))
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
         summary.count(records, "orders/records_in")
         summary.count(priced.priced, "orders/orders_priced")

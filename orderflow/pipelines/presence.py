@@ -32,6 +32,7 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
@@ -165,7 +166,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(
              settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds))
 
-    summary = None if bounded else streaming_summary("presence", options)
+    summary = None if bounded else streaming_summary("presence", options, ProgressTarget(
+        "presence", settings.postgres_dsn, opts.presence_group_id, (settings.topics.keepalive, settings.topics.availability)))
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
         summary.count(keepalive_records, "ReadFromKafka/records", "keep-alive records")
         summary.count(availability_records, "ReadFromKafka/records", "availability records")
