@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "psycopg[binary,pool]==3.3.9",
     "orjson==3.13.0",
     "tqdm==4.70.1",  # progress bars of the generators
+    "python-json-logger==4.2.0",  # JSON log lines of the API and the pipelines (orderflow/logs.py)
 ]
 
 EXTRAS_REQUIRE = {

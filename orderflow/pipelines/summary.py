@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import sys
 import threading
 import time
@@ -32,6 +33,8 @@ from orderflow.pipelines.progress import ProgressOptions, ProgressTarget, Progre
 from orderflow.pipelines.runner import RunModeOptions
 
 DEAD_LETTER_PREFIX = "dead_letter_"
+DEAD_LETTER_LOG_LIMIT = 5  # dead letters logged one by one per reason per minute and worker process
+_LOG = logging.getLogger("orderflow.pipelines")
 
 
 class SummaryOptions(PipelineOptions):
@@ -156,6 +159,7 @@ class _ProcessTotals:
         self._newest_event_ms: int | None = None
         self._progress_at: dt.datetime | None = None
         self._lock = threading.Lock()
+        self._log_minute, self._logged = 0, {}
         self._writer = ProgressWriter(summary.progress) if summary.progress is not None else None
         threading.Thread(target=self._report_every,
                          args=(summary.interval_seconds, summary.progress.interval_seconds if self._writer else 0),
@@ -181,6 +185,28 @@ class _ProcessTotals:
         with self._lock:
             values = {key: 0 for key, _ in self._parts} | self._values
         return self._derive(values) if self._derive else values
+
+    def log_dead_letter(self, letter) -> None:
+        """Logs a dead letter with its pipeline, stage, reason and Kafka coordinates: the first
+        ``DEAD_LETTER_LOG_LIMIT`` per reason per minute, then how many more there were (a poison stream must
+        not flood the log; the counts and the letters themselves are kept anyway)."""
+        minute = int(time.time() // 60)
+        with self._lock:
+            if minute != self._log_minute:
+                suppressed, self._log_minute, self._logged = self._logged, minute, {}
+            else:
+                suppressed = {}
+            n = self._logged[letter.reason] = self._logged.get(letter.reason, 0) + 1
+        for reason, count in suppressed.items():
+            if count > DEAD_LETTER_LOG_LIMIT:
+                _LOG.warning("%d more dead letters (%s) in the last minute were not logged one by one",
+                             count - DEAD_LETTER_LOG_LIMIT, reason,
+                             extra={"pipeline": self._name, "reason": reason, "count": count - DEAD_LETTER_LOG_LIMIT})
+        if n <= DEAD_LETTER_LOG_LIMIT:
+            topic, partition, offset = _coordinates(letter.source)
+            _LOG.warning("dead letter (%s) at %s: %s", letter.reason, letter.stage or "?", letter.detail[:300],
+                         extra={"pipeline": self._name, "stage": letter.stage, "reason": letter.reason,
+                                "topic": topic, "partition": partition, "offset": offset})
 
     def report(self) -> dict:
         """What ``pipeline_progress.counters`` holds: ``{"records_in": n, "stages": {tally: n},
@@ -212,6 +238,14 @@ class _ProcessTotals:
                 next_print = now + print_seconds
 
 
+def _coordinates(source: str) -> tuple[str | None, int | None, int | None]:
+    """``topic/partition/offset[#index]`` (a dead letter's source) -> its parts; Nones when it is not that."""
+    parts = source.split("/")
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].split("#")[0].isdigit():
+        return parts[0], int(parts[1]), int(parts[2].split("#")[0])
+    return None, None, None
+
+
 class _TallyFn(beam.DoFn):
     def __init__(self, summary: StreamingSummary, key: str | None):
         self._summary = summary
@@ -223,6 +257,7 @@ class _TallyFn(beam.DoFn):
     def process(self, element):
         if self._key is None:  # a DeadLetter
             self._totals.add(f"{self._summary.namespace}/{DEAD_LETTER_PREFIX}{element.reason}", 1)
+            self._totals.log_dead_letter(element)
         elif isinstance(element, list):
             # A batch of KafkaRecords carries the event times that say how fresh the pipeline is.
             newest = max((r.timestamp_ms for r in element if isinstance(r, KafkaRecord)), default=None)

@@ -4,6 +4,7 @@ Killed (SIGKILL to its process group, Prism with it) while orders keep arriving:
 time ``/healthz`` answers 503 naming it and the lag metric grows. Restarted: both recover."""
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -61,6 +62,7 @@ def test_a_killed_pipeline_fails_healthz_and_its_lag_grows_then_both_recover(run
     started = time.monotonic()
     pipeline = run_pipeline("orders", *PIPELINE_ARGS)
     _post_orders(client, 20, "warm")
+    poison = _produce_poison(live_settings)
 
     def reported_and_caught_up():
         metrics = _metrics(client)
@@ -79,6 +81,11 @@ def test_a_killed_pipeline_fails_healthz_and_its_lag_grows_then_both_recover(run
                       topic=live_settings.topics.orders, partition=str(partition)) is not None
     status, body = _health(client)
     assert status == 200 and body["checks"]["pipeline:orders"] == "ok", body
+    # The poison record: counted by reason on /metrics, and logged as a JSON line with its coordinates.
+    assert _value(metrics, "orderflow_pipeline_dead_letters_total", pipeline="orders", reason="unparseable") == 1
+    logged, _ = wait_for(lambda: _dead_letter_logged(pipeline.log_path, poison), 30, "the dead letter's log line")
+    assert {"time", "level", "logger", "message", "process_name", "stage"} <= logged.keys()
+    assert logged["process_name"] == "orders" and logged["level"] == "WARNING"
     lag_before = _value(metrics, "orderflow_pipeline_consumer_lag_total", pipeline="orders", group="orderflow-orders")
 
     pipeline.kill()  # SIGKILL to the process group: the pipeline and its Prism are gone at once
@@ -139,6 +146,32 @@ def test_a_killed_pipeline_fails_healthz_and_its_lag_grows_then_both_recover(run
         os.kill(prism, signal.SIGCONT)
     (status, lag), took = wait_for(recovered, START_TIMEOUT, "/healthz 200 after thawing", pipeline, interval=0.5)
     print(f"thawed -> /healthz 200 and lag {lag:g} after {took:.1f} s")
+
+
+def _produce_poison(settings) -> tuple[str, int, int]:
+    """One record that is not an order, produced straight to the orders topic; returns its coordinates."""
+    from confluent_kafka import Producer
+
+    delivered = []
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer.produce(settings.topics.orders, b"this is not an order", key=b"poison",
+                     on_delivery=lambda err, msg: delivered.append((err, msg.topic(), msg.partition(), msg.offset())))
+    producer.flush(30)
+    (error, topic, partition, offset), = delivered
+    assert error is None
+    return topic, partition, offset
+
+
+def _dead_letter_logged(log_path, coordinates) -> dict | None:
+    """The pipeline log's JSON line about the dead letter at ``coordinates``, if written yet."""
+    topic, partition, offset = coordinates
+    for line in log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if (record.get("reason"), record.get("pipeline"), record.get("topic"), record.get("partition"),
+                    record.get("offset")) == ("unparseable", "orders", topic, partition, offset):
+                return record
+    return None
 
 
 def _prism_of(pid: int) -> int:
