@@ -153,7 +153,8 @@ class ClientVolumeOut(BaseModel):
 
 
 @router.get("/dashboard/client-volume", response_model=ClientVolumeOut, responses=responses(*AUTHENTICATED),
-            summary="The day's top clients by volume, their cumulative volume through the day (stored orders)")
+            summary="The day's top clients by volume, their cumulative volume through the day (stored orders), "
+                    "from one bucket before the day's first order")
 def client_volume(who: Viewer, res: Res, top: Annotated[int, Query(ge=1, le=20)] = 5,
                   bucket_minutes: Annotated[int, Query(ge=1, le=240)] = 15):
     day = today(res)
@@ -177,12 +178,16 @@ def client_volume(who: Viewer, res: Res, top: Annotated[int, Query(ge=1, le=20)]
             clients[token] = ClientSeries(client_token=token, total=money(total), cumulative=[])
             per_bucket[token] = [0.0] * buckets
         per_bucket[token][min(max(bucket, 0), buckets - 1)] += float(amount)
+    # The day starts one bucket before its first order (not at midnight, hours before the market opens).
+    first = max(0, min((min(max(r[2], 0), buckets - 1) for r in rows), default=0) - 1)
     for token, series in clients.items():
         running = 0.0
         for amount in per_bucket[token]:
             running += amount
             series.cumulative.append(round(running, 2))
-    return ClientVolumeOut(day=day.isoformat(), bucket_minutes=bucket_minutes, t=times, clients=list(clients.values()))
+        series.cumulative = series.cumulative[first:]
+    return ClientVolumeOut(day=day.isoformat(), bucket_minutes=bucket_minutes, t=times[first:],
+                           clients=list(clients.values()))
 
 
 class TimelineInterval(BaseModel):

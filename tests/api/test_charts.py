@@ -57,8 +57,10 @@ def test_client_volume_is_cumulative_through_the_day(sampled_api, chart_reader):
     body = chart_reader.get("/dashboard/client-volume", params={"top": 2, "bucket_minutes": 60}).json()
     assert [c["client_token"] for c in body["clients"]] == ["big", "small"]
     big = body["clients"][0]
+    # From the day's first order on (its bucket is the first), cumulative per hour.
     assert big["total"] == "150" and big["cumulative"][:2] == [100.0, 150.0] and big["cumulative"][-1] == 150.0
-    assert len(big["cumulative"]) == len(body["t"])
+    assert body["clients"][1]["cumulative"][:2] == [30.0, 30.0]
+    assert len(big["cumulative"]) == len(body["t"]) and body["t"][0] == (start + dt.timedelta(hours=1)).timestamp()
 
 
 def test_restaurant_timeline_and_alarms_with_sms_state(sampled_api, chart_reader):
