@@ -12,10 +12,14 @@ SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-1
 # Beam's Prism runner (streaming runs), built from Beam's Go module at the version of apache-beam in setup.py.
 PRISM_VERSION := v2.77.0
 PRISM := .local/bin/prism
+# Prometheus's promtool (checks and unit-tests deploy/prometheus/*.yaml), from Prometheus's Go module: v0.316.0 is
+# Prometheus 3.16. It compiles ~1,400 packages (the service-discovery SDKs): ~8 CPU-minutes the first time.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := .local/bin/promtool
 
-.PHONY: setup system-packages jars node web venv prism test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
+.PHONY: setup system-packages jars node web venv prism promtool test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
 
-setup: system-packages jars node web venv prism
+setup: system-packages jars node web venv prism promtool
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
@@ -88,6 +92,16 @@ prism:
 	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build Prism (Beam's sdks/go.mod at $(PRISM_VERSION)): https://go.dev/doc/install"; exit 1; }; \
 	  echo "building Prism $(PRISM_VERSION) into $(PRISM)"; \
 	  mkdir -p $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION); \
+	fi
+
+# Idempotent like prism: skipped when the binary is there and built from $(PROMTOOL_VERSION).
+promtool:
+	@if [ -x $(PROMTOOL) ] && go version -m $(PROMTOOL) 2>/dev/null | grep -Eq '^\s+mod\s+github.com/prometheus/prometheus\s+$(PROMTOOL_VERSION)\s'; then \
+	  :; \
+	else \
+	  command -v go >/dev/null || { echo "Go is needed to build promtool: https://go.dev/doc/install"; exit 1; }; \
+	  echo "building promtool (Prometheus module $(PROMTOOL_VERSION)) into $(PROMTOOL)"; \
+	  mkdir -p $(dir $(PROMTOOL)) && GOBIN=$(abspath $(dir $(PROMTOOL))) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION); \
 	fi
 
 venv: $(VENV)/.installed

@@ -1,5 +1,5 @@
 """The Prometheus alerting rules in deploy/prometheus/: well formed, about metrics the API really exposes, and,
-where promtool is installed (``make promtool``), checked by ``promtool check rules`` and their unit tests
+with promtool (``make promtool``, part of ``make setup``), checked by ``promtool check rules`` and their unit tests
 (``promtool test rules``: each alert fires on the series that should fire it, after its ``for``)."""
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import re
 import shutil
 import subprocess
 
-import pytest
 import yaml
+
+from tests.environment import require
 
 RULES_DIR = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "orderflow-alerts.yaml"
@@ -52,8 +53,7 @@ def test_the_rules_use_only_metrics_the_api_exposes(anonymous):
 
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     promtool = _promtool()
-    if promtool is None:
-        pytest.skip("promtool is not installed (make promtool builds it; see docs/observability.md)")
+    require(promtool is not None, "promtool is not installed (make promtool, part of make setup, builds it)")
     checked = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert f"SUCCESS: {len(_rules())} rules found" in checked.stdout + checked.stderr
