@@ -123,7 +123,7 @@ class HistoryOut(BaseModel):
     lag: dict[str, list[int | None]]
 
 
-@router.get("/dashboard/history", response_model=HistoryOut, responses=responses(*AUTHENTICATED),
+@router.get("/dashboard/history", response_model=HistoryOut, responses=responses(*AUTHENTICATED, 422),
             summary="Restaurants online/offline, orders priced/s, dead letters/s by reason and consumer lag over "
                     "the last minutes (sampled by the API since it started)")
 def dashboard_history(request: Request, who: Viewer,
@@ -132,11 +132,42 @@ def dashboard_history(request: Request, who: Viewer,
     return HistoryOut(sample_seconds=history.sample_seconds, **history.series(minutes))
 
 
-@router.get("/dashboard/pipelines", responses=responses(*AUTHENTICATED),
+class PartitionLagOut(BaseModel):
+    topic: str
+    partition: int
+    committed: int | None
+    end: int
+    lag: int
+
+
+class PipelineOut(BaseModel):
+    pipeline: str
+    group_id: str
+    topics: list[str]
+    workers: int
+    heartbeat_age_seconds: float
+    progress_age_seconds: float | None
+    newest_event_age_seconds: float | None
+    records_in: int
+    records_out: dict[str, int]
+    dead_letters: dict[str, int]
+    partitions: list[PartitionLagOut]
+    lag: int | None
+    lag_error: str | None
+    failing: str | None
+
+
+class PipelinesOut(BaseModel):
+    stall_seconds: float
+    pipelines: list[PipelineOut]
+
+
+@router.get("/dashboard/pipelines", response_model=PipelinesOut, responses=responses(*AUTHENTICATED),
             summary="Each streaming pipeline's health: heartbeat, freshness, records, dead letters, consumer lag")
-def dashboard_pipelines(request: Request, who: Viewer, res: Res) -> dict:
+def dashboard_pipelines(request: Request, who: Viewer, res: Res):
     states = watch_of(request.app.state, res).health(res)
-    return {"stall_seconds": res.config.pipeline_stall_seconds, "pipelines": [s.as_json() for s in states]}
+    return PipelinesOut(stall_seconds=res.config.pipeline_stall_seconds,
+                        pipelines=[PipelineOut(**s.as_json()) for s in states])
 
 
 class ClientSeries(BaseModel):
@@ -152,7 +183,7 @@ class ClientVolumeOut(BaseModel):
     clients: list[ClientSeries]
 
 
-@router.get("/dashboard/client-volume", response_model=ClientVolumeOut, responses=responses(*AUTHENTICATED),
+@router.get("/dashboard/client-volume", response_model=ClientVolumeOut, responses=responses(*AUTHENTICATED, 422),
             summary="The day's top clients by volume, their cumulative volume through the day (stored orders), "
                     "from one bucket before the day's first order")
 def client_volume(who: Viewer, res: Res, top: Annotated[int, Query(ge=1, le=20)] = 5,
@@ -239,7 +270,7 @@ class DashboardAlarm(BaseModel):
     sms_sent: int
 
 
-@router.get("/dashboard/alarms", response_model=list[DashboardAlarm], responses=responses(*AUTHENTICATED),
+@router.get("/dashboard/alarms", response_model=list[DashboardAlarm], responses=responses(*AUTHENTICATED, 422),
             summary="Recent alarms, newest first, with their window and SMS state")
 def dashboard_alarms(who: Viewer, res: Res, limit: Annotated[int, Query(ge=1, le=200)] = 20):
     with res.pg.connection() as conn:

@@ -71,7 +71,7 @@ def test_redoc_renders_offline(api, anonymous, offline_browser):
     page.goto(f"{api.url}/redoc")
     page.wait_for_selector("h1:has-text('orderflow API')", timeout=30_000)
     # an operation's summary in the side menu, and its path in the operation's panel
-    page.get_by_text("Health of the API and each dependency").first.wait_for(state="attached", timeout=15_000)
+    page.get_by_text("Health of the API, each dependency and each pipeline").first.wait_for(state="attached", timeout=15_000)
     page.get_by_text("/restaurants/status", exact=True).first.wait_for(state="attached", timeout=15_000)
     assert page.locator("[data-section-id^='operation/']").count() == operations
     # Redoc's bundle hard-codes one request off the machine: the "API docs by Redocly" logo of its side menu,
