@@ -40,7 +40,6 @@ def _missing_answer(page: str) -> JSONResponse | None:
 def install(app: FastAPI) -> None:
     """Serves ``/static`` and the ``/docs`` and ``/redoc`` pages from the local assets (the app is created with
     ``docs_url=None, redoc_url=None`` so FastAPI's CDN-loading pages are not there)."""
-    STATIC_DIR.mkdir(exist_ok=True)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     openapi_url = app.openapi_url or "/openapi.json"
 
