@@ -16,10 +16,14 @@ PRISM := .local/bin/prism
 # with Go 1.26 (v5.8.3 asks for Go 1.27).
 KUSTOMIZE_VERSION := v5.8.2
 KUSTOMIZE := .local/bin/kustomize
+# Prometheus's promtool (checks and unit-tests deploy/prometheus/*.yaml), from Prometheus's Go module: v0.316.0 is
+# Prometheus 3.16. It compiles ~1,400 packages (the service-discovery SDKs): ~8 CPU-minutes the first time.
+PROMTOOL_VERSION := v0.316.0
+PROMTOOL := .local/bin/promtool
 
-.PHONY: setup system-packages jars node venv prism kustomize test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
+.PHONY: setup system-packages jars node web venv prism kustomize promtool test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
 
-setup: system-packages jars node venv prism kustomize
+setup: system-packages jars node web venv prism kustomize promtool
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
@@ -43,6 +47,28 @@ node: .local/node/.installed
 	rm -rf .local/node && mkdir -p .local/node
 	cp orderflow/local/node/package.json $(NODE_LOCK) .local/node/
 	npm ci --prefix .local/node --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The browser assets the API serves itself, never from a CDN (so /docs, /redoc and the dashboard's charts work
+# offline): Swagger UI, Redoc and uPlot from the npm registry, exactly as orderflow/api/web/package-lock.json pins
+# them, installed into .local/web and their built files copied into orderflow/api/static/vendor/ (not in git;
+# packaged with the API). Redone only when the lock file changes; no install scripts, no peer dependencies
+# (Redoc's standalone bundle carries its own React).
+WEB_LOCK := orderflow/api/web/package-lock.json
+WEB_VENDOR := orderflow/api/static/vendor
+web: $(WEB_VENDOR)/.installed
+
+$(WEB_VENDOR)/.installed: orderflow/api/web/package.json $(WEB_LOCK)
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || { echo "Node.js 20+ and npm are needed for the API's browser assets"; exit 1; }
+	rm -rf .local/web $(WEB_VENDOR) && mkdir -p .local/web $(WEB_VENDOR)
+	cp orderflow/api/web/package.json $(WEB_LOCK) .local/web/
+	npm ci --prefix .local/web --ignore-scripts --omit=peer --no-audit --no-fund --loglevel=error
+	cd .local/web/node_modules && cp swagger-ui-dist/swagger-ui-bundle.js swagger-ui-dist/swagger-ui.css \
+	  swagger-ui-dist/favicon-32x32.png redoc/bundles/redoc.standalone.js uplot/dist/uPlot.iife.min.js \
+	  uplot/dist/uPlot.min.css $(CURDIR)/$(WEB_VENDOR)/
+	cp .local/web/node_modules/swagger-ui-dist/LICENSE $(WEB_VENDOR)/LICENSE.swagger-ui
+	cp .local/web/node_modules/redoc/LICENSE $(WEB_VENDOR)/LICENSE.redoc
+	cp .local/web/node_modules/uplot/LICENSE $(WEB_VENDOR)/LICENSE.uplot
 	touch $@
 
 # Installs only what is missing, so a second `make setup` touches nothing.
@@ -80,6 +106,16 @@ kustomize:
 	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build kustomize $(KUSTOMIZE_VERSION): https://go.dev/doc/install"; exit 1; }; \
 	  echo "building kustomize $(KUSTOMIZE_VERSION) into $(KUSTOMIZE)"; \
 	  mkdir -p $(dir $(KUSTOMIZE)) && GOBIN=$(abspath $(dir $(KUSTOMIZE))) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION); \
+	fi
+
+# Idempotent like prism: skipped when the binary is there and built from $(PROMTOOL_VERSION).
+promtool:
+	@if [ -x $(PROMTOOL) ] && go version -m $(PROMTOOL) 2>/dev/null | grep -Eq '^\s+mod\s+github.com/prometheus/prometheus\s+$(PROMTOOL_VERSION)\s'; then \
+	  :; \
+	else \
+	  command -v go >/dev/null || { echo "Go is needed to build promtool: https://go.dev/doc/install"; exit 1; }; \
+	  echo "building promtool (Prometheus module $(PROMTOOL_VERSION)) into $(PROMTOOL)"; \
+	  mkdir -p $(dir $(PROMTOOL)) && GOBIN=$(abspath $(dir $(PROMTOOL))) go install github.com/prometheus/prometheus/cmd/promtool@$(PROMTOOL_VERSION); \
 	fi
 
 venv: $(VENV)/.installed

@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "psycopg[binary,pool]==3.3.9",
     "orjson==3.13.0",
     "tqdm==4.70.1",  # progress bars of the generators
+    "python-json-logger==4.2.0",  # JSON log lines of the API and the pipelines (orderflow/logs.py)
 ]
 
 EXTRAS_REQUIRE = {
@@ -46,7 +47,8 @@ setup(
     description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
     python_requires=">=3.10",
     packages=find_namespace_packages(include=["orderflow", "orderflow.*"]),
-    package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html"]},
+    package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html",
+                              "api/static/vendor/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,

@@ -1,6 +1,7 @@
 """The FastAPI application: ``create_app(settings, config)``; ``python -m orderflow.api serve`` runs it."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 from fastapi import FastAPI, Request
@@ -10,7 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from orderflow.api import alarm_phones, dashboard, ingest, operations, queries, rest_proxy
+from orderflow.api import alarm_phones, charts, dashboard, ingest, operations, queries, rest_proxy, static_assets
 from orderflow.api.auth import FailureLimiter
 from orderflow.api.config import ApiConfig, load_api_config
 from orderflow.api.errors import error_body
@@ -61,20 +62,28 @@ def create_app(settings: Settings | None = None, config: ApiConfig | None = None
     async def lifespan(app: FastAPI):
         app.state.resources = Resources(settings, config)
         app.state.dashboard_feed = None
+        app.state.live_history = charts.LiveHistory(config.chart_sample_seconds, config.chart_history_minutes)
+        sampler = asyncio.create_task(app.state.live_history.run(app.state, app.state.resources))
         try:
             yield
         finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
             app.state.resources.close()
 
-    app = FastAPI(title="orderflow API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc are served from local assets (static_assets), never from a CDN.
+    app = FastAPI(title="orderflow API", version="1.0.0", description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.auth_failures = FailureLimiter(config.auth_failures_per_minute)
     app.add_middleware(ApiMiddleware, max_body_bytes=config.max_body_bytes,
                        body_timeout_seconds=config.body_timeout_seconds)
     app.include_router(ingest.router)
     app.include_router(rest_proxy.make_router(settings.topics.orders))
-    for module in (queries, dashboard, alarm_phones, operations):
+    for module in (queries, dashboard, charts, alarm_phones, operations):
         app.include_router(module.router)
+    static_assets.install(app)
 
     def openapi() -> dict:
         if app.openapi_schema is None:

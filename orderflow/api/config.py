@@ -23,6 +23,11 @@ class ApiConfig:
     keep_alive_seconds: int = 5           # an idle keep-alive connection is closed after this
     max_connections: int = 1000           # connections per worker process beyond this get 503
     pg_pool_size: int = 10
+    # a pipeline whose report is older than this, or whose consumer lag has grown this long with no committed
+    # offset moving, is failing in /healthz (api/pipelines.py)
+    pipeline_stall_seconds: float = 60.0
+    chart_sample_seconds: float = 5.0     # the dashboard's live charts: one sample this often (api/charts.py)
+    chart_history_minutes: float = 360.0  # ... kept this long, in the API process's memory
 
 
 # (environment variable, ApiConfig field)
@@ -43,6 +48,9 @@ API_ENVIRONMENT = [
     ("ORDERFLOW_API_KEEP_ALIVE", "keep_alive_seconds"),
     ("ORDERFLOW_API_MAX_CONNECTIONS", "max_connections"),
     ("ORDERFLOW_API_PG_POOL_SIZE", "pg_pool_size"),
+    ("ORDERFLOW_API_PIPELINE_STALL_SECONDS", "pipeline_stall_seconds"),
+    ("ORDERFLOW_API_CHART_SAMPLE_SECONDS", "chart_sample_seconds"),
+    ("ORDERFLOW_API_CHART_HISTORY_MINUTES", "chart_history_minutes"),
 ]
 
 

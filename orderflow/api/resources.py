@@ -49,6 +49,13 @@ class Resources:
                          max_waiting=c.kafka_max_waiting, timeout=c.produce_timeout_seconds)
 
     @functools.cached_property
+    def kafka_admin(self):
+        """Kafka's admin client: consumer lag (committed and end offsets) of the pipelines."""
+        from confluent_kafka.admin import AdminClient
+
+        return AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "socket.timeout.ms": 3000})
+
+    @functools.cached_property
     def restaurant_state(self):
         from orderflow.io.restaurant_state import RestaurantStateStore
 

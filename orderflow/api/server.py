@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
 
 import h11
@@ -98,24 +97,11 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
-_SECRET_PARAMETER = re.compile(r"(?i)([?&](?:key|api_key|apikey|token|access_token)=)[^&\s]*")
-
-
-def redact(text: str) -> str:
-    """``text`` with the values of secret-looking query parameters replaced by ``[redacted]``."""
-    return _SECRET_PARAMETER.sub(r"\1[redacted]", text)
-
-
-class RedactSecrets(logging.Filter):
-    """Keeps secrets out of the access log: ``?key=...`` (an old dashboard URL) is logged redacted."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
-        return True
-
-
 def install_log_redaction() -> None:
+    """Keeps secrets out of the access log whatever configured logging (``orderflow.logs.RedactSecrets``): an
+    old dashboard URL's ``?key=...`` is logged redacted."""
+    from orderflow.logs import RedactSecrets
+
     logger = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactSecrets) for f in logger.filters):
         logger.addFilter(RedactSecrets())
@@ -138,5 +124,7 @@ def serve(host: str, port: int, workers: int = 1) -> None:
     """``python -m orderflow.api serve``: the app built from the environment, in ``workers`` processes."""
     import uvicorn
 
+    from orderflow.logs import uvicorn_log_config
+
     uvicorn.run("orderflow.api.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", **_server_options(load_api_config()))
+                log_level="info", log_config=uvicorn_log_config("api"), **_server_options(load_api_config()))

@@ -19,7 +19,6 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 from __future__ import annotations
 
 import datetime
-import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -32,6 +31,8 @@ from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
+from orderflow.logs import configure as configure_logging
+from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
@@ -175,7 +176,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter,
                                                 delivery_timeout=settings.sink_retry_seconds))
 
-    summary = None if bounded else streaming_summary("orders", options)
+    summary = None if bounded else streaming_summary("orders", options, ProgressTarget(
+        "orders", settings.postgres_dsn, opts.orders_group_id, (topics.orders,)))
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
         summary.count(records, "orders/records_in")
         summary.count(priced.priced, "orders/orders_priced")
@@ -194,6 +196,6 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("orders")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
     run().wait_until_finish()

@@ -21,7 +21,6 @@ the watermark passes each session's end and each day's closing time.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -32,6 +31,8 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+from orderflow.logs import configure as configure_logging
+from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
@@ -165,7 +166,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
          | "DeadLettersToPostgres" >> WritePresenceDeadLetters(
              settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds))
 
-    summary = None if bounded else streaming_summary("presence", options)
+    summary = None if bounded else streaming_summary("presence", options, ProgressTarget(
+        "presence", settings.postgres_dsn, opts.presence_group_id, (settings.topics.keepalive, settings.topics.availability)))
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
         summary.count(keepalive_records, "ReadFromKafka/records", "keep-alive records")
         summary.count(availability_records, "ReadFromKafka/records", "availability records")
@@ -185,6 +187,6 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging("presence")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
     run().wait_until_finish()

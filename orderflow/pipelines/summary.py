@@ -14,6 +14,9 @@ duplicates or replays, keep-alives, availability changes, sessions, status inter
 """
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
+import logging
 import sys
 import threading
 import time
@@ -25,9 +28,13 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from orderflow.io.kafka_record import KafkaRecord
+from orderflow.pipelines.progress import ProgressOptions, ProgressTarget, ProgressWriter
 from orderflow.pipelines.runner import RunModeOptions
 
 DEAD_LETTER_PREFIX = "dead_letter_"
+DEAD_LETTER_LOG_LIMIT = 5  # dead letters logged one by one per reason per minute and worker process
+_LOG = logging.getLogger("orderflow.pipelines")
 
 
 class SummaryOptions(PipelineOptions):
@@ -139,40 +146,104 @@ def report_run(result: PipelineResult, argv: list[str] | None, name: str,
 # DirectRunner commits a streaming step's counters of its first bundle only. So the workers tally what a
 # summary needs themselves, per process, and print it.
 class _ProcessTotals:
-    """This process's running totals for one pipeline, printed to stderr every ``interval_seconds``."""
+    """This process's running totals for one pipeline: printed to stderr every ``interval_seconds`` and reported
+    to ``pipeline_progress`` every ``progress.interval_seconds`` (``progress.ProgressWriter``)."""
 
     _all: dict[str, _ProcessTotals] = {}
     _create = threading.Lock()
 
-    def __init__(self, name: str, parts, namespace: str, interval_seconds: float, derive):
-        self._name, self._parts, self._namespace, self._derive = name, parts, namespace, derive
+    def __init__(self, summary: StreamingSummary):
+        self._name, self._parts, self._namespace = summary.name, summary.parts, summary.namespace
+        self._derive, self._records_in_key = summary.derive, summary.records_in_key
         self._values: dict[str, int] = {}
+        self._newest_event_ms: int | None = None
+        self._progress_at: dt.datetime | None = None
         self._lock = threading.Lock()
-        threading.Thread(target=self._print_every, args=(interval_seconds,), name=f"{name}-summary",
-                         daemon=True).start()
+        self._log_minute, self._logged = 0, {}
+        self._writer = ProgressWriter(summary.progress) if summary.progress is not None else None
+        threading.Thread(target=self._report_every,
+                         args=(summary.interval_seconds, summary.progress.interval_seconds if self._writer else 0),
+                         name=f"{summary.name}-summary", daemon=True).start()
 
     @classmethod
-    def of(cls, name: str, parts, namespace: str, interval_seconds: float, derive) -> _ProcessTotals:
+    def of(cls, summary: StreamingSummary) -> _ProcessTotals:
         with cls._create:
-            totals = cls._all.get(name)
+            totals = cls._all.get(summary.name)
             if totals is None:
-                totals = cls._all[name] = cls(name, parts, namespace, interval_seconds, derive)
+                totals = cls._all[summary.name] = cls(summary)
             return totals
 
-    def add(self, key: str, n: int) -> None:
+    def add(self, key: str, n: int, newest_event_ms: int | None = None) -> None:
         with self._lock:
             self._values[key] = self._values.get(key, 0) + n
+            if key == self._records_in_key and n:
+                self._progress_at = dt.datetime.now(dt.timezone.utc)
+            if newest_event_ms is not None and (self._newest_event_ms is None or newest_event_ms > self._newest_event_ms):
+                self._newest_event_ms = newest_event_ms
 
-    def line(self) -> str:
+    def values(self) -> dict[str, int]:
         with self._lock:
             values = {key: 0 for key, _ in self._parts} | self._values
-        return describe(self._derive(values) if self._derive else values, self._parts, self._namespace)
+        return self._derive(values) if self._derive else values
 
-    def _print_every(self, interval_seconds: float) -> None:
+    def log_dead_letter(self, letter) -> None:
+        """Logs a dead letter with its pipeline, stage, reason and Kafka coordinates: the first
+        ``DEAD_LETTER_LOG_LIMIT`` per reason per minute, then how many more there were (a poison stream must
+        not flood the log; the counts and the letters themselves are kept anyway)."""
+        minute = int(time.time() // 60)
+        with self._lock:
+            if minute != self._log_minute:
+                suppressed, self._log_minute, self._logged = self._logged, minute, {}
+            else:
+                suppressed = {}
+            n = self._logged[letter.reason] = self._logged.get(letter.reason, 0) + 1
+        for reason, count in suppressed.items():
+            if count > DEAD_LETTER_LOG_LIMIT:
+                _LOG.warning("%d more dead letters (%s) in the last minute were not logged one by one",
+                             count - DEAD_LETTER_LOG_LIMIT, reason,
+                             extra={"pipeline": self._name, "reason": reason, "count": count - DEAD_LETTER_LOG_LIMIT})
+        if n <= DEAD_LETTER_LOG_LIMIT:
+            topic, partition, offset = _coordinates(letter.source)
+            _LOG.warning("dead letter (%s) at %s: %s", letter.reason, letter.stage or "?", letter.detail[:300],
+                         extra={"pipeline": self._name, "stage": letter.stage, "reason": letter.reason,
+                                "topic": topic, "partition": partition, "offset": offset})
+
+    def report(self) -> dict:
+        """What ``pipeline_progress.counters`` holds: ``{"records_in": n, "stages": {tally: n},
+        "dead_letters": {reason: n}}``, this process's raw totals."""
+        with self._lock:
+            values = dict(self._values)
+        dead_prefix = f"{self._namespace}/{DEAD_LETTER_PREFIX}"
+        return {"records_in": values.get(self._records_in_key, 0),
+                "stages": {k: v for k, v in values.items() if k != self._records_in_key and not k.startswith(dead_prefix)},
+                "dead_letters": {k[len(dead_prefix):]: v for k, v in values.items() if k.startswith(dead_prefix)}}
+
+    def line(self) -> str:
+        return describe(self.values(), self._parts, self._namespace)
+
+    def _report_every(self, print_seconds: float, progress_seconds: float) -> None:
+        next_print = time.monotonic() + print_seconds if print_seconds > 0 else float("inf")
+        next_report = time.monotonic() if progress_seconds > 0 else float("inf")  # the first report at once
         while True:
-            time.sleep(interval_seconds)
-            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self._name} pipeline running (this worker process): "
-                  f"{self.line()}", file=sys.stderr, flush=True)
+            time.sleep(max(0.0, min(next_print, next_report) - time.monotonic()))
+            now = time.monotonic()
+            if now >= next_report:
+                with self._lock:
+                    progress_at, newest = self._progress_at, self._newest_event_ms
+                self._writer.write(self.report(), progress_at, newest)
+                next_report = now + progress_seconds
+            if now >= next_print:
+                print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {self._name} pipeline running (this worker process): "
+                      f"{self.line()}", file=sys.stderr, flush=True)
+                next_print = now + print_seconds
+
+
+def _coordinates(source: str) -> tuple[str | None, int | None, int | None]:
+    """``topic/partition/offset[#index]`` (a dead letter's source) -> its parts; Nones when it is not that."""
+    parts = source.split("/")
+    if len(parts) == 3 and parts[1].isdigit() and parts[2].split("#")[0].isdigit():
+        return parts[0], int(parts[1]), int(parts[2].split("#")[0])
+    return None, None, None
 
 
 class _TallyFn(beam.DoFn):
@@ -181,31 +252,40 @@ class _TallyFn(beam.DoFn):
         self._key = key
 
     def setup(self):
-        s = self._summary
-        self._totals = _ProcessTotals.of(s.name, s.parts, s.namespace, s.interval_seconds, s.derive)
+        self._totals = _ProcessTotals.of(self._summary)
 
     def process(self, element):
         if self._key is None:  # a DeadLetter
             self._totals.add(f"{self._summary.namespace}/{DEAD_LETTER_PREFIX}{element.reason}", 1)
+            self._totals.log_dead_letter(element)
+        elif isinstance(element, list):
+            # A batch of KafkaRecords carries the event times that say how fresh the pipeline is.
+            newest = max((r.timestamp_ms for r in element if isinstance(r, KafkaRecord)), default=None)
+            self._totals.add(self._key, len(element), newest)
         else:
-            self._totals.add(self._key, len(element) if isinstance(element, list) else 1)
+            self._totals.add(self._key, 1, element.timestamp_ms if isinstance(element, KafkaRecord) else None)
 
 
 class StreamingSummary:
     """The periodic summary of a streaming run: branches that tally elements (a list counts its length)
-    into their worker process's totals, which that process prints every ``interval_seconds``.
+    into their worker process's totals, which that process prints every ``interval_seconds`` and reports to
+    ``pipeline_progress`` (``progress``) for the API.
 
     Args:
         name: the pipeline's name, as the line shows it.
         parts: ``(key, label)`` of the line (keys are the tallies' names).
         namespace: the dead letters' namespace.
-        interval_seconds: how often a worker process prints its line.
+        interval_seconds: how often a worker process prints its line (0: never).
         derive: optional ``values -> values`` applied before printing (e.g. differences of tallies).
+        records_in_key: the tally of records read: its growth is the pipeline's progress.
+        progress: where the worker processes report (None: they do not).
     """
 
-    def __init__(self, name: str, parts, namespace: str, interval_seconds: float, derive=None):
+    def __init__(self, name: str, parts, namespace: str, interval_seconds: float, derive=None,
+                 records_in_key: str | None = None, progress: ProgressTarget | None = None):
         self.name, self.parts, self.namespace = name, list(parts), namespace
         self.interval_seconds, self.derive = interval_seconds, derive
+        self.records_in_key, self.progress = records_in_key, progress
 
     def count(self, pcoll, key: str, label: str | None = None) -> None:
         """Tallies ``pcoll``'s elements under ``key`` (``label``: the step's, when several count into one key)."""
@@ -223,11 +303,20 @@ def orders_duplicates(values: dict[str, int]) -> dict[str, int]:
                      - get("orders/refused", 0)}
 
 
-def streaming_summary(name: str, options: PipelineOptions) -> StreamingSummary | None:
-    """The pipeline's ``StreamingSummary`` at ``--summary_interval_seconds`` (None when 0)."""
+# The tally of records read, per pipeline: its growth is the pipeline's progress.
+RECORDS_IN = {"orders": "orders/records_in", "presence": "ReadFromKafka/records"}
+
+
+def streaming_summary(name: str, options: PipelineOptions, progress: ProgressTarget | None = None
+                      ) -> StreamingSummary | None:
+    """The pipeline's ``StreamingSummary``, printed every ``--summary_interval_seconds`` and reported to
+    ``progress`` every ``--progress_interval_seconds`` (None when both are 0)."""
     interval = options.view_as(SummaryOptions).summary_interval_seconds
-    if interval <= 0:
+    progress_seconds = options.view_as(ProgressOptions).progress_interval_seconds
+    progress = dataclasses.replace(progress, interval_seconds=progress_seconds) if progress and progress_seconds > 0 else None
+    if interval <= 0 and progress is None:
         return None
     if name == "orders":
-        return StreamingSummary(name, ORDERS_STREAMING_PARTS, "orders", interval, orders_duplicates)
-    return StreamingSummary(name, PRESENCE_STREAMING_PARTS, "presence", interval)
+        return StreamingSummary(name, ORDERS_STREAMING_PARTS, "orders", interval, orders_duplicates,
+                                RECORDS_IN[name], progress)
+    return StreamingSummary(name, PRESENCE_STREAMING_PARTS, "presence", interval, None, RECORDS_IN[name], progress)
