@@ -31,7 +31,18 @@ from orderflow.pipelines import orders
 from tests.pipelines.orders_scenario import expected_outcome
 
 ORDERS = 300
-TOKYO = ZoneInfo("Asia/Tokyo")
+# Zones far from the exchange's: the test takes the first where the last three hours are all on today's date.
+ZONES = ("Asia/Tokyo", "Europe/London", "America/Los_Angeles")
+
+
+def _zone_with_the_last_hours_on_one_day() -> ZoneInfo:
+    """A zone whose last three hours (and the minutes the run takes) do not cross its midnight: a window that
+    did would be split over two days, and the hand-computed day totals below assume one."""
+    for name in ZONES:
+        now = dt.datetime.now(ZoneInfo(name))
+        if 4 <= now.hour <= 22:
+            return ZoneInfo(name)
+    raise AssertionError(f"no zone of {ZONES} is between 04:00 and 23:00 now")
 
 
 def _closed_port() -> int:
@@ -102,10 +113,12 @@ def _minute(ts: dt.datetime) -> dt.datetime:
 
 def test_presence_from_the_command_line_with_its_rule_and_endpoint_options(module_settings, misdirected,
                                                                           make_topic):
-    """Opening hours in Tokyo that opened 3 hours ago and closed an hour ago, a 10-minute keep-alive timeout,
-    4 status shards, intervals at each session's end, and the default ``--as_of`` (now): the day's window
-    is over, so each restaurant's offline time is known by hand."""
-    opens = _minute(dt.datetime.now(TOKYO) - dt.timedelta(hours=3))
+    """Opening hours in a far zone (Tokyo, else London or Los Angeles: one where the window does not cross
+    midnight) that opened 3 hours ago and closed an hour ago, a 10-minute keep-alive timeout, 4 status shards,
+    intervals at each session's end, and the default ``--as_of`` (now): the day's window is over, so each
+    restaurant's offline time is known by hand."""
+    zone = _zone_with_the_last_hours_on_one_day()
+    opens = _minute(dt.datetime.now(zone) - dt.timedelta(hours=3))
     closes = opens + dt.timedelta(hours=2)
     at = [int((opens + dt.timedelta(minutes=m)).timestamp() * 1000) for m in range(120)]
     pings = {"tk-early": at[:60], "tk-always": at}  # early: pings for the first hour only
@@ -122,7 +135,7 @@ def test_presence_from_the_command_line_with_its_rule_and_endpoint_options(modul
 
     done = _run(["-m", "orderflow.pipelines.presence", "--bounded", f"--keepalive_topic={keepalive_topic}",
                  f"--availability_topic={availability_topic}", "--keepalive_timeout_seconds=600",
-                 f"--opening_hours={opens:%H:%M}-{closes:%H:%M}", "--presence_timezone=Asia/Tokyo",
+                 f"--opening_hours={opens:%H:%M}-{closes:%H:%M}", f"--presence_timezone={zone.key}",
                  "--finalize_each_session=true", "--status_shards=4",
                  f"--presence_postgres_dsn={module_settings.postgres_dsn}",
                  f"--presence_redis_url={module_settings.redis_url}", f"--presence_redis_prefix={prefix}",
