@@ -6,8 +6,8 @@ The launcher resolves one streaming submission from a few production knobs (Flin
 parallelism, checkpointing, where the Python SDK workers run, ``--setup_file``) plus every other option
 passed through to Beam and to the pipeline's own ``PipelineOptions`` subclass. Before anything is
 submitted the whole command line is validated strictly against every registered ``PipelineOptions``
-class (Beam's, ``FlinkJobOptions`` below, and the pipeline's ``OrdersOptions``/``PresenceOptions``), so
-a typo fails here with a clear message instead of being silently dropped by Beam.
+class (Beam's, ``FlinkJobOptions`` below, and the pipeline's own class named in the registry,
+``orderflow.pipelines.PIPELINES``), so a typo fails here with a clear message instead of being silently dropped by Beam.
 
 ``--dry-run`` does all of that, builds the pipeline graph with the resolved options and translates it to
 the portable pipeline proto that FlinkRunner would submit, prints the resolved submission as JSON and
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -42,15 +41,13 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from orderflow.pipelines import PIPELINES, PipelineEntry
+from orderflow.portability import summarize_proto
+
 _LOGGER = logging.getLogger(__name__)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# Pipeline name -> module defining OrdersOptions/PresenceOptions, build(pipeline, options) and run(argv).
-PIPELINES: dict[str, str] = {
-    "orders": "orderflow.pipelines.orders",
-    "presence": "orderflow.pipelines.presence",
-}
 
 # Flink 1.20 is the long-term-support line of Flink 1.x and a version the Flink Kubernetes operator and
 # Beam 2.77 both publish; deploy/ pins the same version in its image and FlinkDeployment.
@@ -113,12 +110,16 @@ class FlinkJobOptions(PipelineOptions):
 
 @dataclasses.dataclass(frozen=True)
 class Submission:
-    """One resolved submission: which pipeline, and the full Beam command line it runs with."""
+    """One resolved submission: which pipeline (its registry entry), and the full Beam command line it runs with."""
 
     pipeline: str
-    module: str
+    entry: PipelineEntry
     beam_args: tuple[str, ...]
     dry_run: bool = False
+
+    @property
+    def module(self) -> str:
+        return self.entry.module
 
     def options(self) -> PipelineOptions:
         return PipelineOptions(list(self.beam_args))
@@ -164,13 +165,13 @@ def launcher_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(argv: Sequence[str], pipelines: Mapping[str, str] = PIPELINES) -> Submission:
+def resolve(argv: Sequence[str], pipelines: Mapping[str, PipelineEntry] = PIPELINES) -> Submission:
     """Turns the launcher's command line into a validated Submission (imports the pipeline module)."""
     parser = launcher_parser()
     args, passthrough = parser.parse_known_args(list(argv))
     if args.pipeline not in pipelines:
         raise SubmissionError(f"unknown pipeline {args.pipeline!r}: choose one of {', '.join(pipelines)}")
-    module_name = pipelines[args.pipeline]
+    entry = pipelines[args.pipeline]
     _check_passthrough(passthrough)
 
     if args.output_executable_path:
@@ -233,12 +234,12 @@ def resolve(argv: Sequence[str], pipelines: Mapping[str, str] = PIPELINES) -> Su
         beam_args.append("--flink_submit_uber_jar")
     beam_args.extend(passthrough)
 
-    _import_pipeline(args.pipeline, module_name)  # registers the pipeline's PipelineOptions subclass
+    _import_pipeline(args.pipeline, entry)  # registers the pipeline's PipelineOptions subclass
     known = validate_options(beam_args)
     jar = known.get("flink_job_server_jar")
     if jar and "://" not in jar and not pathlib.Path(jar).is_file():
         raise SubmissionError(f"--flink_job_server_jar {jar}: no such file")
-    return Submission(args.pipeline, module_name, tuple(beam_args), dry_run=args.dry_run)
+    return Submission(args.pipeline, entry, tuple(beam_args), dry_run=args.dry_run)
 
 
 def _check_passthrough(passthrough: Sequence[str]) -> None:
@@ -261,14 +262,17 @@ def _default_parallelism() -> int:
     return load_settings().topic_partitions
 
 
-def _import_pipeline(name: str, module_name: str):
+def _import_pipeline(name: str, entry: PipelineEntry):
     try:
-        module = importlib.import_module(module_name)
+        module = entry.load()
     except ImportError as exc:
-        raise SubmissionError(f"pipeline {name!r}: cannot import {module_name} ({exc})") from exc
-    missing = [attr for attr in ("build",) if not callable(getattr(module, attr, None))]
-    if missing:
-        raise SubmissionError(f"pipeline {name!r}: {module_name} defines no {', '.join(missing)}(pipeline, options)")
+        raise SubmissionError(f"pipeline {name!r}: cannot import {entry.module} ({exc})") from exc
+    if not callable(getattr(module, "build", None)):
+        raise SubmissionError(f"pipeline {name!r}: {entry.module} defines no build(pipeline, options)")
+    options_class = getattr(module, entry.options_class, None)
+    if not (isinstance(options_class, type) and issubclass(options_class, PipelineOptions)):
+        raise SubmissionError(f"pipeline {name!r}: {entry.module} defines no PipelineOptions subclass "
+                              f"{entry.options_class}")
     return module
 
 
@@ -303,14 +307,6 @@ def validate_options(beam_args: Sequence[str]) -> dict[str, object]:
     return vars(known)
 
 
-def _pipeline_options_class(module) -> type[PipelineOptions] | None:
-    for value in vars(module).values():
-        if (isinstance(value, type) and issubclass(value, PipelineOptions) and value is not PipelineOptions
-                and value.__module__ == module.__name__):
-            return value
-    return None
-
-
 def describe(submission: Submission) -> dict[str, object]:
     """The resolved submission as JSON-able data: options by group and the translated graph.
 
@@ -320,7 +316,8 @@ def describe(submission: Submission) -> dict[str, object]:
     import apache_beam as beam
     from apache_beam.runners.portability.flink_runner import FlinkRunner
 
-    module = _import_pipeline(submission.pipeline, submission.module)
+    entry = submission.entry
+    module = _import_pipeline(submission.pipeline, entry)
     options = submission.options()
     flink = options.view_as(FlinkRunnerOptions)
     portable = options.view_as(PortableOptions)
@@ -351,25 +348,21 @@ def describe(submission: Submission) -> dict[str, object]:
         "beam_args": list(submission.beam_args),
         "options": _jsonable(options.get_all_options(drop_default=True)),
     }
-    options_class = _pipeline_options_class(module)
-    if options_class is not None:
+    described["pipeline_options_class"] = entry.options_class
+    pipeline_options = options.view_as(getattr(module, entry.options_class)).get_all_options(current_only=True)
+    if entry.run_mode:
         from orderflow.pipelines.runner import RunModeOptions
 
-        described["pipeline_options_class"] = options_class.__name__
-        pipeline_options = options.view_as(options_class).get_all_options(current_only=True)
-        if getattr(module, "RunModeOptions", None) is RunModeOptions:
-            # The pipeline honours the shared run mode (--bounded): shown with its own knobs.
-            pipeline_options = {**options.view_as(RunModeOptions).get_all_options(current_only=True),
-                                **pipeline_options}
-        described["pipeline_options"] = _jsonable(pipeline_options)
+        # The pipeline honours the shared run mode (--bounded): shown with its own knobs.
+        pipeline_options = {**options.view_as(RunModeOptions).get_all_options(current_only=True),
+                            **pipeline_options}
+    described["pipeline_options"] = _jsonable(pipeline_options)
 
     # Translate without staging: a copy of the options without --setup_file gives the same graph.
     unstaged = PipelineOptions([a for a in submission.beam_args if not a.startswith("--setup_file")])
     pipeline = beam.Pipeline(runner=FlinkRunner(), options=unstaged)
     module.build(pipeline, unstaged)
     proto = FlinkRunner.get_proto_pipeline(pipeline, unstaged)
-    from orderflow.portability import summarize_proto
-
     described["graph"] = summarize_proto(proto)
     described["network"] = "not contacted (dry run)"
     return described
@@ -383,7 +376,7 @@ def submit(submission: Submission):
     """Builds the pipeline and submits it; returns the PipelineResult without waiting (streaming)."""
     import apache_beam as beam
 
-    module = _import_pipeline(submission.pipeline, submission.module)
+    module = _import_pipeline(submission.pipeline, submission.entry)
     options = submission.options()
     pipeline = beam.Pipeline(options=options)
     module.build(pipeline, options)
@@ -457,7 +450,7 @@ def no_network() -> Iterator[None]:
                 _remove_guards()
 
 
-def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, str] = PIPELINES) -> int:
+def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, PipelineEntry] = PIPELINES) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     dry_run = "--dry-run" in argv or "--dry_run" in argv
     try:

@@ -17,7 +17,6 @@ DirectRunner tests). ``python -m orderflow.portability orders --bounded ...`` ru
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -26,6 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.portability import common_urns, python_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.runners.portability.portable_runner import PortableRunner
+
+from orderflow.pipelines import PIPELINES
 
 # In-process job service, SDK worker in this process: runs anywhere, no Flink or Docker needed.
 PORTABLE_ARGS = ("--runner=PortableRunner", "--job_endpoint=embed", "--environment_type=LOOPBACK")
@@ -188,15 +189,12 @@ def run_portable(build: Callable[[beam.Pipeline, PipelineOptions], object],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from orderflow.flink_submit import PIPELINES
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] not in PIPELINES:
         print(f"usage: python -m orderflow.portability {{{'|'.join(PIPELINES)}}} --bounded [pipeline options]",
               file=sys.stderr)
         return 2
-    module = importlib.import_module(PIPELINES[argv[0]])
-    run = run_portable(module.build, argv[1:])
+    run = run_portable(PIPELINES[argv[0]].build, argv[1:])
     print(f"{argv[0]}: {run.state}; {run.graph['leaf_transforms']} leaf transforms; counters {run.counters}")
     return 0
 

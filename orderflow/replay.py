@@ -16,27 +16,21 @@ Endpoints come from the environment (``orderflow.config``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
 
 from orderflow.config import load_settings
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition, commit_offsets, resolve_start_offset
-
-# pipeline name -> (module with run(argv), its start-position flag, its consumer-group flag)
-PIPELINES = {
-    "orders": ("orderflow.pipelines.orders", "--orders_start", "--orders_group_id"),
-    "presence": ("orderflow.pipelines.presence", "--presence_start", "--presence_group_id"),
-}
+from orderflow.pipelines import PIPELINES
 
 
 def pipeline_argv(pipeline: str, position: str, group: str | None, stream: bool, extra: list[str]) -> list[str]:
     """The argv that runs ``pipeline`` from ``position`` (validated here, parsed again by the pipeline)."""
     StartPosition.parse(position)
-    _, start_flag, group_flag = PIPELINES[pipeline]
-    argv = [f"{start_flag}={position}"]
+    entry = PIPELINES[pipeline]
+    argv = [f"{entry.start_option}={position}"]
     if group:
-        argv.append(f"{group_flag}={group}")
+        argv.append(f"{entry.group_option}={group}")
     if not stream:
         argv.append("--bounded")
     return argv + list(extra)
@@ -143,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = settings.kafka_bootstrap
     try:
         if args.command == "run":
-            module = importlib.import_module(PIPELINES[args.pipeline][0])
-            result = module.run(pipeline_argv(args.pipeline, args.position, args.group, args.stream, extra))
+            result = PIPELINES[args.pipeline].run(pipeline_argv(args.pipeline, args.position, args.group, args.stream, extra))
             print(f"{args.pipeline}: {getattr(result, 'state', 'started')}")
             if args.stream:  # the streaming run (Prism, its SDK worker) lives in this process
                 result.wait_until_finish()

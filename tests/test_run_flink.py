@@ -16,11 +16,13 @@ import pytest
 
 from orderflow import flink_submit
 from orderflow.flink_submit import NetworkForbidden, SubmissionError, no_network, resolve
+from orderflow.pipelines import PipelineEntry
 from tests.environment import require
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RUN_FLINK = REPO / "run_flink.sh"
-TINY = {"tiny": "tests.test_portability"}
+# The small pipeline of tests/test_portability.py, registered as a pipeline that has no --bounded run mode.
+TINY = {"tiny": PipelineEntry("tests.test_portability", "TinyOptions", run_mode=False)}
 
 
 def run_flink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -212,7 +214,15 @@ def test_cli_prints_the_reason_and_exits_2(capsys):
 
 def test_a_pipeline_module_that_does_not_import_is_named():
     with pytest.raises(SubmissionError, match=r"pipeline 'ghost': cannot import orderflow\.pipelines\.ghost"):
-        resolve(["ghost", "--flink_master", "jm:8081"], {"ghost": "orderflow.pipelines.ghost"})
+        resolve(["ghost", "--flink_master", "jm:8081"],
+                {"ghost": PipelineEntry("orderflow.pipelines.ghost", "GhostOptions")})
+
+
+def test_a_registry_entry_naming_options_its_module_lacks_is_refused():
+    misnamed = {"tiny": PipelineEntry("tests.test_portability", "TinyPipelineOptions", run_mode=False)}
+    with pytest.raises(SubmissionError, match=r"pipeline 'tiny': tests\.test_portability defines no "
+                                              r"PipelineOptions subclass TinyPipelineOptions"):
+        resolve(["tiny", "--flink_master", "jm:8081"], misnamed)
 
 
 # -- no network during a dry run -------------------------------------------------------------------

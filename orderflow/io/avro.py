@@ -23,7 +23,7 @@ import fastavro
 from apache_beam.metrics import Metrics
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from orderflow.io.dead_letter import DeadLetter
+from orderflow.io.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from orderflow.io.kafka_record import KafkaRecord
 
 SCHEMAS_DIR = pathlib.Path(__file__).resolve().parent.parent / "schemas"
@@ -136,8 +136,6 @@ class AvroCodec:
 
 
 class _DecodeAvroFn(beam.DoFn):
-    DEAD_LETTER = "dead_letter"
-
     def __init__(self, codec: AvroCodec):
         self._codec = codec
         self._decoded = Metrics.counter("DecodeAvro", f"{codec.name}_decoded")
@@ -165,7 +163,7 @@ class _DecodeAvroFn(beam.DoFn):
             if dead:
                 self._failed.inc(len(dead))
                 for letter in dead:
-                    yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, letter)
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
             return
         record, letter = self._decode_one(element)
         if letter is None:
@@ -173,7 +171,7 @@ class _DecodeAvroFn(beam.DoFn):
             yield record
         else:
             self._failed.inc()
-            yield beam.pvalue.TaggedOutput(self.DEAD_LETTER, letter)
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, letter)
 
 
 class DecodeAvro(beam.PTransform):
@@ -191,4 +189,4 @@ class DecodeAvro(beam.PTransform):
         self._codec = AvroCodec(name, schema_dir)
 
     def expand(self, pcoll):
-        return pcoll | beam.ParDo(_DecodeAvroFn(self._codec)).with_outputs(_DecodeAvroFn.DEAD_LETTER, main="decoded")
+        return pcoll | beam.ParDo(_DecodeAvroFn(self._codec)).with_outputs(DEAD_LETTER_TAG, main="decoded")

@@ -24,6 +24,9 @@ _MAX_DETAIL_BYTES = 1000
 
 _truncated = Metrics.counter("dead_letters", "truncated")
 
+# The tag of the dead-letter output of every multi-output transform (``result.dead_letter``).
+DEAD_LETTER_TAG = "dead_letter"
+
 
 def _text(value: str, limit: int | None = None) -> bytes:
     encoded = value.encode("utf-8", "backslashreplace")  # never fails, whatever the text holds

@@ -49,12 +49,12 @@ import orjson
 import psycopg
 from apache_beam.metrics import Metrics
 
+from orderflow.io.dead_letter import DEAD_LETTER_TAG
 from orderflow.io.postgres import connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
 
-DEAD_LETTER_TAG = "dead_letter"
 POSTGRES_REJECTED = "postgres_rejected"
 DYNAMODB_REJECTED = "dynamodb_rejected"
 
@@ -172,22 +172,6 @@ def execute_batch(conn, orders: list[dict]) -> BatchResult:
     counts["duplicates"] = len(orders) - counts["inserted"] - counts["replayed"] - len(rejected)
     return BatchResult([order for order in batch if order["order_id"] in owned_ids], list(volumes.values()),
                        counts, rejected)
-
-
-def upsert_orders(conn, orders: list[dict], write_volumes: Callable[[list[tuple]], object] | None = None
-                  ) -> BatchResult:
-    """One batch in its own transaction; ``write_volumes(volumes)`` runs under the row locks before commit
-    (volume items it refuses are left out, as ``OrdersWriter`` does)."""
-    with conn.transaction():
-        result = execute_batch(conn, orders)
-        if write_volumes is not None and result.volumes:
-            refused = write_volumes(result.volumes) or []
-            owned_by_key = {}
-            for order in result.owned:
-                owned_by_key.setdefault((order["client_token"], order["trade_day"]), []).append(order)
-            rejected = _refused_orders(refused, owned_by_key)
-            result = result._replace(rejected=result.rejected + rejected)
-    return result
 
 
 def _refused_orders(refused: list[tuple[tuple, str]], owned_by_key: dict[tuple, list[dict]]) -> list[Rejected]:

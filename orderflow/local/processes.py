@@ -7,8 +7,9 @@ group (a pipeline's Prism, the runner's job server, is its child and goes with i
     pipeline.status()   # "running" | "dead" (its pid file remains, the process is gone) | "stopped"
     pipeline.stop()
 
-The processes (``PROCESSES``): both pipelines (``python -m orderflow.pipelines.<name>``), the live feed
-(``python -m orderflow.generate feed``) and the API (``python -m orderflow.api serve``).
+The processes (``PROCESSES``): every pipeline of the registry ``orderflow.pipelines.PIPELINES`` (``python -m
+orderflow.pipelines.<name>``), the live feed (``python -m orderflow.generate feed``) and the API (``python -m
+orderflow.api serve``).
 ``python -m orderflow.local status`` reports every one that has a pid file (a dead one with the end of its
 log) and ``down`` stops them before the services.
 """
@@ -23,11 +24,11 @@ import time
 from collections.abc import Iterable, Mapping
 
 from orderflow.local.stack import group_exists, log_tail, process_alive, read_pid, signal_group, terminate_group
+from orderflow.pipelines import PIPELINES
 
-# name -> the ``python -m`` arguments that run it
+# name -> the ``python -m`` arguments that run it: every registered pipeline, the feed and the API
 PROCESSES = {
-    "orders": ("orderflow.pipelines.orders",),
-    "presence": ("orderflow.pipelines.presence",),
+    **{name: (entry.module,) for name, entry in PIPELINES.items()},
     "feed": ("orderflow.generate", "feed"),
     "api": ("orderflow.api", "serve"),
 }

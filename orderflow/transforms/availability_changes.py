@@ -11,11 +11,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.io.avro import AvroCodec, AvroDecodeError
-from orderflow.io.dead_letter import DeadLetter
+from orderflow.io.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from orderflow.io.kafka_record import KafkaRecord
 from orderflow.transforms.presence_rules import AvailabilityChange, InvalidAvailabilityChange, validate_change
 
-DEAD_LETTER = "dead_letter"
 STAGE = "DecodeAvailabilityChanges"
 
 
@@ -34,8 +33,8 @@ class _DecodeChangesFn(beam.DoFn):
                 changes.append(validate_change(AvailabilityChange.from_record(self._codec.decode(payload))))
             except (AvroDecodeError, InvalidAvailabilityChange) as exc:
                 self._dead.inc()
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter(exc.reason, exc.detail, payload or b"", source,
-                                                                       STAGE))
+                yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(exc.reason, exc.detail, payload or b"",
+                                                                           source, STAGE))
         if changes:
             self._decoded.inc(len(changes))
             yield changes
@@ -45,4 +44,4 @@ class DecodeAvailabilityChanges(beam.PTransform):
     """Kafka records of ``restaurant-availability`` -> (``changes`` batches, ``dead_letter``)."""
 
     def expand(self, records):
-        return records | beam.ParDo(_DecodeChangesFn()).with_outputs(DEAD_LETTER, main="changes")
+        return records | beam.ParDo(_DecodeChangesFn()).with_outputs(DEAD_LETTER_TAG, main="changes")

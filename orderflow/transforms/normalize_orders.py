@@ -57,7 +57,7 @@ import orjson
 from apache_beam.metrics import Metrics
 
 from orderflow.io.avro import AvroCodec, AvroDecodeError
-from orderflow.io.dead_letter import DeadLetter
+from orderflow.io.dead_letter import DEAD_LETTER_TAG, DeadLetter
 from orderflow.io.kafka_record import KafkaRecord
 from orderflow.transforms.order_batch import OrderBatch
 
@@ -75,7 +75,6 @@ def _shown(value) -> str:
     return _REPR.repr(value)
 
 SOURCE_FORMATS = ("JSON", "REST_PROXY", "CSV", "AVRO")
-DEAD_LETTER_TAG = "dead_letter"
 STAGE = "normalize_orders"
 
 _AVRO_MAGIC = b"\xc3\x01"  # single-object encoding marker

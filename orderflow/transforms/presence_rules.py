@@ -29,7 +29,6 @@ from zoneinfo import ZoneInfo
 ONLINE = "online"
 OFFLINE_SCHEDULED = "offline_scheduled"
 OFFLINE_UNEXPLAINED = "offline_unexplained"
-STATUSES = (ONLINE, OFFLINE_SCHEDULED, OFFLINE_UNEXPLAINED)
 
 # Reasons why a restaurant is offline (hot state answers and unexplained intervals).
 REASON_OUTSIDE_HOURS = "outside_opening_hours"
@@ -78,20 +77,6 @@ def normalize(intervals: Iterable[Interval]) -> list[Interval]:
         else:
             out.append([start, end])
     return [(s, e) for s, e in out]
-
-
-def intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
-    """Intersection of two normalised lists."""
-    out, i, j = [], 0, 0
-    while i < len(a) and j < len(b):
-        start, end = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
-        if start < end:
-            out.append((start, end))
-        if a[i][1] < b[j][1]:
-            i += 1
-        else:
-            j += 1
-    return out
 
 
 def clip(intervals: Iterable[Interval], start: int, end: int) -> list[Interval]:

@@ -11,11 +11,11 @@ from decimal import Decimal
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from orderflow.io.dead_letter import DEAD_LETTER_TAG
 from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
 from orderflow.transforms.reference_data import ReferenceData
 
-DEAD_LETTER_TAG = "dead_letter"
 STAGE = "price_orders"
 PRICE_SCALE = Decimal("0.000001")  # scale 6, as the decimal logical types of PricedOrder
 

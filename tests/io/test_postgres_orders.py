@@ -11,7 +11,7 @@ import psycopg
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from orderflow.io.postgres_orders import WriteOrdersToPostgres, upsert_orders
+from orderflow.io.postgres_orders import OrdersWriter, WriteOrdersToPostgres
 
 DAY = datetime.date(2026, 11, 17)
 UTC = datetime.timezone.utc
@@ -25,32 +25,35 @@ def _priced(order_id, client, total, source, day=DAY):
 
 
 def test_duplicates_and_replays_never_count_twice(pg_dsn):
-    with psycopg.connect(pg_dsn) as conn:
-        first = [_priced("a", "ana", "10.5", "t/0/1#0"), _priced("b", "ana", "0.25", "t/0/2#0"),
-                 _priced("a", "ana", "10.5", "t/0/3#0"),  # duplicate inside the batch
-                 _priced("c", "bia", "7", "t/0/4#0")]
-        written = []
-        owned, volumes, counts, _ = upsert_orders(conn, first, written.append)
+    written = []
+    writer = OrdersWriter(pg_dsn, written.append, max_batches=1)  # the production writer, a commit per batch
+    first = [_priced("a", "ana", "10.5", "t/0/1#0"), _priced("b", "ana", "0.25", "t/0/2#0"),
+             _priced("a", "ana", "10.5", "t/0/3#0"),  # duplicate inside the batch
+             _priced("c", "bia", "7", "t/0/4#0")]
+    volumes = [("ana", DAY, Decimal("10.75"), 2), ("bia", DAY, Decimal("7"), 1)]
+    try:
+        owned, counts, _ = writer.write(first)
         assert sorted(o["order_id"] for o in owned) == ["a", "b", "c"]
         assert counts == {"inserted": 3, "replayed": 0, "duplicates": 1, "rejected": 0}
-        assert sorted(volumes) == [("ana", DAY, Decimal("10.75"), 2), ("bia", DAY, Decimal("7"), 1)]
-        assert written == [volumes]
+        assert [sorted(v) for v in written] == [volumes]
 
         # The same batch again (a replay): nothing inserted, volumes unchanged, the owners re-emitted,
         # the absolute volumes written again (a lost write is repaired).
-        owned, volumes, counts, _ = upsert_orders(conn, first, written.append)
+        owned, counts, _ = writer.write(first)
         assert sorted(o["order_id"] for o in owned) == ["a", "b", "c"]
         assert counts == {"inserted": 0, "replayed": 3, "duplicates": 1, "rejected": 0}
-        assert sorted(volumes) == [("ana", DAY, Decimal("10.75"), 2), ("bia", DAY, Decimal("7"), 1)]
-        assert sorted(written[-1]) == sorted(volumes)
+        assert [sorted(v) for v in written] == [volumes, volumes]
 
         # A duplicate delivered by another record, plus one new order: only the new one counts.
-        owned, volumes, counts, _ = upsert_orders(conn, [_priced("c", "bia", "7", "t/1/9#0"),
-                                                      _priced("d", "bia", "1.000001", "t/1/10#0")])
+        owned, counts, _ = writer.write([_priced("c", "bia", "7", "t/1/9#0"),
+                                         _priced("d", "bia", "1.000001", "t/1/10#0")])
         assert [o["order_id"] for o in owned] == ["d"]
         assert counts == {"inserted": 1, "replayed": 0, "duplicates": 1, "rejected": 0}
-        assert volumes == [("bia", DAY, Decimal("8.000001"), 2)]
+        assert written[-1] == [("bia", DAY, Decimal("8.000001"), 2)]
+    finally:
+        writer.close()
 
+    with psycopg.connect(pg_dsn) as conn:
         rows = conn.execute("SELECT order_id, total, source FROM orders ORDER BY order_id").fetchall()
         assert rows == [("a", Decimal("10.5"), "t/0/1#0"), ("b", Decimal("0.25"), "t/0/2#0"),
                         ("c", Decimal("7"), "t/0/4#0"), ("d", Decimal("1.000001"), "t/1/10#0")]
@@ -60,20 +63,30 @@ def test_duplicates_and_replays_never_count_twice(pg_dsn):
 
 def test_failed_volume_write_rolls_the_batch_back(pg_dsn):
     def broken(_volumes):
-        raise ConnectionError("DynamoDB unreachable")
+        raise RuntimeError("DynamoDB refused the whole write")  # not an outage: no retry, the bundle fails
 
-    with psycopg.connect(pg_dsn) as conn:
+    writer = OrdersWriter(pg_dsn, broken, max_batches=1)
+    try:
         try:
-            upsert_orders(conn, [_priced("z1", "zoe", "3", "t/2/1#0")], broken)
-        except ConnectionError:
-            pass
+            writer.write([_priced("z1", "zoe", "3", "t/2/1#0")])
+        except RuntimeError:
+            writer.rollback()  # what the sink does when a batch fails
         else:
             raise AssertionError("the failure must propagate")
-        # Nothing committed: the replay of the batch will count it, once.
+    finally:
+        writer.close()
+    # Nothing committed: the replay of the batch will count it, once.
+    with psycopg.connect(pg_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM orders WHERE order_id = 'z1'").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM client_daily_volume WHERE client_token = 'zoe'").fetchone() == (0,)
-        owned, volumes, _, _ = upsert_orders(conn, [_priced("z1", "zoe", "3", "t/2/1#0")])
-        assert volumes == [("zoe", DAY, Decimal("3"), 1)]
+    written = []
+    writer = OrdersWriter(pg_dsn, written.append, max_batches=1)
+    try:
+        owned, counts, _ = writer.write([_priced("z1", "zoe", "3", "t/2/1#0")])
+    finally:
+        writer.close()
+    assert [o["order_id"] for o in owned] == ["z1"] and counts["inserted"] == 1
+    assert written == [[("zoe", DAY, Decimal("3"), 1)]]
 
 
 def test_pipeline_emits_owned_batches(pg_dsn):
@@ -89,8 +102,6 @@ def test_pipeline_emits_owned_batches(pg_dsn):
 
 
 def test_writer_spans_batches_and_writes_each_volume_once_per_commit(pg_dsn):
-    from orderflow.io.postgres_orders import OrdersWriter
-
     day = DAY + datetime.timedelta(days=2)
     flushed = []
     writer = OrdersWriter(pg_dsn, flushed.append, max_batches=3)
