@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from orderflow.local.processes import DEAD, detached_processes
-from orderflow.local.stack import LocalStack, ServiceFailed
+from orderflow.local.stack import LocalStack, ServiceFailed, StackPorts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,8 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["up", "down", "status"])
     parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
     parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
+    parser.add_argument("--port-offset", type=int, default=0,
+                        help="every service's port + N: a second stack beside the default one (give the same "
+                             "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
     args = parser.parse_args(argv)
-    stack = LocalStack(args.root)
+    stack = LocalStack(args.root, StackPorts.offset(args.port_offset))
     try:
         if args.command == "up":
             states = stack.up()

@@ -1,8 +1,6 @@
-"""``python -m orderflow.local up|status|down`` as ``make stack-up`` / ``stack-status`` / ``stack-down`` run it: on
-the default ports (the command has no other), in a root of its own; ``status`` exits 3 when a service is down.
-
-The session's stack runs on free ports, so the default ones are free on a fresh machine (CI); on a developer's
-machine with ``make stack-up`` running they are taken, and the test is skipped there (never in CI).
+"""``python -m orderflow.local up|status|down`` as ``make stack-up`` / ``stack-status`` / ``stack-down`` run it, in a
+root of its own and on the default ports moved by ``--port-offset`` (the first offset whose ports are all free, so
+a developer's ``make stack-up`` stack on the default ports is left alone); ``status`` exits 3 when a service is down.
 """
 from __future__ import annotations
 
@@ -21,7 +19,6 @@ from confluent_kafka.admin import AdminClient
 
 from orderflow.config import Topics
 from orderflow.local.stack import StackPorts
-from tests.environment import require
 
 
 def _local(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -39,36 +36,47 @@ def _states(output: str) -> dict[str, tuple[str, int]]:
     return {m[1]: (m[2], int(m[3])) for m in re.finditer(r"^(\w+)\s+([\w ]+?)\s+127\.0\.0\.1:(\d+)\s+log:", output, re.M)}
 
 
+def _free_offset() -> int:
+    """The first offset (of 1,000 to 20,000 by 1,000) at which every port of the stack is free."""
+    for offset in range(1000, 21000, 1000):
+        ports = StackPorts.offset(offset)
+        if all(_free(getattr(ports, f.name)) for f in dataclasses.fields(StackPorts)):
+            return offset
+    raise AssertionError("no port offset with every port free")
+
+
 def test_up_status_down_and_status_exit_code_3(tmp_path):
-    ports = {f.name: getattr(StackPorts(), f.name) for f in dataclasses.fields(StackPorts)}
-    taken = [f"{name} {port}" for name, port in ports.items() if not _free(port)]
-    require(not taken, f"the default ports of the local stack are taken ({', '.join(taken)}): a stack runs here")
+    offset = _free_offset()
+    moved = StackPorts.offset(offset)
+    ports = {f.name: getattr(moved, f.name) for f in dataclasses.fields(StackPorts)}
+    default = StackPorts()
+    assert all(port == getattr(default, name) + offset for name, port in ports.items())
     base = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"))
     base.mkdir(parents=True, exist_ok=True)
     root = tempfile.mkdtemp(prefix="test-cli-stack-", dir=base)
     services = {name: port for name, port in ports.items() if name != "kafka_controller"}
     try:
-        up = _local("up", "--root", root, timeout=240)
+        up = _local("up", "--root", root, f"--port-offset={offset}", timeout=240)
         assert up.returncode == 0, up.stdout + up.stderr[-3000:]
         assert _states(up.stdout) == {name: ("started", port) for name, port in services.items()}, up.stdout
 
-        status = _local("status", "--root", root)
+        status = _local("status", "--root", root, f"--port-offset={offset}")
         assert status.returncode == 0, status.stdout
         assert _states(status.stdout) == {name: ("ready", port) for name, port in services.items()}
-        # up bootstrapped the stack with the default settings: migrations and topics are there.
+        # up bootstrapped the stack at its own endpoints: migrations and topics are there.
         with psycopg.connect(f"postgresql://orderflow@127.0.0.1:{ports['postgres']}/orderflow") as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] > 0
         topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{ports['kafka']}"}).list_topics(timeout=10).topics
         assert {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)} <= set(topics)
 
-        down = _local("down", "--root", root)
+        down = _local("down", "--root", root, f"--port-offset={offset}")
         assert down.returncode == 0, down.stdout + down.stderr[-3000:]
         assert _states(down.stdout) == {name: ("stopped", port) for name, port in services.items()}
 
-        after = _local("status", "--root", root)
+        after = _local("status", "--root", root, f"--port-offset={offset}")
         assert after.returncode == 3, after.stdout
         assert _states(after.stdout) == {name: ("down", port) for name, port in services.items()}
         assert all(_free(port) for port in ports.values())
     finally:
-        _local("down", "--root", root)
+        _local("down", "--root", root, f"--port-offset={offset}")
         shutil.rmtree(root, ignore_errors=True)
