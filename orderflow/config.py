@@ -8,6 +8,9 @@ from __future__ import annotations
 import dataclasses
 import os
 
+# The exchange's and the restaurants' time zone unless configured: the one literal of it in the code.
+DEFAULT_TIMEZONE = "America/Sao_Paulo"
+
 
 @dataclasses.dataclass(frozen=True)
 class Topics:
@@ -38,11 +41,11 @@ class Settings:
     prices_table: str = "asset-prices"
     client_volume_table: str = "client-daily-volume"
     alarm_sns_topic: str = "orderflow-alarms"
-    exchange_timezone: str = "America/Sao_Paulo"
+    exchange_timezone: str = DEFAULT_TIMEZONE
     # The presence rules, read by the presence pipeline (its options override them) and by the API's
     # status answers alike: see ``presence_rules(settings)``.
     opening_hours: str = "10:00-23:00"
-    presence_timezone: str = "America/Sao_Paulo"
+    presence_timezone: str = DEFAULT_TIMEZONE
     keepalive_timeout_seconds: float = 120.0
     presence_redis_prefix: str = "restaurant:"
     keepalive_max_skew_seconds: float = 300.0

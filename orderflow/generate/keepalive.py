@@ -28,11 +28,11 @@ import sys
 from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
-from orderflow.config import Settings, load_settings
+from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings
 from orderflow.io.avro import AvroCodec
 from orderflow.transforms.presence_rules import AvailabilityChange
 
-DEFAULT_TZ = "America/Sao_Paulo"
+DEFAULT_TZ = DEFAULT_TIMEZONE
 KINDS = ("outage", "scheduled", "cancelled", "unavailable", "gone")
 WEIGHTS = (35, 20, 15, 20, 10)
 REASONS = ("LACK_OF_DELIVERY_STAFF", "CONNECTION_ISSUES", "OVERLOADED_OFFLINE_ORDERS", "HOLIDAYS")

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
-from orderflow.config import load_settings
+from orderflow.config import DEFAULT_TIMEZONE, load_settings
 from orderflow.refdata import SAMPLE_ASSETS, today
 from orderflow.transforms.normalize_orders import encode_order_avro
 
@@ -67,7 +67,7 @@ def encode_order(fmt: str, order_id: str | None, client: str | None, asset: str,
         "source_format": "AVRO"})
 
 
-def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezone: str = "America/Sao_Paulo",
+def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezone: str = DEFAULT_TIMEZONE,
              duplicate_rate: float = 0.05, malformed_rate: float = 0.02, clients: int = 500,
              assets: Iterable[str] | None = None, formats: Iterable[str] = FORMATS, id_prefix: str | None = None,
              session_hours: float = 7.0, anonymous_share: float = 0.2,

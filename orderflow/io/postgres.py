@@ -15,6 +15,8 @@ _KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
 # exception (NUL in text, a value out of range), 23 integrity constraint violation (CHECK, NOT NULL),
 # 54 program limit exceeded (e.g. an index row larger than a B-tree page allows).
 _DATA_ERROR_CLASSES = ("22", "23", "54")
+# The dead-letter reason of a record Postgres refused because of its data (orders and presence sinks).
+POSTGRES_REJECTED = "postgres_rejected"
 
 
 def connect(dsn: str, *, autocommit: bool = False, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,

@@ -50,12 +50,11 @@ import psycopg
 from apache_beam.metrics import Metrics
 
 from orderflow.io.dead_letter import DEAD_LETTER_TAG
-from orderflow.io.postgres import connect, error_message, is_data_error
+from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
 
-POSTGRES_REJECTED = "postgres_rejected"
 DYNAMODB_REJECTED = "dynamodb_rejected"
 
 _COLUMNS = ("order_id", "client_token", "asset", "quantity", "pricing_code", "price", "total", "event_time",

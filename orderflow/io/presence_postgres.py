@@ -37,7 +37,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.io.dead_letter import DeadLetter
-from orderflow.io.postgres import connect, error_message, is_data_error
+from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.transforms.presence_rules import (
     SCHEDULE_CANCELLED,
@@ -192,7 +192,6 @@ def offline_ranking(conn, day_from: dt.date, day_to: dt.date, limit: int = 10) -
     return conn.execute(RANKING_SQL, {"day_from": day_from, "day_to": day_to, "limit": limit}).fetchall()
 
 
-POSTGRES_REJECTED = "postgres_rejected"
 # Python-side refusals while turning a record into parameters (e.g. a timestamp past year 9999).
 _PARAMETER_ERRORS = (OverflowError, ValueError, OSError)
 

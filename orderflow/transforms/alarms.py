@@ -36,6 +36,8 @@ from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration
 
+from orderflow.config import DEFAULT_TIMEZONE
+
 ALL_CLIENTS = "*"
 DAY = "day"
 
@@ -183,7 +185,7 @@ class WindowedAlarms(beam.PTransform):
     names its own window).
     """
 
-    def __init__(self, rules: list[AlarmRule], timezone: str = "America/Sao_Paulo",
+    def __init__(self, rules: list[AlarmRule], timezone: str = DEFAULT_TIMEZONE,
                  allowed_lateness_seconds: int = 3600):
         super().__init__()
         self.rules = list(rules)

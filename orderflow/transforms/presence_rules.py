@@ -26,6 +26,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from orderflow.config import DEFAULT_TIMEZONE
+
 ONLINE = "online"
 OFFLINE_SCHEDULED = "offline_scheduled"
 OFFLINE_UNEXPLAINED = "offline_unexplained"
@@ -101,7 +103,7 @@ class OpeningHours:
 
     opens: dt.time = dt.time(10, 0)
     closes: dt.time = dt.time(23, 0)
-    timezone: str = "America/Sao_Paulo"
+    timezone: str = DEFAULT_TIMEZONE
 
     def __post_init__(self):
         if self.opens == self.closes:
@@ -109,7 +111,7 @@ class OpeningHours:
         ZoneInfo(self.timezone)  # fail fast on an unknown zone
 
     @classmethod
-    def parse(cls, spec: str, timezone: str = "America/Sao_Paulo") -> OpeningHours:
+    def parse(cls, spec: str, timezone: str = DEFAULT_TIMEZONE) -> OpeningHours:
         """``"10:00-23:00"`` -> OpeningHours."""
         try:
             opens, closes = (dt.time.fromisoformat(p.strip()) for p in spec.split("-"))

@@ -11,6 +11,7 @@ from decimal import Decimal
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from orderflow.config import DEFAULT_TIMEZONE
 from orderflow.io.dead_letter import DEAD_LETTER_TAG
 from orderflow.transforms.normalize_orders import order_dead_letter
 from orderflow.transforms.order_batch import OrderBatch
@@ -117,7 +118,7 @@ class PriceOrders(beam.PTransform):
       timezone: the exchange time zone; an order's trading day is its event time's date there.
     """
 
-    def __init__(self, reference: ReferenceData, timezone: str = "America/Sao_Paulo"):
+    def __init__(self, reference: ReferenceData, timezone: str = DEFAULT_TIMEZONE):
         super().__init__()
         self.reference = reference
         self.timezone = timezone
