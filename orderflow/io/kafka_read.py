@@ -535,6 +535,7 @@ class ReadFromKafka(beam.PTransform):
             start = StartPosition.committed() if group_id else StartPosition.earliest()
         if start.kind == "committed" and not group_id:
             raise ValueError("StartPosition.committed() needs a group_id")
+        self._bootstrap_servers = bootstrap_servers
         self._start = start
         self._bounded = bounded
         self._group_id = group_id
@@ -550,6 +551,7 @@ class ReadFromKafka(beam.PTransform):
 
     def display_data(self):
         return {
+            "bootstrap_servers": DisplayDataItem(self._bootstrap_servers, label="Kafka bootstrap servers"),
             "topics": DisplayDataItem(",".join(self._topics), label="Topics"),
             "start": DisplayDataItem(self._start.kind, label="Start position"),
             "bounded": DisplayDataItem(self._bounded, label="Bounded (read to the end, then finish)"),

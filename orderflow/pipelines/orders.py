@@ -101,10 +101,11 @@ def order_limits(options: PipelineOptions) -> OrderLimits:
                        max_event_lead=datetime.timedelta(hours=opts.order_max_event_lead_hours))
 
 
-def orders_settings(options: PipelineOptions) -> Settings:
-    """Settings from the environment, with the endpoints the options override."""
+def orders_settings(options: PipelineOptions, settings: Settings | None = None) -> Settings:
+    """``settings`` (default: from the environment) with the endpoints and topic the options override, as
+    ``presence_settings`` does for the presence pipeline: options win over settings, however they came."""
     opts = options.view_as(OrdersOptions)
-    return with_overrides(load_settings(), topics={"orders": opts.orders_topic},
+    return with_overrides(settings or load_settings(), topics={"orders": opts.orders_topic},
                           postgres_dsn=opts.orders_postgres_dsn, kafka_bootstrap=opts.orders_kafka_bootstrap)
 
 
@@ -122,7 +123,7 @@ class _EncodePriced(beam.DoFn):
 def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings | None = None) -> None:
     """Wires the orders pipeline onto ``pipeline`` (no runner choice here)."""
     opts = options.view_as(OrdersOptions)
-    settings = settings or orders_settings(options)
+    settings = orders_settings(options, settings)
     topics = settings.topics
     bounded = options.view_as(RunModeOptions).bounded
     rules = parse_rules(opts.alarm_rules)

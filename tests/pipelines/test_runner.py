@@ -39,7 +39,7 @@ def test_bounded_is_one_run_mode_option_shared_by_both_pipelines():
     assert PipelineOptions(["--orders_batch_size=5"]).view_as(RunModeOptions).bounded is False
 
 
-def _read_display_data(module, argv: list[str]) -> dict[str, dict[str, object]]:
+def _read_display_data(module, argv: list[str], settings=None) -> dict[str, dict[str, object]]:
     """Builds a pipeline graph (nothing runs) and returns each Kafka read's display data by label."""
     import apache_beam as beam
     from apache_beam.pipeline import PipelineVisitor
@@ -48,7 +48,7 @@ def _read_display_data(module, argv: list[str]) -> dict[str, dict[str, object]]:
     from orderflow.io.kafka_read import ReadFromKafka
 
     pipeline = beam.Pipeline(options=PipelineOptions(argv))
-    module.build(pipeline, pipeline.options)
+    module.build(pipeline, pipeline.options, settings=settings)
     reads = {}
 
     class Visitor(PipelineVisitor):
@@ -69,3 +69,21 @@ def test_each_pipeline_passes_its_out_of_order_slack_to_its_kafka_reads():
     assert sorted(r["out_of_order_slack"] for r in presence_reads.values()) == [12.5, 12.5]
     default = _read_display_data(orders, ["--bounded"])
     assert [(r["out_of_order_slack"], r["bounded"]) for r in default.values()] == [(0.0, True)]
+
+
+def test_options_override_the_settings_a_pipeline_is_given_in_both_pipelines():
+    """``build(settings=...)`` (tests, the portability check) applies the command line's overrides on top, as a
+    run from the environment does: the orders pipeline ignored them when given settings."""
+    import dataclasses
+
+    from orderflow.config import Settings
+    from orderflow.pipelines import orders, presence
+
+    given = dataclasses.replace(Settings(), kafka_bootstrap="given:1")
+    reads = _read_display_data(orders, ["--bounded", "--orders_topic=from-options",
+                                        "--orders_kafka_bootstrap=options:2"], settings=given)
+    assert [(r["topics"], r["bootstrap_servers"]) for r in reads.values()] == [("from-options", "options:2")]
+    reads = _read_display_data(presence, ["--bounded", "--keepalive_topic=keepalive-from-options",
+                                          "--presence_kafka_bootstrap=options:3"], settings=given)
+    assert sorted((r["topics"], r["bootstrap_servers"]) for r in reads.values()) == [
+        ("keepalive-from-options", "options:3"), (given.topics.availability, "options:3")]
