@@ -1,13 +1,37 @@
 """What the side-by-side benchmarks share: each side runs in its own child process (fresh interpreter,
-its own peak memory), gets its settings through the environment and prints one JSON line last."""
+its own peak memory), gets its settings through the environment and prints one JSON line last; the orders
+benchmarks start from the same filled orders topic (``fill_orders_topic``)."""
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 
-from orderflow.config import Settings, settings_environment
+from orderflow.config import Settings, load_settings, settings_environment
+
+
+def fill_orders_topic(stack, records: int, day: datetime.date) -> tuple[Settings, dict[str, int], float]:
+    """The settings of ``stack`` with an orders topic of their own, ``day``'s sample reference data loaded and
+    ``records`` generated records (seed 2026) produced into the topic; returns (settings, counts by kind,
+    seconds it took to produce)."""
+    from orderflow import bootstrap, refdata
+    from orderflow.generate.orders import generate, produce
+
+    base = load_settings(stack.environment())
+    base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{uuid.uuid4().hex[:6]}"))
+    bootstrap.create_topics(base.kafka_bootstrap, [base.topics.orders], base.topic_partitions)
+    bootstrap.create_dynamodb_tables(base)
+    refdata.load_reference_data(base, day, refdata.sample_prices(day))
+    started = time.perf_counter()
+    counts = produce(base.kafka_bootstrap, base.topics.orders,
+                     generate(records, seed=2026, day=day, timezone=base.exchange_timezone),
+                     total=records, progress=sys.stderr.isatty())
+    return base, counts, time.perf_counter() - started
 
 
 def run_side(script: str, role: str, settings: Settings, args: list[str], python: str | None = None) -> dict | None:

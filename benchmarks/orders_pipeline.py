@@ -27,7 +27,7 @@ from decimal import Decimal
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
+from harness import fill_orders_topic, run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
 
 from orderflow import bootstrap, refdata  # noqa: E402
 from orderflow.config import Settings, load_settings  # noqa: E402
@@ -257,20 +257,11 @@ def main() -> int:
         child(args.role, args.batch_size, args.n, args.beam_args.split())
         return 0
 
-    from orderflow.generate.orders import generate, produce
     from orderflow.local import temporary_stack
 
     with temporary_stack("bench-orders-", ROOT / ".local", timeout=120) as stack:
-        base = load_settings(stack.environment())
-        base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{uuid.uuid4().hex[:6]}"))
-        bootstrap.create_topics(base.kafka_bootstrap, [base.topics.orders], base.topic_partitions)
-        bootstrap.create_dynamodb_tables(base)
-        refdata.load_reference_data(base, DAY, refdata.sample_prices(DAY))
-        t = time.perf_counter()
-        counts = produce(base.kafka_bootstrap, base.topics.orders,
-                         generate(args.n, seed=2026, day=DAY, timezone=base.exchange_timezone),
-                         total=args.n, progress=sys.stderr.isatty())
-        print(f"generated and produced {args.n:,} records in {time.perf_counter() - t:.1f}s: "
+        base, counts, took = fill_orders_topic(stack, args.n, DAY)
+        print(f"generated and produced {args.n:,} records in {took:.1f}s: "
               f"{counts['order']:,} orders, {counts['duplicate']:,} duplicates, {counts['malformed']:,} malformed",
               flush=True)
         admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"

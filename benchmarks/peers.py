@@ -45,7 +45,7 @@ import uuid
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
+from harness import fill_orders_topic, run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
 
 from orderflow import bootstrap, refdata  # noqa: E402
 from orderflow.config import Settings, load_settings  # noqa: E402
@@ -445,21 +445,12 @@ def main() -> int:
         print(f"{args.peers_python} does not exist: run `make peers-venv` (or --only without quix)", file=sys.stderr)
         return 2
 
-    from orderflow.generate.orders import generate, produce
     from orderflow.local import temporary_stack
 
     with temporary_stack("bench-peers-", ROOT / ".local", timeout=120, only=("kafka", "memcached", "dynamodb")) as stack:
-        base = load_settings(stack.environment())
-        run_id = uuid.uuid4().hex[:6]
-        base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{run_id}"))
-        bootstrap.create_topics(base.kafka_bootstrap, [base.topics.orders], base.topic_partitions)
-        bootstrap.create_dynamodb_tables(base)
-        refdata.load_reference_data(base, DAY, refdata.sample_prices(DAY))
-        t = time.perf_counter()
-        counts = produce(base.kafka_bootstrap, base.topics.orders,
-                         generate(args.records, seed=2026, day=DAY, timezone=base.exchange_timezone),
-                         total=args.records, progress=sys.stderr.isatty())
-        print(f"produced {args.records:,} records in {time.perf_counter() - t:.1f}s: {counts['order']:,} orders, "
+        base, counts, took = fill_orders_topic(stack, args.records, DAY)
+        run_id = base.topics.orders.rsplit("-", 1)[1]
+        print(f"produced {args.records:,} records in {took:.1f}s: {counts['order']:,} orders, "
               f"{counts['duplicate']:,} duplicates, {counts['malformed']:,} malformed; "
               + ", ".join(f"{k[7:]} {v:,}" for k, v in sorted(counts.items()) if k.startswith("format:")), flush=True)
 
