@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
+from orderflow.io.retry import DEFAULT_RETRY_SECONDS
+
 # Answers of a group coordinator that is loading or moving: the request is retried.
 _COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                           KafkaError.COORDINATOR_NOT_AVAILABLE}
@@ -165,8 +167,10 @@ class PartitionReader:
 
     def committed_offset(self, topic: str, partition: int) -> int | None:
         """The group's committed offset, None where it has none. A group coordinator that is still loading
-        (a broker just started or restarted) answers with a retriable error: asked again until the timeout."""
-        deadline = time.monotonic() + self.timeout
+        (a broker just started or restarted) answers with a retriable error: asked again for as long as the
+        outage rule allows (``orderflow.io.retry``: after a broker SIGKILL under load, the coordinator was
+        seen answering NOT_COORDINATOR for over a minute, and a pipeline starting then failed)."""
+        deadline = time.monotonic() + max(self.timeout, DEFAULT_RETRY_SECONDS)
         while True:
             try:
                 [tp] = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout)
