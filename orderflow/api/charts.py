@@ -30,7 +30,7 @@ from orderflow.api.dashboard import Viewer, status_counts
 from orderflow.api.deps import Res
 from orderflow.api.errors import AUTHENTICATED, responses
 from orderflow.api.pipelines import watch_of
-from orderflow.api.queries import today
+from orderflow.api.queries import AlarmOut, today
 from orderflow.api.resources import Resources
 
 router = APIRouter(tags=["dashboard"])
@@ -258,13 +258,9 @@ def restaurant_timeline(who: Viewer, res: Res,
         TimelineInterval(start=r[0].isoformat(), end=r[1].isoformat(), status=r[2], reason=r[3]) for r in rows])
 
 
-class DashboardAlarm(BaseModel):
-    rule_id: str
-    scope: str
-    window_start: str
-    window_end: str
-    total: str
-    threshold: str
+class DashboardAlarm(AlarmOut):
+    """An alarm as ``GET /alarms`` gives it, with the state of its SMS."""
+
     fired_at: str
     sms_queued: int
     sms_sent: int
