@@ -2,56 +2,89 @@
 
 Every setting has a default that points at the local stack started by ``python -m orderflow.local up``,
 so a fresh checkout runs without any configuration; production overrides the variables.
+
+Each field names its variable and says what it means (``_variable``); from the fields come ``ENVIRONMENT``
+(the list the README's and docs/api.md's configuration tables are generated from: ``python -m
+orderflow.config``), the one parser (``load_settings``, ``load_api_config``: a value is read as its field's
+type — str, str | None with empty = None, int, float, bool) and its inverse (``settings_environment``). A
+value that is not of its type is a ``ConfigurationError`` naming the variable.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+import types
+import typing
+from collections.abc import Iterable, Mapping
 
 # The exchange's and the restaurants' time zone unless configured: the one literal of it in the code.
 DEFAULT_TIMEZONE = "America/Sao_Paulo"
+
+
+class ConfigurationError(ValueError):
+    """Environment variables whose values are not of their setting's type (the message names each)."""
+
+
+def _variable(name: str, default: object, description: str):
+    """A field set by the environment variable ``name``."""
+    return dataclasses.field(default=default, metadata={"variable": name, "description": description})
 
 
 @dataclasses.dataclass(frozen=True)
 class Topics:
     """Kafka topic names (the issue tracker's names are the Portuguese originals)."""
 
-    orders: str = "ordem-ativo"
-    priced_orders: str = "ordem-ativo-precificado"
-    orders_dead_letter: str = "ordem-ativo-dlq"
-    keepalive: str = "restaurant-keepalive"
-    availability: str = "restaurant-availability"
+    orders: str = _variable("ORDERFLOW_TOPIC_ORDERS", "ordem-ativo", "orders, as the exchange sends them")
+    priced_orders: str = _variable("ORDERFLOW_TOPIC_PRICED_ORDERS", "ordem-ativo-precificado", "priced orders")
+    orders_dead_letter: str = _variable("ORDERFLOW_TOPIC_ORDERS_DLQ", "ordem-ativo-dlq", "orders' dead letters")
+    keepalive: str = _variable("ORDERFLOW_TOPIC_KEEPALIVE", "restaurant-keepalive", "restaurants' keep-alives")
+    availability: str = _variable("ORDERFLOW_TOPIC_AVAILABILITY", "restaurant-availability",
+                                  "restaurants' availability changes")
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """All endpoints and names orderflow talks to."""
 
-    kafka_bootstrap: str = "127.0.0.1:19092"
-    postgres_dsn: str = "postgresql://orderflow@127.0.0.1:15432/orderflow"
-    redis_url: str = "redis://127.0.0.1:16379/0"
-    memcached_address: str = "127.0.0.1:11311"
+    kafka_bootstrap: str = _variable("ORDERFLOW_KAFKA_BOOTSTRAP", "127.0.0.1:19092", "Kafka bootstrap servers")
+    postgres_dsn: str = _variable("ORDERFLOW_POSTGRES_DSN", "postgresql://orderflow@127.0.0.1:15432/orderflow",
+                                  "PostgreSQL connection string")
+    redis_url: str = _variable("ORDERFLOW_REDIS_URL", "redis://127.0.0.1:16379/0", "Redis URL (restaurant hot state)")
+    memcached_address: str = _variable("ORDERFLOW_MEMCACHED", "127.0.0.1:11311", "memcached host:port (pricing codes)")
     # The local stack serves DynamoDB with dynalite and SNS with moto; None means the real AWS endpoints.
-    dynamodb_endpoint_url: str | None = "http://127.0.0.1:18000"
-    sns_endpoint_url: str | None = "http://127.0.0.1:15000"
-    aws_region: str = "us-east-1"
-    topics: Topics = dataclasses.field(default_factory=Topics)
-    topic_partitions: int = 4
+    dynamodb_endpoint_url: str | None = _variable(
+        "ORDERFLOW_DYNAMODB_ENDPOINT_URL", "http://127.0.0.1:18000",
+        "DynamoDB endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS")
+    sns_endpoint_url: str | None = _variable(
+        "ORDERFLOW_SNS_ENDPOINT_URL", "http://127.0.0.1:15000",
+        "SNS endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS")
+    aws_region: str = _variable("ORDERFLOW_AWS_REGION", "us-east-1", "AWS region")
+    topics: Topics = dataclasses.field(default_factory=Topics, metadata={"group": "topic names"})
+    topic_partitions: int = _variable("ORDERFLOW_TOPIC_PARTITIONS", 4, "partitions of topics created by bootstrap")
     # DynamoDB tables and the SNS topic for alarms.
-    prices_table: str = "asset-prices"
-    client_volume_table: str = "client-daily-volume"
-    alarm_sns_topic: str = "orderflow-alarms"
-    exchange_timezone: str = DEFAULT_TIMEZONE
+    prices_table: str = _variable("ORDERFLOW_PRICES_TABLE", "asset-prices", "DynamoDB table: pricing code -> price")
+    client_volume_table: str = _variable("ORDERFLOW_CLIENT_VOLUME_TABLE", "client-daily-volume",
+                                         "DynamoDB table: client daily volume")
+    alarm_sns_topic: str = _variable("ORDERFLOW_ALARM_SNS_TOPIC", "orderflow-alarms", "SNS topic name for alarm SMS")
+    exchange_timezone: str = _variable("ORDERFLOW_EXCHANGE_TZ", DEFAULT_TIMEZONE, "time zone that defines an order's day")
     # The presence rules, read by the presence pipeline (its options override them) and by the API's
     # status answers alike: see ``presence_rules(settings)``.
-    opening_hours: str = "10:00-23:00"
-    presence_timezone: str = DEFAULT_TIMEZONE
-    keepalive_timeout_seconds: float = 120.0
-    presence_redis_prefix: str = "restaurant:"
-    keepalive_max_skew_seconds: float = 300.0
+    opening_hours: str = _variable("ORDERFLOW_OPENING_HOURS", "10:00-23:00",
+                                   "restaurants' opening hours, HH:MM-HH:MM local time")
+    presence_timezone: str = _variable("ORDERFLOW_PRESENCE_TIMEZONE", DEFAULT_TIMEZONE, "time zone of the opening hours")
+    keepalive_timeout_seconds: float = _variable("ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS", 120.0,
+                                                 "a restaurant is connected until this long after a keep-alive")
+    presence_redis_prefix: str = _variable("ORDERFLOW_PRESENCE_REDIS_PREFIX", "restaurant:",
+                                           "key prefix of the restaurants' Redis hot state")
+    keepalive_max_skew_seconds: float = _variable(
+        "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS", 300.0,
+        "API: a keep-alive's sent_at may differ from arrival by at most this much")
     # How long every sink retries a store's transient errors (an outage) before the bundle fails:
     # ``orderflow.io.retry``.
-    sink_retry_seconds: float = 300.0
+    sink_retry_seconds: float = _variable(
+        "ORDERFLOW_SINK_RETRY_SECONDS", 300.0,
+        "pipelines: how long a sink retries an unavailable store before the bundle fails")
 
     def endpoint_url(self, service: str) -> str | None:
         """The endpoint of an AWS service orderflow uses ("dynamodb" or "sns"); None = real AWS."""
@@ -66,76 +99,198 @@ class Settings:
         return host, int(port)
 
 
-# (environment variable, Settings field, description) — the README's configuration table is this list.
-ENVIRONMENT = [
-    ("ORDERFLOW_KAFKA_BOOTSTRAP", "kafka_bootstrap", "Kafka bootstrap servers"),
-    ("ORDERFLOW_POSTGRES_DSN", "postgres_dsn", "PostgreSQL connection string"),
-    ("ORDERFLOW_REDIS_URL", "redis_url", "Redis URL (restaurant hot state)"),
-    ("ORDERFLOW_MEMCACHED", "memcached_address", "memcached host:port (pricing codes)"),
-    ("ORDERFLOW_DYNAMODB_ENDPOINT_URL", "dynamodb_endpoint_url",
-     "DynamoDB endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS"),
-    ("ORDERFLOW_SNS_ENDPOINT_URL", "sns_endpoint_url",
-     "SNS endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS"),
-    ("ORDERFLOW_AWS_REGION", "aws_region", "AWS region"),
-    ("ORDERFLOW_TOPIC_PARTITIONS", "topic_partitions", "partitions of topics created by bootstrap"),
-    ("ORDERFLOW_PRICES_TABLE", "prices_table", "DynamoDB table: pricing code -> price"),
-    ("ORDERFLOW_CLIENT_VOLUME_TABLE", "client_volume_table", "DynamoDB table: client daily volume"),
-    ("ORDERFLOW_ALARM_SNS_TOPIC", "alarm_sns_topic", "SNS topic name for alarm SMS"),
-    ("ORDERFLOW_EXCHANGE_TZ", "exchange_timezone", "time zone that defines an order's day"),
-    ("ORDERFLOW_OPENING_HOURS", "opening_hours", "restaurants' opening hours, HH:MM-HH:MM local time"),
-    ("ORDERFLOW_PRESENCE_TIMEZONE", "presence_timezone", "time zone of the opening hours"),
-    ("ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS", "keepalive_timeout_seconds",
-     "a restaurant is connected until this long after a keep-alive"),
-    ("ORDERFLOW_PRESENCE_REDIS_PREFIX", "presence_redis_prefix", "key prefix of the restaurants' Redis hot state"),
-    ("ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS", "keepalive_max_skew_seconds",
-     "API: a keep-alive's sent_at may differ from arrival by at most this much"),
-    ("ORDERFLOW_SINK_RETRY_SECONDS", "sink_retry_seconds",
-     "pipelines: how long a sink retries an unavailable store before the bundle fails"),
-]
-# The former single endpoint of both AWS services, still read: it is the default of each of the two
-# variables above (an empty value = real AWS for both).
+@dataclasses.dataclass(frozen=True)
+class ApiConfig:
+    """Knobs of the HTTP API itself (limits and timings); its endpoints are the ``Settings``."""
+
+    max_body_bytes: int = _variable("ORDERFLOW_API_MAX_BODY_BYTES", 1_048_576, "a larger request body gets 413")
+    max_orders_per_request: int = _variable("ORDERFLOW_API_MAX_ORDERS", 10_000,
+                                            "a larger batch of orders gets 413 (split it)")
+    max_ids: int = _variable("ORDERFLOW_API_MAX_IDS", 1_000, "most ids per /restaurants/status request")
+    produce_timeout_seconds: float = _variable(
+        "ORDERFLOW_API_PRODUCE_TIMEOUT", 15.0, "wait for a Kafka producer and the records' acknowledgement")
+    kafka_producers: int = _variable("ORDERFLOW_API_KAFKA_PRODUCERS", 4,
+                                     "transactional producers (ingest transactions at once) per process")
+    kafka_max_waiting: int = _variable("ORDERFLOW_API_KAFKA_MAX_WAITING", 256,
+                                       "ingest requests waiting for Kafka beyond this get 503 at once")
+    dashboard_refresh_seconds: float = _variable("ORDERFLOW_API_DASHBOARD_REFRESH", 1.0,
+                                                 "the dashboard's feed computes a snapshot this often")
+    key_cache_seconds: float = _variable("ORDERFLOW_API_KEY_CACHE_SECONDS", 10.0,
+                                         "how long a revoked key may still be honoured")
+    unknown_key_cache_seconds: float = _variable(
+        "ORDERFLOW_API_UNKNOWN_KEY_CACHE_SECONDS", 60.0,
+        "how long an unknown (or revoked) key id is answered from memory")
+    auth_failures_per_minute: int = _variable("ORDERFLOW_API_AUTH_FAILURES_PER_MINUTE", 30,
+                                              "failed authentications per client address before 429")
+    dashboard_token_seconds: float = _variable(
+        "ORDERFLOW_API_DASHBOARD_TOKEN_SECONDS", 900.0,
+        "lifetime of a dashboard session token (renewed by the open page)")
+    header_timeout_seconds: float = _variable("ORDERFLOW_API_HEADER_TIMEOUT", 10.0,
+                                              "a request's line and headers must arrive within this (else 408)")
+    body_timeout_seconds: float = _variable("ORDERFLOW_API_BODY_TIMEOUT", 30.0,
+                                            "a request's body must arrive within this (else 408)")
+    keep_alive_seconds: int = _variable("ORDERFLOW_API_KEEP_ALIVE", 5,
+                                        "an idle keep-alive connection is closed after this")
+    max_connections: int = _variable("ORDERFLOW_API_MAX_CONNECTIONS", 1000,
+                                     "connections per worker process beyond this get 503")
+    pg_pool_size: int = _variable("ORDERFLOW_API_PG_POOL_SIZE", 10, "PostgreSQL connections per worker process")
+    # api/pipelines.py
+    pipeline_stall_seconds: float = _variable(
+        "ORDERFLOW_API_PIPELINE_STALL_SECONDS", 60.0,
+        "a pipeline is failing in /healthz after this long without a report, or with lag growing and no commit")
+    chart_sample_seconds: float = _variable("ORDERFLOW_API_CHART_SAMPLE_SECONDS", 5.0,
+                                            "the dashboard's live history: one sample this often (api/charts.py)")
+    chart_history_minutes: float = _variable("ORDERFLOW_API_CHART_HISTORY_MINUTES", 360.0,
+                                             "... kept this long, in the API process's memory")
+
+
+# The former single endpoint of both AWS services, still read: it is the default of the DynamoDB and SNS
+# endpoint variables (an empty value = real AWS for both).
 AWS_ENDPOINT_VARIABLE = "ORDERFLOW_AWS_ENDPOINT_URL"
 _AWS_ENDPOINT_FIELDS = ("dynamodb_endpoint_url", "sns_endpoint_url")
-TOPIC_ENVIRONMENT = [
-    ("ORDERFLOW_TOPIC_ORDERS", "orders"),
-    ("ORDERFLOW_TOPIC_PRICED_ORDERS", "priced_orders"),
-    ("ORDERFLOW_TOPIC_ORDERS_DLQ", "orders_dead_letter"),
-    ("ORDERFLOW_TOPIC_KEEPALIVE", "keepalive"),
-    ("ORDERFLOW_TOPIC_AVAILABILITY", "availability"),
+# Read by ``orderflow.logs`` (``FORMAT_VARIABLE``) before anything else is configured.
+LOG_FORMAT_VARIABLE = "ORDERFLOW_LOG_FORMAT"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variable:
+    """One environment variable orderflow reads: a row of the configuration tables."""
+
+    name: str
+    description: str
+    default: object = None  # None: unset
+    field: str | None = None  # the field it sets, e.g. "Settings.topics.orders"; None: read apart (see above)
+    group: str | None = None  # variables shown as one row of the tables (the topic names)
+
+    @property
+    def api(self) -> bool:
+        return bool(self.field and self.field.startswith("ApiConfig."))
+
+
+def _variables(cls, path: str, group: str | None = None) -> list[Variable]:
+    """``cls``'s variables in field order, those of nested dataclasses after its own."""
+    own, nested = [], []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        if "variable" in field.metadata:
+            own.append(Variable(field.metadata["variable"], field.metadata["description"], field.default,
+                                f"{path}.{field.name}", group))
+        elif dataclasses.is_dataclass(hints[field.name]):
+            nested += _variables(hints[field.name], f"{path}.{field.name}", field.metadata.get("group"))
+    return own + nested
+
+
+# Every variable orderflow reads, with its default and meaning: the README's configuration table is every
+# one but the API's (``markdown_table``), docs/api.md's is the API's.
+ENVIRONMENT: list[Variable] = [
+    *_variables(Settings, "Settings"),
+    Variable(AWS_ENDPOINT_VARIABLE, "the former single AWS endpoint: default of both endpoints above"),
+    Variable(LOG_FORMAT_VARIABLE, "`text` for plain log lines", "json"),
+    *_variables(ApiConfig, "ApiConfig"),
 ]
 
 
-def load_settings(environ: dict[str, str] | None = None) -> Settings:
-    """Builds Settings from ``environ`` (default ``os.environ``); unset variables keep their defaults."""
+def _parse(raw: str, kind: object) -> object:
+    """``raw`` as a value of the field type ``kind``; ValueError saying what was expected."""
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        (kind,) = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+        if raw == "":
+            return None
+    if kind is str:
+        return raw
+    if kind is bool:
+        if raw.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if raw.strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("is not true or false")
+    if kind is int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("is not a whole number") from None
+    if kind is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError("is not a number") from None
+    raise TypeError(f"orderflow.config reads no {kind} from the environment")
+
+
+def _load(cls, environ: Mapping[str, str], errors: list[str], defaults: Mapping[str, object] | None = None):
+    """``cls`` with the fields whose variables ``environ`` sets (nested dataclasses alike) read as their
+    types, over ``defaults``; each bad value is added to ``errors``."""
+    values = dict(defaults or {})
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        name = field.metadata.get("variable")
+        if name is None:
+            if dataclasses.is_dataclass(hints[field.name]):
+                values[field.name] = _load(hints[field.name], environ, errors)
+        elif name in environ:
+            try:
+                values[field.name] = _parse(environ[name], hints[field.name])
+            except ValueError as exc:
+                errors.append(f"{name}={environ[name]!r} {exc} (default: {_text(field.default) or 'empty'})")
+    return cls(**values)
+
+
+def _loaded(cls, environ: Mapping[str, str] | None, defaults: Mapping[str, object] | None = None):
+    errors: list[str] = []
+    loaded = _load(cls, os.environ if environ is None else environ, errors, defaults)
+    if errors:
+        raise ConfigurationError("bad environment variable" + ("s" if len(errors) > 1 else "") + ": "
+                                 + "; ".join(errors))
+    return loaded
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Builds Settings from ``environ`` (default ``os.environ``); unset variables keep their defaults.
+
+    Raises:
+        ConfigurationError: a variable's value is not of its setting's type.
+    """
     environ = os.environ if environ is None else environ
-    defaults = Settings()
-    values = {}
+    defaults = {}
     if AWS_ENDPOINT_VARIABLE in environ:
-        values.update(dict.fromkeys(_AWS_ENDPOINT_FIELDS, environ[AWS_ENDPOINT_VARIABLE] or None))
-    for variable, field, _ in ENVIRONMENT:
-        if variable in environ:
-            default = getattr(defaults, field)
-            raw = environ[variable]
-            if field in _AWS_ENDPOINT_FIELDS:
-                values[field] = raw or None
-            elif isinstance(default, int):
-                values[field] = int(raw)
-            elif isinstance(default, float):
-                values[field] = float(raw)
-            else:
-                values[field] = raw
-    topics = {field: environ[var] for var, field in TOPIC_ENVIRONMENT if var in environ}
-    values["topics"] = dataclasses.replace(defaults.topics, **topics)
-    return dataclasses.replace(defaults, **values)
+        defaults = dict.fromkeys(_AWS_ENDPOINT_FIELDS, environ[AWS_ENDPOINT_VARIABLE] or None)
+    return _loaded(Settings, environ, defaults)
 
 
-def settings_environment(settings: Settings) -> dict[str, str]:
-    """The ORDERFLOW_* variables that make ``load_settings()`` return ``settings``: how a child process
-    (a benchmark side, the detached API) is handed the exact settings of its parent."""
-    env = {var: "" if getattr(settings, field) is None else str(getattr(settings, field))
-           for var, field, _ in ENVIRONMENT}
-    env.update({var: getattr(settings.topics, field) for var, field in TOPIC_ENVIRONMENT})
+def load_api_config(environ: Mapping[str, str] | None = None) -> ApiConfig:
+    """Builds the API's ApiConfig from ``environ`` (default ``os.environ``), like ``load_settings``.
+
+    Raises:
+        ConfigurationError: a variable's value is not of its knob's type.
+    """
+    return _loaded(ApiConfig, environ)
+
+
+def _text(value: object) -> str:
+    """A value as its environment variable spells it (None: empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _environment(configured) -> dict[str, str]:
+    env = {}
+    for field in dataclasses.fields(configured):
+        value = getattr(configured, field.name)
+        if "variable" in field.metadata:
+            env[field.metadata["variable"]] = _text(value)
+        elif dataclasses.is_dataclass(value):
+            env.update(_environment(value))
     return env
+
+
+def settings_environment(settings: Settings, api: ApiConfig | None = None) -> dict[str, str]:
+    """The ORDERFLOW_* variables that make ``load_settings()`` return ``settings`` (and ``load_api_config()``
+    return ``api``, if given): how a child process (a benchmark side, the detached API) is handed the exact
+    settings of its parent."""
+    return {**_environment(settings), **(_environment(api) if api is not None else {})}
 
 
 def with_overrides(settings: Settings, topics: dict[str, str | None] | None = None,
@@ -147,3 +302,38 @@ def with_overrides(settings: Settings, topics: dict[str, str | None] | None = No
     if given_topics:
         given["topics"] = dataclasses.replace(settings.topics, **given_topics)
     return dataclasses.replace(settings, **given)
+
+
+def _default_cell(value: object) -> str:
+    if value is None:
+        return "(unset)"
+    return f"`{value:g}`" if isinstance(value, float) else f"`{_text(value)}`"
+
+
+def markdown_table(variables: Iterable[Variable]) -> str:
+    """The configuration table of ``variables`` (a group's variables share one row) in Markdown."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for _, grouped in itertools.groupby(variables, key=lambda variable: variable.group or variable.name):
+        first, *others = row = list(grouped)
+        # A group's row names its first variable in full and the others by what follows their common prefix.
+        prefix = os.path.commonprefix([v.name for v in row]).rpartition("_")[0] if others else ""
+        names = ", ".join([f"`{first.name}`", *(f"`{v.name[len(prefix):]}`" for v in others)])
+        defaults = ", ".join(_default_cell(v.default) for v in row)
+        lines.append(f"| {names} | {defaults} | {first.group if others else first.description} |")
+    return "\n".join(lines)
+
+
+# The README's table ends with this pointer to the API's own, in docs/api.md.
+_API_ROW = "| `ORDERFLOW_API_*` | | the API's limits and timeouts ([docs/api.md](docs/api.md#configuration)) |"
+
+
+def tables() -> dict[str, str]:
+    """The configuration table of each document that has one: the README's (every variable but the API's)
+    and docs/api.md's (the API's)."""
+    return {"README.md": markdown_table(v for v in ENVIRONMENT if not v.api) + "\n" + _API_ROW,
+            "docs/api.md": markdown_table(v for v in ENVIRONMENT if v.api)}
+
+
+if __name__ == "__main__":
+    for document, table in tables().items():
+        print(f"{document}:\n\n{table}\n")

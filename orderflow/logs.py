@@ -17,7 +17,8 @@ import re
 import sys
 import time
 
-FORMAT_VARIABLE = "ORDERFLOW_LOG_FORMAT"
+from orderflow.config import LOG_FORMAT_VARIABLE
+
 _FIELDS = "{asctime}{levelname}{name}{message}"
 _RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,7 +65,7 @@ class AccessFields(logging.Filter):
 
 
 def json_enabled(environ=None) -> bool:
-    return (environ or os.environ).get(FORMAT_VARIABLE, "json").strip().lower() != "text"
+    return (environ or os.environ).get(LOG_FORMAT_VARIABLE, "json").strip().lower() != "text"
 
 
 def formatter(process_name: str) -> logging.Formatter:

@@ -1,4 +1,21 @@
-from orderflow.config import ENVIRONMENT, Settings, load_settings, settings_environment
+import dataclasses
+import pathlib
+import re
+
+import pytest
+
+from orderflow import config, logs
+from orderflow.config import (
+    ENVIRONMENT,
+    ApiConfig,
+    ConfigurationError,
+    Settings,
+    load_api_config,
+    load_settings,
+    settings_environment,
+)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_defaults_point_at_the_local_stack():
@@ -42,9 +59,24 @@ def test_the_former_single_aws_endpoint_is_the_default_of_both():
         raise AssertionError("an AWS service orderflow does not use has no endpoint")
 
 
-def test_every_documented_variable_names_a_field():
-    fields = set(Settings.__dataclass_fields__)
-    assert all(field in fields for _, field, _ in ENVIRONMENT)
+def test_every_variable_is_listed_once_and_names_its_field():
+    names = [variable.name for variable in ENVIRONMENT]
+    assert len(names) == len(set(names))
+    roots = {"Settings": Settings(), "ApiConfig": ApiConfig()}
+    for variable in ENVIRONMENT:
+        if variable.field is None:  # read apart from the dataclasses, documented here all the same
+            assert variable.name in (config.AWS_ENDPOINT_VARIABLE, config.LOG_FORMAT_VARIABLE)
+            continue
+        root, *path = variable.field.split(".")
+        value = roots[root]
+        for name in path:
+            value = getattr(value, name)
+        assert value == variable.default, variable
+    # Every field of the three dataclasses but the nested topics has its variable, so none is left unread.
+    assert {v.field for v in ENVIRONMENT if v.field} == (
+        {f"Settings.{f.name}" for f in dataclasses.fields(Settings) if f.name != "topics"}
+        | {f"Settings.topics.{f.name}" for f in dataclasses.fields(config.Topics)}
+        | {f"ApiConfig.{f.name}" for f in dataclasses.fields(ApiConfig)})
 
 
 def test_memcached_host_port():
@@ -52,9 +84,7 @@ def test_memcached_host_port():
 
 
 def test_settings_environment_is_the_inverse_of_load_settings():
-    import dataclasses
-
-    from orderflow.config import Topics, settings_environment
+    from orderflow.config import Topics
 
     custom = dataclasses.replace(
         Settings(), kafka_bootstrap="k:1", dynamodb_endpoint_url=None, sns_endpoint_url="http://sns:2",
@@ -64,6 +94,89 @@ def test_settings_environment_is_the_inverse_of_load_settings():
     assert env["ORDERFLOW_DYNAMODB_ENDPOINT_URL"] == ""  # None travels as empty: the real AWS endpoint
     # The child's settings win over a former single endpoint left in the parent's environment.
     assert load_settings({"ORDERFLOW_AWS_ENDPOINT_URL": "http://old:1", **env}) == custom
+
+
+def test_the_api_knobs_come_from_the_environment_with_their_types():
+    assert load_api_config({}) == ApiConfig()
+    api = load_api_config({"ORDERFLOW_API_MAX_IDS": "3", "ORDERFLOW_API_PRODUCE_TIMEOUT": "2.5",
+                           "ORDERFLOW_API_KEEP_ALIVE": "60", "ORDERFLOW_KAFKA_BOOTSTRAP": "not an API knob"})
+    assert (api.max_ids, api.produce_timeout_seconds, api.keep_alive_seconds) == (3, 2.5, 60)
+    assert isinstance(api.max_ids, int) and isinstance(api.produce_timeout_seconds, float)
+    assert api.max_body_bytes == ApiConfig().max_body_bytes
+
+
+def test_settings_environment_carries_the_api_knobs_too():
+    settings = dataclasses.replace(Settings(), sns_endpoint_url=None, keepalive_timeout_seconds=0.1 + 0.2)
+    api = dataclasses.replace(ApiConfig(), max_ids=7, chart_history_minutes=1 / 3, key_cache_seconds=0.0)
+    env = settings_environment(settings, api)
+    assert load_settings(env) == settings and load_api_config(env) == api  # floats travel exactly
+    assert not any(name.startswith("ORDERFLOW_API_") for name in settings_environment(settings))
+    assert {name for name in env if name.startswith("ORDERFLOW_API_")} == {v.name for v in ENVIRONMENT if v.api}
+
+
+@pytest.mark.parametrize("variable, value, expected", [
+    ("ORDERFLOW_API_MAX_IDS", "abc", "is not a whole number"),
+    ("ORDERFLOW_API_MAX_IDS", "2.5", "is not a whole number"),
+    ("ORDERFLOW_API_PRODUCE_TIMEOUT", "15s", "is not a number"),
+])
+def test_a_bad_api_value_is_an_error_naming_its_variable(variable, value, expected):
+    with pytest.raises(ConfigurationError) as raised:
+        load_api_config({variable: value})
+    assert f"{variable}={value!r} {expected}" in str(raised.value)
+    assert isinstance(raised.value, ValueError)  # callers that caught ValueError still do
+
+
+def test_every_bad_setting_is_named_at_once():
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings({"ORDERFLOW_TOPIC_PARTITIONS": "four", "ORDERFLOW_SINK_RETRY_SECONDS": "",
+                       "ORDERFLOW_KAFKA_BOOTSTRAP": "k:1"})
+    message = str(raised.value)
+    assert "ORDERFLOW_TOPIC_PARTITIONS='four' is not a whole number (default: 4)" in message
+    assert "ORDERFLOW_SINK_RETRY_SECONDS='' is not a number (default: 300.0)" in message
+    assert "KAFKA" not in message
+
+
+def test_each_field_type_is_parsed_as_such():
+    parse = config._parse
+    assert parse("", str | None) is None and parse("http://x", str | None) == "http://x"
+    assert parse("", str) == "" and parse(" 12 ", int) == 12 and parse("1e3", float) == 1000.0
+    assert [parse(raw, bool) for raw in ("true", "Yes", "1", "off", "FALSE", "0")] == [True] * 3 + [False] * 3
+    with pytest.raises(ValueError, match="is not true or false"):
+        parse("maybe", bool)
+
+
+def _table_rows(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("|")]
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/api.md"])
+def test_the_configuration_tables_are_generated_from_the_environment_list(document):
+    """README's and docs/api.md's tables are ``python -m orderflow.config``'s output: rerun it and paste
+    when a variable changes."""
+    text = (ROOT / document).read_text()
+    table = config.tables()[document]
+    section = text[text.index("## Configuration"):]
+    table_end = (section + "\n\n").index("\n\n", section.index("| variable |"))
+    assert _table_rows(section[:table_end]) == _table_rows(table)
+
+
+def test_every_documented_default_is_the_real_one():
+    """Wherever docs/ or the README tabulate a variable, the row shows its default (e.g. docs/presence.md's
+    table of presence settings and options, docs/observability.md's of the health and chart knobs)."""
+    defaults = {v.name: config._default_cell(v.default) for v in ENVIRONMENT if v.default is not None}
+    checked = set()
+    for document in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for row in _table_rows(document.read_text()):
+            named = re.match(r"\| `(ORDERFLOW_[A-Z_]+)` \|", row)
+            if named and named.group(1) in defaults:
+                assert f" {defaults[named.group(1)]} " in row, f"{document.name}: {row}"
+                checked.add(named.group(1))
+    assert checked == {v.name for v in ENVIRONMENT if v.default is not None and not v.group}  # the generated rows
+
+
+def test_the_log_format_variable_is_the_documented_one():
+    assert not logs.json_enabled({config.LOG_FORMAT_VARIABLE: "text"})
+    assert logs.json_enabled({})
 
 
 def test_with_overrides_replaces_only_what_is_given():

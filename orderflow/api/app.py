@@ -13,12 +13,11 @@ from starlette.routing import Match
 
 from orderflow.api import alarm_phones, charts, dashboard, ingest, operations, queries, rest_proxy, static_assets
 from orderflow.api.auth import FailureLimiter
-from orderflow.api.config import ApiConfig, load_api_config
 from orderflow.api.errors import error_body
 from orderflow.api.middleware import ApiMiddleware
 from orderflow.api.resources import Resources
 from orderflow.api.server import install_log_redaction
-from orderflow.config import Settings, load_settings
+from orderflow.config import ApiConfig, Settings, load_api_config, load_settings
 
 DESCRIPTION = """
 Ingest orders and restaurant events into orderflow's Kafka topics, and query what the pipelines computed.

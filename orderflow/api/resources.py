@@ -4,9 +4,8 @@ from __future__ import annotations
 import functools
 
 from orderflow.api.auth import KeyVerifier
-from orderflow.api.config import ApiConfig
 from orderflow.api.kafka_sink import KafkaSink
-from orderflow.config import Settings
+from orderflow.config import ApiConfig, Settings
 
 
 class Resources:

@@ -22,7 +22,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from orderflow.api.config import ApiConfig, load_api_config
+from orderflow.config import ApiConfig, load_api_config
 
 PROTOCOL = "orderflow.api.server:GuardedH11Protocol"
 _CONFIG_ATTRIBUTE = "orderflow_api_config"

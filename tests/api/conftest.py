@@ -14,8 +14,8 @@ import uvicorn
 
 from orderflow.api.app import create_app
 from orderflow.api.auth import create_key
-from orderflow.api.config import ApiConfig
 from orderflow.api.server import uvicorn_config
+from orderflow.config import ApiConfig
 
 
 class ServedApi:

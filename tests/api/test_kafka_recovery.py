@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from orderflow.api.config import ApiConfig
+from orderflow.config import ApiConfig
 from orderflow.io.avro import AvroCodec
 from orderflow.local.stack import read_pid
 from tests.api.conftest import ServedApi

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from orderflow import refdata
-from orderflow.api.config import ApiConfig
+from orderflow.config import ApiConfig
 from orderflow.io.avro import AvroCodec
 from tests.api.conftest import ServedApi
 from tests.io.kafka_testing import read_partition

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orderflow.api.config import ApiConfig
+from orderflow.config import ApiConfig
 from tests.api.conftest import ServedApi
 from tests.streaming.conftest import START_TIMEOUT, wait_for
 

@@ -12,7 +12,7 @@ import zoneinfo
 import psycopg
 import pytest
 
-from orderflow.api.config import ApiConfig
+from orderflow.config import ApiConfig
 from tests.api.conftest import ServedApi
 from tests.streaming.conftest import START_TIMEOUT, wait_for
 
