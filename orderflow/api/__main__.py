@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 
-from orderflow.config import load_settings
+from orderflow.config import ConfigurationError, load_api_config, load_settings
 
 
 def _phone(value: str) -> str:
@@ -81,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     stop = commands.add_parser("stop", help="stop the API started detached by make demo")
     stop.add_argument("--root", default=".local")
     args = parser.parse_args(argv)
+    if args.command != "stop":  # a bad ORDERFLOW_* value is a line naming the variable, not a traceback
+        errors = []
+        for load in (load_settings, load_api_config):
+            try:
+                load()
+            except ConfigurationError as exc:
+                errors.append(f"error: {exc}")
+        if errors:
+            print("\n".join(errors), file=sys.stderr)
+            return 2
 
     if args.command == "keys":
         from orderflow.api.auth import InvalidScope, create_key, revoke_key

@@ -68,6 +68,23 @@ def served(api_settings):
         process.wait(30)
 
 
+def test_a_bad_limit_in_the_environment_stops_serve_with_an_error_naming_it():
+    """An operator's typo is one line naming each bad variable and exit status 2, not a traceback (and nothing
+    is served: nothing here starts a stack)."""
+    port = port_for.select_random()
+    env = {**os.environ, "ORDERFLOW_API_MAX_IDS": "abc", "ORDERFLOW_API_BODY_TIMEOUT": "30s",
+           "ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS": "2m"}
+    result = subprocess.run([sys.executable, "-m", "orderflow.api", "serve", "--port", str(port)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    for variable, value in [("ORDERFLOW_API_MAX_IDS", "abc"), ("ORDERFLOW_API_BODY_TIMEOUT", "30s"),
+                            ("ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS", "2m")]:
+        assert f"{variable}={value!r} is not" in result.stderr
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=2)
+
+
 def test_serve_runs_the_asked_workers_with_the_limits_of_the_environment(served, api_settings):
     process, url = served
     deadline = time.monotonic() + 30
