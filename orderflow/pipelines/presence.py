@@ -26,7 +26,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
-from orderflow.config import Settings, load_settings, with_overrides
+from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings, with_overrides
 from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
@@ -74,7 +74,7 @@ class PresenceOptions(PipelineOptions):
                             help="HH:MM-HH:MM, local time (default: settings, ORDERFLOW_OPENING_HOURS, 10:00-23:00)")
         parser.add_argument("--presence_timezone", default=None,
                             help="time zone of opening hours (default: settings, ORDERFLOW_PRESENCE_TIMEZONE, "
-                                 "America/Sao_Paulo)")
+                                 f"{DEFAULT_TIMEZONE})")
         parser.add_argument("--as_of", default=None,
                             help="bounded: evaluate up to this instant (ISO-8601 or epoch ms; default: now)")
         parser.add_argument("--track_from", default=None,
