@@ -148,7 +148,7 @@ class ApiConfig:
 # endpoint variables (an empty value = real AWS for both).
 AWS_ENDPOINT_VARIABLE = "ORDERFLOW_AWS_ENDPOINT_URL"
 _AWS_ENDPOINT_FIELDS = ("dynamodb_endpoint_url", "sns_endpoint_url")
-# Read by ``orderflow.logs`` (``FORMAT_VARIABLE``) before anything else is configured.
+# Read by ``orderflow.logs`` (``json_enabled``) before anything else is configured.
 LOG_FORMAT_VARIABLE = "ORDERFLOW_LOG_FORMAT"
 
 
@@ -253,7 +253,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
     defaults = {}
     if AWS_ENDPOINT_VARIABLE in environ:
-        defaults = dict.fromkeys(_AWS_ENDPOINT_FIELDS, environ[AWS_ENDPOINT_VARIABLE] or None)
+        defaults = dict.fromkeys(_AWS_ENDPOINT_FIELDS, _parse(environ[AWS_ENDPOINT_VARIABLE], str | None))
     return _loaded(Settings, environ, defaults)
 
 
