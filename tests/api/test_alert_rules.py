@@ -10,7 +10,7 @@ import subprocess
 
 import yaml
 
-from tests.environment import require
+from tests.support.environment import require
 
 RULES_DIR = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "orderflow-alerts.yaml"

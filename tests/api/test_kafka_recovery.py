@@ -19,8 +19,8 @@ import pytest
 from orderflow.api.config import ApiConfig
 from orderflow.io.avro import AvroCodec
 from orderflow.local.stack import read_pid
-from tests.api.conftest import ServedApi
-from tests.api.kafka_check import read_all
+from tests.support.kafka_check import read_all
+from tests.support.served_api import ServedApi
 
 PRODUCE_TIMEOUT = 3.0
 RECOVERY_SECONDS = 10.0  # from the broker being ready again to the first POST answered 202

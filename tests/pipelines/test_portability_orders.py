@@ -12,7 +12,7 @@ import pytest
 
 from orderflow.pipelines import orders as orders_pipeline
 from orderflow.portability import run_portable
-from tests.pipelines.orders_scenario import check_state, expected_alarms, pipeline_args, prepare_scenario, read_topic
+from tests.support.orders_scenario import check_state, expected_alarms, pipeline_args, prepare_scenario, read_topic
 
 N = 1_000
 

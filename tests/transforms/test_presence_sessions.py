@@ -16,8 +16,8 @@ from apache_beam.transforms.window import TimestampedValue
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.presence_rules import OpeningHours
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
-from tests.environment import require
-from tests.transforms.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
+from tests.support.environment import require
+from tests.support.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
 
 
 def _stream(pings_by_restaurant: dict[str, list[int]], changes, chunk_ms: int, as_batches: bool, as_of: int):
