@@ -1,8 +1,8 @@
 """Portability check of the orders pipeline: its portable proto, and a run through Beam's PortableRunner
 (in-process job service, SDK worker over the Fn API) on small bounded input from the real local stack.
 
-Input, expectations and the sink checks are the orders end-to-end test's (shared in tests/pipelines/
-orders_scenario.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
+Input, expectations and the sink checks are the orders end-to-end test's (shared in
+tests/support/orders_scenario.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
 """
 from __future__ import annotations
 
