@@ -220,8 +220,8 @@ def test_a_pipeline_module_that_does_not_import_is_named():
 
 
 def test_a_registry_entry_naming_options_its_module_lacks_is_refused():
-    misnamed = {"tiny": PipelineEntry("tests.test_portability", "TinyPipelineOptions", run_mode=False)}
-    with pytest.raises(SubmissionError, match=r"pipeline 'tiny': tests\.test_portability defines no "
+    misnamed = {"tiny": PipelineEntry("tests.support.tiny_pipeline", "TinyPipelineOptions", run_mode=False)}
+    with pytest.raises(SubmissionError, match=r"pipeline 'tiny': tests\.support\.tiny_pipeline defines no "
                                               r"PipelineOptions subclass TinyPipelineOptions"):
         resolve(["tiny", "--flink_master", "jm:8081"], misnamed)
 
@@ -318,6 +318,7 @@ def test_images_match_the_installed_sdk_and_flink_version():
 KUSTOMIZE = REPO / ".local" / "bin" / "kustomize"  # `make kustomize` (part of make setup)
 
 
+@pytest.mark.needs_stack  # kustomize, from make setup
 def test_kustomization_renders_every_manifest():
     import yaml
 
