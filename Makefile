@@ -21,7 +21,7 @@ KUSTOMIZE := .local/bin/kustomize
 PROMTOOL_VERSION := v0.316.0
 PROMTOOL := .local/bin/promtool
 
-.PHONY: setup system-packages jars node web venv prism kustomize promtool test demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
+.PHONY: setup system-packages jars node web venv prism kustomize promtool test unit demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
 
 setup: system-packages jars node web venv prism kustomize promtool
 
@@ -128,6 +128,11 @@ $(VENV)/.installed: setup.py
 
 test: setup
 	$(PY) -m pytest
+
+# The tests that need nothing but the venv: no stack, no Prism, JVM, Chromium, kustomize or promtool (every test
+# using the stack fixtures is marked needs_stack automatically, the others that start services by hand explicitly).
+unit: venv
+	$(PY) -m pytest -m "not needs_stack"
 
 demo: setup stack-up
 	$(PY) -m orderflow.demo

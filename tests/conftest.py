@@ -2,6 +2,10 @@
 
 Each pytest session starts its own stack (its own ports and data directory), so several sessions, or a
 developer's ``make stack-up`` stack, never share state; the session stops it at the end.
+
+Every test that uses the stack, directly or through another fixture (``stack_settings``, ``pg_dsn``,
+``module_settings``, the API's...), is marked ``needs_stack`` here at collection, so ``make unit``
+(``pytest -m "not needs_stack"``) runs the rest with nothing but the venv.
 """
 from __future__ import annotations
 
@@ -17,6 +21,16 @@ import pytest
 from orderflow import bootstrap
 from orderflow.config import Settings, Topics, load_settings
 from orderflow.local import temporary_stack
+
+# The fixtures that start services: a test using either, however indirectly, needs the stack.
+STACK_FIXTURES = frozenset({"stack", "own_stack"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # fixturenames is the closure: the test's own fixtures, theirs, and so on (and autouse ones).
+        if STACK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.needs_stack)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from orderflow import bootstrap
 from orderflow.config import Topics, settings_environment
 from orderflow.generate.keepalive import make_plan
 from orderflow.io.avro import AvroCodec
-from tests.io.kafka_testing import produce, read_partition
+from tests.support.kafka_testing import produce, read_partition
 
 
 def _command(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import pytest
 
 from orderflow import replay
 from orderflow.io.kafka_offsets import PartitionReader
-from tests.io.kafka_testing import produce
+from tests.support.kafka_testing import produce
 
 BASE_MS = 1_760_000_000_000
 

@@ -1,4 +1,4 @@
--- A scratch table for the local stack's round-trip check (make demo, tests/test_local_stack.py).
+-- A scratch table for the local stack's round-trip check (make demo, tests/local/test_stack.py).
 CREATE TABLE IF NOT EXISTS stack_roundtrip (
     id         bigserial PRIMARY KEY,
     note       text        NOT NULL,

@@ -8,9 +8,10 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
-from tests.environment import require
+from tests.support.environment import require
 
 RULES_DIR = pathlib.Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 RULES = RULES_DIR / "orderflow-alerts.yaml"
@@ -51,6 +52,7 @@ def test_the_rules_use_only_metrics_the_api_exposes(anonymous):
     assert used and used <= names, used - names
 
 
+@pytest.mark.needs_stack  # promtool, from make setup
 def test_promtool_checks_the_rules_and_runs_their_unit_tests():
     promtool = _promtool()
     require(promtool is not None, "promtool is not installed (make promtool, part of make setup, builds it)")

@@ -21,7 +21,7 @@ from orderflow.api.demo import start_detached
 from orderflow.config import settings_environment
 from orderflow.local.processes import DetachedProcess
 from orderflow.local.stack import process_alive
-from tests.api.conftest import ServedApi
+from tests.support.served_api import ServedApi
 
 CACHE_SECONDS = 15
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from orderflow.api.queries import today
-from tests.api.conftest import ServedApi
+from tests.support.served_api import ServedApi
 
 
 @pytest.fixture(scope="module")

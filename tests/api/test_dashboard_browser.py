@@ -18,11 +18,9 @@ from orderflow.api.auth import dashboard_token
 from orderflow.api.queries import today
 from orderflow.bootstrap import aws_client
 from orderflow.transforms.presence_rules import AvailabilityChange
-from tests.environment import require
+from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.environment import require
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOT = pathlib.Path(".local/screenshots/dashboard.png")
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import port_for
 import psycopg
 import pytest
 
-from tests.api.conftest import ServedApi
+from tests.support.served_api import ServedApi
 
 
 def _exchange(sock: socket.socket, request: bytes) -> tuple[int, dict, bytes]:

@@ -11,7 +11,7 @@ from confluent_kafka import TIMESTAMP_CREATE_TIME
 
 from orderflow.io.avro import AvroCodec
 from orderflow.transforms.normalize_orders import encode_order_avro
-from tests.api.kafka_check import count_records, read_at
+from tests.support.kafka_check import count_records, read_at
 
 ORDER_CODEC = AvroCodec("order")
 AVAILABILITY_CODEC = AvroCodec("restaurant_availability")

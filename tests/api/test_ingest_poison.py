@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tests.api.kafka_check import count_records
+from tests.support.kafka_check import count_records
 
 POISON = [  # (name, body, content type, reason)
     ("nul_in_token_json", b'{"ativo": "PETR4", "quantidade": 5, "token": "ana\\u0000"}', "application/json",

@@ -13,8 +13,8 @@ from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, C
 
 from orderflow.io.avro import AvroCodec
 from orderflow.transforms.normalize_orders import parse_orders
-from tests.api.conftest import ServedApi
-from tests.api.kafka_check import read_all
+from tests.support.kafka_check import read_all
+from tests.support.served_api import ServedApi
 
 ORDER_CODEC = AvroCodec("order")
 MINTED_ID = re.compile(r"^api-[0-9a-f]{32}-\d+$")

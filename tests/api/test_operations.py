@@ -11,7 +11,7 @@ import time
 import port_for
 
 from orderflow.transforms.presence_rules import AvailabilityChange
-from tests.api.conftest import ServedApi
+from tests.support.served_api import ServedApi
 
 
 def test_healthz_checks_every_dependency(anonymous):

@@ -19,7 +19,7 @@ from confluent_kafka import Producer
 from orderflow.config import load_settings, settings_environment
 from orderflow.io.avro import AvroCodec
 from orderflow.pipelines import presence
-from tests.api.conftest import API_REDIS_DB
+from tests.support.served_api import API_REDIS_DB
 
 ZONE = "Asia/Tokyo"
 PREFIX = f"rules-{uuid.uuid4().hex[:8]}:"

@@ -9,8 +9,8 @@ import subprocess
 import pytest
 
 from orderflow.io.avro import AvroCodec
-from tests.api.kafka_check import count_records, read_at
-from tests.environment import require
+from tests.support.environment import require
+from tests.support.kafka_check import count_records, read_at
 
 V2 = "application/vnd.kafka.v2+json"
 JSON_V2 = "application/vnd.kafka.json.v2+json"

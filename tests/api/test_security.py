@@ -13,7 +13,7 @@ import time
 import pytest
 
 from orderflow.api.auth import revoke_key
-from tests.api.conftest import ServedApi
+from tests.support.served_api import ServedApi
 
 HEADER_TIMEOUT = BODY_TIMEOUT = 1.5
 MAX_CONNECTIONS = 20

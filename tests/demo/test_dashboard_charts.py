@@ -20,8 +20,8 @@ from orderflow.api.demo import demo as api_demo
 from orderflow.api.static_assets import missing_assets
 from orderflow.demo.live import start_live_system
 from orderflow.local.processes import PROCESSES, DetachedProcess
-from tests.api.test_dashboard_browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.environment import require
+from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.environment import require
 
 SCREENSHOT = pathlib.Path(os.environ.get("ORDERFLOW_SCREENSHOT_DIR") or pathlib.Path(__file__).resolve().parents[2]
                           / ".local" / "screenshots") / "dashboard.png"

@@ -6,7 +6,7 @@ import decimal
 
 from orderflow.demo.kafka import demo
 from orderflow.io.avro import AvroCodec
-from tests.io.kafka_testing import produce
+from tests.support.kafka_testing import produce
 
 BASE_MS = 1_760_000_000_000
 

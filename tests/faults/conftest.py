@@ -21,16 +21,15 @@ from orderflow.config import settings_environment
 from orderflow.local.processes import RUNNING, DetachedProcess
 from orderflow.pipelines.runner import PRISM_BINARY
 from orderflow.transforms.presence_rules import to_ms
-from tests.faults.feed import RecordedFeed
-from tests.pipelines.orders_scenario import dynamodb_volumes
-from tests.streaming.conftest import START_TIMEOUT, wait_for
+from tests.support.fault_feed import ALARM_THRESHOLD, RecordedFeed
+from tests.support.orders_scenario import dynamodb_volumes
+from tests.support.waiting import START_TIMEOUT, wait_for
 
 # A sink retries an unavailable store this long (ORDERFLOW_SINK_RETRY_SECONDS, the default) before failing its
 # bundle. 150 s was once too short: the machine stalled on I/O for minutes (load 261) and the dead letters'
 # producer timed out, which a production cluster would have waited through too.
 SINK_RETRY_SECONDS = 300.0
 SETTLE_TIMEOUT = 240.0      # after an outage, for the pipelines to catch up on a loaded 2-core machine
-ALARM_THRESHOLD = 200_000   # per client and day: every client of the feed crosses it within seconds
 
 
 @dataclasses.dataclass

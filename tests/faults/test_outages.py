@@ -14,9 +14,9 @@ import time
 import psycopg
 
 from orderflow.local.processes import RUNNING
-from tests.faults.conftest import ALARM_THRESHOLD
-from tests.io.sns_testing import sent_sms
-from tests.pipelines.orders_scenario import read_topic
+from tests.support.fault_feed import ALARM_THRESHOLD
+from tests.support.orders_scenario import read_topic
+from tests.support.sns_testing import sent_sms
 
 OUTAGE_SECONDS = 30.0
 # Dead letters of orders a store refused after pricing: counted apart from records in (docs/poison-records.md).

@@ -6,7 +6,7 @@ import time
 
 from orderflow.generate.feed import TICK_SECONDS, FeedOptions, LiveFeed
 from orderflow.io.avro import AvroCodec
-from tests.pipelines.orders_scenario import read_topic
+from tests.support.orders_scenario import read_topic
 
 
 def test_one_interval_of_feed_pings_every_non_silent_restaurant_once(module_settings):

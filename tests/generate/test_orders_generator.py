@@ -59,7 +59,7 @@ def test_cli_produces_to_the_topic(module_settings):
     import subprocess
     import sys
 
-    from tests.io.kafka_testing import read_partition
+    from tests.support.kafka_testing import read_partition
 
     env = {**os.environ, "ORDERFLOW_KAFKA_BOOTSTRAP": module_settings.kafka_bootstrap,
            "ORDERFLOW_TOPIC_ORDERS": module_settings.topics.orders}
@@ -77,7 +77,7 @@ def test_cli_produces_yesterday_by_default_and_refuses_a_session_not_over(module
     from orderflow.config import settings_environment
     from orderflow.generate.orders import main
     from orderflow.refdata import today
-    from tests.pipelines.orders_scenario import read_topic
+    from tests.support.orders_scenario import read_topic
 
     for variable, value in settings_environment(module_settings).items():
         monkeypatch.setenv(variable, value)

@@ -7,13 +7,13 @@ import pathlib
 import struct
 
 import apache_beam as beam
-import fastavro
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from orderflow.io.avro import AvroCodec, AvroDecodeError, DecodeAvro, load_schema, schema_fingerprint
 from orderflow.io.kafka_record import KafkaRecord
+from tests.support.avro_history import encode_v1
 
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"
 MADE_AT = dt.datetime(2026, 11, 21, 12, 30, 15, 123000, tzinfo=dt.timezone.utc)
@@ -21,18 +21,6 @@ MADE_AT = dt.datetime(2026, 11, 21, 12, 30, 15, 123000, tzinfo=dt.timezone.utc)
 
 def _widget(i: int = 1, colour: str | None = "red") -> dict:
     return {"id": f"w{i}", "size": 10 + i, "made_at": MADE_AT, "price": decimal.Decimal("12.3400"), "colour": colour}
-
-
-def _encode_v1(record: dict) -> bytes:
-    """Writes with the old (history) schema, as an old producer would."""
-    import io
-    import json
-
-    v1 = json.loads((SCHEMAS / "history" / "widget.v1.avsc").read_text())
-    out = io.BytesIO()
-    out.write(b"\xc3\x01" + schema_fingerprint(v1))
-    fastavro.schemaless_writer(out, fastavro.parse_schema(v1), record)
-    return out.getvalue()
 
 
 def test_crc64_avro_fingerprint_matches_the_avro_specification():
@@ -50,7 +38,7 @@ def test_encode_writes_single_object_encoding_and_decode_round_trips():
 
 def test_an_old_writer_schema_is_resolved_to_the_current_reader_schema():
     old = {"id": "w9", "size": 7, "made_at": MADE_AT, "price": decimal.Decimal("1.5000")}
-    decoded = AvroCodec("widget", SCHEMAS).decode(_encode_v1(old))
+    decoded = AvroCodec("widget", SCHEMAS).decode(encode_v1(old))
     assert decoded == {**old, "colour": None}   # the new field takes its default
 
 
@@ -85,8 +73,8 @@ def test_decode_avro_splits_decoded_records_from_dead_letters():
     good = [codec.encode(_widget(i)) for i in range(3)]
     corrupt = KafkaRecord("t", 2, 41, b"k", b"\xc3\x01garbage", 0)
     with TestPipeline() as p:
-        decoded, dead = (p | beam.Create([*good, corrupt, _encode_v1({"id": "old", "size": 1, "made_at": MADE_AT,
-                                                                     "price": decimal.Decimal("0")})])
+        decoded, dead = (p | beam.Create([*good, corrupt, encode_v1({"id": "old", "size": 1, "made_at": MADE_AT,
+                                                                    "price": decimal.Decimal("0")})])
                          | DecodeAvro("widget", SCHEMAS))
         assert_that(decoded | beam.Map(lambda r: (r["id"], r["colour"])),
                     equal_to([("w0", "red"), ("w1", "red"), ("w2", "red"), ("old", None)]), label="decoded")

@@ -8,7 +8,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from orderflow.io.dead_letter import DLQ_MAX_MESSAGE_BYTES, DeadLetter
 from orderflow.io.kafka_write import WriteToKafka
-from tests.io.kafka_testing import read_partition
+from tests.support.kafka_testing import read_partition
 
 
 def test_a_dead_letter_that_fits_is_the_untouched_payload():

@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition, commit_offsets, resolve_start_offset
-from tests.io.kafka_testing import produce
+from tests.support.kafka_testing import produce
 
 
 @pytest.mark.parametrize("text, kind", [("earliest", "earliest"), ("latest", "latest"), ("committed", "committed")])

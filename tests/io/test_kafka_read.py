@@ -8,7 +8,7 @@ from apache_beam.testing.util import BeamAssertException, assert_that
 
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_record import KafkaRecord
-from tests.io.kafka_testing import produce
+from tests.support.kafka_testing import produce
 
 
 def _records(n: int, prefix: str = "v"):

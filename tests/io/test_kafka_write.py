@@ -13,7 +13,8 @@ from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 from orderflow.io.avro import AvroCodec, DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka
 from orderflow.io.kafka_write import WriteToKafka
-from tests.io.kafka_testing import read_partition
+from tests.support.avro_history import encode_v1
+from tests.support.kafka_testing import read_partition
 
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"
 
@@ -63,8 +64,7 @@ def test_avro_round_trip_through_kafka_with_an_old_schema_and_corrupt_bytes(stac
     made_at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     widgets = [{"id": f"w{i}", "size": i, "made_at": made_at, "price": decimal.Decimal(f"{i}.2500"),
                 "colour": "blue"} for i in range(200)]
-    from tests.io.test_avro import _encode_v1
-    old = _encode_v1({"id": "old", "size": 3, "made_at": made_at, "price": decimal.Decimal("9.0000")})
+    old = encode_v1({"id": "old", "size": 3, "made_at": made_at, "price": decimal.Decimal("9.0000")})
     with TestPipeline() as p:
         _ = (p | beam.Create(widgets)
              | beam.Map(lambda w: (w["id"].encode(), codec.encode(w)))

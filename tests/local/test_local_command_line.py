@@ -15,6 +15,7 @@ import sys
 import tempfile
 
 import psycopg
+import pytest
 from confluent_kafka.admin import AdminClient
 
 from orderflow.config import Topics
@@ -45,6 +46,7 @@ def _free_offset() -> int:
     raise AssertionError("no port offset with every port free")
 
 
+@pytest.mark.needs_stack  # python -m orderflow.local up: a whole stack
 def test_up_status_down_and_status_exit_code_3(tmp_path):
     offset = _free_offset()
     moved = StackPorts.offset(offset)

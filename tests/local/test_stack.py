@@ -49,6 +49,7 @@ def test_dynamodb_is_served_apart_from_sns_with_dynamodb_s_own_validation(module
                    "dynamodb").describe_table(TableName=table)
 
 
+@pytest.mark.needs_stack  # Node.js on PATH (dynalite's runtime)
 def test_a_missing_dynalite_install_is_named(tmp_path, monkeypatch):
     from orderflow.local import stack as stack_module
 
@@ -72,6 +73,7 @@ def _pids_of(root) -> list[int]:
     return [int(p.read_text()) for p in (root / "run").glob("*.pid")]
 
 
+@pytest.mark.needs_stack  # starts Redis and memcached
 def test_down_stops_only_what_it_started(tmp_path):
     ports = StackPorts(redis=port_for.select_random(), memcached=port_for.select_random())
     bystander = subprocess.Popen(["sleep", "60"])  # a process that is not the stack's

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from orderflow.config import settings_environment
-from tests.pipelines.orders_scenario import DAY, prepare_scenario, read_topic
+from tests.support.orders_scenario import DAY, prepare_scenario, read_topic
 
 N = 400
 

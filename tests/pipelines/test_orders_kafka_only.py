@@ -11,7 +11,7 @@ import pytest
 
 from orderflow.io.avro import AvroCodec
 from orderflow.pipelines import orders as orders_pipeline
-from tests.pipelines.orders_scenario import DAY, dynamodb_volumes, pipeline_args, prepare_scenario, read_topic
+from tests.support.orders_scenario import DAY, dynamodb_volumes, pipeline_args, prepare_scenario, read_topic
 
 N = 600
 

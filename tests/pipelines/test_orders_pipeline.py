@@ -10,7 +10,7 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow.pipelines import orders as orders_pipeline
 from orderflow.pipelines.summary import counters as run_counters
-from tests.pipelines.orders_scenario import check_state, pipeline_args, prepare_scenario, read_topic
+from tests.support.orders_scenario import check_state, pipeline_args, prepare_scenario, read_topic
 
 N = 10_000
 SOURCE_FORMAT = {"json": "JSON", "rest": "REST_PROXY", "csv": "CSV", "avro": "AVRO"}  # generator -> stored

@@ -12,8 +12,8 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow.io.dead_letter import DLQ_MAX_MESSAGE_BYTES
 from orderflow.pipelines import orders as orders_pipeline
-from tests.pipelines.orders_scenario import DAY, dynamodb_volumes, pipeline_args, read_topic
-from tests.pipelines.poison_scenario import produce_mix
+from tests.support.orders_scenario import DAY, dynamodb_volumes, pipeline_args, read_topic
+from tests.support.poison_scenario import produce_mix
 
 N = 300
 MEGABYTE_GARBAGE = random.Random(13).randbytes(999_900)  # fits ordem-ativo (librdkafka: 1,000,000 B with framing); with DLQ headers it would not

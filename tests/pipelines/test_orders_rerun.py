@@ -16,7 +16,7 @@ import time
 import psycopg
 
 from orderflow.config import settings_environment
-from tests.pipelines.orders_scenario import DAY, check_state, dynamodb_volumes, prepare_scenario
+from tests.support.orders_scenario import DAY, check_state, dynamodb_volumes, prepare_scenario
 
 N = 30_000
 GATE_LOCK = 4242  # the advisory lock the held commits wait on

@@ -13,8 +13,8 @@ from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow.io.avro import AvroCodec
 from orderflow.pipelines import orders as orders_pipeline
-from tests.pipelines.orders_scenario import DAY, dynamodb_volumes, pipeline_args, read_topic
-from tests.pipelines.poison_scenario import produce_mix
+from tests.support.orders_scenario import DAY, dynamodb_volumes, pipeline_args, read_topic
+from tests.support.poison_scenario import produce_mix
 
 N = 300
 POSTGRES_REFUSES = "".join(random.Random(7).choices(string.ascii_letters, k=3000))  # incompressible

@@ -28,7 +28,7 @@ from orderflow.config import settings_environment
 from orderflow.generate.orders import generate
 from orderflow.io.avro import AvroCodec
 from orderflow.pipelines import orders
-from tests.pipelines.orders_scenario import expected_outcome
+from tests.support.orders_scenario import expected_outcome
 
 ORDERS = 300
 # Zones far from the exchange's: the test takes the first where the last three hours are all on today's date.

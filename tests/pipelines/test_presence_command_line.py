@@ -25,7 +25,7 @@ from orderflow.config import settings_environment
 from orderflow.io.avro import AvroCodec
 from orderflow.io.presence_postgres import offline_ranking
 from orderflow.transforms.status_intervals import shard_of
-from tests.environment import require
+from tests.support.environment import require
 
 SP = ZoneInfo("America/Sao_Paulo")
 DAY = dt.date(2026, 3, 10)

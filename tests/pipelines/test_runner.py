@@ -2,11 +2,13 @@
 outlives them; explicit options win."""
 from __future__ import annotations
 
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
 from orderflow.pipelines.runner import PRISM_BINARY, STREAMING_JOB_SERVER_TIMEOUT, apply_streaming_defaults
 
 
+@pytest.mark.needs_stack  # the Prism binary, from make setup
 def test_streaming_defaults_to_prism_with_a_deadline_longer_than_the_run():
     options = apply_streaming_defaults(PipelineOptions([]))
     assert options.view_as(StandardOptions).streaming

@@ -8,36 +8,13 @@ temporary directory; it is stopped (its process group: Prism goes with it) at th
 from __future__ import annotations
 
 import datetime
-import time
-from collections.abc import Callable
 
 import pytest
 
 from orderflow import refdata
 from orderflow.config import settings_environment
-from orderflow.local.processes import RUNNING, DetachedProcess
+from orderflow.local.processes import DetachedProcess
 from orderflow.pipelines.runner import PRISM_BINARY
-
-# Every bound below is for a loaded 2-core CI machine; the measured values are printed (pytest -s).
-START_TIMEOUT = 120.0
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str, pipeline: DetachedProcess | None = None,
-             interval: float = 0.1):
-    """Polls ``check`` until it returns a truthy value (returned with the seconds it took); fails after
-    ``timeout`` s naming ``what``, with the end of the pipeline's log, or at once when the pipeline died."""
-    started = time.monotonic()
-    while True:
-        value = check()
-        if value:
-            return value, time.monotonic() - started
-        if pipeline is not None and pipeline.status() != RUNNING:
-            pytest.fail(f"pipeline {pipeline.name} is {pipeline.status()} while waiting for {what}; log "
-                        f"{pipeline.log_path}:\n{pipeline.log_tail(40)}")
-        if time.monotonic() - started > timeout:
-            tail = f"; log {pipeline.log_path}:\n{pipeline.log_tail(40)}" if pipeline else ""
-            pytest.fail(f"{what}: not within {timeout} s{tail}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from orderflow import refdata
-from tests.io.sns_testing import sent_sms
-from tests.pipelines.orders_scenario import dynamodb_volumes
-from tests.streaming.conftest import START_TIMEOUT, wait_for
+from tests.support.orders_scenario import dynamodb_volumes
+from tests.support.sns_testing import sent_sms
+from tests.support.waiting import START_TIMEOUT, wait_for
 
 N = 600            # orders produced at RATE/s while the pipeline streams, dies and comes back
 RATE = 100

@@ -13,10 +13,10 @@ import pytest
 from orderflow import refdata
 from orderflow.config import ApiConfig
 from orderflow.io.avro import AvroCodec
-from tests.api.conftest import ServedApi
-from tests.io.kafka_testing import read_partition
-from tests.io.sns_testing import sent_sms
-from tests.streaming.conftest import START_TIMEOUT, wait_for
+from tests.support.kafka_testing import read_partition
+from tests.support.served_api import ServedApi
+from tests.support.sns_testing import sent_sms
+from tests.support.waiting import START_TIMEOUT, wait_for
 
 # POST answered -> visible in GET /orders/{id} and in the client's volume (DynamoDB). Measured ~1-2 s on
 # the 2-core machine; the bound leaves room for a loaded CI machine.

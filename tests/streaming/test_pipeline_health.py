@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orderflow.config import ApiConfig
-from tests.api.conftest import ServedApi
-from tests.streaming.conftest import START_TIMEOUT, wait_for
+from tests.support.served_api import ServedApi
+from tests.support.waiting import START_TIMEOUT, wait_for
 
 STALL_SECONDS = 8.0  # ORDERFLOW_API_PIPELINE_STALL_SECONDS of this test's API
 PIPELINE_ARGS = ("--progress_interval_seconds=1", "--summary_interval_seconds=0", "--orders_batch_size=500")

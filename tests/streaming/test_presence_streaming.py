@@ -13,8 +13,8 @@ import psycopg
 import pytest
 
 from orderflow.config import ApiConfig
-from tests.api.conftest import ServedApi
-from tests.streaming.conftest import START_TIMEOUT, wait_for
+from tests.support.served_api import ServedApi
+from tests.support.waiting import START_TIMEOUT, wait_for
 
 GAP = 5.0                    # --keepalive_timeout_seconds: the pipeline's session gap and the API's timeout
 ZONE = "America/Sao_Paulo"

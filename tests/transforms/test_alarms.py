@@ -19,7 +19,7 @@ from orderflow.bootstrap import aws_client
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox, record_alarms, relay_sms_outbox
 from orderflow.transforms.alarms import Alarm, AlarmRule, WindowedAlarms, parse_rules, rule_windows
-from tests.io.sns_testing import sent_sms
+from tests.support.sns_testing import sent_sms
 
 UTC = datetime.timezone.utc
 T0 = datetime.datetime(2026, 11, 18, 12, 0, tzinfo=UTC)  # on the 10-minute grid

@@ -13,7 +13,7 @@ from orderflow.transforms.presence_rules import (
     normalize,
     to_ms,
 )
-from tests.transforms.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
+from tests.support.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
 
 
 def test_merge_pings_is_session_windows():

@@ -16,8 +16,8 @@ from apache_beam.transforms.window import TimestampedValue
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.presence_rules import OpeningHours
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
-from tests.environment import require
-from tests.transforms.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
+from tests.support.environment import require
+from tests.support.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
 
 
 def _stream(pings_by_restaurant: dict[str, list[int]], changes, chunk_ms: int, as_batches: bool, as_of: int):
@@ -189,7 +189,7 @@ def _late_ping_stream():
 PRISM = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"  # `make prism`
 
 
-@pytest.mark.parametrize("runner", ["DirectRunner", "PrismRunner"])
+@pytest.mark.parametrize("runner", ["DirectRunner", pytest.param("PrismRunner", marks=pytest.mark.needs_stack)])
 def test_late_pings_still_count_where_the_timeline_is_not_final_and_are_counted_where_it_is(runner):
     if runner == "PrismRunner" and not PRISM.is_file():
         require(False, f"no Prism binary at {PRISM} (make prism)")

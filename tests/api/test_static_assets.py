@@ -8,8 +8,8 @@ import urllib.parse
 import pytest
 
 from orderflow.api.static_assets import missing_assets
-from tests.api.test_dashboard_browser import CHROMIUM, CHROMIUM_FLAGS
-from tests.environment import require
+from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
+from tests.support.environment import require
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"

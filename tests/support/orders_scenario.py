@@ -16,8 +16,8 @@ import psycopg
 from orderflow import refdata
 from orderflow.bootstrap import aws_client
 from orderflow.generate.orders import generate, produce
-from tests.io.kafka_testing import read_partition
-from tests.io.sns_testing import sent_sms
+from tests.support.kafka_testing import read_partition
+from tests.support.sns_testing import sent_sms
 
 DAY = datetime.date(2026, 11, 13)
 SLIDE_SIZE, SLIDE_PERIOD = 3600, 900

@@ -12,7 +12,7 @@ import sys
 import time
 
 from orderflow.io.kafka_offsets import PartitionReader
-from tests.io.kafka_testing import produce
+from tests.support.kafka_testing import produce
 
 PIPELINE = """
 import sys

@@ -15,8 +15,8 @@ from orderflow import bootstrap, refdata
 from orderflow.generate.orders import generate, produce
 from orderflow.io.kafka_offsets import PartitionReader
 from orderflow.pipelines import orders
-from tests.io.kafka_testing import produce as produce_raw
-from tests.pipelines.orders_scenario import DAY, dynamodb_volumes, expected_outcome, read_topic
+from tests.support.kafka_testing import produce as produce_raw
+from tests.support.orders_scenario import DAY, dynamodb_volumes, expected_outcome, read_topic
 
 
 def _restart_broker(stack, sig) -> None:
@@ -41,7 +41,7 @@ def test_every_record_survives_a_broker_restart(own_stack, sig):
 
 
 def _read(settings, topic, partition):
-    from tests.io.kafka_testing import read_partition
+    from tests.support.kafka_testing import read_partition
 
     return read_partition(settings.kafka_bootstrap, topic, partition)
 

@@ -1,7 +1,7 @@
 """run_flink.sh and orderflow.flink_submit: resolution, validation and the network-free dry run.
 
 The real pipelines go through the shell script exactly as an operator would run it; the option
-resolution details are also checked in-process on the small pipeline of tests/test_portability.py.
+resolution details are also checked in-process on the small pipeline of tests/support/tiny_pipeline.py.
 """
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ import pytest
 from orderflow import flink_submit
 from orderflow.flink_submit import NetworkForbidden, SubmissionError, no_network, resolve
 from orderflow.pipelines import PipelineEntry
-from tests.environment import require
+from tests.support import tiny_pipeline
+from tests.support.environment import require
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RUN_FLINK = REPO / "run_flink.sh"
-# The small pipeline of tests/test_portability.py, registered as a pipeline that has no --bounded run mode.
-TINY = {"tiny": PipelineEntry("tests.test_portability", "TinyOptions", run_mode=False)}
+# The small pipeline of tests/support/tiny_pipeline.py, registered as a pipeline that has no --bounded run mode.
+TINY = {"tiny": PipelineEntry("tests.support.tiny_pipeline", "TinyOptions", run_mode=False)}
 
 
 def run_flink(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -219,8 +220,8 @@ def test_a_pipeline_module_that_does_not_import_is_named():
 
 
 def test_a_registry_entry_naming_options_its_module_lacks_is_refused():
-    misnamed = {"tiny": PipelineEntry("tests.test_portability", "TinyPipelineOptions", run_mode=False)}
-    with pytest.raises(SubmissionError, match=r"pipeline 'tiny': tests\.test_portability defines no "
+    misnamed = {"tiny": PipelineEntry("tests.support.tiny_pipeline", "TinyPipelineOptions", run_mode=False)}
+    with pytest.raises(SubmissionError, match=r"pipeline 'tiny': tests\.support\.tiny_pipeline defines no "
                                               r"PipelineOptions subclass TinyPipelineOptions"):
         resolve(["tiny", "--flink_master", "jm:8081"], misnamed)
 
@@ -255,12 +256,10 @@ def test_no_network_puts_the_socket_module_back_as_it_was():
 
 
 def test_dry_run_fails_if_building_the_pipeline_touches_the_network(capsys, monkeypatch):
-    import tests.test_portability as tiny
-
     def build_that_phones_home(pipeline, options):
         socket.getaddrinfo("orderflow-orders-rest", 8081)
 
-    monkeypatch.setattr(tiny, "build", build_that_phones_home)
+    monkeypatch.setattr(tiny_pipeline, "build", build_that_phones_home)
     with pytest.raises(NetworkForbidden, match="socket.getaddrinfo"):
         flink_submit.main(["tiny", "--flink_master", "jm:8081", "--dry-run"], pipelines=TINY)
 
@@ -319,6 +318,7 @@ def test_images_match_the_installed_sdk_and_flink_version():
 KUSTOMIZE = REPO / ".local" / "bin" / "kustomize"  # `make kustomize` (part of make setup)
 
 
+@pytest.mark.needs_stack  # kustomize, from make setup
 def test_kustomization_renders_every_manifest():
     import yaml
 

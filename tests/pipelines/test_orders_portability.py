@@ -1,8 +1,8 @@
 """Portability check of the orders pipeline: its portable proto, and a run through Beam's PortableRunner
 (in-process job service, SDK worker over the Fn API) on small bounded input from the real local stack.
 
-Input, expectations and the sink checks are the orders end-to-end test's (shared in tests/pipelines/
-orders_scenario.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
+Input, expectations and the sink checks are the orders end-to-end test's (shared in
+tests/support/orders_scenario.py), on 1,000 generated orders instead of 10,000: what must hold is the same.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from orderflow.pipelines import orders as orders_pipeline
 from orderflow.portability import run_portable
-from tests.pipelines.orders_scenario import check_state, expected_alarms, pipeline_args, prepare_scenario, read_topic
+from tests.support.orders_scenario import check_state, expected_alarms, pipeline_args, prepare_scenario, read_topic
 
 N = 1_000
 

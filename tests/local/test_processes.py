@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from orderflow.local.processes import DEAD, DetachedProcess
 
 
@@ -14,6 +16,7 @@ def _local(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "orderflow.local", *args], capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.needs_stack  # a detached pipeline process, python -m orderflow.local
 def test_a_pipeline_that_dies_is_reported_dead_with_the_end_of_its_log(tmp_path):
     pipeline = DetachedProcess("orders", tmp_path)
     pid = pipeline.start(["--prism_location=/nonexistent/prism"])  # fails when the runner starts

@@ -25,6 +25,8 @@ from orderflow.io.avro import AvroCodec
 from orderflow.transforms.presence_rules import AvailabilityChange
 
 ASSETS = ["PETR4", "VALE3", "ITUB4", "WEGE3", "SBSP3"]
+# The fault suite's alarm rule, per client and day: every client of the feed crosses it within seconds.
+ALARM_THRESHOLD = 200_000
 
 
 class RecordedFeed:

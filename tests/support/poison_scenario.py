@@ -9,8 +9,8 @@ import zoneinfo
 
 from orderflow import refdata
 from orderflow.generate.orders import generate
-from tests.io.kafka_testing import produce
-from tests.pipelines.orders_scenario import DAY, alarm_rules, expected_outcome, read_topic
+from tests.support.kafka_testing import produce
+from tests.support.orders_scenario import DAY, alarm_rules, expected_outcome, read_topic
 
 # 15:00 in the exchange time zone on DAY: the Kafka timestamp of every poison record.
 POISON_TIMESTAMP_MS = int(datetime.datetime(DAY.year, DAY.month, DAY.day, 15,

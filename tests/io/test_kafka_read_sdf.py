@@ -28,7 +28,7 @@ from orderflow.io.kafka_read import (
     _ReadBoundedPartitionFn,
     _ReadUnboundedPartitionFn,
 )
-from tests.io.kafka_testing import produce
+from tests.support.kafka_testing import produce
 
 
 # -- the tracker -------------------------------------------------------------------------------------------
