@@ -23,7 +23,9 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from orderflow import bootstrap  # noqa: E402
+from orderflow import (
+    bootstrap,  # noqa: E402
+    )
 from orderflow.config import load_settings  # noqa: E402
 from orderflow.local import temporary_stack  # noqa: E402
 
@@ -51,7 +53,7 @@ class Result:
 
 def _seed(settings, restaurants: int, clients: int) -> None:
     from orderflow.io.restaurant_state import RestaurantStateStore
-    from orderflow.transforms.presence_rules import AvailabilityChange
+    from orderflow.model.presence import AvailabilityChange
 
     now_ms = int(time.time() * 1000)
     store = RestaurantStateStore(settings.redis_url)
@@ -59,7 +61,7 @@ def _seed(settings, restaurants: int, clients: int) -> None:
     store.apply_changes([AvailabilityChange(f"e-{i}", f"r-{i:06d}", "SET_STATUS", "UNAVAILABLE", None,
                                             "CONNECTION_ISSUES", None, None, now_ms) for i in range(0, restaurants, 50)])
     store.close()
-    dynamodb = bootstrap.aws_client(settings, "dynamodb")
+    dynamodb = clients.aws_client(settings, "dynamodb")
     items = [{"PutRequest": {"Item": {"client_token": {"S": f"client-{i}"}, "day": {"S": DAY},
                                       "total": {"N": f"{random.randint(1, 10**9)}.{random.randint(0, 99):02d}"},
                                       "order_count": {"N": str(random.randint(1, 500))},
@@ -108,7 +110,7 @@ def _direct_load(settings, kind: str, paths: list[str], concurrency: int) -> tup
     store = RestaurantStateStore(settings.redis_url)
     from botocore.config import Config
 
-    from orderflow.bootstrap import aws_client
+    from orderflow.clients import aws_client
 
     dynamodb = aws_client(settings, "dynamodb", config=Config(max_pool_connections=concurrency))
 

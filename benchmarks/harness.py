@@ -21,12 +21,13 @@ def fill_orders_topic(stack, records: int, day: datetime.date) -> tuple[Settings
     seconds it took to produce)."""
     from orderflow import bootstrap, refdata
     from orderflow.generate.orders import generate, produce
+    from orderflow.model import sample_assets
 
     base = load_settings(stack.environment())
     base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{uuid.uuid4().hex[:6]}"))
     bootstrap.create_topics(base.kafka_bootstrap, [base.topics.orders], base.topic_partitions)
     bootstrap.create_dynamodb_tables(base)
-    refdata.load_reference_data(base, day, refdata.sample_prices(day))
+    refdata.load_reference_data(base, day, sample_assets.sample_prices(day))
     started = time.perf_counter()
     counts = produce(base.kafka_bootstrap, base.topics.orders,
                      generate(records, seed=2026, day=day, timezone=base.exchange_timezone),

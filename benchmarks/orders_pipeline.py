@@ -29,8 +29,9 @@ sys.path.insert(0, str(ROOT))
 
 from harness import fill_orders_topic, run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
 
-from orderflow import bootstrap, refdata  # noqa: E402
+from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings  # noqa: E402
+from orderflow.io import reference_data  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
 BATCHES_PER_TRANSACTION = 20
@@ -58,17 +59,17 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
     import psycopg
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-    from orderflow.bootstrap import aws_client
-    from orderflow.io.avro import AvroCodec
-    from orderflow.io.dead_letter import DeadLetter
+    from orderflow.clients import aws_client
     from orderflow.io.dynamodb_volume import DailyVolumeTable
     from orderflow.io.postgres_orders import OrdersWriter
     from orderflow.io.sns_alarms import record_alarms, relay_sms_outbox
+    from orderflow.model.avro import AvroCodec
+    from orderflow.model.dead_letter import DeadLetter
+    from orderflow.model.orders import InvalidOrder, encode_order_avro, parse_orders
     from orderflow.transforms.alarms import Alarm, parse_rules
-    from orderflow.transforms.normalize_orders import InvalidOrder, encode_order_avro, parse_orders
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
-    reference = refdata.read_reference_data(settings, days or [DAY])
+    reference = reference_data.read_reference_data(settings, days or [DAY])
     rules = parse_rules(rules_json)
     codec = AvroCodec("priced_order")
     scale = Decimal("0.000001")
@@ -226,7 +227,7 @@ def isolated(base: Settings, pg_admin_dsn: str, name: str) -> Settings:
 def outcome(settings: Settings) -> dict:
     import psycopg
 
-    from orderflow.bootstrap import aws_client
+    from orderflow.clients import aws_client
 
     with psycopg.connect(settings.postgres_dsn) as conn:
         orders = conn.execute("SELECT count(*), sum(total) FROM orders").fetchone()

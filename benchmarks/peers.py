@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness import fill_orders_topic, run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
 
-from orderflow import bootstrap, refdata  # noqa: E402
+from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
@@ -66,13 +66,14 @@ class Work:
     def __init__(self, settings: Settings):
         import zoneinfo
 
-        from orderflow.io import dead_letter
-        from orderflow.io.avro import AvroCodec
-        from orderflow.transforms import normalize_orders, price_orders
+        from orderflow.io import reference_data
+        from orderflow.model import dead_letter, orders, pricing
+        from orderflow.model.avro import AvroCodec
 
         # Imported here (start-up, measured) and kept, not imported per record.
-        self.normalize, self.pricing, self.DeadLetter = normalize_orders, price_orders, dead_letter.DeadLetter
-        self.snapshot = refdata.read_reference_data(settings, [DAY])
+        self.normalize, self.pricing, self.DeadLetter = orders, pricing, dead_letter.DeadLetter
+        self.stage = dead_letter.Stage
+        self.snapshot = reference_data.read_reference_data(settings, [DAY])
         self.zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
         self.codec = AvroCodec("priced_order")
         self.quantized: dict = {}  # price -> price at scale 6, shared by all records (the snapshot never changes)
@@ -83,17 +84,17 @@ class Work:
         try:
             orders = normalize.parse_orders(value or b"", source=source, timestamp_ms=timestamp_ms)
         except normalize.InvalidOrder as invalid:
-            return [], [self.DeadLetter(invalid.reason, invalid.detail, value or b"", source, normalize.STAGE)]
+            return [], [self.DeadLetter(invalid.reason, invalid.detail, value or b"", source, self.stage.NORMALIZE_ORDERS)]
         except Exception as exc:  # noqa: BLE001 - as NormalizeOrders' DoFn: the parser failing is a dead letter
             return [], [self.DeadLetter(normalize.NORMALIZE_FAILED, f"{type(exc).__name__}: {str(exc)[:500]}",
-                                        value or b"", source, normalize.STAGE)]
+                                        value or b"", source, self.stage.NORMALIZE_ORDERS)]
         priced, dead = [], []
         for index, order in enumerate(orders):
             order["source"] = f"{source}#{index}"
             try:
                 priced.append(pricing.price_order(order, self.snapshot, self.zone, self.quantized))
             except pricing.UnpricedOrder as unpriced:
-                dead.append(normalize.order_dead_letter(order, unpriced.reason, unpriced.detail, pricing.STAGE))
+                dead.append(normalize.order_dead_letter(order, unpriced.reason, unpriced.detail, self.stage.PRICE_ORDERS))
         return priced, dead
 
     def priced_record(self, order: dict) -> tuple[bytes, bytes]:
@@ -177,7 +178,7 @@ def run_quix(settings: Settings, batch_size: int) -> None:
     from quixstreams import Application, message_context
     from quixstreams.models.serializers import Serializer
 
-    from orderflow.io.dead_letter import DeadLetter
+    from orderflow.model.dead_letter import DeadLetter
 
     work = Work(settings)
     topics = settings.topics
@@ -233,7 +234,7 @@ def run_bytewax(settings: Settings, batch_size: int) -> None:
     from bytewax.dataflow import Dataflow
     from bytewax.run import cli_main
 
-    from orderflow.io.dead_letter import DeadLetter
+    from orderflow.model.dead_letter import DeadLetter
 
     work = Work(settings)
     topics = settings.topics
@@ -300,19 +301,22 @@ def start_profiler(py_spy: str, output: str) -> subprocess.Popen:
 # (stage, function name or None, path fragment): a sample counts for the stage of its innermost frame
 # that matches a rule, in this order of precedence per frame. Frames are "function (path:line)".
 STAGE_RULES = [
-    ("Avro decode (Avro input)", "_decode_order_avro", "orderflow/transforms/normalize_orders.py"),
-    ("JSON parse (orjson)", "_parse_json", "orderflow/transforms/normalize_orders.py"),
-    ("CSV parse", "_parse_csv", "orderflow/transforms/normalize_orders.py"),
+    ("Avro decode (Avro input)", "_decode_order_avro", "orderflow/model/orders.py"),
+    ("JSON parse (orjson)", "_parse_json", "orderflow/model/orders.py"),
+    ("CSV parse", "_parse_csv", "orderflow/model/orders.py"),
+    ("validate + normalise", None, "orderflow/model/orders.py"),
     ("validate + normalise", None, "orderflow/transforms/normalize_orders.py"),
+    ("price (exact decimal)", None, "orderflow/model/pricing.py"),
     ("price (exact decimal)", None, "orderflow/transforms/price_orders.py"),
-    ("Avro encode (PricedOrder)", "encode", "orderflow/io/avro.py"),
+    ("Avro encode (PricedOrder)", "encode", "orderflow/model/avro.py"),
     ("Avro encode (PricedOrder)", "priced_record", "benchmarks/peers.py"),
     ("Avro encode (PricedOrder)", "process", "orderflow/pipelines/orders.py"),
+    ("dead letters", None, "orderflow/model/dead_letter.py"),
     ("dead letters", None, "orderflow/io/dead_letter.py"),
     ("Kafka write", None, "orderflow/io/kafka_write.py"),
     ("Kafka read", None, "orderflow/io/kafka_read.py"),
     ("Kafka read", None, "orderflow/io/kafka_offsets.py"),
-    ("reference data load", None, "orderflow/refdata.py"),
+    ("reference data load", None, "orderflow/io/reference_data.py"),
     ("Beam: coders (element size sampling, stage boundaries)", None, "apache_beam/coders/"),
     ("Beam: bundles, DoFn calls", None, "apache_beam/"),  # "Beam: job start" outside of bundles (stage_of)
     ("Quix Streams", None, "quixstreams/"),
@@ -393,7 +397,7 @@ def read_topic(bootstrap: str, topic: str) -> list:
 
 def outcome(settings: Settings) -> dict:
     """What a side wrote, comparable across sides: multisets of decoded PricedOrders and of dead letters."""
-    from orderflow.io.avro import AvroCodec
+    from orderflow.model.avro import AvroCodec
 
     codec = AvroCodec("priced_order")
     priced = collections.Counter()

@@ -46,10 +46,10 @@ def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, 
     import psycopg
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-    from orderflow.io.avro import AvroCodec, AvroDecodeError
     from orderflow.io.presence_postgres import write_intervals, write_unavailability
     from orderflow.io.restaurant_state import RestaurantStateStore
-    from orderflow.transforms.presence_rules import (
+    from orderflow.model.avro import AvroCodec, AvroDecodeError
+    from orderflow.model.presence import (
         AvailabilityChange,
         InvalidAvailabilityChange,
         OpeningHours,

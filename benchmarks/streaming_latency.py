@@ -52,6 +52,7 @@ import presence_pipeline  # noqa: E402
 
 from orderflow import bootstrap, refdata  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
+from orderflow.model import pricing, sample_assets  # noqa: E402
 
 TICK = 0.02  # the producer's tick (s)
 
@@ -120,7 +121,7 @@ def hand_child(kind: str, args) -> None:
     if kind == "orders":
         from orderflow.transforms.alarms import DEFAULT_RULES_JSON
 
-        today = refdata.today(settings)
+        today = pricing.today(settings)
         orders_pipeline.hand_loop(settings, 10_000, DEFAULT_RULES_JSON, days=[today - dt.timedelta(days=1), today],
                                   stop=stop, batches_per_transaction=1, consume_timeout=args.hand_consume_timeout)
     else:
@@ -176,7 +177,7 @@ class Prober(threading.Thread):
 
 
 def volume_check(settings: Settings):
-    from orderflow.bootstrap import aws_client
+    from orderflow.clients import aws_client
 
     client = aws_client(settings, "dynamodb")
     table = settings.client_volume_table
@@ -221,7 +222,7 @@ class OrderLoad:
 
     def __init__(self, settings: Settings, producer, tag: str):
         from orderflow.generate.orders import FORMATS, encode_order
-        from orderflow.refdata import SAMPLE_ASSETS
+        from orderflow.model.sample_assets import SAMPLE_ASSETS
 
         self.settings, self.producer, self.tag = settings, producer, tag
         self.encode, self.formats, self.assets = encode_order, FORMATS, list(SAMPLE_ASSETS)
@@ -235,7 +236,7 @@ class OrderLoad:
         value = self.encode(self.rng.choice(self.formats), f"lat-{self.tag}-{self.n}", client,
                             self.rng.choice(self.assets), self.rng.randint(1, 50) * 100, now_ms)
         self.producer.produce(self.settings.topics.orders, value, client.encode(), timestamp=now_ms)
-        return Probe(now, (client, str(refdata.today(self.settings)))) if probe else None
+        return Probe(now, (client, str(pricing.today(self.settings)))) if probe else None
 
     def resize(self, rate: float) -> None:
         pass
@@ -441,9 +442,9 @@ def main() -> int:
             tempfile.TemporaryDirectory(prefix="bench-latency-", dir=ROOT / ".local") as workdir:
         base = load_settings(stack.environment())
         bootstrap.create_dynamodb_tables(base)
-        today = refdata.today(base)
+        today = pricing.today(base)
         for day in (today - dt.timedelta(days=1), today):
-            refdata.load_reference_data(base, day, refdata.sample_prices(day))
+            refdata.load_reference_data(base, day, sample_assets.sample_prices(day))
         admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
         results: dict[tuple[str, str], list[dict]] = {}
         for kind in ("orders", "presence"):

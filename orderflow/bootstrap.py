@@ -13,6 +13,7 @@ from __future__ import annotations
 import pathlib
 import time
 
+from orderflow.clients import aws_client
 from orderflow.config import Settings, load_settings
 
 MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations"
@@ -82,32 +83,6 @@ def create_topics(bootstrap: str, topics: list[str], partitions: int, timeout: f
             break
         time.sleep(0.1)
     return created
-
-
-def _aws_arguments(settings: Settings, service: str) -> dict:
-    endpoint = settings.endpoint_url(service)
-    return {
-        "endpoint_url": endpoint,
-        "region_name": settings.aws_region,
-        # The local stand-ins (dynalite, moto) accept any credentials; real AWS (no endpoint set) uses the
-        # standard credential chain.
-        **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"} if endpoint else {}),
-    }
-
-
-def aws_client(settings: Settings, service: str, **options):
-    """A boto3 client of ``service`` ("dynamodb" or "sns") at its configured endpoint; ``options`` (e.g.
-    ``config=botocore.config.Config(...)``) go to ``boto3.client``."""
-    import boto3
-
-    return boto3.client(service, **_aws_arguments(settings, service), **options)
-
-
-def aws_resource(settings: Settings, service: str, **options):
-    """The boto3 resource API of ``service`` at its configured endpoint (for ``Table.batch_writer``)."""
-    import boto3
-
-    return boto3.resource(service, **_aws_arguments(settings, service), **options)
 
 
 def dynamodb_tables(settings: Settings) -> list[dict]:

@@ -66,8 +66,8 @@ def dump(bootstrap: str, topic: str, start: StartPosition, output: str, avro_sch
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from orderflow.io.avro import AvroCodec
     from orderflow.io.kafka_read import ReadFromKafka
+    from orderflow.model.avro import AvroCodec
 
     codec = AvroCodec(avro_schema) if avro_schema else None
 

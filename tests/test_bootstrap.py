@@ -1,7 +1,7 @@
 import psycopg
 from confluent_kafka.admin import AdminClient
 
-from orderflow import bootstrap
+from orderflow import bootstrap, clients
 
 
 def test_migrations_apply_once_in_order(pg_dsn):
@@ -23,6 +23,6 @@ def test_topics_are_created_with_partitions_and_idempotently(module_settings):
 
 def test_dynamodb_tables_and_sns_topic_are_idempotent(module_settings):
     assert bootstrap.create_dynamodb_tables(module_settings) == []
-    names = bootstrap.aws_client(module_settings, "dynamodb").list_tables()["TableNames"]
+    names = clients.aws_client(module_settings, "dynamodb").list_tables()["TableNames"]
     assert module_settings.prices_table in names and module_settings.client_volume_table in names
     assert bootstrap.create_sns_topic(module_settings) == bootstrap.create_sns_topic(module_settings)

@@ -16,10 +16,10 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from orderflow import bootstrap
+from orderflow import bootstrap, clients
 from orderflow.config import Topics, settings_environment
 from orderflow.generate.keepalive import make_plan
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from tests.support.kafka_testing import produce, read_partition
 
 
@@ -61,9 +61,9 @@ def test_bootstrap_creates_everything_it_is_configured_with_once(stack_settings,
     metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
     assert {topic: len(metadata.topics[topic].partitions) for topic in bootstrap.all_topics(settings)} == dict.fromkeys(
         bootstrap.all_topics(settings), 3)
-    tables = bootstrap.aws_client(settings, "dynamodb").list_tables()["TableNames"]
+    tables = clients.aws_client(settings, "dynamodb").list_tables()["TableNames"]
     assert {settings.prices_table, settings.client_volume_table} <= set(tables)
-    arns = [t["TopicArn"] for t in bootstrap.aws_client(settings, "sns").list_topics()["Topics"]]
+    arns = [t["TopicArn"] for t in clients.aws_client(settings, "sns").list_topics()["Topics"]]
     assert any(arn.endswith(f":{settings.alarm_sns_topic}") for arn in arns)
     assert f":{settings.alarm_sns_topic}" in first.stdout
 

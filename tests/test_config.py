@@ -194,7 +194,7 @@ def test_with_overrides_replaces_only_what_is_given():
 
 def test_the_presence_rules_come_from_the_environment():
     from orderflow.io.restaurant_state import RestaurantStateStore
-    from orderflow.transforms.presence_rules import PresenceRules
+    from orderflow.model.presence import PresenceRules
 
     settings = load_settings({"ORDERFLOW_OPENING_HOURS": "18:00-02:00", "ORDERFLOW_PRESENCE_TIMEZONE": "Europe/Lisbon",
                               "ORDERFLOW_KEEPALIVE_TIMEOUT_SECONDS": "90.5", "ORDERFLOW_PRESENCE_REDIS_PREFIX": "p:",

@@ -25,13 +25,14 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from orderflow.api.contract import money
 from orderflow.api.dashboard import Viewer, status_counts
 from orderflow.api.deps import Res
 from orderflow.api.errors import AUTHENTICATED, responses
 from orderflow.api.pipelines import watch_of
-from orderflow.api.queries import AlarmOut, today
+from orderflow.api.queries import AlarmOut
 from orderflow.api.resources import Resources
+from orderflow.model.money import money
+from orderflow.model.pricing import today
 
 router = APIRouter(tags=["dashboard"])
 _LOG = logging.getLogger("orderflow.api")
@@ -188,7 +189,7 @@ class ClientVolumeOut(BaseModel):
                     "from one bucket before the day's first order")
 def client_volume(who: Viewer, res: Res, top: Annotated[int, Query(ge=1, le=20)] = 5,
                   bucket_minutes: Annotated[int, Query(ge=1, le=240)] = 15):
-    day = today(res)
+    day = today(res.settings)
     zone = ZoneInfo(res.settings.exchange_timezone)
     start = dt.datetime.combine(day, dt.time(), zone)
     end = min(start + dt.timedelta(days=1), dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=bucket_minutes))
@@ -242,7 +243,7 @@ class TimelineOut(BaseModel):
 def restaurant_timeline(who: Viewer, res: Res,
                         restaurant_id: Annotated[str, Query(pattern=RESTAURANT_ID)],
                         day: Annotated[dt.date | None, Query(description="local day; default today")] = None):
-    day = day or today(res)
+    day = day or today(res.settings)
     with res.pg.connection() as conn:
         rows = conn.execute("SELECT start_at, end_at, status, reason FROM restaurant_status_intervals"
                             " WHERE restaurant_id = %s AND day = %s ORDER BY start_at",

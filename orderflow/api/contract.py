@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BeforeValidator, Field
 
-from orderflow.transforms.normalize_orders import MAX_QUANTITY
+from orderflow.model.orders import MAX_QUANTITY
 
 # Client tokens and order ids the API accepts travel in URL paths (/clients/{token}/volume,
 # /orders/{order_id}, the client:<token> scope): letters, digits and '._:@-', starting with a letter or digit
 # (so never '.' or '..', which clients resolve away). The orders pipeline itself takes any text without
-# control characters from Kafka producers (normalize_orders.OrderLimits); this set is narrower.
+# control characters from Kafka producers (model.orders.OrderLimits); this set is narrower.
 MAX_TOKEN_LENGTH = 128
 MAX_ORDER_ID_LENGTH = 200
 TICKER = r"[A-Za-z0-9][A-Za-z0-9.]{0,15}"
@@ -77,9 +76,3 @@ EventTime = Annotated[
     Field(description="when the order was placed (epoch millis or ISO-8601 with offset); default: arrival"),
 ]
 
-
-def money(value) -> str | None:
-    """Money as a decimal string in plain notation without trailing zeros: ``"4217"``, ``"181952785.6963"``.
-
-    The one format of every amount the API answers (order price and total, volumes, alarm totals)."""
-    return None if value is None else format(Decimal(value).normalize(), "f")

@@ -32,11 +32,12 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from orderflow.api.auth import Principal
-from orderflow.api.contract import money
 from orderflow.api.deps import Res, api_key_header, authenticate, forbidden
 from orderflow.api.errors import AUTHENTICATED, ApiError, responses
-from orderflow.api.queries import offline_ranking, today
+from orderflow.api.queries import offline_ranking
 from orderflow.api.resources import Resources
+from orderflow.model.money import money
+from orderflow.model.pricing import today
 
 router = APIRouter(tags=["dashboard"])
 COOKIE = "orderflow_dashboard"
@@ -77,7 +78,7 @@ def status_counts(res: Resources) -> dict:
 
 def client_volumes_today(res: Resources, limit: int = TOP_CLIENTS) -> list[dict]:
     """Today's largest client volumes. A filtered Scan: fine for a dashboard of a few thousand clients."""
-    day = today(res).isoformat()
+    day = today(res.settings).isoformat()
     items, start_key = [], None
     for _ in range(20):  # bounded: at most 20 pages per refresh
         kwargs = {"TableName": res.settings.client_volume_table, "FilterExpression": "#d = :day",
@@ -97,11 +98,11 @@ def client_volumes_today(res: Resources, limit: int = TOP_CLIENTS) -> list[dict]
 
 def snapshot(res: Resources) -> dict:
     """Everything the page shows; a part whose source fails is replaced by its error, the rest still shows."""
-    day = today(res)
+    day = today(res.settings)
     parts = {
         "status_counts": lambda: status_counts(res),
         "offline_ranking": lambda: [e.model_dump() for e in offline_ranking(res, day, day, 10)],
-        "client_volumes": lambda: client_volumes_today(res),
+        "client_volumes": lambda: client_volumes_today(res.settings),
     }
     out: dict = {"day": day.isoformat(), "errors": {}}
     for name, compute in parts.items():

@@ -42,7 +42,7 @@ from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, r
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS
 from orderflow.api.resources import Resources
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.model.presence import AvailabilityChange
 
 router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
 
@@ -281,7 +281,7 @@ def encode_orders(res: Resources, kind: str, payload: bytes,
                   minted: str) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
     """Validates a body of content type ``kind`` and encodes its orders, all or nothing (InvalidBody / 413);
     orders without an id are named ``<minted>-<index>``."""
-    from orderflow.transforms.normalize_orders import InvalidOrder, parse_orders
+    from orderflow.model.orders import InvalidOrder, parse_orders
 
     if not payload.strip():
         raise InvalidBody("empty body: send one or more orders")

@@ -9,17 +9,18 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response
 from pydantic import BaseModel
 
-from orderflow.api.contract import Day, Timestamp, money
+from orderflow.api.contract import Day, Timestamp
 from orderflow.api.deps import Caller, Res, forbidden
 from orderflow.api.errors import AUTHENTICATED, responses
 from orderflow.api.ingest import RestaurantId
 from orderflow.api.resources import Resources
+from orderflow.model.money import money
+from orderflow.model.pricing import today
 
 router = APIRouter(tags=["query"], responses=responses(*AUTHENTICATED, 422))
 
@@ -35,10 +36,6 @@ OrderIdPath = Path(min_length=1, max_length=256, pattern=STORED_TEXT,
 
 def _iso(value) -> str | None:
     return None if value is None else value.isoformat()
-
-
-def today(res: Resources) -> dt.date:
-    return dt.datetime.now(ZoneInfo(res.settings.exchange_timezone)).date()
 
 
 class OrderOut(BaseModel):
@@ -88,7 +85,7 @@ def get_volume(token: Annotated[str, Token], who: Caller, res: Res,
                day: Annotated[Day | None, Query(description="YYYY-MM-DD, default today (exchange time zone)")] = None):
     if not who.can_read_client(token):
         raise forbidden(f"this key may not read client {token!r}")
-    day = day or today(res)
+    day = day or today(res.settings)
     item = res.dynamodb.get_item(
         TableName=res.settings.client_volume_table,
         Key={"client_token": {"S": token}, "day": {"S": day.isoformat()}},
@@ -210,7 +207,7 @@ class RankingOut(BaseModel):
 
 
 def offline_ranking(res: Resources, first: dt.date, last: dt.date, limit: int) -> list[RankingEntry]:
-    from orderflow.io.presence_postgres import offline_ranking as ranking_rows  # the one ranking query
+    from orderflow.io.presence_queries import offline_ranking as ranking_rows  # the one ranking query
 
     with res.pg.connection() as conn:
         rows = ranking_rows(conn, first, last, limit)
@@ -226,7 +223,7 @@ def get_offline_ranking(who: Caller, res: Res,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 10):
     if not who.can_read():
         raise forbidden("this key has no 'read' scope")
-    first = first or today(res)
+    first = first or today(res.settings)
     last = last or first
     if last < first:
         raise HTTPException(422, f"to ({last}) is before from ({first})")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 
+from orderflow import clients
 from orderflow.api.auth import KeyVerifier
 from orderflow.api.kafka_sink import KafkaSink
 from orderflow.config import ApiConfig, Settings
@@ -25,17 +26,13 @@ class Resources:
 
     @functools.cached_property
     def redis(self):
-        import redis
-
-        return redis.Redis.from_url(self.settings.redis_url, socket_timeout=3, socket_connect_timeout=3)
+        return clients.redis_client(self.settings, socket_timeout=3, socket_connect_timeout=3)
 
     @functools.cached_property
     def dynamodb(self):
         from botocore.config import Config
 
-        from orderflow.bootstrap import aws_client
-
-        return aws_client(
+        return clients.aws_client(
             self.settings, "dynamodb",
             # as many pooled connections as the server has worker threads, and quick failure when down
             config=Config(max_pool_connections=64, connect_timeout=3, read_timeout=5, retries={"max_attempts": 2}),
@@ -50,9 +47,7 @@ class Resources:
     @functools.cached_property
     def kafka_admin(self):
         """Kafka's admin client: consumer lag (committed and end offsets) of the pipelines."""
-        from confluent_kafka.admin import AdminClient
-
-        return AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap, "socket.timeout.ms": 3000})
+        return clients.kafka_admin(self.settings, **{"socket.timeout.ms": 3000})
 
     @functools.cached_property
     def restaurant_state(self):
@@ -62,7 +57,7 @@ class Resources:
 
     @functools.cache  # noqa: B019 - one Resources per process, codecs live as long
     def codec(self, schema_name: str):
-        from orderflow.io.avro import AvroCodec
+        from orderflow.model.avro import AvroCodec
 
         return AvroCodec(schema_name)
 

@@ -7,8 +7,8 @@ import json
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from orderflow import replay
-from orderflow.io.avro import AvroCodec, AvroDecodeError
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition
+from orderflow.model.avro import AvroCodec, AvroDecodeError
 
 
 def demo(settings) -> None:

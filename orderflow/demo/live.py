@@ -26,6 +26,7 @@ from orderflow import refdata
 from orderflow.api.demo import demo as api_demo
 from orderflow.config import Settings, settings_environment
 from orderflow.local.processes import RUNNING, DetachedProcess
+from orderflow.model import pricing, sample_assets
 
 DEMO_PHONE = "+5511900000001"
 # Thresholds sized for the feed's default rate (~20 orders/s of ~100,000 BRL): the busiest client
@@ -42,9 +43,9 @@ DEMO_RESTAURANT = "rest-00042"
 def start_live_system(settings: Settings, root: str = ".local", feed_args: list[str] | None = None,
                       pipeline_args: dict[str, list[str]] | None = None) -> dict[str, str]:
     """Reference data for today, a phone for alarms, and the three processes; returns their states."""
-    today = refdata.today(settings)
+    today = pricing.today(settings)
     for day in (today - dt.timedelta(days=1), today):
-        refdata.load_reference_data(settings, day, refdata.sample_prices(day))
+        refdata.load_reference_data(settings, day, sample_assets.sample_prices(day))
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES (%s, NULL) ON CONFLICT (phone) DO NOTHING",
                      (DEMO_PHONE,))
@@ -92,7 +93,7 @@ def _wait(check: Callable[[], object], timeout: float, processes: list[DetachedP
 def try_it(url: str, key: str, settings: Settings, root: str = ".local", timeout: float = 120.0) -> dict[str, float]:
     """What a user tries first, through the API; returns how many seconds each took to show up."""
     pipelines = [DetachedProcess(name, root) for name in ("orders", "presence", "feed")]
-    day = refdata.today(settings)
+    day = pricing.today(settings)
 
     def volume() -> tuple[Decimal, int]:
         status, body = _call(f"{url}/clients/vitor/volume?day={day}", key)

@@ -9,9 +9,10 @@ import psycopg
 from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow import refdata
-from orderflow.bootstrap import aws_client
+from orderflow.clients import aws_client
 from orderflow.config import Settings
 from orderflow.generate.orders import generate, produce
+from orderflow.model import pricing, sample_assets
 from orderflow.pipelines import orders
 
 
@@ -20,8 +21,8 @@ def demo(settings: Settings, n: int = 20_000) -> None:
 
     Yesterday, because a whole generated session of today would carry event times in the future, which a
     Kafka 4 broker refuses (``log.message.timestamp.after.max.ms``, one hour) as it should."""
-    day = refdata.today(settings) - datetime.timedelta(days=1)
-    refdata.load_reference_data(settings, day, refdata.sample_prices(day))
+    day = pricing.today(settings) - datetime.timedelta(days=1)
+    refdata.load_reference_data(settings, day, sample_assets.sample_prices(day))
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES ('+5511900000001', NULL) "
                      "ON CONFLICT (phone) DO NOTHING")

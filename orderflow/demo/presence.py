@@ -9,7 +9,7 @@ import psycopg
 
 from orderflow.config import Settings, load_settings
 from orderflow.generate.keepalive import default_end, make_plan, produce
-from orderflow.io.presence_postgres import offline_ranking
+from orderflow.io.presence_queries import offline_ranking
 from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.pipelines import presence
 

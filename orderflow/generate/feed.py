@@ -23,9 +23,9 @@ import time
 from orderflow.config import Settings, load_settings
 from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
 from orderflow.generate.orders import FORMATS, encode_order
-from orderflow.io.avro import AvroCodec
-from orderflow.refdata import SAMPLE_ASSETS
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.model.avro import AvroCodec
+from orderflow.model.presence import AvailabilityChange
+from orderflow.model.sample_assets import SAMPLE_ASSETS
 
 TICK_SECONDS = 0.25
 

@@ -29,8 +29,8 @@ from collections.abc import Iterator
 from zoneinfo import ZoneInfo
 
 from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings
-from orderflow.io.avro import AvroCodec
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.model.avro import AvroCodec
+from orderflow.model.presence import AvailabilityChange
 
 DEFAULT_TZ = DEFAULT_TIMEZONE
 KINDS = ("outage", "scheduled", "cancelled", "unavailable", "gone")

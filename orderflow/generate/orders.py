@@ -23,8 +23,9 @@ from collections.abc import Iterable, Iterator
 import orjson
 
 from orderflow.config import DEFAULT_TIMEZONE, load_settings
-from orderflow.refdata import SAMPLE_ASSETS, today
-from orderflow.transforms.normalize_orders import encode_order_avro
+from orderflow.model.orders import encode_order_avro
+from orderflow.model.pricing import today
+from orderflow.model.sample_assets import SAMPLE_ASSETS
 
 FORMATS = ("json", "rest", "csv", "avro")
 MALFORMED_REASONS = ("unparseable", "invalid_quantity", "missing_token", "unknown_asset")

@@ -1,67 +1,21 @@
-"""Dead letters: input that could not be processed, kept with the reason instead of being dropped.
+"""Dead letters to a Kafka topic (``DeadLetter`` itself is ``orderflow.model.dead_letter``).
 
-A dead letter goes to the dead-letter topic as the original payload with the reason, detail, source
-(Kafka coordinates) and stage in headers. A record must fit the producer's maximum message size
-(``DLQ_MAX_MESSAGE_BYTES``, librdkafka's default ``message.max.bytes``): a payload that would not, e.g. a
-1 MB value that just fitted ``ordem-ativo`` before headers were added, is stored truncated to fit, with
-headers ``dlq.truncated: true``, ``dlq.original_size`` (bytes) and ``dlq.sha256`` (hex digest of the whole
-original payload), so that the original can be found again by its coordinates and verified, and the
-bundle never fails on it. Truncations are counted by ``dead_letters/truncated``.
+``dead_letter_to_kafka`` is ``DeadLetter.to_kafka`` inside a pipeline: it also counts the dead letters stored
+truncated to fit ``DLQ_MAX_MESSAGE_BYTES`` (Beam counter ``dead_letters/truncated``).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import NamedTuple
-
 from apache_beam.metrics import Metrics
 
-DLQ_MAX_MESSAGE_BYTES = 1_000_000
-# Room left for the record's own framing (lengths, attributes, timestamps) that the producer counts
-# against message.max.bytes besides key, value and headers.
-_RECORD_OVERHEAD_BYTES = 512
-_MAX_DETAIL_BYTES = 1000
+from orderflow.model.dead_letter import TRUNCATED_HEADER, DeadLetter
 
 _truncated = Metrics.counter("dead_letters", "truncated")
 
-# The tag of the dead-letter output of every multi-output transform (``result.dead_letter``).
-DEAD_LETTER_TAG = "dead_letter"
 
-
-def _text(value: str, limit: int | None = None) -> bytes:
-    encoded = value.encode("utf-8", "backslashreplace")  # never fails, whatever the text holds
-    return encoded if limit is None else encoded[:limit]
-
-
-class DeadLetter(NamedTuple):
-    """A record that failed a stage, with a machine-readable ``reason`` and a human ``detail``."""
-
-    reason: str          # e.g. "unparseable", "invalid_quantity", "unknown_asset", "avro_decode"
-    detail: str          # what a person needs to understand the failure
-    payload: bytes       # the original bytes, untouched, so the record can be fixed and replayed
-    source: str = ""     # where it came from, e.g. Kafka coordinates "topic/partition/offset"
-    stage: str = ""      # the transform that rejected it
-
-    def to_kafka(self, max_message_bytes: int = DLQ_MAX_MESSAGE_BYTES
-                 ) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-        """(key, value, headers) for a dead-letter topic: the original payload, the reason in headers.
-
-        The record fits ``max_message_bytes``: a payload too large is truncated, with its original size
-        and SHA-256 digest in headers (``dlq.truncated``, ``dlq.original_size``, ``dlq.sha256``).
-        """
-        key = _text(self.source)
-        payload = bytes(self.payload)
-        headers = [("dlq.reason", _text(self.reason)), ("dlq.detail", _text(self.detail, _MAX_DETAIL_BYTES)),
-                   ("dlq.source", key), ("dlq.stage", _text(self.stage))]
-        framing = len(key) + sum(len(name) + len(value) for name, value in headers) + _RECORD_OVERHEAD_BYTES
-        if framing + len(payload) <= max_message_bytes:
-            return key, payload, headers
-        headers += [("dlq.truncated", b"true"), ("dlq.original_size", str(len(payload)).encode()),
-                    ("dlq.sha256", hashlib.sha256(payload).hexdigest().encode())]
-        framing += sum(len(name) + len(value) for name, value in headers[-3:])
+def dead_letter_to_kafka(letter: DeadLetter) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """(key, value, headers) of ``letter`` for the dead-letter topic (``DeadLetter.to_kafka``), counted when
+    truncated."""
+    key, value, headers = letter.to_kafka()
+    if len(headers) > 4 and headers[4][0] == TRUNCATED_HEADER:
         _truncated.inc()
-        return key, payload[:max(0, max_message_bytes - framing)], headers
-
-    def to_json(self) -> str:
-        return json.dumps({"reason": self.reason, "detail": self.detail, "source": self.source,
-                           "stage": self.stage, "payload": self.payload.decode("utf-8", "replace")})
+    return key, value, headers

@@ -17,6 +17,7 @@ import datetime
 import time
 from decimal import Decimal
 
+from orderflow import clients
 from orderflow.config import Settings
 
 _BATCH_WRITE_ITEMS = 25
@@ -38,9 +39,7 @@ class DailyVolumeTable:
 
     def _dynamodb(self):
         if self._client is None:
-            from orderflow.bootstrap import aws_client
-
-            self._client = aws_client(self.settings, "dynamodb")
+            self._client = clients.aws_client(self.settings, "dynamodb")
         return self._client
 
     def write(self, volumes: list[tuple]) -> list[tuple[tuple, str]]:

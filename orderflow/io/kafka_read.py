@@ -46,8 +46,8 @@ from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition, resolve_start_offset
-from orderflow.io.kafka_record import KafkaRecord
 from orderflow.io.retry import is_transient
+from orderflow.model.kafka_record import KafkaRecord
 
 __all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
            "KafkaPartitionCoder", "OffsetRangeCoder"]

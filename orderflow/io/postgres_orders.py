@@ -49,11 +49,10 @@ import orjson
 import psycopg
 from apache_beam.metrics import Metrics
 
-from orderflow.io.dead_letter import DEAD_LETTER_TAG
 from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from orderflow.transforms.normalize_orders import order_dead_letter
-from orderflow.transforms.order_batch import OrderBatch
+from orderflow.model.dead_letter import DEAD_LETTER_TAG, Stage
+from orderflow.model.orders import OrderBatch, order_dead_letter
 
 DYNAMODB_REJECTED = "dynamodb_rejected"
 
@@ -341,7 +340,7 @@ class _WriteBatch(beam.DoFn):
         for order, reason, message in rejected:
             self.by_reason[reason].inc()
             self.dead_letters.inc()
-            stage = "postgres_orders" if reason == POSTGRES_REJECTED else "dynamodb_volume"
+            stage = Stage.POSTGRES_ORDERS if reason == POSTGRES_REJECTED else Stage.DYNAMODB_VOLUME
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, self._output(
                 order_dead_letter(order, reason, message, stage), timestamp, window, in_process))
 

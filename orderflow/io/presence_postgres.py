@@ -1,4 +1,4 @@
-"""Batched, idempotent Postgres sinks of the presence pipeline, and the offline-ranking query.
+"""Batched, idempotent Postgres sinks of the presence pipeline (the offline ranking reads them: ``presence_queries``).
 
 - ``WriteStatusIntervals``: a batch of status intervals is authoritative for the stretch of time it covers
   per restaurant: rows starting inside it are replaced (a row reaching into it from before is cut at its
@@ -36,10 +36,10 @@ from collections.abc import Callable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from orderflow.io.dead_letter import DeadLetter
 from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from orderflow.transforms.presence_rules import (
+from orderflow.model.dead_letter import DeadLetter, Stage
+from orderflow.model.presence import (
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
     SET_STATUS,
@@ -120,16 +120,6 @@ SELECT * FROM unnest(%(source)s::text[], %(stage)s::text[], %(reason)s::text[], 
 ON CONFLICT DO NOTHING
 """
 
-RANKING_SQL = """
-SELECT restaurant_id, sum(unexplained_offline_seconds)::bigint AS seconds
-FROM restaurant_offline_daily
-WHERE day >= %(day_from)s AND day <= %(day_to)s
-GROUP BY restaurant_id
-ORDER BY seconds DESC, restaurant_id
-LIMIT %(limit)s
-"""
-
-
 def write_intervals(conn, intervals: list[StatusInterval]) -> int:
     """Replaces the stretch each restaurant's intervals cover, and recomputes the touched daily aggregates,
     in one transaction."""
@@ -182,14 +172,6 @@ def write_unavailability(conn, changes: list[AvailabilityChange]) -> int:
 
 def _dt(ms: int | None) -> dt.datetime | None:
     return None if ms is None else ms_to_datetime(ms)
-
-
-def offline_ranking(conn, day_from: dt.date, day_to: dt.date, limit: int = 10) -> list[tuple[str, int]]:
-    """``[(restaurant_id, unexplained offline seconds)]`` over ``[day_from, day_to]``, most offline first.
-
-    The one ranking query (the HTTP API's too): every restaurant evaluated in the range is ranked,
-    restaurants with no unexplained offline time included (last, with 0)."""
-    return conn.execute(RANKING_SQL, {"day_from": day_from, "day_to": day_to, "limit": limit}).fetchall()
 
 
 # Python-side refusals while turning a record into parameters (e.g. a timestamp past year 9999).
@@ -314,7 +296,7 @@ class WriteStatusIntervals(beam.PTransform):
         return (_batched(intervals, "Batch", 100, self._max)
                 | "Write" >> beam.ParDo(_PostgresBatchFn(self._dsn, write_intervals, "status_intervals",
                                                          _interval_order, _interval_source,
-                                                         "presence_postgres/status_intervals",
+                                                         Stage.POSTGRES_STATUS_INTERVALS,
                                                          self._retry_seconds)))
 
 
@@ -335,7 +317,7 @@ class WriteUnavailabilityHistory(beam.PTransform):
     def expand(self, change_batches):
         return change_batches | "Write" >> beam.ParDo(
             _PostgresBatchFn(self._dsn, write_unavailability, "unavailability_changes", _change_order,
-                             _change_source, "presence_postgres/unavailability", self._retry_seconds))
+                             _change_source, Stage.POSTGRES_UNAVAILABILITY, self._retry_seconds))
 
 
 _MAX_SOURCE_BYTES = 256  # (source, stage) is a unique index key: far under its 2,704-byte row limit

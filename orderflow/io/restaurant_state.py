@@ -8,7 +8,8 @@ One Redis hash per restaurant, ``{prefix}{restaurant_id}``, written by the prese
 - ``schedule:{schedule_id}``: JSON ``{"reason", "starts_at_ms", "ends_at_ms", "cancelled_at_ms"}`` of each
   scheduled unavailability (a cancellation sticks even if the creation arrives after it).
 
-``WriteKeepalivesToRedis`` and ``WriteAvailabilityToRedis`` are the pipeline's Beam sinks.
+``WriteKeepalivesToRedis`` and ``WriteAvailabilityToRedis`` (``orderflow.io.presence_redis``) are the
+pipeline's Beam sinks; this module has no Beam, so the API reads the state with ``RestaurantStateStore``.
 
 Every write is a Lua script, so concurrent writers merge instead of overwriting each other, and a batch
 of writes is one round trip. A write Redis refuses because of the data (e.g. ``WRONGTYPE``: the key holds
@@ -16,7 +17,7 @@ something else than a hash; a script error on a corrupt stored field) does not f
 writes report it (``RedisWrites.refused``, with Redis' message; a refused keep-alive script call of many
 restaurants is bisected down to the one refused) and the Beam sinks return those records as
 ``DeadLetter``s (reason ``redis_rejected``, counter ``RestaurantState/dead_letters``). ``RestaurantStateStore.statuses`` answers up to thousands of ids with one
-pipelined round trip (HGETALL per id) and evaluates the rules of ``presence_rules`` at ``now``.
+pipelined round trip (HGETALL per id) and evaluates the rules of ``orderflow.model.presence`` at ``now``.
 """
 from __future__ import annotations
 
@@ -25,12 +26,10 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-import apache_beam as beam
 import redis
-from apache_beam.metrics import Metrics
 
-from orderflow.io.retry import DEFAULT_RETRY_SECONDS, REDIS_SERVER_STATE_ERRORS, call_with_retry
-from orderflow.transforms.presence_rules import (
+from orderflow.io.retry import REDIS_SERVER_STATE_ERRORS
+from orderflow.model.presence import (
     AVAILABLE,
     DEFAULT_KEEPALIVE_GAP_MS,
     SCHEDULE_CANCELLED,
@@ -275,132 +274,3 @@ class RestaurantStateStore:
                 "scheduled": active,
             },
         }
-
-
-class _RedisWriteFn(beam.DoFn):
-    def __init__(self, redis_url: str, key_prefix: str, retry_seconds: float):
-        self._redis_url = redis_url
-        self._key_prefix = key_prefix
-        self._retry_seconds = retry_seconds
-        self._writes = Metrics.counter("RestaurantState", "redis_writes")
-        self._dead = Metrics.counter("RestaurantState", "dead_letters")
-        self._retries = Metrics.counter("RestaurantState", "transient_retries")
-
-    def setup(self):
-        self._store = RestaurantStateStore(self._redis_url, key_prefix=self._key_prefix)
-
-    def _retrying(self, what: str, write):
-        """``write()`` under the outage rule (``orderflow.io.retry``); every write here is idempotent (a
-        maximum, the latest status, a merge), so a retried batch writes nothing twice."""
-        def reconnect(_exc):
-            self._retries.inc()
-            self._store.close()
-
-        return call_with_retry(what, write, self._retry_seconds, on_retry=reconnect)
-
-    def _dead_letters(self, writes: RedisWrites, stage: str, describe):
-        from orderflow.io.dead_letter import DeadLetter
-
-        self._writes.inc(writes.written)
-        for item, message in writes.refused:
-            self._dead.inc()
-            source, record = describe(item)
-            yield DeadLetter(REDIS_REJECTED, message, json.dumps(record).encode("utf-8", "backslashreplace"),
-                             source, stage)
-
-    def teardown(self):
-        store = getattr(self, "_store", None)
-        if store is not None:
-            store.close()
-
-
-def _describe_keepalive(item):
-    (restaurant_id, ms) = item
-    return f"keepalive:{restaurant_id}@{ms}", {"restaurant_id": restaurant_id, "last_keepalive_ms": ms}
-
-
-def _describe_change(change: AvailabilityChange):
-    return f"event:{change.event_id}", change._asdict()
-
-
-class _RecordKeepalivesFn(_RedisWriteFn):
-    """Keeps the latest ping per restaurant over the bundle and writes them when the bundle ends (or the
-    buffer is full): one write per restaurant per bundle, however many of its pings the bundle holds.
-    Yields a DeadLetter for each restaurant whose write Redis refused."""
-
-    MAX_BUFFERED = 100_000
-
-    def start_bundle(self):
-        self._latest: dict[str, int] = {}
-
-    def process(self, batch):
-        latest = self._latest
-        for record in batch if isinstance(batch, list) else [batch]:
-            sent = record["sent_at"]
-            ms = sent if isinstance(sent, int) else to_ms(sent)
-            if latest.get(record["restaurant_id"], -1) < ms:
-                latest[record["restaurant_id"]] = ms
-        if len(latest) >= self.MAX_BUFFERED:
-            yield from self._flush()
-
-    def _flush(self):
-        if self._latest:
-            latest = self._latest
-            writes = self._retrying("keep-alives to Redis", lambda: self._store.record_keepalives(latest))
-            self._latest = {}
-            yield from self._dead_letters(writes, "restaurant_state/keepalives", _describe_keepalive)
-
-    def finish_bundle(self):
-        from apache_beam.transforms.window import GlobalWindows
-
-        # Keep-alives reach this sink in the global window (sessions are formed downstream); a refused
-        # restaurant's dead letter carries the time of its latest ping.
-        for letter in self._flush():
-            sent_ms = json.loads(letter.payload)["last_keepalive_ms"]
-            yield GlobalWindows.windowed_value(letter, sent_ms / 1000)
-
-
-class _ApplyChangesFn(_RedisWriteFn):
-    def process(self, batch):
-        changes = batch if isinstance(batch, list) else [batch]
-        writes = self._retrying("availability to Redis", lambda: self._store.apply_changes(changes))
-        yield from self._dead_letters(writes, "restaurant_state/availability", _describe_change)
-
-
-class WriteKeepalivesToRedis(beam.PTransform):
-    """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` of each restaurant, one round
-    trip per bundle (the hot state is written when the bundle commits). Returns the ``DeadLetter``s of
-    restaurants whose write Redis refused.
-
-    Args:
-        redis_url: the Redis of the hot state.
-        key_prefix: prefix of the restaurants' hashes.
-        retry_seconds: how long an unavailable Redis is retried before the bundle fails.
-    """
-
-    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX,
-                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
-        super().__init__()
-        self._fn = _RecordKeepalivesFn(redis_url, key_prefix, retry_seconds)
-
-    def expand(self, keepalives):
-        return keepalives | beam.ParDo(self._fn)
-
-
-class WriteAvailabilityToRedis(beam.PTransform):
-    """``AvailabilityChange`` lists (or single changes) -> status and schedules, one round trip per batch.
-    Returns the ``DeadLetter``s of changes Redis refused.
-
-    Args:
-        redis_url: the Redis of the hot state.
-        key_prefix: prefix of the restaurants' hashes.
-        retry_seconds: how long an unavailable Redis is retried before the bundle fails.
-    """
-
-    def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX,
-                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
-        super().__init__()
-        self._fn = _ApplyChangesFn(redis_url, key_prefix, retry_seconds)
-
-    def expand(self, changes):
-        return changes | beam.ParDo(self._fn)

@@ -25,6 +25,7 @@ import sys
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from orderflow import clients
 from orderflow.config import Settings, load_settings
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry, is_transient
 
@@ -154,10 +155,8 @@ class _RelayOutbox(beam.DoFn):
         self.failed_ticks = Metrics.counter("orders", "sms_relay_unavailable")
 
     def setup(self):
-        from orderflow.bootstrap import aws_client
-
         self._conn = None
-        self._sns = aws_client(self.settings, "sns")
+        self._sns = clients.aws_client(self.settings, "sns")
 
     def process(self, _tick):
         from orderflow.io.postgres import connect
@@ -213,13 +212,9 @@ class RelaySmsOutbox(beam.PTransform):
 
 
 def main() -> int:
-    import psycopg
-
-    from orderflow.bootstrap import aws_client
-
     settings = load_settings()
-    with psycopg.connect(settings.postgres_dsn) as conn:
-        print(f"sent {relay_sms_outbox(conn, aws_client(settings, 'sns'))} pending SMS")
+    with clients.postgres(settings) as conn:
+        print(f"sent {relay_sms_outbox(conn, clients.aws_client(settings, 'sns'))} pending SMS")
     return 0
 
 

@@ -8,7 +8,8 @@ import dataclasses
 import time
 import uuid
 
-from orderflow.bootstrap import aws_client, create_topics
+from orderflow import clients
+from orderflow.bootstrap import create_topics
 from orderflow.config import Settings
 
 
@@ -31,11 +32,11 @@ def _timed(service: str, operation: str, action) -> RoundTrip:
 
 
 def kafka_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, TopicPartition
 
     topic = f"roundtrip-{token}"
     create_topics(settings.kafka_bootstrap, [topic], 1)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = clients.kafka_producer(settings)
     delivered = []
     producer.produce(topic, key=token, value=b"ping-" + token.encode(), on_delivery=lambda e, m: delivered.append((e, m)))
     producer.flush(10)
@@ -54,32 +55,26 @@ def kafka_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
 
 
 def postgres_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
-    import psycopg
-
-    with psycopg.connect(settings.postgres_dsn, connect_timeout=5) as conn:
+    with clients.postgres(settings, connect_timeout=5) as conn:
         row_id = conn.execute("INSERT INTO stack_roundtrip (note) VALUES (%s) RETURNING id", (token,)).fetchone()[0]
         note = conn.execute("SELECT note FROM stack_roundtrip WHERE id = %s", (row_id,)).fetchone()[0]
     return note == token, f"stack_roundtrip id={row_id}"
 
 
 def redis_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
-    import redis
-
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    client = clients.redis_client(settings, socket_timeout=5)
     client.set(f"roundtrip:{token}", token, ex=60)
     return client.get(f"roundtrip:{token}") == token.encode(), f"key roundtrip:{token}"
 
 
 def memcached_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
-    from pymemcache.client.base import Client
-
-    client = Client(settings.memcached_host_port, connect_timeout=5, timeout=5)
+    client = clients.memcached(settings, connect_timeout=5, timeout=5)
     client.set(f"roundtrip:{token}", token.encode(), expire=60)
     return client.get(f"roundtrip:{token}") == token.encode(), f"key roundtrip:{token}"
 
 
 def dynamodb_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
-    client = aws_client(settings, "dynamodb")
+    client = clients.aws_client(settings, "dynamodb")
     client.put_item(TableName=settings.prices_table,
                     Item={"pricing_code": {"S": f"roundtrip-{token}"}, "price": {"N": "1.23"}})
     item = client.get_item(TableName=settings.prices_table, Key={"pricing_code": {"S": f"roundtrip-{token}"}},
@@ -89,7 +84,7 @@ def dynamodb_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
 
 
 def sns_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
-    client = aws_client(settings, "sns")
+    client = clients.aws_client(settings, "sns")
     arn = client.create_topic(Name=settings.alarm_sns_topic)["TopicArn"]
     message_id = client.publish(TopicArn=arn, Message=f"roundtrip {token}")["MessageId"]
     sms_id = client.publish(PhoneNumber="+5511999990000", Message=f"roundtrip {token}")["MessageId"]

@@ -25,20 +25,22 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
 from orderflow.config import Settings, load_settings, with_overrides
-from orderflow.io.avro import AvroCodec
+from orderflow.io.dead_letter import dead_letter_to_kafka
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
+from orderflow.io.reference_data import ReferenceData
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
 from orderflow.logs import configure as configure_logging
+from orderflow.model.avro import AvroCodec
+from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
 from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
-from orderflow.transforms.normalize_orders import MAX_KEY_BYTES, MAX_QUANTITY, NormalizeOrders, OrderLimits
+from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
-from orderflow.transforms.reference_data import ReferenceData
 
 
 class OrdersOptions(PipelineOptions):
@@ -173,7 +175,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
 
     dead_letters = tuple(dead_letter_outputs) | "DeadLetters" >> beam.Flatten()
     _ = (dead_letters
-         | "ToKafka" >> beam.Map(lambda letter: letter.to_kafka())
+         | "ToKafka" >> beam.Map(dead_letter_to_kafka)
          | "PublishDeadLetters" >> WriteToKafka(settings.kafka_bootstrap, topics.orders_dead_letter,
                                                 delivery_timeout=settings.sink_retry_seconds))
 

@@ -30,14 +30,14 @@ from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings, with_ove
 from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
-from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+from orderflow.io.presence_redis import WriteAvailabilityToRedis, WriteKeepalivesToRedis
 from orderflow.logs import configure as configure_logging
+from orderflow.model.presence import PresenceRules, to_ms
 from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
-from orderflow.transforms.presence_rules import PresenceRules, to_ms
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
 
 

@@ -28,7 +28,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from orderflow.io.kafka_record import KafkaRecord
+from orderflow.model.kafka_record import KafkaRecord
 from orderflow.pipelines.progress import ProgressOptions, ProgressTarget, ProgressWriter
 from orderflow.pipelines.runner import RunModeOptions
 

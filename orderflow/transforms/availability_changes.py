@@ -10,12 +10,12 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from orderflow.io.avro import AvroCodec, AvroDecodeError
-from orderflow.io.dead_letter import DEAD_LETTER_TAG, DeadLetter
-from orderflow.io.kafka_record import KafkaRecord
-from orderflow.transforms.presence_rules import AvailabilityChange, InvalidAvailabilityChange, validate_change
+from orderflow.model.avro import AvroCodec, AvroDecodeError
+from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
+from orderflow.model.kafka_record import KafkaRecord
+from orderflow.model.presence import AvailabilityChange, InvalidAvailabilityChange, validate_change
 
-STAGE = "DecodeAvailabilityChanges"
+STAGE = Stage.DECODE_AVAILABILITY_CHANGES
 
 
 class _DecodeChangesFn(beam.DoFn):

@@ -43,7 +43,7 @@ from apache_beam.transforms.window import GlobalWindows, Sessions
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from orderflow.transforms.presence_rules import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, to_ms
+from orderflow.model.presence import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, to_ms
 
 
 def _ts(ms: int) -> Timestamp:

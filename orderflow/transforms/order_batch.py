@@ -1,9 +1,13 @@
-"""``OrderBatch``: the element type of the orders pipeline between its per-batch DoFns.
+"""``OrderBatchCoder``: the Beam coder of ``OrderBatch`` (``orderflow.model.orders``), registered on import.
 
 A batch of order dicts (with datetimes, dates and Decimals) would otherwise be encoded by Beam's
 FastPrimitivesCoder value by value, pickling each datetime and Decimal on its own wherever the runner
 materialises a PCollection (e.g. before the ParDo that reads the reference-data side input): about 3x
 slower than pickling the whole batch in one call, which is what ``OrderBatchCoder`` does.
+
+The orders transforms import this module, so the coder is registered wherever an orders pipeline is built.
+Batches pickled before ``OrderBatch`` moved to ``orderflow.model.orders`` name
+``orderflow.transforms.order_batch.OrderBatch``, which this module's import keeps resolvable.
 """
 from __future__ import annotations
 
@@ -11,12 +15,9 @@ import pickle
 
 from apache_beam import coders
 
+from orderflow.model.orders import OrderBatch
 
-class OrderBatch(list):
-    """A list of Order / PricedOrder dicts processed by one DoFn call."""
-
-    def __reduce__(self):
-        return OrderBatch, (list(self),)
+__all__ = ["OrderBatch", "OrderBatchCoder"]
 
 
 class OrderBatchCoder(coders.Coder):

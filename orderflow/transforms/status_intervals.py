@@ -43,7 +43,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
-from orderflow.transforms.presence_rules import (
+from orderflow.model.presence import (
     DEFAULT_KEEPALIVE_GAP_MS,
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,

@@ -15,9 +15,9 @@ import psycopg
 import pytest
 
 from orderflow.api.auth import dashboard_token
-from orderflow.api.queries import today
-from orderflow.bootstrap import aws_client
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.clients import aws_client
+from orderflow.model.presence import AvailabilityChange
+from orderflow.model.pricing import today
 from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.environment import require
 
@@ -41,7 +41,7 @@ def browser():
 def _seed(api, state_store):
     now_ms = int(time.time() * 1000)
     state_store.record_keepalives({f"dash-{i}": now_ms for i in range(5)})
-    day = today(api.app.state.resources)
+    day = today(api.app.state.resources.settings)
     with psycopg.connect(api.settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO restaurant_offline_daily VALUES ('dash-3', %s, 5400), ('dash-1', %s, 840)"
                      " ON CONFLICT DO NOTHING", (day, day))

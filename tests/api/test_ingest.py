@@ -9,8 +9,8 @@ import time
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
-from orderflow.io.avro import AvroCodec
-from orderflow.transforms.normalize_orders import encode_order_avro
+from orderflow.model.avro import AvroCodec
+from orderflow.model.orders import encode_order_avro
 from tests.support.kafka_check import count_records, read_at
 
 ORDER_CODEC = AvroCodec("order")

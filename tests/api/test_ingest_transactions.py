@@ -11,8 +11,8 @@ import zlib
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from orderflow.io.avro import AvroCodec
-from orderflow.transforms.normalize_orders import parse_orders
+from orderflow.model.avro import AvroCodec
+from orderflow.model.orders import parse_orders
 from tests.support.kafka_check import read_all
 from tests.support.served_api import ServedApi
 

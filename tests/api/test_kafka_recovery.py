@@ -17,8 +17,8 @@ import uuid
 import pytest
 
 from orderflow.config import ApiConfig
-from orderflow.io.avro import AvroCodec
 from orderflow.local.stack import read_pid
+from orderflow.model.avro import AvroCodec
 from tests.support.kafka_check import read_all
 from tests.support.served_api import ServedApi
 

@@ -10,7 +10,7 @@ import time
 
 import port_for
 
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.model.presence import AvailabilityChange
 from tests.support.served_api import ServedApi
 
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from orderflow import refdata
+from orderflow.model import sample_assets
 from orderflow.pipelines import orders as orders_pipeline
 
 
@@ -17,7 +18,7 @@ from orderflow.pipelines import orders as orders_pipeline
 def through_the_pipeline(api, api_settings):
     """Posts orders in three models and one through the REST Proxy route, then runs the bounded pipeline."""
     today = dt.datetime.now(zoneinfo.ZoneInfo(api_settings.exchange_timezone)).date()
-    refdata.load_reference_data(api_settings, today, refdata.sample_prices(today))
+    refdata.load_reference_data(api_settings, today, sample_assets.sample_prices(today))
     sent = {}
     with api.client(api.key("ingest")) as ingester:
         resp = ingester.post("/orders", json={"ativo": "WEGE3", "quantidade": 100, "token": "e2e-json"})

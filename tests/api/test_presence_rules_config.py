@@ -17,7 +17,7 @@ import redis
 from confluent_kafka import Producer
 
 from orderflow.config import load_settings, settings_environment
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import presence
 from tests.support.served_api import API_REDIS_DB
 

@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from orderflow.bootstrap import aws_client
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.clients import aws_client
+from orderflow.model.presence import AvailabilityChange
 
 UTC = dt.timezone.utc
 

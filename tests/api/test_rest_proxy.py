@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from tests.support.environment import require
 from tests.support.kafka_check import count_records, read_at
 

@@ -5,7 +5,7 @@ import datetime as dt
 import decimal
 
 from orderflow.demo.kafka import demo
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from tests.support.kafka_testing import produce
 
 BASE_MS = 1_760_000_000_000

@@ -10,7 +10,7 @@ import psycopg
 
 from orderflow.demo.presence import demo
 from orderflow.generate.keepalive import make_plan
-from orderflow.io.presence_postgres import offline_ranking
+from orderflow.io.presence_queries import offline_ranking
 
 DEMO_REDIS_DB = 8  # the session's Redis is shared by all modules: this step's hot state goes to its own database
 END = dt.datetime(2026, 3, 10, 22, 30, tzinfo=ZoneInfo("America/Sao_Paulo"))

@@ -19,8 +19,9 @@ import redis
 from orderflow import refdata
 from orderflow.config import settings_environment
 from orderflow.local.processes import RUNNING, DetachedProcess
+from orderflow.model import pricing, sample_assets
+from orderflow.model.presence import to_ms
 from orderflow.pipelines.runner import PRISM_BINARY
-from orderflow.transforms.presence_rules import to_ms
 from tests.support.fault_feed import ALARM_THRESHOLD, RecordedFeed
 from tests.support.orders_scenario import dynamodb_volumes
 from tests.support.waiting import START_TIMEOUT, wait_for
@@ -129,10 +130,10 @@ def fault_system(own_stack, tmp_path_factory):
     assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
     stack, settings = own_stack
     settings = dataclasses.replace(settings, sink_retry_seconds=SINK_RETRY_SECONDS)
-    day = refdata.today(settings)
-    prices = refdata.sample_prices(day)
+    day = pricing.today(settings)
+    prices = sample_assets.sample_prices(day)
     for d in (day - datetime.timedelta(days=1), day):
-        refdata.load_reference_data(settings, d, refdata.sample_prices(d))
+        refdata.load_reference_data(settings, d, sample_assets.sample_prices(d))
     phone = f"+5521{int(uuid.uuid4().int % 10**9):09d}"
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES (%s, NULL)", (phone,))

@@ -5,7 +5,7 @@ import collections
 import time
 
 from orderflow.generate.feed import TICK_SECONDS, FeedOptions, LiveFeed
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from tests.support.orders_scenario import read_topic
 
 

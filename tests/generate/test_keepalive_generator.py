@@ -5,7 +5,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from orderflow.generate.keepalive import KeepaliveEncoder, Plan, RestaurantPlan, default_end, make_plan
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 
 SP = ZoneInfo("America/Sao_Paulo")
 

@@ -8,7 +8,7 @@ import zoneinfo
 import pytest
 
 from orderflow.generate.orders import MALFORMED_REASONS, UNKNOWN_ASSET, generate
-from orderflow.transforms.normalize_orders import InvalidOrder, parse_orders
+from orderflow.model.orders import InvalidOrder, parse_orders
 
 DAY = datetime.date(2026, 11, 16)
 
@@ -76,7 +76,7 @@ def test_cli_produces_yesterday_by_default_and_refuses_a_session_not_over(module
 
     from orderflow.config import settings_environment
     from orderflow.generate.orders import main
-    from orderflow.refdata import today
+    from orderflow.model.pricing import today
     from tests.support.orders_scenario import read_topic
 
     for variable, value in settings_environment(module_settings).items():

@@ -11,8 +11,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from orderflow.io.avro import AvroCodec, AvroDecodeError, DecodeAvro, load_schema, schema_fingerprint
-from orderflow.io.kafka_record import KafkaRecord
+from orderflow.io.avro import DecodeAvro
+from orderflow.model.avro import AvroCodec, AvroDecodeError, load_schema, schema_fingerprint
+from orderflow.model.kafka_record import KafkaRecord
 from tests.support.avro_history import encode_v1
 
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"

@@ -6,8 +6,8 @@ import hashlib
 import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from orderflow.io.dead_letter import DLQ_MAX_MESSAGE_BYTES, DeadLetter
 from orderflow.io.kafka_write import WriteToKafka
+from orderflow.model.dead_letter import DLQ_MAX_MESSAGE_BYTES, DeadLetter
 from tests.support.kafka_testing import read_partition
 
 

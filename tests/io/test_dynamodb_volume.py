@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import psycopg
 
-from orderflow.bootstrap import aws_client
+from orderflow.clients import aws_client
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.postgres_orders import OrdersWriter
 

@@ -7,7 +7,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
-from orderflow.io.kafka_record import KafkaRecord
+from orderflow.model.kafka_record import KafkaRecord
 from tests.support.kafka_testing import produce
 
 

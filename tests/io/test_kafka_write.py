@@ -10,9 +10,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from orderflow.io.avro import AvroCodec, DecodeAvro
+from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka
 from orderflow.io.kafka_write import WriteToKafka
+from orderflow.model.avro import AvroCodec
 from tests.support.avro_history import encode_v1
 from tests.support.kafka_testing import read_partition
 

@@ -157,7 +157,7 @@ def test_orders_postgres_refuses_are_bisected_out_and_every_other_order_is_writt
 def test_write_orders_to_postgres_emits_a_dead_letter_per_refused_order(pg_dsn):
     from apache_beam.metrics.metric import MetricsFilter
 
-    from orderflow.io.avro import AvroCodec
+    from orderflow.model.avro import AvroCodec
 
     day = DAY + datetime.timedelta(days=4)
     batch = [_priced(f"w{i}", "wes", "1", f"w/3/{i}#0", day) for i in range(7)]

@@ -6,9 +6,10 @@ import datetime as dt
 import psycopg
 import pytest
 
-from orderflow.io.dead_letter import DeadLetter
-from orderflow.io.presence_postgres import offline_ranking, write_dead_letters, write_intervals, write_unavailability
-from orderflow.transforms.presence_rules import AvailabilityChange, StatusInterval
+from orderflow.io.presence_postgres import write_dead_letters, write_intervals, write_unavailability
+from orderflow.io.presence_queries import offline_ranking
+from orderflow.model.dead_letter import DeadLetter
+from orderflow.model.presence import AvailabilityChange, StatusInterval
 
 DAY = dt.date(2026, 3, 10)
 T0 = 1773147600000  # 2026-03-10 10:00 in Sao Paulo

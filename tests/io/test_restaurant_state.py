@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from orderflow.io.restaurant_state import RestaurantStateStore
-from orderflow.transforms.presence_rules import AvailabilityChange, OpeningHours
+from orderflow.model.presence import AvailabilityChange, OpeningHours
 
 SP = OpeningHours()
 TZ = SP.tz
@@ -103,7 +103,7 @@ def test_writes_redis_refuses_become_dead_letters_and_the_others_are_written(sta
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
 
-    from orderflow.io.restaurant_state import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+    from orderflow.io.presence_redis import WriteAvailabilityToRedis, WriteKeepalivesToRedis
 
     prefix = f"t-{uuid.uuid4().hex[:8]}:restaurant:"
     client = redis.Redis.from_url(stack_settings.redis_url)

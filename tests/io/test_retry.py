@@ -17,7 +17,7 @@ import redis
 from botocore.exceptions import ClientError
 from confluent_kafka import KafkaError, KafkaException
 
-from orderflow.bootstrap import aws_client
+from orderflow.clients import aws_client
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.postgres_orders import OrdersWriter
 from orderflow.io.retry import call_with_retry, is_transient

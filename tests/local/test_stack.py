@@ -6,7 +6,7 @@ import port_for
 import pytest
 from botocore.exceptions import ClientError
 
-from orderflow.bootstrap import aws_client
+from orderflow.clients import aws_client
 from orderflow.local import LocalStack, ServiceFailed, StackPorts
 from orderflow.local.roundtrip import run_roundtrips
 

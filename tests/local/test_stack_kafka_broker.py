@@ -14,6 +14,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from orderflow import bootstrap, refdata
 from orderflow.generate.orders import generate, produce
 from orderflow.io.kafka_offsets import PartitionReader
+from orderflow.model import sample_assets
 from orderflow.pipelines import orders
 from tests.support.kafka_testing import produce as produce_raw
 from tests.support.orders_scenario import DAY, dynamodb_volumes, expected_outcome, read_topic
@@ -60,7 +61,7 @@ def _run_orders(settings, group):
 def test_orders_pipeline_resumes_from_committed_offsets_after_a_broker_kill(own_stack):
     stack, settings = own_stack
     group = "orders-resume"
-    prices = refdata.sample_prices(DAY)
+    prices = sample_assets.sample_prices(DAY)
     refdata.load_reference_data(settings, DAY, prices)
     records = list(generate(3000, seed=11, day=DAY, timezone=settings.exchange_timezone))
     first, second = records[:1800], records[1800:]

@@ -9,7 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import orders as orders_pipeline
 from tests.support.orders_scenario import DAY, dynamodb_volumes, pipeline_args, prepare_scenario, read_topic
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
-from orderflow.io.avro import AvroCodec
+from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import orders as orders_pipeline
 from tests.support.orders_scenario import DAY, dynamodb_volumes, pipeline_args, read_topic
 from tests.support.poison_scenario import produce_mix

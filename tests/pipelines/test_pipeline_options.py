@@ -23,10 +23,10 @@ import redis
 from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Producer
 
-from orderflow import refdata
 from orderflow.config import settings_environment
 from orderflow.generate.orders import generate
-from orderflow.io.avro import AvroCodec
+from orderflow.model import pricing, sample_assets
+from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import orders
 from tests.support.orders_scenario import expected_outcome
 
@@ -75,15 +75,15 @@ def misdirected(environment) -> dict[str, str]:
 def test_orders_from_the_command_line_with_endpoint_options_and_the_lookback(module_settings, environment,
                                                                             misdirected, make_topic):
     # A past trading day within --refdata_lookback_days=3 of today (no --trade_days: the default days).
-    day = refdata.today(module_settings) - dt.timedelta(days=2)
+    day = pricing.today(module_settings) - dt.timedelta(days=2)
     loaded = _run(["-m", "orderflow.refdata", "load", "--day", str(day)], environment)  # no --file: the samples
-    assert f"{day}: {len(refdata.sample_prices(day))} assets" in loaded.stdout
+    assert f"{day}: {len(sample_assets.sample_prices(day))} assets" in loaded.stdout
     topic = make_topic("options-orders")
     produced = _run(["-m", "orderflow.generate", "orders", "--n", str(ORDERS), "--seed", "13", "--day", str(day),
                      "--topic", topic, "--no-progress"], environment)
     assert f"produced {ORDERS} records for {day} to {topic}" in produced.stdout
     records = list(generate(ORDERS, seed=13, day=day, timezone=module_settings.exchange_timezone))
-    expected = expected_outcome(records, refdata.sample_prices(day), module_settings.exchange_timezone)
+    expected = expected_outcome(records, sample_assets.sample_prices(day), module_settings.exchange_timezone)
 
     done = _run(["-m", "orderflow.pipelines.orders", "--bounded", f"--orders_topic={topic}",
                  f"--orders_postgres_dsn={module_settings.postgres_dsn}",

@@ -22,8 +22,8 @@ import pytest
 from confluent_kafka import Producer
 
 from orderflow.config import settings_environment
-from orderflow.io.avro import AvroCodec
-from orderflow.io.presence_postgres import offline_ranking
+from orderflow.io.presence_queries import offline_ranking
+from orderflow.model.avro import AvroCodec
 from orderflow.transforms.status_intervals import shard_of
 from tests.support.environment import require
 

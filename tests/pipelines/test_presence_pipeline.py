@@ -16,9 +16,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from confluent_kafka import Producer
 
 from orderflow.generate.keepalive import make_plan, produce
-from orderflow.io.avro import AvroCodec
-from orderflow.io.presence_postgres import offline_ranking
+from orderflow.io.presence_queries import offline_ranking
 from orderflow.io.restaurant_state import RestaurantStateStore
+from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import presence
 from orderflow.pipelines.summary import counters
 

@@ -14,6 +14,7 @@ import pytest
 from orderflow import refdata
 from orderflow.config import settings_environment
 from orderflow.local.processes import DetachedProcess
+from orderflow.model import pricing, sample_assets
 from orderflow.pipelines.runner import PRISM_BINARY
 
 
@@ -21,9 +22,9 @@ from orderflow.pipelines.runner import PRISM_BINARY
 def live_settings(module_settings):
     """The module's settings, with the sample reference data of today and yesterday (exchange time zone)."""
     assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
-    day = refdata.today(module_settings)
+    day = pricing.today(module_settings)
     for d in (day - datetime.timedelta(days=1), day):
-        refdata.load_reference_data(module_settings, d, refdata.sample_prices(d))
+        refdata.load_reference_data(module_settings, d, sample_assets.sample_prices(d))
     return module_settings
 
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from orderflow import refdata
+from orderflow.model import pricing, sample_assets
 from tests.support.orders_scenario import dynamodb_volumes
 from tests.support.sns_testing import sent_sms
 from tests.support.waiting import START_TIMEOUT, wait_for
@@ -45,8 +45,8 @@ def _committed(settings) -> dict[int, int]:
 
 def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, live_settings):
     settings = live_settings
-    day = refdata.today(settings)
-    prices = refdata.sample_prices(day)
+    day = pricing.today(settings)
+    prices = sample_assets.sample_prices(day)
     suffix = uuid.uuid4().hex[:6]
     # restart-0 buys a hundred times more than the others: only its daily total crosses the threshold.
     orders = [(f"restart-{suffix}-{i}", CLIENTS[i % len(CLIENTS)], ASSETS[i % len(ASSETS)],

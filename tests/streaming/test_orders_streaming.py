@@ -12,7 +12,8 @@ import pytest
 
 from orderflow import refdata
 from orderflow.config import ApiConfig
-from orderflow.io.avro import AvroCodec
+from orderflow.model import pricing, sample_assets
+from orderflow.model.avro import AvroCodec
 from tests.support.kafka_testing import read_partition
 from tests.support.served_api import ServedApi
 from tests.support.sns_testing import sent_sms
@@ -30,7 +31,7 @@ RULES = [{"id": "live-client-day", "scope": "client", "window": "day", "threshol
 
 @pytest.fixture(scope="module")
 def prices(live_settings):
-    return refdata.sample_prices(refdata.today(live_settings))
+    return sample_assets.sample_prices(pricing.today(live_settings))
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +147,7 @@ def test_periodic_relay_sends_what_a_crashed_run_left_in_the_outbox(orders_pipel
 def test_asset_listed_while_streaming_is_priced_not_dead_lettered(orders_pipeline, client, live_settings, prices):
     # The pipeline loaded today's reference data when it started; an asset listed since is not in that
     # snapshot: its first order reloads it (at most every MISS_RELOAD s) instead of becoming a dead letter.
-    day = refdata.today(live_settings)
+    day = pricing.today(live_settings)
     refdata.load_reference_data(live_settings, day, {**prices, "NEWCO3": ("NEWCO3-LISTED", Decimal("12.34"))})
     time.sleep(MISS_RELOAD + 0.1)  # whatever the last reload was, the next miss may reload
     order_id = f"newco-{SUFFIX}"

@@ -21,8 +21,8 @@ from confluent_kafka import Producer
 
 from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
 from orderflow.generate.orders import FORMATS, encode_order
-from orderflow.io.avro import AvroCodec
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.model.avro import AvroCodec
+from orderflow.model.presence import AvailabilityChange
 
 ASSETS = ["PETR4", "VALE3", "ITUB4", "WEGE3", "SBSP3"]
 # The fault suite's alarm rule, per client and day: every client of the feed crosses it within seconds.

@@ -14,8 +14,9 @@ from decimal import Decimal
 import psycopg
 
 from orderflow import refdata
-from orderflow.bootstrap import aws_client
+from orderflow.clients import aws_client
 from orderflow.generate.orders import generate, produce
+from orderflow.model import sample_assets
 from tests.support.kafka_testing import read_partition
 from tests.support.sns_testing import sent_sms
 
@@ -40,7 +41,7 @@ def prepare_scenario(settings, n: int, seed: int) -> Scenario:
     """Loads DAY's reference data, generates ``n`` records with ``seed``, computes what the pipeline must produce,
     registers phones (all clients and the two top clients), derives the alarm rules and the alarms they must raise,
     and produces the records to the orders topic."""
-    prices = refdata.sample_prices(DAY)
+    prices = sample_assets.sample_prices(DAY)
     refdata.load_reference_data(settings, DAY, prices)
     records = list(generate(n, seed=seed, day=DAY, timezone=settings.exchange_timezone, near_midnight=NEAR_MIDNIGHT))
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)

@@ -9,6 +9,7 @@ import zoneinfo
 
 from orderflow import refdata
 from orderflow.generate.orders import generate
+from orderflow.model import sample_assets
 from tests.support.kafka_testing import produce
 from tests.support.orders_scenario import DAY, alarm_rules, expected_outcome, read_topic
 
@@ -33,7 +34,7 @@ class Mix:
 def produce_mix(settings, n: int, seed: int, poison: dict[str, bytes]) -> Mix:
     """Loads DAY's reference data, generates ``n`` records and produces them with each ``poison`` value at a
     random place among them (so that poison and valid records share batches)."""
-    prices = refdata.sample_prices(DAY)
+    prices = sample_assets.sample_prices(DAY)
     refdata.load_reference_data(settings, DAY, prices)
     records = list(generate(n, seed=seed, day=DAY, timezone=settings.exchange_timezone))
     rng = random.Random(seed)

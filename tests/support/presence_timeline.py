@@ -4,7 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 
-from orderflow.transforms.presence_rules import AvailabilityChange, OpeningHours
+from orderflow.model.presence import AvailabilityChange, OpeningHours
 
 HOURS = OpeningHours()
 TZ = HOURS.tz

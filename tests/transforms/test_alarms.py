@@ -15,7 +15,7 @@ from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import FixedWindows, GlobalWindows, IntervalWindow, SlidingWindows
 from apache_beam.utils.timestamp import Timestamp
 
-from orderflow.bootstrap import aws_client
+from orderflow.clients import aws_client
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox, record_alarms, relay_sms_outbox
 from orderflow.transforms.alarms import Alarm, AlarmRule, WindowedAlarms, parse_rules, rule_windows

@@ -8,8 +8,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from orderflow.io.kafka_record import KafkaRecord
-from orderflow.transforms.normalize_orders import InvalidOrder, NormalizeOrders, encode_order_avro, parse_orders
+from orderflow.model.kafka_record import KafkaRecord
+from orderflow.model.orders import InvalidOrder, encode_order_avro, parse_orders
+from orderflow.transforms.normalize_orders import NormalizeOrders
 
 TS = 1_763_700_000_000  # a Kafka record timestamp, epoch millis
 UTC = datetime.timezone.utc
@@ -162,7 +163,7 @@ def test_limits_are_inclusive_and_configurable():
     with pytest.raises(InvalidOrder, match="outside") as raised:
         parse_orders(b"WEGE3,1,a", timestamp_ms=old, now=NOW)
     assert raised.value.reason == "event_time_out_of_range"
-    from orderflow.transforms.normalize_orders import OrderLimits
+    from orderflow.model.orders import OrderLimits
     wide = OrderLimits(max_key_bytes=4000, max_quantity=5, max_event_age=datetime.timedelta(days=40_000))
     assert parse_orders(b"WEGE3,1,a", timestamp_ms=old, now=NOW, limits=wide)[0]["event_time"].year == 2016
     assert parse_orders(b"WEGE3,5," + b"x" * 3000, now=NOW, limits=wide)[0]["client_token"] == "x" * 3000

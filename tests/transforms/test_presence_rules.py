@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from orderflow.transforms.presence_rules import (
+from orderflow.model.presence import (
     OpeningHours,
     current_status,
     evaluate,

@@ -13,8 +13,8 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 
+from orderflow.model.presence import OpeningHours
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
-from orderflow.transforms.presence_rules import OpeningHours
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
 from tests.support.environment import require
 from tests.support.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize

@@ -9,9 +9,11 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from orderflow import refdata
-from orderflow.transforms.normalize_orders import parse_orders
+from orderflow.io.reference_data import ReferenceData
+from orderflow.model import pricing
+from orderflow.model.orders import parse_orders
+from orderflow.model.pricing import trading_days
 from orderflow.transforms.price_orders import PriceOrders
-from orderflow.transforms.reference_data import ReferenceData, trading_days
 
 DAY = datetime.date(2026, 11, 18)
 UTC = datetime.timezone.utc
@@ -65,5 +67,5 @@ def test_total_is_exact_decimal_not_float(module_settings):
 
 def test_trading_days_default_to_today_and_lookback(module_settings):
     days = trading_days(module_settings, None, 2)
-    assert len(days) == 3 and days[-1] == str(refdata.today(module_settings))
+    assert len(days) == 3 and days[-1] == str(pricing.today(module_settings))
     assert trading_days(module_settings, ["2026-01-02"], 5) == ["2026-01-02"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from apache_beam.coders import PickleCoder
 
-from orderflow.transforms.presence_rules import AvailabilityChange
+from orderflow.model.presence import AvailabilityChange
 from orderflow.transforms.status_intervals import PendingItemCoder, ShardProgressCoder, _EvaluateStatusFn
 
 SCHEDULE = AvailabilityChange("ev-2", "rest-9", "SCHEDULE_CREATED", None, "sch-1", "holiday", 1_700_000_000_000,
