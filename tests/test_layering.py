@@ -1,0 +1,154 @@
+"""orderflow's layers only point down: each module imports only its own layer's package or lower layers.
+
+``LAYERS`` is the one table of the layers (``docs/architecture.md`` draws it). A module's imports are read
+from its source (``ast``), the ones inside functions included, so a lazy import cannot hide an upward one.
+"""
+from __future__ import annotations
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import orderflow
+
+PACKAGE_DIR = pathlib.Path(orderflow.__file__).parent
+
+# Bottom to top. A module belongs to the first entry whose package or module is a prefix of its name; a
+# module in no entry belongs to the top layer (the API, the command lines, the demos, the generators, the
+# local stack, bootstrap, refdata, replay, portability, flink_submit), which may import anything below.
+LAYERS: list[tuple[str, ...]] = [
+    ("orderflow.config", "orderflow.logs"),  # settings and logging: no orderflow imports
+    ("orderflow.model",),                     # domain types and rules: no Beam, no I/O
+    ("orderflow.clients",),                   # service clients built from Settings
+    ("orderflow.io", "orderflow.transforms"),  # connectors and sinks | Beam transforms of the domain
+    ("orderflow.pipelines",),                 # wiring of transforms and io, the registry, the runner
+]
+TOP = len(LAYERS)
+# Packages of one layer that must not import each other.
+SIBLINGS_APART = {("orderflow.io", "orderflow.transforms"), ("orderflow.transforms", "orderflow.io")}
+# Packages that must never import Apache Beam.
+BEAM_FREE = ("orderflow.config", "orderflow.logs", "orderflow.model", "orderflow.clients")
+
+
+def _within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def package_of(module: str) -> str | None:
+    """The ``LAYERS`` entry that holds ``module``, None for the top layer."""
+    for entries in LAYERS:
+        for prefix in entries:
+            if _within(module, prefix):
+                return prefix
+    return None
+
+
+def layer_of(module: str) -> int:
+    package = package_of(module)
+    return TOP if package is None else next(n for n, entries in enumerate(LAYERS) if package in entries)
+
+
+def _orderflow(names: set[str]) -> set[str]:
+    return {name for name in names if _within(name, "orderflow")}
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+def imports_in(source: str, module: str, is_package: bool = False) -> set[str]:
+    """Every module the source of ``module`` imports, anywhere in it (``from a import b`` counts as ``a.b``
+    when ``a.b`` is a module of orderflow, else as ``a``)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                package = module.split(".") if is_package else module.split(".")[:-1]
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base)
+    return found
+
+
+def imports_of(module: str) -> set[str]:
+    path = MODULES[module]
+    return imports_in(path.read_text(), module, path.name == "__init__.py")
+
+
+def upward_imports(module: str, imported: set[str]) -> list[str]:
+    """The orderflow modules of ``imported`` that ``module`` must not import: a higher layer, or another
+    package of its own layer (the top layer excepted)."""
+    layer, package = layer_of(module), package_of(module)
+    return sorted(name for name in _orderflow(imported)
+                  if layer_of(name) > layer or (layer_of(name) == layer < TOP and package_of(name) != package))
+
+
+def test_the_layer_table_names_real_packages():
+    for entries in LAYERS:
+        for prefix in entries:
+            assert prefix in MODULES, f"{prefix} in LAYERS is not a module of orderflow"
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_module_imports_only_lower_layers_or_its_own_package(module):
+    upward = upward_imports(module, imports_of(module))
+    assert not upward, f"{module} (layer {layer_of(module)}) imports {upward}: a higher layer or a sibling package"
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES if any(_within(name, p) for p in BEAM_FREE)))
+def test_the_domain_and_its_foundations_do_not_import_beam(module):
+    beam = sorted(name for name in imports_of(module) if _within(name, "apache_beam"))
+    assert not beam, f"{module} imports {beam}"
+
+
+def test_the_model_imports_no_orderflow_package_but_config():
+    for module in (name for name in MODULES if _within(name, "orderflow.model")):
+        others = sorted(name for name in _orderflow(imports_of(module))
+                        if not _within(name, "orderflow.model") and name != "orderflow.config")
+        assert not others, f"{module} imports {others}"
+
+
+def test_no_module_of_the_api_reaches_beam_through_its_imports():
+    """The static closure of the API's imports, lazy ones included: none of them imports Beam."""
+    seen, todo, path_to = set(), [m for m in MODULES if _within(m, "orderflow.api")], {}
+    while todo:
+        module = todo.pop()
+        if module in seen or module not in MODULES:
+            continue
+        seen.add(module)
+        for name in imports_of(module):
+            assert not _within(name, "apache_beam"), (
+                f"the API reaches Beam: {' -> '.join([*path_to.get(module, []), module])} imports {name}")
+            if name in MODULES and name not in seen:
+                path_to.setdefault(name, [*path_to.get(module, []), module])
+                todo.append(name)
+
+
+def test_the_served_api_does_not_import_beam():
+    """What ``python -m orderflow.api`` loads: the app module, in a fresh interpreter."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, orderflow.api.app; print('apache_beam' in sys.modules)"],
+        capture_output=True, text=True, check=True, timeout=120)
+    assert loaded.stdout.strip() == "False", loaded.stderr
+
+
+def test_the_layer_check_sees_upward_and_sibling_imports_inside_functions():
+    """The check is not blind: lazy imports of a higher layer or of the sibling package are found."""
+    source = ("import json\nfrom orderflow.model.orders import parse_orders\n"
+              "def f():\n    from orderflow.bootstrap import migrate\n"
+              "class C:\n    def g(self):\n        import orderflow.transforms.price_orders\n")
+    assert upward_imports("orderflow.io.example", imports_in(source, "orderflow.io.example")) == [
+        "orderflow.bootstrap", "orderflow.transforms.price_orders"]
+    assert upward_imports("orderflow.transforms.example", imports_in(source, "orderflow.transforms.example")) == [
+        "orderflow.bootstrap"]
