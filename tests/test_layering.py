@@ -135,10 +135,12 @@ def test_no_module_of_the_api_reaches_beam_through_its_imports():
                 todo.append(name)
 
 
-def test_the_served_api_does_not_import_beam():
-    """What ``python -m orderflow.api`` loads: the app module, in a fresh interpreter."""
+@pytest.mark.parametrize("module", ["orderflow.api.app", "orderflow.generate.feed", "orderflow.refdata"])
+def test_the_api_the_generators_and_the_reference_data_tool_do_not_import_beam(module):
+    """What ``python -m orderflow.api`` (the app), ``python -m orderflow.generate`` (feed imports both
+    generators) and ``python -m orderflow.refdata`` load, in a fresh interpreter."""
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, orderflow.api.app; print('apache_beam' in sys.modules)"],
+        [sys.executable, "-c", f"import sys, {module}; print('apache_beam' in sys.modules)"],
         capture_output=True, text=True, check=True, timeout=120)
     assert loaded.stdout.strip() == "False", loaded.stderr
 

@@ -102,7 +102,7 @@ def snapshot(res: Resources) -> dict:
     parts = {
         "status_counts": lambda: status_counts(res),
         "offline_ranking": lambda: [e.model_dump() for e in offline_ranking(res, day, day, 10)],
-        "client_volumes": lambda: client_volumes_today(res.settings),
+        "client_volumes": lambda: client_volumes_today(res),
     }
     out: dict = {"day": day.isoformat(), "errors": {}}
     for name, compute in parts.items():

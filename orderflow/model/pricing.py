@@ -35,7 +35,7 @@ def trading_days(settings: Settings, days: list[str] | None, lookback_days: int)
 
 
 class ReferenceSnapshots(Protocol):
-    """One worker's view of the reference data (``orderflow.io.reference_data.ReferenceDataCache``)."""
+    """One worker's view of the reference data (``orderflow.io.reference_data_cache.ReferenceDataCache``)."""
 
     def current(self) -> Snapshot:
         """The snapshot to price with, loaded or refreshed as needed."""
@@ -45,7 +45,7 @@ class ReferenceSnapshots(Protocol):
 
 
 class ReferenceSource(Protocol):
-    """Where pricing reads reference data from (``orderflow.io.reference_data.ReferenceData``): picklable,
+    """Where pricing reads reference data from (``orderflow.io.reference_data_cache.ReferenceData``): picklable,
     opened once per worker."""
 
     def open(self) -> ReferenceSnapshots:

@@ -30,7 +30,7 @@ from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
-from orderflow.io.reference_data import ReferenceData
+from orderflow.io.reference_data_cache import ReferenceData
 from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
 from orderflow.logs import configure as configure_logging
 from orderflow.model.avro import AvroCodec

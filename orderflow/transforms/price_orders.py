@@ -1,7 +1,7 @@
 """``PriceOrders``: batches of Orders priced with the reference data, code and price of the order's day.
 
 The price rule and the trading day are ``orderflow.model.pricing.price_order``; the reference data comes from
-a ``ReferenceSource`` (in the pipeline ``orderflow.io.reference_data.ReferenceData``).
+a ``ReferenceSource`` (in the pipeline ``orderflow.io.reference_data_cache.ReferenceData``).
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ class PriceOrders(beam.PTransform):
     """``list[Order]`` batches -> ``list[PricedOrder]`` batches (+ ``"dead_letter"``), priced by ``reference``.
 
     Args:
-      reference: the ``ReferenceSource`` to price with, e.g. ``orderflow.io.reference_data.ReferenceData``
+      reference: the ``ReferenceSource`` to price with, e.g. ``orderflow.io.reference_data_cache.ReferenceData``
         (each worker opens its own fresh snapshots).
       timezone: the exchange time zone; an order's trading day is its event time's date there.
     """

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from orderflow.api.queries import today
+from orderflow.model.pricing import today
 from tests.support.served_api import ServedApi
 
 
@@ -44,7 +44,7 @@ def test_history_fills_as_the_api_samples(chart_reader, state_store):
 
 
 def test_client_volume_is_cumulative_through_the_day(sampled_api, chart_reader):
-    day = today(sampled_api.app.state.resources)
+    day = today(sampled_api.app.state.resources.settings)
     zone = ZoneInfo(sampled_api.settings.exchange_timezone)
     start = dt.datetime.combine(day, dt.time(), zone)
     rows = [("cv-1", "big", 100, start + dt.timedelta(minutes=10)), ("cv-2", "big", 50, start + dt.timedelta(minutes=70)),

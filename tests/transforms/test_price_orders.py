@@ -9,7 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from orderflow import refdata
-from orderflow.io.reference_data import ReferenceData
+from orderflow.io.reference_data_cache import ReferenceData
 from orderflow.model import pricing
 from orderflow.model.orders import parse_orders
 from orderflow.model.pricing import trading_days

@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from orderflow import refdata
-from orderflow.io.reference_data import ReferenceData
+from orderflow.io.reference_data_cache import ReferenceData
 
 DAY = datetime.date(2026, 10, 5)  # a day no other test module loads (memcached is shared)
 NEXT = DAY + datetime.timedelta(days=1)

@@ -1,0 +1,102 @@
+"""The pricing reference data (``orderflow.io.reference_data``), kept fresh per worker.
+
+``ReferenceData`` says which trading days to load and how often to reload; each pricing DoFn instance opens
+its own ``ReferenceDataCache``, which loads a snapshot ``{day: {asset: (pricing_code | None, price | None)}}``
+on first use, reloads it when it is older than ``refresh_seconds`` (streaming) and, at most every
+``miss_reload_seconds``, when an order asks for a day or asset the snapshot lacks (a new trading day after
+midnight, an asset listed during the day), so such an order is priced instead of dead-lettered.
+
+Why a cache and not a side input: on Prism (Beam 2.77), the runner the pipelines stream on locally, a
+windowed side input is served only for windows the *main input's* watermark has passed, and a main-input
+element whose side-input window is still open is processed with an empty side input instead of waiting
+(``engine/elementmanager.go``: ``bundleReady``, ``GetSideData``); triggered global-window side inputs are
+refused (apache/beam#31438). Orders are in event time, possibly long past, and must be priced with the
+latest snapshot as soon as they arrive: no window mapping gives that. A per-worker cache does, on every
+runner, with no extra latency. See ``docs/runners.md``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from apache_beam.metrics import Metrics
+
+from orderflow.config import Settings
+from orderflow.io.reference_data import read_reference_data
+from orderflow.model.pricing import Snapshot, trading_days
+
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceData:
+    """Which reference data pricing uses and how fresh it is kept (picklable; the cache is per worker).
+
+    Args:
+      settings: endpoints of memcached (pricing codes) and DynamoDB (prices).
+      days: explicit trading days (YYYY-MM-DD); default today and ``lookback_days`` before it, recomputed
+        at every load so the snapshot follows the calendar.
+      lookback_days: trading days before today to load when ``days`` is not given.
+      refresh_seconds: reload a snapshot this old; None loads once (bounded runs).
+      miss_reload_seconds: an order whose day or asset is missing reloads the snapshot, at most this often.
+    """
+
+    settings: Settings
+    days: tuple[str, ...] | None = None
+    lookback_days: int = 1
+    refresh_seconds: float | None = None
+    miss_reload_seconds: float = 10.0
+
+    def open(self, clock: Callable[[], float] = time.monotonic) -> ReferenceDataCache:
+        return ReferenceDataCache(self, clock)
+
+
+class ReferenceDataCache:
+    """One worker's snapshot of the reference data (see the module doc). Metrics (namespace ``orders``):
+    ``reference_data_loads``, ``reference_data_load_failures``, gauge ``reference_data_assets``."""
+
+    def __init__(self, source: ReferenceData, clock: Callable[[], float] = time.monotonic):
+        self._source = source
+        self._clock = clock
+        self._snapshot: Snapshot | None = None
+        self._loaded_at = 0.0   # clock time of the last load attempt
+        self._loads = Metrics.counter("orders", "reference_data_loads")
+        self._failures = Metrics.counter("orders", "reference_data_load_failures")
+        self._assets = Metrics.gauge("orders", "reference_data_assets")
+
+    def current(self) -> Snapshot:
+        """The snapshot, loaded first if there is none or it is older than ``refresh_seconds``."""
+        refresh = self._source.refresh_seconds
+        if self._snapshot is None or (refresh is not None and self._clock() - self._loaded_at >= refresh):
+            self._load()
+        return self._snapshot
+
+    def reload_after_miss(self) -> bool:
+        """Reloads unless the last load is more recent than ``miss_reload_seconds``; True if it reloaded."""
+        if self._snapshot is not None and self._clock() - self._loaded_at < self._source.miss_reload_seconds:
+            return False
+        self._load()
+        return True
+
+    def _load(self) -> None:
+        source = self._source
+        days = trading_days(source.settings, list(source.days) if source.days else None, source.lookback_days)
+        started = self._clock()
+        self._loaded_at = started
+        try:
+            snapshot = read_reference_data(source.settings, days)
+        except Exception as exc:  # noqa: BLE001 - any store failure: keep the last snapshot if there is one
+            self._failures.inc()
+            if self._snapshot is None:
+                raise
+            _LOG.warning("reference data reload for %s failed, pricing keeps the snapshot loaded before: %s",
+                         days, exc)
+            return
+        self._snapshot = snapshot
+        self._loads.inc()
+        assets = sum(len(a) for a in snapshot.values())
+        self._assets.set(assets)
+        _LOG.info("reference data for %s: %d days with assets, %d assets, %.2fs", days, len(snapshot), assets,
+                  self._clock() - started)
