@@ -45,9 +45,6 @@ class Stage:
     POSTGRES_UNAVAILABILITY = "presence_postgres/unavailability"
 
 
-STAGES = frozenset(value for name, value in vars(Stage).items() if name.isupper())
-
-
 def _text(value: str, limit: int | None = None) -> bytes:
     encoded = value.encode("utf-8", "backslashreplace")  # never fails, whatever the text holds
     return encoded if limit is None else encoded[:limit]
