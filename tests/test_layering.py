@@ -1,4 +1,5 @@
-"""orderflow's layers only point down: each module imports only its own layer's package or lower layers.
+"""orderflow's layers only point down: a module imports only its own layer or lower ones, and io/ and transforms/
+(one layer) never import each other.
 
 ``LAYERS`` is the one table of the layers (``docs/architecture.md`` draws it). A module's imports are read
 from its source (``ast``), the ones inside functions included, so a lazy import cannot hide an upward one.
@@ -20,7 +21,7 @@ PACKAGE_DIR = pathlib.Path(orderflow.__file__).parent
 # module in no entry belongs to the top layer (the API, the command lines, the demos, the generators, the
 # local stack, bootstrap, refdata, replay, portability, flink_submit), which may import anything below.
 LAYERS: list[tuple[str, ...]] = [
-    ("orderflow.config", "orderflow.logs"),  # settings and logging: no orderflow imports
+    ("orderflow.config", "orderflow.logs"),  # settings and logging (logs reads config)
     ("orderflow.model",),                     # domain types and rules: no Beam, no I/O
     ("orderflow.clients",),                   # service clients built from Settings
     ("orderflow.io", "orderflow.transforms"),  # connectors and sinks | Beam transforms of the domain
@@ -87,11 +88,11 @@ def imports_of(module: str) -> set[str]:
 
 
 def upward_imports(module: str, imported: set[str]) -> list[str]:
-    """The orderflow modules of ``imported`` that ``module`` must not import: a higher layer, or another
-    package of its own layer (the top layer excepted)."""
+    """The orderflow modules of ``imported`` that ``module`` must not import: a higher layer, or a package of
+    its own layer that ``SIBLINGS_APART`` keeps apart from its own."""
     layer, package = layer_of(module), package_of(module)
     return sorted(name for name in _orderflow(imported)
-                  if layer_of(name) > layer or (layer_of(name) == layer < TOP and package_of(name) != package))
+                  if layer_of(name) > layer or (package, package_of(name)) in SIBLINGS_APART)
 
 
 def test_the_layer_table_names_real_packages():
@@ -101,9 +102,9 @@ def test_the_layer_table_names_real_packages():
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_a_module_imports_only_lower_layers_or_its_own_package(module):
+def test_a_module_imports_only_lower_layers_or_its_own_layer(module):
     upward = upward_imports(module, imports_of(module))
-    assert not upward, f"{module} (layer {layer_of(module)}) imports {upward}: a higher layer or a sibling package"
+    assert not upward, f"{module} (layer {layer_of(module)}) imports {upward}: a higher layer or a sibling kept apart"
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES if any(_within(name, p) for p in BEAM_FREE)))

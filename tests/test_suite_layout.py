@@ -25,6 +25,7 @@ END_TO_END = {"streaming", "faults", "demo"}
 NOT_ONE_MODULE = {
     "test_command_lines.py": "the commands users type (bootstrap, replay, generate), each through a subprocess",
     "test_suite_layout.py": "the test suite itself",
+    "test_layering.py": "the package's layers: every module's imports point down",
     "api/test_alert_rules.py": "deploy/prometheus/'s rules, against the metrics the served API exposes",
     "api/test_json_logs.py": "the served API's log lines (orderflow/logs.py as the API process configures it)",
     "api/test_kafka_recovery.py": "the served API while its broker is down or stalled",
@@ -118,7 +119,7 @@ def test_needs_stack_marks_the_tests_that_reach_the_stack_through_other_fixtures
     # presence rules are pure. Collected in a child pytest (nothing runs there), selected as `make unit` selects.
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "needs_stack",
-         "tests/api/test_queries.py", "tests/transforms/test_presence_rules.py"],
+         "tests/api/test_queries.py", "tests/model/test_presence.py"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))})
     assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: nothing selected, asserted below
