@@ -7,7 +7,7 @@ import pathlib
 
 import fastavro
 
-from orderflow.io.avro import schema_fingerprint
+from orderflow.model.avro import schema_fingerprint
 
 WIDGET_V1 = pathlib.Path(__file__).parents[1] / "io" / "schemas" / "history" / "widget.v1.avsc"
 
