@@ -154,6 +154,7 @@ bootstrap:
 
 lint:
 	$(VENV)/bin/ruff check orderflow tests benchmarks
+	$(PY) -m mypy
 
 # The peers of benchmarks/peers.py that cannot share $(VENV) (Quix Streams pins an older confluent-kafka):
 # a venv layered over $(VENV) (its own packages first, then $(VENV)'s through a .pth file).

@@ -29,6 +29,7 @@ EXTRAS_REQUIRE = {
         "pytest-redis==5.0.1",
         "hypothesis==6.170.15",
         "ruff==0.17.6",
+        "mypy==2.4.1",  # `mypy`: the packages listed in setup.cfg (tests/test_static_checks.py)
         # HTTP API tests and benchmark: client, OpenAPI property tests, browser driver (Debian chromium).
         "httpx==0.28.1",
         "aiohttp==3.14.5",

@@ -77,7 +77,7 @@ class DailyVolumeTable:
 
     def _put(self, requests: list[tuple[dict, tuple]]) -> None:
         client = self._dynamodb()
-        pending = {self.settings.client_volume_table: [request for request, _ in requests]}
+        pending: dict | None = {self.settings.client_volume_table: [request for request, _ in requests]}
         delay = 0.05
         while pending:
             pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or None

@@ -207,6 +207,7 @@ def resolve_start_offset(reader: PartitionReader, topic: str, partition: int, st
             return committed
         kind = start.fallback
     if kind == TIMESTAMP:
+        assert start.timestamp_ms is not None  # StartPosition checks it on creation
         return reader.offset_for_timestamp(topic, partition, start.timestamp_ms)
     if kind == LATEST:
         return reader.end_offset(topic, partition)

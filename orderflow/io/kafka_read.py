@@ -342,6 +342,10 @@ class _ReadPartitionFnBase(beam.DoFn):
             _LOG.warning("ReadFromKafka: committing %s/%d@%d for group %s failed: %s",
                          topic, partition, next_offset, self._group_id, exc)
 
+    def _commit_if_any(self, topic: str, partition: int, next_offset: int | None) -> None:
+        if next_offset is not None:
+            self._commit(topic, partition, next_offset)
+
     # -- reading ----------------------------------------------------------------------------------------
     def _to_records(self, topic: str, partition: int, messages: list) -> list[KafkaRecord]:
         new, cls = _new_record, KafkaRecord
@@ -394,10 +398,11 @@ class _ReadPartitionFnBase(beam.DoFn):
                     errors = [m for m in messages if m.error() is not None]
                     if errors:
                         for m in errors:
-                            if m.error().code() == _PARTITION_EOF:
+                            error = m.error()
+                            if error is not None and error.code() == _PARTITION_EOF:
                                 end_offset = m.offset()
-                            elif not is_transient(KafkaException(m.error())):
-                                raise KafkaException(m.error())
+                            elif not is_transient(KafkaException(error)):
+                                raise KafkaException(error)
                             else:
                                 # The broker is unreachable or moving (orderflow.io.retry): the consumer
                                 # reconnects by itself; keep polling, the position is unchanged.
@@ -458,7 +463,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                 # bundle of a stage that can request finalization, and the SDK harness logs an error for a
                 # bundle that registered no callback (see docs/runners.md).
                 committed = next_offset if next_offset > part.start_offset else None
-                bundle_finalizer.register(lambda: committed is not None and self._commit(topic, partition, committed))
+                bundle_finalizer.register(lambda: self._commit_if_any(topic, partition, committed))
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, timestamp: Timestamp) -> None:

@@ -6,6 +6,8 @@ minute instead of holding the pipeline forever.
 """
 from __future__ import annotations
 
+from typing import Any
+
 CONNECT_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 60_000
 # An unanswered connection is declared dead after KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL s.
@@ -27,8 +29,9 @@ def connect(dsn: str, *, autocommit: bool = False, statement_timeout_ms: int = S
     from psycopg.conninfo import conninfo_to_dict
 
     given = conninfo_to_dict(dsn)
-    options = " ".join(filter(None, [given.get("options"), f"-c statement_timeout={int(statement_timeout_ms)}"]))
-    settings = {"connect_timeout": connect_timeout, **_KEEPALIVE}
+    options = " ".join(filter(None, [str(given.get("options") or ""),
+                                     f"-c statement_timeout={int(statement_timeout_ms)}"]))
+    settings: dict[str, Any] = {"connect_timeout": connect_timeout, **_KEEPALIVE}
     settings.update({k: v for k, v in given.items() if k in settings})
     return psycopg.connect(dsn, autocommit=autocommit, options=options, **settings)
 

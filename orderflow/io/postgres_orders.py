@@ -48,6 +48,7 @@ import apache_beam as beam
 import orjson
 import psycopg
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
 
 from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
@@ -151,12 +152,13 @@ def execute_batch(conn, orders: list[dict]) -> BatchResult:
 
     Orders repeated inside the batch keep their first copy.
     """
-    unique = {}
+    unique: dict[str, dict] = {}
     for order in orders:
         unique.setdefault(order["order_id"], order)
     # Sorted so that concurrent batches take the unique-index locks in one order (each part keeps it).
     batch = sorted(unique.values(), key=lambda order: order["order_id"])
-    rows, rejected = [], []
+    rows: list = []
+    rejected: list[Rejected] = []
     _write_bisecting(conn, batch, rows, rejected)
     owned_ids = set()
     volumes = {}  # a later part's value of a key is the newer one
@@ -201,7 +203,7 @@ class OrdersWriter:
     are read again under the new locks before DynamoDB gets them. ``transient_retries`` counts attempts.
     """
 
-    def __init__(self, dsn: str, write_volumes: Callable[[list[tuple]], object] | None = None,
+    def __init__(self, dsn: str, write_volumes: Callable[[list[tuple]], list[tuple[tuple, str]] | None] | None = None,
                  max_batches: int = 20, retry_seconds: float = DEFAULT_RETRY_SECONDS):
         self.dsn = dsn
         self.write_volumes = write_volumes
@@ -259,7 +261,7 @@ class OrdersWriter:
             return []
 
         def write_volumes_and_commit() -> list[Rejected]:
-            rejected = []
+            rejected: list[Rejected] = []
             if self.write_volumes is not None and self._pending:
                 refused = self.write_volumes(list(self._pending.values())) or []
                 rejected = _refused_orders(refused, self._owned)
@@ -331,10 +333,10 @@ class _WriteBatch(beam.DoFn):
         # in one window, the global one); from finish_bundle(), which has no current element, Beam's way is
         # a WindowedValue in the batch's window.
         if in_process:
-            return beam.window.TimestampedValue(value, timestamp)
+            return TimestampedValue(value, timestamp)
         from apache_beam.utils.windowed_value import WindowedValue
 
-        return WindowedValue(value, timestamp, [window])
+        return WindowedValue(value, timestamp, (window,))
 
     def _dead_letters(self, rejected: list[Rejected], timestamp, window, in_process: bool):
         for order, reason, message in rejected:

@@ -139,8 +139,8 @@ def write_intervals(conn, intervals: list[StatusInterval]) -> int:
             "to": [ms_to_datetime(r[1]) for r in ranges.values()]}).fetchall()
         days.update(replaced)
         conn.execute(INSERT_INTERVALS_SQL, params)
-        days = sorted(days)
-        conn.execute(RECOMPUTE_DAILY_SQL, {"rid": [r for r, _ in days], "day": [d for _, d in days]})
+        ordered = sorted(days)
+        conn.execute(RECOMPUTE_DAILY_SQL, {"rid": [r for r, _ in ordered], "day": [d for _, d in ordered]})
     return len(batch)
 
 

@@ -52,11 +52,9 @@ T = TypeVar("T")
 
 def is_transient(exc: BaseException) -> bool:
     """True when ``exc`` says a store is unavailable for now, rather than refusing the data."""
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        psycopg = None
-    if psycopg is not None and isinstance(exc, psycopg.Error):
+    import psycopg
+
+    if isinstance(exc, psycopg.Error):
         state = exc.sqlstate or ""
         if not state:  # client side: connection refused, lost, closed, or a timeout before any answer
             return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
@@ -109,7 +107,8 @@ def call_with_retry(what: str, call: Callable[[], T], budget_seconds: float,
     is raised as it was when the budget is spent or the error is not transient.
     """
     def before_sleep(state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception()
+        exc = state.outcome.exception() if state.outcome is not None else None
+        assert exc is not None  # tenacity sleeps only after a failed attempt
         _LOG.warning("%s: %s is unavailable (%s: %s); attempt %d failed, retrying in %.1f s "
                      "(%.0f of %.0f s spent)", what, _store_of(exc), type(exc).__name__,
                      str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "", state.attempt_number,

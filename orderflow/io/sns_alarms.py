@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -67,7 +68,7 @@ WHERE rule_id = %s AND scope = %s AND window_start = %s AND phone = %s
 
 def record_alarms(conn, alarms) -> tuple[int, int]:
     """Inserts ``Alarm``s and their outbox rows in one statement; returns (new alarms, queued messages)."""
-    latest = {}
+    latest: dict[tuple, Any] = {}
     for alarm in alarms:  # several panes of one window in a bundle: keep the highest total
         key = (alarm.rule_id, alarm.scope, alarm.window_start)
         if key not in latest or latest[key].total < alarm.total:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -60,7 +61,7 @@ class ProgressWriter:
         self.target = target
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = dt.datetime.now(dt.timezone.utc)
-        self._conn = None
+        self._conn: Any = None  # a psycopg connection once connected
         self._failing = False
 
     def write(self, counters: dict[str, int], progress_at: dt.datetime | None, newest_event_ms: int | None) -> bool:

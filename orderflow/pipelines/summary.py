@@ -159,10 +159,12 @@ class _ProcessTotals:
         self._newest_event_ms: int | None = None
         self._progress_at: dt.datetime | None = None
         self._lock = threading.Lock()
-        self._log_minute, self._logged = 0, {}
+        self._log_minute = 0
+        self._logged: dict[str, int] = {}
         self._writer = ProgressWriter(summary.progress) if summary.progress is not None else None
         threading.Thread(target=self._report_every,
-                         args=(summary.interval_seconds, summary.progress.interval_seconds if self._writer else 0),
+                         args=(summary.interval_seconds,
+                               summary.progress.interval_seconds if summary.progress is not None else 0),
                          name=f"{summary.name}-summary", daemon=True).start()
 
     @classmethod
@@ -214,7 +216,7 @@ class _ProcessTotals:
         with self._lock:
             values = dict(self._values)
         dead_prefix = f"{self._namespace}/{DEAD_LETTER_PREFIX}"
-        return {"records_in": values.get(self._records_in_key, 0),
+        return {"records_in": values.get(self._records_in_key, 0) if self._records_in_key else 0,
                 "stages": {k: v for k, v in values.items() if k != self._records_in_key and not k.startswith(dead_prefix)},
                 "dead_letters": {k[len(dead_prefix):]: v for k, v in values.items() if k.startswith(dead_prefix)}}
 
@@ -227,7 +229,7 @@ class _ProcessTotals:
         while True:
             time.sleep(max(0.0, min(next_print, next_report) - time.monotonic()))
             now = time.monotonic()
-            if now >= next_report:
+            if now >= next_report and self._writer is not None:
                 with self._lock:
                     progress_at, newest = self._progress_at, self._newest_event_ms
                 self._writer.write(self.report(), progress_at, newest)
