@@ -27,7 +27,7 @@ def test_ruff_finds_nothing():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("package", ["orderflow/io", "orderflow/pipelines"])
+@pytest.mark.parametrize("package", ["orderflow/model", "orderflow/io", "orderflow/pipelines"])
 def test_mypy_checks_the_configured_packages(package):
     # The configuration's file list is what `mypy` checks by default; this test fails if a package drops out.
     import configparser

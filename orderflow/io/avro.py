@@ -27,7 +27,7 @@ class _DecodeAvroFn(beam.DoFn):
         else:
             payload, source = item, ""
         try:
-            return self._codec.decode(payload), None
+            return self._codec.decode(payload or b""), None
         except AvroDecodeError as exc:
             return None, DeadLetter(exc.reason, exc.detail, payload or b"", source, Stage.DECODE_AVRO)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Sequence
 from decimal import Decimal
 
 from orderflow import clients
@@ -35,19 +36,19 @@ def pricing_code_key(asset: str, day: datetime.date | str) -> str:
     return f"pricing-code:{asset}:{day}"
 
 
-def read_reference_data(settings: Settings, days: list[datetime.date | str]) -> Snapshot:
+def read_reference_data(settings: Settings, days: Sequence[datetime.date | str]) -> Snapshot:
     """``{day: {asset: (pricing_code | None, price | None)}}`` for the days that have an asset index.
 
     Three round trips whatever the number of assets: the day indexes, all pricing codes (memcached
     ``get_many``), all prices (DynamoDB BatchGetItem, 100 keys per request).
     """
-    days = [str(day) for day in days]
+    day_names = [str(day) for day in days]
     client = clients.memcached(settings)
     try:
-        indexes = client.get_many([assets_key(day) for day in days])
-        listed = {day: json.loads(indexes[assets_key(day)]) for day in days if assets_key(day) in indexes}
+        indexes = client.get_many([assets_key(day) for day in day_names])
+        listed = {day: json.loads(indexes[assets_key(day)]) for day in day_names if assets_key(day) in indexes}
         keys = [pricing_code_key(asset, day) for day, assets in listed.items() for asset in assets]
-        codes = {}
+        codes: dict[str, bytes] = {}
         for start in range(0, len(keys), 500):
             codes.update(client.get_many(keys[start:start + 500]))
     finally:
@@ -67,7 +68,7 @@ def _batch_get_prices(settings: Settings, codes: list[str]) -> dict[str, Decimal
     client = clients.aws_client(settings, "dynamodb")
     prices = {}
     for start in range(0, len(codes), 100):
-        request = {settings.prices_table: {"Keys": [{"pricing_code": {"S": c}} for c in codes[start:start + 100]]}}
+        request: dict | None = {settings.prices_table: {"Keys": [{"pricing_code": {"S": c}} for c in codes[start:start + 100]]}}
         while request:
             response = client.batch_get_item(RequestItems=request)
             for item in response["Responses"].get(settings.prices_table, []):

@@ -71,6 +71,7 @@ class ReferenceDataCache:
         refresh = self._source.refresh_seconds
         if self._snapshot is None or (refresh is not None and self._clock() - self._loaded_at >= refresh):
             self._load()
+        assert self._snapshot is not None  # _load() keeps the last snapshot or raises when there is none
         return self._snapshot
 
     def reload_after_miss(self) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -57,7 +57,7 @@ class RedisWrites(NamedTuple):
     """How many writes were made, and the items Redis refused because of their data with its message."""
 
     written: int
-    refused: list[tuple[object, str]]
+    refused: list[tuple[Any, str]]
 MAX_IDS_PER_CALL = 10_000
 
 # KEYS: restaurant hashes; ARGV[i]: sent_at ms for KEYS[i]. Keeps the maximum.
@@ -121,7 +121,7 @@ class RestaurantStateStore:
         self.keepalive_timeout_ms = keepalive_timeout_ms
         self.key_prefix = key_prefix
         self._client = client
-        self._scripts = None
+        self._scripts: dict[str, Any] = {}  # the Lua scripts, registered with the client
 
     @classmethod
     def from_settings(cls, settings, client: redis.Redis | None = None) -> RestaurantStateStore:
@@ -134,7 +134,7 @@ class RestaurantStateStore:
     def client(self) -> redis.Redis:
         if self._client is None:
             self._client = redis.Redis.from_url(self.redis_url, socket_timeout=10)
-        if self._scripts is None:
+        if not self._scripts:
             self._scripts = {
                 "keepalives": self._client.register_script(_RECORD_KEEPALIVES),
                 "status": self._client.register_script(_SET_STATUS),
@@ -149,22 +149,22 @@ class RestaurantStateStore:
         if self._client is not None:
             self._client.close()
             self._client = None
-            self._scripts = None
+            self._scripts = {}
 
     # -- writes (the presence pipeline) ------------------------------------------------------------
     def record_keepalives(self, latest: Mapping[str, int], chunk: int = 5_000) -> RedisWrites:
         """Moves each restaurant's ``last_keepalive_ms`` forward to ``latest[id]`` (ms); one script call per
         ``chunk`` restaurants, all in one pipelined round trip. ``refused``: ``((id, ms), message)``."""
-        self.client  # noqa: B018 - registers the scripts
+        client = self.client  # (registers the scripts)
         items = list(latest.items())
         if not items:
             return RedisWrites(0, [])
         parts = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-        with self._client.pipeline(transaction=False) as pipe:
+        with client.pipeline(transaction=False) as pipe:
             for part in parts:
                 self._keepalives(part, pipe)
             results = pipe.execute(raise_on_error=False)
-        refused = []
+        refused: list[tuple[Any, str]] = []
         for part, result in zip(parts, results, strict=True):
             if isinstance(result, Exception):
                 self._bisect_keepalives(part, result, refused)
@@ -184,7 +184,7 @@ class RestaurantStateStore:
             return
         for half in (part[:len(part) // 2], part[len(part) // 2:]):
             try:
-                self._keepalives(half, self._client)
+                self._keepalives(half, self.client)
             except redis.ResponseError as exc:
                 self._bisect_keepalives(half, exc, refused)
 
@@ -211,7 +211,7 @@ class RestaurantStateStore:
                     continue
                 applied.append(c)
             results = pipe.execute(raise_on_error=False) if applied else []
-        refused = []
+        refused: list[tuple[Any, str]] = []
         for change, result in zip(applied, results, strict=True):
             if isinstance(result, Exception):
                 if not _refused_for_its_data(result):
@@ -240,6 +240,7 @@ class RestaurantStateStore:
         if len(ids) > MAX_IDS_PER_CALL:
             raise ValueError(f"at most {MAX_IDS_PER_CALL} ids per call, got {len(ids)}")
         now_ms = to_ms(now or dt.datetime.now(dt.timezone.utc))
+        assert now_ms is not None  # of a datetime
         unique = list(dict.fromkeys(ids))
         return {rid: self._evaluate(rid, stored, now_ms) for rid, stored in zip(unique, self.raw(unique), strict=True)}
 

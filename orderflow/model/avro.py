@@ -126,4 +126,6 @@ class AvroCodec:
             raise AvroDecodeError("avro_corrupt", f"{self.name}: {type(exc).__name__}: {exc}") from exc
         if buf.tell() != len(data):
             raise AvroDecodeError("avro_corrupt", f"{self.name}: {len(data) - buf.tell()} trailing bytes after the record")
+        if not isinstance(record, dict):  # every schema orderflow decodes is a record
+            raise AvroDecodeError("avro_corrupt", f"{self.name}: not a record")
         return record

@@ -255,6 +255,7 @@ def _key_text(value: str, limits: OrderLimits, field: str, where: str) -> str:
                            f"{where}: {field} of {size} bytes exceeds {limits.max_key_bytes} bytes")
     if not clean:
         control = _CONTROL_CHARACTERS.search(value)
+        assert control is not None  # found above
         raise InvalidOrder(f"invalid_{field}", f"{where}: {field} holds the control character "
                                                f"U+{ord(control.group()):04X} at position {control.start()}")
     return value
@@ -370,11 +371,11 @@ def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None =
     if isinstance(payload, str):
         payload = payload.encode()
     now = now or datetime.datetime.now(_UTC)
-    context = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits, "now": now,
+    context: dict[str, Any] = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits, "now": now,
                "window": limits.event_time_range(now), "minted_id_prefix": minted_id_prefix}
     if payload.startswith(_AVRO_MAGIC):
         record = _decode_order_avro(payload)
-        source_format = record.get("source_format") if record.get("source_format") in SOURCE_FORMATS else "AVRO"
+        source_format = str(record["source_format"]) if record.get("source_format") in SOURCE_FORMATS else "AVRO"
         return [_canonical(record["asset"], record["quantity"], record["client_token"], record["order_id"],
                            record["event_time"], source_format, index=0, **context)]
     head = payload.lstrip()[:1]

@@ -165,7 +165,7 @@ class OpeningHours:
     def midnights(self, start_ms: int, end_ms: int) -> list[int]:
         """Local midnights strictly inside ``(start_ms, end_ms)``."""
         day = self.local_date(start_ms) + dt.timedelta(days=1)
-        out = []
+        out: list[int] = []
         while True:
             ms = self._local_ms(day, dt.time(0))
             if ms >= end_ms:
@@ -232,9 +232,11 @@ class AvailabilityChange(NamedTuple):
 
     @classmethod
     def from_record(cls, record: dict) -> AvailabilityChange:
+        occurred_at = to_ms(record["occurred_at"])
+        assert occurred_at is not None  # required by the Avro schema
         return cls(record["event_id"], record["restaurant_id"], record["kind"], record.get("status"),
                    record.get("schedule_id"), record.get("reason"), to_ms(record.get("starts_at")),
-                   to_ms(record.get("ends_at")), to_ms(record["occurred_at"]))
+                   to_ms(record.get("ends_at")), occurred_at)
 
 
 class InvalidAvailabilityChange(ValueError):
@@ -295,12 +297,17 @@ def schedules(changes: Iterable[AvailabilityChange]) -> list[Schedule]:
     created: dict[str, AvailabilityChange] = {}
     cancelled: dict[str, int] = {}
     for c in changes:
-        if c.kind == SCHEDULE_CREATED:
-            created[c.schedule_id] = c
-        elif c.kind == SCHEDULE_CANCELLED:
-            cancelled[c.schedule_id] = min(c.occurred_at, cancelled.get(c.schedule_id, c.occurred_at))
-    return sorted((Schedule(sid, c.reason, c.starts_at, c.ends_at, cancelled.get(sid)) for sid, c in created.items()),
-                  key=lambda s: (s.starts_at, s.schedule_id))
+        sid = c.schedule_id
+        assert sid is not None or c.kind not in (SCHEDULE_CREATED, SCHEDULE_CANCELLED)  # validated on arrival
+        if c.kind == SCHEDULE_CREATED and sid is not None:
+            created[sid] = c
+        elif c.kind == SCHEDULE_CANCELLED and sid is not None:
+            cancelled[sid] = min(c.occurred_at, cancelled.get(sid, c.occurred_at))
+    out = []
+    for sid, c in created.items():
+        assert c.reason is not None and c.starts_at is not None  # a created schedule has both (validated)
+        out.append(Schedule(sid, c.reason, c.starts_at, c.ends_at, cancelled.get(sid)))
+    return sorted(out, key=lambda s: (s.starts_at, s.schedule_id))
 
 
 # -- evaluation ------------------------------------------------------------------------------------
