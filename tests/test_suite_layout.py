@@ -26,6 +26,7 @@ NOT_ONE_MODULE = {
     "test_command_lines.py": "the commands users type (bootstrap, replay, generate), each through a subprocess",
     "test_suite_layout.py": "the test suite itself",
     "test_layering.py": "the package's layers: every module's imports point down",
+    "test_static_checks.py": "the checks anyone can run: pip check, ruff, mypy (the packages setup.cfg lists)",
     "api/test_alert_rules.py": "deploy/prometheus/'s rules, against the metrics the served API exposes",
     "api/test_json_logs.py": "the served API's log lines (orderflow/logs.py as the API process configures it)",
     "api/test_kafka_recovery.py": "the served API while its broker is down or stalled",
