@@ -155,3 +155,31 @@ def test_the_layer_check_sees_upward_and_sibling_imports_inside_functions():
         "orderflow.bootstrap", "orderflow.transforms.price_orders"]
     assert upward_imports("orderflow.transforms.example", imports_in(source, "orderflow.transforms.example")) == [
         "orderflow.bootstrap"]
+
+
+def _dofn_classes(source: str) -> list[tuple[str, list[str]]]:
+    """``(class name, base names)`` of the classes in ``source`` that subclass a DoFn (``beam.DoFn``, ``DoFn``
+    or another class of the same source that does)."""
+    classes = [(node.name, [ast.unparse(base) for base in node.bases])
+               for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)]
+    dofns: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for name, bases in classes:
+            if name not in dofns and any(b in ("beam.DoFn", "DoFn") or b in dofns for b in bases):
+                dofns.add(name)
+                changed = True
+    return [(name, bases) for name, bases in classes if name in dofns]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_dofns_follow_one_naming_scheme(module):
+    # Beam's own scheme (textio, periodicsequence): a public PTransform, private DoFns named ``_<Verb>...Fn``.
+    names = [name for name, _ in _dofn_classes(MODULES[module].read_text())]
+    assert all(name.startswith("_") and (name.endswith("Fn") or name.endswith("FnBase")) for name in names), names
+
+
+def test_the_naming_check_sees_a_dofn_named_otherwise():
+    source = "import apache_beam as beam\nclass _WriteBatch(beam.DoFn): pass\nclass _Sub(_WriteBatch): pass\n"
+    assert [name for name, _ in _dofn_classes(source)] == ["_WriteBatch", "_Sub"]

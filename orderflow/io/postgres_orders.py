@@ -294,7 +294,7 @@ class OrdersWriter:
             self._drop_connection()
 
 
-class _WriteBatch(beam.DoFn):
+class _WriteBatchFn(beam.DoFn):
     """Runs the writer on one background thread, one batch behind: while Postgres (and, at commits,
     DynamoDB) work on batch k, this thread prices and encodes batch k+1. The owned orders of batch k are
     emitted when batch k+1 arrives, or at the end of the bundle, with batch k's timestamp and window; so
@@ -423,6 +423,6 @@ class WriteOrdersToPostgres(beam.PTransform):
 
     def expand(self, batches):
         return batches | "UpsertOrders" >> beam.ParDo(
-            _WriteBatch(self.dsn, self.volume_table, self.max_batches_per_transaction,
+            _WriteBatchFn(self.dsn, self.volume_table, self.max_batches_per_transaction,
                         self.retry_seconds)).with_output_types(
             OrderBatch).with_outputs(DEAD_LETTER_TAG, main="owned")

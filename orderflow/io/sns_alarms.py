@@ -96,7 +96,7 @@ def relay_sms_outbox(conn, sns_client, limit: int | None = None) -> int:
     return sent
 
 
-class _RecordAlarms(beam.DoFn):
+class _RecordAlarmsFn(beam.DoFn):
     def __init__(self, dsn: str, retry_seconds: float):
         self.dsn = dsn
         self.retry_seconds = retry_seconds
@@ -149,7 +149,7 @@ class _RecordAlarms(beam.DoFn):
             self._conn.close()
 
 
-class _RelayOutbox(beam.DoFn):
+class _RelayOutboxFn(beam.DoFn):
     def __init__(self, settings: Settings):
         self.settings = settings
         self.sent = Metrics.counter("orders", "sms_sent")
@@ -196,7 +196,7 @@ class RecordAlarms(beam.PTransform):
 
     def expand(self, alarms):
         return (alarms
-                | "InsertAlarmsAndOutbox" >> beam.ParDo(_RecordAlarms(self.dsn, self.retry_seconds))
+                | "InsertAlarmsAndOutbox" >> beam.ParDo(_RecordAlarmsFn(self.dsn, self.retry_seconds))
                 # Ticks leave the alarm windows: they only wake the relay, which is not windowed.
                 | "TicksGlobal" >> beam.WindowInto(beam.window.GlobalWindows()))
 
@@ -209,7 +209,7 @@ class RelaySmsOutbox(beam.PTransform):
         self.settings = settings
 
     def expand(self, ticks):
-        return ticks | "Relay" >> beam.ParDo(_RelayOutbox(self.settings))
+        return ticks | "Relay" >> beam.ParDo(_RelayOutboxFn(self.settings))
 
 
 def main() -> int:

@@ -111,7 +111,7 @@ def orders_settings(options: PipelineOptions, settings: Settings | None = None) 
                           postgres_dsn=opts.orders_postgres_dsn, kafka_bootstrap=opts.orders_kafka_bootstrap)
 
 
-class _EncodePriced(beam.DoFn):
+class _EncodePricedFn(beam.DoFn):
     """A batch of PricedOrders -> one list of ``(order_id, Avro PricedOrder)`` for WriteToKafka."""
 
     def __init__(self):
@@ -150,7 +150,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
 
     _ = (priced.priced
-         | "EncodePriced" >> beam.ParDo(_EncodePriced())
+         | "EncodePriced" >> beam.ParDo(_EncodePricedFn())
          | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders,
                                            delivery_timeout=settings.sink_retry_seconds))
 

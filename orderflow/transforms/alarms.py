@@ -116,7 +116,7 @@ def rule_windows(rule: AlarmRule, timezone: str):
     return window.SlidingWindows(rule.size_seconds, rule.period_seconds)
 
 
-class _SumPerSlice(beam.DoFn):
+class _SumPerSliceFn(beam.DoFn):
     """One batch of owned orders -> one timestamped partial sum per (rule, scope, slice)."""
 
     def __init__(self, rules: list[AlarmRule], timezone: str):
@@ -154,7 +154,7 @@ class _SumPerSlice(beam.DoFn):
             yield TimestampedValue(((rule_id, scope), total), slice_start / 1000)
 
 
-class _DetectCrossings(beam.DoFn):
+class _DetectCrossingsFn(beam.DoFn):
     def __init__(self, rules: list[AlarmRule]):
         self.thresholds = {rule.rule_id: rule.threshold for rule in rules}
         self.crossings = Metrics.counter("orders", "alarm_crossings")
@@ -197,7 +197,7 @@ class WindowedAlarms(beam.PTransform):
             return batches | "NoRules" >> beam.FlatMap(_no_alarm)
         index = {rule.rule_id: i for i, rule in enumerate(self.rules)}
         by_rule = (batches
-                   | "SumPerSlice" >> beam.ParDo(_SumPerSlice(self.rules, self.timezone))
+                   | "SumPerSlice" >> beam.ParDo(_SumPerSliceFn(self.rules, self.timezone))
                    | "ByRule" >> beam.Partition(lambda keyed, _n: index[keyed[0][0]], len(self.rules)))
         crossings = []
         for rule, partial_sums in zip(self.rules, by_rule, strict=True):
@@ -209,7 +209,7 @@ class WindowedAlarms(beam.PTransform):
                     accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
                     allowed_lateness=Duration(seconds=self.allowed_lateness_seconds))
                 | f"WindowTotal[{rule.rule_id}]" >> beam.CombinePerKey(sum)
-                | f"DetectCrossings[{rule.rule_id}]" >> beam.ParDo(_DetectCrossings(self.rules))
+                | f"DetectCrossings[{rule.rule_id}]" >> beam.ParDo(_DetectCrossingsFn(self.rules))
                 # An Alarm carries its own window; the branches' windowing strategies differ (fixed, sliding),
                 # and a Flatten needs one.
                 | f"ToGlobalWindow[{rule.rule_id}]" >> beam.WindowInto(window.GlobalWindows()))

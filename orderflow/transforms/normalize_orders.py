@@ -29,7 +29,7 @@ STAGE = Stage.NORMALIZE_ORDERS
 _UTC = datetime.timezone.utc
 
 
-class _NormalizeBatch(beam.DoFn):
+class _NormalizeBatchFn(beam.DoFn):
     """One call per batch of Kafka records: a list of Order dicts out, dead letters on their tag.
 
     Each order dict also carries ``source`` (Kafka coordinates + index), the identity of the record that
@@ -99,5 +99,5 @@ class NormalizeOrders(beam.PTransform):
         self.limits = limits
 
     def expand(self, records):
-        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatch(self.limits)).with_output_types(
+        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatchFn(self.limits)).with_output_types(
             OrderBatch).with_outputs(DEAD_LETTER_TAG, main="orders")

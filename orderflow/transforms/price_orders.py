@@ -19,7 +19,7 @@ from orderflow.transforms import order_batch  # noqa: F401 - registers OrderBatc
 STAGE = Stage.PRICE_ORDERS
 
 
-class _PriceBatch(beam.DoFn):
+class _PriceBatchFn(beam.DoFn):
     def __init__(self, reference: ReferenceSource, timezone: str):
         self.reference = reference
         self.timezone = timezone
@@ -84,5 +84,5 @@ class PriceOrders(beam.PTransform):
 
     def expand(self, batches):
         return batches | "Price" >> beam.ParDo(
-            _PriceBatch(self.reference, self.timezone)
+            _PriceBatchFn(self.reference, self.timezone)
         ).with_output_types(OrderBatch).with_outputs(DEAD_LETTER_TAG, main="priced")
