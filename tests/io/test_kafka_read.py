@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pytest
+from apache_beam.coders import registry as coder_registry
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
+from confluent_kafka import Producer
 
-from orderflow.io.kafka_read import ReadFromKafka, StartPosition
+from orderflow.io.kafka_read import KafkaBatch, KafkaBatchCoder, ReadFromKafka, StartPosition
 from orderflow.model.kafka_record import KafkaRecord
-from tests.support.kafka_testing import produce
+from tests.support.kafka_testing import produce, read_partition
 
 
 def _records(n: int, prefix: str = "v"):
@@ -63,6 +65,46 @@ def test_batched_read_emits_lists_of_one_partition_up_to_batch_size(stack_settin
         _expect_exactly(expected)([r for b in batches for r in b])
 
     _run_read(bootstrap, topic, check, batch_size=100)
+
+
+def test_batches_keep_every_field_through_a_stage_boundary_with_their_own_coder(stack_settings, make_topic):
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("batch-coder", partitions=2)
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(300):
+        headers = [("trace", f"t{i}".encode()), ("empty", b"")] if i % 3 == 0 else None
+        producer.produce(topic, None if i % 7 == 0 else f"value-{i}".encode(),
+                         None if i % 5 == 0 else f"k{i % 11}".encode(), timestamp=1_700_000_000_000 + i,
+                         headers=headers)
+    assert producer.flush(30) == 0
+    expected = {(topic, p, offset, key, value, ts, tuple(headers or ()))
+                for p in range(2) for offset, key, value, ts, headers in read_partition(bootstrap, topic, p)}
+    assert len(expected) == 300
+
+    def check(batches):
+        if not all(type(b) is KafkaBatch and all(type(r) is KafkaRecord for r in b) for b in batches):
+            raise BeamAssertException(f"not KafkaBatches of KafkaRecords: {[type(b) for b in batches][:5]}")
+        _expect_exactly(expected, project=tuple)([r for b in batches for r in b])
+
+    with TestPipeline() as p:
+        batches = p | ReadFromKafka(bootstrap, topic, bounded=True, batch_size=40)
+        # The runner sizes and encodes batches with their coder: O(1) to size, no class path in the bytes.
+        assert batches.element_type is KafkaBatch
+        assert isinstance(coder_registry.get_coder(batches.element_type), KafkaBatchCoder)
+        assert_that(batches | beam.Reshuffle(), check)
+
+
+def test_kafka_batch_coder_round_trips_records_and_sizes_without_encoding():
+    coder = KafkaBatchCoder()
+    batch = KafkaBatch([KafkaRecord("t", 3, 10, None, b"v" * 100, 5, (("h", b"x"),)),
+                        KafkaRecord("t", 3, 11, b"key", None, 6)])
+    encoded = coder.encode(batch)
+    decoded = coder.decode(encoded)
+    assert type(decoded) is KafkaBatch and decoded == batch and all(type(r) is KafkaRecord for r in decoded)
+    assert b"orderflow" not in encoded and b"KafkaRecord" not in encoded  # plain fields, no class path
+    # Sized from the first record and the length: within a factor of two of the real size for such a batch.
+    many = KafkaBatch(KafkaRecord("t", 3, i, b"k%d" % i, b"v%099d" % i, 5) for i in range(1000))
+    assert len(coder.encode(many)) / 2 < coder.estimate_size(many) < 2 * len(coder.encode(many))
+    assert coder.estimate_size(KafkaBatch()) > 0
 
 
 def test_bounded_read_of_an_empty_topic_finishes_with_nothing(stack_settings, make_topic):
