@@ -142,9 +142,14 @@ class PartitionReader:
             raise KafkaException(KafkaError(code, f"topic {topic!r}: {reason}"))
         return sorted(md.partitions)
 
+    def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        """``(low_offset, end_offset)`` from one look-up (a look-up is a broker round trip)."""
+        low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout)
+        return max(low, 0), max(high, 0)
+
     def low_offset(self, topic: str, partition: int) -> int:
-        low, _ = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout)
-        return max(low, 0)
+        """The first offset the partition still holds (older records were removed by retention)."""
+        return self.watermarks(topic, partition)[0]
 
     def read_at(self, topic: str, partition: int, offset: int):
         """The first record at or after ``offset`` as ``(offset, timestamp_ms)``, or ``(end, None)`` at EOF."""
@@ -162,8 +167,7 @@ class PartitionReader:
     def end_offset(self, topic: str, partition: int) -> int:
         """The offset after the last readable record: the high watermark, or under ``read_committed`` (the
         default isolation level) the last stable offset, so an open transaction's records are not "in"."""
-        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout)
-        return max(high, 0)
+        return self.watermarks(topic, partition)[1]
 
     def committed_offset(self, topic: str, partition: int) -> int | None:
         """The group's committed offset, None where it has none. A group coordinator that is still loading
@@ -193,8 +197,10 @@ class PartitionReader:
         return answer.offset if answer.offset >= 0 else self.end_offset(topic, partition)
 
 
-def resolve_start_offset(reader: PartitionReader, topic: str, partition: int, start: StartPosition) -> int:
-    """The offset at which to start reading ``topic/partition`` for ``start``."""
+def resolve_start_offset(reader: PartitionReader, topic: str, partition: int, start: StartPosition,
+                         watermarks: tuple[int, int] | None = None) -> int:
+    """The offset at which to start reading ``topic/partition`` for ``start``; ``watermarks``: the
+    partition's ``reader.watermarks()`` if the caller has them already (saves a look-up)."""
     kind = start.kind
     if kind == OFFSETS:
         explicit = start.explicit_offset(topic, partition)
@@ -209,9 +215,8 @@ def resolve_start_offset(reader: PartitionReader, topic: str, partition: int, st
     if kind == TIMESTAMP:
         assert start.timestamp_ms is not None  # StartPosition checks it on creation
         return reader.offset_for_timestamp(topic, partition, start.timestamp_ms)
-    if kind == LATEST:
-        return reader.end_offset(topic, partition)
-    return reader.low_offset(topic, partition)
+    low, end = watermarks or reader.watermarks(topic, partition)
+    return end if kind == LATEST else low
 
 
 def commit_offsets(bootstrap_servers: str, group_id: str, offsets: Mapping[tuple[str, int], int],

@@ -288,12 +288,12 @@ class _ResolvePartitionsFn(beam.DoFn):
     def process(self, topic: str) -> Iterable[KafkaPartition]:
         with PartitionReader(self._bootstrap, self._group_id, self._consumer_config) as reader:
             for partition in reader.partitions(topic):
-                offset = max(resolve_start_offset(reader, topic, partition, self._start),
-                             reader.low_offset(topic, partition))
-                end = MAX_OFFSET
+                low, end = reader.watermarks(topic, partition)  # one look-up for both (a broker round trip)
+                offset = max(resolve_start_offset(reader, topic, partition, self._start, (low, end)), low)
                 if self._bounded:
-                    end = reader.end_offset(topic, partition)
                     offset = min(offset, end)
+                else:
+                    end = MAX_OFFSET
                 _LOG.info("ReadFromKafka: %s/%d starts at offset %d (%s)%s", topic, partition, offset,
                           self._start.kind, "" if end == MAX_OFFSET else f", ends at {end}")
                 yield KafkaPartition(topic, partition, offset, end)
