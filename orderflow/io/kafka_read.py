@@ -446,9 +446,15 @@ class _ReadPartitionFnBase(beam.DoFn):
         started = last_data = time.monotonic()
         try:
             while True:
-                if bounded and next_offset >= tracker.current_restriction().stop:
-                    return  # the whole range is read (its last offset was claimed)
-                messages = consumer.consume(self._fetch_count, self._poll_timeout)
+                want = self._fetch_count
+                if bounded:
+                    stop = tracker.current_restriction().stop
+                    if next_offset >= stop:
+                        return  # the whole range is read (its last offset was claimed)
+                    # consume() waits its whole timeout for a count that it cannot fill: at the end of every
+                    # partition, 0.1 s, unless we ask for no more than the range holds.
+                    want = min(want, stop - next_offset)
+                messages = consumer.consume(want, self._poll_timeout)
                 end_offset = None
                 if messages:
                     # Errors are rare: one pass to find them, the common case keeps the list as is.

@@ -117,6 +117,28 @@ def test_bounded_read_of_an_empty_topic_finishes_with_nothing(stack_settings, ma
     _run_read(bootstrap, topic, check)
 
 
+def test_bounded_read_of_transactions_yields_the_committed_records_and_ends_at_the_markers(stack_settings,
+                                                                                          make_topic):
+    # Offsets of transaction markers and aborted records are never delivered: the read must end anyway,
+    # with exactly the committed records (what the API's transactional writes leave in a topic).
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("transactions", partitions=2)
+    producer = Producer({"bootstrap.servers": bootstrap, "transactional.id": f"tx-{topic}"})
+    producer.init_transactions(30)
+    committed = set()
+    for batch, commit in ((range(0, 150), True), (range(150, 200), False), (range(200, 230), True)):
+        producer.begin_transaction()
+        for i in batch:
+            producer.produce(topic, f"value-{i}".encode(), f"k{i % 7}".encode())
+        if commit:
+            producer.commit_transaction(30)
+            committed |= {f"value-{i}".encode() for i in batch}
+        else:
+            producer.abort_transaction(30)
+    check = _expect_exactly(committed, project=lambda r: r.value)
+    _run_read(bootstrap, topic, check)
+    _run_read(bootstrap, topic, lambda batches: check([r for b in batches for r in b]), batch_size=40)
+
+
 def _values_check(expected_values: set):
     return _expect_exactly(expected_values, project=lambda r: r.value)
 
