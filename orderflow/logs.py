@@ -23,18 +23,21 @@ _FIELDS = "{asctime}{levelname}{name}{message}"
 _RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
 _TEXT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
+# (text every match contains, pattern, replacement): the pattern runs only on text that contains the
+# former, a substring test far cheaper than a regex scan (every access line's path goes through here).
 _SECRETS = [
-    (re.compile(r"\b(of_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), r"\1[redacted]"),                 # API keys
-    (re.compile(r"\b(odt_[0-9a-f]{12}_[0-9]{1,12}_)[A-Za-z0-9_-]+"), r"\1[redacted]"),    # dashboard tokens
-    (re.compile(r"(?i)([?&#](?:key|api_key|apikey|token|access_token)=)[^&\s\"']*"), r"\1[redacted]"),
-    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),  # user:password@host
+    ("of_", re.compile(r"\b(of_[0-9a-f]{12}_)[A-Za-z0-9_-]+"), r"\1[redacted]"),                 # API keys
+    ("odt_", re.compile(r"\b(odt_[0-9a-f]{12}_[0-9]{1,12}_)[A-Za-z0-9_-]+"), r"\1[redacted]"),  # dashboard tokens
+    ("=", re.compile(r"(?i)([?&#](?:key|api_key|apikey|token|access_token)=)[^&\s\"']*"), r"\1[redacted]"),
+    ("://", re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)[^@\s]+@"), r"\1[redacted]@"),  # user:password@host
 ]
 
 
 def redact(text: str) -> str:
     """``text`` with API keys, dashboard tokens, secret query parameters and URL passwords replaced."""
-    for pattern, replacement in _SECRETS:
-        text = pattern.sub(replacement, text)
+    for marker, pattern, replacement in _SECRETS:
+        if marker in text:
+            text = pattern.sub(replacement, text)
     return text
 
 
