@@ -9,11 +9,13 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.model.avro import AvroCodec
+from tests.conftest import unique_name
 from tests.support.avro_history import encode_v1
 from tests.support.kafka_testing import read_partition
 
@@ -57,6 +59,20 @@ def test_a_delivery_failure_fails_the_bundle_instead_of_vanishing():
         with TestPipeline() as p:
             _ = (p | beam.Create([(b"k", b"v")])
                  | WriteToKafka("127.0.0.1:1", "nowhere", delivery_timeout=1.5))
+
+
+def test_a_record_the_broker_refuses_fails_the_bundle(stack_settings, make_topic):
+    # The topic takes record batches of at most 200 bytes; the producer's limit (1 MB) lets the big one go, so the
+    # refusal comes back from the broker as a failed delivery report, the only kind the producer asks for.
+    bootstrap, topic = stack_settings.kafka_bootstrap, unique_name("small-records")
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    [future] = admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "200"})]).values()
+    future.result(30)
+    refused = rf"WriteToKafka\({topic}\): [1-3] records failed, 0 undelivered.*[Tt]oo [Ll]arge"
+    with pytest.raises(Exception, match=refused):
+        with TestPipeline() as p:
+            _ = (p | beam.Create([[(b"k", b"small"), (b"k", b"x" * 1000), (b"k", b"small too")]])
+                 | WriteToKafka(bootstrap, topic, delivery_timeout=10))
 
 
 def test_avro_round_trip_through_kafka_with_an_old_schema_and_corrupt_bytes(stack_settings, make_topic):
