@@ -1,13 +1,22 @@
 """Latency (p50/p99) and requests/s of the HTTP API under concurrent load from a second process.
 
-Endpoints: ``GET /restaurants/status`` with 100 ids (Redis hot state, one round trip) and
-``GET /clients/{token}/volume`` (DynamoDB). The API runs as ``python -m orderflow.api serve`` (one
-uvicorn process) on its own local stack on free loopback ports; the load comes from another process
-(aiohttp, ``--concurrency`` requests in flight). Baseline: the same load process calling the same
-backends directly (``RestaurantStateStore.statuses`` / DynamoDB ``GetItem``, same concurrency in
-threads), so the ratio is what the HTTP layer (auth, validation, JSON, uvicorn) costs.
+Scenarios (``--only`` picks some), each the API beside its baseline in the same run, with the ratio:
 
-    .venv/bin/python benchmarks/api_latency.py [--n 3000] [--concurrency 16] [--restaurants 20000]
+- ``status1``: ``GET /restaurants/status`` with 100 ids (Redis hot state, one round trip), 1 in flight
+  (issue 15 goal 4: p99 < 5 ms and >= 0.8x of the direct calls);
+- ``status``: the same at ``--concurrency`` in flight;
+- ``volume``: ``GET /clients/{token}/volume`` (DynamoDB) at ``--concurrency`` in flight;
+- ``ingest``: ``POST /orders`` with ``--ingest-batch`` JSON orders per request (one Kafka transaction each)
+  at ``--ingest-concurrency`` in flight (goal 4: >= 5,000 orders/s with p99 < 50 ms at 8 in flight).
+
+The API runs as ``python -m orderflow.api serve`` (one uvicorn process) on its own local stack on free
+loopback ports; the load comes from another process (aiohttp). Baseline: the same load process calling the
+same backends directly (``RestaurantStateStore.statuses`` / DynamoDB ``GetItem`` in as many threads as
+requests in flight; for ingest, what ``POST /orders`` does without HTTP: ``parse_orders``, Avro encoding
+and the API's own ``KafkaSink`` with the same number of transactional producers), so the ratio is what the
+HTTP layer (auth, validation, JSON, uvicorn) costs.
+
+    .venv/bin/python benchmarks/api_latency.py [--n 3000] [--concurrency 16] [--only status1,ingest]
 """
 from __future__ import annotations
 
@@ -47,7 +56,7 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
     def row(self) -> str:
-        return (f"{self.name:<44} {len(self.latencies):>6} {self.percentile(0.5):>8.2f} {self.percentile(0.99):>8.2f}"
+        return (f"{self.name:<58} {len(self.latencies):>6} {self.percentile(0.5):>8.2f} {self.percentile(0.99):>8.2f}"
                 f" {self.rate:>9.0f}")
 
 
@@ -81,6 +90,16 @@ def _volume_paths(n: int, clients: int) -> list[str]:
     return [f"/clients/client-{rng.randrange(clients)}/volume?day={DAY}" for _ in range(n)]
 
 
+def _order_bodies(n: int, batch: int) -> list[bytes]:
+    """``n`` JSON bodies of ``batch`` orders each (ids minted by the API: every run's orders are new)."""
+    import orjson
+
+    rng = random.Random(13)
+    return [orjson.dumps([{"ativo": rng.choice(("PETR4", "VALE3", "ITUB4", "BBDC4")),
+                           "quantidade": rng.randint(1, 1000), "token": f"client-{rng.randrange(500)}"}
+                          for _ in range(batch)]) for _ in range(n)]
+
+
 # -- the load process ---------------------------------------------------------------------------------------
 async def _http_load(url: str, key: str, paths: list[str], concurrency: int) -> tuple[list[float], float]:
     import aiohttp
@@ -93,15 +112,51 @@ async def _http_load(url: str, key: str, paths: list[str], concurrency: int) -> 
             while queue:
                 path = queue.pop()
                 started = time.perf_counter()
-                async with session.get(path) as resp:
+                if isinstance(path, bytes):  # an ingest body
+                    request = session.post("/orders", data=path, headers={"Content-Type": "application/json"})
+                else:
+                    request = session.get(path)
+                async with request as resp:
                     await resp.read()
-                    if resp.status != 200:
-                        raise RuntimeError(f"{path[:60]}: HTTP {resp.status}")
+                    if resp.status not in (200, 202):
+                        raise RuntimeError(f"{str(path)[:60]}: HTTP {resp.status}")
                 latencies.append(time.perf_counter() - started)
 
         began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return latencies, time.perf_counter() - began
+
+
+def _direct_ingest(settings, bodies: list[bytes], concurrency: int, producers: int) -> tuple[list[float], float]:
+    """What ``POST /orders`` does without HTTP and auth: parse, Avro-encode, one transaction per body."""
+    from orderflow.api.kafka_sink import KafkaSink
+    from orderflow.io.avro import AvroCodec
+    from orderflow.transforms.normalize_orders import parse_orders
+
+    codec = AvroCodec("order")
+    sink = KafkaSink(settings.kafka_bootstrap, producers=producers)
+    latencies: list[float] = []
+    queue = list(reversed(bodies))
+
+    async def worker():
+        while queue:
+            body = queue.pop()
+            started = time.perf_counter()
+            orders = parse_orders(body, timestamp_ms=int(time.time() * 1000), minted_id_prefix="bench-direct")
+            records = [(str(o["client_token"]).encode(), codec.encode(o)) for o in orders]
+            delivered = await sink.produce(settings.topics.orders, records)
+            assert len(delivered) == len(orders)
+            latencies.append(time.perf_counter() - started)
+
+    async def run():
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return latencies, time.perf_counter() - began
+
+    try:
+        return asyncio.run(run())
+    finally:
+        sink.close()
 
 
 def _direct_load(settings, kind: str, paths: list[str], concurrency: int) -> tuple[list[float], float]:
@@ -135,6 +190,8 @@ def _load_process(job: dict, out) -> None:
     try:
         if job["mode"] == "http":
             out.send(asyncio.run(_http_load(job["url"], job["key"], job["paths"], job["concurrency"])))
+        elif job["kind"] == "ingest":
+            out.send(_direct_ingest(job["settings"], job["paths"], job["concurrency"], job["producers"]))
         else:
             out.send(_direct_load(job["settings"], job["kind"], job["paths"], job["concurrency"]))
     except Exception as exc:  # noqa: BLE001 - reported by the parent
@@ -160,7 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
     parser.add_argument("--restaurants", type=int, default=20_000, help="restaurants in the hot state")
     parser.add_argument("--clients", type=int, default=500, help="client volume items in DynamoDB")
+    parser.add_argument("--ingest-batch", type=int, default=10, help="orders per POST /orders (default 10)")
+    parser.add_argument("--ingest-concurrency", type=int, default=8, help="ingest requests in flight (default 8)")
+    parser.add_argument("--only", default="status1,status,volume,ingest",
+                        help="comma-separated scenarios: status1, status, volume, ingest (default all)")
     args = parser.parse_args(argv)
+    only = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = set(only) - {"status1", "status", "volume", "ingest"}
+    if unknown:
+        parser.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
 
     from orderflow.api.auth import create_key
     from orderflow.api.demo import start_detached, stop_detached
@@ -171,27 +236,44 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(stack.environment())
             bootstrap.bootstrap_all(settings)
             _seed(settings, args.restaurants, args.clients)
-            key = create_key(settings.postgres_dsn, ["read"], name="benchmark")[1]
+            key = create_key(settings.postgres_dsn, ["read", "ingest"], name="benchmark")[1]
             import port_for
+
+            from orderflow.api.config import load_api_config
 
             url, _ = start_detached(settings, stack.root, port=port_for.select_random())
             print(f"API on {url}; {args.restaurants} restaurants, {args.clients} clients; "
-                  f"{args.n} requests per endpoint, {args.concurrency} in flight, load from a second process\n")
+                  f"{args.n} requests per scenario, load from a second process\n")
 
-            scenarios = [("status", "GET /restaurants/status (100 ids)", _status_paths(args.n, args.restaurants)),
-                         ("volume", "GET /clients/{token}/volume", _volume_paths(args.n, args.clients))]
-            print(f"{'':<44} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
-            for kind, label, paths in scenarios:
+            status_paths = _status_paths(args.n, args.restaurants)
+            scenarios = {
+                "status1": ("status", "GET /restaurants/status (100 ids), 1 in flight", status_paths, 1),
+                "status": ("status", f"GET /restaurants/status (100 ids), {args.concurrency} in flight",
+                           status_paths, args.concurrency),
+                "volume": ("volume", f"GET /clients/{{token}}/volume, {args.concurrency} in flight",
+                           _volume_paths(args.n, args.clients), args.concurrency),
+                "ingest": ("ingest", f"POST /orders ({args.ingest_batch} orders), {args.ingest_concurrency} in flight",
+                           _order_bodies(args.n, args.ingest_batch), args.ingest_concurrency),
+            }
+            baselines = {"status": "statuses(100 ids)", "volume": "DynamoDB GetItem",
+                         "ingest": "parse, encode, KafkaSink.produce"}
+            producers = load_api_config().kafka_producers  # the server's, from the same environment
+            print(f"{'':<58} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
+            for name in only:
+                kind, label, paths, concurrency = scenarios[name]
                 warm = paths[: max(50, args.n // 20)]
-                run_load({"mode": "http", "url": url, "key": key, "paths": warm, "concurrency": args.concurrency})
+                run_load({"mode": "http", "url": url, "key": key, "paths": warm, "concurrency": concurrency})
                 http = Result(f"API  {label}", *run_load(
-                    {"mode": "http", "url": url, "key": key, "paths": paths, "concurrency": args.concurrency}))
-                direct = Result(f"base direct {'statuses(100 ids)' if kind == 'status' else 'DynamoDB GetItem'}",
-                                *run_load({"mode": "direct", "settings": settings, "kind": kind, "paths": paths,
-                                           "concurrency": args.concurrency}))
+                    {"mode": "http", "url": url, "key": key, "paths": paths, "concurrency": concurrency}))
+                direct = Result(f"base direct {baselines[kind]}, {concurrency} in flight", *run_load(
+                    {"mode": "direct", "settings": settings, "kind": kind, "paths": paths,
+                     "concurrency": concurrency, "producers": producers}))
                 print(http.row())
                 print(direct.row())
-                print(f"{'  ratio API / direct (req/s)':<44} {http.rate / direct.rate:>35.2f}")
+                print(f"{'  ratio API / direct (req/s)':<58} {http.rate / direct.rate:>35.2f}")
+                if kind == "ingest":
+                    print(f"{'  orders/s: API, direct':<58} {http.rate * args.ingest_batch:>26,.0f} "
+                          f"{direct.rate * args.ingest_batch:>8,.0f}")
             return 0
         finally:
             stop_detached(stack.root)
