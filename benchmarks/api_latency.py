@@ -130,8 +130,8 @@ async def _http_load(url: str, key: str, paths: list[str], concurrency: int) -> 
 def _direct_ingest(settings, bodies: list[bytes], concurrency: int, producers: int) -> tuple[list[float], float]:
     """What ``POST /orders`` does without HTTP and auth: parse, Avro-encode, one transaction per body."""
     from orderflow.api.kafka_sink import KafkaSink
-    from orderflow.io.avro import AvroCodec
-    from orderflow.transforms.normalize_orders import parse_orders
+    from orderflow.model.avro import AvroCodec
+    from orderflow.model.orders import parse_orders
 
     codec = AvroCodec("order")
     sink = KafkaSink(settings.kafka_bootstrap, producers=producers)
@@ -238,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
             _seed(settings, args.restaurants, args.clients)
             key = create_key(settings.postgres_dsn, ["read", "ingest"], name="benchmark")[1]
             import port_for
-
             from orderflow.api.config import load_api_config
 
             url, _ = start_detached(settings, stack.root, port=port_for.select_random())
