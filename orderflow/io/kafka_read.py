@@ -398,7 +398,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         the commit that made this change).
         """
         new, cls = _new_record, KafkaRecord
-        records = []
+        records: list[KafkaRecord] = []
         append = records.append
         messages.reverse()
         pop = messages.pop
