@@ -21,6 +21,7 @@ import pytest
 from orderflow import bootstrap
 from orderflow.config import Settings, Topics, load_settings
 from orderflow.local import temporary_stack
+from tests.support.naming import unique_name
 
 # The fixtures that start services: a test using either, however indirectly, needs the stack.
 STACK_FIXTURES = frozenset({"stack", "own_stack"})
@@ -59,10 +60,6 @@ def own_stack():
 def stack_settings(stack) -> Settings:
     """Settings pointing at the session's stack, with the default names (nothing created)."""
     return load_settings(stack.environment())
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.model.avro import AvroCodec
-from tests.conftest import unique_name
 from tests.support.avro_history import encode_v1
 from tests.support.kafka_testing import read_partition
+from tests.support.naming import unique_name
 
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"
 
