@@ -57,6 +57,12 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--orders_batch_size", type=int, default=10_000,
                             help="most Kafka records per batch element (all work is per batch); the "
                                  "benchmarked size, a streaming read emits what it has without waiting")
+        parser.add_argument("--orders_max_read_seconds", type=float, default=0.05,
+                            help="streaming: how long one read of a partition goes on before it hands the rest back "
+                                 "to the runner. Prism runs a stage's partitions one after another in one bundle and "
+                                 "starts the next bundle ~0.3-2 s after one ends: with 1 s a record waited for up to "
+                                 "4 partitions' reads plus that gap (p99 6 s at 150 orders/s); a backlog still reads "
+                                 "--orders_batch_size records per call (benchmarks/README.md)")
         parser.add_argument("--orders_out_of_order_slack_seconds", type=float, default=0.0,
                             help="streaming: how far behind the latest record time of its partition an order's "
                                  "Kafka timestamp may be and still be on time (the read's watermark trails by "
@@ -139,7 +145,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         start = StartPosition.earliest() if bounded else StartPosition.committed()
     records = pipeline | "ReadOrders" >> ReadFromKafka(
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
-        start=start, batch_size=opts.orders_batch_size, out_of_order_slack=opts.orders_out_of_order_slack_seconds)
+        start=start, batch_size=opts.orders_batch_size, out_of_order_slack=opts.orders_out_of_order_slack_seconds,
+        max_read_seconds=opts.orders_max_read_seconds)
     normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
 
     reference = ReferenceData(
