@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
-from tests.transforms.presence_timeline import HOURS, at, pings
+from tests.support.presence_timeline import HOURS, at, pings
 
 AS_OF = at(23, 30, day=dt.date(2026, 3, 11))
 _STREAMED: list = []  # what the session-window path emitted (the in-process runner shares this module)
