@@ -455,6 +455,9 @@ class _ReadPartitionFnBase(beam.DoFn):
                     # partition, 0.1 s, unless we ask for no more than the range holds.
                     want = min(want, stop - next_offset)
                 messages = consumer.consume(want, self._poll_timeout)
+                # Fewer than asked for: the consumer's prefetch queue ran dry within the poll, i.e. this read
+                # has caught up with what the broker has sent (a backlog fills every call).
+                queue_ran_dry = len(messages) < want
                 end_offset = None
                 if messages:
                     # Errors are rare: one pass to find them, the common case keeps the list as is.
@@ -517,7 +520,10 @@ class _ReadPartitionFnBase(beam.DoFn):
                     # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
                     tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                     return
-                if time.monotonic() - started > self._max_read_seconds:
+                if queue_ran_dry or time.monotonic() - started > self._max_read_seconds:
+                    # Hand the rest back: caught up, what was read goes downstream now (a trickle is not held
+                    # for max_read_seconds, the runner's bundle ends); behind, after max_read_seconds, so a
+                    # backlog is read in large bundles.
                     tracker.defer_remainder()
                     return
         finally:
@@ -579,8 +585,10 @@ class ReadFromKafka(beam.PTransform):
         partition per element (element timestamp = the batch's earliest) instead of one element per record:
         the fast path.
       poll_timeout / max_read_seconds / idle_poll_interval / idle_watermark_delay: streaming knobs
-        (seconds): poll wait, how long one call reads before it checkpoints, how long an idle partition
-        waits before polling again, and how far behind the wall clock an idle partition's watermark is.
+        (seconds): poll wait, how long one call reads at most before it checkpoints (it checkpoints
+        sooner once a poll returns fewer records than asked for: caught up, so a trickle reaches the
+        sinks without waiting for this), how long an idle partition waits before polling again, and how
+        far behind the wall clock an idle partition's watermark is.
       out_of_order_slack: streaming (seconds): a partition's watermark is its latest element timestamp
         less this, so records up to this much older than the latest one read are still on time; later
         ones are late data (kept or dropped by the windowing's allowed lateness). Default 0: records of

@@ -57,12 +57,11 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--orders_batch_size", type=int, default=10_000,
                             help="most Kafka records per batch element (all work is per batch); the "
                                  "benchmarked size, a streaming read emits what it has without waiting")
-        parser.add_argument("--orders_max_read_seconds", type=float, default=0.05,
-                            help="streaming: how long one read of a partition goes on before it hands the rest back "
-                                 "to the runner. Prism runs a stage's partitions one after another in one bundle and "
-                                 "starts the next bundle ~0.3-2 s after one ends: with 1 s a record waited for up to "
-                                 "4 partitions' reads plus that gap (p99 6 s at 150 orders/s). The price: a backlog "
-                                 "drains at ~4,300 orders/s instead of ~16,000 (benchmarks/README.md); 1.0 restores that")
+        parser.add_argument("--orders_max_read_seconds", type=float, default=1.0,
+                            help="streaming: how long one read of a partition goes on at most before it hands the "
+                                 "rest back to the runner, while it is behind (a backlog: large bundles). A read "
+                                 "that has caught up hands back at once, so a trickle is not held this long "
+                                 "(benchmarks/README.md, orders streaming on Prism)")
         parser.add_argument("--orders_out_of_order_slack_seconds", type=float, default=0.0,
                             help="streaming: how far behind the latest record time of its partition an order's "
                                  "Kafka timestamp may be and still be on time (the read's watermark trails by "

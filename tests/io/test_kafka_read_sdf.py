@@ -192,15 +192,26 @@ def test_unbounded_process_checkpoints_with_a_residual_and_resumes_there(topic_w
         assert delay <= Duration.of(0.5)
         assert tracker.current_restriction() == OffsetRange(0, 100)
         tracker.check_done()
-        # The partition is idle: the watermark moved past the (old) record times to about now - 2 s.
-        watermark = estimator.current_watermark()
-        assert before - Duration.of(3) <= watermark <= Timestamp.now()
 
         # Offsets are committed only when the bundle is finalized.
         with PartitionReader(bootstrap, group) as reader:
             assert reader.committed_offset(topic, 0) is None
             finalizer.finalize()
             assert reader.committed_offset(topic, 0) == 100
+
+        # The partition is idle: once a call finds it at its end (the first one hands back as soon as its
+        # poll ran dry, maybe before the partition-end event), the watermark moves past the (old) record
+        # times to about now - 2 s, and the residual waits the idle poll interval.
+        for _ in range(20):
+            idle_out, idle_tracker, _ = _invoke(fn, KafkaPartition(topic, 0, 0), residual, bounded=False,
+                                                estimator=estimator)
+            assert idle_out == []
+            assert idle_tracker.deferred_status()[0] == residual
+            if estimator.current_watermark() >= before - Duration.of(3):
+                break
+        watermark = estimator.current_watermark()
+        assert before - Duration.of(3) <= watermark <= Timestamp.now()
+        assert Duration.of(0) < idle_tracker.deferred_status()[1] <= Duration.of(0.5)
 
         # Resuming the residual reads only what was produced since.
         produce(bootstrap, topic, [(b"k", f"late{i}".encode()) for i in range(5)])
