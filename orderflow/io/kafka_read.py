@@ -363,6 +363,13 @@ class _ReadPartitionFnBase(beam.DoFn):
             evicted[0].close()
         return consumer
 
+    def _release(self, topic: str, partition: int) -> None:
+        """Closes the consumer of a partition a bounded read has finished: its prefetch queue and buffers
+        (librdkafka's, outside Python's heap: ~100+ MB with a deep queue) are not held to the end of the run."""
+        entry = self._consumers.pop((topic, partition), None)
+        if entry is not None:
+            entry[0].close()
+
     # -- offset commits on bundle finalization ---------------------------------------------------------
     def _commit(self, topic: str, partition: int, next_offset: int) -> None:
         key = (topic, partition)
@@ -450,6 +457,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                 if bounded:
                     stop = tracker.current_restriction().stop
                     if next_offset >= stop:
+                        self._release(topic, partition)
                         return  # the whole range is read (its last offset was claimed)
                     # consume() waits its whole timeout for a count that it cannot fill: at the end of every
                     # partition, 0.1 s, unless we ask for no more than the range holds.
@@ -498,6 +506,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                     if end_offset is not None:
                         # An end below our position means we started past the end: nothing is left.
                         tracker.try_claim(PartitionEnd(max(end_offset, next_offset)))
+                        self._release(topic, partition)
                         return
                     if not got_records and time.monotonic() - last_data > self._eof_timeout:
                         raise TimeoutError(
