@@ -60,7 +60,8 @@ class Result:
                 f" {self.rate:>9.0f}")
 
 
-def _seed(settings, restaurants: int, clients: int) -> None:
+def _seed(settings, restaurants: int, n_clients: int) -> None:
+    from orderflow.clients import aws_client
     from orderflow.io.restaurant_state import RestaurantStateStore
     from orderflow.model.presence import AvailabilityChange
 
@@ -70,11 +71,11 @@ def _seed(settings, restaurants: int, clients: int) -> None:
     store.apply_changes([AvailabilityChange(f"e-{i}", f"r-{i:06d}", "SET_STATUS", "UNAVAILABLE", None,
                                             "CONNECTION_ISSUES", None, None, now_ms) for i in range(0, restaurants, 50)])
     store.close()
-    dynamodb = clients.aws_client(settings, "dynamodb")
+    dynamodb = aws_client(settings, "dynamodb")
     items = [{"PutRequest": {"Item": {"client_token": {"S": f"client-{i}"}, "day": {"S": DAY},
                                       "total": {"N": f"{random.randint(1, 10**9)}.{random.randint(0, 99):02d}"},
                                       "order_count": {"N": str(random.randint(1, 500))},
-                                      "updated_at": {"S": "2026-03-02T13:00:00Z"}}}} for i in range(clients)]
+                                      "updated_at": {"S": "2026-03-02T13:00:00Z"}}}} for i in range(n_clients)]
     for start in range(0, len(items), 25):
         dynamodb.batch_write_item(RequestItems={settings.client_volume_table: items[start:start + 25]})
 
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             _seed(settings, args.restaurants, args.clients)
             key = create_key(settings.postgres_dsn, ["read", "ingest"], name="benchmark")[1]
             import port_for
-            from orderflow.api.config import load_api_config
+
+            from orderflow.config import load_api_config
 
             url, _ = start_detached(settings, stack.root, port=port_for.select_random())
             print(f"API on {url}; {args.restaurants} restaurants, {args.clients} clients; "

@@ -41,3 +41,40 @@ def test_mypy_finds_nothing():
     result = _run(sys.executable, "-m", "mypy")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Success: no issues found" in result.stdout
+
+
+def _orderflow_imports(path: pathlib.Path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "orderflow":
+            for alias in node.names:
+                yield node.lineno, node.module, alias.name
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "orderflow":
+                    yield node.lineno, alias.name, None
+
+
+def test_every_import_of_orderflow_resolves_even_inside_functions():
+    # Lazy imports (inside functions: benchmarks, command lines) escape both the linter and an import of the
+    # module; a moved module or name must not leave one behind.
+    import importlib
+
+    missing = []
+    for folder in ("orderflow", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "static" in path.parts:
+                continue
+            for line, module, name in _orderflow_imports(path):
+                try:
+                    imported = importlib.import_module(module)
+                except ImportError as exc:
+                    missing.append(f"{path.relative_to(ROOT)}:{line}: {module} ({exc})")
+                    continue
+                if name is not None and name != "*" and not hasattr(imported, name):
+                    try:
+                        importlib.import_module(f"{module}.{name}")
+                    except ImportError:
+                        missing.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
+    assert not missing, missing
