@@ -11,13 +11,6 @@ from orderflow.model.dead_letter import DLQ_MAX_MESSAGE_BYTES, DeadLetter
 from tests.support.kafka_testing import read_partition
 
 
-def test_a_dead_letter_that_fits_is_the_untouched_payload():
-    key, value, headers = DeadLetter("unparseable", "bad", b"x" * 1000, "t/0/5", "normalize_orders").to_kafka()
-    assert (key, value) == (b"t/0/5", b"x" * 1000)
-    assert dict(headers) == {"dlq.reason": b"unparseable", "dlq.detail": b"bad", "dlq.source": b"t/0/5",
-                             "dlq.stage": b"normalize_orders"}
-
-
 def test_an_oversized_dead_letter_lands_truncated_with_size_digest_and_coordinates(stack_settings, make_topic):
     payload = bytes(range(256)) * 3907  # 1,000,192 bytes: more than any record may hold
     letter = DeadLetter("unparseable", "d" * 5000, payload, "ordem-ativo/3/77", "normalize_orders")

@@ -1,6 +1,9 @@
-"""Avro bytes as an old producer wrote them: the ``widget`` test schema's history version (tests/io/schemas)."""
+"""The ``widget`` test schema (tests/io/schemas): a record of it, and Avro bytes as an old producer wrote them (the
+schema's history version)."""
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import io
 import json
 import pathlib
@@ -9,7 +12,14 @@ import fastavro
 
 from orderflow.model.avro import schema_fingerprint
 
-WIDGET_V1 = pathlib.Path(__file__).parents[1] / "io" / "schemas" / "history" / "widget.v1.avsc"
+SCHEMAS = pathlib.Path(__file__).parents[1] / "io" / "schemas"
+WIDGET_V1 = SCHEMAS / "history" / "widget.v1.avsc"
+MADE_AT = dt.datetime(2026, 11, 21, 12, 30, 15, 123000, tzinfo=dt.timezone.utc)
+
+
+def widget(i: int = 1, colour: str | None = "red") -> dict:
+    """A record of the current ``widget`` schema."""
+    return {"id": f"w{i}", "size": 10 + i, "made_at": MADE_AT, "price": decimal.Decimal("12.3400"), "colour": colour}
 
 
 def encode_v1(record: dict) -> bytes:

@@ -10,9 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from orderflow import refdata
 from orderflow.io.reference_data_cache import ReferenceData
-from orderflow.model import pricing
 from orderflow.model.orders import parse_orders
-from orderflow.model.pricing import trading_days
 from orderflow.transforms.price_orders import PriceOrders
 
 DAY = datetime.date(2026, 11, 18)
@@ -63,9 +61,3 @@ def test_total_is_exact_decimal_not_float(module_settings):
         out = p | beam.Create([batch]) | PriceOrders(ReferenceData(module_settings, days=(str(DAY),)))
         assert_that(out.priced | beam.Map(lambda b: (type(b[0]["total"]), str(b[0]["total"]))),
                     equal_to([(Decimal, "0.000003")]))
-
-
-def test_trading_days_default_to_today_and_lookback(module_settings):
-    days = trading_days(module_settings, None, 2)
-    assert len(days) == 3 and days[-1] == str(pricing.today(module_settings))
-    assert trading_days(module_settings, ["2026-01-02"], 5) == ["2026-01-02"]
