@@ -113,6 +113,12 @@ class ApiConfig:
                                      "transactional producers (ingest transactions at once) per process")
     kafka_max_waiting: int = _variable("ORDERFLOW_API_KAFKA_MAX_WAITING", 256,
                                        "ingest requests waiting for Kafka beyond this get 503 at once")
+    kafka_transaction_max_records: int = _variable(
+        "ORDERFLOW_API_KAFKA_TRANSACTION_MAX_RECORDS", 10_000,
+        "most records of the ingest requests grouped into one Kafka transaction")
+    kafka_transaction_max_bytes: int = _variable(
+        "ORDERFLOW_API_KAFKA_TRANSACTION_MAX_BYTES", 4_194_304,
+        "most bytes of the ingest requests grouped into one Kafka transaction")
     dashboard_refresh_seconds: float = _variable("ORDERFLOW_API_DASHBOARD_REFRESH", 1.0,
                                                  "the dashboard's feed computes a snapshot this often")
     key_cache_seconds: float = _variable("ORDERFLOW_API_KEY_CACHE_SECONDS", 10.0,

@@ -18,6 +18,22 @@ requests wait; beyond that the answer is an immediate ``DeliveryFailed``. Every 
 including its wait for a free producer, is bounded by ``timeout`` (plus ``COMMIT_TIMEOUT`` for the
 commit).
 
+Group commit: a transaction costs a few broker round trips whatever it holds, so requests share them.
+Requests queue in arrival order; as soon as a producer is free it takes the oldest waiting request and
+every request queued behind it, up to ``max_transaction_records`` records and ``max_transaction_bytes``
+bytes, into one transaction. Nothing lingers: at low load a transaction holds the one request that
+arrived, and requests that arrive while every producer is busy go together into the next one. This is
+safe because the unit of visibility is still the transaction: every record of every request in it is
+committed, or none is, so each request stays all-or-nothing, and its answer is that of the whole
+transaction: all its requests get their own records' partitions and offsets once it is committed,
+``DeliveryFailed`` when it is not, ``CommitUnconfirmed`` when the commit's outcome is unknown. A
+transaction's deadline is that of its oldest request, the earliest of the group, so no request waits
+past its own; a request whose deadline passes (or whose client leaves) while queued is never produced.
+One bad request must not fail its neighbours: when the broker (or librdkafka) refuses a record for
+something of its own (too large for the topic, a timestamp out of range, ...), a shared transaction is
+aborted and each of its requests is retried alone, within its own deadline, so only the request the
+refused record belongs to is answered 503 (a request alone is never retried: the 503 is its answer).
+
 Recovery: a producer that meets a fatal error (fenced, its producer id unknown to a restarted broker,
 ...) or whose failed transaction could not be aborted is dropped; its slot builds a new one on the next
 use, with the same ``transactional.id``, and ``init_transactions`` fences the old instance and aborts
@@ -28,6 +44,7 @@ traffic.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import functools
 import logging
@@ -43,11 +60,15 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from orderflow.api.metrics import KAFKA_PRODUCER_STARTS, KAFKA_TRANSACTIONS
+from orderflow.api.metrics import KAFKA_PRODUCER_STARTS, KAFKA_TRANSACTION_REQUESTS, KAFKA_TRANSACTIONS
 
 COMMIT_TIMEOUT = 5.0  # seconds the commit may take once every record is acknowledged
 ABORT_TIMEOUT = 2.0   # seconds given to aborting a failed transaction before its producer is dropped
 CLOSE_TIMEOUT = 2.0   # seconds a dropped producer's close may hold up its slot
+# Errors about a record itself, not about the broker or the transaction: the record is refused wherever it
+# goes, so a shared transaction that meets one is retried request by request (see the module docstring).
+_RECORD_FAULTS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
+                            KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP})
 
 _LOG = logging.getLogger(__name__)
 # close() tries to abort the open transaction of a producer we drop because it failed; that it cannot is
@@ -61,6 +82,10 @@ class DeliveryFailed(RuntimeError):
 
 class CommitUnconfirmed(RuntimeError):
     """The commit was sent but not confirmed in time: the batch may or may not become visible."""
+
+
+class RecordsRefused(DeliveryFailed):
+    """Records were refused for something of their own (``_RECORD_FAULTS``), not aborted for the broker's sake."""
 
 
 class Delivered(NamedTuple):
@@ -77,6 +102,19 @@ def _describe(exc: BaseException) -> str:
 def _error(exc: KafkaException) -> KafkaError | None:
     error = exc.args[0] if exc.args else None
     return error if isinstance(error, KafkaError) else None
+
+
+class _Request:
+    """One request's records, waiting in the queue and then in a transaction; ``future`` gets its answer."""
+
+    __slots__ = ("topic", "records", "deadline", "size", "future")
+
+    def __init__(self, topic: str, records: list, deadline: float):
+        self.topic = topic
+        self.records = records
+        self.deadline = deadline
+        self.size = sum(len(record[0] or b"") + len(record[1]) for record in records)
+        self.future: concurrent.futures.Future[list[Delivered]] = concurrent.futures.Future()
 
 
 class _Slot:
@@ -108,7 +146,8 @@ class _Slot:
 
 
 class KafkaSink:
-    """A pool of transactional producers; ``produce`` writes one request's records in one transaction.
+    """A pool of transactional producers; ``produce`` writes one request's records in one transaction,
+    which it may share with other requests (group commit, see the module docstring).
 
     Args:
         bootstrap_servers: the Kafka cluster.
@@ -117,12 +156,18 @@ class KafkaSink:
             at once.
         timeout: seconds a request may wait for a producer and for the broker to acknowledge its records.
         producer_config: librdkafka settings added to (or overriding) the sink's.
+        max_transaction_records: most records of the requests grouped into one transaction (a request
+            larger than this goes alone).
+        max_transaction_bytes: most bytes (keys and values) of the requests grouped into one transaction.
     """
 
     def __init__(self, bootstrap_servers: str, producers: int = 4, max_waiting: int = 256,
-                 timeout: float = 15.0, producer_config: dict | None = None):
+                 timeout: float = 15.0, producer_config: dict | None = None,
+                 max_transaction_records: int = 10_000, max_transaction_bytes: int = 4 << 20):
         self.timeout = timeout
         self.max_waiting = max_waiting
+        self.max_transaction_records = max_transaction_records
+        self.max_transaction_bytes = max_transaction_bytes
         common = {
             "bootstrap.servers": bootstrap_servers,
             # A broker that comes back is found within a second, not after librdkafka's 10 s backoff.
@@ -148,6 +193,11 @@ class KafkaSink:
             self._slots.put(_Slot(config, f"{prefix}-{n}"))
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=producers,
                                                                thread_name_prefix="kafka-transaction")
+        # Requests not yet in a transaction, oldest (earliest deadline) first. Each has a task of its own on
+        # the executor, and a task takes whatever is queued when it runs, so the queue is never left with
+        # requests and no task to take them.
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._queue_lock = threading.Lock()
         self._admin = AdminClient(common)
         self._waiting = 0  # touched on the event loop only
         self._failure: str | None = None  # why the last transaction failed, until one succeeds
@@ -162,53 +212,120 @@ class KafkaSink:
             raise DeliveryFailed(f"{self._waiting} requests are already waiting for Kafka")
         self._waiting += 1
         try:
-            deadline = time.monotonic() + self.timeout
-            future = self._executor.submit(self._transact, topic, records, deadline)
-            result = asyncio.wrap_future(future)
+            request = _Request(topic, records, time.monotonic() + self.timeout)
+            with self._queue_lock:
+                self._queue.append(request)
+            self._executor.submit(self._transact_next, request.deadline)
+            result = asyncio.wrap_future(request.future)
             try:
                 return await asyncio.wait_for(asyncio.shield(result), self.timeout)
             except asyncio.TimeoutError:
-                if future.cancel():  # never started: nothing was produced
+                if request.future.cancel():  # never taken into a transaction: nothing was produced
                     raise DeliveryFailed(f"no Kafka producer free within {self.timeout:.0f}s") from None
-                return await result  # running: it ends by its own deadline (and the commit's)
+                return await result  # in a transaction: it ends by the request's deadline (and the commit's)
             except asyncio.CancelledError:
-                future.cancel()  # the client left: a transaction not started yet is not started at all
+                request.future.cancel()  # the client left: a request not in a transaction yet never will be
                 raise
         finally:
             self._waiting -= 1
 
-    def _transact(self, topic: str, records: list[tuple[bytes | None, bytes]], deadline: float) -> list[Delivered]:
+    def _transact_next(self, deadline: float) -> None:
+        """On the executor: the next transaction, of the requests queued when a producer is free."""
         try:
             slot = self._slots.get(timeout=max(deadline - time.monotonic(), 0))
         except queue.Empty:
-            raise DeliveryFailed(f"no Kafka producer free within {self.timeout:.0f}s") from None
+            self._take(expired_only=True)  # fails what waited past its deadline
+            return
         try:
-            delivered = self._transact_on(slot, topic, records, deadline)
+            group = self._take()
+            if group:
+                self._transact_group(slot, group)
+        finally:
+            self._slots.put(slot)
+
+    def _take(self, expired_only: bool = False) -> list[_Request]:
+        """Takes the oldest queued requests that fit in one transaction; those whose wait ended (client gone,
+        deadline passed) are answered without being produced."""
+        group: list[_Request] = []
+        records = size = 0
+        now = time.monotonic()
+        with self._queue_lock:
+            while self._queue:
+                request = self._queue[0]
+                if expired_only and request.deadline > now:
+                    break
+                if group and (records + len(request.records) > self.max_transaction_records
+                              or size + request.size > self.max_transaction_bytes):
+                    break
+                self._queue.popleft()
+                if not request.future.set_running_or_notify_cancel():
+                    continue  # its wait ended (the client left, or its deadline): never produced
+                if request.deadline <= now:
+                    request.future.set_exception(
+                        DeliveryFailed(f"no Kafka producer free within {self.timeout:.0f}s"))
+                    continue
+                group.append(request)
+                records += len(request.records)
+                size += request.size
+        return group
+
+    def _transact_group(self, slot: _Slot, group: list[_Request]) -> None:
+        """Runs the group's transaction on the slot and answers each of its requests."""
+        try:
+            delivered = self._transact_on(slot, group)
         except (DeliveryFailed, CommitUnconfirmed) as exc:
             with self._failure_lock:
                 self._failure = str(exc)
+            if isinstance(exc, RecordsRefused) and len(group) > 1:
+                # Aborted, nothing visible: each request again on its own, so that only the one whose record
+                # is refused gets the 503.
+                _LOG.info("a transaction of %d requests had records refused (%s); retrying them one by one",
+                          len(group), exc)
+                for request in group:
+                    if request.deadline <= time.monotonic():
+                        request.future.set_exception(DeliveryFailed(
+                            f"not retried alone within {self.timeout:.0f}s after records refused: {exc}"))
+                    else:
+                        self._transact_group(slot, [request])
+                return
+            for request in group:  # one exception each: awaited in several handlers, tracebacks would mix
+                answer = type(exc)(*exc.args)
+                answer.__cause__ = exc.__cause__
+                request.future.set_exception(answer)
+            return
+        except BaseException as exc:  # a bug: answer rather than leave the handlers waiting
+            for request in group:
+                if not request.future.done():
+                    request.future.set_exception(exc)
             raise
-        finally:
-            self._slots.put(slot)
         with self._failure_lock:
             self._failure = None
-        return delivered
+        for request, answer in zip(group, delivered, strict=True):
+            request.future.set_result(answer)
 
-    def _transact_on(self, slot: _Slot, topic: str, records, deadline: float) -> list[Delivered]:
+    def _transact_on(self, slot: _Slot, group: list[_Request]) -> list[list[Delivered]]:
+        deadline = min(request.deadline for request in group)  # the oldest request's: no one waits past its own
         producer = self._begin(slot, deadline)
-        reports: list = [None] * len(records)
+        KAFKA_TRANSACTION_REQUESTS.observe(len(group))
+        reports: list[list] = [[None] * len(request.records) for request in group]
+        count = sum(len(request.records) for request in group)
         try:
-            for index, (key, value, *timestamp) in enumerate(records):
-                self._produce_one(producer, topic, key, value, functools.partial(_report, reports, index), deadline,
-                                  timestamp[0] if timestamp else 0)
+            for request, request_reports in zip(group, reports, strict=True):
+                for index, (key, value, *timestamp) in enumerate(request.records):
+                    self._produce_one(producer, request.topic, key, value,
+                                      functools.partial(_report, request_reports, index), deadline,
+                                      timestamp[0] if timestamp else 0)
             left = producer.flush(max(deadline - time.monotonic(), 0))
             if left:
-                raise DeliveryFailed(f"{left} of {len(records)} records not acknowledged within {self.timeout:.0f}s")
-            refused = [r for r in reports if isinstance(r, KafkaError)]
+                raise DeliveryFailed(f"{left} of {count} records not acknowledged within {self.timeout:.0f}s")
+            refused = [r for rs in reports for r in rs if isinstance(r, KafkaError)]
             if refused:
-                raise DeliveryFailed(f"{len(refused)} of {len(records)} records refused: {refused[0].str()}")
-            if None in reports:
-                raise DeliveryFailed(f"{reports.count(None)} of {len(records)} records not acknowledged")
+                fault = next((r for r in refused if r.code() in _RECORD_FAULTS), None)
+                message = f"{len(refused)} of {count} records refused: {(fault or refused[0]).str()}"
+                raise RecordsRefused(message) if fault is not None else DeliveryFailed(message)
+            missing = sum(rs.count(None) for rs in reports)
+            if missing:
+                raise DeliveryFailed(f"{missing} of {count} records not acknowledged")
         except Exception as exc:  # noqa: BLE001 - whatever failed, nothing was committed: abort
             # A producer that turns fatal raises KafkaException from flush (or SystemError, when
             # confluent_kafka then calls a delivery callback with that exception still set).
@@ -218,10 +335,14 @@ class KafkaSink:
             KAFKA_TRANSACTIONS.labels(outcome="aborted").inc()
             if isinstance(exc, DeliveryFailed):
                 raise
+            error = _error(exc) if isinstance(exc, KafkaException) else None
+            if error is not None and error.code() in _RECORD_FAULTS and not error.fatal():
+                raise RecordsRefused(_describe(exc)) from exc  # refused by librdkafka itself (produce)
             raise DeliveryFailed(_describe(exc)) from exc
         self._commit(slot, producer)
         KAFKA_TRANSACTIONS.labels(outcome="committed").inc()
-        return [Delivered(topic, partition, offset) for partition, offset in reports]
+        return [[Delivered(request.topic, partition, offset) for partition, offset in request_reports]
+                for request, request_reports in zip(group, reports, strict=True)]
 
     def _begin(self, slot: _Slot, deadline: float) -> Producer:
         """The slot's producer in a new transaction; a producer left fatal (or unusable) is rebuilt once."""
@@ -310,6 +431,11 @@ class KafkaSink:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._queue_lock:
+            queued, self._queue = list(self._queue), collections.deque()
+        for request in queued:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(DeliveryFailed("the API is shutting down"))
         self._admin = None
         while True:
             try:

@@ -10,6 +10,9 @@ LATENCY = Histogram("orderflow_api_request_seconds", "HTTP request latency", ["m
 INGESTED_RECORDS = Counter("orderflow_api_ingested_records_total", "records acknowledged by Kafka", ["topic"])
 KAFKA_TRANSACTIONS = Counter("orderflow_api_kafka_transactions_total",
                              "ingest transactions by outcome: committed, aborted, unconfirmed", ["outcome"])
+KAFKA_TRANSACTION_REQUESTS = Histogram("orderflow_api_kafka_transaction_requests",
+                                       "ingest requests grouped into one Kafka transaction (group commit)",
+                                       buckets=(1, 2, 4, 8, 16, 32, 64, 128))
 KAFKA_PRODUCER_STARTS = Counter("orderflow_api_kafka_producer_starts_total",
                                 "transactional producers initialised (first use, and each rebuild after a failure)")
 # result: found | unknown (a database lookup), cached (answered from memory), throttled (429, not looked up)

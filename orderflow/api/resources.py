@@ -42,7 +42,9 @@ class Resources:
     def kafka(self) -> KafkaSink:
         c = self.config
         return KafkaSink(self.settings.kafka_bootstrap, producers=c.kafka_producers,
-                         max_waiting=c.kafka_max_waiting, timeout=c.produce_timeout_seconds)
+                         max_waiting=c.kafka_max_waiting, timeout=c.produce_timeout_seconds,
+                         max_transaction_records=c.kafka_transaction_max_records,
+                         max_transaction_bytes=c.kafka_transaction_max_bytes)
 
     @functools.cached_property
     def kafka_admin(self):

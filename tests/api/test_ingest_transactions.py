@@ -1,10 +1,13 @@
-"""Ingest is all or nothing (one Kafka transaction per request) and safe to retry (Idempotency-Key)."""
+"""Ingest is all or nothing (each request in one Kafka transaction, which concurrent requests may share) and safe
+to retry (Idempotency-Key)."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import re
+import threading
 import uuid
 import zlib
 
@@ -135,3 +138,121 @@ def test_the_openapi_spec_documents_the_idempotency_key_and_the_kafka_answers(an
     assert header["in"] == "header" and "api-<32 hex>-<index>" in header["description"]
     assert {"503", "504"} <= set(post["responses"])
     assert "nothing of it was written" in post["responses"]["503"]["description"]
+
+
+def _metric(client, name: str) -> float:
+    """A sample of the API's /metrics (0 before it is first recorded)."""
+    text = client.get("/metrics").text
+    found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+COMMITTED = 'orderflow_api_kafka_transactions_total{outcome="committed"}'
+ABORTED = 'orderflow_api_kafka_transactions_total{outcome="aborted"}'
+GROUPED = "orderflow_api_kafka_transaction_requests_sum"  # requests, over every transaction begun
+
+
+def _orders(token: str, n: int) -> list[dict]:
+    return [{"ativo": "PETR4", "quantidade": q + 1, "token": token} for q in range(n)]
+
+
+def _assert_visible_where_answered(bootstrap: str, topic: str, partitions: int, answers: list[dict]) -> None:
+    """Every answered record is where its 202 said (partition, offset) for a read_committed reader, once."""
+    committed = read_all(bootstrap, topic, partitions)
+    at = {(m.partition(), m.offset()): ORDER_CODEC.decode(m.value())["order_id"] for m in committed}
+    answered = [r for answer in answers for r in answer["records"]]
+    assert all(at.get((r["partition"], r["offset"])) == r["order_id"] for r in answered)
+    ids = collections.Counter(at.values())
+    assert all(ids[r["order_id"]] == 1 for r in answered)
+
+
+def test_concurrent_requests_share_transactions_and_each_is_answered_with_its_own_committed_offsets(api):
+    requests, in_flight = 64, 16
+    bootstrap, topic = api.settings.kafka_bootstrap, api.settings.topics.orders
+    with api.client(api.key("ingest")) as client, api.client() as anonymous:
+        committed_before, grouped_before = _metric(anonymous, COMMITTED), _metric(anonymous, GROUPED)
+        token = f"group-{uuid.uuid4().hex[:8]}"
+        with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
+            answers = list(pool.map(lambda n: client.post("/orders", json=_orders(f"{token}-{n}", 10)),
+                                    range(requests)))
+        assert [a.status_code for a in answers] == [202] * requests, [a.text for a in answers if a.status_code != 202]
+        transactions = _metric(anonymous, COMMITTED) - committed_before
+        # Every request went into exactly one committed transaction, and fewer transactions than requests ran.
+        assert _metric(anonymous, GROUPED) - grouped_before == requests
+        assert transactions < requests, f"{transactions:.0f} transactions for {requests} requests"
+    _assert_visible_where_answered(bootstrap, topic, api.settings.topic_partitions, [a.json() for a in answers])
+    print(f"{requests} requests, {in_flight} in flight: {transactions:.0f} transactions")
+
+
+@pytest.fixture
+def strict_single_producer_api(api_settings, api_config):
+    """The API with ONE transactional producer (so concurrent requests queue and are grouped), producing orders
+    to a 2-partition topic of its own whose max.message.bytes the test sets."""
+    topic = f"strict-grouped-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": api_settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(timeout=15)
+    settings = dataclasses.replace(api_settings, topics=dataclasses.replace(api_settings.topics, orders=topic))
+    served = ServedApi(settings, dataclasses.replace(api_config, kafka_producers=1)).start()
+    yield served, topic
+    served.stop()
+
+
+def test_a_request_the_broker_refuses_fails_alone_not_the_requests_grouped_with_it(strict_single_producer_api):
+    """A shared transaction in which the broker refuses one request's record is aborted (nothing of it visible)
+    and its requests are retried one by one: the bad one gets 503, its neighbours 202, each once visible."""
+    api, topic = strict_single_producer_api
+    bootstrap = api.settings.kafka_bootstrap
+    small_token, writers = "small-neighbour", 3  # at most 3 small one-order requests share a transaction
+    big_token = next(t for t in (f"big-{n}-" + "t" * 110 for n in range(100))
+                     if _partition(t.encode(), 2) != _partition(small_token.encode(), 2))
+    big = [{"ativo": "VALE3", "quantidade": 4, "token": big_token, "order_id": "big-" + "o" * 190}]
+    small = [{"ativo": "PETR4", "quantidade": 1, "token": small_token}]
+    [(small_key, small_value)] = [(o["client_token"].encode(), ORDER_CODEC.encode(o))
+                                  for o in parse_orders(json.dumps(small).encode(), minted_id_prefix="api-" + "0" * 32)]
+    [(big_key, big_value)] = [(o["client_token"].encode(), ORDER_CODEC.encode(o)) for o in parse_orders(
+        json.dumps(big).encode(), minted_id_prefix="api-" + "0" * 32)]
+    smalls_batch = RECORD_BATCH_HEADER + writers * (len(small_key) + len(small_value) + RECORD_OVERHEAD)
+    big_batch = RECORD_BATCH_HEADER + len(big_key) + len(big_value)
+    assert smalls_batch + 40 < big_batch
+    _set_max_message_bytes(bootstrap, topic, (smalls_batch + big_batch) // 2)
+
+    stop = threading.Event()
+    small_answers: list = []
+
+    def write_smalls():
+        with api.client(api.key("ingest")) as client:
+            while not stop.is_set():
+                small_answers.append(client.post("/orders", json=small))
+
+    with api.client(api.key("ingest")) as client, api.client() as anonymous:
+        with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+            running = [pool.submit(write_smalls) for _ in range(writers)]
+            try:
+                grouped = False
+                for _ in range(10):  # until the big request met the others in a transaction (almost always at once)
+                    aborted_before = _metric(anonymous, ABORTED)
+                    refused = client.post("/orders", json=big)
+                    assert refused.status_code == 503, refused.text
+                    assert "too large" in refused.json()["detail"].lower()
+                    # Aborted alone: 1; aborted with neighbours and then alone again: 2 (the smalls fit alone).
+                    aborted = _metric(anonymous, ABORTED) - aborted_before
+                    assert aborted in (1, 2)
+                    if aborted == 2:
+                        grouped = True
+                        break
+            finally:
+                stop.set()
+                for future in running:
+                    future.result()
+
+    assert small_answers and {a.status_code for a in small_answers} == {202}, \
+        [a.text for a in small_answers if a.status_code != 202]
+    assert grouped, "the big request never shared a transaction with the small ones"
+    answers = [a.json() for a in small_answers]
+    _assert_visible_where_answered(bootstrap, topic, 2, answers)
+    committed_ids = _order_ids(read_all(bootstrap, topic, 2))
+    assert len(committed_ids) == len(answers) and big[0]["order_id"] not in committed_ids
+    # The neighbours of the aborted shared transaction were written in it too (a read_uncommitted reader sees
+    # those aborted copies), then committed by their retry alone: a read_committed reader sees each once.
+    written = collections.Counter(_order_ids(read_all(bootstrap, topic, 2, isolation="read_uncommitted")))
+    assert any(written[i] == 2 for i in committed_ids)

@@ -10,7 +10,9 @@ import collections
 import concurrent.futures
 import os
 import pathlib
+import re
 import signal
+import threading
 import time
 import uuid
 
@@ -128,3 +130,67 @@ def test_ingest_recovers_from_a_broker_stall_and_writes_nothing_it_answered_503(
         assert reader.get("/healthz").status_code == 200
     assert _visible_tokens(api.settings)[refused] == 0
     print(f"stall: first 202 {took:.1f}s after the broker resumed")
+
+
+def _aborted(client) -> float:
+    found = re.search(r'^orderflow_api_kafka_transactions_total\{outcome="aborted"\} (\S+)$', client.get("/metrics").text,
+                      re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _stalled_round(api, pid: int, token: str, writers: int) -> list:
+    """Writers post (``token``) for a second, the broker stalls for PRODUCE_TIMEOUT + 1 s, resumes: the answers."""
+    stop = threading.Event()
+    answers: list = []
+
+    def write():
+        with api.client(api.key("ingest")) as client:
+            while not stop.is_set():
+                answers.append(_post(client, token))
+
+    with concurrent.futures.ThreadPoolExecutor(writers) as pool:
+        running = [pool.submit(write) for _ in range(writers)]
+        time.sleep(1.0)  # transactions of several requests each are committed meanwhile
+        _stall(pid)
+        try:
+            time.sleep(PRODUCE_TIMEOUT + 1)  # the transactions in flight at the stall fail meanwhile
+            stop.set()
+            for future in running:
+                future.result()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    return answers
+
+
+def test_a_shared_transaction_the_broker_stalls_in_answers_503_to_every_request_in_it(recovering_api):
+    """Requests grouped in one transaction share its fate: the broker stalls while writers keep RECOVERING_API_
+    PRODUCERS busy with shared transactions; every request of a transaction that fails gets 503 and none of their
+    records becomes visible, while every 202 is visible."""
+    stack, api = recovering_api
+    pid = read_pid(stack.root / "run" / "kafka.pid")
+    token = _unique_token("grouped-stall")
+    answers: list = []
+    with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
+        # The stall may meet transactions of one request each (or in their commit: 504): then again, up to 3 times.
+        for _ in range(3):
+            for _ in range(RECOVERING_API_PRODUCERS):
+                _recovers(writer, time.monotonic())
+            aborted_before = _aborted(reader)
+            round_answers = _stalled_round(api, pid, token, writers=12)
+            _recovers(writer, time.monotonic())
+            aborted = _aborted(reader) - aborted_before
+            answers += round_answers
+            # 503s of requests that were in a transaction (the others waited for a producer past their deadline)
+            in_failed = [a for a in round_answers if a.status_code == 503
+                         and re.search(r"not acknowledged|records refused", a.json()["detail"])]
+            if len(in_failed) > aborted:
+                break
+        assert len(in_failed) > aborted >= 1, f"{len(in_failed)} requests in {aborted:.0f} aborted transactions"
+
+    statuses = collections.Counter(a.status_code for a in answers)
+    assert set(statuses) <= {202, 503, 504}, [a.text for a in answers if a.status_code not in (202, 503, 504)]
+    assert all("nothing of them was written" in a.json()["detail"] for a in answers if a.status_code == 503)
+    visible = _visible_tokens(api.settings)[token]
+    # 5 orders per request: every 202 visible, nothing of a 503; a 504 (the stall met a commit) may be either.
+    assert 5 * statuses[202] <= visible <= 5 * (statuses[202] + statuses[504]), (visible, statuses)
+    print(f"grouped stall: {dict(statuses)}, {len(in_failed)} requests in {aborted:.0f} aborted transactions")
