@@ -76,6 +76,14 @@ def _recovers(client, since: float) -> float:
         assert time.monotonic() - since < RECOVERY_SECONDS, f"still {resp.status_code}: {resp.text}"
 
 
+def _every_producer_answers(client) -> None:
+    """Waits until each of the pool's producers has committed a POST again: after an earlier test's broker
+    restart, a producer may still be re-initialising its transactions (a loaded machine once gave a 503 on
+    the first POST of the next test)."""
+    for _ in range(RECOVERING_API_PRODUCERS):
+        _recovers(client, time.monotonic())
+
+
 def _visible_tokens(settings) -> collections.Counter:
     """Orders per client token that a read_committed reader (the pipelines) gets."""
     codec = AvroCodec("order")
@@ -89,9 +97,7 @@ def test_ingest_recovers_from_a_broker_restart(recovering_api, sig):
     stack, api = recovering_api
     accepted, refused = _unique_token("accepted"), _unique_token("refused")
     with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
-        # After the previous case's restart, every pooled producer answers again before this one starts.
-        for _ in range(RECOVERING_API_PRODUCERS):
-            _recovers(writer, time.monotonic())
+        _every_producer_answers(writer)
         assert _post(writer, accepted).status_code == 202
 
         assert stack.stop("kafka", sig=sig) == "stopped"
@@ -120,10 +126,7 @@ def test_ingest_recovers_from_a_broker_stall_and_writes_nothing_it_answered_503(
     pid = read_pid(stack.root / "run" / "kafka.pid")
     refused = _unique_token("stalled")
     with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
-        # The broker was restarted by the tests before: wait until the pool's producers all answer again (a
-        # loaded machine once gave a 503 here, a producer still re-initialising its transactions).
-        for _ in range(RECOVERING_API_PRODUCERS):
-            _recovers(writer, time.monotonic())
+        _every_producer_answers(writer)
         _stall(pid)
         try:
             _while_kafka_is_gone(writer, reader, refused)
@@ -176,8 +179,7 @@ def test_a_shared_transaction_the_broker_stalls_in_answers_503_to_every_request_
     with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
         # The stall may meet transactions of one request each (or in their commit: 504): then again, up to 3 times.
         for _ in range(3):
-            for _ in range(RECOVERING_API_PRODUCERS):
-                _recovers(writer, time.monotonic())
+            _every_producer_answers(writer)
             aborted_before = _aborted(reader)
             round_answers = _stalled_round(api, pid, token, writers=12)
             _recovers(writer, time.monotonic())
