@@ -49,6 +49,7 @@ setup(
     python_requires=">=3.10",
     packages=find_namespace_packages(include=["orderflow", "orderflow.*"]),
     package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html",
+                              "local/node/*.js",
                               "api/static/vendor/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

@@ -78,7 +78,7 @@ def pg_dsn(stack_settings) -> str:
 
 
 def _revive_dead_services(stack, module: str) -> None:
-    """A service of the session's stack that died (seen once: DynamoDB, then in memory, cause unknown) is
+    """A service of the session's stack that died (DynamoDB did, until dynalite-server.js: a killed client) is
     started again before the next module, loudly: its log is kept under ``.local/test-logs/`` and a warning
     names it. Every service keeps its data on disk, so the restarted one serves the modules as before."""
     dead = [name for name, state in stack.status().items() if state != "ready"]

@@ -91,6 +91,9 @@ def node_binary() -> str:
     return found
 
 
+DYNALITE_SERVER = pathlib.Path(__file__).parent / "node" / "dynalite-server.js"
+
+
 def dynalite_cli() -> str:
     cli = NODE_DIR / "node_modules" / "dynalite" / "cli.js"
     if not cli.exists():
@@ -446,7 +449,9 @@ class LocalStack:
                 # write is in LevelDB's log before it is answered). Tables are ACTIVE at once instead of
                 # after dynalite's default 500 ms in CREATING.
                 "dynamodb", p.dynamodb,
-                command=lambda: [node_binary(), dynalite_cli(), "--host", "127.0.0.1", "--port", str(p.dynamodb),
+                # Run through dynalite-server.js: a client that disconnects mid-request must not end it.
+                command=lambda: [node_binary(), str(DYNALITE_SERVER), dynalite_cli(), "--host", "127.0.0.1",
+                                 "--port", str(p.dynamodb),
                                  "--path", str(self.root / "dynamodb"),
                                  "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"],
                 ready=dynamodb_ready,

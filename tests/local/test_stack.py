@@ -50,6 +50,25 @@ def test_dynamodb_is_served_apart_from_sns_with_dynamodb_s_own_validation(module
 
 
 @pytest.mark.needs_stack  # Node.js on PATH (dynalite's runtime)
+def test_dynamodb_survives_a_client_that_disconnects_in_the_middle_of_a_request(module_settings):
+    # dynalite rethrew the request's "aborted" error and died: a pipeline killed mid-write took the local
+    # DynamoDB down with it (orderflow/local/node/dynalite-server.js).
+    import socket
+    import struct
+    import time
+    from urllib.parse import urlsplit
+
+    endpoint = urlsplit(module_settings.dynamodb_endpoint_url)
+    for _ in range(3):
+        with socket.create_connection((endpoint.hostname, endpoint.port), timeout=5) as conn:
+            conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-amz-json-1.0\r\n"
+                         b"X-Amz-Target: DynamoDB_20120810.ListTables\r\nContent-Length: 1000\r\n\r\n{\"Lim")
+            time.sleep(0.2)  # the server has started reading the body
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    time.sleep(0.5)
+    assert "TableNames" in aws_client(module_settings, "dynamodb").list_tables()
+
+
 def test_a_missing_dynalite_install_is_named(tmp_path, monkeypatch):
     from orderflow.local import stack as stack_module
 
