@@ -152,7 +152,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         settings, days=tuple(d.strip() for d in opts.trade_days.split(",") if d.strip()) or None,
         lookback_days=opts.refdata_lookback_days,
         refresh_seconds=None if bounded else opts.refdata_refresh_seconds,
-        miss_reload_seconds=opts.refdata_miss_reload_seconds)
+        miss_reload_seconds=opts.refdata_miss_reload_seconds, retry_seconds=settings.sink_retry_seconds)
     priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
 
     _ = (priced.priced

@@ -73,7 +73,7 @@ class PriceOrders(beam.PTransform):
 
     Args:
       reference: the ``ReferenceSource`` to price with, e.g. ``orderflow.io.reference_data_cache.ReferenceData``
-        (each worker opens its own fresh snapshots).
+        (one fresh snapshot per worker process).
       timezone: the exchange time zone; an order's trading day is its event time's date there.
     """
 

@@ -143,3 +143,27 @@ def test_both_pipelines_killed_mid_stream_and_started_again(fault_system):
     print(f"\nboth pipelines SIGKILLed and restarted: stores exact {took:.1f} s after the feed paused")
     time.sleep(5)  # relay ticks of the restarted run: a repeated SMS would be sent by now
     assert len(sent_sms(system.settings.sns_endpoint_url, {system.phone})) == sms_before
+
+
+def test_orders_started_while_dynamodb_is_down(fault_system):
+    # Pricing's first reference-data load meets the outage: it waits for DynamoDB like a sink, so the pipeline
+    # neither fails at start nor later, when the runner creates new pricing DoFn instances mid-stream.
+    system = fault_system
+    system.settle("the restart before the start during an outage")
+    orders = system.pipelines["orders"]
+    system.resume()
+    orders.kill()
+    assert system.stack.stop("dynamodb", sig=signal.SIGKILL) == "stopped"
+    logged = len(orders.log_path.read_text())
+    system.restart("orders")
+    deadline = time.monotonic() + 120
+    while not any("reference data for" in line and "DynamoDB is unavailable" in line
+                  for line in orders.log_path.read_text()[logged:].splitlines()):
+        system.assert_running()
+        assert time.monotonic() < deadline, f"pricing never met the outage:\n{orders.log_tail(30)}"
+        time.sleep(1)
+    time.sleep(10)  # retrying, not failing
+    system.assert_running()
+    assert system.stack.up(timeout=180)["dynamodb"] == "started"
+    took = system.settle("the orders pipeline started while DynamoDB was down")
+    print(f"\norders started with DynamoDB down: stores exact {took:.1f} s after the feed paused")

@@ -1,12 +1,19 @@
 """ReferenceDataCache over real memcached + DynamoDB: loaded once, refreshed when old, reloaded on a miss at most
-every miss_reload_seconds (a clock the test moves)."""
+every miss_reload_seconds (a clock the test moves); one cache per worker process; a first load that rides out
+an outage of its store."""
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import pickle
+import shutil
+import socket
+import threading
+import time
 from decimal import Decimal
 
 import pytest
+from mirakuru import TCPExecutor
 
 from orderflow import refdata
 from orderflow.io.reference_data_cache import ReferenceData
@@ -58,5 +65,62 @@ def test_bounded_snapshot_is_loaded_once_and_a_first_load_failure_is_an_error(mo
     assert cache.current() is first  # refresh_seconds=None: never refreshed
 
     unreachable = dataclasses.replace(module_settings, memcached_address="127.0.0.1:9")
-    with pytest.raises(Exception):  # noqa: B017 - whatever the client raises, pricing must not start without data
-        ReferenceData(unreachable, days=(str(DAY),)).open(clock).current()
+    started = time.monotonic()
+    with pytest.raises(ConnectionError):  # retried for retry_seconds, then raised: pricing never starts without data
+        ReferenceData(unreachable, days=(str(DAY),), retry_seconds=1.0).open(clock).current()
+    assert time.monotonic() - started >= 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_first_load_rides_out_an_outage_of_its_store(module_settings):
+    # memcached is down when the first load starts and comes up 2 s later, empty, then gets the day's codes.
+    port = _free_port()
+    settings = dataclasses.replace(module_settings, memcached_address=f"127.0.0.1:{port}")
+    memcached = TCPExecutor([shutil.which("memcached"), "-l", "127.0.0.1", "-p", str(port), "-u", "root"],
+                            host="127.0.0.1", port=port, timeout=30)
+
+    def come_back():
+        time.sleep(2)
+        memcached.start()
+        refdata.load_reference_data(settings, DAY, {"ITUB4": ("I-05", Decimal("33.10"))})
+
+    restore = threading.Thread(target=come_back)
+    restore.start()
+    try:
+        started = time.monotonic()
+        snapshot = ReferenceData(settings, days=(str(DAY),), retry_seconds=60).open().current()
+        waited = time.monotonic() - started
+    finally:
+        restore.join()
+        memcached.stop()
+    assert snapshot == {str(DAY): {"ITUB4": ("I-05", Decimal("33.10"))}}
+    assert waited >= 2
+
+
+def test_one_cache_per_worker_process_loaded_once_for_every_copy_and_thread(module_settings):
+    refdata.load_reference_data(module_settings, DAY, {"BBAS3": ("B-05", Decimal("27.00"))})
+    source = ReferenceData(module_settings, days=(str(DAY),), refresh_seconds=3600)
+    # Beam gives each DoFn instance its own unpickled copy of the source: they must find the same cache.
+    copies = [pickle.loads(pickle.dumps(source)) for _ in range(8)]
+    assert {id(copy.open()) for copy in copies} == {id(source.open())}
+    assert ReferenceData(module_settings, days=(str(DAY),)).open() is not source.open()  # another source
+
+    fresh = ReferenceData(module_settings, days=(str(DAY),), refresh_seconds=3600)
+    barrier = threading.Barrier(8)
+    snapshots = []
+
+    def price():
+        barrier.wait()
+        snapshots.append(pickle.loads(pickle.dumps(fresh)).open().current())
+
+    threads = [threading.Thread(target=price) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(snapshots) == 8 and len({id(s) for s in snapshots}) == 1  # one load, not eight
