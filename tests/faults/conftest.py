@@ -26,11 +26,13 @@ from tests.support.fault_feed import ALARM_THRESHOLD, RecordedFeed
 from tests.support.orders_scenario import dynamodb_volumes
 from tests.support.waiting import START_TIMEOUT, wait_for
 
-# A sink retries an unavailable store this long (ORDERFLOW_SINK_RETRY_SECONDS, the default) before failing its
-# bundle. 150 s was once too short: the machine stalled on I/O for minutes (load 261) and the dead letters'
-# producer timed out, which a production cluster would have waited through too.
-SINK_RETRY_SECONDS = 300.0
-SETTLE_TIMEOUT = 240.0      # after an outage, for the pipelines to catch up on a loaded 2-core machine
+# A sink retries an unavailable store this long (ORDERFLOW_SINK_RETRY_SECONDS; the default is 300 s) before
+# failing its bundle. The suite's budgets cover a stalled machine, not a slow system: 150 s was once too short
+# (the machine stalled on I/O for minutes, load 261), and 300 s once (2026-12-01: the kernel reported workqueue
+# lockups, load 331, and the restarted broker answered nothing for 6 minutes). A production cluster would have
+# waited through both; a system that is broken fails the suite on its checks, not on these budgets.
+SINK_RETRY_SECONDS = 900.0
+SETTLE_TIMEOUT = 600.0      # after an outage, for the pipelines to catch up on a loaded (or stalled) 2-core machine
 
 
 @dataclasses.dataclass

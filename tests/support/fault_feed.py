@@ -3,9 +3,9 @@
 ``RecordedFeed`` produces, on the wall clock, orders (the four input models, each with its own order id),
 keep-alives and availability changes, from a thread, until stopped; every record it hands to the producer
 is remembered, so the suite computes what the stores must hold on its own (prices from the sample
-reference data), independently of the pipelines. The producer is idempotent and keeps retrying while the
-broker is down (librdkafka's default delivery timeout is 5 minutes), so a record given to it is never
-lost nor duplicated.
+reference data), independently of the pipelines. The producer is idempotent and retries until the broker
+takes the record (no delivery timeout: librdkafka's default of 5 minutes was once outlasted by a stalled
+machine), so a record given to it is never lost nor duplicated.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class RecordedFeed:
         self.orders_per_second = orders_per_second
         self.keepalive_seconds = keepalive_seconds
         self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
-                                  "linger.ms": 5})
+                                  "linger.ms": 5, "message.timeout.ms": 0})
         self.keepalive = KeepaliveEncoder()
         self.availability = AvroCodec("restaurant_availability")
         self.lock = threading.Lock()
@@ -85,7 +85,7 @@ class RecordedFeed:
         self._thread.join(30)
         self.producer.flush(10)
 
-    def flush(self, timeout: float = 300.0) -> None:
+    def flush(self, timeout: float = 900.0) -> None:
         assert self.error is None, f"the feed failed: {self.error!r}"
         with self.lock:
             remaining = self.producer.flush(timeout)
