@@ -86,8 +86,12 @@ class ReferenceDataCache:
     def current(self) -> Snapshot:
         """The snapshot, loaded first if there is none or it is older than ``refresh_seconds``."""
         refresh = self._source.refresh_seconds
-        if self._snapshot is None or (refresh is not None and self._clock() - self._loaded_at >= refresh):
-            self._load(lambda: refresh is not None and self._clock() - self._loaded_at >= refresh)
+
+        def stale() -> bool:
+            return refresh is not None and self._clock() - self._loaded_at >= refresh
+
+        if self._snapshot is None or stale():
+            self._load(stale)
         assert self._snapshot is not None  # _load() keeps the last snapshot or raises when there is none
         return self._snapshot
 
@@ -123,6 +127,7 @@ class ReferenceDataCache:
         days = trading_days(source.settings, list(source.days) if source.days else None, source.lookback_days)
         started = self._clock()
         self._loaded_at = started
+
         def read() -> Snapshot:
             return read_reference_data(source.settings, days)
 
