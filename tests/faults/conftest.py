@@ -35,6 +35,15 @@ SINK_RETRY_SECONDS = 900.0
 SETTLE_TIMEOUT = 600.0      # after an outage, for the pipelines to catch up on a loaded (or stalled) 2-core machine
 
 
+def _first_error(pipeline: DetachedProcess, name: str) -> str:
+    """The first ERROR line its log has since the pipeline last started: the cause, where the log's end shows
+    what a failing job does afterwards (the SDK harness tearing down DoFns whose bundles still run)."""
+    lines = pipeline.log_path.read_text(errors="replace").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("== ") and f" starting {name} " in line]
+    first = next((line for line in lines[starts[-1] if starts else 0:] if '"level": "ERROR"' in line), None)
+    return first[:6000] if first is not None else "none logged"
+
+
 @dataclasses.dataclass
 class FaultSystem:
     stack: object
@@ -52,7 +61,9 @@ class FaultSystem:
 
     def assert_running(self) -> None:
         for name, pipeline in self.pipelines.items():
-            assert pipeline.status() == RUNNING, f"{name} stopped: {pipeline.log_path}\n{pipeline.log_tail(60)}"
+            assert pipeline.status() == RUNNING, (f"{name} stopped: {pipeline.log_path}\n"
+                                                  f"its first error since it started: {_first_error(pipeline, name)}\n"
+                                                  f"the end of its log:\n{pipeline.log_tail(60)}")
 
     # -- reading the stores -----------------------------------------------------------------------------
     def postgres_volumes(self) -> dict:
