@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 
+import port_for
 import pytest
 
 from orderflow import flink_submit
@@ -106,8 +107,7 @@ def test_script_reports_a_missing_master(tmp_path):
 
 
 def test_submission_to_an_unreachable_master_fails_clearly():
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        closed_port = probe.getsockname()[1]  # free now, closed once the block ends
+    closed_port = port_for.select_random()
     result = run_flink("presence", "--flink_master", f"127.0.0.1:{closed_port}")
     assert result.returncode == 1
     assert f"run_flink.sh: error: cannot reach the Flink JobManager REST API at 127.0.0.1:{closed_port}" in result.stderr

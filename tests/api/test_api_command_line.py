@@ -149,8 +149,7 @@ def test_stop_ends_the_detached_api_of_make_demo(api_settings, tmp_path):
 
 
 def test_healthz_names_postgres_when_it_is_down(api_settings, api_config):
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        closed = probe.getsockname()[1]
+    closed = port_for.select_random()
     broken = dataclasses.replace(api_settings, postgres_dsn=f"postgresql://orderflow@127.0.0.1:{closed}/orderflow")
     served = ServedApi(broken, api_config).start()
     try:

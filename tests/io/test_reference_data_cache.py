@@ -7,11 +7,11 @@ import dataclasses
 import datetime
 import pickle
 import shutil
-import socket
 import threading
 import time
 from decimal import Decimal
 
+import port_for
 import pytest
 from mirakuru import TCPExecutor
 
@@ -71,15 +71,9 @@ def test_bounded_snapshot_is_loaded_once_and_a_first_load_failure_is_an_error(mo
     assert time.monotonic() - started >= 1.0
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_first_load_rides_out_an_outage_of_its_store(module_settings):
     # memcached is down when the first load starts and comes up 2 s later, empty, then gets the day's codes.
-    port = _free_port()
+    port = port_for.select_random()
     settings = dataclasses.replace(module_settings, memcached_address=f"127.0.0.1:{port}")
     memcached = TCPExecutor([shutil.which("memcached"), "-l", "127.0.0.1", "-p", str(port), "-u", "root"],
                             host="127.0.0.1", port=port, timeout=30)

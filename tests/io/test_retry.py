@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import datetime
 import signal
-import socket
 import threading
 import time
 from decimal import Decimal
 
 import boto3
 import botocore.config
+import port_for
 import psycopg
 import pytest
 import redis
@@ -26,12 +26,6 @@ DAY = datetime.date(2026, 11, 30)
 UTC = datetime.timezone.utc
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _raised(call) -> BaseException:
     try:
         call()
@@ -42,7 +36,7 @@ def _raised(call) -> BaseException:
 
 # -- classification, on errors the real clients raise -------------------------------------------------------
 def test_a_store_that_is_not_there_is_transient():
-    port = _free_port()
+    port = port_for.select_random()
     assert is_transient(_raised(lambda: psycopg.connect(f"postgresql://x@127.0.0.1:{port}/x", connect_timeout=2)))
     assert is_transient(_raised(lambda: redis.Redis(port=port, socket_connect_timeout=2).ping()))
     dynamodb = boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
@@ -83,7 +77,7 @@ def test_call_with_retry_gives_up_at_once_on_data_and_after_the_budget_on_an_out
         call_with_retry("test", refused, budget_seconds=30)
     assert len(calls) == 1
 
-    port = _free_port()
+    port = port_for.select_random()
     started = time.monotonic()
     with pytest.raises(psycopg.OperationalError):
         call_with_retry("test", lambda: psycopg.connect(f"postgresql://x@127.0.0.1:{port}/x", connect_timeout=1),

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import socket
 import subprocess
 import sys
 import uuid
 from zoneinfo import ZoneInfo
 
 import apache_beam as beam
+import port_for
 import psycopg
 import pytest
 import redis
@@ -45,11 +45,6 @@ def _zone_with_the_last_hours_on_one_day() -> ZoneInfo:
     raise AssertionError(f"no zone of {ZONES} is between 04:00 and 23:00 now")
 
 
-def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return probe.getsockname()[1]  # free now, closed once the block ends
-
-
 def _run(argv: list[str], env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -64,7 +59,7 @@ def environment(module_settings) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def misdirected(environment) -> dict[str, str]:
     """The environment with the endpoints and input topics the options override pointing at nothing."""
-    nowhere = _closed_port()
+    nowhere = port_for.select_random()
     return {**environment, "ORDERFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{nowhere}",
             "ORDERFLOW_POSTGRES_DSN": f"postgresql://orderflow@127.0.0.1:{nowhere}/nowhere",
             "ORDERFLOW_REDIS_URL": f"redis://127.0.0.1:{nowhere}/0",
