@@ -66,7 +66,7 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
     from orderflow.model.avro import AvroCodec
     from orderflow.model.dead_letter import DeadLetter
     from orderflow.model.orders import InvalidOrder, encode_order_avro, parse_orders
-    from orderflow.transforms.alarms import Alarm, parse_rules
+    from orderflow.model.alarms import Alarm, parse_rules
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
     reference = reference_data.read_reference_data(settings, days or [DAY])

@@ -119,7 +119,7 @@ def hand_child(kind: str, args) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if kind == "orders":
-        from orderflow.transforms.alarms import DEFAULT_RULES_JSON
+        from orderflow.model.alarms import DEFAULT_RULES_JSON
 
         today = pricing.today(settings)
         orders_pipeline.hand_loop(settings, 10_000, DEFAULT_RULES_JSON, days=[today - dt.timedelta(days=1), today],

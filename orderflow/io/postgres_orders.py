@@ -20,9 +20,9 @@ as a whole, which is what the runner retries. (A deadlock between two long trans
 Postgres; the bundle fails and is retried.)
 4. It also returns the ids of the orders this batch *owns*: inserted now, or inserted earlier by the same
    Kafka record (``source`` coordinates), i.e. a replay of the record that first delivered the order. A
-   duplicate delivered by another record is not owned. Windowed alarms aggregate owned orders only, so
-   they count each order once, and a replay after a crash (whose window state was lost or rolled back
-   with it) counts it again exactly once.
+   duplicate delivered by another record is not owned. The orders *inserted now* are added to the alarm
+   windows' totals in the same transaction (``orderflow.io.alarm_windows``): each order counts once in
+   each of its windows, and an alarm fires in the transaction whose orders make a total cross.
 
 Last line of defence (the normaliser already refuses what no sink can hold): each batch statement runs
 under a savepoint. When Postgres refuses it because of the data (SQLSTATE class 22 data exception, 23
@@ -40,6 +40,7 @@ value once DynamoDB takes it. Counters: ``orders/dead_letter_postgres_rejected``
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from decimal import Decimal
 from typing import NamedTuple
@@ -50,12 +51,17 @@ import psycopg
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
+from orderflow.io.alarm_windows import AlarmWindows
 from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.dead_letter import DEAD_LETTER_TAG, Stage
 from orderflow.model.orders import OrderBatch, order_dead_letter
 
 DYNAMODB_REJECTED = "dynamodb_rejected"
+# The output of WriteOrdersToPostgres that wakes the SMS relay: the number of messages committed transactions queued.
+SMS_QUEUED_TAG = "sms_queued"
+
+_LOG = logging.getLogger(__name__)
 
 _COLUMNS = ("order_id", "client_token", "asset", "quantity", "pricing_code", "price", "total", "event_time",
             "trade_day", "source_format", "source")
@@ -113,6 +119,7 @@ class Rejected(NamedTuple):
 
 class BatchResult(NamedTuple):
     owned: list[dict]          # orders this batch owns (inserted now, or a replay of the same record)
+    inserted: list[dict]       # of those, the orders inserted now (what the alarm windows add)
     volumes: list[tuple]       # absolute (client_token, day, total, order_count) of every key written
     counts: dict[str, int]     # inserted / replayed / duplicates / rejected
     rejected: list[Rejected]   # orders Postgres refused; nothing of them was written
@@ -160,7 +167,7 @@ def execute_batch(conn, orders: list[dict]) -> BatchResult:
     rows: list = []
     rejected: list[Rejected] = []
     _write_bisecting(conn, batch, rows, rejected)
-    owned_ids = set()
+    owned_ids, inserted_ids = set(), set()
     volumes = {}  # a later part's value of a key is the newer one
     counts = {"inserted": 0, "replayed": 0, "rejected": len(rejected)}
     for kind, key, day, total, order_count in rows:
@@ -168,9 +175,12 @@ def execute_batch(conn, orders: list[dict]) -> BatchResult:
             volumes[(key, day)] = (key, day, total, order_count)
         else:
             owned_ids.add(key)
+            if kind == "inserted":
+                inserted_ids.add(key)
             counts[kind] += 1
     counts["duplicates"] = len(orders) - counts["inserted"] - counts["replayed"] - len(rejected)
-    return BatchResult([order for order in batch if order["order_id"] in owned_ids], list(volumes.values()),
+    return BatchResult([order for order in batch if order["order_id"] in owned_ids],
+                       [order for order in batch if order["order_id"] in inserted_ids], list(volumes.values()),
                        counts, rejected)
 
 
@@ -204,8 +214,12 @@ class OrdersWriter:
     """
 
     def __init__(self, dsn: str, write_volumes: Callable[[list[tuple]], list[tuple[tuple, str]] | None] | None = None,
-                 max_batches: int = 20, retry_seconds: float = DEFAULT_RETRY_SECONDS):
+                 max_batches: int = 20, retry_seconds: float = DEFAULT_RETRY_SECONDS,
+                 alarm_windows: AlarmWindows | None = None):
         self.dsn = dsn
+        self.alarm_windows = alarm_windows
+        self.sms_queued = 0  # SMS queued by committed transactions (the relay has work when this grows)
+        self.alarms_fired = 0
         self.write_volumes = write_volumes
         self.max_batches = max_batches
         self.retry_seconds = retry_seconds
@@ -215,14 +229,42 @@ class OrdersWriter:
         self._owned: dict[tuple[str, object], list[dict]] = {}  # this transaction's owned orders per key
         self._transaction: list[list[dict]] = []  # its batches, replayed if the connection is lost
         self._lost = False  # the connection (and the open transaction with it) failed
+        self._fired_queued = [0, 0]  # alarms fired and SMS queued by the open transaction
 
     def _connection(self):
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn)
         return self._conn
 
+    def start(self) -> None:
+        """Brings the stored alarm rules in line with this writer's (``AlarmWindows.sync``), under the outage
+        rule; counts what that fired like a commit."""
+        if self.alarm_windows is None:
+            return
+        windows = self.alarm_windows
+
+        def sync():
+            try:
+                return windows.sync(self._connection())
+            except Exception:
+                self._drop_connection()
+                raise
+
+        changed, fired, queued = call_with_retry("alarm rules to Postgres", sync, self.retry_seconds,
+                                                 on_retry=self._on_retry)
+        if changed or fired:
+            _LOG.info("alarm rules computed again from the stored orders: %s; %d alarms fired, %d SMS queued",
+                      ", ".join(changed) or "none", fired, queued)
+        self.alarms_fired += fired
+        self.sms_queued += queued
+
     def _execute(self, orders: list[dict]) -> BatchResult:
-        result = execute_batch(self._connection(), orders)
+        conn = self._connection()
+        result = execute_batch(conn, orders)
+        if self.alarm_windows is not None and result.inserted:
+            fired, queued = self.alarm_windows.add(conn, result.inserted)
+            self._fired_queued[0] += fired
+            self._fired_queued[1] += queued
         for volume in result.volumes:  # later statements of the transaction see newer values
             self._pending[(volume[0], volume[1])] = volume
         for order in result.owned:
@@ -240,7 +282,7 @@ class OrdersWriter:
         def attempt():
             if self._lost:
                 self._drop_connection()
-                self._pending, self._owned = {}, {}
+                self._pending, self._owned, self._fired_queued = {}, {}, [0, 0]
                 self._lost = False
                 for batch in self._transaction:
                     self._execute(batch)
@@ -269,11 +311,13 @@ class OrdersWriter:
             return rejected
 
         rejected = self._retrying("daily volumes to DynamoDB and the Postgres commit", write_volumes_and_commit)
-        self._pending, self._owned, self._transaction = {}, {}, []
+        self.alarms_fired += self._fired_queued[0]
+        self.sms_queued += self._fired_queued[1]
+        self._pending, self._owned, self._transaction, self._fired_queued = {}, {}, [], [0, 0]
         return rejected
 
     def rollback(self) -> None:
-        self._pending, self._owned, self._transaction = {}, {}, []
+        self._pending, self._owned, self._transaction, self._fired_queued = {}, {}, [], [0, 0]
         if self._conn is not None and not self._conn.closed:
             try:
                 self._conn.rollback()
@@ -301,9 +345,13 @@ class _WriteBatchFn(beam.DoFn):
     are the dead letters of the orders a sink refused (those of the bundle's last commit with the last
     batch's timestamp and window)."""
 
-    def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int, retry_seconds: float):
+    def __init__(self, dsn: str, volume_table, max_batches_per_transaction: int, retry_seconds: float,
+                 alarm_windows: AlarmWindows | None):
         self.dsn = dsn
         self.volume_table = volume_table
+        self.alarm_windows = alarm_windows
+        self.alarms_fired = Metrics.counter("orders", "alarms_fired")
+        self.sms_queued = Metrics.counter("orders", "sms_queued")
         self.max_batches = max_batches_per_transaction
         self.retry_seconds = retry_seconds
         self.transient_retries = Metrics.counter("orders", "transient_retries")
@@ -319,9 +367,11 @@ class _WriteBatchFn(beam.DoFn):
         from concurrent.futures import ThreadPoolExecutor
 
         self._writer = OrdersWriter(self.dsn, self.volume_table.write if self.volume_table is not None else None,
-                                    self.max_batches, self.retry_seconds)
+                                    self.max_batches, self.retry_seconds, self.alarm_windows)
         self._retries_counted = 0
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postgres-orders")
+        self._thread.submit(self._writer.start).result()
+        self._alarms_counted = (0, 0)  # what start() fired and queued is reported with the first bundle
 
     def start_bundle(self):
         self._in_flight = None  # (future, timestamp, window) of the batch being written
@@ -365,8 +415,19 @@ class _WriteBatchFn(beam.DoFn):
         self.replayed.inc(counts["replayed"])
         self.duplicates.inc(counts["duplicates"])
         yield from self._dead_letters(rejected, timestamp, window, in_process)
+        yield from self._relay_ticks(timestamp, window, in_process)
         if owned:
             yield self._output(OrderBatch(owned), timestamp, window, in_process)
+
+    def _relay_ticks(self, timestamp, window, in_process: bool):
+        """A tick for the SMS relay when committed transactions queued messages since the last one."""
+        fired, queued = self._writer.alarms_fired, self._writer.sms_queued
+        self.alarms_fired.inc(fired - self._alarms_counted[0])
+        self.sms_queued.inc(queued - self._alarms_counted[1])
+        if queued > self._alarms_counted[1]:
+            yield beam.pvalue.TaggedOutput(SMS_QUEUED_TAG, self._output(
+                queued - self._alarms_counted[1], timestamp, window, in_process))
+        self._alarms_counted = (fired, queued)
 
     def _count_retries(self):
         # Counted here, on the bundle's thread: Beam metrics updated on the writer's thread are not reported.
@@ -391,6 +452,8 @@ class _WriteBatchFn(beam.DoFn):
             self._count_retries()
         if rejected:
             yield from self._dead_letters(rejected, *self._last_batch, in_process=False)
+        if self._last_batch is not None:
+            yield from self._relay_ticks(*self._last_batch, in_process=False)
 
     def teardown(self):
         thread = getattr(self, "_thread", None)
@@ -400,10 +463,11 @@ class _WriteBatchFn(beam.DoFn):
 
 
 class WriteOrdersToPostgres(beam.PTransform):
-    """``list[PricedOrder]`` batches -> Postgres (+ daily volumes to ``volume_table``); emits owned orders.
+    """``list[PricedOrder]`` batches -> Postgres (+ daily volumes to ``volume_table``, + alarm windows).
 
-    Returns a DoOutputsTuple: ``owned`` (``list[PricedOrder]`` per batch, duplicates removed; feeds the
-    windowed alarms) and ``dead_letter`` (``DeadLetter`` for each order a sink refused because of its data).
+    Returns a DoOutputsTuple: ``owned`` (``list[PricedOrder]`` per batch, duplicates removed), ``dead_letter``
+    (``DeadLetter`` for each order a sink refused because of its data) and ``sms_queued`` (the number of SMS
+    that committed transactions queued: ticks for ``orderflow.io.sns_alarms.RelaySmsOutbox``).
 
     Args:
         dsn: the Postgres database.
@@ -411,18 +475,22 @@ class WriteOrdersToPostgres(beam.PTransform):
         max_batches_per_transaction: batches of a bundle one Postgres transaction covers.
         retry_seconds: how long a transient Postgres or DynamoDB error is retried before the bundle fails
           (``orderflow.io.retry``).
+        alarm_windows: an ``orderflow.io.alarm_windows.AlarmWindows``: the inserted orders are added to the
+          alarm windows' totals in the same transaction, and the rules are synchronised when a worker starts
+          (or None: no alarms).
     """
 
     def __init__(self, dsn: str, volume_table=None, max_batches_per_transaction: int = 20,
-                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS, alarm_windows: AlarmWindows | None = None):
         super().__init__()
         self.dsn = dsn
         self.volume_table = volume_table
         self.max_batches_per_transaction = max_batches_per_transaction
         self.retry_seconds = retry_seconds
+        self.alarm_windows = alarm_windows
 
     def expand(self, batches):
         return batches | "UpsertOrders" >> beam.ParDo(
             _WriteBatchFn(self.dsn, self.volume_table, self.max_batches_per_transaction,
-                        self.retry_seconds)).with_output_types(
-            OrderBatch).with_outputs(DEAD_LETTER_TAG, main="owned")
+                          self.retry_seconds, self.alarm_windows)).with_output_types(
+            OrderBatch).with_outputs(DEAD_LETTER_TAG, SMS_QUEUED_TAG, main="owned")

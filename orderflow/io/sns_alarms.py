@@ -1,21 +1,22 @@
 """Alarms recorded once in Postgres and sent once by SMS through SNS, via a transactional outbox.
 
-``RecordAlarms``: per bundle, one statement inserts the alarms (``ON CONFLICT DO NOTHING`` on
-(rule_id, scope, window_start): a window fires once however many panes cross) and, in the same
+``fire_alarms_sql``: one statement inserts the alarms of the windows that crossed their threshold
+(``ON CONFLICT DO NOTHING`` on (rule_id, scope, window_start): a window fires once) and, in the same
 statement, one ``sms_outbox`` row per active phone registered for the alarm's scope (phones with a NULL
-client get every alarm). Recording an alarm and queueing its messages is therefore atomic.
+client get every alarm). Recording an alarm and queueing its messages is therefore atomic; the orders
+sink runs it in the transaction that inserts the orders and adds them to the window totals
+(``orderflow.io.alarm_windows``). ``record_alarms`` records given ``Alarm``s the same way.
 
 ``relay_sms_outbox`` (the relay): takes one pending row at a time with ``FOR UPDATE SKIP LOCKED`` (several
 relays never pick the same row), publishes the SMS (SNS ``Publish`` with ``PhoneNumber``), marks it sent
 with the SNS message id and commits. A crash before the commit leaves the row pending and it is sent on
 the next run: nothing is lost, and the only window for a repeat is between SNS accepting the message and
-the commit of that single row. The pipeline runs the relay after each recording bundle and once at
-start (leftovers of a crashed run); ``python -m orderflow.io.sns_alarms`` runs it by hand.
+the commit of that single row. The pipeline runs the relay when the orders sink queued messages, once at
+start (leftovers of a crashed run) and on an interval; ``python -m orderflow.io.sns_alarms`` runs it by hand.
 
-Outages (``orderflow.io.retry``): recording retries a transient Postgres error on a new connection (the
-statement is idempotent); the relay gives up its tick on a transient Postgres or SNS error and the next
-tick (``--outbox_relay_seconds``) sends what is pending. A Postgres failure between SNS accepting an SMS
-and the commit of its row repeats that one SMS.
+Outages (``orderflow.io.retry``): the relay gives up its tick on a transient Postgres or SNS error and the
+next tick (``--outbox_relay_seconds``) sends what is pending. A Postgres failure between SNS accepting an
+SMS and the commit of its row repeats that one SMS.
 """
 from __future__ import annotations
 
@@ -28,18 +29,20 @@ from apache_beam.metrics import Metrics
 
 from orderflow import clients
 from orderflow.config import Settings, load_settings
-from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry, is_transient
+from orderflow.io.retry import is_transient
 
 _LOG = logging.getLogger(__name__)
 
-RECORD_ALARMS_SQL = """
-WITH input AS (
-    SELECT * FROM unnest(%(rule_id)s::text[], %(scope)s::text[], %(window_start)s::timestamptz[],
-                         %(window_end)s::timestamptz[], %(total)s::numeric[], %(threshold)s::numeric[])
-        AS t(rule_id, scope, window_start, window_end, total, threshold)
-), fired AS (
+
+def fire_alarms_sql(crossed: str) -> str:
+    """One statement that records every row of the CTE ``crossed`` (``rule_id, scope, window_start, window_end,
+    total, threshold``) as an alarm once (``ON CONFLICT DO NOTHING``: a window fires once) and queues one
+    SMS per active phone of its scope; returns (new alarms, queued messages). ``crossed`` is the text of
+    the ``WITH`` list that defines it (after any CTEs it needs)."""
+    return f"""
+WITH {crossed}, fired AS (
     INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold)
-    SELECT * FROM input ORDER BY rule_id, scope, window_start
+    SELECT rule_id, scope, window_start, window_end, total, threshold FROM crossed ORDER BY rule_id, scope, window_start
     ON CONFLICT (rule_id, scope, window_start) DO NOTHING
     RETURNING rule_id, scope, window_start, window_end, total, threshold
 ), queued AS (
@@ -56,6 +59,13 @@ WITH input AS (
 SELECT (SELECT count(*) FROM fired), (SELECT count(*) FROM queued)
 """
 
+
+RECORD_ALARMS_SQL = fire_alarms_sql("""crossed AS (
+    SELECT * FROM unnest(%(rule_id)s::text[], %(scope)s::text[], %(window_start)s::timestamptz[],
+                         %(window_end)s::timestamptz[], %(total)s::numeric[], %(threshold)s::numeric[])
+        AS t(rule_id, scope, window_start, window_end, total, threshold)
+)""")
+
 _CLAIM_SQL = """
 SELECT rule_id, scope, window_start, phone, message FROM sms_outbox
 WHERE sent_at IS NULL ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED
@@ -69,7 +79,7 @@ WHERE rule_id = %s AND scope = %s AND window_start = %s AND phone = %s
 def record_alarms(conn, alarms) -> tuple[int, int]:
     """Inserts ``Alarm``s and their outbox rows in one statement; returns (new alarms, queued messages)."""
     latest: dict[tuple, Any] = {}
-    for alarm in alarms:  # several panes of one window in a bundle: keep the highest total
+    for alarm in alarms:  # one window given twice: keep the highest total
         key = (alarm.rule_id, alarm.scope, alarm.window_start)
         if key not in latest or latest[key].total < alarm.total:
             latest[key] = alarm
@@ -94,59 +104,6 @@ def relay_sms_outbox(conn, sns_client, limit: int | None = None) -> int:
             conn.execute(_MARK_SENT_SQL, (message_id, rule_id, scope, window_start, phone))
         sent += 1
     return sent
-
-
-class _RecordAlarmsFn(beam.DoFn):
-    def __init__(self, dsn: str, retry_seconds: float):
-        self.dsn = dsn
-        self.retry_seconds = retry_seconds
-        self.fired = Metrics.counter("orders", "alarms_fired")
-        self.queued = Metrics.counter("orders", "sms_queued")
-        self.retries = Metrics.counter("orders", "transient_retries")
-
-    def setup(self):
-        self._conn = None
-
-    def _record(self, alarms):
-        from orderflow.io.postgres import connect
-
-        if self._conn is None or self._conn.closed:
-            self._conn = connect(self.dsn)
-        return record_alarms(self._conn, alarms)
-
-    def _reconnect(self, _exc):
-        self.retries.inc()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-    def start_bundle(self):
-        self._alarms = []
-        self._window = None
-
-    def process(self, alarm, window=beam.DoFn.WindowParam):
-        self._alarms.append(alarm)
-        self._window = window
-
-    def finish_bundle(self):
-        from apache_beam.utils.windowed_value import WindowedValue
-
-        if not self._alarms:
-            return
-        alarms = self._alarms
-        fired, queued = call_with_retry("alarms to Postgres", lambda: self._record(alarms), self.retry_seconds,
-                                        on_retry=self._reconnect)
-        self._alarms = []
-        self.fired.inc(fired)
-        self.queued.inc(queued)
-        if queued:
-            # A tick for the relay (there are messages to send), in a window of the input as finish_bundle
-            # outputs must be; RecordAlarms re-windows the ticks into the global window.
-            yield WindowedValue(queued, self._window.max_timestamp(), [self._window])
-
-    def teardown(self):
-        if self._conn is not None:
-            self._conn.close()
 
 
 class _RelayOutboxFn(beam.DoFn):
@@ -184,21 +141,6 @@ class _RelayOutboxFn(beam.DoFn):
     def teardown(self):
         if self._conn is not None:
             self._conn.close()
-
-
-class RecordAlarms(beam.PTransform):
-    """``Alarm``s -> recorded once in Postgres with their SMS queued; emits ticks for ``RelaySmsOutbox``."""
-
-    def __init__(self, dsn: str, retry_seconds: float = DEFAULT_RETRY_SECONDS):
-        super().__init__()
-        self.dsn = dsn
-        self.retry_seconds = retry_seconds
-
-    def expand(self, alarms):
-        return (alarms
-                | "InsertAlarmsAndOutbox" >> beam.ParDo(_RecordAlarmsFn(self.dsn, self.retry_seconds))
-                # Ticks leave the alarm windows: they only wake the relay, which is not windowed.
-                | "TicksGlobal" >> beam.WindowInto(beam.window.GlobalWindows()))
 
 
 class RelaySmsOutbox(beam.PTransform):

@@ -5,9 +5,11 @@
       -> PriceOrders(reference data)     PricedOrders     | dead letters   (memcached+DynamoDB, cached per worker)
       -> WriteToKafka(ordem-ativo-precificado)           every priced record, Avro PricedOrder, key order_id
       -> WriteOrdersToPostgres           orders (idempotent) + exact daily volumes in one statement, the
-                                         absolute volumes put to DynamoDB under the rows' locks | dead
+                                         absolute volumes put to DynamoDB under the rows' locks, and in the
+                                         same transaction the inserted orders added to the alarm windows'
+                                         totals (a crossing records the alarm + its SMS in the outbox) | dead
                                          letters of orders a sink refused because of their data
-           -> WindowedAlarms (owned orders) -> RecordAlarms (alarm + SMS outbox) -> RelaySmsOutbox (SNS)
+           -> RelaySmsOutbox (SNS)        when messages were queued, at start and every --outbox_relay_seconds
     dead letters -> WriteToKafka(ordem-ativo-dlq) with the reason in headers
 
 ``--orders_sinks=kafka`` keeps the two Kafka outputs only (no Postgres, DynamoDB, alarms or SMS).
@@ -25,20 +27,21 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
 from orderflow.config import Settings, load_settings, with_overrides
+from orderflow.io.alarm_windows import AlarmWindows
 from orderflow.io.dead_letter import dead_letter_to_kafka
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.reference_data_cache import ReferenceData
-from orderflow.io.sns_alarms import RecordAlarms, RelaySmsOutbox
+from orderflow.io.sns_alarms import RelaySmsOutbox
 from orderflow.logs import configure as configure_logging
+from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
 from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
 from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, run_pipeline
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
-from orderflow.transforms.alarms import DEFAULT_RULES_JSON, WindowedAlarms, parse_rules
 from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
 
@@ -79,8 +82,11 @@ class OrdersOptions(PipelineOptions):
                             help="an order whose trading day or asset the reference data lacks reloads it first, "
                                  "at most this often (a new day after midnight, an asset listed during the day)")
         parser.add_argument("--alarm_rules", default=DEFAULT_RULES_JSON,
-                            help="JSON list of alarm rules, or @path to a JSON file (see transforms/alarms.py)")
-        parser.add_argument("--alarm_allowed_lateness_seconds", type=int, default=3600)
+                            help="JSON list of alarm rules, or @path to a JSON file (see orderflow/model/alarms.py)")
+        parser.add_argument("--alarm_backfill_seconds", type=int, default=3600,
+                            help="a rule that is new or whose windows changed (a redeploy with other rules) is "
+                                 "computed from the stored orders over the open windows and those that ended at "
+                                 "most this long before the start")
         parser.add_argument("--outbox_relay_seconds", type=float, default=30.0,
                             help="streaming: also drain the SMS outbox this often")
         parser.add_argument("--order_max_event_age_days", type=float, default=3660.0,
@@ -164,16 +170,15 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     written = None
     if opts.orders_sinks == "all":
         per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
+        alarm_windows = AlarmWindows(rules, settings.exchange_timezone, opts.alarm_backfill_seconds)
         written = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
-            settings.postgres_dsn, DailyVolumeTable(settings), per_transaction, settings.sink_retry_seconds)
+            settings.postgres_dsn, DailyVolumeTable(settings), per_transaction, settings.sink_retry_seconds,
+            alarm_windows)
         dead_letter_outputs.append(written.dead_letter)
 
-        ticks = (written.owned
-                 | "Alarms" >> WindowedAlarms(rules, settings.exchange_timezone, opts.alarm_allowed_lateness_seconds)
-                 | "RecordAlarms" >> RecordAlarms(settings.postgres_dsn, settings.sink_retry_seconds))
         # The relay also runs once at start (messages a crashed run queued but did not send) and, when
         # streaming, on an interval.
-        relay_ticks = [ticks, pipeline | "RelayAtStart" >> beam.Create([None])]
+        relay_ticks = [written.sms_queued, pipeline | "RelayAtStart" >> beam.Create([None])]
         if not bounded:
             relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
                 fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))

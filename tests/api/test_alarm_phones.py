@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from orderflow.io.sns_alarms import record_alarms
-from orderflow.transforms.alarms import Alarm
+from orderflow.model.alarms import Alarm
 
 
 @pytest.fixture(scope="module")

@@ -92,16 +92,6 @@ def test_orders_from_the_command_line_with_endpoint_options_and_the_lookback(mod
     assert by_client == expected["volumes"]  # priced with the sample prices the CLI loaded
 
 
-def test_alarm_allowed_lateness_reaches_the_alarm_windows():
-    """A bounded run never has late data, so the option is checked where Beam keeps it: the windowing
-    strategies of the built graph."""
-    options = PipelineOptions(["--bounded", "--alarm_allowed_lateness_seconds=4321"])
-    pipeline = beam.Pipeline(options=options)
-    orders.build(pipeline, options)
-    strategies = pipeline.to_runner_api().components.windowing_strategies.values()
-    assert 4_321_000 in {strategy.allowed_lateness for strategy in strategies}
-
-
 def _minute(ts: dt.datetime) -> dt.datetime:
     return ts.replace(second=0, microsecond=0)
 
