@@ -63,10 +63,10 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
     from orderflow.io.dynamodb_volume import DailyVolumeTable
     from orderflow.io.postgres_orders import OrdersWriter
     from orderflow.io.sns_alarms import record_alarms, relay_sms_outbox
+    from orderflow.model.alarms import Alarm, parse_rules
     from orderflow.model.avro import AvroCodec
     from orderflow.model.dead_letter import DeadLetter
     from orderflow.model.orders import InvalidOrder, encode_order_avro, parse_orders
-    from orderflow.model.alarms import Alarm, parse_rules
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
     reference = reference_data.read_reference_data(settings, days or [DAY])

@@ -23,6 +23,12 @@ Restriction: an ``OffsetRange`` of the partition, so
 Records are claimed a batch at a time (claiming the last offset of a batch claims the batch), which keeps
 per-record Python work to building the ``KafkaRecord``. Processed offsets are committed to the consumer
 group when the runner finalizes the bundle, so a rerun resumes after the last finished work.
+
+Draining (``request_drain``, ``drained``): a process that is asked to stop (SIGTERM) stops every streaming
+read of its workers from claiming anything more; each read hands its partition back at once, the bundles
+already read finish and are finalized, and ``drained()`` turns true once every offset read has been
+committed. This works where the workers run in the submitting process (Prism's LOOPBACK environment, the
+DirectRunner); Flink stops a job with its own savepoint or drain.
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import functools
 import logging
 import operator
 import pickle
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -51,7 +58,7 @@ from orderflow.io.kafka_offsets import PartitionReader, StartPosition, resolve_s
 from orderflow.io.retry import is_transient
 from orderflow.model.kafka_record import KafkaRecord
 
-__all__ = ["ReadFromKafka", "StartPosition", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
+__all__ = ["ReadFromKafka", "StartPosition", "request_drain", "drained", "drain_positions", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
            "KafkaPartitionCoder", "OffsetRangeCoder", "KafkaBatch", "KafkaBatchCoder"]
 
 _LOG = logging.getLogger(__name__)
@@ -60,6 +67,50 @@ _PARTITION_EOF = KafkaError._PARTITION_EOF
 _timestamp_ms = operator.attrgetter("timestamp_ms")
 _new_record = tuple.__new__  # KafkaRecord(...) through tuple.__new__ skips NamedTuple's slower __new__
 _as_record = functools.partial(_new_record, KafkaRecord)  # a tuple of KafkaRecord's fields -> KafkaRecord
+
+
+class _DrainState:
+    """This process's drain request, and the offsets its streaming reads read and committed (per group,
+    topic and partition): the SDK worker's threads write them, the process that drains reads them."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self._lock = threading.Lock()
+        self._read: dict[tuple[str, str, int], int] = {}
+        self._committed: dict[tuple[str, str, int], int] = {}
+
+    def read(self, key: tuple[str, str, int], next_offset: int) -> None:
+        with self._lock:
+            if next_offset > self._read.get(key, -1):
+                self._read[key] = next_offset
+
+    def committed(self, key: tuple[str, str, int], next_offset: int) -> None:
+        with self._lock:
+            if next_offset > self._committed.get(key, -1):
+                self._committed[key] = next_offset
+
+    def positions(self) -> dict[tuple[str, str, int], tuple[int, int | None]]:
+        with self._lock:
+            return {key: (offset, self._committed.get(key)) for key, offset in self._read.items()}
+
+
+_DRAIN = _DrainState()
+
+
+def request_drain() -> None:
+    """Stops this process's streaming reads from claiming more records (see the module doc)."""
+    _DRAIN.requested.set()
+
+
+def drain_positions() -> dict[tuple[str, str, int], tuple[int, int | None]]:
+    """``(group, topic, partition) -> (next offset read, next offset committed or None)`` of this process's
+    committing streaming reads."""
+    return _DRAIN.positions()
+
+
+def drained() -> bool:
+    """Whether every offset this process's committing streaming reads read has been committed."""
+    return all(committed is not None and committed >= read for read, committed in drain_positions().values())
 
 # Consumer settings for throughput: big fetches, deep prefetch queue, no auto commit/offset store.
 DEFAULT_CONSUMER_CONFIG = {
@@ -383,6 +434,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                                                if k.startswith(("security.", "sasl.", "ssl."))}})
             self._committer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=False)
             self._committed[key] = next_offset
+            _DRAIN.committed((self._group_id, topic, partition), next_offset)
             self._commits.inc()
         except KafkaException as exc:
             # At-least-once: a failed commit only means a rerun reads these records again.
@@ -453,6 +505,10 @@ class _ReadPartitionFnBase(beam.DoFn):
         started = last_data = time.monotonic()
         try:
             while True:
+                if not bounded and _DRAIN.requested.is_set():
+                    # Stopping: claim nothing more; what was read finishes and is committed.
+                    tracker.defer_remainder(Duration.of(self._idle_poll_interval))
+                    return
                 want = self._fetch_count
                 if bounded:
                     stop = tracker.current_restriction().stop
@@ -542,6 +598,8 @@ class _ReadPartitionFnBase(beam.DoFn):
                 # bundle of a stage that can request finalization, and the SDK harness logs an error for a
                 # bundle that registered no callback (see docs/runners.md).
                 committed = next_offset if next_offset > part.start_offset else None
+                if committed is not None and not bounded:
+                    _DRAIN.read((self._group_id, topic, partition), committed)
                 bundle_finalizer.register(lambda: self._commit_if_any(topic, partition, committed))
 
 

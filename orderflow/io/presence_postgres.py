@@ -46,6 +46,7 @@ from orderflow.model.presence import (
     UNAVAILABLE,
     AvailabilityChange,
     StatusInterval,
+    TimelineProgress,
     ms_to_datetime,
 )
 
@@ -86,6 +87,14 @@ ORDER BY k.restaurant_id, k.day
 ON CONFLICT (restaurant_id, day) DO UPDATE SET unexplained_offline_seconds = EXCLUDED.unexplained_offline_seconds
 """
 
+UPSERT_PROGRESS_SQL = """
+INSERT INTO restaurant_presence_progress AS p (restaurant_id, final_until, first_event, last_input)
+SELECT * FROM unnest(%(rid)s::text[], %(final)s::timestamptz[], %(first)s::timestamptz[], %(last)s::timestamptz[])
+ON CONFLICT (restaurant_id) DO UPDATE SET
+    final_until = greatest(p.final_until, EXCLUDED.final_until), first_event = least(p.first_event, EXCLUDED.first_event),
+    last_input = greatest(p.last_input, EXCLUDED.last_input), written_at = now()
+"""
+
 UPSERT_SCHEDULE_SQL = """
 INSERT INTO restaurant_unavailability AS u
     (restaurant_id, schedule_id, kind, reason, starts_at, ends_at, created_at, cancelled_at)
@@ -120,9 +129,15 @@ SELECT * FROM unnest(%(source)s::text[], %(stage)s::text[], %(reason)s::text[], 
 ON CONFLICT DO NOTHING
 """
 
-def write_intervals(conn, intervals: list[StatusInterval]) -> int:
-    """Replaces the stretch each restaurant's intervals cover, and recomputes the touched daily aggregates,
-    in one transaction."""
+def write_intervals(conn, items: list[StatusInterval | TimelineProgress]) -> int:
+    """Replaces the stretch each restaurant's intervals cover, recomputes the touched daily aggregates and
+    records how far each timeline is final (``TimelineProgress`` items), in one transaction."""
+    intervals = [i for i in items if isinstance(i, StatusInterval)]
+    progress: dict[str, TimelineProgress] = {}
+    for p in items:
+        if isinstance(p, TimelineProgress):
+            seen = progress.get(p.restaurant_id)
+            progress[p.restaurant_id] = p if seen is None or seen.final_until_ms < p.final_until_ms else seen
     latest = {(i.restaurant_id, i.start_ms): i for i in intervals}  # a later version of an interval wins
     batch = [latest[k] for k in sorted(latest)]  # one lock order for concurrent writers
     ranges: dict[str, list[int]] = {}
@@ -134,13 +149,20 @@ def write_intervals(conn, intervals: list[StatusInterval]) -> int:
               "reason": [i.reason for i in batch], "day": [i.day for i in batch]}
     days = {(i.restaurant_id, i.day) for i in batch}
     with conn.transaction():
-        replaced = conn.execute(REPLACE_RANGES_SQL, {
-            "rid": list(ranges), "from": [ms_to_datetime(r[0]) for r in ranges.values()],
-            "to": [ms_to_datetime(r[1]) for r in ranges.values()]}).fetchall()
-        days.update(replaced)
-        conn.execute(INSERT_INTERVALS_SQL, params)
-        ordered = sorted(days)
-        conn.execute(RECOMPUTE_DAILY_SQL, {"rid": [r for r, _ in ordered], "day": [d for _, d in ordered]})
+        if batch:
+            replaced = conn.execute(REPLACE_RANGES_SQL, {
+                "rid": list(ranges), "from": [ms_to_datetime(r[0]) for r in ranges.values()],
+                "to": [ms_to_datetime(r[1]) for r in ranges.values()]}).fetchall()
+            days.update(replaced)
+            conn.execute(INSERT_INTERVALS_SQL, params)
+            ordered = sorted(days)
+            conn.execute(RECOMPUTE_DAILY_SQL, {"rid": [r for r, _ in ordered], "day": [d for _, d in ordered]})
+        if progress:
+            marks = [progress[rid] for rid in sorted(progress)]
+            conn.execute(UPSERT_PROGRESS_SQL, {
+                "rid": [p.restaurant_id for p in marks], "final": [ms_to_datetime(p.final_until_ms) for p in marks],
+                "first": [ms_to_datetime(p.first_ms) for p in marks],
+                "last": [ms_to_datetime(p.last_input_ms) for p in marks]})
     return len(batch)
 
 
@@ -261,12 +283,18 @@ def _batched(pcoll, label: str, min_batch: int, max_batch: int):
     return pcoll | label >> beam.BatchElements(min_batch_size=min_batch, max_batch_size=max_batch)
 
 
-def _interval_order(interval: StatusInterval):
-    return interval.restaurant_id, interval.start_ms
+def _interval_order(item: StatusInterval | TimelineProgress):
+    # A restaurant's progress after its intervals (they end at or before it): bisected halves are written in
+    # order, so progress is never stored ahead of the intervals it vouches for.
+    if isinstance(item, TimelineProgress):
+        return item.restaurant_id, item.final_until_ms, 1
+    return item.restaurant_id, item.start_ms, 0
 
 
-def _interval_source(interval: StatusInterval) -> str:
-    return f"interval:{interval.restaurant_id}@{interval.start_ms}"
+def _interval_source(item: StatusInterval | TimelineProgress) -> str:
+    if isinstance(item, TimelineProgress):
+        return f"progress:{item.restaurant_id}@{item.final_until_ms}"
+    return f"interval:{item.restaurant_id}@{item.start_ms}"
 
 
 def _change_order(change: AvailabilityChange):
@@ -278,7 +306,9 @@ def _change_source(change: AvailabilityChange) -> str:
 
 
 class WriteStatusIntervals(beam.PTransform):
-    """``StatusInterval`` elements -> ``restaurant_status_intervals`` + ``restaurant_offline_daily``.
+    """``StatusInterval`` elements -> ``restaurant_status_intervals`` + ``restaurant_offline_daily``; and
+    ``TimelineProgress`` elements (``RestaurantStatusIntervals``' ``progress`` output, flattened in after the
+    intervals) -> ``restaurant_presence_progress``, in the same transaction as the intervals before them.
 
     Returns the ``DeadLetter``s of intervals Postgres refused because of their data.
 

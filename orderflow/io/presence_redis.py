@@ -14,13 +14,15 @@ from apache_beam.metrics import Metrics
 from orderflow.io.restaurant_state import DEFAULT_KEY_PREFIX, REDIS_REJECTED, RedisWrites, RestaurantStateStore
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.dead_letter import DeadLetter, Stage
-from orderflow.model.presence import AvailabilityChange, to_ms
+from orderflow.model.presence import DEFAULT_KEEPALIVE_GAP_MS, AvailabilityChange, to_ms
 
 __all__ = ["WriteAvailabilityToRedis", "WriteKeepalivesToRedis"]
 
 
 class _RedisWriteFn(beam.DoFn):
-    def __init__(self, redis_url: str, key_prefix: str, retry_seconds: float):
+    def __init__(self, redis_url: str, key_prefix: str, retry_seconds: float,
+                 keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_GAP_MS):
+        self._keepalive_timeout_ms = keepalive_timeout_ms
         self._redis_url = redis_url
         self._key_prefix = key_prefix
         self._retry_seconds = retry_seconds
@@ -29,7 +31,8 @@ class _RedisWriteFn(beam.DoFn):
         self._retries = Metrics.counter("RestaurantState", "transient_retries")
 
     def setup(self):
-        self._store = RestaurantStateStore(self._redis_url, key_prefix=self._key_prefix)
+        self._store = RestaurantStateStore(self._redis_url, key_prefix=self._key_prefix,
+                                           keepalive_timeout_ms=self._keepalive_timeout_ms)
 
     def _retrying(self, what: str, write):
         """``write()`` under the outage rule (``orderflow.io.retry``); every write here is idempotent (a
@@ -64,30 +67,28 @@ def _describe_change(change: AvailabilityChange):
 
 
 class _RecordKeepalivesFn(_RedisWriteFn):
-    """Keeps the latest ping per restaurant over the bundle and writes them when the bundle ends (or the
-    buffer is full): one write per restaurant per bundle, however many of its pings the bundle holds.
-    Yields a DeadLetter for each restaurant whose write Redis refused."""
+    """Collects each restaurant's pings over the bundle and writes them when the bundle ends (or the buffer is
+    full): one write per restaurant per bundle (its latest ping and the sessions of its pings), however many
+    of its pings the bundle holds. Yields a DeadLetter for each restaurant whose write Redis refused."""
 
     MAX_BUFFERED = 100_000
 
     def start_bundle(self):
-        self._latest: dict[str, int] = {}
+        self._pings: dict[str, list[int]] = {}
 
     def process(self, batch):
-        latest = self._latest
+        pings = self._pings
         for record in batch if isinstance(batch, list) else [batch]:
             sent = record["sent_at"]
-            ms = sent if isinstance(sent, int) else to_ms(sent)
-            if latest.get(record["restaurant_id"], -1) < ms:
-                latest[record["restaurant_id"]] = ms
-        if len(latest) >= self.MAX_BUFFERED:
+            pings.setdefault(record["restaurant_id"], []).append(sent if isinstance(sent, int) else to_ms(sent))
+        if len(pings) >= self.MAX_BUFFERED:
             yield from self._flush()
 
     def _flush(self):
-        if self._latest:
-            latest = self._latest
-            writes = self._retrying("keep-alives to Redis", lambda: self._store.record_keepalives(latest))
-            self._latest = {}
+        if self._pings:
+            pings = self._pings
+            writes = self._retrying("keep-alives to Redis", lambda: self._store.record_keepalives(pings))
+            self._pings = {}
             yield from self._dead_letters(writes, Stage.REDIS_KEEPALIVES, _describe_keepalive)
 
     def finish_bundle(self):
@@ -108,20 +109,21 @@ class _ApplyChangesFn(_RedisWriteFn):
 
 
 class WriteKeepalivesToRedis(beam.PTransform):
-    """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` of each restaurant, one round
-    trip per bundle (the hot state is written when the bundle commits). Returns the ``DeadLetter``s of
-    restaurants whose write Redis refused.
+    """Decoded keep-alive dicts (or lists of them) -> ``last_keepalive_ms`` and recent ``sessions`` of each
+    restaurant, one round trip per bundle (the hot state is written before the bundle commits, so before its
+    Kafka offsets are). Returns the ``DeadLetter``s of restaurants whose write Redis refused.
 
     Args:
         redis_url: the Redis of the hot state.
         key_prefix: prefix of the restaurants' hashes.
         retry_seconds: how long an unavailable Redis is retried before the bundle fails.
+        keepalive_timeout_ms: the session gap: a restaurant is connected until this long after a ping.
     """
 
     def __init__(self, redis_url: str, key_prefix: str = DEFAULT_KEY_PREFIX,
-                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS, keepalive_timeout_ms: int = DEFAULT_KEEPALIVE_GAP_MS):
         super().__init__()
-        self._fn = _RecordKeepalivesFn(redis_url, key_prefix, retry_seconds)
+        self._fn = _RecordKeepalivesFn(redis_url, key_prefix, retry_seconds, keepalive_timeout_ms)
 
     def expand(self, keepalives):
         return keepalives | beam.ParDo(self._fn)

@@ -3,6 +3,9 @@
 One Redis hash per restaurant, ``{prefix}{restaurant_id}``, written by the presence pipeline:
 
 - ``last_keepalive_ms``: the latest keep-alive's ``sent_at`` (only ever moves forward);
+- ``sessions``: the restaurant's latest connected intervals ``start,end;...`` (``[first ping, last ping + timeout)``,
+  merged as session windows merge, the latest ``SESSIONS_KEPT``): what a restarted presence pipeline rebuilds
+  the sessions it had open from (``orderflow.io.presence_restore``);
 - ``status``, ``status_since_ms``, ``status_reason``: the restaurant's own availability (the latest
   SET_STATUS by ``occurred_at`` wins, whatever order events arrive in);
 - ``schedule:{schedule_id}``: JSON ``{"reason", "starts_at_ms", "ends_at_ms", "cancelled_at_ms"}`` of each
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import redis
@@ -40,6 +43,7 @@ from orderflow.model.presence import (
     OpeningHours,
     PresenceRules,
     current_status,
+    merge_pings,
     ms_to_datetime,
     to_ms,
 )
@@ -59,13 +63,45 @@ class RedisWrites(NamedTuple):
     written: int
     refused: list[tuple[Any, str]]
 MAX_IDS_PER_CALL = 10_000
+# Sessions kept per restaurant: those a restarted pipeline may still need are the ones that ended after its
+# timeline was last made final (a minute or two behind the stream), far fewer than this.
+SESSIONS_KEPT = 16
 
-# KEYS: restaurant hashes; ARGV[i]: sent_at ms for KEYS[i]. Keeps the maximum.
+# KEYS: restaurant hashes; ARGV[i]: "<latest ping ms> [<start ms> <end ms> ...]" for KEYS[i], the connected
+# intervals of the pings written now; ARGV[#KEYS + 1]: how many sessions to keep. ``last_keepalive_ms`` keeps the
+# maximum; ``sessions`` ("start,end;..." by start) merges the intervals in as session windows merge (overlapping
+# ones join, touching ones stay apart) and keeps the latest ones: what a restarted pipeline rebuilds its open
+# sessions from (``orderflow.io.presence_restore``).
 _RECORD_KEEPALIVES = """
+local keep = tonumber(ARGV[#KEYS + 1])
 for i, key in ipairs(KEYS) do
+  local given = {}
+  for n in string.gmatch(ARGV[i], '%S+') do given[#given + 1] = tonumber(n) end
   local current = tonumber(redis.call('HGET', key, 'last_keepalive_ms') or '-1')
-  if tonumber(ARGV[i]) > current then
-    redis.call('HSET', key, 'last_keepalive_ms', ARGV[i])
+  if given[1] > current then
+    redis.call('HSET', key, 'last_keepalive_ms', string.match(ARGV[i], '^%S+'))
+  end
+  if #given > 1 then
+    local sessions = {}
+    for s, e in string.gmatch(redis.call('HGET', key, 'sessions') or '', '(%d+),(%d+)') do
+      sessions[#sessions + 1] = {tonumber(s), tonumber(e)}
+    end
+    for j = 2, #given - 1, 2 do sessions[#sessions + 1] = {given[j], given[j + 1]} end
+    table.sort(sessions, function(a, b) return a[1] < b[1] end)
+    local merged = {}
+    for _, s in ipairs(sessions) do
+      local last = merged[#merged]
+      if last and s[1] < last[2] then
+        if s[2] > last[2] then last[2] = s[2] end
+      else
+        merged[#merged + 1] = {s[1], s[2]}
+      end
+    end
+    local kept = {}
+    for j = math.max(1, #merged - keep + 1), #merged do
+      kept[#kept + 1] = string.format('%d,%d', merged[j][1], merged[j][2])
+    end
+    redis.call('HSET', key, 'sessions', table.concat(kept, ';'))
   end
 end
 return #KEYS
@@ -95,6 +131,10 @@ end
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(merged))
 return 1
 """
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def _iso(ms: int | None) -> str | None:
@@ -152,11 +192,13 @@ class RestaurantStateStore:
             self._scripts = {}
 
     # -- writes (the presence pipeline) ------------------------------------------------------------
-    def record_keepalives(self, latest: Mapping[str, int], chunk: int = 5_000) -> RedisWrites:
-        """Moves each restaurant's ``last_keepalive_ms`` forward to ``latest[id]`` (ms); one script call per
-        ``chunk`` restaurants, all in one pipelined round trip. ``refused``: ``((id, ms), message)``."""
+    def record_keepalives(self, pings: Mapping[str, int | Iterable[int]], chunk: int = 5_000) -> RedisWrites:
+        """Moves each restaurant's ``last_keepalive_ms`` forward to its latest ping in ``pings[id]`` (one ms, or
+        several) and, for several, merges their connected intervals (``keepalive_timeout_ms``) into its
+        recent ``sessions``; one script call per ``chunk`` restaurants, all in one pipelined round trip.
+        ``refused``: ``((id, latest ms), message)``."""
         client = self.client  # (registers the scripts)
-        items = list(latest.items())
+        items = [(rid, self._keepalive_argument(given)) for rid, given in pings.items()]
         if not items:
             return RedisWrites(0, [])
         parts = [items[i:i + chunk] for i in range(0, len(items), chunk)]
@@ -168,15 +210,23 @@ class RestaurantStateStore:
         for part, result in zip(parts, results, strict=True):
             if isinstance(result, Exception):
                 self._bisect_keepalives(part, result, refused)
-        return RedisWrites(len(items) - len(refused), refused)
+        return RedisWrites(len(items) - len(refused), [((rid, int(arg.split()[0])), message)
+                                                       for (rid, arg), message in refused])
 
-    def _keepalives(self, part: list[tuple[str, int]], client):
-        return self._scripts["keepalives"](keys=[self.key(r) for r, _ in part], args=[int(ms) for _, ms in part],
-                                          client=client)
+    def _keepalive_argument(self, given: int | Iterable[int]) -> str:
+        if isinstance(given, int):
+            return str(given)
+        pings = list(given)
+        intervals = merge_pings(pings, self.keepalive_timeout_ms)
+        return " ".join([str(max(pings)), *(f"{s} {e}" for s, e in intervals)])
 
-    def _bisect_keepalives(self, part: list[tuple[str, int]], error: Exception, refused: list) -> None:
-        """A refused script call stops at the key Redis refused: rerun each half alone (the maximum is
-        idempotent) down to the refused keys."""
+    def _keepalives(self, part: list[tuple[str, str]], client):
+        return self._scripts["keepalives"](keys=[self.key(r) for r, _ in part],
+                                          args=[*(arg for _, arg in part), SESSIONS_KEPT], client=client)
+
+    def _bisect_keepalives(self, part: list[tuple[str, str]], error: Exception, refused: list) -> None:
+        """A refused script call stops at the key Redis refused: rerun each half alone (the maximum and the
+        merge are idempotent) down to the refused keys."""
         if not _refused_for_its_data(error):
             raise error
         if len(part) == 1:
@@ -187,6 +237,30 @@ class RestaurantStateStore:
                 self._keepalives(half, self.client)
             except redis.ResponseError as exc:
                 self._bisect_keepalives(half, exc, refused)
+
+    def recent_sessions(self, batch: int = 1_000) -> Iterator[tuple[str, list[tuple[int, int]]]]:
+        """Every restaurant of this prefix with its recent sessions ``[(start_ms, end_ms), ...]`` (SCAN, then
+        one pipelined round trip per ``batch`` keys)."""
+        client = self.client
+        keys: list[bytes] = []
+
+        def read(chunk: list[bytes]):
+            with client.pipeline(transaction=False) as pipe:
+                for key in chunk:
+                    pipe.hget(key, "sessions")
+                values = pipe.execute(raise_on_error=False)
+            for key, value in zip(chunk, values, strict=True):
+                if isinstance(value, bytes) and value:
+                    sessions = [tuple(int(x) for x in part.split(b",")) for part in value.split(b";")]
+                    yield key[len(self.key_prefix.encode()):].decode(), sessions
+
+        for key in client.scan_iter(match=f"{_glob_escape(self.key_prefix)}*", count=batch):
+            keys.append(key)
+            if len(keys) >= batch:
+                yield from read(keys)
+                keys = []
+        if keys:
+            yield from read(keys)
 
     def apply_changes(self, changes: Iterable[AvailabilityChange]) -> RedisWrites:
         """Applies availability changes (status and schedules) in one pipelined round trip.

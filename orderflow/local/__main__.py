@@ -1,22 +1,34 @@
-"""``python -m orderflow.local up|down|status``: the local stack of real services on loopback."""
+"""``python -m orderflow.local up|down|status``: the local stack of real services on loopback.
+
+``python -m orderflow.local redeploy PIPELINE [-- OPTIONS...]``: stops a running pipeline (it drains: the records
+it read are committed) and starts it again with the options it ran with followed by OPTIONS (a later option
+wins), e.g. a new alarm rule set; nothing is lost, duplicated or missed (docs/reliability.md).
+"""
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
-from orderflow.local.processes import DEAD, detached_processes
+from orderflow.local.processes import DEAD, RUNNING, DetachedProcess, detached_processes
 from orderflow.local.stack import LocalStack, ServiceFailed, StackPorts
+from orderflow.pipelines import PIPELINES
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orderflow.local", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "redeploy"])
+    parser.add_argument("pipeline", nargs="?", choices=sorted(PIPELINES), help="with redeploy: which pipeline")
+    parser.add_argument("options", nargs=argparse.REMAINDER,
+                        help="with redeploy: after --, options added to those it ran with")
     parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
     parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
     parser.add_argument("--port-offset", type=int, default=0,
                         help="every service's port + N: a second stack beside the default one (give the same "
                              "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
     args = parser.parse_args(argv)
+    if args.command == "redeploy":
+        return _redeploy(parser, args)
     stack = LocalStack(args.root, StackPorts.offset(args.port_offset))
     try:
         if args.command == "up":
@@ -48,6 +60,22 @@ def main(argv: list[str] | None = None) -> int:
             dead = True
             print("  " + pipeline.log_tail().replace("\n", "\n  "))
     return 3 if dead or any(s != "ready" for s in states.values()) else 0
+
+
+def _redeploy(parser: argparse.ArgumentParser, args) -> int:
+    if args.pipeline is None:
+        parser.error("redeploy needs the pipeline's name")
+    options = args.options[1:] if args.options[:1] == ["--"] else args.options
+    process = DetachedProcess(args.pipeline, args.root)
+    if process.status() != RUNNING:
+        print(f"{args.pipeline} is not running ({process.status()}): start it first", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    stopped, pid = process.redeploy(options)
+    print(f"{args.pipeline:<10} {stopped} (exit {process.exit_status}), started again as pid {pid} "
+          f"{time.monotonic() - started:.1f} s later with {' '.join(process.last_args()) or 'no options'}; "
+          f"log: {process.log_path}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ log) and ``down`` stops them before the services.
 """
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -44,6 +45,7 @@ class DetachedProcess:
         self.name = name
         self.root = pathlib.Path(root).absolute()
         self._process: subprocess.Popen | None = None  # when started by this process: reaped on stop
+        self.exit_status: int | None = None  # of the last run this process reaped (a signal: minus its number)
 
     @property
     def pid_path(self) -> pathlib.Path:
@@ -52,6 +54,17 @@ class DetachedProcess:
     @property
     def log_path(self) -> pathlib.Path:
         return self.root / "logs" / f"{self.name}.log"
+
+    @property
+    def args_path(self) -> pathlib.Path:
+        return self.root / "run" / f"{self.name}.args.json"
+
+    def last_args(self) -> list[str]:
+        """The arguments of its latest start (empty when it never started under this root)."""
+        try:
+            return json.loads(self.args_path.read_text())
+        except FileNotFoundError:
+            return []
 
     @property
     def pid(self) -> int | None:
@@ -73,7 +86,16 @@ class DetachedProcess:
                 [sys.executable, "-m", *PROCESSES[self.name], *args], stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
         self.pid_path.write_text(str(self._process.pid))
+        self.args_path.write_text(json.dumps(list(args)))
         return self._process.pid
+
+    def redeploy(self, args: Iterable[str] = (), env: Mapping[str, str] | None = None) -> tuple[str, int]:
+        """Stops the process (a pipeline drains) and starts it again with the arguments it ran with followed by
+        ``args`` (a later option wins); returns (how the stop went, the new pid). A pipeline goes on from its
+        committed offsets and the stores (docs/reliability.md): nothing is lost, duplicated or missed."""
+        previous = self.last_args()
+        stopped = self.stop()
+        return stopped, self.start([*previous, *args], env=env)
 
     def status(self) -> str:
         """``running``; ``dead`` when its pid file remains but the process is gone (it crashed or was killed);
@@ -98,14 +120,26 @@ class DetachedProcess:
             while not self._gone(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
 
-    def stop(self, timeout: float = 15.0) -> str:
-        """SIGTERM to the process group, SIGKILL after ``timeout`` s; removes the pid file. Returns
+    def stop(self, timeout: float | None = None) -> str:
+        """SIGTERM to the process (a pipeline drains: ``orderflow.pipelines.runner.wait_until_stopped``), then,
+        once it exited or after ``timeout`` s (default: a pipeline's drain budget and then some, else 15 s),
+        SIGTERM and SIGKILL to what is left of its group (a pipeline's Prism); removes the pid file. Returns
         ``stopped``, or ``not running`` when nothing of its process group was left."""
         pid = self.pid
         if pid is None or self._gone(pid):  # a dead pipeline's group may outlive it (its Prism): stop that
             self.pid_path.unlink(missing_ok=True)
             return "not running"
-        terminate_group(pid, signal.SIGTERM, lambda: self._gone(pid), timeout)
+        if timeout is None:
+            timeout = 60.0 if self.name in PIPELINES else 15.0
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while process_alive(pid) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        terminate_group(pid, signal.SIGTERM, lambda: self._gone(pid), 15.0)
         self.pid_path.unlink(missing_ok=True)
         return STOPPED
 
@@ -119,14 +153,17 @@ class DetachedProcess:
         this process): a zombie would keep its process group, and so ``stop``, waiting."""
         if self._process is not None:
             if self._process.poll() is not None:
+                self.exit_status = self._process.returncode
                 self._process = None
             return
         pid = self.pid
         if pid is not None:
             try:
-                os.waitpid(pid, os.WNOHANG)
+                reaped, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                pass  # not our child: its own parent reaps it
+                return  # not our child: its own parent reaps it
+            if reaped:
+                self.exit_status = os.waitstatus_to_exitcode(status)
 
 
 def detached_processes(root: str | os.PathLike = ".local") -> list[DetachedProcess]:

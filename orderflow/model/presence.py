@@ -95,6 +95,24 @@ def merge_pings(pings_ms: Iterable[int], gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS)
     return normalize((p, p + gap_ms) for p in pings_ms)
 
 
+def session_markers(start_ms: int, end_ms: int, gap_ms: int) -> list[int]:
+    """The fewest ping times whose connected intervals ``[t, t + gap)`` union to exactly ``[start, end)``
+    (``end >= start + gap``): ``start``, then steps of ``gap - 1 ms`` (consecutive ones overlap, so they merge
+    into one session), then ``end - gap``. One stands for a whole ``gap`` of connected time."""
+    return [*range(start_ms, end_ms - gap_ms, gap_ms - 1), end_ms - gap_ms]
+
+
+class TimelineProgress(NamedTuple):
+    """How far a restaurant's status timeline is final: every status interval before ``final_until_ms`` is
+    written. Stored with the intervals (``restaurant_presence_progress``), so a restarted pipeline goes on
+    from there instead of from state a runner kept."""
+
+    restaurant_id: str
+    final_until_ms: int
+    first_ms: int        # where the restaurant's timeline starts (its first event)
+    last_input_ms: int   # the end of its latest input (a session's end, a change's time)
+
+
 # -- opening hours ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class OpeningHours:

@@ -21,6 +21,7 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 from __future__ import annotations
 
 import datetime
+import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -40,7 +41,7 @@ from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
 from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
 from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, run_pipeline
+from orderflow.pipelines.runner import RunModeOptions, run_pipeline, wait_until_stopped
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
@@ -212,4 +213,8 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 if __name__ == "__main__":
     configure_logging("orders")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
-    run().wait_until_finish()
+    # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
+    argv = sys.argv[1:]
+    result = run(argv)
+    if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
+        sys.exit(wait_until_stopped(result, "orders", PipelineOptions(argv)))

@@ -8,19 +8,24 @@
       -> DecodeAvailabilityChanges                        lists of AvailabilityChange | dead letters
            -> WriteAvailabilityToRedis                    status and schedules (hot state)
            -> WriteUnavailabilityHistory                  restaurant_unavailability
-    (sessions, changes) -> RestaurantStatusIntervals      online / offline_scheduled / offline_unexplained
+    RestorePresenceState (streaming from committed offsets)  the stores' progress, sessions, availability
+    (sessions, changes, restored) -> RestaurantStatusIntervals  online / offline_scheduled / offline_unexplained
       -> WriteStatusIntervals                             restaurant_status_intervals + restaurant_offline_daily
+                                                          + restaurant_presence_progress (one transaction)
     dead letters (input, and records a sink refused) -> CountDeadLetters -> WritePresenceDeadLetters
                                                           presence/dead_letter_<reason>, presence_dead_letters
 
 ``--bounded`` reads both topics to their end and evaluates up to ``--as_of`` (default: the time the run
 starts): a session still open then stays online up to the cut-off. Streaming (Flink/Prism) evaluates as
-the watermark passes each session's end and each day's closing time.
+the watermark passes each session's end and each day's closing time; started from the committed offsets
+(the default), it first restores from the stores what the previous run had in flight
+(``orderflow.io.presence_restore``), so a crash, stop or redeploy loses no session and no interval.
 ``python -m orderflow.pipelines.presence --bounded`` runs it.
 """
 from __future__ import annotations
 
 import datetime as dt
+import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -28,13 +33,15 @@ from apache_beam.transforms.window import TimestampedValue
 
 from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings, with_overrides
 from orderflow.io.avro import DecodeAvro
+from orderflow.io.kafka_offsets import COMMITTED
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.presence_redis import WriteAvailabilityToRedis, WriteKeepalivesToRedis
+from orderflow.io.presence_restore import RestorePresenceState
 from orderflow.logs import configure as configure_logging
 from orderflow.model.presence import PresenceRules, to_ms
 from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, run_pipeline
+from orderflow.pipelines.runner import RunModeOptions, run_pipeline, wait_until_stopped
 from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
@@ -140,8 +147,18 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
     keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
     keepalives_refused = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(
-        settings.redis_url, prefix, retry_seconds=settings.sink_retry_seconds)
-    sessions = keepalives.decoded | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
+        settings.redis_url, prefix, retry_seconds=settings.sink_retry_seconds, keepalive_timeout_ms=gap_ms)
+    # Resuming from the committed offsets, what the previous run held downstream of them (open sessions, the
+    # evaluation's progress and availability) comes back from the stores; a replay from a given position
+    # recomputes from what it reads instead.
+    restored = None
+    if not bounded and start.kind == COMMITTED:
+        restored = pipeline | "RestoreState" >> RestorePresenceState(
+            settings.postgres_dsn, settings.redis_url, prefix, gap_ms, retry_seconds=settings.sink_retry_seconds)
+        session_input = (keepalives.decoded, restored.pings) | "WithRestoredSessions" >> beam.Flatten()
+    else:
+        session_input = keepalives.decoded
+    sessions = session_input | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
 
     availability_records = read("ReadAvailability", settings.topics.availability)
     changes = availability_records | "DecodeAvailability" >> DecodeAvailabilityChanges()
@@ -151,12 +168,17 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds)
     single_changes = changes.changes | "OneByOne" >> beam.FlatMap(_one_by_one)
 
-    intervals = (sessions, single_changes) | "Status" >> RestaurantStatusIntervals(
+    status_inputs = (sessions, single_changes) if restored is None else (sessions, single_changes, restored.timelines)
+    evaluated = status_inputs | "Status" >> RestaurantStatusIntervals(
         hours, gap_ms, as_of_ms=as_of, finalize_at_session_end=at_session_end,
         track_from_ms=parse_instant(opts.track_from), shards=opts.status_shards,
-        granularity_ms=int(opts.status_timer_granularity_seconds * 1000))
-    intervals_refused = intervals | "StatusIntervalsToPostgres" >> WriteStatusIntervals(
-        settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds)
+        granularity_ms=int(opts.status_timer_granularity_seconds * 1000), with_progress=True)
+    intervals = evaluated.intervals
+    # The progress follows its intervals into the one sink, which stores both in one transaction.
+    intervals_refused = ((intervals, evaluated.progress)
+                         | "IntervalsAndProgress" >> beam.Flatten()
+                         | "StatusIntervalsToPostgres" >> WriteStatusIntervals(
+                             settings.postgres_dsn, retry_seconds=settings.sink_retry_seconds))
 
     dead_letters = ((keepalives.dead_letter, changes.dead_letter, keepalives_refused, availability_refused,
                      history_refused, intervals_refused)
@@ -189,4 +211,8 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 if __name__ == "__main__":
     configure_logging("presence")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
-    run().wait_until_finish()
+    # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
+    argv = sys.argv[1:]
+    result = run(argv)
+    if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
+        sys.exit(wait_until_stopped(result, "presence", PipelineOptions(argv)))

@@ -51,7 +51,7 @@ from apache_beam.transforms.window import GlobalWindows, Sessions
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
-from orderflow.model.presence import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, to_ms
+from orderflow.model.presence import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, session_markers, to_ms
 
 
 def _ts(ms: int) -> Timestamp:
@@ -136,12 +136,12 @@ class _MergePingsFn(beam.DoFn):
     def _flush(self, as_windowed: bool) -> Iterable:
         if not self._buffer:
             return
-        gap, step, emitted = self._gap, self._gap - 1, 0
+        gap, emitted = self._gap, 0
         for restaurant_id, start, end, pings in self._pieces():
             if self._as_intervals:  # bounded input: the piece itself, merged per restaurant downstream
                 value, times = (restaurant_id, (start, end, pings)), (start,)
             else:
-                value, times = (restaurant_id, pings), [*range(start, end - gap, step), end - gap]
+                value, times = (restaurant_id, pings), session_markers(start, end, gap)
             emitted += len(times)
             for t in times:
                 # the piece's pings ride on its first marker (counted in late panes)

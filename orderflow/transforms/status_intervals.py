@@ -50,14 +50,17 @@ from orderflow.model.presence import (
     SET_STATUS,
     AvailabilityChange,
     OpeningHours,
+    TimelineProgress,
     evaluate,
     schedules,
 )
 
-__all__ = ["RestaurantStatusIntervals", "PendingItemCoder", "ShardProgressCoder", "shard_of"]
+__all__ = ["PROGRESS_TAG", "RestaurantStatusIntervals", "PendingItemCoder", "ShardProgressCoder", "shard_of"]
 
 _SESSION = "S"
 _CHANGE = "A"
+_PROGRESS = "P"  # a restaurant's stored TimelineProgress, restored when a pipeline starts (never kept as pending)
+PROGRESS_TAG = "progress"
 
 
 def _item_start(item) -> int:
@@ -169,6 +172,7 @@ class _EvaluateStatusFn(beam.DoFn):
         self._late_sessions = Metrics.counter("RestaurantStatusIntervals", "late_sessions_ignored")
         self._late_pings = Metrics.counter("RestaurantStatusIntervals", "late_pings_ignored")
         self._finalized = Metrics.counter("RestaurantStatusIntervals", "restaurant_finalizations")
+        self._restored = Metrics.counter("RestaurantStatusIntervals", "restored_timelines")
 
     def _day_close_after(self, t: int) -> int:
         """The first ``closes + gap`` strictly after ``t``."""
@@ -197,6 +201,9 @@ class _EvaluateStatusFn(beam.DoFn):
     def process(self, element, pending=beam.DoFn.StateParam(PENDING), progress=beam.DoFn.StateParam(PROGRESS),
                 next_timer=beam.DoFn.StateParam(NEXT_TIMER), timer=beam.DoFn.TimerParam(FINALIZE)):
         _, (restaurant_id, item) = element
+        if item[0] == _PROGRESS:
+            self._restore(restaurant_id, item[1], progress, next_timer, timer)
+            return
         if item[0] == _SESSION:
             pings, item = item[3], item[:3]
         state = progress.read() or {}
@@ -221,6 +228,22 @@ class _EvaluateStatusFn(beam.DoFn):
         if item[0] == _SESSION and self._at_session_end:
             point = min(point, item[2])
         self._arm(point, next_timer, timer)
+
+    def _restore(self, restaurant_id: str, stored: TimelineProgress, progress, next_timer, timer) -> None:
+        """Goes on from the restaurant's stored progress: its timeline is final up to there, whatever of its
+        inputs reached this (restarted) evaluation first."""
+        state = progress.read() or {}
+        entry = state.get(restaurant_id)
+        if entry is None:
+            entry = state[restaurant_id] = [stored.final_until_ms, stored.last_input_ms, stored.first_ms]
+        else:
+            entry[0] = stored.final_until_ms if entry[0] is None else max(entry[0], stored.final_until_ms)
+            entry[1] = max(entry[1], stored.last_input_ms)
+            entry[2] = min(entry[2], stored.first_ms)
+        progress.write(state)
+        self._restored.inc()
+        if self._as_of is None or entry[0] < self._as_of:
+            self._arm(self._day_close_after(entry[0]), next_timer, timer)
 
     def _horizon(self, done: int, sessions_ends: list[int], fired: int) -> int | None:
         """The latest instant in ``(done, fired]`` up to which the restaurant's timeline is final."""
@@ -264,6 +287,8 @@ class _EvaluateStatusFn(beam.DoFn):
                 self._finalized.inc()
                 yield from intervals
                 entry[0] = done = until
+                # After its intervals: stored in their transaction or a later one, never ahead of them.
+                yield beam.pvalue.TaggedOutput(PROGRESS_TAG, TimelineProgress(restaurant_id, until, entry[1], entry[2]))
                 by_restaurant[restaurant_id] = items = _retained(items, until)
                 changed = True
             if self._as_of is not None and done >= self._as_of:
@@ -292,7 +317,8 @@ class _EvaluateStatusFn(beam.DoFn):
 
 
 class RestaurantStatusIntervals(beam.PTransform):
-    """``(sessions, changes)`` -> ``StatusInterval`` rows (online / offline_scheduled / offline_unexplained).
+    """``(sessions, changes[, restored])`` -> ``StatusInterval`` rows (online / offline_scheduled /
+    offline_unexplained).
 
     Args:
         opening_hours, gap_ms: the presence rules (``PresenceRules``).
@@ -306,15 +332,22 @@ class RestaurantStatusIntervals(beam.PTransform):
         shards: state is kept per shard of restaurants.
         granularity_ms: a shard's timer fires at most once per this much event time (each restaurant is
             still finalised exactly at its own safe instants).
+        with_progress: also return, as the ``progress`` output, a ``TimelineProgress`` after each restaurant's
+            finalisation (after its intervals), for ``WriteStatusIntervals`` to store with them; the result is
+            then a ``DoOutputsTuple`` (``intervals``, ``progress``).
 
     ``sessions``: ``(restaurant_id, (start_ms, end_ms[, pings]))`` from ``KeepaliveSessions``; ``changes``:
-    ``AvailabilityChange`` elements timestamped at ``occurred_at``.
+    ``AvailabilityChange`` elements timestamped at ``occurred_at``; ``restored`` (optional): the stored
+    ``TimelineProgress`` and ``AvailabilityChange``s a restarted pipeline goes on from
+    (``orderflow.io.presence_restore.RestorePresenceState``).
     """
 
     def __init__(self, opening_hours: OpeningHours | None = None, gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS,
                  as_of_ms: int | None = None, finalize_at_session_end: bool = True, max_idle_days: int = 30,
-                 track_from_ms: int | None = None, shards: int = 128, granularity_ms: int = 60_000):
+                 track_from_ms: int | None = None, shards: int = 128, granularity_ms: int = 60_000,
+                 with_progress: bool = False):
         super().__init__()
+        self._with_progress = with_progress
         self._shards = shards
         self._granularity = granularity_ms
         self._hours = opening_hours or OpeningHours()
@@ -325,7 +358,7 @@ class RestaurantStatusIntervals(beam.PTransform):
         self._track_from = track_from_ms
 
     def expand(self, inputs):
-        sessions, changes = inputs
+        sessions, changes, *restored = inputs
         shards = self._shards
         keyed_sessions = sessions | "TagSessions" >> beam.Map(
             lambda kv: (shard_of(kv[0], shards), (kv[0], (_SESSION, kv[1][0], kv[1][1], _pings(kv[1])))))
@@ -333,11 +366,22 @@ class RestaurantStatusIntervals(beam.PTransform):
                          | "ChangesToGlobalWindow" >> beam.WindowInto(GlobalWindows())
                          | "TagChanges" >> beam.Map(
                              lambda c: (shard_of(c.restaurant_id, shards), (c.restaurant_id, (_CHANGE, c)))))
-        return (
-            (keyed_sessions, keyed_changes)
+        keyed = [keyed_sessions, keyed_changes]
+        if restored:
+            keyed.append(restored[0]
+                         | "RestoredToGlobalWindow" >> beam.WindowInto(GlobalWindows())
+                         | "TagRestored" >> beam.Map(_tag_restored, shards))
+        evaluated = (
+            tuple(keyed)
             | "Together" >> beam.Flatten().with_output_types(tuple[int, typing.Any])
             | "Evaluate" >> beam.ParDo(_EvaluateStatusFn(
                 self._hours, self._gap, self._as_of, self._at_session_end, self._max_idle_days, self._track_from,
-                self._granularity))
+                self._granularity)).with_outputs(PROGRESS_TAG, main="intervals")
         )
+        return evaluated if self._with_progress else evaluated.intervals
+
+
+def _tag_restored(item: TimelineProgress | AvailabilityChange, shards: int):
+    kind = _PROGRESS if isinstance(item, TimelineProgress) else _CHANGE
+    return shard_of(item.restaurant_id, shards), (item.restaurant_id, (kind, item))
 

@@ -59,6 +59,10 @@ class FaultSystem:
         """Starts pipeline ``name`` again as it was started, on the same log."""
         self.pipelines[name].start(self.args[name], env=settings_environment(self.settings))
 
+    def restaurants(self) -> list[str]:
+        """The feed's restaurants and those a test pings itself."""
+        return [*self.feed.restaurants, *self.feed.controlled]
+
     def assert_running(self) -> None:
         for name, pipeline in self.pipelines.items():
             assert pipeline.status() == RUNNING, (f"{name} stopped: {pipeline.log_path}\n"
@@ -75,13 +79,14 @@ class FaultSystem:
         """restaurant -> ``field`` of its hot-state hash, for the feed's restaurants that have it."""
         client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
         try:
+            restaurants = self.restaurants()
             with client.pipeline(transaction=False) as pipe:
-                for restaurant in self.feed.restaurants:
+                for restaurant in restaurants:
                     pipe.hget(f"{self.settings.presence_redis_prefix}{restaurant}", field)
                 values = pipe.execute()
         finally:
             client.close()
-        return {r: v for r, v in zip(self.feed.restaurants, values, strict=True) if v is not None}
+        return {r: v for r, v in zip(restaurants, values, strict=True) if v is not None}
 
     def redis_keepalives(self) -> dict[str, int]:
         return {r: int(v) for r, v in self._redis_field("last_keepalive_ms").items()}
@@ -139,7 +144,15 @@ class FaultSystem:
 
 
 @pytest.fixture(scope="module")
-def fault_system(own_stack, tmp_path_factory):
+def pipeline_args() -> dict[str, tuple[str, ...]]:
+    """The pipelines' options (a module overrides this fixture for its own system)."""
+    rules = f'[{{"id": "fault-day", "scope": "client", "window": "day", "threshold": "{ALARM_THRESHOLD}"}}]'
+    return {"orders": ("--outbox_relay_seconds=2", f"--alarm_rules={rules}", "--orders_batch_size=200"),
+            "presence": ("--keepalive_timeout_seconds=5", "--status_timer_granularity_seconds=1")}
+
+
+@pytest.fixture(scope="module")
+def fault_system(own_stack, tmp_path_factory, pipeline_args):
     assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
     stack, settings = own_stack
     settings = dataclasses.replace(settings, sink_retry_seconds=SINK_RETRY_SECONDS)
@@ -153,9 +166,7 @@ def fault_system(own_stack, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fault-pipelines")
     env = settings_environment(settings)
-    rules = f'[{{"id": "fault-day", "scope": "client", "window": "day", "threshold": "{ALARM_THRESHOLD}"}}]'
-    args = {"orders": ("--outbox_relay_seconds=2", f"--alarm_rules={rules}", "--orders_batch_size=200"),
-            "presence": ("--keepalive_timeout_seconds=5", "--status_timer_granularity_seconds=1")}
+    args = dict(pipeline_args)
     orders = DetachedProcess("orders", root)
     orders.start(args["orders"], env=env)
     presence = DetachedProcess("presence", root)

@@ -131,3 +131,22 @@ def test_writes_redis_refuses_become_dead_letters_and_the_others_are_written(sta
         store.close()
     assert all(got[f"k{i}"]["last_keepalive"] is not None for i in range(40))
     assert [got[f"k{i}"]["availability"]["set_status"] for i in range(5)] == ["UNAVAILABLE"] * 5
+
+
+def test_recent_sessions_merge_as_session_windows_do_whatever_order_pings_arrive_in(store):
+    gap = store.keepalive_timeout_ms
+    base = ms(at(12))
+    # Three sessions, written in four calls out of order: [0, 90 s + gap), [300 s, 300 s + gap) touching
+    # nothing, and [600 s, 660 s + gap), where a ping exactly `gap` after 300 s starts a session of its own.
+    calls = [[base + 60_000, base + 600_000], [base], [base + 300_000, base + 90_000, base + 300_000 + gap],
+             [base + 660_000, base + 30_000]]
+    for pings in calls:
+        store.record_keepalives({"r1": pings})
+    assert dict(store.recent_sessions()) == {"r1": [
+        (base, base + 90_000 + gap), (base + 300_000, base + 300_000 + gap),
+        (base + 300_000 + gap, base + 300_000 + 2 * gap), (base + 600_000, base + 660_000 + gap)]}
+    assert store.statuses(["r1"], now=at(12, 11))["r1"]["last_keepalive"].endswith("15:11:00Z")
+    # Only the latest SESSIONS_KEPT are kept: 20 sessions an hour apart leave the last 16.
+    store.record_keepalives({"r2": [base + h * 3_600_000 for h in range(20)]})
+    kept = dict(store.recent_sessions())["r2"]
+    assert kept == [(base + h * 3_600_000, base + h * 3_600_000 + gap) for h in range(4, 20)]

@@ -15,19 +15,16 @@ import sys
 import uuid
 from zoneinfo import ZoneInfo
 
-import apache_beam as beam
 import port_for
 import psycopg
 import pytest
 import redis
-from apache_beam.options.pipeline_options import PipelineOptions
 from confluent_kafka import Producer
 
 from orderflow.config import settings_environment
 from orderflow.generate.orders import generate
 from orderflow.model import pricing, sample_assets
 from orderflow.model.avro import AvroCodec
-from orderflow.pipelines import orders
 from tests.support.orders_scenario import expected_outcome
 
 ORDERS = 300

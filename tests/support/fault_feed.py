@@ -41,6 +41,7 @@ class RecordedFeed:
         self.rng = random.Random(seed)
         self.clients = [f"{tag}-client-{i}" for i in range(clients)]
         self.restaurants = [f"{tag}-rest-{i}" for i in range(restaurants)]
+        self.controlled: list[str] = []  # restaurants a test pings itself (produce_keepalive), not the feed
         self.orders_per_second = orders_per_second
         self.keepalive_seconds = keepalive_seconds
         self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
@@ -188,6 +189,34 @@ class RecordedFeed:
         self._produce(self.settings.topics.availability, self.availability.encode(change), restaurant.encode(),
                       now_ms)
         self.changes.append(change)
+
+    # -- records a test produces itself, recorded like the feed's own ------------------------------------
+    def produce_order(self, client: str, asset: str, quantity: int, event_ms: int) -> str:
+        """One JSON order at ``event_ms`` (its Kafka timestamp, the order's event time); returns its id."""
+        with self.lock:
+            self._sequence += 1
+            order_id = f"{self.tag}-own-{self._sequence}"
+            self._produce(self.settings.topics.orders, encode_order("json", order_id, client, asset, quantity, event_ms),
+                          client.encode(), event_ms)
+            self.orders[order_id] = (client, asset, quantity)
+        return order_id
+
+    def produce_keepalive(self, restaurant: str, sent_ms: int) -> None:
+        with self.lock:
+            if restaurant not in self.controlled:
+                self.controlled.append(restaurant)
+            self._produce(self.settings.topics.keepalive, self.keepalive.encode(restaurant, sent_ms),
+                          restaurant.encode(), sent_ms)
+            self.last_keepalive[restaurant] = max(sent_ms, self.last_keepalive.get(restaurant, 0))
+
+    def produce_status(self, restaurant: str, status: str, occurred_ms: int, reason: str | None = None) -> None:
+        with self.lock:
+            self._sequence += 1
+            change = AvailabilityChange.event(f"{self.tag}-event-{self._sequence}", restaurant, "SET_STATUS",
+                                              occurred_ms, status=status, reason=reason)._asdict()
+            self._produce(self.settings.topics.availability, self.availability.encode(change), restaurant.encode(),
+                          occurred_ms)
+            self.changes.append(change)
 
     def produce_hostile(self, count: int, keepalives: int = 0) -> None:
         """``count`` hostile records on the orders topic, spread among the live orders, and ``keepalives``
