@@ -78,6 +78,15 @@ class _DrainState:
         self._lock = threading.Lock()
         self._read: dict[tuple[str, str, int], int] = {}
         self._committed: dict[tuple[str, str, int], int] = {}
+        self.reading = 0  # streaming reads under way: what they read is known only once they return
+
+    def enter(self) -> None:
+        with self._lock:
+            self.reading += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.reading -= 1
 
     def read(self, key: tuple[str, str, int], next_offset: int) -> None:
         with self._lock:
@@ -109,8 +118,10 @@ def drain_positions() -> dict[tuple[str, str, int], tuple[int, int | None]]:
 
 
 def drained() -> bool:
-    """Whether every offset this process's committing streaming reads read has been committed."""
-    return all(committed is not None and committed >= read for read, committed in drain_positions().values())
+    """Whether no streaming read is under way and every offset this process's committing streaming reads read
+    has been committed."""
+    return _DRAIN.reading == 0 and all(committed is not None and committed >= read
+                                       for read, committed in drain_positions().values())
 
 # Consumer settings for throughput: big fetches, deep prefetch queue, no auto commit/offset store.
 DEFAULT_CONSUMER_CONFIG = {
@@ -503,6 +514,8 @@ class _ReadPartitionFnBase(beam.DoFn):
         cache_entry = self._consumers[(topic, partition)]
         bounded = self.BOUNDED
         started = last_data = time.monotonic()
+        if not bounded:
+            _DRAIN.enter()
         try:
             while True:
                 if not bounded and _DRAIN.requested.is_set():
@@ -601,6 +614,8 @@ class _ReadPartitionFnBase(beam.DoFn):
                 if committed is not None and not bounded:
                     _DRAIN.read((self._group_id, topic, partition), committed)
                 bundle_finalizer.register(lambda: self._commit_if_any(topic, partition, committed))
+            if not bounded:
+                _DRAIN.leave()
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, timestamp: Timestamp) -> None:

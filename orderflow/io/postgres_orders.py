@@ -458,7 +458,10 @@ class _WriteBatchFn(beam.DoFn):
     def teardown(self):
         thread = getattr(self, "_thread", None)
         if thread is not None:
-            thread.submit(self._writer.close).result()
+            try:
+                thread.submit(self._writer.close).result()
+            except RuntimeError:  # the interpreter is exiting and took the pool first: close from here
+                self._writer.close()
             thread.shutdown()
 
 

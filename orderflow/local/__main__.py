@@ -19,16 +19,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orderflow.local", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "redeploy"])
     parser.add_argument("pipeline", nargs="?", choices=sorted(PIPELINES), help="with redeploy: which pipeline")
-    parser.add_argument("options", nargs=argparse.REMAINDER,
-                        help="with redeploy: after --, options added to those it ran with")
+    parser.epilog = "redeploy: the pipeline's new options follow --, e.g. redeploy orders -- --alarm_rules=@rules.json"
     parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
     parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
     parser.add_argument("--port-offset", type=int, default=0,
                         help="every service's port + N: a second stack beside the default one (give the same "
                              "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    options = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.command == "redeploy":
-        return _redeploy(parser, args)
+        return _redeploy(parser, args, options)
     stack = LocalStack(args.root, StackPorts.offset(args.port_offset))
     try:
         if args.command == "up":
@@ -62,10 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     return 3 if dead or any(s != "ready" for s in states.values()) else 0
 
 
-def _redeploy(parser: argparse.ArgumentParser, args) -> int:
+def _redeploy(parser: argparse.ArgumentParser, args, options: list[str]) -> int:
     if args.pipeline is None:
         parser.error("redeploy needs the pipeline's name")
-    options = args.options[1:] if args.options[:1] == ["--"] else args.options
     process = DetachedProcess(args.pipeline, args.root)
     if process.status() != RUNNING:
         print(f"{args.pipeline} is not running ({process.status()}): start it first", file=sys.stderr)

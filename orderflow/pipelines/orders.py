@@ -41,7 +41,7 @@ from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
 from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
 from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, run_pipeline, wait_until_stopped
+from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
 from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
 from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
@@ -217,4 +217,4 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     result = run(argv)
     if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
-        sys.exit(wait_until_stopped(result, "orders", PipelineOptions(argv)))
+        exit_now(wait_until_stopped(result, "orders", PipelineOptions(argv)))

@@ -41,7 +41,7 @@ from orderflow.io.presence_restore import RestorePresenceState
 from orderflow.logs import configure as configure_logging
 from orderflow.model.presence import PresenceRules, to_ms
 from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, run_pipeline, wait_until_stopped
+from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
 from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
@@ -215,4 +215,4 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     result = run(argv)
     if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
-        sys.exit(wait_until_stopped(result, "presence", PipelineOptions(argv)))
+        exit_now(wait_until_stopped(result, "presence", PipelineOptions(argv)))

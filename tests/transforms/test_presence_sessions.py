@@ -13,7 +13,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms.window import TimestampedValue
 
-from orderflow.model.presence import OpeningHours
+from orderflow.model.presence import OpeningHours, TimelineProgress
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
 from tests.support.environment import require
@@ -49,7 +49,7 @@ def _stream(pings_by_restaurant: dict[str, list[int]], changes, chunk_ms: int, a
 
 def run_timeline(pings_by_restaurant, changes=(), *, as_of: int, expect, hours: OpeningHours = HOURS,
                  chunk_ms: int = 60_000, as_batches: bool = False, at_session_end: bool = True,
-                 track_from: int | None = None):
+                 track_from: int | None = None, restored=()):
     """Runs the sessions + status transforms in streaming mode; ``expect`` is a list of summarised
     intervals (see ``summarize``) or a function asserting on the StatusInterval list. The check runs inside
     the pipeline (the runner works on a pickled copy of it), so a failure fails the run."""
@@ -60,7 +60,9 @@ def run_timeline(pings_by_restaurant, changes=(), *, as_of: int, expect, hours: 
         keepalives = tagged | "Pings" >> beam.Filter(lambda e: e[0] == "ping") | "P" >> beam.Map(lambda e: e[1])
         changes_pc = tagged | "Changes" >> beam.Filter(lambda e: e[0] == "change") | "C" >> beam.Map(lambda e: e[1])
         sessions = keepalives | KeepaliveSessions(opening_hours=hours, until_ms=as_of)
-        intervals = (sessions, changes_pc) | RestaurantStatusIntervals(
+        inputs = (sessions, changes_pc) if not restored else (
+            sessions, changes_pc, p | "Restored" >> beam.Create(list(restored)))
+        intervals = inputs | RestaurantStatusIntervals(
             opening_hours=hours, as_of_ms=as_of, finalize_at_session_end=at_session_end, track_from_ms=track_from)
 
         def check(actual):
@@ -219,3 +221,14 @@ def test_late_pings_still_count_where_the_timeline_is_not_final_and_are_counted_
     counters = {r.key.metric.name: r.committed for r in result.metrics().query(MetricsFilter())["counters"]}
     assert counters["late_pings"] == 2 and counters["late_sessions"] == 2  # both late pings fired a late pane
     assert counters["late_pings_ignored"] == 1 and counters["late_sessions_ignored"] == 1  # the 12:05 one
+
+
+def test_a_restarted_evaluation_goes_on_from_the_stored_progress():
+    # 'r' was final up to 12:05 before a restart and pings again from 12:10; 's' was final up to 12:03 and never
+    # pings again (it fell silent before the crash): both go on from their stored instant, not from their next
+    # event (or never, for 's'), so neither the gap nor the silence is lost.
+    restored = [TimelineProgress("r", at(12, 5), at(12), at(12, 5)), TimelineProgress("s", at(12, 3), at(11), at(12, 3))]
+    run_timeline({"r": pings(at(12, 10), at(12, 20))}, as_of=at(12, 20), restored=restored,
+                 expect=[("offline_unexplained", "no_keepalive", "10 12:05:00", "10 12:10:00"),
+                         ("online", None, "10 12:10:00", "10 12:20:00"),
+                         ("offline_unexplained", "no_keepalive", "10 12:03:00", "10 12:20:00")])
