@@ -21,7 +21,7 @@ KUSTOMIZE := .local/bin/kustomize
 PROMTOOL_VERSION := v0.316.0
 PROMTOOL := .local/bin/promtool
 
-.PHONY: setup system-packages jars node web venv prism kustomize promtool test unit demo demo-replay stack-up stack-down stack-status bootstrap lint bench peers-venv clean
+.PHONY: setup system-packages jars node web venv prism kustomize promtool test unit demo demo-replay stack-up stack-down stack-status redeploy bootstrap lint bench peers-venv clean
 
 setup: system-packages jars node web venv prism kustomize promtool
 
@@ -148,6 +148,11 @@ stack-down:
 
 stack-status:
 	$(PY) -m orderflow.local status
+
+# A running pipeline stopped (drained) and started again with its options plus ARGS, e.g.
+# make redeploy PIPELINE=orders ARGS='--alarm_rules=@rules.json'
+redeploy:
+	$(PY) -m orderflow.local redeploy $(PIPELINE) -- $(ARGS)
 
 bootstrap:
 	$(PY) -m orderflow.bootstrap

@@ -139,8 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             result = PIPELINES[args.pipeline].run(pipeline_argv(args.pipeline, args.position, args.group, args.stream, extra))
             print(f"{args.pipeline}: {getattr(result, 'state', 'started')}")
-            if args.stream:  # the streaming run (Prism, its SDK worker) lives in this process
-                result.wait_until_finish()
+            if args.stream:  # the streaming run (Prism, its SDK worker) lives in this process; SIGTERM drains it
+                from orderflow.pipelines.runner import exit_now, wait_until_stopped
+
+                exit_now(wait_until_stopped(result, args.pipeline))
         elif args.command == "dump":
             start = StartPosition.parse(args.position, fallback=args.fallback)
             dump(bootstrap, args.topic, start, args.output, args.avro, args.group, extra)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+import zoneinfo
 
 import psycopg
 import pytest
@@ -147,3 +148,45 @@ def test_generate_keepalive_writes_its_plan_to_kafka_and_its_expectation_to_a_fi
         plan.count_pings() + 2)
     assert _count(settings.kafka_bootstrap, settings.topics.availability, settings.topic_partitions) == len(
         plan.changes)
+
+
+def test_replaying_a_day_that_fired_alarms_sends_no_second_sms_and_changes_no_total(module_settings):
+    from orderflow import refdata
+    from orderflow.generate.orders import encode_order
+    from orderflow.model import sample_assets
+    from tests.support.sns_testing import sent_sms
+
+    env = settings_environment(module_settings)
+    yesterday = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+    day = yesterday.astimezone(zoneinfo.ZoneInfo(module_settings.exchange_timezone)).date()
+    prices = sample_assets.sample_prices(day)
+    refdata.load_reference_data(module_settings, day, prices)
+    phone = f"+5531{uuid.uuid4().int % 10**9:09d}"
+    with psycopg.connect(module_settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES (%s, NULL)", (phone,))
+    at_ms = int(yesterday.timestamp() * 1000)
+    # 'rp-a' crosses 1,000 yesterday with its third order; 'rp-b' stays under it.
+    orders = [("rp-a", 4), ("rp-b", 1), ("rp-a", 4), ("rp-a", 4)]
+    price = prices["PETR4"][1]
+    records = [(client.encode(), encode_order("json", f"rp-{i}", client, "PETR4", int(1000 / price / 3) + qty, at_ms + i),
+                at_ms + i) for i, (client, qty) in enumerate(orders)]
+    produce(module_settings.kafka_bootstrap, module_settings.topics.orders, records, partition=0)
+    rules = '--alarm_rules=[{"id": "rp-day", "scope": "client", "window": "day", "threshold": "1000"}]'
+
+    def state():
+        with psycopg.connect(module_settings.postgres_dsn) as conn:
+            return (conn.execute("SELECT rule_id, scope, total FROM alarms ORDER BY 1, 2").fetchall(),
+                    conn.execute("SELECT scope, total FROM alarm_window_totals ORDER BY 1").fetchall(),
+                    conn.execute("SELECT client_token, total, order_count FROM client_daily_volume ORDER BY 1").fetchall())
+
+    first = _command("orderflow.replay", "run", "orders", "--from", "earliest", "--", rules, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    alarms, totals, volumes = state()
+    assert [(r, s) for r, s, _ in alarms] == [("rp-day", "rp-a")] and len(sent_sms(
+        module_settings.sns_endpoint_url, {phone})) == 1
+    since = (yesterday - dt.timedelta(hours=1)).isoformat()
+    again = _command("orderflow.replay", "run", "orders", "--from", since, "--group", "rp-again", "--", rules, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "4 records" in again.stdout and "0 alarms" in again.stdout
+    assert state() == (alarms, totals, volumes)
+    assert len(sent_sms(module_settings.sns_endpoint_url, {phone})) == 1

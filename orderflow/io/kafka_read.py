@@ -445,7 +445,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                                                if k.startswith(("security.", "sasl.", "ssl."))}})
             self._committer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=False)
             self._committed[key] = next_offset
-            _DRAIN.committed((self._group_id, topic, partition), next_offset)
+            _DRAIN.committed((self._group_id or "", topic, partition), next_offset)
             self._commits.inc()
         except KafkaException as exc:
             # At-least-once: a failed commit only means a rerun reads these records again.
@@ -612,7 +612,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                 # bundle that registered no callback (see docs/runners.md).
                 committed = next_offset if next_offset > part.start_offset else None
                 if committed is not None and not bounded:
-                    _DRAIN.read((self._group_id, topic, partition), committed)
+                    _DRAIN.read((self._group_id or "", topic, partition), committed)
                 bundle_finalizer.register(lambda: self._commit_if_any(topic, partition, committed))
             if not bounded:
                 _DRAIN.leave()

@@ -26,6 +26,7 @@ session or change restored and also read again is the same session or change. Co
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import apache_beam as beam
@@ -67,10 +68,14 @@ ORDER BY u.restaurant_id, u.starts_at
 """
 
 
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
 def stored_progress(conn, max_idle_days: int = 30) -> dict[str, TimelineProgress]:
     """Each restaurant's stored ``TimelineProgress`` (those idle for ``max_idle_days`` are forgotten, as the
     evaluation forgets them)."""
-    return {rid: TimelineProgress(rid, to_ms(final), to_ms(first), to_ms(last))
+    return {rid: TimelineProgress(rid, _ms(final), _ms(first), _ms(last))
             for rid, final, first, last in conn.execute(_PROGRESS_SQL, {"max_idle_days": max_idle_days})}
 
 
@@ -79,18 +84,18 @@ def stored_availability(conn) -> list[AvailabilityChange]:
     changes = []
     for rid, schedule_id, kind, reason, starts, ends, created, cancelled in conn.execute(_AVAILABILITY_SQL):
         if kind == "status":
-            changes.append(AvailabilityChange.event(schedule_id, rid, SET_STATUS, to_ms(starts), status=UNAVAILABLE,
+            changes.append(AvailabilityChange.event(schedule_id, rid, SET_STATUS, _ms(starts), status=UNAVAILABLE,
                                                     reason=reason))
             if ends is not None:
-                changes.append(AvailabilityChange.event(f"{schedule_id}:end", rid, SET_STATUS, to_ms(ends),
+                changes.append(AvailabilityChange.event(f"{schedule_id}:end", rid, SET_STATUS, _ms(ends),
                                                         status=AVAILABLE))
         else:
             changes.append(AvailabilityChange.event(
-                f"{schedule_id}:created", rid, SCHEDULE_CREATED, to_ms(created if created is not None else starts),
+                f"{schedule_id}:created", rid, SCHEDULE_CREATED, _ms(created if created is not None else starts),
                 schedule_id=schedule_id, reason=reason, starts_at=to_ms(starts), ends_at=to_ms(ends)))
             if cancelled is not None:
                 changes.append(AvailabilityChange.event(f"{schedule_id}:cancelled", rid, SCHEDULE_CANCELLED,
-                                                        to_ms(cancelled), schedule_id=schedule_id))
+                                                        _ms(cancelled), schedule_id=schedule_id))
     return changes
 
 

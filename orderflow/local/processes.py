@@ -24,7 +24,15 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 
-from orderflow.local.stack import group_exists, log_tail, process_alive, read_pid, signal_group, terminate_group
+from orderflow.local.stack import (
+    group_alive,
+    group_exists,
+    log_tail,
+    process_alive,
+    read_pid,
+    signal_group,
+    terminate_group,
+)
 from orderflow.pipelines import PIPELINES
 
 # name -> the ``python -m`` arguments that run it: every registered pipeline, the feed and the API
@@ -100,6 +108,7 @@ class DetachedProcess:
     def status(self) -> str:
         """``running``; ``dead`` when its pid file remains but the process is gone (it crashed or was killed);
         ``stopped`` when it was stopped or never started."""
+        self._reap()  # a run of ours that ended, even if the pid file names a newer one (a redeploy)
         pid = self.pid
         if pid is None:
             return STOPPED
@@ -139,7 +148,9 @@ class DetachedProcess:
         while process_alive(pid) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
-        terminate_group(pid, signal.SIGTERM, lambda: self._gone(pid), 15.0)
+        self._reap()
+        # What is left of the group (a pipeline's Prism); a zombie leader only waits for its parent.
+        terminate_group(pid, signal.SIGTERM, lambda: not group_alive(pid), 15.0)
         self.pid_path.unlink(missing_ok=True)
         return STOPPED
 

@@ -549,6 +549,21 @@ def group_exists(pgid: int) -> bool:
     return True
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group ``pgid`` still runs (zombies, which only wait for their parent to
+    reap them, do not count)."""
+    if not group_exists(pgid):
+        return False
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            return True
+    return False
+
+
 def terminate_group(pgid: int, sig: int, gone: Callable[[], bool], timeout: float = 15.0) -> None:
     """Sends ``sig`` to the group, and SIGKILL if ``gone()`` is still false after ``timeout`` s; returns once
     ``gone()`` holds (or a second timeout passed after SIGKILL)."""

@@ -82,7 +82,8 @@ def parse_rules(text: str) -> list[AlarmRule]:
     for raw in json.loads(text):
         window = raw.get("window", DAY)
         if isinstance(window, dict):
-            size, period = int(window["size_seconds"]), int(window.get("period_seconds", window["size_seconds"]))
+            size = int(window["size_seconds"])
+            period = int(window.get("period_seconds", size))
             rules.append(AlarmRule(str(raw["id"]), raw.get("scope", "all"), Decimal(str(raw["threshold"])),
                                    SLIDING, size, period))
         else:

@@ -75,11 +75,10 @@ class FaultSystem:
             return {c: (t, n) for c, t, n in conn.execute(
                 "SELECT client_token, sum(total), count(*) FROM orders GROUP BY 1")}
 
-    def _redis_field(self, field: str) -> dict[str, bytes]:
-        """restaurant -> ``field`` of its hot-state hash, for the feed's restaurants that have it."""
+    def _redis_field(self, field: str, restaurants: list[str]) -> dict[str, bytes]:
+        """restaurant -> ``field`` of its hot-state hash, for those of ``restaurants`` that have it."""
         client = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
         try:
-            restaurants = self.restaurants()
             with client.pipeline(transaction=False) as pipe:
                 for restaurant in restaurants:
                     pipe.hget(f"{self.settings.presence_redis_prefix}{restaurant}", field)
@@ -89,10 +88,12 @@ class FaultSystem:
         return {r: v for r, v in zip(restaurants, values, strict=True) if v is not None}
 
     def redis_keepalives(self) -> dict[str, int]:
-        return {r: int(v) for r, v in self._redis_field("last_keepalive_ms").items()}
+        """The feed's own restaurants' latest keep-alives (a test's own restaurants keep pinging while the feed
+        pauses: their presence is checked by the test)."""
+        return {r: int(v) for r, v in self._redis_field("last_keepalive_ms", self.feed.restaurants).items()}
 
     def redis_statuses(self) -> dict[str, str]:
-        return {r: v.decode() for r, v in self._redis_field("status").items()}
+        return {r: v.decode() for r, v in self._redis_field("status", self.restaurants()).items()}
 
     def unavailability(self) -> set[tuple[str, int, int | None]]:
         """(restaurant, start ms, end ms or None) of the stored stretches of status UNAVAILABLE."""
@@ -107,7 +108,7 @@ class FaultSystem:
         self.feed.pause()
         self.feed.flush()
         expected = self.feed.expected_volumes()
-        keepalives = dict(self.feed.last_keepalive)
+        keepalives = {r: ms for r, ms in self.feed.last_keepalive.items() if r in self.feed.restaurants}
         stretches, statuses = self.feed.expected_unavailability(), self.feed.expected_statuses()
 
         def mismatches() -> dict[str, str]:

@@ -99,6 +99,23 @@ def _quantity(system, asset: str, value: Decimal) -> int:
     return math.ceil(value / system.feed.prices[asset][1])
 
 
+def _orders(system, asset: str, event_ms: int, *values: tuple[str, Decimal]) -> list[str]:
+    """One order per ``(client, value)``, at ``event_ms``, of about that value; returns their ids."""
+    return [system.feed.produce_order(client, asset, _quantity(system, asset, value), event_ms)
+            for client, value in values]
+
+
+def _first_halves(system, after: str, asset: str, *values: tuple[str, Decimal]) -> int:
+    """From an exact state after ``after``, with the feed running: the orders of ``values`` at one instant,
+    stored, and every SMS of before sent; returns that instant (the second halves go there too)."""
+    system.settle(after)
+    system.resume()
+    event_ms = _now_ms()
+    _wait_stored(system, _orders(system, asset, event_ms, *values))
+    _wait_outbox_sent(system)
+    return event_ms
+
+
 def _wait_stored(system, order_ids: list[str], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -144,26 +161,19 @@ def _check_alarms(system, rule_ids, crossed_after: set) -> dict:
 
 def test_orders_killed_mid_window_fires_every_rule_kind_once_after_the_restart(fault_system):
     system = fault_system
-    system.settle("the start")
-    system.resume()
-    event_ms = _now_ms()
     asset = "PETR4"
     # Before the kill, 60 % of each threshold in windows that no other order brings near it: 'st-a' (its day),
     # 'st-c' (its 5-minute window), 'st-b' (every client's 10-minute windows; its own day and 5 minutes
     # cross at once: those fire before the kill and must not fire again).
-    first = [system.feed.produce_order("st-a", asset, _quantity(system, asset, DAY_THRESHOLD * 6 / 10), event_ms),
-             system.feed.produce_order("st-c", asset, _quantity(system, asset, DAY_THRESHOLD * 6 / 10), event_ms),
-             system.feed.produce_order("st-b", asset, _quantity(system, asset, ALL_THRESHOLD * 6 / 10), event_ms)]
-    _wait_stored(system, first)
-    _wait_outbox_sent(system)
+    event_ms = _first_halves(system, "the start", asset, ("st-a", DAY_THRESHOLD * 6 / 10),
+                             ("st-c", DAY_THRESHOLD * 6 / 10), ("st-b", ALL_THRESHOLD * 6 / 10))
     before = _alarms(system)
     orders = system.pipelines["orders"]
     orders.kill()
     assert orders.status() != RUNNING
     # While it is down, the other 50 %: the totals cross only when the restarted pipeline adds these.
-    second = [system.feed.produce_order("st-a", asset, _quantity(system, asset, DAY_THRESHOLD / 2), event_ms),
-              system.feed.produce_order("st-c", asset, _quantity(system, asset, DAY_THRESHOLD / 2), event_ms),
-              system.feed.produce_order("st-b", asset, _quantity(system, asset, ALL_THRESHOLD / 2), event_ms)]
+    second = _orders(system, asset, event_ms, ("st-a", DAY_THRESHOLD / 2), ("st-c", DAY_THRESHOLD / 2),
+                     ("st-b", ALL_THRESHOLD / 2))
     time.sleep(3)
     system.restart("orders")
     took = system.settle("the orders pipeline was killed mid-window")
@@ -180,14 +190,9 @@ def test_orders_killed_mid_window_fires_every_rule_kind_once_after_the_restart(f
 
 def test_sigterm_drains_and_a_redeploy_with_an_added_rule_fires_it_once(fault_system):
     system = fault_system
-    system.settle("the kill before the redeploy")
-    system.resume()
-    event_ms = _now_ms()
     asset = "VALE3"
     # 'st-d' at 60 % of the rule the redeploy adds, before; 50 % after it: it crosses under the new rule set.
-    first = system.feed.produce_order("st-d", asset, _quantity(system, asset, ADDED_THRESHOLD * 6 / 10), event_ms)
-    _wait_stored(system, [first])
-    _wait_outbox_sent(system)
+    event_ms = _first_halves(system, "the kill before the redeploy", asset, ("st-d", ADDED_THRESHOLD * 6 / 10))
     orders = system.pipelines["orders"]
     rules = json.dumps([*RULES, ADDED_RULE])
     started = time.monotonic()
@@ -201,9 +206,9 @@ def test_sigterm_drains_and_a_redeploy_with_an_added_rule_fires_it_once(fault_sy
     log = orders.log_path.read_text()
     assert "orders pipeline drained in" in log and "stopped (exit 0)" in log, orders.log_tail(40)
     system.args["orders"] = (*system.args["orders"], f"--alarm_rules={rules}")
-    second = system.feed.produce_order("st-d", asset, _quantity(system, asset, ADDED_THRESHOLD / 2), event_ms)
+    second = _orders(system, asset, event_ms, ("st-d", ADDED_THRESHOLD / 2))
     took = system.settle("the redeploy")
-    _wait_stored(system, [second])
+    _wait_stored(system, second)
     event = dt.datetime.fromtimestamp(event_ms / 1000, UTC)
     crossed_after = {("st-added", "st-d", _windows_of("st-day", event)[0][0])}
     # The clients already over the new rule's threshold (st-a, st-b of the case before) fire it at the start.
@@ -328,25 +333,20 @@ def test_presence_killed_with_restaurants_online_silent_and_unavailable(fault_sy
 
 def test_both_pipelines_killed_at_once_cross_and_close_after(fault_system):
     system = fault_system
-    system.settle("the presence kill")
-    system.resume()
     pinger = PRESENCE["pinger"]
     both = f"{system.feed.tag}-both"
     pinger.start(both)
-    event_ms = _now_ms()
     asset = "ITUB4"
-    first = system.feed.produce_order("st-e", asset, _quantity(system, asset, DAY_THRESHOLD * 6 / 10), event_ms)
-    _wait_stored(system, [first])
-    _wait_outbox_sent(system)
+    event_ms = _first_halves(system, "the presence kill", asset, ("st-e", DAY_THRESHOLD * 6 / 10))
     time.sleep(2)
     for pipeline in system.pipelines.values():
         pipeline.kill(signal.SIGKILL)
-    second = system.feed.produce_order("st-e", asset, _quantity(system, asset, DAY_THRESHOLD / 2), event_ms)
+    second = _orders(system, asset, event_ms, ("st-e", DAY_THRESHOLD / 2))
     time.sleep(3)
     for name in system.pipelines:
         system.restart(name)
     took = system.settle("both pipelines were killed at once")
-    _wait_stored(system, [second])
+    _wait_stored(system, second)
     PRESENCE["both_last"] = pinger.silence(both)  # its session, open across the kill, closes now
     event = dt.datetime.fromtimestamp(event_ms / 1000, UTC)
     _check_alarms(system, ("st-day", "st-all", "st-fixed", "st-added"),
