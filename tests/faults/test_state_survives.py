@@ -34,7 +34,7 @@ from tests.support.sns_testing import sent_sms
 ZONE = "America/Sao_Paulo"
 UTC = dt.timezone.utc
 GAP_MS = 5_000                     # --keepalive_timeout_seconds=5
-CLOSES_AFTER = dt.timedelta(minutes=7)  # after the system is set up: time for the cases before the day closes
+CLOSES_AFTER = dt.timedelta(minutes=4)  # after the system is set up: time for the cases (about 3 min) before the day closes
 DAY_THRESHOLD = Decimal(10) ** 10       # st-day and st-fixed (per client): far beyond what a feed client trades
 ALL_THRESHOLD = Decimal(10) ** 12       # st-all (every client): far beyond the feed and the per-client orders
 ADDED_THRESHOLD = DAY_THRESHOLD / 2     # st-added, the rule a redeploy adds
