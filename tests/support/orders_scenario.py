@@ -140,11 +140,19 @@ def check_state(settings, expected, alarms, phones):
         assert by_client == expected["volumes"]
         recorded = conn.execute("SELECT rule_id, scope, window_start, total, threshold FROM alarms").fetchall()
         assert {(r, s, w) for r, s, w, _, _ in recorded} == alarms
-        # Each alarm's total is its window's total computed independently, its threshold the rule's.
+        # Each alarm's window total (stored) is its window's total computed independently; the alarm records the
+        # total of the transaction that crossed: at least the rule's threshold, at most the window's total.
         thresholds = {rule["id"]: Decimal(rule["threshold"]) for rule in alarm_rules(expected)}
-        assert [(total, threshold) for *_, total, threshold in recorded] == [
-            (expected["volumes"][scope][0] if rule == "e2e-client-day" else expected["windows"][int(start.timestamp())],
-             thresholds[rule]) for rule, scope, start, _, _ in recorded]
+
+        def window_total(rule, scope, start):
+            return expected["volumes"][scope][0] if rule == "e2e-client-day" else expected["windows"][int(start.timestamp())]
+
+        stored = {(r, s, w): t for r, s, w, t in conn.execute(
+            "SELECT rule_id, scope, window_start, total FROM alarm_window_totals WHERE (rule_id, scope, window_start)"
+            " IN (SELECT rule_id, scope, window_start FROM alarms)")}
+        assert stored == {(r, s, w): window_total(r, s, w) for r, s, w, _, _ in recorded}
+        for rule, scope, start, total, threshold in recorded:
+            assert (threshold, thresholds[rule] <= total <= window_total(rule, scope, start)) == (thresholds[rule], True)
         assert conn.execute("SELECT count(*) FROM sms_outbox WHERE sent_at IS NULL").fetchone()[0] == 0
     # DynamoDB: every client's daily volume equals the independent computation, exactly.
     assert dynamodb_volumes(settings, DAY) == expected["volumes"]
