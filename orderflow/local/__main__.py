@@ -1,4 +1,7 @@
-"""``python -m orderflow.local up|down|status``: the local stack of real services on loopback."""
+"""``python -m orderflow.local up|down|status``: the local stack of real services on loopback.
+
+``python -m orderflow.local mqtt-credentials ID...`` issues MQTT accounts for restaurants on the stack's broker
+(account = the restaurant id; prints ``id password`` lines, the only copy of the passwords)."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +13,8 @@ from orderflow.local.stack import LocalStack, ServiceFailed, StackPorts
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orderflow.local", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "mqtt-credentials"])
+    parser.add_argument("ids", nargs="*", help="with mqtt-credentials: the restaurants' ids")
     parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
     parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
     parser.add_argument("--port-offset", type=int, default=0,
@@ -18,6 +22,14 @@ def main(argv: list[str] | None = None) -> int:
                              "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
     args = parser.parse_args(argv)
     stack = LocalStack(args.root, StackPorts.offset(args.port_offset))
+    if args.command == "mqtt-credentials":
+        try:
+            issued = stack.issue_mqtt_credentials(args.ids)
+        except ValueError as exc:
+            parser.error(str(exc))
+        for restaurant_id, password in issued.items():
+            print(restaurant_id, password)
+        return 0
     try:
         if args.command == "up":
             states = stack.up()

@@ -8,8 +8,8 @@ group (a pipeline's Prism, the runner's job server, is its child and goes with i
     pipeline.stop()
 
 The processes (``PROCESSES``): every pipeline of the registry ``orderflow.pipelines.PIPELINES`` (``python -m
-orderflow.pipelines.<name>``), the live feed (``python -m orderflow.generate feed``) and the API (``python -m
-orderflow.api serve``).
+orderflow.pipelines.<name>``), the live feed (``python -m orderflow.generate feed``), the API (``python -m
+orderflow.api serve``) and the MQTT bridge (``python -m orderflow.bridge mqtt``).
 ``python -m orderflow.local status`` reports every one that has a pid file (a dead one with the end of its
 log) and ``down`` stops them before the services.
 """
@@ -31,6 +31,7 @@ PROCESSES = {
     **{name: (entry.module,) for name, entry in PIPELINES.items()},
     "feed": ("orderflow.generate", "feed"),
     "api": ("orderflow.api", "serve"),
+    "bridge": ("orderflow.bridge", "mqtt"),
 }
 RUNNING, DEAD, STOPPED = "running", "dead", "stopped"
 
