@@ -279,15 +279,22 @@ def read_credentials(path: str) -> dict[str, str]:
         return dict(line.split() for line in lines if line.strip())
 
 
-async def _run(fleet: RestaurantFleet, interval: float, rate: float, seconds: float | None) -> None:
+async def _run(fleet: RestaurantFleet, interval: float, rate: float, seconds: float | None,
+               kills_per_minute: float = 0.0, seed: int = 7) -> None:
     connected = await fleet.connect_all(rate=rate)
     print(f"mqtt fleet: {connected} of {len(fleet.connections)} connected ({fleet.counts})", flush=True)
-    pinging = asyncio.ensure_future(fleet.ping_forever(interval))
-    started = time.monotonic()
+    pinging = asyncio.ensure_future(fleet.ping_forever(interval, seed))
+    rng = random.Random(seed)
+    started = last_report = time.monotonic()
     try:
         while seconds is None or time.monotonic() - started < seconds:
-            await asyncio.sleep(min(60.0, seconds or 60.0))
-            print(f"mqtt fleet: {fleet.connected()} connected, {fleet.counts}", flush=True)
+            # Now and then a restaurant's connection drops abruptly (its will fires); it reconnects at its next ping.
+            await asyncio.sleep(60.0 / kills_per_minute if kills_per_minute else 1.0)
+            if kills_per_minute:
+                fleet.kill([rng.choice(list(fleet.connections))])
+            if time.monotonic() - last_report >= 60:
+                last_report = time.monotonic()
+                print(f"mqtt fleet: {fleet.connected()} connected, {fleet.counts}", flush=True)
     finally:
         pinging.cancel()
         await fleet.disconnect(list(fleet.connections))
@@ -309,13 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keepalive", type=int, default=60, help="MQTT keep-alive of the connections (s)")
     parser.add_argument("--rate", type=float, default=1000.0, help="connections per second while connecting")
     parser.add_argument("--source-addresses", default="", help="comma-separated local addresses (127.0.0.x)")
+    parser.add_argument("--kills-per-minute", type=float, default=0.0,
+                        help="connections dropped abruptly per minute (each reconnects at its next ping)")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: never)")
     args = parser.parse_args(argv)
     fleet = RestaurantFleet(broker_addresses(load_settings().mqtt_url), read_credentials(args.credentials),
                             keepalive=args.keepalive,
                             source_addresses=[a for a in args.source_addresses.split(",") if a])
     loop = asyncio.new_event_loop()
-    task = loop.create_task(_run(fleet, args.interval, args.rate, args.seconds))
+    task = loop.create_task(_run(fleet, args.interval, args.rate, args.seconds, args.kills_per_minute))
     loop.add_signal_handler(signal.SIGTERM, task.cancel)  # a clean stop: DISCONNECTs, no wills
     try:
         loop.run_until_complete(task)
