@@ -190,6 +190,7 @@ class RestaurantFleet:
                             for rid, password in credentials.items()}
         self._index = {rid: i for i, rid in enumerate(self.connections)}
         self.counts = FleetCounts()
+        self.retired: set[str] = set()  # killed for good: ping_forever leaves them alone
 
     def broker_of(self, restaurant_id: str) -> tuple[str, int]:
         return self.brokers[self._index[restaurant_id] % len(self.brokers)]
@@ -249,6 +250,7 @@ class RestaurantFleet:
                 at, restaurant_id = heapq.heappop(due_at)
                 due.append(restaurant_id)
                 heapq.heappush(due_at, (at + interval, restaurant_id))
+            due = [r for r in due if r not in self.retired]
             lost = [r for r in due if not self.connections[r].connected]
             if lost:
                 asyncio.ensure_future(self.connect_all(lost))
@@ -264,6 +266,12 @@ class RestaurantFleet:
             killed += connection.connected
             connection.kill()
         return killed
+
+    def retire(self, ids: Iterable[str]) -> int:
+        """Kills the connections of ``ids`` and never reconnects them (a crashed restaurant that stays down)."""
+        ids = list(ids)
+        self.retired.update(ids)
+        return self.kill(ids)
 
     async def disconnect(self, ids: Iterable[str]) -> None:
         """Clean DISCONNECTs (no will)."""
@@ -318,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-addresses", default="", help="comma-separated local addresses (127.0.0.x)")
     parser.add_argument("--kills-per-minute", type=float, default=0.0,
                         help="connections dropped abruptly per minute (each reconnects at its next ping)")
+    parser.add_argument("--kill-on-sigusr1", type=int, default=0, metavar="N",
+                        help="on SIGUSR1, kill the first N restaurants of the credentials file for good (a benchmark's "
+                             "mass disconnect)")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long (default: never)")
     args = parser.parse_args(argv)
     fleet = RestaurantFleet(broker_addresses(load_settings().mqtt_url), read_credentials(args.credentials),
@@ -326,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     loop = asyncio.new_event_loop()
     task = loop.create_task(_run(fleet, args.interval, args.rate, args.seconds, args.kills_per_minute))
     loop.add_signal_handler(signal.SIGTERM, task.cancel)  # a clean stop: DISCONNECTs, no wills
+    if args.kill_on_sigusr1:
+        loop.add_signal_handler(signal.SIGUSR1, lambda: print(
+            f"mqtt fleet: killed {fleet.retire(list(fleet.connections)[:args.kill_on_sigusr1])}", flush=True))
     try:
         loop.run_until_complete(task)
     except (asyncio.CancelledError, KeyboardInterrupt):
