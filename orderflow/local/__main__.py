@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port-offset", type=int, default=0,
                         help="every service's port + N: a second stack beside the default one (give the same "
                              "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # ids may follow options: mqtt-credentials --root R ID...
     stack = LocalStack(args.root, StackPorts.offset(args.port_offset))
     if args.command == "mqtt-credentials":
         try:

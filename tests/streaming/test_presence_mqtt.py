@@ -22,6 +22,7 @@ from orderflow.generate.mqtt_fleet import RestaurantFleet
 from orderflow.local.processes import DetachedProcess
 from tests.support.mqtt_testing import Bridge, decoded
 from tests.support.served_api import ServedApi
+from tests.support.served_api import restaurant_status as _status
 from tests.support.waiting import START_TIMEOUT, wait_for
 
 GAP = 20.0             # the keep-alive timeout (pipeline and API): far longer than the will's bound below
@@ -60,12 +61,6 @@ def presence(run_pipeline, live_settings, stack, tmp_path_factory):
     finally:
         bridge.process.stop()
         api.stop()
-
-
-def _status(client, restaurant_id: str) -> dict:
-    answer = client.get("/restaurants/status", params={"ids": restaurant_id})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["restaurants"][restaurant_id]
 
 
 def test_a_killed_restaurant_reads_disconnected_at_once_and_online_again_after_reconnecting(presence):
