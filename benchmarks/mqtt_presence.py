@@ -16,7 +16,9 @@ from source address 127.0.0.(k+2) (each source address has ~28,000 ephemeral por
 - then ``--kill`` connections closed abruptly (SIGUSR1 to the loaders: no DISCONNECT, never reconnected) and
   how long until all of them read offline with reason ``disconnected``.
 
-The HTTP path beside it is ``benchmarks/api_latency.py`` (POST /restaurants/{id}/keepalive).
+- beside it, the HTTP path's rate on the same machine: ``--http-requests`` ``POST /restaurants/{id}/keepalive``
+  at ``--http-concurrency`` in flight from another process (``api_latency.py``'s load), the API served
+  detached on the same stack, the MQTT load stopped first.
 
     .venv/bin/python benchmarks/mqtt_presence.py        # 100,000 restaurants, 6 brokers, 6 loaders, 10 minutes
     .venv/bin/python benchmarks/mqtt_presence.py --restaurants 2000 --brokers 2 --loaders 2 --minutes 1 --kill 500
@@ -39,6 +41,8 @@ import zoneinfo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import api_latency  # noqa: E402  (benchmarks/, beside this script: the HTTP load process)
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
@@ -125,6 +129,28 @@ async def probe_latency(settings: Settings, broker: LocalStack, seconds: float, 
     return latencies
 
 
+def http_phase(settings: Settings, workdir: pathlib.Path, requests: int, concurrency: int) -> None:
+    """The HTTP path beside it: POST /restaurants/{id}/keepalive through the API served detached."""
+    import port_for
+
+    from orderflow.api.auth import create_key
+    from orderflow.api.demo import start_detached, stop_detached
+
+    url, _ = start_detached(settings, workdir, port=port_for.select_random())
+    try:
+        key = create_key(settings.postgres_dsn, ["ingest"], name="benchmark")[1]
+        rng = random.Random(7)
+        paths = [(f"/restaurants/http-{rng.randrange(100_000):06d}/keepalive", b"{}") for _ in range(requests)]
+        api_latency.run_load({"mode": "http", "url": url, "key": key, "paths": paths[:500],
+                              "concurrency": concurrency})  # warm-up
+        latencies, seconds = api_latency.run_load({"mode": "http", "url": url, "key": key, "paths": paths,
+                                                   "concurrency": concurrency})
+        print(f"HTTP: {len(latencies) / seconds:.0f} keep-alives/s at {concurrency} in flight, "
+              f"p50 {1000 * percentile(latencies, 0.5):.0f} ms, p99 {1000 * percentile(latencies, 0.99):.0f} ms")
+    finally:
+        stop_detached(workdir)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--restaurants", type=int, default=100_000)
@@ -134,6 +160,8 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=30.0, help="keep-alive period (s)")
     parser.add_argument("--minutes", type=float, default=10.0, help="steady pinging before the kill")
     parser.add_argument("--kill", type=int, default=10_000, help="connections killed abruptly at the end")
+    parser.add_argument("--http-requests", type=int, default=30_000, help="HTTP keep-alives of the HTTP phase (0: none)")
+    parser.add_argument("--http-concurrency", type=int, default=64)
     args = parser.parse_args()
     per_loader_max = 19_000
     if args.restaurants / args.loaders > per_loader_max or args.restaurants / args.brokers > per_loader_max:
@@ -210,6 +238,10 @@ def main() -> int:
                 time.sleep(0.5)
             print(f"kill: {len(killed) - len(left)} of {len(killed)} read offline/disconnected after "
                   f"{time.monotonic() - kill_started:.1f} s")
+            for loader, _ in loaders:
+                loader.stop()
+            if args.http_requests:
+                http_phase(settings, workdir, args.http_requests, args.http_concurrency)
             return 0 if not left and online == len(sample) else 1
         finally:
             for loader, _ in loaders:
