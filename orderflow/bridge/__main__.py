@@ -23,7 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     from orderflow.config import load_settings
 
     logs.configure("bridge")
-    bridge = MqttBridge(load_settings(), instance=args.instance, metrics_port=args.metrics_port)
+    try:
+        bridge = MqttBridge(load_settings(), instance=args.instance, metrics_port=args.metrics_port)
+    except ValueError as exc:  # a setting that is not what it should be (ConfigurationError, the broker URL)
+        parser.error(str(exc))
     signal.signal(signal.SIGTERM, bridge.stop)
     signal.signal(signal.SIGINT, bridge.stop)
     bridge.run()
