@@ -59,6 +59,7 @@ def presence(run_pipeline, live_settings, stack, tmp_path_factory):
                      pipeline)
             yield client, pipeline, settings, stack, root
     finally:
+        DetachedProcess("mqtt-feed", root).stop()  # a test's restaurant process, if a failure left it running
         bridge.process.stop()
         api.stop()
 
