@@ -16,6 +16,7 @@ INSTALL_REQUIRES = [
     "orjson==3.13.0",
     "tqdm==4.70.1",  # progress bars of the generators
     "python-json-logger==4.2.0",  # JSON log lines of the API and the pipelines (orderflow/logs.py)
+    "paho-mqtt==2.2.0",  # the MQTT -> Kafka bridge (orderflow/bridge): manual acknowledgement, MQTT 5
 ]
 
 EXTRAS_REQUIRE = {

@@ -113,7 +113,9 @@ async def _http_load(url: str, key: str, paths: list[str], concurrency: int) -> 
             while queue:
                 path = queue.pop()
                 started = time.perf_counter()
-                if isinstance(path, bytes):  # an ingest body
+                if isinstance(path, tuple):  # (path, JSON body) to POST (benchmarks/mqtt_presence.py's keep-alives)
+                    request = session.post(path[0], data=path[1], headers={"Content-Type": "application/json"})
+                elif isinstance(path, bytes):  # an ingest body
                     request = session.post("/orders", data=path, headers={"Content-Type": "application/json"})
                 else:
                     request = session.get(path)

@@ -80,6 +80,16 @@ class Settings:
     keepalive_max_skew_seconds: float = _variable(
         "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS", 300.0,
         "API: a keep-alive's sent_at may differ from arrival by at most this much")
+    # The restaurants' MQTT broker(s) and the bridge into Kafka (``python -m orderflow.bridge``). The local stack's
+    # bridge account has the password ``orderflow`` (loopback only); production sets its own.
+    mqtt_url: str = _variable("ORDERFLOW_MQTT_URL", "mqtt://127.0.0.1:11883",
+                              "MQTT broker(s) of the restaurants, comma-separated (one bridge client each)")
+    mqtt_username: str = _variable("ORDERFLOW_MQTT_USERNAME", "orderflow-bridge", "the MQTT bridge's account")
+    mqtt_password: str = _variable("ORDERFLOW_MQTT_PASSWORD", "orderflow", "the bridge's password (the local stack's; production sets its own)")
+    mqtt_share_group: str = _variable("ORDERFLOW_MQTT_SHARE_GROUP", "orderflow-bridge",
+                                      "bridges subscribe as $share/<this>/restaurants/+/+ and share the load")
+    mqtt_max_payload_bytes: int = _variable("ORDERFLOW_MQTT_MAX_PAYLOAD_BYTES", 1024,
+                                            "MQTT bridge: a larger keep-alive or status payload is dropped")
     # How long every sink retries a store's transient errors (an outage) before the bundle fails:
     # ``orderflow.io.retry``.
     sink_retry_seconds: float = _variable(

@@ -48,14 +48,16 @@ TOP_CLIENTS = 20
 
 
 def status_counts(res: Resources) -> dict:
-    """Restaurants online/offline right now, and offline ones per reason, from the Redis hot state.
+    """Restaurants online/offline right now, offline ones per reason, and those connected over MQTT
+    (``mqtt_connected``: their latest connection change is CONNECTED; ``mqtt_disconnected``: their last will),
+    from the Redis hot state.
 
     Every restaurant the presence pipeline has seen is evaluated (SCAN of its hashes, then statuses in
     chunks of 1,000 ids, one round trip each), with the same rules as ``/restaurants/status``.
     """
     store = res.restaurant_state
     prefix = store.key_prefix
-    counts = {"online": 0, "offline": 0}
+    counts = {"online": 0, "offline": 0, "mqtt_connected": 0, "mqtt_disconnected": 0}
     reasons: dict[str, int] = {}
     chunk: list[str] = []
 
@@ -64,6 +66,8 @@ def status_counts(res: Resources) -> dict:
             counts[status["status"]] = counts.get(status["status"], 0) + 1
             for reason in status["reasons"]:
                 reasons[reason] = reasons.get(reason, 0) + 1
+            if status["connection"] is not None:
+                counts[f"mqtt_{status['connection']['state'].lower()}"] += 1
 
     now = dt.datetime.now(dt.timezone.utc)
     for key in store.client.scan_iter(match=f"{prefix}*", count=1000):

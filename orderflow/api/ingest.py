@@ -42,7 +42,7 @@ from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, r
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS
 from orderflow.api.resources import Resources
-from orderflow.model.presence import AvailabilityChange
+from orderflow.model.presence import AvailabilityChange, keepalive_kafka_record, keepalive_skew
 
 router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
 
@@ -354,23 +354,12 @@ async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Calle
                          body: KeepaliveIn | None = None):
     _require_restaurant(who, restaurant_id)
     sent_at = _millis(body.sent_at if body else None)
-    _check_skew(sent_at, res.settings.keepalive_max_skew_seconds)
-    value = res.codec("restaurant_keepalive").encode({"restaurant_id": restaurant_id, "sent_at": sent_at})
-    # Kafka timestamp = event time: the pipeline's watermark and a replay from a time follow sent_at.
-    (d,) = await produce(res, res.settings.topics.keepalive, [(restaurant_id.encode(), value, sent_at)])
-    return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
-
-
-def _check_skew(sent_at_ms: int, max_skew_seconds: float) -> None:
-    """A keep-alive's ``sent_at`` becomes its Kafka timestamp, so it must be near arrival: one far ahead
-    would push the pipeline's watermark past everyone else's pings, one far behind would land outside the
-    replay position of its time."""
-    skew = sent_at_ms / 1000 - time.time()
-    if abs(skew) > max_skew_seconds:
-        direction = "ahead of" if skew > 0 else "behind"
-        detail = f"sent_at is {abs(skew):.0f} s {direction} the server's clock; at most {max_skew_seconds:.0f} s " \
-                 "either way is accepted"
+    detail = keepalive_skew(sent_at, _millis(None), res.settings.keepalive_max_skew_seconds)
+    if detail:
         raise InvalidBody(f"sent_at: {detail}", [{"loc": ["body", "sent_at"], "msg": detail}])
+    record = keepalive_kafka_record(res.codec("restaurant_keepalive"), restaurant_id, sent_at)
+    (d,) = await produce(res, res.settings.topics.keepalive, [record])
+    return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
 
 
 def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:

@@ -5,7 +5,7 @@ import importlib
 import sys
 
 KINDS = {"orders": "orderflow.generate.orders", "keepalive": "orderflow.generate.keepalive",
-         "feed": "orderflow.generate.feed"}
+         "feed": "orderflow.generate.feed", "mqtt": "orderflow.generate.mqtt_fleet"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@
   the intervals (not incremented), so it stays exact. One transaction per batch.
 - ``WriteUnavailabilityHistory``: ``restaurant_unavailability``, one row per schedule (created, cancelled)
   and one per stretch of status UNAVAILABLE set by the restaurant (opened by SET_STATUS UNAVAILABLE, closed
-  by the next SET_STATUS AVAILABLE).
+  by the next SET_STATUS AVAILABLE), and one per abrupt disconnect over MQTT (kind ``connection``, reason
+  ``disconnected``: opened by DISCONNECTED, closed by the next CONNECTED).
 - ``WritePresenceDeadLetters``: undecodable or invalid input with its reason (``presence_dead_letters``).
 
 Each sink is one SQL statement (or one pipelined ``executemany``) per batch, one transaction per batch.
@@ -40,6 +41,9 @@ from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.dead_letter import DeadLetter, Stage
 from orderflow.model.presence import (
+    CONNECTION_KINDS,
+    DISCONNECTED,
+    REASON_DISCONNECTED,
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
     SET_STATUS,
@@ -109,17 +113,17 @@ ON CONFLICT (restaurant_id, schedule_id) DO UPDATE SET
 
 OPEN_STATUS_SQL = """
 INSERT INTO restaurant_unavailability (restaurant_id, schedule_id, kind, reason, starts_at, created_at)
-SELECT %(rid)s, %(sid)s, 'status', %(reason)s, %(starts)s, %(starts)s
+SELECT %(rid)s, %(sid)s, %(kind)s, %(reason)s, %(starts)s, %(starts)s
 WHERE NOT EXISTS (  -- already unavailable: the stretch that is open goes on
     SELECT 1 FROM restaurant_unavailability
-    WHERE restaurant_id = %(rid)s AND kind = 'status' AND starts_at <= %(starts)s
+    WHERE restaurant_id = %(rid)s AND kind = %(kind)s AND starts_at <= %(starts)s
       AND (ends_at IS NULL OR ends_at > %(starts)s))
 ON CONFLICT (restaurant_id, schedule_id) DO NOTHING
 """
 
 CLOSE_STATUS_SQL = """
 UPDATE restaurant_unavailability SET ends_at = %(ends)s
-WHERE restaurant_id = %(rid)s AND kind = 'status' AND ends_at IS NULL AND starts_at <= %(ends)s
+WHERE restaurant_id = %(rid)s AND kind = %(kind)s AND ends_at IS NULL AND starts_at <= %(ends)s
 """
 
 INSERT_DEAD_LETTERS_SQL = """
@@ -177,18 +181,20 @@ def write_unavailability(conn, changes: list[AvailabilityChange]) -> int:
         elif c.kind == SCHEDULE_CANCELLED:
             schedule_rows.append({"rid": c.restaurant_id, "sid": c.schedule_id, "reason": None, "starts": None,
                                   "ends": None, "created": None, "cancelled": _dt(c.occurred_at)})
-        elif c.kind == SET_STATUS:
+        elif c.kind == SET_STATUS or c.kind in CONNECTION_KINDS:
             status_ops.append(c)
     with conn.transaction():
         with conn.cursor() as cur:
             if schedule_rows:
                 cur.executemany(UPSERT_SCHEDULE_SQL, schedule_rows)
             for c in status_ops:  # order matters (open, then close); few per batch
-                if c.status == UNAVAILABLE:
-                    cur.execute(OPEN_STATUS_SQL, {"rid": c.restaurant_id, "sid": c.event_id, "reason": c.reason,
-                                                  "starts": _dt(c.occurred_at)})
+                kind, opens, reason = (("connection", c.kind == DISCONNECTED, REASON_DISCONNECTED)
+                                       if c.kind in CONNECTION_KINDS else ("status", c.status == UNAVAILABLE, c.reason))
+                if opens:
+                    cur.execute(OPEN_STATUS_SQL, {"rid": c.restaurant_id, "sid": c.event_id, "kind": kind,
+                                                  "reason": reason, "starts": _dt(c.occurred_at)})
                 else:
-                    cur.execute(CLOSE_STATUS_SQL, {"rid": c.restaurant_id, "ends": _dt(c.occurred_at)})
+                    cur.execute(CLOSE_STATUS_SQL, {"rid": c.restaurant_id, "kind": kind, "ends": _dt(c.occurred_at)})
     return len(schedule_rows) + len(status_ops)
 
 

@@ -17,8 +17,8 @@ savepoint). ``RestorePresenceState`` reads it back from the stores when the pipe
   sessions as if the pipeline had never stopped (a session open across a restart stays one session and
   one online interval);
 - its availability in effect at that instant and after, from the unavailability history: each stretch of
-  self-set unavailability as SET_STATUS UNAVAILABLE (and AVAILABLE at its end), each schedule as created
-  (and cancelled).
+  self-set unavailability as SET_STATUS UNAVAILABLE (and AVAILABLE at its end), each abrupt MQTT disconnect as
+  DISCONNECTED (and CONNECTED at its end), each schedule as created (and cancelled).
 
 Records after the committed offsets are read again and written again: every sink is idempotent, and a
 session or change restored and also read again is the same session or change. Counters (namespace
@@ -38,6 +38,8 @@ from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.presence import (
     AVAILABLE,
+    CONNECTED,
+    DISCONNECTED,
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
     SET_STATUS,
@@ -89,6 +91,10 @@ def stored_availability(conn) -> list[AvailabilityChange]:
             if ends is not None:
                 changes.append(AvailabilityChange.event(f"{schedule_id}:end", rid, SET_STATUS, _ms(ends),
                                                         status=AVAILABLE))
+        elif kind == "connection":
+            changes.append(AvailabilityChange.event(schedule_id, rid, DISCONNECTED, _ms(starts)))
+            if ends is not None:
+                changes.append(AvailabilityChange.event(f"{schedule_id}:end", rid, CONNECTED, _ms(ends)))
         else:
             changes.append(AvailabilityChange.event(
                 f"{schedule_id}:created", rid, SCHEDULE_CREATED, _ms(created if created is not None else starts),

@@ -8,6 +8,8 @@ One Redis hash per restaurant, ``{prefix}{restaurant_id}``, written by the prese
   the sessions it had open from (``orderflow.io.presence_restore``);
 - ``status``, ``status_since_ms``, ``status_reason``: the restaurant's own availability (the latest
   SET_STATUS by ``occurred_at`` wins, whatever order events arrive in);
+- ``connection``, ``connection_since_ms``: the latest connection change (DISCONNECTED: the MQTT last will,
+  CONNECTED: back), by ``occurred_at`` like the status;
 - ``schedule:{schedule_id}``: JSON ``{"reason", "starts_at_ms", "ends_at_ms", "cancelled_at_ms"}`` of each
   scheduled unavailability (a cancellation sticks even if the creation arrives after it).
 
@@ -34,6 +36,7 @@ import redis
 from orderflow.io.retry import REDIS_SERVER_STATE_ERRORS
 from orderflow.model.presence import (
     AVAILABLE,
+    CONNECTION_KINDS,
     DEFAULT_KEEPALIVE_GAP_MS,
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
@@ -107,11 +110,13 @@ end
 return #KEYS
 """
 
-# KEYS[1]: restaurant hash; ARGV: occurred_at ms, status, reason ('' = none). The latest occurred_at wins.
-_SET_STATUS = """
-local current = tonumber(redis.call('HGET', KEYS[1], 'status_since_ms') or '-1')
-if tonumber(ARGV[1]) >= current then
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'status_since_ms', ARGV[1], 'status_reason', ARGV[3])
+# KEYS[1]: restaurant hash; ARGV: field ('status' or 'connection'), occurred_at ms, value, reason ('' = none).
+# The latest occurred_at wins (``{field}_since_ms``).
+_SET_STATE = """
+local since = ARGV[1] .. '_since_ms'
+local current = tonumber(redis.call('HGET', KEYS[1], since) or '-1')
+if tonumber(ARGV[2]) >= current then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3], since, ARGV[2], ARGV[1] .. '_reason', ARGV[4])
   return 1
 end
 return 0
@@ -177,7 +182,7 @@ class RestaurantStateStore:
         if not self._scripts:
             self._scripts = {
                 "keepalives": self._client.register_script(_RECORD_KEEPALIVES),
-                "status": self._client.register_script(_SET_STATUS),
+                "state": self._client.register_script(_SET_STATE),
                 "schedule": self._client.register_script(_MERGE_SCHEDULE),
             }
         return self._client
@@ -271,7 +276,10 @@ class RestaurantStateStore:
             for c in changes:
                 key = self.key(c.restaurant_id)
                 if c.kind == SET_STATUS:
-                    self._scripts["status"](keys=[key], args=[c.occurred_at, c.status, c.reason or ""], client=pipe)
+                    self._scripts["state"](keys=[key], args=["status", c.occurred_at, c.status, c.reason or ""],
+                                           client=pipe)
+                elif c.kind in CONNECTION_KINDS:
+                    self._scripts["state"](keys=[key], args=["connection", c.occurred_at, c.kind, ""], client=pipe)
                 elif c.kind == SCHEDULE_CREATED:
                     fields = {"reason": c.reason, "starts_at_ms": str(c.starts_at),
                               "ends_at_ms": "" if c.ends_at is None else str(c.ends_at)}
@@ -306,10 +314,12 @@ class RestaurantStateStore:
 
             {"r-1": {"status": "online" | "offline", "reasons": [...], "last_keepalive": iso | None,
                      "availability": {"status": "AVAILABLE" | "UNAVAILABLE", "since": iso | None,
-                                      "reason": str | None, "scheduled": [active schedules at now]}}}
+                                      "reason": str | None, "scheduled": [active schedules at now]},
+                     "connection": None | {"state": "CONNECTED" | "DISCONNECTED", "since": iso}}}
 
-        ``reasons`` is empty when online, else any of ``outside_opening_hours``, ``no_keepalive``,
-        ``unavailable``, ``scheduled_unavailability:<REASON>``. Unknown ids answer offline / no_keepalive.
+        ``reasons`` is empty when online, else any of ``outside_opening_hours``, ``disconnected`` (the MQTT
+        last will), ``no_keepalive``, ``unavailable``, ``scheduled_unavailability:<REASON>``. Unknown ids
+        answer offline / no_keepalive.
         """
         if len(ids) > MAX_IDS_PER_CALL:
             raise ValueError(f"at most {MAX_IDS_PER_CALL} ids per call, got {len(ids)}")
@@ -335,8 +345,9 @@ class RestaurantStateStore:
                 active.append({"schedule_id": field[len(b"schedule:"):].decode(), "reason": schedule["reason"],
                                "starts_at": _iso(starts), "ends_at": _iso(ends)})
         active.sort(key=lambda s: (s["starts_at"], s["schedule_id"]))
+        connection = (stored.get(b"connection") or b"").decode() or None
         online, reasons = current_status(now_ms, last, status, [s["reason"] for s in active],
-                                         self.opening_hours, self.keepalive_timeout_ms)
+                                         self.opening_hours, self.keepalive_timeout_ms, connection)
         return {
             "status": online,
             "reasons": reasons,
@@ -348,4 +359,7 @@ class RestaurantStateStore:
                 "reason": (stored.get(b"status_reason") or b"").decode() or None,
                 "scheduled": active,
             },
+            # Only for restaurants connected over MQTT: their latest connection change.
+            "connection": None if connection is None else {
+                "state": connection, "since": _iso(_int(stored.get(b"connection_since_ms")))},
         }

@@ -3,6 +3,9 @@
 ``python -m orderflow.local redeploy PIPELINE [-- OPTIONS...]``: stops a running pipeline (it drains: the records
 it read are committed) and starts it again with the options it ran with followed by OPTIONS (a later option
 wins), e.g. a new alarm rule set; nothing is lost, duplicated or missed (docs/reliability.md).
+
+``python -m orderflow.local mqtt-credentials ID...`` issues MQTT accounts for restaurants on the stack's broker
+(account = the restaurant id; prints ``id password`` lines, the only copy of the passwords).
 """
 from __future__ import annotations
 
@@ -17,8 +20,10 @@ from orderflow.pipelines import PIPELINES
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orderflow.local", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "redeploy"])
-    parser.add_argument("pipeline", nargs="?", choices=sorted(PIPELINES), help="with redeploy: which pipeline")
+    parser.add_argument("command", choices=["up", "down", "status", "redeploy", "mqtt-credentials"])
+    parser.add_argument("ids", nargs="*", metavar="NAME",
+                        help=f"with redeploy: the pipeline ({', '.join(sorted(PIPELINES))}); with mqtt-credentials: "
+                             "the restaurants' ids")
     parser.epilog = "redeploy: the pipeline's new options follow --, e.g. redeploy orders -- --alarm_rules=@rules.json"
     parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
     parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
@@ -27,10 +32,19 @@ def main(argv: list[str] | None = None) -> int:
                              "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
     argv = sys.argv[1:] if argv is None else list(argv)
     options = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    # ids may follow options: mqtt-credentials --root R ID...
+    args = parser.parse_intermixed_args(argv[:argv.index("--")] if "--" in argv else argv)
     if args.command == "redeploy":
         return _redeploy(parser, args, options)
     stack = LocalStack(args.root, StackPorts.offset(args.port_offset))
+    if args.command == "mqtt-credentials":
+        try:
+            issued = stack.issue_mqtt_credentials(args.ids)
+        except ValueError as exc:
+            parser.error(str(exc))
+        for restaurant_id, password in issued.items():
+            print(restaurant_id, password)
+        return 0
     try:
         if args.command == "up":
             states = stack.up()
@@ -64,15 +78,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _redeploy(parser: argparse.ArgumentParser, args, options: list[str]) -> int:
-    if args.pipeline is None:
-        parser.error("redeploy needs the pipeline's name")
-    process = DetachedProcess(args.pipeline, args.root)
+    if len(args.ids) != 1 or args.ids[0] not in PIPELINES:
+        parser.error(f"redeploy takes one pipeline name: {', '.join(sorted(PIPELINES))}")
+    name = args.ids[0]
+    process = DetachedProcess(name, args.root)
     if process.status() != RUNNING:
-        print(f"{args.pipeline} is not running ({process.status()}): start it first", file=sys.stderr)
+        print(f"{name} is not running ({process.status()}): start it first", file=sys.stderr)
         return 1
     started = time.monotonic()
     stopped, pid = process.redeploy(options)
-    print(f"{args.pipeline:<10} {stopped} (exit {process.exit_status}), started again as pid {pid} "
+    print(f"{name:<10} {stopped} (exit {process.exit_status}), started again as pid {pid} "
           f"{time.monotonic() - started:.1f} s later with {' '.join(process.last_args()) or 'no options'}; "
           f"log: {process.log_path}")
     return 0

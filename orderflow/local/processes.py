@@ -8,8 +8,9 @@ group (a pipeline's Prism, the runner's job server, is its child and goes with i
     pipeline.stop()
 
 The processes (``PROCESSES``): every pipeline of the registry ``orderflow.pipelines.PIPELINES`` (``python -m
-orderflow.pipelines.<name>``), the live feed (``python -m orderflow.generate feed``) and the API (``python -m
-orderflow.api serve``).
+orderflow.pipelines.<name>``), the live feed (``python -m orderflow.generate feed``), the API (``python -m
+orderflow.api serve``), the MQTT bridge (``python -m orderflow.bridge mqtt``) and restaurants over MQTT
+(``python -m orderflow.generate mqtt``).
 ``python -m orderflow.local status`` reports every one that has a pid file (a dead one with the end of its
 log) and ``down`` stops them before the services.
 """
@@ -40,6 +41,8 @@ PROCESSES = {
     **{name: (entry.module,) for name, entry in PIPELINES.items()},
     "feed": ("orderflow.generate", "feed"),
     "api": ("orderflow.api", "serve"),
+    "bridge": ("orderflow.bridge", "mqtt"),
+    "mqtt-feed": ("orderflow.generate", "mqtt"),
 }
 RUNNING, DEAD, STOPPED = "running", "dead", "stopped"
 

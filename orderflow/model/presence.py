@@ -6,11 +6,15 @@ A restaurant is **online** at instant ``t`` only when all of these hold:
 - it sent a keep-alive in the last ``gap`` (two minutes): some ping ``p`` with ``p <= t < p + gap``, i.e.
   ``t`` lies in a *connected interval* ``[first ping, last ping + gap)`` (a session window);
 - its status is available: not set UNAVAILABLE by the restaurant, and no scheduled unavailability
-  covers ``t`` (a schedule counts from ``starts_at`` to ``ends_at``, or to its cancellation if earlier).
+  covers ``t`` (a schedule counts from ``starts_at`` to ``ends_at``, or to its cancellation if earlier);
+- its MQTT connection, if it has one, was not cut abruptly: a ``DISCONNECTED`` change (the broker's last
+  will, ``orderflow.bridge``) makes it offline from that instant until a ``CONNECTED`` change (its
+  reconnection), whatever its last keep-alive says. A clean disconnect sends no will: only the two-minute
+  rule applies then.
 
 Inside opening hours every instant that is not online is offline, either **offline_scheduled** (a
-schedule covers it; the reason is the schedule's) or **offline_unexplained** (reason ``no_keepalive`` or
-``unavailable``). Outside opening hours nothing is recorded. Status intervals are split at opening-hour
+schedule covers it; the reason is the schedule's) or **offline_unexplained** (reason ``disconnected``,
+``no_keepalive`` or ``unavailable``, in that precedence). Outside opening hours nothing is recorded. Status intervals are split at opening-hour
 boundaries and at local midnight, and each carries the local calendar day of its start.
 
 Intervals are half-open ``(start_ms, end_ms)`` tuples; "normalised" lists are sorted and disjoint.
@@ -37,12 +41,18 @@ REASON_OUTSIDE_HOURS = "outside_opening_hours"
 REASON_NO_KEEPALIVE = "no_keepalive"
 REASON_UNAVAILABLE = "unavailable"
 REASON_SCHEDULED = "scheduled_unavailability"
+REASON_DISCONNECTED = "disconnected"
 
 AVAILABLE = "AVAILABLE"
 UNAVAILABLE = "UNAVAILABLE"
 SET_STATUS = "SET_STATUS"
 SCHEDULE_CREATED = "SCHEDULE_CREATED"
 SCHEDULE_CANCELLED = "SCHEDULE_CANCELLED"
+# The connection changes the MQTT bridge derives from a restaurant's status topic: its last will
+# (``offline``, an abrupt disconnect) and its ``online`` after each connect.
+DISCONNECTED = "DISCONNECTED"
+CONNECTED = "CONNECTED"
+CONNECTION_KINDS = (DISCONNECTED, CONNECTED)
 
 DEFAULT_KEEPALIVE_GAP_MS = 120_000
 FOREVER_MS = 2**62
@@ -226,6 +236,27 @@ def _local_date(timezone: str, epoch_s: int) -> dt.date:
     return dt.datetime.fromtimestamp(epoch_s, tz=ZoneInfo(timezone)).date()
 
 
+# -- keep-alive records ------------------------------------------------------------------------------
+def keepalive_kafka_record(codec, restaurant_id: str, sent_at_ms: int) -> tuple[bytes, bytes, int]:
+    """``(key, value, timestamp)`` of a keep-alive as every ingest path writes it (the HTTP API, the MQTT
+    bridge): key = the restaurant id, value = Avro ``RestaurantKeepalive`` by ``codec``, Kafka timestamp =
+    ``sent_at``: event time, so the pipeline's watermark and a replay from a time follow it."""
+    value = codec.encode({"restaurant_id": restaurant_id, "sent_at": sent_at_ms})
+    return restaurant_id.encode(), value, sent_at_ms
+
+
+def keepalive_skew(sent_at_ms: int, now_ms: int, max_skew_seconds: float) -> str | None:
+    """Why a keep-alive's ``sent_at`` is refused, or None. It becomes its Kafka timestamp, so it must be near
+    arrival: one far ahead would push the pipeline's watermark past everyone else's pings, one far behind
+    would land outside the replay position of its time."""
+    skew = (sent_at_ms - now_ms) / 1000
+    if abs(skew) <= max_skew_seconds:
+        return None
+    direction = "ahead of" if skew > 0 else "behind"
+    return f"sent_at is {abs(skew):.0f} s {direction} the server's clock; at most {max_skew_seconds:.0f} s " \
+           "either way is accepted"
+
+
 # -- availability ----------------------------------------------------------------------------------
 class AvailabilityChange(NamedTuple):
     """A decoded ``RestaurantAvailabilityEvent`` with millisecond timestamps."""
@@ -279,18 +310,35 @@ def validate_change(change: AvailabilityChange) -> AvailabilityChange:
     return change
 
 
-def unavailable_intervals(changes: Iterable[AvailabilityChange]) -> list[Interval]:
-    """Where the restaurant's own status was UNAVAILABLE (initially AVAILABLE; a change lasts until the next)."""
+def state_changes(changes: Iterable[AvailabilityChange], kinds: tuple[str, ...]) -> list[AvailabilityChange]:
+    """The changes of ``kinds`` in the order they take effect (by occurred_at; the latest wins)."""
+    return sorted((c for c in changes if c.kind in kinds), key=lambda c: (c.occurred_at, c.event_id))
+
+
+def _stretches(ordered: list[AvailabilityChange], opens) -> list[Interval]:
+    """Where the state set by ``ordered`` changes was "on" (``opens(change)``), initially off; a change lasts
+    until the next."""
     out, since = [], None
-    for change in sorted((c for c in changes if c.kind == SET_STATUS), key=lambda c: (c.occurred_at, c.event_id)):
-        if change.status == UNAVAILABLE and since is None:
+    for change in ordered:
+        if opens(change) and since is None:
             since = change.occurred_at
-        elif change.status == AVAILABLE and since is not None:
+        elif not opens(change) and since is not None:
             out.append((since, change.occurred_at))
             since = None
     if since is not None:
         out.append((since, FOREVER_MS))
     return normalize(out)
+
+
+def unavailable_intervals(changes: Iterable[AvailabilityChange]) -> list[Interval]:
+    """Where the restaurant's own status was UNAVAILABLE (initially AVAILABLE; a change lasts until the next)."""
+    return _stretches(state_changes(changes, (SET_STATUS,)), lambda c: c.status == UNAVAILABLE)
+
+
+def disconnected_intervals(changes: Iterable[AvailabilityChange]) -> list[Interval]:
+    """Where the restaurant's MQTT connection was cut abruptly: from a DISCONNECTED change (its last will) to
+    the next CONNECTED (initially connected: a restaurant without MQTT never has one)."""
+    return _stretches(state_changes(changes, CONNECTION_KINDS), lambda c: c.kind == DISCONNECTED)
 
 
 class Schedule(NamedTuple):
@@ -356,11 +404,12 @@ def evaluate(restaurant_id: str, start_ms: int, end_ms: int, connected: Iterable
         return []
     connected_n = normalize(clip(connected, start_ms, end_ms))
     unavailable = clip(unavailable_intervals(changes), start_ms, end_ms)
+    disconnected = clip(disconnected_intervals(changes), start_ms, end_ms)
     scheduled = [(s.effective, s.reason) for s in schedules(changes)]
     scheduled = [((max(s, start_ms), min(e, end_ms)), r) for (s, e), r in scheduled if e > start_ms and s < end_ms and e > s]
 
     cuts = {start_ms, end_ms}
-    for intervals in (open_windows, connected_n, unavailable, [iv for iv, _ in scheduled]):
+    for intervals in (open_windows, connected_n, unavailable, disconnected, [iv for iv, _ in scheduled]):
         for s, e in intervals:
             cuts.add(s)
             cuts.add(e)
@@ -370,6 +419,7 @@ def evaluate(restaurant_id: str, start_ms: int, end_ms: int, connected: Iterable
     open_starts = [s for s, _ in open_windows]
     conn_starts = [s for s, _ in connected_n]
     unav_starts = [s for s, _ in unavailable]
+    disc_starts = [s for s, _ in disconnected]
     out: list[StatusInterval] = []
     for a, b in itertools.pairwise(points):
         if not _covers(open_windows, open_starts, a):
@@ -377,6 +427,8 @@ def evaluate(restaurant_id: str, start_ms: int, end_ms: int, connected: Iterable
         reason_scheduled = next((r for (s, e), r in scheduled if s <= a < e), None)
         if reason_scheduled is not None:
             status, reason = OFFLINE_SCHEDULED, reason_scheduled
+        elif _covers(disconnected, disc_starts, a):
+            status, reason = OFFLINE_UNEXPLAINED, REASON_DISCONNECTED
         elif not _covers(connected_n, conn_starts, a):
             status, reason = OFFLINE_UNEXPLAINED, REASON_NO_KEEPALIVE
         elif _covers(unavailable, unav_starts, a):
@@ -394,11 +446,14 @@ def evaluate(restaurant_id: str, start_ms: int, end_ms: int, connected: Iterable
 
 def current_status(now_ms: int, last_keepalive_ms: int | None, status: str | None,
                    active_schedule_reasons: list[str], hours: OpeningHours,
-                   gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS) -> tuple[str, list[str]]:
-    """``("online" | "offline", reasons)`` at ``now_ms``; reasons is empty exactly when online."""
+                   gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS, connection: str | None = None) -> tuple[str, list[str]]:
+    """``("online" | "offline", reasons)`` at ``now_ms``; reasons is empty exactly when online. ``connection``
+    is the kind of the latest connection change (DISCONNECTED, CONNECTED) or None."""
     reasons = []
     if not hours.is_open(now_ms):
         reasons.append(REASON_OUTSIDE_HOURS)
+    if connection == DISCONNECTED:
+        reasons.append(REASON_DISCONNECTED)
     if last_keepalive_ms is None or now_ms - last_keepalive_ms >= gap_ms:
         reasons.append(REASON_NO_KEEPALIVE)
     if status == UNAVAILABLE:

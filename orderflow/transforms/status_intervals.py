@@ -44,6 +44,7 @@ from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Timestamp
 
 from orderflow.model.presence import (
+    CONNECTION_KINDS,
     DEFAULT_KEEPALIVE_GAP_MS,
     SCHEDULE_CANCELLED,
     SCHEDULE_CREATED,
@@ -53,6 +54,7 @@ from orderflow.model.presence import (
     TimelineProgress,
     evaluate,
     schedules,
+    state_changes,
 )
 
 __all__ = ["PROGRESS_TAG", "RestaurantStatusIntervals", "PendingItemCoder", "ShardProgressCoder", "shard_of"]
@@ -71,9 +73,11 @@ def _retained(items: list, until: int) -> list:
     """What state still needs after the timeline is final up to ``until``."""
     sessions = [i for i in items if i[0] == _SESSION and i[2] > until]
     changes = [i[1] for i in items if i[0] == _CHANGE]
-    statuses = sorted((c for c in changes if c.kind == SET_STATUS), key=lambda c: (c.occurred_at, c.event_id))
-    current = [c for c in statuses if c.occurred_at <= until][-1:]
-    later = [c for c in statuses if c.occurred_at > until]
+    current, later = [], []
+    for kinds in ((SET_STATUS,), CONNECTION_KINDS):  # each a state the latest change sets
+        ordered = state_changes(changes, kinds)
+        current += [c for c in ordered if c.occurred_at <= until][-1:]
+        later += [c for c in ordered if c.occurred_at > until]
     finished = {s.schedule_id for s in schedules(changes) if s.effective[1] <= until}
     schedule_changes = [c for c in changes if c.kind in (SCHEDULE_CREATED, SCHEDULE_CANCELLED)
                         and c.schedule_id not in finished]

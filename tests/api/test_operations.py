@@ -110,6 +110,19 @@ def test_dashboard_snapshot_and_live_events(api, reader, anonymous, state_store)
         assert changed["status_counts"]["offline_reasons"]["unavailable"] == unavailable_before + 1
 
 
+def test_the_dashboard_counts_restaurants_connected_over_mqtt(reader, state_store):
+    before = reader.get("/dashboard/snapshot").json()["status_counts"]
+    now_ms = int(time.time() * 1000)
+    # Two restaurants connect over MQTT (the bridge's CONNECTED), then one's last will arrives.
+    state_store.apply_changes([
+        AvailabilityChange.event(f"mqtt-{n}", f"mqtt-dashboard-{n}", "CONNECTED", now_ms - 1000) for n in (1, 2)])
+    state_store.apply_changes([AvailabilityChange.event("mqtt-3", "mqtt-dashboard-2", "DISCONNECTED", now_ms)])
+    after = reader.get("/dashboard/snapshot").json()["status_counts"]
+    assert after["mqtt_connected"] == before["mqtt_connected"] + 1
+    assert after["mqtt_disconnected"] == before["mqtt_disconnected"] + 1
+    assert after["offline_reasons"]["disconnected"] == before["offline_reasons"].get("disconnected", 0) + 1
+
+
 def _next_snapshot(lines) -> dict:
     deadline = time.monotonic() + 20
     for line in lines:

@@ -51,7 +51,7 @@ def _seed_timeline_and_alarm(settings) -> None:
                      " ('seeded-rule', 'acme', %s, '+5511900000010', 'x', NULL)", (window, window))
 
 
-def test_the_dashboard_charts_render_and_move_with_the_live_feed(module_settings, tmp_path, monkeypatch):
+def test_the_dashboard_charts_render_and_move_with_the_live_feed(module_settings, stack, tmp_path, monkeypatch):
     require(shutil.which(CHROMIUM) is not None, "Debian chromium not installed (make setup)")
     require(not missing_assets(), "the API's browser assets are missing: make web")
     from playwright.sync_api import sync_playwright
@@ -61,7 +61,8 @@ def test_the_dashboard_charts_render_and_move_with_the_live_feed(module_settings
     try:
         start_live_system(module_settings, root, feed_args=["--restaurants", "50", "--orders-per-second", "10"],
                           pipeline_args={"orders": ["--progress_interval_seconds=1"],
-                                         "presence": ["--progress_interval_seconds=1"]})
+                                         "presence": ["--progress_interval_seconds=1"]},
+                          stack_root=str(stack.root), mqtt_restaurants=20)
         url, key = api_demo(module_settings, root=root, port=port_for.select_random())
         _seed_timeline_and_alarm(module_settings)
         token, _ = dashboard_token(key, 600)

@@ -82,3 +82,30 @@ def test_up_status_down_and_status_exit_code_3(tmp_path):
     finally:
         _local("down", "--root", root, f"--port-offset={offset}")
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_mqtt_credentials_issues_accounts_the_running_broker_accepts_at_once(stack):
+    import asyncio
+
+    from orderflow.generate.mqtt_fleet import Refused, RestaurantConnection
+
+    ids = [f"cli-{n}-{os.getpid()}" for n in (1, 2)]
+    issued = _local("mqtt-credentials", "--root", str(stack.root), *ids)
+    assert issued.returncode == 0, issued.stderr
+    passwords = dict(line.split() for line in issued.stdout.splitlines())
+    assert set(passwords) == set(ids) and len(set(passwords.values())) == 2
+
+    async def connect(restaurant_id: str, password: str) -> None:
+        connection = RestaurantConnection(restaurant_id, password)
+        await connection.connect("127.0.0.1", stack.ports.mosquitto)
+        await connection.disconnect()
+
+    for restaurant_id, password in passwords.items():
+        asyncio.run(connect(restaurant_id, password))  # no restart: the broker reloaded its password file
+    again = _local("mqtt-credentials", "--root", str(stack.root), ids[0])
+    assert again.returncode == 0
+    with pytest.raises(Refused):  # a new password replaces the old one
+        asyncio.run(connect(ids[0], passwords[ids[0]]))
+    asyncio.run(connect(ids[0], again.stdout.split()[1]))
+    refused = _local("mqtt-credentials", "--root", str(stack.root), "a/b")
+    assert refused.returncode == 2 and "not a restaurant id" in refused.stderr

@@ -13,7 +13,7 @@ from orderflow.model.presence import (
     normalize,
     to_ms,
 )
-from tests.support.presence_timeline import HOURS, at, cancel, pings, schedule, status, summarize
+from tests.support.presence_timeline import HOURS, at, cancel, connection, pings, schedule, status, summarize
 
 
 def test_merge_pings_is_session_windows():
@@ -70,6 +70,28 @@ def test_unavailable_while_pinging_is_offline():
                    ("online", None, "10 12:40:00", "10 13:00:00")]
 
 
+def test_an_abrupt_disconnect_is_offline_at_once_until_the_reconnection():
+    # Pings every 30 s all along; the last will at 12:10:05 and the reconnection at 12:12 cut the session.
+    changes = [connection("r", at(12), "CONNECTED"), connection("r", at(12, 10, 5), "DISCONNECTED"),
+               connection("r", at(12, 12), "CONNECTED"), status("r", at(12, 11), "UNAVAILABLE"),
+               status("r", at(12, 11, 30), "AVAILABLE")]
+    got = summarize(evaluate("r", at(12), at(13), merge_pings(pings(at(12), at(13))), changes, HOURS))
+    assert got == [("online", None, "10 12:00:00", "10 12:10:05"),
+                   ("offline_unexplained", "disconnected", "10 12:10:05", "10 12:12:00"),
+                   ("online", None, "10 12:12:00", "10 13:00:00")]
+    # Still disconnected when the pings stop: "disconnected" outlasts the keep-alive timeout.
+    silent = summarize(evaluate("r", at(12), at(13), merge_pings(pings(at(12), at(12, 10))), changes[:2], HOURS))
+    assert silent == [("online", None, "10 12:00:00", "10 12:10:05"),
+                      ("offline_unexplained", "disconnected", "10 12:10:05", "10 13:00:00")]
+    # A schedule still explains the time it covers.
+    scheduled = changes[:2] + [schedule("r", "s", at(9), at(12, 20), at(12, 30))]
+    got = summarize(evaluate("r", at(12), at(13), merge_pings(pings(at(12), at(13))), scheduled, HOURS))
+    assert got == [("online", None, "10 12:00:00", "10 12:10:05"),
+                   ("offline_unexplained", "disconnected", "10 12:10:05", "10 12:20:00"),
+                   ("offline_scheduled", "HOLIDAYS", "10 12:20:00", "10 12:30:00"),
+                   ("offline_unexplained", "disconnected", "10 12:30:00", "10 13:00:00")]
+
+
 def test_split_at_closing_time_and_midnight():
     late = OpeningHours.parse("18:00-02:00")
     connected = merge_pings(pings(at(22, 30), at(24 + 1)))  # 22:30 -> 01:00 (+2 min)
@@ -89,6 +111,10 @@ def test_current_status_reasons():
     assert current_status(at(12), at(11, 58), None, [], HOURS) == ("offline", ["no_keepalive"])
     assert current_status(at(23), at(22, 59), "UNAVAILABLE", ["HOLIDAYS"], HOURS) == (
         "offline", ["outside_opening_hours", "unavailable", "scheduled_unavailability:HOLIDAYS"])
+    # The last will: offline at once, though the last ping is a second old; a reconnection ends it.
+    assert current_status(at(12), at(11, 59, 59), None, [], HOURS, connection="DISCONNECTED") == (
+        "offline", ["disconnected"])
+    assert current_status(at(12), at(11, 59, 59), None, [], HOURS, connection="CONNECTED") == ("online", [])
 
 
 def test_opening_hours_parse_rejects_nonsense():

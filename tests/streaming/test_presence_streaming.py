@@ -14,6 +14,7 @@ import pytest
 
 from orderflow.config import ApiConfig
 from tests.support.served_api import ServedApi
+from tests.support.served_api import restaurant_status as _status
 from tests.support.waiting import START_TIMEOUT, wait_for
 
 GAP = 5.0                    # --keepalive_timeout_seconds: the pipeline's session gap and the API's timeout
@@ -54,12 +55,6 @@ def presence(run_pipeline, live_settings):
         print(f"\npresence pipeline: start to first keep-alive in the hot state {time.monotonic() - started:.1f} s")
         yield client, pipeline, closes, settings
     api.stop()
-
-
-def _status(client, restaurant_id: str) -> dict:
-    answer = client.get("/restaurants/status", params={"ids": restaurant_id})
-    assert answer.status_code == 200, answer.text
-    return answer.json()["restaurants"][restaurant_id]
 
 
 def test_silent_restaurant_turns_offline_after_the_gap_and_its_offline_time_is_ranked(presence):

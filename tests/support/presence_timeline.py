@@ -35,6 +35,11 @@ def cancel(rid: str, sid: str, when: int) -> AvailabilityChange:
     return AvailabilityChange(f"e{next(_ids)}", rid, "SCHEDULE_CANCELLED", None, sid, None, None, None, when)
 
 
+def connection(rid: str, when: int, kind: str) -> AvailabilityChange:
+    """A DISCONNECTED (the MQTT last will) or CONNECTED change, as the MQTT bridge writes it."""
+    return AvailabilityChange(f"e{next(_ids)}", rid, kind, None, None, None, None, None, when)
+
+
 def summarize(intervals) -> list[tuple]:
     """(status, reason, start, end) tuples sorted, with times as local 'HH:MM:SS' strings for readable asserts."""
     def hhmmss(ms):

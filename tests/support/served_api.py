@@ -48,3 +48,10 @@ class ServedApi:
     def client(self, key: str | None = None, **kwargs) -> httpx.Client:
         headers = {"X-API-Key": key} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+
+def restaurant_status(client, restaurant_id: str) -> dict:
+    """One restaurant's entry of ``GET /restaurants/status`` (asserting the answer is 200)."""
+    answer = client.get("/restaurants/status", params={"ids": restaurant_id})
+    assert answer.status_code == 200, answer.text
+    return answer.json()["restaurants"][restaurant_id]
