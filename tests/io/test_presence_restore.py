@@ -35,6 +35,7 @@ def test_progress_sessions_after_it_and_availability_come_back(module_settings):
             _change("done", "SET_STATUS", T + 60_000, status="UNAVAILABLE", reason="OLD"),   # over before the final instant
             _change("done", "SET_STATUS", T + 2 * 60_000, status="AVAILABLE"),
             unavailable,                                                                    # open across it
+            _change("done", "DISCONNECTED", T + 12 * 60_000),                              # an MQTT will, after it
             _change("new", "SCHEDULE_CREATED", T, schedule_id="s1", reason="HOLIDAYS", starts_at=T + 60_000,
                     ends_at=T + 50 * 60_000),
             _change("new", "SCHEDULE_CANCELLED", T + 40 * 60_000, schedule_id="s1")])
@@ -51,6 +52,7 @@ def test_progress_sessions_after_it_and_availability_come_back(module_settings):
                                                              getattr(x, "occurred_at", None), getattr(x, "status", None))),
                     equal_to([("TimelineProgress", "done", None, None, None),
                               ("AvailabilityChange", "done", "SET_STATUS", T + 5 * 60_000, "UNAVAILABLE"),
+                              ("AvailabilityChange", "done", "DISCONNECTED", T + 12 * 60_000, None),
                               ("AvailabilityChange", "new", "SCHEDULE_CREATED", T, None),
                               ("AvailabilityChange", "new", "SCHEDULE_CANCELLED", T + 40 * 60_000, None)]),
                     label="timelines")
