@@ -7,8 +7,9 @@ import json
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from orderflow import replay
+from orderflow.clients import avro_codec
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition
-from orderflow.model.avro import AvroCodec, AvroDecodeError
+from orderflow.model.avro import AvroDecodeError
 
 
 def demo(settings) -> None:
@@ -36,7 +37,7 @@ def demo(settings) -> None:
         when = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
         print(f"python -m orderflow.replay run orders --from {when}  (a minute after the first order) "
               f"would start at offsets {dict(sorted(plan.items()))}")
-    codec = AvroCodec("priced_order")
+    codec = avro_codec(settings, "priced_orders")
     with PartitionReader(bootstrap) as reader:
         reader.consumer.assign([TopicPartition(topics.priced_orders, 0, 0)])
         msg = reader.consumer.poll(10)
@@ -47,7 +48,7 @@ def demo(settings) -> None:
         return
     try:
         record = codec.decode(msg.value())
-        print(f"{topics.priced_orders}/0@{msg.offset()}: {len(msg.value())} bytes, writer schema fingerprint "
-              f"{msg.value()[2:10].hex()} -> {json.dumps(record, default=str)}")
+        print(f"{topics.priced_orders}/0@{msg.offset()}: {len(msg.value())} bytes, writer schema id "
+              f"{int.from_bytes(msg.value()[1:5], 'big')} in the registry -> {json.dumps(record, default=str)}")
     except AvroDecodeError as exc:
         print(f"{topics.priced_orders}/0@{msg.offset()}: not decodable ({exc})")

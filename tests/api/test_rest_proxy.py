@@ -8,13 +8,12 @@ import subprocess
 
 import pytest
 
-from orderflow.model.avro import AvroCodec
+from orderflow.clients import avro_codec
 from tests.support.environment import require
 from tests.support.kafka_check import count_records, read_at
 
 V2 = "application/vnd.kafka.v2+json"
 JSON_V2 = "application/vnd.kafka.json.v2+json"
-ORDER = AvroCodec("order")
 
 
 def _curl(*args: str) -> tuple[int, dict[str, str], bytes]:
@@ -45,7 +44,7 @@ def test_the_seed_request_sent_with_curl_is_produced(api):
     assert offset["error_code"] is None and offset["error"] is None
     msg = read_at(api.settings.kafka_bootstrap, topic, offset["partition"], offset["offset"])
     assert msg.key() == b"vitor"
-    order = ORDER.decode(msg.value())
+    order = avro_codec(api.settings, "orders").decode(msg.value())
     assert (order["asset"], order["quantity"], order["client_token"], order["source_format"]) == (
         "WEGE3", 100, "vitor", "REST_PROXY")
 
@@ -57,7 +56,7 @@ def test_several_records_answer_one_offset_each_in_order(api, ingester):
     assert resp.status_code == 200, resp.text
     offsets = resp.json()["offsets"]
     assert len(offsets) == 5
-    landed = [ORDER.decode(read_at(api.settings.kafka_bootstrap, api.settings.topics.orders, o["partition"],
+    landed = [avro_codec(api.settings, "orders").decode(read_at(api.settings.kafka_bootstrap, api.settings.topics.orders, o["partition"],
                                    o["offset"]).value()) for o in offsets]
     assert [(o["client_token"], o["quantity"]) for o in landed] == [(f"rp-{i}", i + 1) for i in range(5)]
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 
+from orderflow.clients import avro_codec
 from orderflow.demo.kafka import demo
-from orderflow.model.avro import AvroCodec
 from tests.support.kafka_testing import produce
 
 BASE_MS = 1_760_000_000_000
@@ -19,7 +19,7 @@ def test_prints_offsets_a_replay_plan_and_a_decoded_priced_order(module_settings
               "event_time": dt.datetime(2026, 11, 21, 13, tzinfo=dt.timezone.utc), "source_format": "JSON",
               "trade_day": dt.date(2026, 11, 21), "pricing_code": "PC1", "price": decimal.Decimal("38.5"),
               "total": decimal.Decimal("385")}
-    produce(bootstrap, topics.priced_orders, [(b"c1", AvroCodec("priced_order").encode(priced))], partition=0)
+    produce(bootstrap, topics.priced_orders, [(b"c1", avro_codec(module_settings, "priced_orders").encode(priced))], partition=0)
     demo(module_settings)
     out = capsys.readouterr().out
     assert "consumer group orderflow-orders" in out

@@ -9,7 +9,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from orderflow.model.avro import AvroCodec
+from orderflow.clients import avro_codec
 from orderflow.pipelines import orders as orders_pipeline
 from tests.support.orders_scenario import DAY, dynamodb_volumes, pipeline_args, prepare_scenario, read_topic
 
@@ -25,7 +25,7 @@ def run(module_settings):
 
 def test_every_record_is_priced_to_kafka_or_dead_lettered_with_its_reason(run):
     settings, scenario = run
-    codec = AvroCodec("priced_order")
+    codec = avro_codec(settings, "priced_orders")
     priced = [codec.decode(value) for _, _, value, *_ in read_topic(settings, settings.topics.priced_orders)]
     dead = read_topic(settings, settings.topics.orders_dead_letter)
     assert len(priced) + len(dead) == N

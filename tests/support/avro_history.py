@@ -10,7 +10,7 @@ import pathlib
 
 import fastavro
 
-from orderflow.model.avro import schema_fingerprint
+from orderflow.model.avro import AvroCodec, confluent_header, schema_fingerprint
 
 SCHEMAS = pathlib.Path(__file__).parents[1] / "io" / "schemas"
 WIDGET_V1 = SCHEMAS / "history" / "widget.v1.avsc"
@@ -27,5 +27,25 @@ def encode_v1(record: dict) -> bytes:
     v1 = json.loads(WIDGET_V1.read_text())
     out = io.BytesIO()
     out.write(b"\xc3\x01" + schema_fingerprint(v1))
+    fastavro.schemaless_writer(out, fastavro.parse_schema(v1), record)
+    return out.getvalue()
+
+
+def widget_codec(registry_url: str, subject: str) -> AvroCodec:
+    """The ``widget`` codec writing the Confluent wire format under ``subject`` of the registry at ``registry_url``."""
+    from orderflow.clients import SchemaRegistry
+
+    return AvroCodec("widget", SCHEMAS, registry=SchemaRegistry(registry_url), subject=subject)
+
+
+def encode_v1_confluent(registry_url: str, subject: str, record: dict) -> bytes:
+    """Writes with the old (history) schema in the Confluent wire format, registered under ``subject``, as an old
+    producer of the registry era would."""
+    from orderflow.clients import SchemaRegistry
+
+    v1 = json.loads(WIDGET_V1.read_text())
+    schema_id = SchemaRegistry(registry_url).register(subject, json.dumps(v1))
+    out = io.BytesIO()
+    out.write(confluent_header(schema_id))
     fastavro.schemaless_writer(out, fastavro.parse_schema(v1), record)
     return out.getvalue()
