@@ -49,3 +49,29 @@ def encode_v1_confluent(registry_url: str, subject: str, record: dict) -> bytes:
     out.write(confluent_header(schema_id))
     fastavro.schemaless_writer(out, fastavro.parse_schema(v1), record)
     return out.getvalue()
+
+
+def evolved(name: str, field: str = "channel", default: str = "web") -> dict:
+    """Schema ``name`` of orderflow/schemas evolved compatibly (BACKWARD and FORWARD): one more string field,
+    with a default."""
+    from orderflow.model.avro import load_schema
+
+    schema = load_schema(name)
+    schema["fields"].append({"name": field, "type": "string", "default": default})
+    return schema
+
+
+def register_and_encode(registry_url: str, subject: str, schema: dict, records: list[dict]) -> list[bytes]:
+    """``records`` written with ``schema`` in the Confluent wire format, the schema registered under ``subject``
+    (as a producer of that version does)."""
+    from orderflow.clients import SchemaRegistry
+
+    header = confluent_header(SchemaRegistry(registry_url).register(subject, json.dumps(schema)))
+    parsed = fastavro.parse_schema(schema)
+    encoded = []
+    for record in records:
+        out = io.BytesIO()
+        out.write(header)
+        fastavro.schemaless_writer(out, parsed, record)
+        encoded.append(out.getvalue())
+    return encoded
