@@ -136,6 +136,19 @@ class SchemaRefused(RuntimeError):
     """The registry refused one of the repository's schemas under its subject (the message says why)."""
 
 
+def _name_fields(reason: str, schema: dict) -> str:
+    """The registry's reason with each ``/fields/<n>`` it points at followed by that field's name."""
+    import re
+
+    fields = schema.get("fields", [])
+
+    def named(match: re.Match) -> str:
+        index = int(match.group(1))
+        return f"{match.group(0)} (field {fields[index]['name']!r})" if index < len(fields) else match.group(0)
+
+    return re.sub(r"/fields/(\d+)(?!\d)", named, reason)
+
+
 def register_schemas(settings: Settings) -> dict[str, int]:
     """Sets each Avro topic's subject to ``COMPATIBILITY`` and registers the current schema under it (a schema
     registered before keeps its id); returns ``{subject: id}``.
@@ -143,7 +156,7 @@ def register_schemas(settings: Settings) -> dict[str, int]:
     Raises:
         SchemaRefused: a schema breaks the subject's compatibility rule with the versions registered before.
     """
-    from orderflow.model.avro import SCHEMAS_DIR, TOPIC_SCHEMAS, IncompatibleSchema
+    from orderflow.model.avro import SCHEMAS_DIR, TOPIC_SCHEMAS, IncompatibleSchema, load_schema
 
     registry = schema_registry(settings)
     ids = {}
@@ -155,8 +168,9 @@ def register_schemas(settings: Settings) -> dict[str, int]:
         except IncompatibleSchema as exc:
             raise SchemaRefused(
                 f"the schema registry refused {SCHEMAS_DIR.name}/{name}.avsc under subject {codec.subject} "
-                f"({COMPATIBILITY} compatibility): {exc}. A compatible change adds a field with a default or "
-                f"removes one; a breaking change needs a new topic (and subject)") from exc
+                f"({COMPATIBILITY} compatibility): {_name_fields(str(exc), load_schema(name))}. A compatible "
+                f"change adds a field with a default or removes one; a breaking change needs a new topic (and "
+                f"subject)") from exc
     return ids
 
 
