@@ -170,7 +170,7 @@ def encode_avro_records(res: Resources, topic: str, payload: bytes,
     try:
         body = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"the body is not JSON: {exc}") from None
+        raise InvalidBody(f"Invalid JSON: {exc}") from None
     if not isinstance(body, dict) or not isinstance(body.get("records"), list) or not body["records"]:
         raise InvalidBody("the body is {\"value_schema\" or \"value_schema_id\", \"records\": [{\"value\": ...}, ...]} "
                           "with at least one record")
