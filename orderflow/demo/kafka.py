@@ -12,9 +12,25 @@ from orderflow.io.kafka_offsets import PartitionReader, StartPosition
 from orderflow.model.avro import AvroDecodeError
 
 
+def show_schemas(settings) -> None:
+    """The schema registry's subjects: each one's latest version, its id and compatibility, and the curl to list
+    them by hand."""
+    from orderflow.clients import schema_registry
+
+    client = schema_registry(settings).client
+    print(f"schema registry {settings.schema_registry_url}:")
+    for subject in sorted(client.get_subjects()):
+        latest = client.get_latest_version(subject)
+        name = json.loads(latest.schema.schema_str).get("name")
+        print(f"  {subject:<34} v{latest.version} id {latest.schema_id:<4} {name:<28} "
+              f"{client.get_compatibility(subject)}")
+    print(f"  by hand: curl -s {settings.schema_registry_url}/subjects")
+
+
 def demo(settings) -> None:
-    """``make demo`` step: the orders group's offsets after its run, a time-based replay plan, and a
-    priced order read back from Kafka through the Avro codec."""
+    """``make demo`` step: the schemas in the registry, the orders group's offsets after its run, a time-based
+    replay plan, and a priced order read back from Kafka through the Avro codec."""
+    show_schemas(settings)
     bootstrap, topics = settings.kafka_bootstrap, settings.topics
     group = "orderflow-orders"
     try:

@@ -22,6 +22,9 @@ def test_prints_offsets_a_replay_plan_and_a_decoded_priced_order(module_settings
     produce(bootstrap, topics.priced_orders, [(b"c1", avro_codec(module_settings, "priced_orders").encode(priced))], partition=0)
     demo(module_settings)
     out = capsys.readouterr().out
+    # The registry's subjects, as bootstrap left them: BACKWARD, the priced order's schema by name and id.
+    assert f"{topics.priced_orders}-value" in out and "PricedOrder" in out and "BACKWARD" in out
+    assert f"curl -s {module_settings.schema_registry_url}/subjects" in out
     assert "consumer group orderflow-orders" in out
     assert "would start at offsets" in out
     assert '"order_id": "o1"' in out and '"total": "385.000000"' in out
