@@ -15,6 +15,7 @@ from orderflow import bootstrap
 from orderflow.clients import avro_codec, schema_registry
 from orderflow.config import Topics, settings_environment
 from orderflow.model.avro import IncompatibleSchema, load_schema
+from tests.support.avro_history import order_with_quantity_as_text
 from tests.support.naming import unique_name
 
 
@@ -40,8 +41,7 @@ def test_bootstrap_sets_backward_and_registers_every_topic_s_schema_once(fresh_s
 
 def test_a_breaking_change_is_refused_and_bootstrap_says_why(fresh_settings):
     # The subject already holds an Order whose quantity is text: today's (a long) cannot read those records.
-    older = load_schema("order")
-    older["fields"] = [{**f, "type": "string"} if f["name"] == "quantity" else f for f in older["fields"]]
+    older = order_with_quantity_as_text()
     subject = f"{fresh_settings.topics.orders}-value"
     schema_registry(fresh_settings).register(subject, json.dumps(older))
     run = subprocess.run([sys.executable, "-m", "orderflow.bootstrap"], capture_output=True, text=True, timeout=300,

@@ -11,7 +11,7 @@ import pytest
 
 from orderflow.clients import avro_codec, schema_registry
 from orderflow.model.avro import load_schema
-from tests.support.avro_history import evolved
+from tests.support.avro_history import evolved, order_with_quantity_as_text
 from tests.support.environment import require
 from tests.support.kafka_check import count_records, read_at
 
@@ -73,6 +73,20 @@ def _post(client, path, body, content_type=JSON_V2, accept=V2):
 ONE = {"records": [{"value": {"ativo": "WEGE3", "quantidade": 1, "token": "vitor"}}]}
 
 
+def _assert_refused(api, post, status: int, error_code: int, words: str) -> None:
+    """``post()`` is answered ``status`` with REST Proxy's error body (``error_code``, a message with ``words``),
+    and nothing reached the orders topic."""
+    topic, partitions = api.settings.topics.orders, api.settings.topic_partitions
+    before = count_records(api.settings.kafka_bootstrap, topic, partitions)
+    resp = post()
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == V2
+    answer = resp.json()
+    assert set(answer) == {"error_code", "message"} and answer["error_code"] == error_code, answer
+    assert words in answer["message"]
+    assert count_records(api.settings.kafka_bootstrap, topic, partitions) == before
+
+
 @pytest.mark.parametrize("case, status, error_code, words", [
     ("no key", 401, 40101, "missing API key"),
     ("read-only key", 403, 40301, "ingest"),
@@ -105,15 +119,8 @@ def test_errors_are_rest_proxy_error_bodies_and_nothing_is_produced(api, anonymo
         body = {"records": [{"value": ONE["records"][0]["value"], "partition": 2}]}
     elif case == "not JSON":
         body = b"{records"
-    before = count_records(api.settings.kafka_bootstrap, topic, api.settings.topic_partitions)
     with api.client(key) as client:
-        resp = _post(client, path, body, content_type, accept)
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == V2
-    answer = resp.json()
-    assert set(answer) == {"error_code", "message"} and answer["error_code"] == error_code
-    assert words in answer["message"]
-    assert count_records(api.settings.kafka_bootstrap, topic, api.settings.topic_partitions) == before
+        _assert_refused(api, lambda: _post(client, path, body, content_type, accept), status, error_code, words)
 
 
 def _avro_order(order_id: str, quantity: int = 5, **extra) -> dict:
@@ -146,12 +153,6 @@ def test_avro_with_a_value_schema_registers_it_and_answers_its_id(api, ingester)
     assert again.json()["value_schema_id"] == latest.schema_id
 
 
-def _incompatible_schema() -> str:
-    schema = load_schema("order")  # quantity as text: today's readers cannot read it
-    schema["fields"] = [{**f, "type": "string"} if f["name"] == "quantity" else f for f in schema["fields"]]
-    return json.dumps(schema)
-
-
 @pytest.mark.parametrize("case, status, error_code, words", [
     ("no schema", 422, 42202, "does not include value schema"),
     ("schema that does not parse", 422, 42205, "Invalid schema"),
@@ -169,7 +170,7 @@ def test_avro_errors_are_confluent_s_and_nothing_is_produced(api, ingester, case
     elif case == "schema that does not parse":
         body["value_schema"] = '{"type": "record", "name": "Order", "fields": [{"name": "x", "type": "nope"}]}'
     elif case == "incompatible schema":
-        body["value_schema"] = _incompatible_schema()
+        body["value_schema"] = json.dumps(order_with_quantity_as_text())
         body["records"] = [{"value": _avro_order("rp-text", quantity="5")}]
     elif case == "unknown schema id":
         body = {"value_schema_id": 2_000_000_003, "records": body["records"]}
@@ -179,11 +180,4 @@ def test_avro_errors_are_confluent_s_and_nothing_is_produced(api, ingester, case
         body["records"] = [{"value": _avro_order("rp-zero", 0)}]
     elif case == "not JSON":
         body = b"{records"
-    before = count_records(api.settings.kafka_bootstrap, topic, api.settings.topic_partitions)
-    resp = _post(ingester, f"/topics/{topic}", body, AVRO_V2)
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == V2
-    answer = resp.json()
-    assert set(answer) == {"error_code", "message"} and answer["error_code"] == error_code, answer
-    assert words in answer["message"]
-    assert count_records(api.settings.kafka_bootstrap, topic, api.settings.topic_partitions) == before
+    _assert_refused(api, lambda: _post(ingester, f"/topics/{topic}", body, AVRO_V2), status, error_code, words)

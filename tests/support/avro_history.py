@@ -75,3 +75,13 @@ def register_and_encode(registry_url: str, subject: str, schema: dict, records: 
         fastavro.schemaless_writer(out, parsed, record)
         encoded.append(out.getvalue())
     return encoded
+
+
+def order_with_quantity_as_text() -> dict:
+    """``Order`` broken incompatibly: its quantity a string, which today's schema (a long) cannot read, nor the
+    other way round."""
+    from orderflow.model.avro import load_schema
+
+    schema = load_schema("order")
+    schema["fields"] = [{**f, "type": "string"} if f["name"] == "quantity" else f for f in schema["fields"]]
+    return schema
