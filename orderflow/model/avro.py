@@ -25,6 +25,7 @@ import functools
 import io
 import json
 import pathlib
+import threading
 from typing import Protocol
 
 import cachetools
@@ -43,6 +44,27 @@ TOPIC_SCHEMAS = {"orders": "order", "priced_orders": "priced_order", "keepalive"
 # Parsed writer schemas kept per codec: a topic sees a handful of versions; the bound keeps a hostile stream of
 # made-up ids from growing memory.
 WRITER_CACHE_SIZE = 256
+# What the registry answered, kept per process and shared by every codec of the same registry: a runner makes
+# new DoFn instances (new codecs, empty caches) as it pleases, e.g. Prism per bundle processor, and each would
+# otherwise ask the registry again, and wait for it through an outage, for an id this process already knows.
+# Keys: (registry, subject, schema text) -> id and (registry, id) -> schema text.
+_ANSWERS: cachetools.LRUCache = cachetools.LRUCache(4 * WRITER_CACHE_SIZE)
+_ANSWERS_LOCK = threading.Lock()
+
+
+def _remembered(key: tuple, ask):
+    """The registry's answer for ``key``: from this process's cache, else ``ask()`` (kept when it answers)."""
+    with _ANSWERS_LOCK:
+        answer = _ANSWERS.get(key)
+    if answer is None:
+        answer = ask()
+        with _ANSWERS_LOCK:
+            _ANSWERS[key] = answer
+    return answer
+
+
+def _registry_key(registry: SchemaSource):
+    return getattr(registry, "url", None) or id(registry)
 
 
 class AvroDecodeError(ValueError):
@@ -205,7 +227,9 @@ class AvroCodec:
             if self.registry is None or self.subject is None:
                 raise ValueError(f"AvroCodec({self.name!r}) has no registry and subject to write the Confluent "
                                  "wire format with")
-            self._header = confluent_header(self.registry.register(self.subject, self.schema_text))
+            registry, subject, text = self.registry, self.subject, self.schema_text
+            self._header = confluent_header(_remembered((_registry_key(registry), subject, text),
+                                                        lambda: registry.register(subject, text)))
         return self._header
 
     def encode(self, record: dict) -> bytes:
@@ -232,8 +256,9 @@ class AvroCodec:
             if self.registry is None:
                 raise AvroDecodeError("avro_unknown_schema", f"schema id {schema_id}: this reader of {self.name!r} "
                                                              "has no schema registry to resolve it")
+            registry = self.registry
             try:
-                text = self.registry.schema(schema_id)
+                text = _remembered((_registry_key(registry), schema_id), lambda: registry.schema(schema_id))
             except SchemaNotFound:
                 return None
             parsed = fastavro.parse_schema(json.loads(text))
