@@ -126,9 +126,13 @@ class _EncodePricedFn(beam.DoFn):
         self.codec = codec
         self.retry_seconds = retry_seconds
 
+    def setup(self):
+        self._registered = False
+
     def process(self, priced):
-        # The schema's id, registered or looked up once (retried while the registry is down), then cached.
-        call_with_retry("registering the PricedOrder schema", self.codec.header, self.retry_seconds)
+        if not self._registered:  # the schema's id, looked up once (retried while the registry is down), then cached
+            call_with_retry("registering the PricedOrder schema", self.codec.header, self.retry_seconds)
+            self._registered = True
         encode = self.codec.encode
         yield [(order["order_id"].encode(), encode(order)) for order in priced]
 
