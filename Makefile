@@ -21,9 +21,9 @@ KUSTOMIZE := .local/bin/kustomize
 PROMTOOL_VERSION := v0.316.0
 PROMTOOL := .local/bin/promtool
 
-.PHONY: setup system-packages jars node web venv prism kustomize promtool test unit demo demo-replay stack-up stack-down stack-status redeploy bootstrap lint bench peers-venv clean
+.PHONY: setup system-packages jars registry java21-check node web venv prism kustomize promtool test unit demo demo-replay stack-up stack-down stack-status redeploy bootstrap lint bench peers-venv clean
 
-setup: system-packages jars node web venv prism kustomize promtool
+setup: system-packages jars registry node web venv prism kustomize promtool
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
@@ -34,6 +34,26 @@ jars: .local/jars/.resolved
 	@java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || { echo "Java 17+ is needed for Kafka 4 (apt-get install openjdk-17-jre-headless)"; exit 1; }
 	rm -rf .local/jars/kafka
 	mvn -q -B -f $(JVM_POM) dependency:copy-dependencies -DoutputDirectory=$(CURDIR)/.local/jars/kafka
+	touch $@
+
+# The schema registry (Apicurio Registry 3, Confluent-compatible API) from Maven Central, unpacked into
+# .local/apicurio (quarkus-run.jar + lib/); redone only when its pom changes. It needs Java 21+, which need not be
+# the `java` on PATH (Kafka runs on 17): the first Java 21+ of $$JAVA_HOME, PATH and /usr/lib/jvm is written to
+# .local/apicurio/java, which the local stack runs it with.
+REGISTRY_POM := orderflow/local/jvm/apicurio/pom.xml
+registry: .local/apicurio/.resolved
+
+java21-check:
+	@for java in "$$JAVA_HOME/bin/java" "$$(command -v java)" /usr/lib/jvm/*/bin/java; do \
+	  [ -x "$$java" ] && "$$java" -version 2>&1 | grep -qE 'version "(2[1-9]|[3-9][0-9])' && { echo "$$java"; exit 0; }; \
+	done; \
+	echo "Java 21+ is needed for the schema registry (Apicurio Registry 3): apt-get install openjdk-21-jre-headless, or a Temurin 21+ JDK (JAVA_HOME or /usr/lib/jvm)" >&2; exit 1
+
+.local/apicurio/.resolved: $(REGISTRY_POM)
+	@java21="$$($(MAKE) -s java21-check)" || exit 1; \
+	rm -rf .local/apicurio && mkdir -p .local/apicurio && \
+	mvn -q -B -f $(REGISTRY_POM) dependency:unpack -DoutputDirectory=$(CURDIR)/.local/apicurio && \
+	echo "$$java21" > .local/apicurio/java
 	touch $@
 
 # The Node services (dynalite, the local DynamoDB) from the npm registry into .local/node/node_modules, exactly

@@ -7,7 +7,8 @@ from setuptools import find_namespace_packages, setup
 
 INSTALL_REQUIRES = [
     "apache-beam[gcp,aws]==2.77.0",
-    "confluent-kafka==2.16.1",
+    # The schema registry client (SchemaRegistryClient; AvroSerializer/AvroDeserializer for ecosystem checks).
+    "confluent-kafka[schemaregistry]==2.16.1",
     "fastavro==1.13.1",
     "redis==8.1.0",
     "pymemcache==4.0.0",

@@ -133,10 +133,10 @@ async def _http_load(url: str, key: str, paths: list[str], concurrency: int) -> 
 def _direct_ingest(settings, bodies: list[bytes], concurrency: int, producers: int) -> tuple[list[float], float]:
     """What ``POST /orders`` does without HTTP and auth: parse, Avro-encode, one transaction per body."""
     from orderflow.api.kafka_sink import KafkaSink
-    from orderflow.model.avro import AvroCodec
+    from orderflow.clients import avro_codec
     from orderflow.model.orders import parse_orders
 
-    codec = AvroCodec("order")
+    codec = avro_codec(settings, "orders")
     sink = KafkaSink(settings.kafka_bootstrap, producers=producers)
     latencies: list[float] = []
     queue = list(reversed(bodies))

@@ -20,6 +20,7 @@ def fill_orders_topic(stack, records: int, day: datetime.date) -> tuple[Settings
     ``records`` generated records (seed 2026) produced into the topic; returns (settings, counts by kind,
     seconds it took to produce)."""
     from orderflow import bootstrap, refdata
+    from orderflow.clients import avro_codec
     from orderflow.generate.orders import generate, produce
     from orderflow.model import sample_assets
 
@@ -30,7 +31,8 @@ def fill_orders_topic(stack, records: int, day: datetime.date) -> tuple[Settings
     refdata.load_reference_data(base, day, sample_assets.sample_prices(day))
     started = time.perf_counter()
     counts = produce(base.kafka_bootstrap, base.topics.orders,
-                     generate(records, seed=2026, day=day, timezone=base.exchange_timezone),
+                     generate(records, seed=2026, day=day, timezone=base.exchange_timezone,
+                              avro=avro_codec(base, "orders")),
                      total=records, progress=sys.stderr.isatty())
     return base, counts, time.perf_counter() - started
 

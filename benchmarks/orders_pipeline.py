@@ -59,19 +59,19 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
     import psycopg
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-    from orderflow.clients import aws_client
+    from orderflow.clients import avro_codec, aws_client
     from orderflow.io.dynamodb_volume import DailyVolumeTable
     from orderflow.io.postgres_orders import OrdersWriter
     from orderflow.io.sns_alarms import record_alarms, relay_sms_outbox
     from orderflow.model.alarms import Alarm, parse_rules
-    from orderflow.model.avro import AvroCodec
     from orderflow.model.dead_letter import DeadLetter
     from orderflow.model.orders import InvalidOrder, encode_order_avro, parse_orders
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
     reference = reference_data.read_reference_data(settings, days or [DAY])
     rules = parse_rules(rules_json)
-    codec = AvroCodec("priced_order")
+    codec = avro_codec(settings, "priced_orders")
+    decode_avro = avro_codec(settings, "orders").decode
     scale = Decimal("0.000001")
     conn = psycopg.connect(settings.postgres_dsn)
     writer = OrdersWriter(settings.postgres_dsn, DailyVolumeTable(settings).write, batches_per_transaction)
@@ -147,7 +147,8 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
                 raise RuntimeError(message.error())
             source = f"{message.topic()}/{message.partition()}/{message.offset()}"
             try:
-                orders = parse_orders(message.value(), source=source, timestamp_ms=message.timestamp()[1])
+                orders = parse_orders(message.value(), source=source, timestamp_ms=message.timestamp()[1],
+                                      decode_avro=decode_avro)
             except InvalidOrder as invalid:
                 dead.append(DeadLetter(invalid.reason, invalid.detail, message.value(), source, "normalize_orders"))
                 continue

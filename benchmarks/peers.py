@@ -3,7 +3,7 @@
 The work: read ``ordem-ativo`` to its end (``--records`` generated records, default 300,000: the four
 input models JSON / REST-proxy / CSV / Avro, 5% duplicates, 2% malformed), parse and validate each
 record, price its orders from reference data held in memory in exact decimal, write each PricedOrder as
-single-object Avro (key order_id) to an output topic and every dead letter, with its reason in headers,
+Avro in the Confluent wire format (key order_id; the schema id looked up once in the stack's registry) to an output topic and every dead letter, with its reason in headers,
 to a dead-letter topic. Done by
 
 - ``beam``: the orders pipeline itself, bounded on its normal runner (Beam's DirectRunner), with
@@ -66,23 +66,26 @@ class Work:
     def __init__(self, settings: Settings):
         import zoneinfo
 
+        from orderflow.clients import avro_codec, schema_registry
         from orderflow.io import reference_data
         from orderflow.model import dead_letter, orders, pricing
-        from orderflow.model.avro import AvroCodec
 
         # Imported here (start-up, measured) and kept, not imported per record.
         self.normalize, self.pricing, self.DeadLetter = orders, pricing, dead_letter.DeadLetter
         self.stage = dead_letter.Stage
         self.snapshot = reference_data.read_reference_data(settings, [DAY])
         self.zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
-        self.codec = AvroCodec("priced_order")
+        registry = schema_registry(settings)
+        self.codec = avro_codec(settings, "priced_orders", registry)
+        self.decode_avro = avro_codec(settings, "orders", registry).decode  # Avro input: writer schema by id
         self.quantized: dict = {}  # price -> price at scale 6, shared by all records (the snapshot never changes)
 
     def __call__(self, value: bytes | None, source: str, timestamp_ms: int | None) -> tuple[list[dict], list]:
         """``(priced orders, dead letters)`` of one record whose coordinates are ``source``."""
         normalize, pricing = self.normalize, self.pricing
         try:
-            orders = normalize.parse_orders(value or b"", source=source, timestamp_ms=timestamp_ms)
+            orders = normalize.parse_orders(value or b"", source=source, timestamp_ms=timestamp_ms,
+                                            decode_avro=self.decode_avro)
         except normalize.InvalidOrder as invalid:
             return [], [self.DeadLetter(invalid.reason, invalid.detail, value or b"", source, self.stage.NORMALIZE_ORDERS)]
         except Exception as exc:  # noqa: BLE001 - as NormalizeOrders' DoFn: the parser failing is a dead letter
@@ -397,9 +400,9 @@ def read_topic(bootstrap: str, topic: str) -> list:
 
 def outcome(settings: Settings) -> dict:
     """What a side wrote, comparable across sides: multisets of decoded PricedOrders and of dead letters."""
-    from orderflow.model.avro import AvroCodec
+    from orderflow.clients import avro_codec
 
-    codec = AvroCodec("priced_order")
+    codec = avro_codec(settings, "priced_orders")
     priced = collections.Counter()
     for key, value, _ in read_topic(settings.kafka_bootstrap, settings.topics.priced_orders):
         order = codec.decode(value)
@@ -451,7 +454,7 @@ def main() -> int:
 
     from orderflow.local import temporary_stack
 
-    with temporary_stack("bench-peers-", ROOT / ".local", timeout=120, only=("kafka", "memcached", "dynamodb")) as stack:
+    with temporary_stack("bench-peers-", ROOT / ".local", timeout=120, only=("kafka", "memcached", "dynamodb", "registry")) as stack:
         base, counts, took = fill_orders_topic(stack, args.records, DAY)
         run_id = base.topics.orders.rsplit("-", 1)[1]
         print(f"produced {args.records:,} records in {took:.1f}s: {counts['order']:,} orders, "

@@ -45,9 +45,10 @@ def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, 
     import psycopg
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+    from orderflow.clients import avro_codec
     from orderflow.io.presence_postgres import write_intervals, write_unavailability
     from orderflow.io.restaurant_state import RestaurantStateStore
-    from orderflow.model.avro import AvroCodec, AvroDecodeError
+    from orderflow.model.avro import AvroDecodeError
     from orderflow.model.presence import (
         AvailabilityChange,
         InvalidAvailabilityChange,
@@ -59,7 +60,7 @@ def hand_loop(settings: Settings, track_from: int, as_of: int, batch_size: int, 
     )
 
     hours, gap = OpeningHours(), 120_000
-    keepalive_codec, change_codec = AvroCodec("restaurant_keepalive"), AvroCodec("restaurant_availability")
+    keepalive_codec, change_codec = avro_codec(settings, "keepalive"), avro_codec(settings, "availability")
     store = RestaurantStateStore(settings.redis_url, key_prefix=prefix)
     conn = psycopg.connect(settings.postgres_dsn)
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"hand-{uuid.uuid4().hex[:6]}",

@@ -5,6 +5,9 @@
   bootstraps at once do not race).
 - Kafka: the topics of ``Settings.topics`` with ``Settings.topic_partitions`` partitions.
 - DynamoDB: the tables of ``dynamodb_tables``; SNS: the alarm topic.
+- The schema registry: each Avro topic's subject (``<topic>-value``) set to BACKWARD compatibility and the
+  repository's schema (``orderflow/schemas``) registered under it. A schema the registry refuses stops
+  bootstrap with ``SchemaRefused``, which names the file, the subject and the registry's reason.
 
 ``python -m orderflow.bootstrap`` runs all of it against the configured endpoints.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import pathlib
 import time
 
-from orderflow.clients import aws_client
+from orderflow.clients import avro_codec, aws_client, schema_registry
 from orderflow.config import Settings, load_settings
 
 MIGRATIONS_DIR = pathlib.Path(__file__).parent / "migrations"
@@ -124,6 +127,53 @@ def create_sns_topic(settings: Settings) -> str:
     return aws_client(settings, "sns").create_topic(Name=settings.alarm_sns_topic)["TopicArn"]
 
 
+# Consumers upgrade first: a new schema may drop fields and add fields with defaults, and a reader of it still
+# reads every record written before (Confluent's and Apicurio's BACKWARD rule).
+COMPATIBILITY = "BACKWARD"
+
+
+class SchemaRefused(RuntimeError):
+    """The registry refused one of the repository's schemas under its subject (the message says why)."""
+
+
+def _name_fields(reason: str, schema: dict) -> str:
+    """The registry's reason with each ``/fields/<n>`` it points at followed by that field's name."""
+    import re
+
+    fields = schema.get("fields", [])
+
+    def named(match: re.Match) -> str:
+        index = int(match.group(1))
+        return f"{match.group(0)} (field {fields[index]['name']!r})" if index < len(fields) else match.group(0)
+
+    return re.sub(r"/fields/(\d+)(?!\d)", named, reason)
+
+
+def register_schemas(settings: Settings) -> dict[str, int]:
+    """Sets each Avro topic's subject to ``COMPATIBILITY`` and registers the current schema under it (a schema
+    registered before keeps its id); returns ``{subject: id}``.
+
+    Raises:
+        SchemaRefused: a schema breaks the subject's compatibility rule with the versions registered before.
+    """
+    from orderflow.model.avro import SCHEMAS_DIR, TOPIC_SCHEMAS, IncompatibleSchema, load_schema
+
+    registry = schema_registry(settings)
+    ids = {}
+    for topic, name in TOPIC_SCHEMAS.items():
+        codec = avro_codec(settings, topic, registry)
+        registry.set_compatibility(codec.subject, COMPATIBILITY)
+        try:
+            ids[codec.subject] = codec.schema_id
+        except IncompatibleSchema as exc:
+            raise SchemaRefused(
+                f"the schema registry refused {SCHEMAS_DIR.name}/{name}.avsc under subject {codec.subject} "
+                f"({COMPATIBILITY} compatibility): {_name_fields(str(exc), load_schema(name))}. A compatible "
+                f"change adds a field with a default or removes one; a breaking change needs a new topic (and "
+                f"subject)") from exc
+    return ids
+
+
 def bootstrap_all(settings: Settings | None = None) -> dict[str, object]:
     settings = settings or load_settings()
     return {
@@ -131,9 +181,16 @@ def bootstrap_all(settings: Settings | None = None) -> dict[str, object]:
         "topics": create_topics(settings.kafka_bootstrap, all_topics(settings), settings.topic_partitions),
         "dynamodb_tables": create_dynamodb_tables(settings),
         "sns_topic": create_sns_topic(settings),
+        "schemas": register_schemas(settings),
     }
 
 
 if __name__ == "__main__":
-    for key, value in bootstrap_all().items():
+    import sys
+
+    try:
+        results = bootstrap_all()
+    except SchemaRefused as refused:
+        sys.exit(f"bootstrap: {refused}")
+    for key, value in results.items():
         print(f"{key:<16} {value}")

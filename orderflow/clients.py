@@ -8,8 +8,17 @@ built, so importing this module costs nothing.
 from __future__ import annotations
 
 from orderflow.config import Settings
+from orderflow.model.avro import (
+    TOPIC_SCHEMAS,
+    AvroCodec,
+    IncompatibleSchema,
+    SchemaNotFound,
+    SchemaRegistryUnavailable,
+    subject_for,
+)
 
-__all__ = ["aws_client", "aws_resource", "kafka_admin", "kafka_producer", "memcached", "postgres", "redis_client"]
+__all__ = ["SchemaRegistry", "avro_codec", "aws_client", "aws_resource", "kafka_admin", "kafka_producer", "memcached", "postgres",
+           "redis_client", "schema_registry"]
 
 
 def _aws_arguments(settings: Settings, service: str) -> dict:
@@ -72,3 +81,90 @@ def kafka_admin(settings: Settings, **config):
     from confluent_kafka.admin import AdminClient
 
     return AdminClient({"bootstrap.servers": settings.kafka_bootstrap, **config})
+
+
+# Confluent's Schema Registry error codes (Apicurio's ccompat API answers the same): subject, version and schema
+# not found; a schema the subject's compatibility rule refuses; a schema that does not parse.
+_SUBJECT_NOT_FOUND, _VERSION_NOT_FOUND, _SCHEMA_NOT_FOUND = 40401, 40402, 40403
+_INCOMPATIBLE_SCHEMA, _INVALID_SCHEMA = 409, 42201
+
+
+class SchemaRegistry:
+    """The schema registry (Confluent-compatible API) as ``orderflow.model.avro.SchemaSource``: confluent-kafka's
+    ``SchemaRegistryClient`` with its errors translated to the codec's.
+
+    ``register(subject, schema)`` -> id and ``schema(id)`` -> JSON text are cached by the client (an id never
+    changes its schema), so only the first call per schema reaches the registry. A registry that cannot answer
+    (connection refused or lost, a timeout, a 5xx) is ``SchemaRegistryUnavailable``, transient under the outage
+    rule; the client itself does not retry (``max.retries`` 0): ``orderflow.io.retry`` does, with its budget.
+    Pickled as its URL, so DoFns can hold one.
+    """
+
+    def __init__(self, url: str, timeout: float = 5.0):
+        self.url = url
+        self.timeout = timeout
+        self._client = None
+
+    def __getstate__(self):
+        return {"url": self.url, "timeout": self.timeout, "_client": None}
+
+    def __eq__(self, other):
+        return isinstance(other, SchemaRegistry) and (self.url, self.timeout) == (other.url, other.timeout)
+
+    def __hash__(self):
+        return hash((self.url, self.timeout))
+
+    @property
+    def client(self):
+        """confluent-kafka's ``SchemaRegistryClient`` of this URL (built on first use)."""
+        if self._client is None:
+            from confluent_kafka.schema_registry import SchemaRegistryClient
+
+            self._client = SchemaRegistryClient({"url": self.url, "timeout": self.timeout, "max.retries": 0})
+        return self._client
+
+    def _call(self, what: str, call):
+        from confluent_kafka.schema_registry.common._httpx_compat import httpx
+        from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+        try:
+            return call()
+        except SchemaRegistryError as exc:
+            if exc.http_status_code >= 500 or exc.http_status_code in (408, 429):
+                raise SchemaRegistryUnavailable(f"schema registry {self.url}: {what}: {exc}") from exc
+            if exc.error_code in (_SUBJECT_NOT_FOUND, _VERSION_NOT_FOUND, _SCHEMA_NOT_FOUND) \
+                    or exc.http_status_code == 404:
+                raise SchemaNotFound(f"{what}: {exc.error_message}") from exc
+            if exc.error_code in (_INCOMPATIBLE_SCHEMA, _INVALID_SCHEMA) or exc.http_status_code in (409, 422):
+                raise IncompatibleSchema(f"{what}: {exc.error_message}") from exc
+            raise
+        except (httpx.TransportError, OSError) as exc:
+            raise SchemaRegistryUnavailable(f"schema registry {self.url}: {what}: {type(exc).__name__}: {exc}") from exc
+
+    def register(self, subject: str, schema: str) -> int:
+        from confluent_kafka.schema_registry import Schema
+
+        return self._call(f"registering a schema under {subject}",
+                          lambda: self.client.register_schema(subject, Schema(schema, "AVRO")))
+
+    def schema(self, schema_id: int) -> str:
+        return self._call(f"schema id {schema_id}", lambda: self.client.get_schema(schema_id).schema_str)
+
+    def set_compatibility(self, subject: str, level: str) -> str:
+        """Sets ``subject``'s compatibility rule (``BACKWARD``...); returns the level the registry answers."""
+        return self._call(f"compatibility of {subject}", lambda: self.client.set_compatibility(subject, level))
+
+    def subjects(self) -> list[str]:
+        return self._call("subjects", self.client.get_subjects)
+
+
+def schema_registry(settings: Settings, **options) -> SchemaRegistry:
+    """The schema registry of ``Settings.schema_registry_url``; ``options`` (``timeout``) go to SchemaRegistry."""
+    return SchemaRegistry(settings.schema_registry_url, **options)
+
+
+def avro_codec(settings: Settings, topic: str, registry: SchemaRegistry | None = None) -> AvroCodec:
+    """The codec of the records of ``topic`` (a field of ``Settings.topics``: "orders", "priced_orders",
+    "keepalive", "availability"): its schema, the configured registry and the topic's subject."""
+    return AvroCodec(TOPIC_SCHEMAS[topic], registry=registry or schema_registry(settings),
+                     subject=subject_for(getattr(settings.topics, topic)))

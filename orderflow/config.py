@@ -60,6 +60,10 @@ class Settings:
         "ORDERFLOW_SNS_ENDPOINT_URL", "http://127.0.0.1:15000",
         "SNS endpoint (default: ORDERFLOW_AWS_ENDPOINT_URL if set); empty = real AWS")
     aws_region: str = _variable("ORDERFLOW_AWS_REGION", "us-east-1", "AWS region")
+    # Every record on every topic names its writer schema by this registry's id (Confluent wire format).
+    schema_registry_url: str = _variable(
+        "ORDERFLOW_SCHEMA_REGISTRY_URL", "http://127.0.0.1:18081/apis/ccompat/v7",
+        "schema registry, Confluent-compatible API (Apicurio's /apis/ccompat/v7)")
     topics: Topics = dataclasses.field(default_factory=Topics, metadata={"group": "topic names"})
     topic_partitions: int = _variable("ORDERFLOW_TOPIC_PARTITIONS", 4, "partitions of topics created by bootstrap")
     # DynamoDB tables and the SNS topic for alarms.

@@ -61,15 +61,21 @@ def reset_offsets(bootstrap: str, group: str, topic: str, to: StartPosition, dry
 
 
 def dump(bootstrap: str, topic: str, start: StartPosition, output: str, avro_schema: str | None = None,
-         group: str | None = None, beam_args: list[str] | None = None) -> None:
-    """A bounded pipeline: ``topic`` from ``start`` to its end, one JSON line per record, into ``output``."""
+         group: str | None = None, beam_args: list[str] | None = None, registry_url: str | None = None) -> None:
+    """A bounded pipeline: ``topic`` from ``start`` to its end, one JSON line per record, into ``output``.
+
+    With ``avro_schema``, values are decoded into that schema: records in the Confluent wire format through the
+    registry at ``registry_url`` (writer schema by id), records written before the switch (single-object
+    encoding) through the schema's history; a record in neither gets ``value_error`` naming its format."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from orderflow.clients import SchemaRegistry
     from orderflow.io.kafka_read import ReadFromKafka
-    from orderflow.model.avro import AvroCodec
+    from orderflow.model.avro import AvroCodec, subject_for
 
-    codec = AvroCodec(avro_schema) if avro_schema else None
+    codec = AvroCodec(avro_schema, registry=SchemaRegistry(registry_url) if registry_url else None,
+                      subject=subject_for(topic)) if avro_schema else None
 
     def to_json(record) -> str:
         row = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
@@ -145,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 exit_now(wait_until_stopped(result, args.pipeline))
         elif args.command == "dump":
             start = StartPosition.parse(args.position, fallback=args.fallback)
-            dump(bootstrap, args.topic, start, args.output, args.avro, args.group, extra)
+            dump(bootstrap, args.topic, start, args.output, args.avro, args.group, extra,
+                 registry_url=settings.schema_registry_url)
             print(f"wrote {args.output}")
         elif args.command == "offsets":
             for row in group_offsets(bootstrap, args.group, args.topic):

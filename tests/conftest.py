@@ -112,6 +112,7 @@ def module_settings(stack, stack_settings, pg_dsn, request) -> Settings:
     bootstrap.create_topics(settings.kafka_bootstrap, bootstrap.all_topics(settings), settings.topic_partitions)
     bootstrap.create_dynamodb_tables(settings)
     bootstrap.create_sns_topic(settings)
+    bootstrap.register_schemas(settings)  # the module's subjects, BACKWARD, as bootstrap_all sets them
     return settings
 
 

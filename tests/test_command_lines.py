@@ -20,7 +20,6 @@ from confluent_kafka.admin import AdminClient
 from orderflow import bootstrap, clients
 from orderflow.config import Topics, settings_environment
 from orderflow.generate.keepalive import make_plan
-from orderflow.model.avro import AvroCodec
 from tests.support.kafka_testing import produce, read_partition
 
 
@@ -75,7 +74,6 @@ def test_bootstrap_creates_everything_it_is_configured_with_once(stack_settings,
         "migrations": "[]", "topics": "[]", "dynamodb_tables": "[]"}
 
 
-KEEPALIVE = AvroCodec("restaurant_keepalive")
 T0 = int(dt.datetime(2026, 3, 10, 15, tzinfo=dt.timezone.utc).timestamp() * 1000)  # 12:00 in São Paulo
 
 
@@ -83,8 +81,9 @@ T0 = int(dt.datetime(2026, 3, 10, 15, tzinfo=dt.timezone.utc).timestamp() * 1000
 def keepalives(module_settings):
     """Keep-alives of 'before' (at T0) and 'after' (an hour later), and one undecodable record, on the
     module's keep-alive topic."""
-    records = [(b"before", KEEPALIVE.encode({"restaurant_id": "before", "sent_at": T0}), T0),
-               (b"after", KEEPALIVE.encode({"restaurant_id": "after", "sent_at": T0 + 3_600_000}), T0 + 3_600_000),
+    keepalive = clients.avro_codec(module_settings, "keepalive")
+    records = [(b"before", keepalive.encode({"restaurant_id": "before", "sent_at": T0}), T0),
+               (b"after", keepalive.encode({"restaurant_id": "after", "sent_at": T0 + 3_600_000}), T0 + 3_600_000),
                (b"corrupt", b"not avro", T0 + 3_600_000)]
     produce(module_settings.kafka_bootstrap, module_settings.topics.keepalive, records, partition=0)
     return records
@@ -98,7 +97,7 @@ def test_replay_run_starts_the_pipeline_at_a_time_then_offsets_show_its_group(mo
                    f"--presence_redis_prefix={prefix}", f"--as_of={T0 + 7_200_000}", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "presence: DONE" in run.stdout
-    assert "1 keep-alives" in run.stdout and "1 dead letters (avro_not_single_object 1)" in run.stdout
+    assert "1 keep-alives" in run.stdout and "1 dead letters (avro_bad_magic 1)" in run.stdout
     hot = redis.Redis.from_url(module_settings.redis_url)
     assert {k.decode() for k in hot.scan_iter(match=f"{prefix}*")} == {f"{prefix}after"}  # not 'before'
 

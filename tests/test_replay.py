@@ -82,3 +82,30 @@ def test_run_passes_the_position_group_and_boundedness_to_the_pipeline():
     assert "--bounded" not in replay.pipeline_argv("presence", "committed", None, stream=True, extra=[])
     with pytest.raises(ValueError):
         replay.pipeline_argv("orders", "not a position", None, stream=False, extra=[])
+
+
+def test_dump_with_avro_reads_both_formats_and_names_the_format_of_what_it_cannot(stack_settings, make_topic,
+                                                                                  monkeypatch, tmp_path):
+    """A keep-alive topic holding records of before the registry (single-object) and after (Confluent): both
+    decoded; a record of neither is shown raw with a value_error naming the formats, never misread."""
+    from orderflow.model.avro import AvroCodec
+    from tests.support.avro_history import register_and_encode
+
+    name = make_topic("replay-avro", partitions=1)
+    for variable, value in {"ORDERFLOW_KAFKA_BOOTSTRAP": stack_settings.kafka_bootstrap,
+                            "ORDERFLOW_SCHEMA_REGISTRY_URL": stack_settings.schema_registry_url}.items():
+        monkeypatch.setenv(variable, value)
+    ping = {"restaurant_id": "r1", "sent_at": BASE_MS}
+    before = AvroCodec("restaurant_keepalive").encode_single_object(ping)
+    [after] = register_and_encode(stack_settings.schema_registry_url, f"{name}-value",
+                                  AvroCodec("restaurant_keepalive").schema, [{**ping, "restaurant_id": "r2"}])
+    produce(stack_settings.kafka_bootstrap, name, [(b"r1", before, BASE_MS), (b"r2", after, BASE_MS),
+                                                   (b"x", b"plain text", BASE_MS)], partition=0)
+    out = tmp_path / "dump.jsonl"
+    assert replay.main(["dump", "--topic", name, "--from", "earliest", "--output", str(out),
+                        "--avro", "restaurant_keepalive"]) == 0
+    rows = sorted(_dumped(out), key=lambda r: r["offset"])
+    assert [r["value"]["restaurant_id"] for r in rows[:2]] == ["r1", "r2"]
+    assert "value_error" not in rows[0] and "value_error" not in rows[1]
+    assert rows[2]["value"] == "plain text"
+    assert "Confluent wire format" in rows[2]["value_error"] and "single-object" in rows[2]["value_error"]

@@ -64,7 +64,7 @@ DESCRIPTIONS = {
     415: "unsupported Content-Type",
     422: "invalid input: the reason, and the fields at fault",
     429: "too many failed authentications from this address: wait Retry-After seconds",
-    503: "a dependency (PostgreSQL, Redis, DynamoDB, Kafka) is unavailable, or the server is at its connection "
+    503: "a dependency (PostgreSQL, Redis, DynamoDB, Kafka, the schema registry) is unavailable, or the server is at its connection "
          "limit",
     504: "Kafka did not confirm the commit in time: the request may or may not have been written",
 }
@@ -129,6 +129,10 @@ def unavailable_dependency(exc: BaseException) -> str | None:
             return "dynamodb"
     except ImportError:  # pragma: no cover
         pass
+    from orderflow.model.avro import SchemaRegistryUnavailable
+
+    if isinstance(exc, SchemaRegistryUnavailable):  # a schema's id not known yet: the registry is needed
+        return "schema registry"
     try:
         from confluent_kafka import KafkaException
 

@@ -42,6 +42,7 @@ from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, r
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS
 from orderflow.api.resources import Resources
+from orderflow.model.avro import payload_format
 from orderflow.model.presence import AvailabilityChange, keepalive_kafka_record, keepalive_skew
 
 router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
@@ -105,7 +106,6 @@ CSV_PATTERN = (rf"(?:(?:ativo|asset),(?:quantidade|quantity),(?:token|client_tok
                rf"{_CSV_LINE}(?:\r?\n{_CSV_LINE})*(?:\r?\n)?")
 _CSV = re.compile(CSV_PATTERN)
 _TOKEN, _ORDER_ID = re.compile(TOKEN), re.compile(ORDER_ID)
-AVRO_MAGIC = b"\xc3\x01"
 
 JSON = "application/json"
 REST_PROXY_JSON = "application/vnd.kafka.json.v2+json"
@@ -130,7 +130,9 @@ ORDER_CONTENT_TYPES = {
     CSV: {"schema": {"type": "string", "pattern": f"^{CSV_PATTERN}$"},
           "example": "PETR4,100,client-1\nVALE3,5,client-2,my-order-7\n"},
     AVRO: {"schema": {"type": "string", "format": "binary",
-                      "description": "one Order (schemas/order.avsc) in Avro single-object encoding"}},
+                      "description": "one Order (schemas/order.avsc) in the Confluent wire format (00, "
+                                     "the 4-byte schema id of the registry, the Avro body) or Avro single-object "
+                                     "encoding (C3 01)"}},
 }
 
 
@@ -273,8 +275,9 @@ def check_order_body(kind: str, payload: bytes) -> None:
         if not _CSV.fullmatch(text):
             raise InvalidBody("a text/csv body holds lines ativo,quantidade,token[,order_id] (quantity a positive "
                               "integer; tokens and ids of letters, digits and '._:@-'), with an optional header")
-    elif not payload.startswith(AVRO_MAGIC):
-        raise InvalidBody("an application/avro body is one Order in Avro single-object encoding (C3 01 ...)")
+    elif payload_format(payload) == "unknown":
+        raise InvalidBody("an application/avro body is one Order in the Confluent wire format (00 and a 4-byte "
+                          "schema id) or Avro single-object encoding (C3 01 ...)")
 
 
 def encode_orders(res: Resources, kind: str, payload: bytes,
@@ -287,7 +290,8 @@ def encode_orders(res: Resources, kind: str, payload: bytes,
         raise InvalidBody("empty body: send one or more orders")
 
     def parse():
-        return parse_orders(payload, timestamp_ms=int(time.time() * 1000), minted_id_prefix=minted)
+        return parse_orders(payload, timestamp_ms=int(time.time() * 1000), minted_id_prefix=minted,
+                            decode_avro=res.codec("orders").decode)
 
     try:
         check_order_body(kind, payload)
@@ -314,7 +318,7 @@ def encode_orders(res: Resources, kind: str, payload: bytes,
     if len(orders) > res.config.max_orders_per_request:
         raise ApiError(413, f"{len(orders)} orders in one request, at most {res.config.max_orders_per_request}: "
                             "split the batch")
-    codec = res.codec("order")
+    codec = res.codec("orders")
     return orders, [(str(o["client_token"]).encode(), codec.encode(o)) for o in orders]
 
 
@@ -357,7 +361,7 @@ async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Calle
     detail = keepalive_skew(sent_at, _millis(None), res.settings.keepalive_max_skew_seconds)
     if detail:
         raise InvalidBody(f"sent_at: {detail}", [{"loc": ["body", "sent_at"], "msg": detail}])
-    record = keepalive_kafka_record(res.codec("restaurant_keepalive"), restaurant_id, sent_at)
+    record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, sent_at)
     (d,) = await produce(res, res.settings.topics.keepalive, [record])
     return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
 
@@ -367,7 +371,7 @@ def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:
 
 
 async def _send_availability(res: Resources, event: dict):
-    value = res.codec("restaurant_availability").encode(event)
+    value = res.codec("availability").encode(event)
     (d,) = await produce(res, res.settings.topics.availability, [(event["restaurant_id"].encode(), value)])
     return d
 

@@ -57,11 +57,16 @@ class Resources:
 
         return RestaurantStateStore.from_settings(self.settings)  # the presence pipeline's rules and prefix
 
-    @functools.cache  # noqa: B019 - one Resources per process, codecs live as long
-    def codec(self, schema_name: str):
-        from orderflow.model.avro import AvroCodec
+    @functools.cached_property
+    def schema_registry(self) -> clients.SchemaRegistry:
+        """The schema registry: the ids the records are written with (and the REST Proxy's Avro schemas)."""
+        return clients.schema_registry(self.settings, timeout=self.config.produce_timeout_seconds)
 
-        return AvroCodec(schema_name)
+    @functools.cache  # noqa: B019 - one Resources per process, codecs live as long
+    def codec(self, topic: str):
+        """The codec of a topic of ``Settings.topics`` ("orders", "keepalive", "availability"): its schema's id is
+        looked up once, then cached, so requests go on through a registry outage once it is known."""
+        return clients.avro_codec(self.settings, topic, self.schema_registry)
 
     def close(self) -> None:
         if "kafka" in self.__dict__:

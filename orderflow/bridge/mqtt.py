@@ -47,8 +47,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from orderflow.clients import avro_codec
 from orderflow.config import Settings
-from orderflow.model.avro import AvroCodec
+from orderflow.io.retry import call_with_retry
 from orderflow.model.mqtt import (
     DROP_BAD_PAYLOAD,
     DROP_FOREIGN_ID,
@@ -102,8 +103,9 @@ class MqttBridge:
             # Retried until delivered: the MQTT message stays unacknowledged (and so in the broker) meanwhile.
             "message.timeout.ms": 0,
         })
-        self._keepalive_codec = AvroCodec("restaurant_keepalive")
-        self._availability_codec = AvroCodec("restaurant_availability")
+        # The records the HTTP path writes: Confluent wire format, the topics' schema ids from the registry.
+        self._keepalive_codec = avro_codec(settings, "keepalive")
+        self._availability_codec = avro_codec(settings, "availability")
         self._stopping = threading.Event()
         self._clients: list[mqtt.Client] = []
         self.registry = CollectorRegistry()
@@ -123,6 +125,10 @@ class MqttBridge:
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def run(self) -> None:
+        # The schema ids, before any message is taken: a registry outage then waits here (the outage rule),
+        # and once known, the ids are cached for the life of the process.
+        for codec in (self._keepalive_codec, self._availability_codec):
+            call_with_retry(f"the {codec.name} schema id", codec.header, self.settings.sink_retry_seconds)
         for host, port in self.brokers:
             self._clients.append(self._connect(host, port))
         log.info("bridge %d: %s -> Kafka %s (share group %s)", self.instance,

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     presence_demo(settings)
     from orderflow.demo.kafka import demo as kafka_demo
 
-    print("== Kafka connector: group offsets, a replay plan, a priced order read back through Avro")
+    print("== Kafka connector: the schema registry, group offsets, a replay plan, a priced order read back")
     kafka_demo(settings)
     from orderflow.demo.flink import demo as flink_demo
 

@@ -7,13 +7,30 @@ import json
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from orderflow import replay
+from orderflow.clients import avro_codec
 from orderflow.io.kafka_offsets import PartitionReader, StartPosition
-from orderflow.model.avro import AvroCodec, AvroDecodeError
+from orderflow.model.avro import AvroDecodeError
+
+
+def show_schemas(settings) -> None:
+    """The schema registry's subjects: each one's latest version, its id and compatibility, and the curl to list
+    them by hand."""
+    from orderflow.clients import schema_registry
+
+    client = schema_registry(settings).client
+    print(f"schema registry {settings.schema_registry_url}:")
+    for subject in sorted(client.get_subjects()):
+        latest = client.get_latest_version(subject)
+        name = json.loads(latest.schema.schema_str).get("name")
+        print(f"  {subject:<34} v{latest.version} id {latest.schema_id:<4} {name:<28} "
+              f"{client.get_compatibility(subject)}")
+    print(f"  by hand: curl -s {settings.schema_registry_url}/subjects")
 
 
 def demo(settings) -> None:
-    """``make demo`` step: the orders group's offsets after its run, a time-based replay plan, and a
-    priced order read back from Kafka through the Avro codec."""
+    """``make demo`` step: the schemas in the registry, the orders group's offsets after its run, a time-based
+    replay plan, and a priced order read back from Kafka through the Avro codec."""
+    show_schemas(settings)
     bootstrap, topics = settings.kafka_bootstrap, settings.topics
     group = "orderflow-orders"
     try:
@@ -36,7 +53,7 @@ def demo(settings) -> None:
         when = dt.datetime.fromtimestamp(at_ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
         print(f"python -m orderflow.replay run orders --from {when}  (a minute after the first order) "
               f"would start at offsets {dict(sorted(plan.items()))}")
-    codec = AvroCodec("priced_order")
+    codec = avro_codec(settings, "priced_orders")
     with PartitionReader(bootstrap) as reader:
         reader.consumer.assign([TopicPartition(topics.priced_orders, 0, 0)])
         msg = reader.consumer.poll(10)
@@ -47,7 +64,7 @@ def demo(settings) -> None:
         return
     try:
         record = codec.decode(msg.value())
-        print(f"{topics.priced_orders}/0@{msg.offset()}: {len(msg.value())} bytes, writer schema fingerprint "
-              f"{msg.value()[2:10].hex()} -> {json.dumps(record, default=str)}")
+        print(f"{topics.priced_orders}/0@{msg.offset()}: {len(msg.value())} bytes, writer schema id "
+              f"{int.from_bytes(msg.value()[1:5], 'big')} in the registry -> {json.dumps(record, default=str)}")
     except AvroDecodeError as exc:
         print(f"{topics.priced_orders}/0@{msg.offset()}: not decodable ({exc})")

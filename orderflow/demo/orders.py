@@ -9,7 +9,7 @@ import psycopg
 from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow import refdata
-from orderflow.clients import aws_client
+from orderflow.clients import avro_codec, aws_client
 from orderflow.config import Settings
 from orderflow.generate.orders import generate, produce
 from orderflow.model import pricing, sample_assets
@@ -27,7 +27,8 @@ def demo(settings: Settings, n: int = 20_000) -> None:
         conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES ('+5511900000001', NULL) "
                      "ON CONFLICT (phone) DO NOTHING")
     counts = produce(settings.kafka_bootstrap, settings.topics.orders,
-                     generate(n, seed=int(time.time()), day=day, timezone=settings.exchange_timezone), total=n)
+                     generate(n, seed=int(time.time()), day=day, timezone=settings.exchange_timezone,
+                              avro=avro_codec(settings, "orders")), total=n)
     print(f"produced {n:,} records for {day}: {counts['order']:,} orders, {counts['duplicate']:,} duplicates, "
           f"{counts['malformed']:,} malformed")
     rules = [{"id": "demo-client-day", "scope": "client", "window": "day", "threshold": str(n * 100)},

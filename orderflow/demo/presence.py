@@ -7,6 +7,7 @@ import time
 
 import psycopg
 
+from orderflow.clients import schema_registry
 from orderflow.config import Settings, load_settings
 from orderflow.generate.keepalive import default_end, make_plan, produce
 from orderflow.io.presence_queries import offline_ranking
@@ -24,7 +25,7 @@ def demo(settings: Settings | None = None, restaurants: int = 1000, minutes: int
     plan = make_plan(restaurants, end - dt.timedelta(minutes=minutes), minutes)
     began = time.perf_counter()
     counts = produce(plan, settings.kafka_bootstrap, settings.topics.keepalive, settings.topics.availability,
-                     progress=False)
+                     progress=False, registry=schema_registry(settings))
     start_iso = dt.datetime.fromtimestamp(plan.start_ms / 1000, dt.timezone.utc).isoformat()
     end_iso = dt.datetime.fromtimestamp(plan.end_ms / 1000, dt.timezone.utc).isoformat()
     print(f"generated {counts['keepalives']:,} keep-alives and {counts['changes']:,} availability changes of "

@@ -20,10 +20,10 @@ import random
 import sys
 import time
 
+from orderflow.clients import avro_codec, schema_registry
 from orderflow.config import Settings, load_settings
 from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
 from orderflow.generate.orders import FORMATS, encode_order
-from orderflow.model.avro import AvroCodec
 from orderflow.model.presence import AvailabilityChange
 from orderflow.model.sample_assets import SAMPLE_ASSETS
 
@@ -60,8 +60,10 @@ class LiveFeed:
         self.silent_until: dict[str, float] = {}
         self.back_available: dict[str, float] = {}
         self.pending_cancel: dict[str, tuple[str, float]] = {}
-        self.keepalive = KeepaliveEncoder()
-        self.availability = AvroCodec("restaurant_availability")
+        registry = schema_registry(settings)
+        self.keepalive = KeepaliveEncoder(avro_codec(settings, "keepalive", registry))
+        self.availability = avro_codec(settings, "availability", registry)
+        self.orders_avro = avro_codec(settings, "orders", registry)
         self.counts = {"orders": 0, "keepalives": 0, "changes": 0}
         self._order_credit = 0.0
         self._event = 0
@@ -92,7 +94,8 @@ class LiveFeed:
             quantity = self.rng.randint(1, 50) * 100
             self._event += 1
             order_id = f"feed-{self.options.seed}-{now_ms}-{self._event}"
-            value = encode_order(self.rng.choice(FORMATS), order_id, client, asset, quantity, now_ms)
+            value = encode_order(self.rng.choice(FORMATS), order_id, client, asset, quantity, now_ms,
+                                 self.orders_avro)
             self.producer.produce(topic, value, client.encode(), timestamp=now_ms)
             self.counts["orders"] += 1
 

@@ -22,7 +22,9 @@ from collections.abc import Iterable, Iterator
 
 import orjson
 
+from orderflow.clients import schema_registry
 from orderflow.config import DEFAULT_TIMEZONE, load_settings
+from orderflow.model.avro import AvroCodec, subject_for
 from orderflow.model.orders import encode_order_avro
 from orderflow.model.pricing import today
 from orderflow.model.sample_assets import SAMPLE_ASSETS
@@ -50,7 +52,10 @@ def _zipf_weights(n: int, s: float) -> list[float]:
     return [1.0 / (rank + 1) ** s for rank in range(n)]
 
 
-def encode_order(fmt: str, order_id: str | None, client: str | None, asset: str, quantity, event_ms: int) -> bytes:
+def encode_order(fmt: str, order_id: str | None, client: str | None, asset: str, quantity, event_ms: int,
+                 avro: AvroCodec | None = None) -> bytes:
+    """One order in the input model ``fmt``; "avro" is the Confluent wire format through ``avro`` (the orders
+    topic's codec), or the single-object encoding of records written before the switch when it is None."""
     fields = {"ativo": asset, "quantidade": quantity}
     if client is not None:
         fields["token"] = client
@@ -62,17 +67,17 @@ def encode_order(fmt: str, order_id: str | None, client: str | None, asset: str,
         return orjson.dumps({"records": [{"value": {**fields, "timestamp": event_ms}}]})
     if fmt == "csv":
         return ",".join(str(v) for v in (asset, quantity, client or "", *([order_id] if order_id else []))).encode()
-    return encode_order_avro({
-        "order_id": order_id, "client_token": client, "asset": asset, "quantity": quantity,
-        "event_time": datetime.datetime.fromtimestamp(event_ms / 1000, datetime.timezone.utc),
-        "source_format": "AVRO"})
+    order = {"order_id": order_id, "client_token": client, "asset": asset, "quantity": quantity,
+             "event_time": datetime.datetime.fromtimestamp(event_ms / 1000, datetime.timezone.utc),
+             "source_format": "AVRO"}
+    return avro.encode(order) if avro is not None else encode_order_avro(order)
 
 
 def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezone: str = DEFAULT_TIMEZONE,
              duplicate_rate: float = 0.05, malformed_rate: float = 0.02, clients: int = 500,
              assets: Iterable[str] | None = None, formats: Iterable[str] = FORMATS, id_prefix: str | None = None,
              session_hours: float = 7.0, anonymous_share: float = 0.2,
-             near_midnight: int = 0) -> Iterator[GeneratedRecord]:
+             near_midnight: int = 0, avro: AvroCodec | None = None) -> Iterator[GeneratedRecord]:
     """``n`` records: about ``n * duplicate_rate`` duplicates, ``n * malformed_rate`` malformed, the rest orders.
 
     ``anonymous_share`` of the JSON/CSV orders carry no id (the pipeline derives one from the Kafka
@@ -134,12 +139,13 @@ def generate(n: int, *, seed: int = 7, day: datetime.date | None = None, timezon
             elif reason == "missing_token":
                 value = encode_order(fmt if fmt != "avro" else "rest", order_id, None, asset, quantity, ts)
             else:
-                value = encode_order(fmt, order_id, client, UNKNOWN_ASSET, quantity, ts)
+                value = encode_order(fmt, order_id, client, UNKNOWN_ASSET, quantity, ts, avro)
             yield GeneratedRecord(client.encode(), value, ts, "malformed", reason, order_id, client, asset, quantity, fmt)
             continue
         anonymous = fmt in ("json", "csv") and rng.random() < anonymous_share
         order_id = None if anonymous else f"{id_prefix}-{i}"
-        record = GeneratedRecord(client.encode(), encode_order(fmt, order_id, client, asset, quantity, ts), ts, "order",
+        record = GeneratedRecord(client.encode(), encode_order(fmt, order_id, client, asset, quantity, ts, avro), ts,
+                                 "order",
                                  None, order_id, client, asset, quantity, fmt)
         if order_id is not None:
             with_ids.append(record)
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                      "pick an earlier day, or stream live orders with `python -m orderflow.generate feed`")
     records = generate(args.n, seed=args.seed, day=day, timezone=settings.exchange_timezone,
                        duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate,
-                       clients=args.clients, formats=formats)
+                       clients=args.clients, formats=formats,
+                       avro=AvroCodec("order", registry=schema_registry(settings), subject=subject_for(args.topic)))
     counts = produce(settings.kafka_bootstrap, args.topic, records, total=args.n, progress=not args.no_progress)
     print(f"produced {args.n} records for {day} to {args.topic}: " + ", ".join(
         f"{key}={value}" for key, value in sorted(counts.items())))

@@ -1,6 +1,9 @@
-"""``DecodeAvro``: single-object Avro payloads to dicts in a pipeline (the codec is ``orderflow.model.avro``).
+"""``DecodeAvro``: Avro payloads (Confluent wire format) to dicts in a pipeline (the codec is ``orderflow.model.avro``).
 
-Anything that does not decode goes to the ``dead_letter`` output with the reason instead of being dropped.
+Anything that does not decode goes to the ``dead_letter`` output with the reason instead of being dropped. A
+record whose writer schema must be fetched while the schema registry is down is not bad data: it is retried
+under the outage rule (``orderflow.io.retry``) and never dead-lettered; records of schemas already cached
+decode on through the outage.
 """
 from __future__ import annotations
 
@@ -10,16 +13,40 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from orderflow.model.avro import AvroCodec, AvroDecodeError
+from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
+from orderflow.model.avro import AvroCodec, AvroDecodeError, SchemaRegistryUnavailable
 from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 
 
+def decode_with_retry(codec: AvroCodec, payload: bytes, retry_seconds: float, on_retry=None) -> dict:
+    """``codec.decode(payload)``; while the registry cannot give the writer schema, retried for up to
+    ``retry_seconds`` (the outage rule). ``AvroDecodeError`` (bad data) is raised at once."""
+    try:
+        return codec.decode(payload)
+    except SchemaRegistryUnavailable:
+        return call_with_retry(f"decoding {codec.name}", lambda: codec.decode(payload), retry_seconds, on_retry)
+
+
+class RetryingDecoder:
+    """``decoder(payload) -> dict``: ``decode_with_retry`` of one codec, as a picklable callable that
+    transforms (which do not import io) take: ``DecodeAvailabilityChanges``, ``NormalizeOrders``."""
+
+    def __init__(self, codec: AvroCodec, retry_seconds: float = DEFAULT_RETRY_SECONDS):
+        self.codec = codec
+        self.retry_seconds = retry_seconds
+
+    def __call__(self, payload: bytes) -> dict:
+        return decode_with_retry(self.codec, payload, self.retry_seconds)
+
+
 class _DecodeAvroFn(beam.DoFn):
-    def __init__(self, codec: AvroCodec):
+    def __init__(self, codec: AvroCodec, retry_seconds: float):
         self._codec = codec
+        self._retry_seconds = retry_seconds
         self._decoded = Metrics.counter("DecodeAvro", f"{codec.name}_decoded")
         self._failed = Metrics.counter("DecodeAvro", f"{codec.name}_dead_letters")
+        self._retries = Metrics.counter("DecodeAvro", "transient_retries")
 
     def _decode_one(self, item: Any):
         if isinstance(item, KafkaRecord):
@@ -27,7 +54,8 @@ class _DecodeAvroFn(beam.DoFn):
         else:
             payload, source = item, ""
         try:
-            return self._codec.decode(payload or b""), None
+            return decode_with_retry(self._codec, payload or b"", self._retry_seconds,
+                                     lambda _: self._retries.inc()), None
         except AvroDecodeError as exc:
             return None, DeadLetter(exc.reason, exc.detail, payload or b"", source, Stage.DECODE_AVRO)
 
@@ -55,18 +83,31 @@ class _DecodeAvroFn(beam.DoFn):
 
 
 class DecodeAvro(beam.PTransform):
-    """Decodes single-object Avro payloads of schema ``name`` to dicts.
+    """Decodes Avro payloads of one schema to dicts, in the current (reader) schema.
 
     Input: ``bytes`` or ``KafkaRecord`` elements (a ``list`` of them, as ``ReadFromKafka(batch_size=...)``
     emits, is decoded into one ``list`` of dicts). Output: a tuple of PCollections, ``decoded`` (main) and
     ``dead_letter`` (``DeadLetter`` with the reason, the original bytes and the Kafka coordinates)::
 
-        decoded, dead_letters = records | DecodeAvro("order")
+        decoded, dead_letters = records | DecodeAvro(avro_codec(settings, "keepalive"))
+
+    Beam counters (namespace ``DecodeAvro``): ``<schema>_decoded``, ``<schema>_dead_letters`` and
+    ``transient_retries`` (registry look-ups retried during an outage).
+
+    Args:
+        codec: an ``AvroCodec`` with the registry that resolves writer schema ids
+            (``orderflow.clients.avro_codec``), or a schema name: a codec without a registry, which reads
+            only records written before the switch (single-object encoding).
+        schema_dir: where the schema named by ``codec`` is (default ``orderflow/schemas``).
+        retry_seconds: how long a writer schema is retried while the registry is down.
     """
 
-    def __init__(self, name: str, schema_dir: str | pathlib.Path | None = None):
+    def __init__(self, codec: AvroCodec | str, schema_dir: str | pathlib.Path | None = None,
+                 retry_seconds: float = DEFAULT_RETRY_SECONDS):
         super().__init__()
-        self._codec = AvroCodec(name, schema_dir)
+        self._codec = codec if isinstance(codec, AvroCodec) else AvroCodec(codec, schema_dir)
+        self._retry_seconds = retry_seconds
 
     def expand(self, pcoll):
-        return pcoll | beam.ParDo(_DecodeAvroFn(self._codec)).with_outputs(DEAD_LETTER_TAG, main="decoded")
+        return pcoll | beam.ParDo(_DecodeAvroFn(self._codec, self._retry_seconds)).with_outputs(
+            DEAD_LETTER_TAG, main="decoded")

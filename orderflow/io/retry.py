@@ -127,6 +127,10 @@ def call_with_retry(what: str, call: Callable[[], T], budget_seconds: float,
 
 
 def _store_of(exc: BaseException) -> str:
+    from orderflow.model.avro import SchemaRegistryUnavailable
+
+    if isinstance(exc, SchemaRegistryUnavailable):
+        return "the schema registry"
     module = type(exc).__module__.split(".")[0]
     return {"psycopg": "Postgres", "botocore": "DynamoDB", "redis": "Redis", "cimpl": "Kafka",
             "confluent_kafka": "Kafka"}.get(module, "the store")

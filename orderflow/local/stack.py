@@ -32,10 +32,20 @@ PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15
 JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "jars"))
 # Node packages of the local stack (dynalite), installed by `make node` from orderflow/local/node/.
 NODE_DIR = pathlib.Path(os.environ.get("ORDERFLOW_NODE_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "node"))
+# Apicurio Registry, unpacked by `make registry` from orderflow/local/jvm/apicurio/pom.xml, with the path of the
+# Java 21+ that runs it in its file ``java``.
+REGISTRY_DIR = pathlib.Path(os.environ.get("ORDERFLOW_REGISTRY_DIR",
+                                           pathlib.Path(__file__).resolve().parents[2] / ".local" / "apicurio"))
 # The broker shares two cores with everything else, and every test session starts one: a small heap and
 # a serial collector keep it at ~300 MB RSS.
 KAFKA_JVM_OPTIONS = ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=128m", "-Xss512k",
                      "-Djava.awt.headless=true"]
+# The registry keeps a few schemas: a small heap (~290 MB RSS measured) and C1 only, which starts it sooner
+# (its hot path is a cached look-up per new schema id, not compute).
+REGISTRY_JVM_OPTIONS = ["-Xms64m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                        "-XX:MaxMetaspaceSize=192m", "-Djava.awt.headless=true"]
+# The Confluent-compatible API of Apicurio Registry 3 (what confluent-kafka's SchemaRegistryClient talks to).
+REGISTRY_API_PATH = "/apis/ccompat/v7"
 
 
 class ServiceFailed(RuntimeError):
@@ -52,6 +62,8 @@ class StackPorts:
     dynamodb: int = 18000
     moto: int = 15000
     mosquitto: int = 11883
+    registry: int = 18081
+    registry_management: int = 18082
 
     @classmethod
     def offset(cls, delta: int) -> StackPorts:
@@ -87,6 +99,16 @@ def kafka_classpath() -> str:
     if not any(jars.glob("kafka_2.13-*.jar")):
         raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, orderflow/local/jvm/pom.xml)")
     return f"{jars}/*"
+
+
+def registry_command(properties: list[str]) -> list[str]:
+    """The registry's command line with the system ``properties`` (``-Dname=value``): the Java 21+ and the
+    ``quarkus-run.jar`` ``make registry`` installed."""
+    jar, java_file = REGISTRY_DIR / "quarkus-run.jar", REGISTRY_DIR / "java"
+    if not jar.exists() or not java_file.exists():
+        raise ServiceFailed(f"registry: Apicurio Registry is not installed in {REGISTRY_DIR}; run `make registry` "
+                            "(Maven, orderflow/local/jvm/apicurio/pom.xml; needs Java 21+)")
+    return [java_file.read_text().strip(), *REGISTRY_JVM_OPTIONS, *properties, "-jar", str(jar)]
 
 
 def node_binary() -> str:
@@ -208,10 +230,11 @@ class LocalStack:
             "ORDERFLOW_MQTT_URL": f"mqtt://127.0.0.1:{p.mosquitto}",
             "ORDERFLOW_MQTT_USERNAME": MQTT_BRIDGE_USERNAME,
             "ORDERFLOW_MQTT_PASSWORD": MQTT_BRIDGE_PASSWORD,
+            "ORDERFLOW_SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{p.registry}{REGISTRY_API_PATH}",
         }
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def up(self, timeout: float = 60.0) -> dict[str, str]:
+    def up(self, timeout: float = 120.0) -> dict[str, str]:
         """Starts every service that is not running and waits until all are ready.
 
         Returns ``{service: "started" | "running"}``; raises ServiceFailed naming the failed service.
@@ -235,8 +258,10 @@ class LocalStack:
         return states
 
     def down(self, timeout: float = 15.0) -> dict[str, str]:
-        """Stops the processes this stack started (by pid file) and nothing else."""
-        return {name: self.stop(name, timeout=timeout) for name in self.services}
+        """Stops the processes this stack started (by pid file) and nothing else; the registry first, as its
+        shutdown hangs when the broker it keeps its schemas in has gone."""
+        order = sorted(self.services, key=lambda name: name != "registry")
+        return {name: self.stop(name, timeout=timeout) for name in order}
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> str:
         """Stops one service with ``sig`` (SIGKILL after ``timeout`` s); ``up()`` starts it again on the same
@@ -458,6 +483,15 @@ class LocalStack:
             if not self.mqtt_password_file.exists():
                 self.issue_mqtt_credentials([])  # the bridge's account alone
             (mosquitto_dir / "mosquitto.conf").write_text(mosquitto_config(p, mosquitto_dir, self.mqtt_password_file))
+        def registry_ready() -> bool:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{p.registry}{REGISTRY_API_PATH}/subjects",
+                                            timeout=1) as resp:
+                    return resp.status == 200
+            except Exception:  # noqa: BLE001
+                return False
 
         memcached_user = ["-u", "root"] if os.geteuid() == 0 else []
         return [
@@ -515,6 +549,18 @@ class LocalStack:
                 "moto", p.moto,
                 command=lambda: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(p.moto)],
                 ready=moto_ready,
+            ),
+            Service(
+                # Apicurio Registry, its schemas kept in this stack's Kafka (kafkasql: topics kafkasql-journal
+                # and kafkasql-snapshots), so that they survive a restart like the records that name them.
+                # Both its ports on loopback: Quarkus' management port would otherwise listen on 0.0.0.0:9000.
+                # Started after the broker (it waits for it) and stopped before it (``down``).
+                "registry", p.registry,
+                command=lambda: registry_command([
+                    f"-Dquarkus.http.port={p.registry}", "-Dquarkus.http.host=127.0.0.1",
+                    f"-Dquarkus.management.port={p.registry_management}", "-Dquarkus.management.host=127.0.0.1",
+                    "-Dapicurio.storage.kind=kafkasql", f"-Dapicurio.kafkasql.bootstrap.servers=127.0.0.1:{p.kafka}"]),
+                ready=registry_ready,
             ),
         ]
 

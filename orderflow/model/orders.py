@@ -7,7 +7,9 @@ Accepted payloads (one Kafka record value, or one HTTP body):
   ``timestamp`` / ``event_time`` (epoch millis or ISO-8601) are accepted too;
 - the Kafka REST-proxy envelope: ``{"records": [{"value": {...}}, ...]}``;
 - CSV: one or more lines ``ativo,quantidade,token[,order_id]`` (an optional header line is skipped);
-- canonical Avro: single-object encoding (``C3 01`` + CRC-64-AVRO fingerprint + body) of ``Order``.
+- canonical Avro ``Order``: the Confluent wire format (``00`` + the 4-byte registry id of the writer schema +
+  body; decoded by the registry-backed ``decode_avro`` the caller passes), or the single-object encoding
+  (``C3 01`` + CRC-64-AVRO fingerprint + body) of records written before the schema registry.
 
 A payload is all or nothing: if one of its orders is invalid the whole payload is rejected with the
 reason and the index of the offending order, and goes to the dead-letter topic untouched, so it can be
@@ -50,12 +52,13 @@ import datetime
 import hashlib
 import re
 import reprlib
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypedDict
 
 import orjson
 
-from orderflow.model.avro import AvroCodec, AvroDecodeError
+from orderflow.model.avro import AvroCodec, AvroDecodeError, payload_format
 from orderflow.model.dead_letter import DeadLetter
 
 # Values quoted in refusals are shown bounded: a hostile value may be huge or nested a thousand deep (a plain
@@ -71,7 +74,6 @@ SOURCE_FORMATS = ("JSON", "REST_PROXY", "CSV", "AVRO")
 # The reason of a record the parser itself failed on (a bug the record exposed): it is kept as a dead letter.
 NORMALIZE_FAILED = "normalize_failed"
 
-_AVRO_MAGIC = b"\xc3\x01"  # single-object encoding marker
 _TICKER = re.compile(r"^[A-Z0-9][A-Z0-9.]{0,15}$")
 _ASSET_FIELDS = ("ativo", "asset")
 _QUANTITY_FIELDS = ("quantidade", "quantity")
@@ -160,13 +162,14 @@ _ORDER_CODEC = AvroCodec("order")
 
 
 def encode_order_avro(order: dict) -> bytes:
-    """Canonical Avro single-object encoding of an Order dict (what the Avro input model carries)."""
-    return _ORDER_CODEC.encode(order)
+    """An Order dict as Avro without a registry (single-object encoding): the payload of an order's dead letter,
+    which ``ordem-ativo`` still reads when it is replayed there."""
+    return _ORDER_CODEC.encode_single_object(order)
 
 
-def _decode_order_avro(payload: bytes) -> dict:
+def _decode_order_avro(payload: bytes, decode: Callable[[bytes], dict] | None) -> dict:
     try:
-        return _ORDER_CODEC.decode(payload)
+        return (decode or _ORDER_CODEC.decode)(payload)
     except AvroDecodeError as exc:
         raise InvalidOrder("unparseable", f"{exc.reason}: {exc.detail}") from None
 
@@ -358,13 +361,17 @@ def _parse_csv(payload: bytes, context: dict) -> list[Order]:
 
 def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None = None,
                  limits: OrderLimits = DEFAULT_LIMITS, now: datetime.datetime | None = None,
-                 minted_id_prefix: str | None = None) -> list[Order]:
+                 minted_id_prefix: str | None = None,
+                 decode_avro: Callable[[bytes], dict] | None = None) -> list[Order]:
     """Parses one payload in any accepted model into canonical Order dicts, or raises InvalidOrder.
 
     ``source`` (e.g. Kafka coordinates) makes ids of orders without one deterministic; ``timestamp_ms``
     is the event time of orders without one (the Kafka record timestamp; now when absent). Every order is
     checked against ``limits``, event times around ``now`` (default: the current time).
     ``minted_id_prefix``, when given, names orders without an id ``<prefix>-<index>`` instead.
+    ``decode_avro`` decodes an Avro payload (a registry-backed ``AvroCodec.decode``, which may raise
+    ``SchemaRegistryUnavailable``: not the record's fault, so it is not an ``InvalidOrder``); without it, only
+    the single-object encoding is read.
     """
     if not payload:
         raise InvalidOrder("unparseable", "empty payload")
@@ -373,8 +380,8 @@ def parse_orders(payload: bytes, *, source: str = "", timestamp_ms: int | None =
     now = now or datetime.datetime.now(_UTC)
     context: dict[str, Any] = {"source": source, "payload": payload, "timestamp_ms": timestamp_ms, "limits": limits, "now": now,
                "window": limits.event_time_range(now), "minted_id_prefix": minted_id_prefix}
-    if payload.startswith(_AVRO_MAGIC):
-        record = _decode_order_avro(payload)
+    if payload_format(payload) != "unknown":
+        record = _decode_order_avro(payload, decode_avro)
         source_format = str(record["source_format"]) if record.get("source_format") in SOURCE_FORMATS else "AVRO"
         return [_canonical(record["asset"], record["quantity"], record["client_token"], record["order_id"],
                            record["event_time"], source_format, index=0, **context)]

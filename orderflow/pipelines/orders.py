@@ -27,14 +27,17 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
+from orderflow.clients import avro_codec
 from orderflow.config import Settings, load_settings, with_overrides
 from orderflow.io.alarm_windows import AlarmWindows
+from orderflow.io.avro import RetryingDecoder
 from orderflow.io.dead_letter import dead_letter_to_kafka
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.reference_data_cache import ReferenceData
+from orderflow.io.retry import call_with_retry
 from orderflow.io.sns_alarms import RelaySmsOutbox
 from orderflow.logs import configure as configure_logging
 from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
@@ -126,10 +129,17 @@ def orders_settings(options: PipelineOptions, settings: Settings | None = None) 
 class _EncodePricedFn(beam.DoFn):
     """A batch of PricedOrders -> one list of ``(order_id, Avro PricedOrder)`` for WriteToKafka."""
 
-    def __init__(self):
-        self.codec = AvroCodec("priced_order")
+    def __init__(self, codec: AvroCodec, retry_seconds: float):
+        self.codec = codec
+        self.retry_seconds = retry_seconds
+
+    def setup(self):
+        self._registered = False
 
     def process(self, priced):
+        if not self._registered:  # the schema's id, looked up once (retried while the registry is down), then cached
+            call_with_retry("registering the PricedOrder schema", self.codec.header, self.retry_seconds)
+            self._registered = True
         encode = self.codec.encode
         yield [(order["order_id"].encode(), encode(order)) for order in priced]
 
@@ -153,7 +163,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
         start=start, batch_size=opts.orders_batch_size, out_of_order_slack=opts.orders_out_of_order_slack_seconds,
         max_read_seconds=opts.orders_max_read_seconds)
-    normalized = records | "Normalize" >> NormalizeOrders(order_limits(options))
+    normalized = records | "Normalize" >> NormalizeOrders(
+        order_limits(options), RetryingDecoder(avro_codec(settings, "orders"), settings.sink_retry_seconds))
 
     reference = ReferenceData(
         settings, days=tuple(d.strip() for d in opts.trade_days.split(",") if d.strip()) or None,
@@ -163,7 +174,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     priced = normalized.orders | "Price" >> PriceOrders(reference, settings.exchange_timezone)
 
     _ = (priced.priced
-         | "EncodePriced" >> beam.ParDo(_EncodePricedFn())
+         | "EncodePriced" >> beam.ParDo(_EncodePricedFn(
+             avro_codec(settings, "priced_orders"), settings.sink_retry_seconds))
          | "PublishPriced" >> WriteToKafka(settings.kafka_bootstrap, topics.priced_orders,
                                            delivery_timeout=settings.sink_retry_seconds))
 

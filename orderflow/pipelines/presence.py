@@ -31,8 +31,9 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.window import TimestampedValue
 
+from orderflow.clients import avro_codec
 from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings, with_overrides
-from orderflow.io.avro import DecodeAvro
+from orderflow.io.avro import DecodeAvro, RetryingDecoder
 from orderflow.io.kafka_offsets import COMMITTED
 from orderflow.io.kafka_read import ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
@@ -145,7 +146,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
             batch_size=opts.presence_batch_size, out_of_order_slack=opts.presence_out_of_order_slack_seconds)
 
     keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
-    keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro("restaurant_keepalive")
+    keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro(
+        avro_codec(settings, "keepalive"), retry_seconds=settings.sink_retry_seconds)
     keepalives_refused = keepalives.decoded | "KeepalivesToRedis" >> WriteKeepalivesToRedis(
         settings.redis_url, prefix, retry_seconds=settings.sink_retry_seconds, keepalive_timeout_ms=gap_ms)
     # Resuming from the committed offsets, what the previous run held downstream of them (open sessions, the
@@ -161,7 +163,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     sessions = session_input | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)
 
     availability_records = read("ReadAvailability", settings.topics.availability)
-    changes = availability_records | "DecodeAvailability" >> DecodeAvailabilityChanges()
+    changes = availability_records | "DecodeAvailability" >> DecodeAvailabilityChanges(
+        RetryingDecoder(avro_codec(settings, "availability"), settings.sink_retry_seconds))
     availability_refused = changes.changes | "AvailabilityToRedis" >> WriteAvailabilityToRedis(
         settings.redis_url, prefix, retry_seconds=settings.sink_retry_seconds)
     history_refused = changes.changes | "UnavailabilityHistory" >> WriteUnavailabilityHistory(

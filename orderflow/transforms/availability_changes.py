@@ -7,6 +7,8 @@ what their kind needs (e.g. SET_STATUS without status), with the reason and the 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
@@ -19,8 +21,8 @@ STAGE = Stage.DECODE_AVAILABILITY_CHANGES
 
 
 class _DecodeChangesFn(beam.DoFn):
-    def __init__(self):
-        self._codec = AvroCodec("restaurant_availability")
+    def __init__(self, decode: Callable[[bytes], dict] | None):
+        self._decode = decode or AvroCodec("restaurant_availability").decode
         self._decoded = Metrics.counter(STAGE, "changes")
         self._dead = Metrics.counter(STAGE, "dead_letters")
 
@@ -30,7 +32,7 @@ class _DecodeChangesFn(beam.DoFn):
         for record in records:
             payload, source = (record.value, record.coordinates) if isinstance(record, KafkaRecord) else (record, "")
             try:
-                changes.append(validate_change(AvailabilityChange.from_record(self._codec.decode(payload))))
+                changes.append(validate_change(AvailabilityChange.from_record(self._decode(payload))))
             except (AvroDecodeError, InvalidAvailabilityChange) as exc:
                 self._dead.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(exc.reason, exc.detail, payload or b"",
@@ -41,7 +43,17 @@ class _DecodeChangesFn(beam.DoFn):
 
 
 class DecodeAvailabilityChanges(beam.PTransform):
-    """Kafka records of ``restaurant-availability`` -> (``changes`` batches, ``dead_letter``)."""
+    """Kafka records of ``restaurant-availability`` -> (``changes`` batches, ``dead_letter``).
+
+    Args:
+        decode: bytes -> ``RestaurantAvailabilityEvent`` dict, raising ``AvroDecodeError`` for bad bytes: the
+            registry-backed decoder (``orderflow.io.avro.RetryingDecoder``) in the pipeline; default, a codec
+            without a registry (reads records written before the switch only).
+    """
+
+    def __init__(self, decode: Callable[[bytes], dict] | None = None):
+        super().__init__()
+        self._decode_fn = decode
 
     def expand(self, records):
-        return records | beam.ParDo(_DecodeChangesFn()).with_outputs(DEAD_LETTER_TAG, main="changes")
+        return records | beam.ParDo(_DecodeChangesFn(self._decode_fn)).with_outputs(DEAD_LETTER_TAG, main="changes")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Callable
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from orderflow.model.avro import SchemaRegistryUnavailable
 from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 from orderflow.model.orders import (
@@ -36,8 +38,9 @@ class _NormalizeBatchFn(beam.DoFn):
     delivered it, which the Postgres sink uses to recognise a replay of the same record.
     """
 
-    def __init__(self, limits: OrderLimits):
+    def __init__(self, limits: OrderLimits, decode_avro: Callable[[bytes], dict] | None):
         self.limits = limits
+        self.decode_avro = decode_avro
         self.records_in = Metrics.counter("orders", "records_in")
         self.orders_out = Metrics.counter("orders", "orders_normalized")
         self.dead_letters = Metrics.counter("orders", "dead_letters_normalize")
@@ -60,13 +63,15 @@ class _NormalizeBatchFn(beam.DoFn):
                 payload, source, timestamp_ms = record, "", None
             try:
                 parsed = parse_orders(payload or b"", source=source, timestamp_ms=timestamp_ms, limits=self.limits,
-                                      now=now)
+                                      now=now, decode_avro=self.decode_avro)
             except InvalidOrder as invalid:
                 self._dead(invalid.reason).inc()
                 self.dead_letters.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
                     invalid.reason, invalid.detail, payload or b"", source, STAGE))
                 continue
+            except SchemaRegistryUnavailable:
+                raise  # an outage outlasting the retry budget, not bad data: the bundle fails, nothing is lost
             except Exception as exc:  # noqa: BLE001 - a record the rules did not foresee must not stop the pipeline
                 _LOG.warning("normalize_orders: %s failed the parser itself; dead-lettered as %s", source,
                              NORMALIZE_FAILED, exc_info=True)
@@ -92,12 +97,15 @@ class NormalizeOrders(beam.PTransform):
 
     Args:
         limits: what an order may hold (``OrderLimits``; default: the documented limits).
+        decode_avro: bytes -> ``Order`` dict for Avro payloads (``parse_orders``' ``decode_avro``): the
+            registry-backed ``orderflow.io.avro.RetryingDecoder`` in the pipeline.
     """
 
-    def __init__(self, limits: OrderLimits = DEFAULT_LIMITS):
+    def __init__(self, limits: OrderLimits = DEFAULT_LIMITS, decode_avro: Callable[[bytes], dict] | None = None):
         super().__init__()
         self.limits = limits
+        self.decode_avro = decode_avro
 
     def expand(self, records):
-        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatchFn(self.limits)).with_output_types(
+        return records | "ParseOrders" >> beam.ParDo(_NormalizeBatchFn(self.limits, self.decode_avro)).with_output_types(
             OrderBatch).with_outputs(DEAD_LETTER_TAG, main="orders")

@@ -9,18 +9,16 @@ import time
 import pytest
 from confluent_kafka import TIMESTAMP_CREATE_TIME
 
-from orderflow.model.avro import AvroCodec
+from orderflow.clients import avro_codec, schema_registry
 from orderflow.model.orders import encode_order_avro
 from tests.support.kafka_check import count_records, read_at
 
-ORDER_CODEC = AvroCodec("order")
-AVAILABILITY_CODEC = AvroCodec("restaurant_availability")
 REST_PROXY_JSON = {"Content-Type": "application/vnd.kafka.json.v2+json"}
 
 
 def _landed_order(api, record: dict) -> dict:
     msg = read_at(api.settings.kafka_bootstrap, record["topic"], record["partition"], record["offset"])
-    return ORDER_CODEC.decode(msg.value())
+    return avro_codec(api.settings, "orders").decode(msg.value())
 
 
 def test_plain_json_order_lands_on_kafka_at_the_answered_offset(api, ingester):
@@ -62,7 +60,19 @@ def test_json_list_rest_proxy_envelope_csv_and_avro_are_all_accepted(api, ingest
                               "source_format": "AVRO"})
     resp = ingester.post("/orders", content=avro, headers={"Content-Type": "application/avro"})
     assert resp.status_code == 202, resp.text
-    assert _landed_order(api, resp.json()["records"][0])["order_id"] == "avro-1"
+    landed = resp.json()["records"][0]
+    assert _landed_order(api, landed)["order_id"] == "avro-1"
+    # Written in the Confluent wire format with the id the registry holds for the orders topic's subject.
+    value = read_at(api.settings.kafka_bootstrap, landed["topic"], landed["partition"], landed["offset"]).value()
+    latest = schema_registry(api.settings).client.get_latest_version(f"{api.settings.topics.orders}-value")
+    assert value[:5] == b"\x00" + latest.schema_id.to_bytes(4, "big")
+
+    confluent = avro_codec(api.settings, "orders").encode({
+        "order_id": "avro-2", "client_token": "av", "asset": "BBAS3", "quantity": 4,
+        "event_time": dt.datetime(2026, 1, 5, 13, 0, tzinfo=dt.timezone.utc), "source_format": "AVRO"})
+    resp = ingester.post("/orders", content=confluent, headers={"Content-Type": "application/avro"})
+    assert resp.status_code == 202, resp.text
+    assert _landed_order(api, resp.json()["records"][0])["quantity"] == 4
 
 
 def test_a_batch_with_one_invalid_order_is_rejected_whole(api, ingester):
@@ -193,7 +203,7 @@ def test_keepalive_lands_keyed_by_restaurant_at_its_event_time(api, ingester):
     assert body["topic"] == api.settings.topics.keepalive
     msg = read_at(api.settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
     assert msg.key() == b"r-1"
-    ping = AvroCodec("restaurant_keepalive").decode(msg.value())
+    ping = avro_codec(api.settings, "keepalive").decode(msg.value())
     assert ping["restaurant_id"] == "r-1" and ping["sent_at"] == sent_at
     # The record's Kafka timestamp is the event time (the pipeline's watermark and replays follow it).
     assert msg.timestamp() == (TIMESTAMP_CREATE_TIME, round(sent_at.timestamp() * 1000))
@@ -202,7 +212,7 @@ def test_keepalive_lands_keyed_by_restaurant_at_its_event_time(api, ingester):
     assert resp.status_code == 202
     now = read_at(api.settings.kafka_bootstrap, body["topic"], resp.json()["partition"], resp.json()["offset"])
     assert before <= now.timestamp()[1] <= int(time.time() * 1000)
-    assert round(AvroCodec("restaurant_keepalive").decode(now.value())["sent_at"].timestamp() * 1000) == now.timestamp()[1]
+    assert round(avro_codec(api.settings, "keepalive").decode(now.value())["sent_at"].timestamp() * 1000) == now.timestamp()[1]
 
 
 @pytest.mark.parametrize("skew", [-3600, -301, 301, 86400])
@@ -229,7 +239,7 @@ def test_availability_is_a_set_status_event(api, ingester):
     assert resp.status_code == 202, resp.text
     body = resp.json()
     msg = read_at(api.settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
-    event = AVAILABILITY_CODEC.decode(msg.value())
+    event = avro_codec(api.settings, "availability").decode(msg.value())
     assert (event["kind"], event["status"], event["reason"], event["event_id"]) == (
         "SET_STATUS", "UNAVAILABLE", "CONNECTION_ISSUES", body["event_id"])
 
@@ -252,14 +262,14 @@ def test_schedule_and_cancel_unavailability(api, ingester):
         "reason": "HOLIDAYS", "starts_at": starts.isoformat(), "ends_at": (starts + dt.timedelta(days=2)).isoformat()})
     assert resp.status_code == 202, resp.text
     created = resp.json()
-    event = AVAILABILITY_CODEC.decode(read_at(api.settings.kafka_bootstrap, created["topic"],
+    event = avro_codec(api.settings, "availability").decode(read_at(api.settings.kafka_bootstrap, created["topic"],
                                               created["partition"], created["offset"]).value())
     assert (event["kind"], event["schedule_id"], event["starts_at"]) == ("SCHEDULE_CREATED", created["schedule_id"], starts)
 
     resp = ingester.delete(f"/restaurants/r-3/unavailability/{created['schedule_id']}")
     assert resp.status_code == 202, resp.text
     cancelled = resp.json()
-    event = AVAILABILITY_CODEC.decode(read_at(api.settings.kafka_bootstrap, cancelled["topic"],
+    event = avro_codec(api.settings, "availability").decode(read_at(api.settings.kafka_bootstrap, cancelled["topic"],
                                               cancelled["partition"], cancelled["offset"]).value())
     assert (event["kind"], event["schedule_id"]) == ("SCHEDULE_CANCELLED", created["schedule_id"])
 

@@ -14,12 +14,11 @@ import zlib
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
-from orderflow.model.avro import AvroCodec
+from orderflow.clients import avro_codec
 from orderflow.model.orders import parse_orders
 from tests.support.kafka_check import read_all
 from tests.support.served_api import ServedApi
 
-ORDER_CODEC = AvroCodec("order")
 MINTED_ID = re.compile(r"^api-[0-9a-f]{32}-\d+$")
 RECORD_BATCH_HEADER = 61  # bytes of a Kafka v2 record batch before its first record
 RECORD_OVERHEAD = 20      # at most, per record: length, attributes, deltas, key/value lengths, headers
@@ -30,8 +29,9 @@ def _partition(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
-def _order_ids(messages) -> list[str]:
-    return [ORDER_CODEC.decode(m.value())["order_id"] for m in messages]
+def _order_ids(settings, messages) -> list[str]:
+    codec = avro_codec(settings, "orders")
+    return [codec.decode(m.value())["order_id"] for m in messages]
 
 
 def _set_max_message_bytes(bootstrap: str, topic: str, limit: int) -> None:
@@ -66,7 +66,7 @@ def test_a_batch_the_broker_refuses_midway_is_answered_503_never_visible_and_its
     batch.append({"ativo": "VALE3", "quantidade": 4, "token": big_token, "order_id": "big-" + "o" * 190})
     body = json.dumps(batch)
 
-    encoded = [(o["client_token"].encode(), ORDER_CODEC.encode(o))
+    encoded = [(o["client_token"].encode(), avro_codec(api.settings, "orders").encode(o))
                for o in parse_orders(body.encode(), minted_id_prefix="api-" + "0" * 32)]
     small_batch = RECORD_BATCH_HEADER + sum(len(k) + len(v) + RECORD_OVERHEAD for k, v in encoded[:3])
     big_batch = RECORD_BATCH_HEADER + len(encoded[3][0]) + len(encoded[3][1])
@@ -81,7 +81,7 @@ def test_a_batch_the_broker_refuses_midway_is_answered_503_never_visible_and_its
         assert "too large" in refused.json()["detail"].lower()
 
         # Midway: the small orders were written (a read_uncommitted reader sees them), then aborted.
-        written = _order_ids(read_all(bootstrap, topic, 2, isolation="read_uncommitted"))
+        written = _order_ids(api.settings, read_all(bootstrap, topic, 2, isolation="read_uncommitted"))
         assert len(written) == 3 and all(MINTED_ID.match(i) for i in written)
         assert read_all(bootstrap, topic, 2) == []  # read_committed: nothing of the batch
         # A refused batch is not an unhealthy Kafka: the health check sees transactions working again.
@@ -92,14 +92,14 @@ def test_a_batch_the_broker_refuses_midway_is_answered_503_never_visible_and_its
         assert retried.status_code == 202, retried.text
         ids = [r["order_id"] for r in retried.json()["records"]]
         assert ids[:3] == written  # the retry carries the ids the aborted attempt had
-        assert collections.Counter(_order_ids(read_all(bootstrap, topic, 2))) == {i: 1 for i in ids}
+        assert collections.Counter(_order_ids(api.settings, read_all(bootstrap, topic, 2))) == {i: 1 for i in ids}
 
         # A client that never saw the 202 sends it again: the same ids, so the pipeline (idempotent on the
         # order id) counts each order once.
         again = client.post("/orders", content=body, headers={**headers, "Content-Type": "application/json"})
         assert again.status_code == 202
         assert [r["order_id"] for r in again.json()["records"]] == ids
-        assert collections.Counter(_order_ids(read_all(bootstrap, topic, 2))) == {i: 2 for i in ids}
+        assert collections.Counter(_order_ids(api.settings, read_all(bootstrap, topic, 2))) == {i: 2 for i in ids}
 
 
 def test_an_idempotency_key_gives_the_same_url_safe_ids_to_the_same_callers_retry(api, ingester):
@@ -156,10 +156,10 @@ def _orders(token: str, n: int) -> list[dict]:
     return [{"ativo": "PETR4", "quantidade": q + 1, "token": token} for q in range(n)]
 
 
-def _assert_visible_where_answered(bootstrap: str, topic: str, partitions: int, answers: list[dict]) -> None:
+def _assert_visible_where_answered(settings, topic: str, partitions: int, answers: list[dict]) -> None:
     """Every answered record is where its 202 said (partition, offset) for a read_committed reader, once."""
-    committed = read_all(bootstrap, topic, partitions)
-    at = {(m.partition(), m.offset()): ORDER_CODEC.decode(m.value())["order_id"] for m in committed}
+    committed = read_all(settings.kafka_bootstrap, topic, partitions)
+    at = dict(zip([(m.partition(), m.offset()) for m in committed], _order_ids(settings, committed), strict=True))
     answered = [r for answer in answers for r in answer["records"]]
     assert all(at.get((r["partition"], r["offset"])) == r["order_id"] for r in answered)
     ids = collections.Counter(at.values())
@@ -168,7 +168,7 @@ def _assert_visible_where_answered(bootstrap: str, topic: str, partitions: int, 
 
 def test_concurrent_requests_share_transactions_and_each_is_answered_with_its_own_committed_offsets(api):
     requests, in_flight = 64, 16
-    bootstrap, topic = api.settings.kafka_bootstrap, api.settings.topics.orders
+    topic = api.settings.topics.orders
     with api.client(api.key("ingest")) as client, api.client() as anonymous:
         committed_before, grouped_before = _metric(anonymous, COMMITTED), _metric(anonymous, GROUPED)
         token = f"group-{uuid.uuid4().hex[:8]}"
@@ -180,7 +180,7 @@ def test_concurrent_requests_share_transactions_and_each_is_answered_with_its_ow
         # Every request went into exactly one committed transaction, and fewer transactions than requests ran.
         assert _metric(anonymous, GROUPED) - grouped_before == requests
         assert transactions < requests, f"{transactions:.0f} transactions for {requests} requests"
-    _assert_visible_where_answered(bootstrap, topic, api.settings.topic_partitions, [a.json() for a in answers])
+    _assert_visible_where_answered(api.settings, topic, api.settings.topic_partitions, [a.json() for a in answers])
     print(f"{requests} requests, {in_flight} in flight: {transactions:.0f} transactions")
 
 
@@ -207,9 +207,9 @@ def test_a_request_the_broker_refuses_fails_alone_not_the_requests_grouped_with_
                      if _partition(t.encode(), 2) != _partition(small_token.encode(), 2))
     big = [{"ativo": "VALE3", "quantidade": 4, "token": big_token, "order_id": "big-" + "o" * 190}]
     small = [{"ativo": "PETR4", "quantidade": 1, "token": small_token}]
-    [(small_key, small_value)] = [(o["client_token"].encode(), ORDER_CODEC.encode(o))
+    [(small_key, small_value)] = [(o["client_token"].encode(), avro_codec(api.settings, "orders").encode(o))
                                   for o in parse_orders(json.dumps(small).encode(), minted_id_prefix="api-" + "0" * 32)]
-    [(big_key, big_value)] = [(o["client_token"].encode(), ORDER_CODEC.encode(o)) for o in parse_orders(
+    [(big_key, big_value)] = [(o["client_token"].encode(), avro_codec(api.settings, "orders").encode(o)) for o in parse_orders(
         json.dumps(big).encode(), minted_id_prefix="api-" + "0" * 32)]
     smalls_batch = RECORD_BATCH_HEADER + writers * (len(small_key) + len(small_value) + RECORD_OVERHEAD)
     big_batch = RECORD_BATCH_HEADER + len(big_key) + len(big_value)
@@ -249,10 +249,10 @@ def test_a_request_the_broker_refuses_fails_alone_not_the_requests_grouped_with_
         [a.text for a in small_answers if a.status_code != 202]
     assert grouped, "the big request never shared a transaction with the small ones"
     answers = [a.json() for a in small_answers]
-    _assert_visible_where_answered(bootstrap, topic, 2, answers)
-    committed_ids = _order_ids(read_all(bootstrap, topic, 2))
+    _assert_visible_where_answered(api.settings, topic, 2, answers)
+    committed_ids = _order_ids(api.settings, read_all(bootstrap, topic, 2))
     assert len(committed_ids) == len(answers) and big[0]["order_id"] not in committed_ids
     # The neighbours of the aborted shared transaction were written in it too (a read_uncommitted reader sees
     # those aborted copies), then committed by their retry alone: a read_committed reader sees each once.
-    written = collections.Counter(_order_ids(read_all(bootstrap, topic, 2, isolation="read_uncommitted")))
+    written = collections.Counter(_order_ids(api.settings, read_all(bootstrap, topic, 2, isolation="read_uncommitted")))
     assert any(written[i] == 2 for i in committed_ids)

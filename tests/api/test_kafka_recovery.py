@@ -18,9 +18,9 @@ import uuid
 
 import pytest
 
+from orderflow.clients import avro_codec
 from orderflow.config import ApiConfig
 from orderflow.local.stack import read_pid
-from orderflow.model.avro import AvroCodec
 from tests.support.kafka_check import read_all
 from tests.support.served_api import ServedApi
 
@@ -86,7 +86,7 @@ def _every_producer_answers(client) -> None:
 
 def _visible_tokens(settings) -> collections.Counter:
     """Orders per client token that a read_committed reader (the pipelines) gets."""
-    codec = AvroCodec("order")
+    codec = avro_codec(settings, "orders")
     return collections.Counter(
         codec.decode(m.value())["client_token"]
         for m in read_all(settings.kafka_bootstrap, settings.topics.orders, settings.topic_partitions))

@@ -16,8 +16,8 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from orderflow.clients import avro_codec
 from orderflow.config import load_settings, settings_environment
-from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import presence
 from tests.support.served_api import API_REDIS_DB
 
@@ -55,7 +55,7 @@ def test_status_answers_follow_the_configured_rules(api, api_settings, ingester,
     producer = Producer({"bootstrap.servers": api_settings.kafka_bootstrap})
     old = now_ms - 900_000
     producer.produce(api_settings.topics.keepalive, key=b"fifteen-minutes-ago", timestamp=old,
-                     value=AvroCodec("restaurant_keepalive").encode({"restaurant_id": "fifteen-minutes-ago",
+                     value=avro_codec(api_settings, "keepalive").encode({"restaurant_id": "fifteen-minutes-ago",
                                                                      "sent_at": old}))
     assert producer.flush(10) == 0
 

@@ -1,5 +1,6 @@
 """Confluent REST Proxy v2 produce compatibility: the seed's own request, sent with curl, works unchanged
-(behind an API key), and every answer, errors included, is in REST Proxy's shape."""
+(behind an API key), and every answer, errors included, is in REST Proxy's shape; the Avro embedded format
+registers the request's schema under the topic's subject and answers its id."""
 from __future__ import annotations
 
 import json
@@ -8,13 +9,15 @@ import subprocess
 
 import pytest
 
-from orderflow.model.avro import AvroCodec
+from orderflow.clients import avro_codec, schema_registry
+from orderflow.model.avro import load_schema
+from tests.support.avro_history import evolved, order_with_quantity_as_text
 from tests.support.environment import require
 from tests.support.kafka_check import count_records, read_at
 
 V2 = "application/vnd.kafka.v2+json"
 JSON_V2 = "application/vnd.kafka.json.v2+json"
-ORDER = AvroCodec("order")
+AVRO_V2 = "application/vnd.kafka.avro.v2+json"
 
 
 def _curl(*args: str) -> tuple[int, dict[str, str], bytes]:
@@ -45,7 +48,7 @@ def test_the_seed_request_sent_with_curl_is_produced(api):
     assert offset["error_code"] is None and offset["error"] is None
     msg = read_at(api.settings.kafka_bootstrap, topic, offset["partition"], offset["offset"])
     assert msg.key() == b"vitor"
-    order = ORDER.decode(msg.value())
+    order = avro_codec(api.settings, "orders").decode(msg.value())
     assert (order["asset"], order["quantity"], order["client_token"], order["source_format"]) == (
         "WEGE3", 100, "vitor", "REST_PROXY")
 
@@ -57,7 +60,7 @@ def test_several_records_answer_one_offset_each_in_order(api, ingester):
     assert resp.status_code == 200, resp.text
     offsets = resp.json()["offsets"]
     assert len(offsets) == 5
-    landed = [ORDER.decode(read_at(api.settings.kafka_bootstrap, api.settings.topics.orders, o["partition"],
+    landed = [avro_codec(api.settings, "orders").decode(read_at(api.settings.kafka_bootstrap, api.settings.topics.orders, o["partition"],
                                    o["offset"]).value()) for o in offsets]
     assert [(o["client_token"], o["quantity"]) for o in landed] == [(f"rp-{i}", i + 1) for i in range(5)]
 
@@ -68,6 +71,20 @@ def _post(client, path, body, content_type=JSON_V2, accept=V2):
 
 
 ONE = {"records": [{"value": {"ativo": "WEGE3", "quantidade": 1, "token": "vitor"}}]}
+
+
+def _assert_refused(api, post, status: int, error_code: int, words: str) -> None:
+    """``post()`` is answered ``status`` with REST Proxy's error body (``error_code``, a message with ``words``),
+    and nothing reached the orders topic."""
+    topic, partitions = api.settings.topics.orders, api.settings.topic_partitions
+    before = count_records(api.settings.kafka_bootstrap, topic, partitions)
+    resp = post()
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == V2
+    answer = resp.json()
+    assert set(answer) == {"error_code", "message"} and answer["error_code"] == error_code, answer
+    assert words in answer["message"]
+    assert count_records(api.settings.kafka_bootstrap, topic, partitions) == before
 
 
 @pytest.mark.parametrize("case, status, error_code, words", [
@@ -102,12 +119,65 @@ def test_errors_are_rest_proxy_error_bodies_and_nothing_is_produced(api, anonymo
         body = {"records": [{"value": ONE["records"][0]["value"], "partition": 2}]}
     elif case == "not JSON":
         body = b"{records"
-    before = count_records(api.settings.kafka_bootstrap, topic, api.settings.topic_partitions)
     with api.client(key) as client:
-        resp = _post(client, path, body, content_type, accept)
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"] == V2
+        _assert_refused(api, lambda: _post(client, path, body, content_type, accept), status, error_code, words)
+
+
+def _avro_order(order_id: str, quantity: int = 5, **extra) -> dict:
+    """An Order value in Avro's JSON encoding (the event time in epoch milliseconds)."""
+    return {"order_id": order_id, "client_token": "vitor", "asset": "WEGE3", "quantity": quantity,
+            "event_time": 1_767_000_000_000, "source_format": "AVRO", **extra}
+
+
+def test_avro_with_a_value_schema_registers_it_and_answers_its_id(api, ingester):
+    topic = api.settings.topics.orders
+    schema = json.dumps(evolved("order"))  # a newer producer's Order: one more field, with a default
+    body = {"value_schema": schema, "records": [{"value": _avro_order("rp-avro-1", channel="rest")},
+                                                {"value": _avro_order("rp-avro-2", 7)}]}
+    resp = _post(ingester, f"/topics/{topic}", body, AVRO_V2)
+    assert resp.status_code == 200, resp.text
     answer = resp.json()
-    assert set(answer) == {"error_code", "message"} and answer["error_code"] == error_code
-    assert words in answer["message"]
-    assert count_records(api.settings.kafka_bootstrap, topic, api.settings.topic_partitions) == before
+    latest = schema_registry(api.settings).client.get_latest_version(f"{topic}-value")
+    assert answer["value_schema_id"] == latest.schema_id and answer["key_schema_id"] is None
+    assert json.loads(latest.schema.schema_str)["fields"][-1]["name"] == "channel"
+    landed = [read_at(api.settings.kafka_bootstrap, topic, o["partition"], o["offset"]) for o in answer["offsets"]]
+    assert all(m.value()[:5] == b"\x00" + latest.schema_id.to_bytes(4, "big") for m in landed)
+    orders = [avro_codec(api.settings, "orders").decode(m.value()) for m in landed]  # as the pipeline reads them
+    assert [(o["order_id"], o["quantity"], o["client_token"]) for o in orders] == [
+        ("rp-avro-1", 5, "vitor"), ("rp-avro-2", 7, "vitor")]
+    assert [m.key() for m in landed] == [b"vitor", b"vitor"]
+
+    again = _post(ingester, f"/topics/{topic}", {"value_schema_id": latest.schema_id,
+                                                 "records": [{"value": _avro_order("rp-avro-3")}]}, AVRO_V2)
+    assert again.status_code == 200, again.text
+    assert again.json()["value_schema_id"] == latest.schema_id
+
+
+@pytest.mark.parametrize("case, status, error_code, words", [
+    ("no schema", 422, 42202, "does not include value schema"),
+    ("schema that does not parse", 422, 42205, "Invalid schema"),
+    ("incompatible schema", 422, 42205, "Invalid schema"),
+    ("unknown schema id", 404, 40403, "not found"),
+    ("value not of the schema", 422, 42203, "Conversion of JSON to Object failed"),
+    ("invalid order", 422, 422, "invalid_quantity"),
+    ("not JSON", 422, 422, "Invalid JSON"),
+])
+def test_avro_errors_are_confluent_s_and_nothing_is_produced(api, ingester, case, status, error_code, words):
+    topic = api.settings.topics.orders
+    body = {"value_schema": json.dumps(load_schema("order")), "records": [{"value": _avro_order(f"rp-{case}")}]}
+    if case == "no schema":
+        del body["value_schema"]
+    elif case == "schema that does not parse":
+        body["value_schema"] = '{"type": "record", "name": "Order", "fields": [{"name": "x", "type": "nope"}]}'
+    elif case == "incompatible schema":
+        body["value_schema"] = json.dumps(order_with_quantity_as_text())
+        body["records"] = [{"value": _avro_order("rp-text", quantity="5")}]
+    elif case == "unknown schema id":
+        body = {"value_schema_id": 2_000_000_003, "records": body["records"]}
+    elif case == "value not of the schema":
+        body["records"] = [{"value": {"order_id": "x"}}]
+    elif case == "invalid order":
+        body["records"] = [{"value": _avro_order("rp-zero", 0)}]
+    elif case == "not JSON":
+        body = b"{records"
+    _assert_refused(api, lambda: _post(ingester, f"/topics/{topic}", body, AVRO_V2), status, error_code, words)

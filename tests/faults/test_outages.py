@@ -68,6 +68,14 @@ def test_broker_killed_and_down_for_30_seconds(fault_system):
     _outage(fault_system, "kafka", signal.SIGKILL, OUTAGE_SECONDS)
 
 
+def test_schema_registry_stopped_for_30_seconds(fault_system):
+    """The feed and both pipelines hold every schema id they use: they go on through the outage, every store
+    exact, and nothing had to wait for the registry."""
+    _outage(fault_system, "registry", signal.SIGTERM, OUTAGE_SECONDS)
+    for pipeline in ("orders", "presence"):
+        assert "the schema registry is unavailable" not in fault_system.pipelines[pipeline].log_path.read_text()
+
+
 def test_hostile_records_mixed_into_the_feed_become_dead_letters(fault_system):
     system = fault_system
     system.settle("the warm-up before the hostile records")

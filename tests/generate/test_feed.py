@@ -4,8 +4,8 @@ from __future__ import annotations
 import collections
 import time
 
+from orderflow.clients import avro_codec
 from orderflow.generate.feed import TICK_SECONDS, FeedOptions, LiveFeed
-from orderflow.model.avro import AvroCodec
 from tests.support.orders_scenario import read_topic
 
 
@@ -23,9 +23,10 @@ def test_one_interval_of_feed_pings_every_non_silent_restaurant_once(module_sett
 
     silent = {r for r, until in feed.silent_until.items() if until > ticks[-1]}
     assert len(silent) == 10
-    decoder = AvroCodec("restaurant_keepalive")
+    decoder = avro_codec(module_settings, "keepalive")
     pings = collections.Counter()
     for _, key, value, timestamp_ms, _ in read_topic(module_settings, module_settings.topics.keepalive):
+        assert value[:5] == decoder.header()  # the Confluent wire format, the keep-alive subject's id
         record = decoder.decode(value)
         assert key.decode() == record["restaurant_id"]
         assert int(record["sent_at"].timestamp() * 1000) == timestamp_ms  # Kafka time = event time

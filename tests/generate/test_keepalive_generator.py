@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from zoneinfo import ZoneInfo
 
+from orderflow.clients import avro_codec
 from orderflow.generate.keepalive import KeepaliveEncoder, Plan, RestaurantPlan, default_end, make_plan
 from orderflow.model.avro import AvroCodec
 
@@ -25,10 +26,22 @@ def test_pings_are_in_time_order_and_every_restaurant_starts_at_the_start():
     assert all(plan.start_ms <= t < plan.end_ms for _, t in pings)
 
 
-def test_encoder_writes_exactly_what_the_codec_writes():
-    codec, encoder = AvroCodec("restaurant_keepalive"), KeepaliveEncoder()
-    for rid, ms in [("rest-00001", 1773190200123), ("r", 0), ("x" * 200, 2**40 + 7), ("ç-ü", 1)]:
+CASES = [("rest-00001", 1773190200123), ("r", 0), ("x" * 200, 2**40 + 7), ("ç-ü", 1)]
+
+
+def test_encoder_writes_exactly_what_the_codec_writes(stack_settings):
+    codec = avro_codec(stack_settings, "keepalive")
+    encoder = KeepaliveEncoder(codec)
+    for rid, ms in CASES:
         assert encoder.encode(rid, ms) == codec.encode({"restaurant_id": rid, "sent_at": ms})
+        assert encoder.encode(rid, ms)[:1] == b"\x00"
+        assert codec.decode(encoder.encode(rid, ms))["restaurant_id"] == rid
+
+
+def test_encoder_without_a_registry_writes_the_former_single_object_encoding():
+    codec, encoder = AvroCodec("restaurant_keepalive"), KeepaliveEncoder()
+    for rid, ms in CASES:
+        assert encoder.encode(rid, ms) == codec.encode_single_object({"restaurant_id": rid, "sent_at": ms})
         assert codec.decode(encoder.encode(rid, ms))["restaurant_id"] == rid
 
 

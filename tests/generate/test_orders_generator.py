@@ -62,7 +62,8 @@ def test_cli_produces_to_the_topic(module_settings):
     from tests.support.kafka_testing import read_partition
 
     env = {**os.environ, "ORDERFLOW_KAFKA_BOOTSTRAP": module_settings.kafka_bootstrap,
-           "ORDERFLOW_TOPIC_ORDERS": module_settings.topics.orders}
+           "ORDERFLOW_TOPIC_ORDERS": module_settings.topics.orders,
+           "ORDERFLOW_SCHEMA_REGISTRY_URL": module_settings.schema_registry_url}
     out = subprocess.run([sys.executable, "-m", "orderflow.generate", "orders", "--n", "300", "--seed", "1",
                           "--day", "2026-11-16", "--no-progress"], env=env, capture_output=True, text=True, check=True)
     assert "produced 300 records for 2026-11-16" in out.stdout

@@ -1,46 +1,65 @@
-"""DecodeAvro: decoded records apart from dead letters for bad bytes (the codec: tests/model/test_avro.py)."""
+"""DecodeAvro: decoded records apart from dead letters for bad bytes, and the registry's outages retried, not
+dead-lettered (the codec: tests/model/test_avro.py)."""
 from __future__ import annotations
 
 import decimal
 
 import apache_beam as beam
+import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from orderflow.io.avro import DecodeAvro
-from orderflow.model.avro import AvroCodec
+from orderflow.clients import SchemaRegistry
+from orderflow.io.avro import DecodeAvro, decode_with_retry
+from orderflow.model.avro import AvroCodec, SchemaRegistryUnavailable, confluent_header
 from orderflow.model.kafka_record import KafkaRecord
-from tests.support.avro_history import MADE_AT, SCHEMAS, encode_v1
+from tests.support.avro_history import MADE_AT, SCHEMAS, encode_v1, widget_codec
 from tests.support.avro_history import widget as _widget
+from tests.support.naming import unique_name
 
 
-def test_decode_avro_splits_decoded_records_from_dead_letters():
-    codec = AvroCodec("widget", SCHEMAS)
+@pytest.fixture
+def codec(stack_settings) -> AvroCodec:
+    return widget_codec(stack_settings.schema_registry_url, unique_name("widget") + "-value")
+
+
+def test_decode_avro_splits_decoded_records_from_dead_letters(codec):
     good = [codec.encode(_widget(i)) for i in range(3)]
     corrupt = KafkaRecord("t", 2, 41, b"k", b"\xc3\x01garbage", 0)
+    unknown = KafkaRecord("t", 2, 42, b"k", confluent_header(2_000_000_001) + b"\x02a", 0)
+    reader = AvroCodec("widget", SCHEMAS, registry=codec.registry)
     with TestPipeline() as p:
-        decoded, dead = (p | beam.Create([*good, corrupt, encode_v1({"id": "old", "size": 1, "made_at": MADE_AT,
-                                                                    "price": decimal.Decimal("0")})])
-                         | DecodeAvro("widget", SCHEMAS))
+        decoded, dead = (p | beam.Create([*good, corrupt, unknown, encode_v1({
+                             "id": "old", "size": 1, "made_at": MADE_AT, "price": decimal.Decimal("0")})])
+                         | DecodeAvro(reader))
         assert_that(decoded | beam.Map(lambda r: (r["id"], r["colour"])),
                     equal_to([("w0", "red"), ("w1", "red"), ("w2", "red"), ("old", None)]), label="decoded")
 
         def check_dead(letters):
-            if len(letters) != 1:
-                raise BeamAssertException(f"expected one dead letter, got {letters}")
-            [letter] = letters
-            if (letter.reason, letter.source, letter.payload, letter.stage) != (
-                    "avro_not_single_object", "t/2/41", b"\xc3\x01garbage", "DecodeAvro"):
-                raise BeamAssertException(f"unexpected dead letter {letter}")
+            got = sorted((d.reason, d.source, d.payload, d.stage) for d in letters)
+            if got != [("avro_truncated", "t/2/41", b"\xc3\x01garbage", "DecodeAvro"),
+                       ("avro_unknown_schema", "t/2/42", unknown.value, "DecodeAvro")]:
+                raise BeamAssertException(f"unexpected dead letters {letters}")
         assert_that(dead, check_dead, label="dead")
 
 
-def test_decode_avro_decodes_a_batch_into_one_list():
-    codec = AvroCodec("widget", SCHEMAS)
+def test_decode_avro_decodes_a_batch_into_one_list(codec):
     batch = [codec.encode(_widget(i)) for i in range(5)] + [b"bad"]
     with TestPipeline() as p:
-        decoded, dead = p | beam.Create([batch]) | DecodeAvro("widget", SCHEMAS)
+        decoded, dead = p | beam.Create([batch]) | DecodeAvro(AvroCodec("widget", SCHEMAS, registry=codec.registry))
         assert_that(decoded | beam.Map(lambda rs: sorted(r["id"] for r in rs)),
                     equal_to([["w0", "w1", "w2", "w3", "w4"]]), label="decoded")
         assert_that(dead | beam.Map(lambda d: (d.reason, d.payload)),
-                    equal_to([("avro_not_single_object", b"bad")]), label="dead")
+                    equal_to([("avro_bad_magic", b"bad")]), label="dead")
+
+
+def test_an_unknown_schema_while_the_registry_is_down_is_retried_then_raised_never_a_dead_letter(codec):
+    data = codec.encode(_widget())
+    down = AvroCodec("widget", SCHEMAS, registry=SchemaRegistry("http://127.0.0.1:9/apis/ccompat/v7", timeout=1))
+    retries = []
+    with pytest.raises(SchemaRegistryUnavailable):
+        decode_with_retry(down, data, retry_seconds=1.0, on_retry=retries.append)
+    assert retries and all(isinstance(exc, SchemaRegistryUnavailable) for exc in retries)
+    # The same record decodes once the registry answers: it was never bad data.
+    down.registry = codec.registry
+    assert decode_with_retry(down, data, retry_seconds=1.0) == _widget()

@@ -15,7 +15,7 @@ from orderflow.io.avro import DecodeAvro
 from orderflow.io.kafka_read import ReadFromKafka
 from orderflow.io.kafka_write import WriteToKafka
 from orderflow.model.avro import AvroCodec
-from tests.support.avro_history import encode_v1
+from tests.support.avro_history import encode_v1, encode_v1_confluent, widget_codec
 from tests.support.kafka_testing import read_partition
 from tests.support.naming import unique_name
 
@@ -77,27 +77,32 @@ def test_a_record_the_broker_refuses_fails_the_bundle(stack_settings, make_topic
 
 def test_avro_round_trip_through_kafka_with_an_old_schema_and_corrupt_bytes(stack_settings, make_topic):
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("avro", partitions=4)
-    codec = AvroCodec("widget", SCHEMAS)
+    codec = widget_codec(stack_settings.schema_registry_url, f"{topic}-value")
     made_at = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     widgets = [{"id": f"w{i}", "size": i, "made_at": made_at, "price": decimal.Decimal(f"{i}.2500"),
                 "colour": "blue"} for i in range(200)]
-    old = encode_v1({"id": "old", "size": 3, "made_at": made_at, "price": decimal.Decimal("9.0000")})
+    old_record = {"id": "old", "size": 3, "made_at": made_at, "price": decimal.Decimal("9.0000")}
+    old = encode_v1(old_record)  # written before the registry (single-object encoding)
+    old_confluent = encode_v1_confluent(stack_settings.schema_registry_url, f"{topic}-v1-value",
+                                        {**old_record, "id": "old-confluent"})
     with TestPipeline() as p:
         _ = (p | beam.Create(widgets)
              | beam.Map(lambda w: (w["id"].encode(), codec.encode(w)))
              | WriteToKafka(bootstrap, topic))
     with TestPipeline() as p:
-        _ = p | beam.Create([(b"old", old), (b"bad", b"\xc3\x01\x00\x00")]) | WriteToKafka(bootstrap, topic)
+        _ = p | beam.Create([(b"old", old), (b"old-confluent", old_confluent),
+                                    (b"bad", b"\xc3\x01\x00\x00")]) | WriteToKafka(bootstrap, topic)
 
     with TestPipeline() as p:
         decoded, dead = (p | ReadFromKafka(bootstrap, topic, bounded=True)
-                         | DecodeAvro("widget", SCHEMAS))
+                         | DecodeAvro(AvroCodec("widget", SCHEMAS, registry=codec.registry)))
         assert_that(decoded | beam.Map(lambda w: (w["id"], w["price"], w["colour"])),
-                    equal_to([(w["id"], w["price"], "blue") for w in widgets] + [("old", decimal.Decimal("9"), None)]),
+                    equal_to([(w["id"], w["price"], "blue") for w in widgets]
+                             + [("old", decimal.Decimal("9"), None), ("old-confluent", decimal.Decimal("9"), None)]),
                     label="decoded")
 
         def check_dead(letters):
-            if [(d.reason, d.payload) for d in letters] != [("avro_not_single_object", b"\xc3\x01\x00\x00")]:
+            if [(d.reason, d.payload) for d in letters] != [("avro_truncated", b"\xc3\x01\x00\x00")]:
                 raise BeamAssertException(f"unexpected dead letters {letters}")
             if not letters[0].source.startswith(topic + "/"):
                 raise BeamAssertException(f"dead letter lost its Kafka coordinates: {letters[0].source}")

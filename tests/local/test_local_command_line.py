@@ -56,7 +56,7 @@ def test_up_status_down_and_status_exit_code_3(tmp_path):
     base = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"))
     base.mkdir(parents=True, exist_ok=True)
     root = tempfile.mkdtemp(prefix="test-cli-stack-", dir=base)
-    services = {name: port for name, port in ports.items() if name != "kafka_controller"}
+    services = {name: port for name, port in ports.items() if name not in ("kafka_controller", "registry_management")}
     try:
         up = _local("up", "--root", root, f"--port-offset={offset}", timeout=240)
         assert up.returncode == 0, up.stdout + up.stderr[-3000:]

@@ -21,10 +21,10 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from orderflow.clients import avro_codec
 from orderflow.config import settings_environment
 from orderflow.generate.orders import generate
 from orderflow.model import pricing, sample_assets
-from orderflow.model.avro import AvroCodec
 from tests.support.orders_scenario import expected_outcome
 
 ORDERS = 300
@@ -106,7 +106,7 @@ def test_presence_from_the_command_line_with_its_rule_and_endpoint_options(modul
     pings = {"tk-early": at[:60], "tk-always": at}  # early: pings for the first hour only
     expected = {"tk-early": (120 - 59 - 10) * 60, "tk-always": 0}  # connected until 10 min after its last ping
     keepalive_topic, availability_topic = make_topic("options-keepalive"), make_topic("options-availability")
-    codec = AvroCodec("restaurant_keepalive")
+    codec = avro_codec(module_settings, "keepalive")
     producer = Producer({"bootstrap.servers": module_settings.kafka_bootstrap})
     for rid, times in pings.items():
         for t in times:

@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
+from orderflow.clients import avro_codec
 from orderflow.config import settings_environment
 from orderflow.io.presence_queries import offline_ranking
-from orderflow.model.avro import AvroCodec
 from orderflow.transforms.status_intervals import shard_of
 from tests.support.environment import require
 
@@ -69,7 +69,7 @@ EXPECTED = {
 
 
 def _produce(settings) -> dict[str, int]:
-    keepalive, availability = AvroCodec("restaurant_keepalive"), AvroCodec("restaurant_availability")
+    keepalive, availability = avro_codec(settings, "keepalive"), avro_codec(settings, "availability")
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     records = sorted((t, rid) for rid, ts in PINGS.items() for t in ts)
     for t, rid in records:
@@ -117,7 +117,7 @@ def test_the_run_ends_with_a_summary_and_no_warning(day_run):
     records = counts["keepalives"] + 1 + 2  # + the broken record + the two availability changes
     assert f": {records:,} records, {counts['keepalives']:,} keep-alives, 2 availability changes," in line
     assert f"{counts['after_cut_off']:,} pings after the cut-off" in line
-    assert line.endswith("1 dead letters (avro_not_single_object 1)")
+    assert line.endswith("1 dead letters (avro_bad_magic 1)")
     assert "WARNING" not in run.stderr, run.stderr[-3000:]
 
 
@@ -152,4 +152,4 @@ def test_a_streaming_run_prints_its_running_summary_periodically(day_run, module
     summaries = [line for line in lines if " presence pipeline running (this worker process): " in line]
     assert len(summaries) >= 2, "".join(lines)[-3000:]  # periodic
     assert everything in summaries[-1], "".join(lines)[-3000:]
-    assert summaries[-1].rstrip().endswith("1 dead letters (avro_not_single_object 1)")
+    assert summaries[-1].rstrip().endswith("1 dead letters (avro_bad_magic 1)")

@@ -15,10 +15,10 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from confluent_kafka import Producer
 
+from orderflow.clients import avro_codec, schema_registry
 from orderflow.generate.keepalive import make_plan, produce
 from orderflow.io.presence_queries import offline_ranking
 from orderflow.io.restaurant_state import RestaurantStateStore
-from orderflow.model.avro import AvroCodec
 from orderflow.pipelines import presence
 from orderflow.pipelines.summary import counters
 
@@ -32,11 +32,12 @@ CORRUPT = 7
 def run(module_settings):
     plan = make_plan(1000, START, MINUTES, seed=11)
     counts = produce(plan, module_settings.kafka_bootstrap, module_settings.topics.keepalive,
-                     module_settings.topics.availability, corrupt=CORRUPT, progress=False)
+                     module_settings.topics.availability, corrupt=CORRUPT, progress=False,
+                     registry=schema_registry(module_settings))
     # An availability event that decodes but is invalid (SET_STATUS without a status): a dead letter.
     producer = Producer({"bootstrap.servers": module_settings.kafka_bootstrap})
-    producer.produce(module_settings.topics.availability, key=b"rest-00000", value=AvroCodec(
-        "restaurant_availability").encode({"event_id": "bad-1", "restaurant_id": "rest-00000", "kind": "SET_STATUS",
+    producer.produce(module_settings.topics.availability, key=b"rest-00000", value=avro_codec(
+        module_settings, "availability").encode({"event_id": "bad-1", "restaurant_id": "rest-00000", "kind": "SET_STATUS",
                                            "occurred_at": plan.start_ms + 1000}))
     assert producer.flush(10) == 0
     prefix = f"t-{uuid.uuid4().hex[:8]}:restaurant:"
@@ -99,7 +100,7 @@ def test_records_in_equal_records_out_plus_dead_letters(run, module_settings):
     assert got["DecodeAvailabilityChanges/changes"] == len(plan.changes)
     dead = {name.removeprefix("presence/dead_letter_"): n for name, n in got.items()
             if name.startswith("presence/dead_letter_") and n}
-    assert dead == {"avro_not_single_object": CORRUPT, "missing_status": 1}
+    assert dead == {"avro_bad_magic": CORRUPT, "missing_status": 1}
     assert got["ReadFromKafka/records"] == (got["DecodeAvro/restaurant_keepalive_decoded"]
                                             + got["DecodeAvailabilityChanges/changes"] + sum(dead.values()))
     with psycopg.connect(module_settings.postgres_dsn) as conn:

@@ -55,7 +55,7 @@ def test_presence_pipeline_runs_portably_with_exact_results(portable_run):
     assert len(got) == RESTAURANTS
     assert got == plan.expected()
     assert sum(got.values()) > 0
-    assert letters == {"avro_not_single_object": CORRUPT}
+    assert letters == {"avro_bad_magic": CORRUPT}
     # The run's own counters (from the SDK worker, over the Fn API): every record read is decoded or a dead letter.
     assert counts["keepalives"] == plan.count_pings()
     assert run.counters["ReadFromKafka:records"] == plan.count_pings() + CORRUPT + len(plan.changes)

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 
 from orderflow import refdata
+from orderflow.clients import avro_codec
 from orderflow.config import ApiConfig
 from orderflow.model import pricing, sample_assets
-from orderflow.model.avro import AvroCodec
 from tests.support.kafka_testing import read_partition
 from tests.support.served_api import ServedApi
 from tests.support.sns_testing import sent_sms
@@ -90,7 +90,7 @@ def test_posted_order_is_priced_stored_counted_and_published_within_seconds(
     print(f"\nPOST -> GET /orders/{{id}} {stored_in:.2f} s, POST -> volume visible {counted_in:.2f} s")
     assert counted_in <= VISIBLE_WITHIN
 
-    codec = AvroCodec("priced_order")
+    codec = avro_codec(live_settings, "priced_orders")
     published = [codec.decode(m[2]) for p in range(live_settings.topic_partitions)
                  for m in read_partition(live_settings.kafka_bootstrap, live_settings.topics.priced_orders, p)
                  if m[1] == order_id.encode()]

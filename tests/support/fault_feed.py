@@ -19,9 +19,9 @@ from decimal import Decimal
 
 from confluent_kafka import Producer
 
+from orderflow.clients import avro_codec, schema_registry
 from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
 from orderflow.generate.orders import FORMATS, encode_order
-from orderflow.model.avro import AvroCodec
 from orderflow.model.presence import AvailabilityChange
 
 ASSETS = ["PETR4", "VALE3", "ITUB4", "WEGE3", "SBSP3"]
@@ -46,8 +46,10 @@ class RecordedFeed:
         self.keepalive_seconds = keepalive_seconds
         self.producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
                                   "linger.ms": 5, "message.timeout.ms": 0})
-        self.keepalive = KeepaliveEncoder()
-        self.availability = AvroCodec("restaurant_availability")
+        registry = schema_registry(settings)
+        self.keepalive = KeepaliveEncoder(avro_codec(settings, "keepalive", registry))
+        self.availability = avro_codec(settings, "availability", registry)
+        self.orders_avro = avro_codec(settings, "orders", registry)
         self.lock = threading.Lock()
         self.orders: dict[str, tuple[str, str, int]] = {}          # order_id -> (client, asset, quantity)
         self.last_keepalive: dict[str, int] = {}                   # restaurant -> latest sent_at ms
@@ -173,7 +175,8 @@ class RecordedFeed:
         client = self.rng.choice(self.clients)
         asset = self.rng.choice(ASSETS)
         quantity = self.rng.randint(1, 20) * 100
-        value = encode_order(FORMATS[self._sequence % len(FORMATS)], order_id, client, asset, quantity, now_ms)
+        value = encode_order(FORMATS[self._sequence % len(FORMATS)], order_id, client, asset, quantity, now_ms,
+                             self.orders_avro)
         self._produce(self.settings.topics.orders, value, client.encode(), now_ms)
         self.orders[order_id] = (client, asset, quantity)
 

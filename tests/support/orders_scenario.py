@@ -14,7 +14,7 @@ from decimal import Decimal
 import psycopg
 
 from orderflow import refdata
-from orderflow.clients import aws_client
+from orderflow.clients import avro_codec, aws_client
 from orderflow.generate.orders import generate, produce
 from orderflow.model import sample_assets
 from tests.support.kafka_testing import read_partition
@@ -43,7 +43,8 @@ def prepare_scenario(settings, n: int, seed: int) -> Scenario:
     and produces the records to the orders topic."""
     prices = sample_assets.sample_prices(DAY)
     refdata.load_reference_data(settings, DAY, prices)
-    records = list(generate(n, seed=seed, day=DAY, timezone=settings.exchange_timezone, near_midnight=NEAR_MIDNIGHT))
+    records = list(generate(n, seed=seed, day=DAY, timezone=settings.exchange_timezone, near_midnight=NEAR_MIDNIGHT,
+                            avro=avro_codec(settings, "orders")))
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
     local_days = {datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, zone).date() for r in records}
     utc_days = {datetime.datetime.fromtimestamp(r.timestamp_ms / 1000, datetime.timezone.utc).date() for r in records}
