@@ -58,13 +58,13 @@ def _brokers(stack) -> list[tuple[str, int]]:
 def _keepalives(settings, ids) -> list[tuple[str, int]]:
     wanted = set(ids)
     return [(r["restaurant_id"], int(r["sent_at"].timestamp() * 1000))
-            for r in decoded(settings.kafka_bootstrap, settings.topics.keepalive, "restaurant_keepalive")
+            for r in decoded(settings, "keepalive")
             if r["restaurant_id"] in wanted]
 
 
 def _changes(settings, ids) -> list[dict]:
     wanted = set(ids)
-    return [r for r in decoded(settings.kafka_bootstrap, settings.topics.availability, "restaurant_availability")
+    return [r for r in decoded(settings, "availability")
             if r["restaurant_id"] in wanted]
 
 

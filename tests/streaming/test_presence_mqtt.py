@@ -96,7 +96,7 @@ def test_a_killed_restaurant_reads_disconnected_at_once_and_online_again_after_r
         client.get(f"/restaurants/{restaurant}/unavailability").json()["history"]), 30,
         "the disconnection closed in the history", pipeline)
     history = client.get(f"/restaurants/{restaurant}/unavailability").json()["history"]
-    changes = [c for c in decoded(settings.kafka_bootstrap, settings.topics.availability, "restaurant_availability")
+    changes = [c for c in decoded(settings, "availability")
                if c["restaurant_id"] == restaurant]
     disconnected = next(c["occurred_at"] for c in changes if c["kind"] == "DISCONNECTED")
     reconnected = min(c["occurred_at"] for c in changes if c["kind"] == "CONNECTED" and c["occurred_at"] > disconnected)

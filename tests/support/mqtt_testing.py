@@ -9,9 +9,9 @@ import port_for
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from orderflow.clients import avro_codec
 from orderflow.config import Settings, settings_environment
 from orderflow.local.processes import DetachedProcess
-from orderflow.model.avro import AvroCodec
 
 
 @dataclasses.dataclass
@@ -69,7 +69,9 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[bytes, bytes, int]]:
     return out
 
 
-def decoded(bootstrap: str, topic: str, schema: str) -> list[dict]:
-    """The records of ``topic`` decoded with the Avro schema ``schema``, each with its ``key`` and ``timestamp``."""
-    codec = AvroCodec(schema)
-    return [{**codec.decode(value), "key": key.decode(), "timestamp": ts} for key, value, ts in read_topic(bootstrap, topic)]
+def decoded(settings, topic: str) -> list[dict]:
+    """The records of ``settings.topics.<topic>`` decoded as the pipelines decode them (the registry's writer
+    schemas), each with its ``key`` and ``timestamp``."""
+    codec = avro_codec(settings, topic)
+    return [{**codec.decode(value), "key": key.decode(), "timestamp": ts}
+            for key, value, ts in read_topic(settings.kafka_bootstrap, getattr(settings.topics, topic))]
