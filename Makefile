@@ -6,9 +6,10 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached; Chromium for the
 # dashboard's browser test (driven by Playwright through executable_path, never `playwright install`);
-# Java 17 and Maven for the JVM services (Kafka). Node.js 20+ and npm (dynalite, the local DynamoDB) come with
+# Java 17 and Maven for the JVM services (Kafka); curl, which tests/api/test_rest_proxy.py sends the seed's own request
+# with. Node.js 20+ and npm (dynalite, the local DynamoDB) come with
 # the machine: Debian 12's own nodejs is 18, too old for dynalite 4.
-SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless
+SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless curl
 # Beam's Prism runner (streaming runs), built from Beam's Go module at the version of apache-beam in setup.py.
 PRISM_VERSION := v2.77.0
 PRISM := .local/bin/prism
@@ -80,6 +81,7 @@ system-packages:
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
