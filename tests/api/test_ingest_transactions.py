@@ -255,7 +255,7 @@ def test_a_request_the_broker_refuses_fails_alone_not_the_requests_grouped_with_
         [a.text for a in small_answers if a.status_code != 202]
     assert grouped, "the big request never shared a transaction with the small ones"
     answers = [a.json() for a in small_answers]
-    _assert_visible_where_answered(bootstrap, topic, 2, answers)
+    _assert_visible_where_answered(bootstrap, topic, 2, answers, len(answers) * len(small))
     committed_ids = _order_ids(read_all(bootstrap, topic, 2))
     assert len(committed_ids) == len(answers) and big[0]["order_id"] not in committed_ids
     # The neighbours of the aborted shared transaction were written in it too (a read_uncommitted reader sees
