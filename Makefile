@@ -6,9 +6,10 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the local stack runs: PostgreSQL 15 server, Redis, memcached; Chromium for the
 # dashboard's browser test (driven by Playwright through executable_path, never `playwright install`);
-# Java 17 and Maven for the JVM services (Kafka); Mosquitto, the MQTT broker of the restaurants' keep-alives. Node.js 20+ and npm (dynalite, the local DynamoDB) come with
-# the machine: Debian 12's own nodejs is 18, too old for dynalite 4.
-SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless mosquitto
+# Java 17 and Maven for the JVM services (Kafka); Mosquitto, the MQTT broker of the restaurants' keep-alives; curl,
+# which tests/api/test_rest_proxy.py sends the seed's own request with. Node.js 20+ and npm (dynalite, the local
+# DynamoDB) come with the machine: Debian 12's own nodejs is 18, too old for dynalite 4.
+SYSTEM_PACKAGES := postgresql-15 redis-server memcached chromium maven openjdk-17-jre-headless mosquitto curl
 # Beam's Prism runner (streaming runs), built from Beam's Go module at the version of apache-beam in setup.py.
 PRISM_VERSION := v2.77.0
 PRISM := .local/bin/prism
@@ -101,6 +102,7 @@ system-packages:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	[ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \

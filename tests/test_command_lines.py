@@ -21,6 +21,8 @@ from orderflow import bootstrap, clients
 from orderflow.config import Topics, settings_environment
 from orderflow.generate.keepalive import make_plan
 from tests.support.kafka_testing import produce, read_partition
+from tests.support.presence_timeline import planned_keepalives
+from tests.support.waiting import wait_for
 
 
 def _command(module: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -44,13 +46,23 @@ def empty_database(stack_settings):
     janitor.drop()
 
 
-def test_bootstrap_creates_everything_it_is_configured_with_once(stack_settings, empty_database):
+def _bootstrap_settings(stack_settings, database: str):
+    """Settings naming a database, topics, tables and an SNS topic that do not exist yet."""
     suffix = uuid.uuid4().hex[:8]
-    settings = dataclasses.replace(
-        stack_settings, postgres_dsn=empty_database, topic_partitions=3,
+    return dataclasses.replace(
+        stack_settings, postgres_dsn=database, topic_partitions=3,
         topics=Topics(**{f.name: f"boot-{f.name}-{suffix}" for f in dataclasses.fields(Topics)}),
         prices_table=f"boot-prices-{suffix}", client_volume_table=f"boot-volume-{suffix}",
         alarm_sns_topic=f"boot-alarms-{suffix}")
+
+
+def _outputs(stdout: str) -> dict[str, str]:
+    return {line.split(None, 1)[0]: line.split(None, 1)[1] for line in stdout.splitlines()
+            if line.split(None, 1)[0] in ("migrations", "topics", "dynamodb_tables")}
+
+
+def test_bootstrap_creates_everything_it_is_configured_with_once(stack_settings, empty_database):
+    settings = _bootstrap_settings(stack_settings, empty_database)
     env = settings_environment(settings)
 
     first = _command("orderflow.bootstrap", env=env)
@@ -61,17 +73,45 @@ def test_bootstrap_creates_everything_it_is_configured_with_once(stack_settings,
     metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
     assert {topic: len(metadata.topics[topic].partitions) for topic in bootstrap.all_topics(settings)} == dict.fromkeys(
         bootstrap.all_topics(settings), 3)
-    tables = clients.aws_client(settings, "dynamodb").list_tables()["TableNames"]
-    assert {settings.prices_table, settings.client_volume_table} <= set(tables)
+    pages = clients.aws_client(settings, "dynamodb").get_paginator("list_tables").paginate()
+    assert {settings.prices_table, settings.client_volume_table} <= {name for page in pages for name in page["TableNames"]}
     arns = [t["TopicArn"] for t in clients.aws_client(settings, "sns").list_topics()["Topics"]]
     assert any(arn.endswith(f":{settings.alarm_sns_topic}") for arn in arns)
     assert f":{settings.alarm_sns_topic}" in first.stdout
 
     second = _command("orderflow.bootstrap", env=env)  # nothing left to create
     assert second.returncode == 0, second.stderr[-3000:]
-    assert {line.split(None, 1)[0]: line.split(None, 1)[1] for line in second.stdout.splitlines()
-            if line.split(None, 1)[0] in ("migrations", "topics", "dynamodb_tables")} == {
-        "migrations": "[]", "topics": "[]", "dynamodb_tables": "[]"}
+    assert _outputs(second.stdout) == {"migrations": "[]", "topics": "[]", "dynamodb_tables": "[]"}
+
+
+def test_two_bootstraps_at_once_apply_each_migration_once(stack_settings, empty_database):
+    """Two ``python -m orderflow.bootstrap`` started together on an empty database: both wait on the migrator's
+    advisory lock (held here until both are seen waiting, so they race for real), then one applies every
+    migration and the other finds them applied; both succeed, and the topics and tables are created once."""
+    settings = _bootstrap_settings(stack_settings, empty_database)
+    env = {**os.environ, **settings_environment(settings)}
+    with psycopg.connect(empty_database, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (bootstrap._MIGRATION_LOCK,))
+        both = [subprocess.Popen([sys.executable, "-m", "orderflow.bootstrap"], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        try:
+            wait_for(lambda: holder.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = %s",
+                (bootstrap._MIGRATION_LOCK,)).fetchone()[0] == 2, 120, "both bootstraps waiting on the lock")
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", (bootstrap._MIGRATION_LOCK,))
+        done = [(process.communicate(timeout=300), process.returncode) for process in both]
+    assert [code for _, code in done] == [0, 0], [err[-3000:] for (_, err), _ in done]
+    applied = sorted((_outputs(out)["migrations"] for (out, _), _ in done), key=len)
+    assert applied == ["[]", str([path.name for path in bootstrap.migration_files()])]
+    with psycopg.connect(empty_database) as conn:
+        rows = conn.execute("SELECT name FROM schema_migrations ORDER BY name").fetchall()
+    assert [name for (name,) in rows] == [path.name for path in bootstrap.migration_files()]
+    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=10)
+    assert {topic: len(metadata.topics[topic].partitions) for topic in bootstrap.all_topics(settings)} == dict.fromkeys(
+        bootstrap.all_topics(settings), 3)
+    pages = clients.aws_client(settings, "dynamodb").get_paginator("list_tables").paginate()
+    assert {settings.prices_table, settings.client_volume_table} <= {name for page in pages for name in page["TableNames"]}
 
 
 T0 = int(dt.datetime(2026, 3, 10, 15, tzinfo=dt.timezone.utc).timestamp() * 1000)  # 12:00 in São Paulo
@@ -139,12 +179,12 @@ def test_generate_keepalive_writes_its_plan_to_kafka_and_its_expectation_to_a_fi
                     "--expected", str(expected_file), "--no-progress", env=settings_environment(settings))
     assert done.returncode == 0, done.stderr[-3000:]
     plan = make_plan(20, dt.datetime(2026, 3, 11, 1, 0), 30, interval_s=60, seed=3)  # naive = UTC, as the CLI
+    keepalives = sum(count for count, _ in planned_keepalives(plan).values())  # not the generator's own loop
     summary = json.loads(done.stdout.splitlines()[0])
-    assert (summary["keepalives"], summary["changes"], summary["corrupt"]) == (plan.count_pings(), len(plan.changes), 2)
+    assert (summary["keepalives"], summary["changes"], summary["corrupt"]) == (keepalives, len(plan.changes), 2)
     written = json.loads(expected_file.read_text())["expected_unexplained_seconds"]
     assert written == {f"{rid}/{day}": seconds for (rid, day), seconds in plan.expected().items()}
-    assert _count(settings.kafka_bootstrap, settings.topics.keepalive, settings.topic_partitions) == (
-        plan.count_pings() + 2)
+    assert _count(settings.kafka_bootstrap, settings.topics.keepalive, settings.topic_partitions) == keepalives + 2
     assert _count(settings.kafka_bootstrap, settings.topics.availability, settings.topic_partitions) == len(
         plan.changes)
 

@@ -59,19 +59,46 @@ def test_the_former_single_aws_endpoint_is_the_default_of_both():
         raise AssertionError("an AWS service orderflow does not use has no endpoint")
 
 
+def _other_value(default: object) -> tuple[str, object]:
+    """A value unlike ``default`` (of its type), as its variable spells it and as its field holds it."""
+    if isinstance(default, bool):
+        return ("false" if default else "true"), not default
+    if isinstance(default, int):
+        return str(default + 7), default + 7
+    if isinstance(default, float):
+        return str(default + 0.25), default + 0.25
+    return "other-value", "other-value"  # str, and str | None (default None or an endpoint)
+
+
+def _fields(configured, prefix: str) -> dict[str, object]:
+    """Every field of ``configured`` (nested ones as ``topics.orders``) by its ENVIRONMENT path."""
+    values = {}
+    for field in dataclasses.fields(configured):
+        value = getattr(configured, field.name)
+        if dataclasses.is_dataclass(value):
+            values.update(_fields(value, f"{prefix}.{field.name}"))
+        else:
+            values[f"{prefix}.{field.name}"] = value
+    return values
+
+
 def test_every_variable_is_listed_once_and_names_its_field():
     names = [variable.name for variable in ENVIRONMENT]
     assert len(names) == len(set(names))
-    roots = {"Settings": Settings(), "ApiConfig": ApiConfig()}
+    loaders = {"Settings": load_settings, "ApiConfig": load_api_config}
+    unset = {root: _fields(load(environ={}), root) for root, load in loaders.items()}
     for variable in ENVIRONMENT:
         if variable.field is None:  # read apart from the dataclasses, documented here all the same
             assert variable.name in (config.AWS_ENDPOINT_VARIABLE, config.LOG_FORMAT_VARIABLE)
             continue
-        root, *path = variable.field.split(".")
-        value = roots[root]
-        for name in path:
-            value = getattr(value, name)
-        assert value == variable.default, variable
+        root = variable.field.split(".")[0]
+        # The documented default is what a process gets with the variable unset...
+        assert unset[root][variable.field] == variable.default, variable
+        # ... and setting the variable changes its field, to its value, and no other field.
+        raw, value = _other_value(variable.default)
+        assert value != variable.default
+        loaded = _fields(loaders[root](environ={variable.name: raw}), root)
+        assert loaded == {**unset[root], variable.field: value}, variable
     # Every field of the three dataclasses but the nested topics has its variable, so none is left unread.
     assert {v.field for v in ENVIRONMENT if v.field} == (
         {f"Settings.{f.name}" for f in dataclasses.fields(Settings) if f.name != "topics"}

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 TESTS = pathlib.Path(__file__).resolve().parent
 REPO = TESTS.parent
 PACKAGE = REPO / "orderflow"
@@ -126,3 +128,45 @@ def test_needs_stack_marks_the_tests_that_reach_the_stack_through_other_fixtures
     assert done.returncode in (0, 5), done.stdout + done.stderr  # 5: nothing selected, asserted below
     selected = {line.split("::")[0] for line in done.stdout.splitlines() if "::" in line}
     assert selected == {"tests/api/test_queries.py"}, done.stdout
+
+
+def test_a_missing_requirement_fails_in_strict_mode_and_is_skipped_otherwise(monkeypatch):
+    from tests.support import environment
+
+    cases = {(): pytest.skip.Exception, (("CI", "false"),): pytest.skip.Exception,
+             ((environment.STRICT_VARIABLE, "1"),): pytest.fail.Exception, (("CI", "true"),): pytest.fail.Exception,
+             (("CI", "1"),): pytest.fail.Exception, (("CI", "yes"),): pytest.fail.Exception}
+    for variables, outcome in cases.items():
+        monkeypatch.delenv("CI", raising=False)
+        monkeypatch.delenv(environment.STRICT_VARIABLE, raising=False)
+        for name, value in variables:
+            monkeypatch.setenv(name, value)
+        # Both outcomes caught, so that a skip where a failure is due fails this test rather than skips it.
+        with pytest.raises((pytest.skip.Exception, pytest.fail.Exception), match="a tool") as raised:
+            environment.require(False, "a tool not installed")
+        assert raised.type is outcome, variables
+        environment.require(True, "never raised")
+
+
+def test_the_ci_entry_point_runs_make_test_in_strict_mode(tmp_path):
+    """``.ci/run`` as CI runs it, with nothing of strict mode in its environment, and a ``make`` that only
+    records its arguments and environment."""
+    (tmp_path / "make").write_text('#!/bin/sh\necho "$@" > "$(dirname "$0")/args"; env > "$(dirname "$0")/env"\n')
+    (tmp_path / "make").chmod(0o755)
+    environ = {name: value for name, value in os.environ.items() if name not in ("CI", "ORDERFLOW_TEST_STRICT")}
+    done = subprocess.run([str(REPO / ".ci" / "run")], env={**environ, "PATH": f"{tmp_path}{os.pathsep}{environ['PATH']}"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "args").read_text().split() == ["test"]
+    from tests.support import environment
+
+    assert environment.strict(dict(line.split("=", 1) for line in (tmp_path / "env").read_text().splitlines()
+                                   if "=" in line))
+
+
+def test_make_setup_installs_every_program_the_tests_call():
+    """The programs tests run by name (``curl``) are among the Makefile's system packages."""
+    makefile = (REPO / "Makefile").read_text()
+    packages = re.search(r"^SYSTEM_PACKAGES := (.+)$", makefile, re.M).group(1).split()
+    assert "curl" in packages
+    assert "command -v curl >/dev/null || missing=\"$$missing curl\"" in makefile

@@ -37,7 +37,10 @@ refused record belongs to is answered 503 (a request alone is never retried: the
 Recovery: a producer that meets a fatal error (fenced, its producer id unknown to a restarted broker,
 ...) or whose failed transaction could not be aborted is dropped; its slot builds a new one on the next
 use, with the same ``transactional.id``, and ``init_transactions`` fences the old instance and aborts
-whatever transaction it had left open. While transactions fail, ``check`` (``/healthz``) builds a
+whatever transaction it had left open. A transaction that fails before its commit on a producer built
+earlier is retried once on a rebuilt one, for the requests whose time is left, before any of them is
+answered 503: a producer left stale by a broker restart must not cost a client a 503 once the broker
+answers again (nothing of the failed transaction is visible, so the retry writes each record once). While transactions fail, ``check`` (``/healthz``) builds a
 producer itself, so it reports Kafka healthy again as soon as transactions work, with or without
 traffic.
 """
@@ -123,20 +126,26 @@ class _Slot:
     def __init__(self, config: dict, transactional_id: str):
         self.config = {**config, "transactional.id": transactional_id}
         self.producer: Producer | None = None
+        # Whether the producer ran a transaction before the current one (else it was built for it): only such
+        # a producer can be stale, and a transaction failed on it is retried on a rebuilt one.
+        self.producer_used = False
 
     def ready(self, timeout: float) -> Producer:
-        if self.producer is None:
-            producer = Producer(self.config)
-            try:
-                producer.init_transactions(max(timeout, 0.001))
-            except KafkaException as exc:
-                # Closed now: left to the garbage collector, it would go on initialising in the background
-                # and, once the broker answers, fence the producer that replaces it.
-                _close(producer)
-                raise DeliveryFailed(f"no transactional producer: {_describe(exc)}") from exc
-            KAFKA_PRODUCER_STARTS.inc()
-            self.producer = producer
-        return self.producer
+        if self.producer is not None:
+            self.producer_used = True
+            return self.producer
+        self.producer_used = False
+        producer = Producer(self.config)
+        try:
+            producer.init_transactions(max(timeout, 0.001))
+        except KafkaException as exc:
+            # Closed now: left to the garbage collector, it would go on initialising in the background
+            # and, once the broker answers, fence the producer that replaces it.
+            _close(producer)
+            raise DeliveryFailed(f"no transactional producer: {_describe(exc)}") from exc
+        KAFKA_PRODUCER_STARTS.inc()
+        self.producer = producer
+        return producer
 
     def drop(self) -> None:
         """Closes the producer (the next use builds a new one)."""
@@ -269,11 +278,26 @@ class KafkaSink:
                 size += request.size
         return group
 
-    def _transact_group(self, slot: _Slot, group: list[_Request]) -> None:
+    def _transact_group(self, slot: _Slot, group: list[_Request], rebuilt: bool = False) -> None:
         """Runs the group's transaction on the slot and answers each of its requests."""
         try:
             delivered = self._transact_on(slot, group)
         except (DeliveryFailed, CommitUnconfirmed) as exc:
+            if type(exc) is DeliveryFailed and not rebuilt and slot.producer_used:
+                # Aborted (or never begun) for the broker's or the producer's sake, on a producer built before:
+                # it may be stale (fenced, its producer id or epoch unknown to a restarted broker), while the
+                # broker answers again. Nothing of it is visible, so the requests whose time is left go once
+                # more on a producer built now, before anyone is answered 503; a broker still down fails that
+                # one too (init_transactions), within the same deadlines.
+                slot.drop()
+                left = [request for request in group if request.deadline > time.monotonic()]
+                _LOG.info("a transaction failed (%s); retrying its %d requests on a rebuilt producer", exc, len(left))
+                for request in group:
+                    if request not in left:
+                        request.future.set_exception(DeliveryFailed(*exc.args))
+                if left:
+                    self._transact_group(slot, left, rebuilt=True)
+                return
             with self._failure_lock:
                 self._failure = str(exc)
             if isinstance(exc, RecordsRefused) and len(group) > 1:
@@ -286,7 +310,7 @@ class KafkaSink:
                         request.future.set_exception(DeliveryFailed(
                             f"not retried alone within {self.timeout:.0f}s after records refused: {exc}"))
                     else:
-                        self._transact_group(slot, [request])
+                        self._transact_group(slot, [request], rebuilt=True)
                 return
             for request in group:  # one exception each: awaited in several handlers, tracebacks would mix
                 answer = type(exc)(*exc.args)

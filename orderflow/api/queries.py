@@ -6,13 +6,14 @@ their offset.
 """
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from decimal import Decimal
 from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, HTTPException, Path, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from orderflow.api.contract import Day, Timestamp
 from orderflow.api.deps import Caller, Res, forbidden
@@ -40,6 +41,42 @@ OrderIdPath = Path(min_length=1, max_length=256, pattern=STORED_TEXT,
 
 def _iso(value) -> str | None:
     return None if value is None else value.isoformat()
+
+
+# Paging of the list endpoints (keyset, not offset: a page is where the previous one ended even while rows are
+# added): a page that may not be the last carries ``next``, an opaque cursor (base64url of the sort key of its
+# last row), which the caller sends back as ``after``; ``next`` is null on the last page.
+After = Query(max_length=2048, pattern=r"^[A-Za-z0-9_-]+$",
+              description="the `next` of the previous page (same other parameters): the page after it")
+
+
+def _cursor(*key) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(key)).decode().rstrip("=")
+
+
+def _after(cursor: str, kinds: str) -> list:
+    """The sort key a cursor holds, one value per letter of ``kinds``: ``t`` a time with its offset, ``n`` the
+    same or null, ``s`` a string; 422 for anything that is not a cursor this endpoint gave."""
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(values, list) or len(values) != len(kinds):
+            raise ValueError("not a cursor of this list")
+        key: list = []
+        for value, kind in zip(values, kinds, strict=True):
+            if kind == "n" and value is None:
+                key.append(None)
+            elif not isinstance(value, str):
+                raise ValueError("not a cursor of this list")
+            elif kind == "s":
+                key.append(value)
+            else:
+                moment = dt.datetime.fromisoformat(value)
+                if moment.tzinfo is None:
+                    raise ValueError("a time without its offset")
+                key.append(moment)
+        return key
+    except ValueError as exc:  # binascii.Error and orjson.JSONDecodeError are ValueErrors
+        raise HTTPException(422, f"after: not a cursor of this list ({exc})") from None
 
 
 class OrderOut(BaseModel):
@@ -115,12 +152,15 @@ class AlarmOut(BaseModel):
 class AlarmsOut(BaseModel):
     since: str
     alarms: list[AlarmOut]
+    next: str | None = Field(description="send as `after` (with the same `since` and `limit`) for the next page; "
+                                          "null on the last page")
 
 
-@router.get("/alarms", response_model=AlarmsOut, summary="Alarms fired since a moment, newest first")
+@router.get("/alarms", response_model=AlarmsOut, summary="Alarms fired since a moment, newest first, page by page")
 def get_alarms(who: Caller, res: Res,
                since: Annotated[Timestamp | None, Query(description="ISO-8601 with offset; default 24 h ago")] = None,
-               limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+               limit: Annotated[int, Query(ge=1, le=1000, description="alarms per page")] = 100,
+               after: Annotated[str | None, After] = None):
     if not who.can_read() and not who.clients:
         raise forbidden("this key has neither 'read' nor a 'client:<token>' scope")
     since = since or (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1))
@@ -130,14 +170,19 @@ def get_alarms(who: Caller, res: Res,
     if not who.can_read():  # a client's key sees the alarms about its own volume only
         sql += " AND scope = ANY(%s)"
         params.append(sorted(who.clients))
-    sql += " ORDER BY fired_at DESC, rule_id, scope LIMIT %s"
-    params.append(limit)
+    if after is not None:  # the rows after the previous page's last, in this order (the key is unique)
+        fired_at, rule_id, scope, window_start = _after(after, "tsst")
+        sql += " AND (fired_at < %s OR (fired_at = %s AND (rule_id, scope, window_start) > (%s, %s, %s)))"
+        params += [fired_at, fired_at, rule_id, scope, window_start]
+    sql += " ORDER BY fired_at DESC, rule_id, scope, window_start LIMIT %s"
+    params.append(limit + 1)  # one more: whether a next page exists
     with res.pg.connection() as conn:
         rows = conn.execute(sql, params).fetchall()
+    page = rows[:limit]
     return AlarmsOut(since=since.isoformat(), alarms=[
         AlarmOut(rule_id=r[0], scope=r[1], window_start=_iso(r[2]), window_end=_iso(r[3]), total=money(r[4]),
-                 threshold=money(r[5]), fired_at=_iso(r[6])) for r in rows
-    ])
+                 threshold=money(r[5]), fired_at=_iso(r[6])) for r in page
+    ], next=_cursor(_iso(page[-1][6]), page[-1][0], page[-1][1], _iso(page[-1][2])) if len(rows) > limit else None)
 
 
 class StatusesOut(BaseModel):
@@ -180,24 +225,37 @@ class UnavailabilityOut(BaseModel):
 class UnavailabilityHistoryOut(BaseModel):
     restaurant_id: str
     history: list[UnavailabilityOut]
+    next: str | None = Field(description="send as `after` (with the same `limit`) for the next page; null on the "
+                                          "last page")
 
 
 @router.get("/restaurants/{restaurant_id}/unavailability", response_model=UnavailabilityHistoryOut,
-            summary="A restaurant's unavailability history, newest first")
+            summary="A restaurant's unavailability history, newest first, page by page")
 def get_unavailability(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
-                       limit: Annotated[int, Query(ge=1, le=1000)] = 100):
+                       limit: Annotated[int, Query(ge=1, le=1000, description="entries per page")] = 100,
+                       after: Annotated[str | None, After] = None):
     if not who.can_read_restaurant(restaurant_id):
         raise forbidden(f"this key may not read restaurant {restaurant_id!r}")
+    sql = ("SELECT schedule_id, kind, reason, starts_at, ends_at, created_at, cancelled_at"
+           " FROM restaurant_unavailability WHERE restaurant_id = %s")
+    params: list = [restaurant_id]
+    if after is not None:  # the rows after the previous page's last: newer first, those without a time last
+        created_at, schedule_id = _after(after, "ns")
+        if created_at is None:
+            sql += " AND created_at IS NULL AND schedule_id > %s"
+            params.append(schedule_id)
+        else:
+            sql += " AND (created_at < %s OR (created_at = %s AND schedule_id > %s) OR created_at IS NULL)"
+            params += [created_at, created_at, schedule_id]
+    sql += " ORDER BY created_at DESC NULLS LAST, schedule_id LIMIT %s"
+    params.append(limit + 1)  # one more: whether a next page exists
     with res.pg.connection() as conn:
-        rows = conn.execute(
-            "SELECT schedule_id, kind, reason, starts_at, ends_at, created_at, cancelled_at"
-            " FROM restaurant_unavailability WHERE restaurant_id = %s"
-            " ORDER BY created_at DESC NULLS LAST, schedule_id LIMIT %s", (restaurant_id, limit)
-        ).fetchall()
+        rows = conn.execute(sql, params).fetchall()
+    page = rows[:limit]
     return UnavailabilityHistoryOut(restaurant_id=restaurant_id, history=[
         UnavailabilityOut(schedule_id=r[0], kind=r[1], reason=r[2], starts_at=_iso(r[3]), ends_at=_iso(r[4]),
-                          created_at=_iso(r[5]), cancelled_at=_iso(r[6])) for r in rows
-    ])
+                          created_at=_iso(r[5]), cancelled_at=_iso(r[6])) for r in page
+    ], next=_cursor(_iso(page[-1][5]), page[-1][0]) if len(rows) > limit else None)
 
 
 class RankingEntry(BaseModel):

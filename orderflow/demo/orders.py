@@ -16,8 +16,9 @@ from orderflow.model import pricing, sample_assets
 from orderflow.pipelines import orders
 
 
-def demo(settings: Settings, n: int = 20_000) -> None:
-    """``make demo`` step: load yesterday's reference data, generate its session, run bounded, print a summary.
+def demo(settings: Settings, n: int = 20_000, seed: int | None = None) -> None:
+    """``make demo`` step: load yesterday's reference data, generate its session (another each time, unless
+    ``seed`` is given), run bounded, print a summary.
 
     Yesterday, because a whole generated session of today would carry event times in the future, which a
     Kafka 4 broker refuses (``log.message.timestamp.after.max.ms``, one hour) as it should."""
@@ -27,8 +28,8 @@ def demo(settings: Settings, n: int = 20_000) -> None:
         conn.execute("INSERT INTO alarm_phones (phone, client_token) VALUES ('+5511900000001', NULL) "
                      "ON CONFLICT (phone) DO NOTHING")
     counts = produce(settings.kafka_bootstrap, settings.topics.orders,
-                     generate(n, seed=int(time.time()), day=day, timezone=settings.exchange_timezone,
-                              avro=avro_codec(settings, "orders")), total=n)
+                     generate(n, seed=int(time.time()) if seed is None else seed, day=day,
+                              timezone=settings.exchange_timezone, avro=avro_codec(settings, "orders")), total=n)
     print(f"produced {n:,} records for {day}: {counts['order']:,} orders, {counts['duplicate']:,} duplicates, "
           f"{counts['malformed']:,} malformed")
     rules = [{"id": "demo-client-day", "scope": "client", "window": "day", "threshold": str(n * 100)},

@@ -109,7 +109,9 @@ def test_an_idempotency_key_gives_the_same_url_safe_ids_to_the_same_callers_retr
     def ids(client, key=None):
         resp = client.post("/orders", json=order, headers={"Idempotency-Key": key} if key else {})
         assert resp.status_code == 202, resp.text
-        return [r["order_id"] for r in resp.json()["records"]]
+        records = resp.json()["records"]
+        assert len(records) == len(order), records  # one answer per order sent, so no check below is vacuous
+        return [r["order_id"] for r in records]
 
     key = str(uuid.uuid4())
     first = ids(ingester, key)
@@ -156,11 +158,13 @@ def _orders(token: str, n: int) -> list[dict]:
     return [{"ativo": "PETR4", "quantidade": q + 1, "token": token} for q in range(n)]
 
 
-def _assert_visible_where_answered(settings, topic: str, partitions: int, answers: list[dict]) -> None:
-    """Every answered record is where its 202 said (partition, offset) for a read_committed reader, once."""
+def _assert_visible_where_answered(settings, topic: str, partitions: int, answers: list[dict], orders: int) -> None:
+    """Every answered record (``orders`` of them: one answer per order sent) is where its 202 said (partition,
+    offset) for a read_committed reader, once."""
     committed = read_all(settings.kafka_bootstrap, topic, partitions)
     at = dict(zip([(m.partition(), m.offset()) for m in committed], _order_ids(settings, committed), strict=True))
     answered = [r for answer in answers for r in answer["records"]]
+    assert len(answered) == orders and len({r["order_id"] for r in answered}) == orders
     assert all(at.get((r["partition"], r["offset"])) == r["order_id"] for r in answered)
     ids = collections.Counter(at.values())
     assert all(ids[r["order_id"]] == 1 for r in answered)
@@ -180,7 +184,8 @@ def test_concurrent_requests_share_transactions_and_each_is_answered_with_its_ow
         # Every request went into exactly one committed transaction, and fewer transactions than requests ran.
         assert _metric(anonymous, GROUPED) - grouped_before == requests
         assert transactions < requests, f"{transactions:.0f} transactions for {requests} requests"
-    _assert_visible_where_answered(api.settings, topic, api.settings.topic_partitions, [a.json() for a in answers])
+    _assert_visible_where_answered(api.settings, topic, api.settings.topic_partitions, [a.json() for a in answers],
+                                   requests * 10)
     print(f"{requests} requests, {in_flight} in flight: {transactions:.0f} transactions")
 
 
@@ -249,7 +254,7 @@ def test_a_request_the_broker_refuses_fails_alone_not_the_requests_grouped_with_
         [a.text for a in small_answers if a.status_code != 202]
     assert grouped, "the big request never shared a transaction with the small ones"
     answers = [a.json() for a in small_answers]
-    _assert_visible_where_answered(api.settings, topic, 2, answers)
+    _assert_visible_where_answered(api.settings, topic, 2, answers, len(answers) * len(small))
     committed_ids = _order_ids(api.settings, read_all(bootstrap, topic, 2))
     assert len(committed_ids) == len(answers) and big[0]["order_id"] not in committed_ids
     # The neighbours of the aborted shared transaction were written in it too (a read_uncommitted reader sees

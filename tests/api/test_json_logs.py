@@ -35,5 +35,12 @@ def test_api_log_lines_are_json_with_fields_and_no_secrets(api_settings, tmp_pat
     assert {(r["method"], r["status"]) for r in access} >= {("GET", 200), ("GET", 400), ("GET", 401), ("POST", 200),
                                                              ("GET", 404)}
     assert any(r["path"] == "/dashboard/events?key=[redacted]" for r in access)
-    for secret in (key, key.split("_", 2)[2], token, token.rsplit("_", 1)[1]):
+    # The random parts whole (the key's after "of_<id>_", the token's mac after "odt_<id>_<expiry>_": base64url,
+    # itself possibly holding "_"), and no 12 characters of them (72 bits: never in a log by chance) either,
+    # so a partly redacted secret is caught too.
+    key_secret, token_mac = key.split("_", 2)[2], token.split("_", 3)[3]
+    assert len(key_secret) == len(token_mac) == 43  # 32 bytes in base64url, no padding
+    for secret in (key, token, key_secret, token_mac):
         assert secret not in text
+    for secret in (key_secret, token_mac):  # (the key id and the expiry are not secret: they may be logged)
+        assert not [secret[i:i + 12] for i in range(len(secret) - 11) if secret[i:i + 12] in text], secret

@@ -230,3 +230,79 @@ def test_a_revoked_key_is_refused(api, seeded):
         assert revoke_key(api.settings.postgres_dsn, key.split("_")[1])
         resp = client.get("/orders/o-1")
         assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
+
+
+def _pages(client, path: str, items: str, **params) -> tuple[list[list[dict]], list]:
+    """Every page of a list endpoint, following ``next`` until it is null: (the pages, the answers' ``next``)."""
+    pages, nexts, after = [], [], None
+    while True:
+        resp = client.get(path, params={**params, **({"after": after} if after else {})})
+        assert resp.status_code == 200, resp.text
+        pages.append(resp.json()[items])
+        nexts.append(after := resp.json()["next"])
+        if after is None:
+            return pages, nexts
+        assert len(pages) < 20, "next never null"
+
+
+@pytest.fixture(scope="module")
+def paged(seeded):
+    """Alarms and a restaurant's history with ties in their sort keys (same fired_at, same created_at, no
+    created_at at all), for paging."""
+    with psycopg.connect(seeded.postgres_dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold, fired_at) VALUES"
+            " ('page-a', '*', '2025-06-01T10:00Z', '2025-06-01T10:05Z', 2, 1, '2025-06-01T10:05:00Z'),"
+            " ('page-a', '*', '2025-06-01T10:05Z', '2025-06-01T10:10Z', 2, 1, '2025-06-01T10:05:00Z'),"
+            " ('page-a', 'x', '2025-06-01T10:00Z', '2025-06-01T10:05Z', 2, 1, '2025-06-01T10:05:00Z'),"
+            " ('page-b', '*', '2025-06-01T10:00Z', '2025-06-01T10:05Z', 2, 1, '2025-06-01T10:05:00Z'),"
+            " ('page-c', '*', '2025-06-01T09:00Z', '2025-06-01T09:05Z', 2, 1, '2025-06-01T09:05:00.000001Z'),"
+            " ('page-c', '*', '2025-06-01T09:05Z', '2025-06-01T09:10Z', 2, 1, '2025-06-01T09:05:00Z'),"
+            " ('page-d', '*', '2025-06-02T00:00Z', '2025-06-02T00:05Z', 2, 1, '2025-06-02T00:00:01Z')")
+        conn.execute(
+            "INSERT INTO restaurant_unavailability (restaurant_id, schedule_id, kind, reason, starts_at, ends_at,"
+            " created_at, cancelled_at) VALUES"
+            " ('r-page', 'u-3', 'schedule', 'HOLIDAYS', NULL, NULL, '2026-03-03T10:00Z', NULL),"
+            " ('r-page', 'u-1', 'schedule', 'HOLIDAYS', NULL, NULL, '2026-03-01T10:00Z', NULL),"
+            " ('r-page', 'u-2b', 'schedule', 'HOLIDAYS', NULL, NULL, '2026-03-02T10:00Z', NULL),"
+            " ('r-page', 'u-2a', 'schedule', 'HOLIDAYS', NULL, NULL, '2026-03-02T10:00Z', NULL),"
+            " ('r-page', 'u-2c', 'schedule', 'HOLIDAYS', NULL, NULL, '2026-03-02T10:00:00.000001Z', NULL),"
+            " ('r-page', 'n-2', 'schedule', NULL, NULL, NULL, NULL, '2026-03-01T00:00Z'),"
+            " ('r-page', 'n-1', 'schedule', NULL, NULL, NULL, NULL, '2026-03-01T00:00Z')")
+    return seeded
+
+
+# Newest first, ties by rule, scope and window (alarms) or by schedule id (history), those without a time last:
+# written by hand from the rows inserted (the three alarms of ``seeded`` first).
+ALARMS_IN_ORDER = [("big-market", "*", "2026-03-02T13:00:00+00:00"), ("big-client", "alice", "2026-03-02T13:00:00+00:00"),
+                   ("big-client", "bob", "2026-02-01T13:00:00+00:00"), ("page-d", "*", "2025-06-02T00:00:00+00:00"),
+                   ("page-a", "*", "2025-06-01T10:00:00+00:00"), ("page-a", "*", "2025-06-01T10:05:00+00:00"),
+                   ("page-a", "x", "2025-06-01T10:00:00+00:00"), ("page-b", "*", "2025-06-01T10:00:00+00:00"),
+                   ("page-c", "*", "2025-06-01T09:00:00+00:00"), ("page-c", "*", "2025-06-01T09:05:00+00:00")]
+HISTORY_IN_ORDER = ["u-3", "u-2c", "u-2a", "u-2b", "u-1", "n-1", "n-2"]
+
+
+@pytest.mark.parametrize("limit", [1, 3, 9, 10, 11])
+def test_every_alarm_is_read_page_by_page_beyond_the_limit(paged, reader, limit):
+    pages, nexts = _pages(reader, "/alarms", "alarms", since="2025-06-01T00:00:00Z", limit=limit)
+    assert [(a["rule_id"], a["scope"], dt.datetime.fromisoformat(a["window_start"]).isoformat())
+            for page in pages for a in page] == ALARMS_IN_ORDER
+    assert [len(page) for page in pages] == [limit] * (len(ALARMS_IN_ORDER) // limit) + (
+        [len(ALARMS_IN_ORDER) % limit] if len(ALARMS_IN_ORDER) % limit else [])
+    assert nexts[-1] is None and None not in nexts[:-1]
+
+
+@pytest.mark.parametrize("limit", [1, 2, 4, 7])
+def test_a_restaurants_whole_history_is_read_page_by_page_beyond_the_limit(paged, reader, limit):
+    pages, _ = _pages(reader, "/restaurants/r-page/unavailability", "history", limit=limit)
+    assert [h["schedule_id"] for page in pages for h in page] == HISTORY_IN_ORDER
+    assert all(len(page) == limit for page in pages[:-1]) and 1 <= len(pages[-1]) <= limit
+
+
+def test_a_cursor_not_given_by_the_endpoint_is_refused(paged, reader):
+    alarms_next = reader.get("/alarms", params={"since": "2025-06-01T00:00:00Z", "limit": 1}).json()["next"]
+    history_next = reader.get("/restaurants/r-page/unavailability", params={"limit": 1}).json()["next"]
+    for path, after in [("/alarms", "x"), ("/alarms", history_next), ("/alarms", "bm90IGpzb24"),
+                        ("/restaurants/r-page/unavailability", alarms_next), ("/alarms", "a b")]:
+        resp = reader.get(path, params={"after": after})
+        assert resp.status_code == 422, (path, after, resp.text)

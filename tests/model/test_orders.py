@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import datetime
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -22,9 +26,35 @@ def test_plain_json_gets_id_from_source_and_time_from_record():
 
 def test_same_record_gets_same_id_and_without_source_id_is_a_digest():
     payload = b'{"ativo": "WEGE3", "quantidade": 1, "token": "a"}'
-    assert parse_orders(payload, source="t/0/1")[0]["order_id"] == parse_orders(payload, source="t/0/1")[0]["order_id"]
+    assert parse_orders(payload, source="t/0/1")[0]["order_id"] == "t/0/1#0"
     assert parse_orders(payload, source="t/0/2")[0]["order_id"] == "t/0/2#0"
     assert parse_orders(payload)[0]["order_id"].startswith("sha256:")
+
+
+# Id-less records without a source (the HTTP API's, a file's): their id is all that deduplicates a record sent
+# twice, so it must depend on the payload alone: the same in every call and every process (Python's hash()
+# of bytes is not: it is salted per process), different for another payload or another record of it.
+_IDLESS = [b'{"ativo": "WEGE3", "quantidade": 1, "token": "a"}', b'{"ativo": "WEGE3", "quantidade": 2, "token": "a"}',
+           b"ativo,quantidade,token\nWEGE3,1,a\nWEGE3,1,a\n"]
+_PRINT_IDS = ("import sys; from orderflow.model.orders import parse_orders\n"
+              "for payload in eval(sys.stdin.read()): print(*(o['order_id'] for o in parse_orders(payload)))")
+
+
+def _ids_in_a_process(hash_seed: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", _PRINT_IDS], input=repr(_IDLESS), capture_output=True, text=True,
+                          env={**os.environ, "PYTHONHASHSEED": hash_seed}, timeout=120, check=True)
+    return done.stdout.splitlines()
+
+
+def test_an_idless_record_has_the_same_id_in_every_call_and_process():
+    here = [" ".join(o["order_id"] for o in parse_orders(payload)) for payload in _IDLESS]
+    assert here == [" ".join(o["order_id"] for o in parse_orders(payload)) for payload in _IDLESS]
+    assert _ids_in_a_process("1") == _ids_in_a_process("2") == here
+    single, other, csv = (ids.split() for ids in here)
+    assert len(single) == len(other) == 1 and len(csv) == 2
+    assert single != other  # another quantity: another order
+    assert csv[0] != csv[1]  # two equal lines of one record are two orders
+    assert all(re.fullmatch(r"sha256:[0-9a-f]{32}#[0-9]+", order_id) for order_id in [*single, *other, *csv])
 
 
 def test_rest_proxy_envelope_with_many_records_and_explicit_ids():

@@ -51,3 +51,16 @@ def read_partition(bootstrap: str, topic: str, partition: int, start: int = 0) -
             out.append((msg.offset(), msg.key(), msg.value(), msg.timestamp()[1], msg.headers()))
     finally:
         consumer.close()
+
+
+def stored_records(bootstrap: str, topic: str) -> int:
+    """How many records the broker holds in ``topic`` (every partition's high minus low watermark): what a
+    reader from the beginning gets, counted by the broker rather than by whoever wrote them. Only for
+    topics written without transactions (their commit markers take offsets too)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-counter", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(high - low for low, high in (
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10) for p in partitions))
+    finally:
+        consumer.close()

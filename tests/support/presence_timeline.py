@@ -46,3 +46,20 @@ def summarize(intervals) -> list[tuple]:
         return dt.datetime.fromtimestamp(ms / 1000, tz=TZ).strftime("%d %H:%M:%S")
     return [(i.status, i.reason, hhmmss(i.start_ms), hhmmss(i.end_ms))
             for i in sorted(intervals, key=lambda i: (i.restaurant_id, i.start_ms))]
+
+
+def planned_keepalives(plan) -> dict[str, tuple[int, int]]:
+    """Each restaurant of a generated ``orderflow.generate.keepalive.Plan``: how many keep-alives it sends
+    and when its last is sent (ms), from the plan's intent: one at the start, then one at ``start + k *
+    interval + phase`` for every step ``k`` before the end, but the skipped steps and those after it is gone.
+    Counted from the steps here, not by walking ``Plan.pings()`` (the generator's own loop, under test)."""
+    out = {}
+    for r in plan.restaurants:
+        # the steps whose time is before the end: k * interval + phase < end - start
+        before_end = -(-(plan.end_ms - plan.start_ms - r.phase_ms) // plan.interval_ms)
+        last_step = before_end - 1 if r.gone_after is None else min(before_end - 1, r.gone_after)
+        skipped = sum(len(range(a, min(b, last_step + 1))) for a, b in r.skipped)
+        # Outages end before the period does (and before a restaurant is gone), so the last step is sent.
+        assert not any(a <= last_step < b for a, b in r.skipped), r
+        out[r.restaurant_id] = (1 + last_step + 1 - skipped, plan.start_ms + last_step * plan.interval_ms + r.phase_ms)
+    return out
