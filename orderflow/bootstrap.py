@@ -113,7 +113,10 @@ def create_dynamodb_tables(settings: Settings) -> list[str]:
     for definition in dynamodb_tables(settings):
         if definition["TableName"] in existing:
             continue
-        client.create_table(BillingMode="PAY_PER_REQUEST", **definition)
+        try:
+            client.create_table(BillingMode="PAY_PER_REQUEST", **definition)
+        except client.exceptions.ResourceInUseException:
+            continue  # another bootstrap created it meanwhile (two at once): it exists, as wanted
         # Polled every second, not the waiter's default 20 s: a new table is ACTIVE within a second
         # locally and within seconds on AWS.
         client.get_waiter("table_exists").wait(TableName=definition["TableName"],

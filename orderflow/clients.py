@@ -152,7 +152,15 @@ class SchemaRegistry:
 
     def set_compatibility(self, subject: str, level: str) -> str:
         """Sets ``subject``'s compatibility rule (``BACKWARD``...); returns the level the registry answers."""
-        return self._call(f"compatibility of {subject}", lambda: self.client.set_compatibility(subject, level))
+        def set_it():
+            return self.client.set_compatibility(subject, level)
+
+        try:
+            return self._call(f"compatibility of {subject}", set_it)
+        except IncompatibleSchema:
+            # 409: another writer created the subject's rule at the same moment (two bootstraps at once);
+            # setting it again updates the rule that now exists.
+            return self._call(f"compatibility of {subject}", set_it)
 
     def subjects(self) -> list[str]:
         return self._call("subjects", self.client.get_subjects)

@@ -16,7 +16,7 @@ PINNED = {
     "order": ("c7fd6a51198ac44c", "b161739fe8388035"),
     "priced_order": ("1c54a26a6ae4bfaf", "740950902bd80e59"),
     "restaurant_keepalive": ("1943e01597b1a99f", "a2d374b72af1fb0f"),
-    "restaurant_availability": ("283f65c7a0f9e7bf", "cb707f0a39586ed3"),
+    "restaurant_availability": ("3b7d66417f52cbde", "dc315fb675404349"),  # + CONNECTED, DISCONNECTED (MQTT)
 }
 
 
