@@ -42,7 +42,7 @@ def test_each_entry_names_what_its_module_defines(name):
 
 def test_the_local_stack_runs_every_registered_pipeline():
     assert {name: PROCESSES[name] for name in PIPELINES} == {name: (e.module,) for name, e in PIPELINES.items()}
-    assert set(PROCESSES) - set(PIPELINES) == {"feed", "api"}
+    assert set(PROCESSES) - set(PIPELINES) == {"feed", "api", "bridge", "mqtt-feed"}
 
 
 def test_command_lines_offer_exactly_the_registered_pipelines():
