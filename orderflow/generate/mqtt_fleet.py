@@ -83,6 +83,12 @@ class RestaurantConnection:
         self._next_id = 0
         self._task: asyncio.Task | None = None
         self.closed = asyncio.Event()
+        self.last_sent = 0.0  # time.monotonic() of the last packet written: idle ones send PINGREQ
+
+    def _send(self, packet: bytes) -> None:
+        assert self._writer is not None
+        self._writer.write(packet)
+        self.last_sent = time.monotonic()
 
     @property
     def connected(self) -> bool:
@@ -93,7 +99,7 @@ class RestaurantConnection:
         self.closed = asyncio.Event()
         self._reader, self._writer = await asyncio.wait_for(asyncio.open_connection(
             host, port, local_addr=(source_address, 0) if source_address else None), timeout)
-        self._writer.write(connect_packet(self.restaurant_id, self.restaurant_id, self.password, self.keepalive))
+        self._send(connect_packet(self.restaurant_id, self.restaurant_id, self.password, self.keepalive))
         kind, body = await asyncio.wait_for(self._read_packet(), timeout)
         if kind != _CONNACK or len(body) < 2 or body[1] != 0:
             self._abort()
@@ -109,12 +115,18 @@ class RestaurantConnection:
         self._next_id = self._next_id % 65535 + 1
         acked = asyncio.get_running_loop().create_future()
         self._pending[self._next_id] = acked
-        self._writer.write(publish_packet(topic_name, payload, self._next_id, retain))
+        self._send(publish_packet(topic_name, payload, self._next_id, retain))
         await asyncio.wait_for(acked, timeout)
 
     async def ping(self, payload: bytes = b"", timeout: float = 30) -> None:
         """A keep-alive (empty payload: sent now), acknowledged by the broker."""
         await self.publish(topic(self.restaurant_id, KEEPALIVE), payload, timeout=timeout)
+
+    def ping_broker(self) -> None:
+        """PINGREQ: what an MQTT client sends when it has sent nothing for a while, so the broker (which drops a
+        client silent for 1.5 x its keep-alive) keeps it. The PINGRESP needs no answer."""
+        if self.connected:
+            self._send(_packet(_PINGREQ, 0, b""))
 
     def kill(self) -> None:
         """Closes the socket without DISCONNECT: the broker publishes the will."""
@@ -124,7 +136,7 @@ class RestaurantConnection:
         """A clean DISCONNECT: the broker discards the will."""
         if self.connected:
             assert self._writer is not None
-            self._writer.write(_packet(_DISCONNECT, 0, b""))
+            self._send(_packet(_DISCONNECT, 0, b""))
             try:
                 await self._writer.drain()
             except ConnectionError:
@@ -191,6 +203,8 @@ class RestaurantFleet:
         self._index = {rid: i for i, rid in enumerate(self.connections)}
         self.counts = FleetCounts()
         self.retired: set[str] = set()  # killed for good: ping_forever leaves them alone
+        self.refused: set[str] = set()  # the broker said no (bad credentials): never retried
+        self._keeping_alive: asyncio.Task | None = None
 
     def broker_of(self, restaurant_id: str) -> tuple[str, int]:
         return self.brokers[self._index[restaurant_id] % len(self.brokers)]
@@ -203,25 +217,50 @@ class RestaurantFleet:
             await self.connections[restaurant_id].connect(host, port, source)
         except Refused:
             self.counts.refused += 1
+            self.refused.add(restaurant_id)
             return False
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
             self.counts.failed += 1
             return False
         self.counts.connected += 1
+        if self._keeping_alive is None or self._keeping_alive.done():
+            self._keeping_alive = asyncio.ensure_future(self._keep_alive_forever())
         return True
 
-    async def connect_all(self, ids: Iterable[str] | None = None, rate: float = 1000.0) -> int:
+    async def _keep_alive_forever(self) -> None:
+        """PINGREQ from every connection that sent nothing for half its keep-alive (a client library's job):
+        while a large fleet ramps up, its first connections would otherwise sit silent past 1.5 x keep-alive and
+        the broker would drop them. Ends with the event loop."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for connection in self.connections.values():
+                if connection.connected and now - connection.last_sent >= connection.keepalive / 2:
+                    connection.ping_broker()
+
+    async def connect_all(self, ids: Iterable[str] | None = None, rate: float = 1000.0,
+                          retry_for: float = 0.0) -> int:
         """Connects ``ids`` (default: every restaurant not connected) at up to ``rate`` per second; returns how
-        many connected."""
+        many connected. With ``retry_for`` (s), a connection that failed (not one refused) is tried again, as a
+        device does, one second after its round, until that much time has passed: a broker whose accept queue
+        overflows under a ramp drops connections it would take a moment later."""
         wanted = [r for r in (self.connections if ids is None else ids) if not self.connections[r].connected]
         started = time.monotonic()
-        tasks = []
-        for n, restaurant_id in enumerate(wanted):
-            delay = started + n / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(self.connect(restaurant_id)))
-        return sum(await asyncio.gather(*tasks))
+        connected = 0
+        while True:
+            round_started = time.monotonic()
+            tasks = []
+            for n, restaurant_id in enumerate(wanted):
+                delay = round_started + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.ensure_future(self.connect(restaurant_id)))
+            results = await asyncio.gather(*tasks)
+            connected += sum(results)
+            wanted = [r for r, ok in zip(wanted, results) if not ok and r not in self.refused]
+            if not wanted or time.monotonic() - started >= retry_for:
+                return connected
+            await asyncio.sleep(1.0)
 
     async def ping(self, ids: Iterable[str], payload: bytes = b"") -> int:
         """One keep-alive from each of ``ids`` (connected ones), each acknowledged; returns how many were."""
@@ -289,7 +328,7 @@ def read_credentials(path: str) -> dict[str, str]:
 
 async def _run(fleet: RestaurantFleet, interval: float, rate: float, seconds: float | None,
                kills_per_minute: float = 0.0, seed: int = 7) -> None:
-    connected = await fleet.connect_all(rate=rate)
+    connected = await fleet.connect_all(rate=rate, retry_for=600.0)
     print(f"mqtt fleet: {connected} of {len(fleet.connections)} connected ({fleet.counts})", flush=True)
     pinging = asyncio.ensure_future(fleet.ping_forever(interval, seed))
     rng = random.Random(seed)
