@@ -1,0 +1,186 @@
+"""The cost of idling: CPU of both pipelines streaming on Prism (their Prism included), with no traffic and at the
+demo's feed rate, beside the hand-written loops doing the same in one run.
+
+On a throw-away local stack started here (free ports), each side gets its own topics, database, DynamoDB
+table and Redis prefix. A side is both of its streaming processes: orderflow's two pipelines
+(``orderflow.local.processes.DetachedProcess``, each with the Prism it starts), or ``streaming_latency.py``'s two
+hand loops (a confluent-kafka consumer each, ``consume()`` waiting 50 ms). For each side:
+
+1. start both, and the live feed (``python -m orderflow.generate feed`` at its defaults, the demo's rate: ~20
+   orders/s and 1,000 restaurants pinging every 30 s); wait until orders reach Postgres and keep-alives Redis;
+2. ``--settle`` s, then the CPU of every process of the side (the pipelines' process trees: Prism and any SDK
+   worker) over ``--seconds``, read from ``/proc/<pid>/stat``: the cost at the demo's rate;
+3. stop the feed, ``--settle`` s more, and the same over ``--seconds`` with nothing arriving: the idle cost.
+
+CPU is % of one core (user + system). Run it alone on the machine; it prints the load average before and after.
+
+    .venv/bin/python benchmarks/idle_cost.py                 # ~8 minutes
+    .venv/bin/python benchmarks/idle_cost.py --seconds 20 --settle 10
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+import zoneinfo
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import orders_pipeline  # noqa: E402  (benchmarks/, beside this script)
+import streaming_latency  # noqa: E402
+
+from orderflow import bootstrap, refdata  # noqa: E402
+from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
+from orderflow.model import pricing, sample_assets  # noqa: E402
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a live process, None once it is gone."""
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """``{pid: command name}`` of ``root`` and its descendants."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+        parents[int(stat.parent.name)] = int(rest.split()[1])
+        names[int(stat.parent.name)] = name
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return {pid: names.get(pid, "?") for pid in tree}
+
+
+def cpu_over(roots: dict[str, int], seconds: float) -> dict[str, float]:
+    """% of one core of each named process tree (by command: ``orders/python``, ``orders/prism``...) over
+    ``seconds``; processes that start or end inside the window are left out."""
+    trees = {name: process_tree(pid) for name, pid in roots.items()}
+    before = {(name, pid): cpu_seconds(pid) for name, tree in trees.items() for pid in tree}
+    time.sleep(seconds)
+    usage: dict[str, float] = {}
+    for (name, pid), start in before.items():
+        end = cpu_seconds(pid)
+        if start is not None and end is not None:
+            key = f"{name}/{trees[name][pid]}"
+            usage[key] = usage.get(key, 0.0) + 100 * (end - start) / seconds
+    return usage
+
+
+def side_settings(base: Settings, admin_dsn: str, role: str) -> Settings:
+    """Topics, database, DynamoDB table and Redis prefix of ``role``'s own; open all day, so nothing closes."""
+    tag = f"idle-{role}-{uuid.uuid4().hex[:6]}"
+    settings = orders_pipeline.isolated(base, admin_dsn, f"idle_{role}")
+    local = dt.datetime.now(dt.timezone.utc).astimezone(zoneinfo.ZoneInfo(settings.presence_timezone))
+    opens = local - dt.timedelta(hours=1)
+    settings = dataclasses.replace(
+        settings, topics=dataclasses.replace(settings.topics, orders=f"orders-{tag}", keepalive=f"keepalive-{tag}",
+                                             availability=f"availability-{tag}"),
+        presence_redis_prefix=f"{tag}:restaurant:", opening_hours=f"{opens:%H:%M}-{opens - dt.timedelta(minutes=1):%H:%M}")
+    bootstrap.create_topics(settings.kafka_bootstrap, [settings.topics.orders, settings.topics.keepalive,
+                                                       settings.topics.availability], settings.topic_partitions)
+    return settings
+
+
+def flowing(settings: Settings) -> bool:
+    """Orders in Postgres and keep-alives in Redis: the side streams."""
+    import psycopg
+
+    from orderflow.clients import redis_client
+
+    with psycopg.connect(settings.postgres_dsn) as conn:
+        orders = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    client = redis_client(settings)
+    keepalives = next(client.scan_iter(match=settings.presence_redis_prefix + "*", count=1000), None)
+    return orders > 0 and keepalives is not None
+
+
+def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict[str, dict[str, float]]:
+    env = settings_environment(settings)
+    if role == "beam":
+        sides = [streaming_latency.Pipeline(kind, workdir) for kind in ("orders", "presence")]
+    else:
+        sides = [streaming_latency.HandLoop(kind, workdir) for kind in ("orders", "presence")]
+    for side in sides:
+        side.start([] if role == "beam" else ["--hand-consume-timeout", "0.05"], env)
+    feed_log = open(workdir / f"feed-{role}.log", "ab")
+    feed = subprocess.Popen([sys.executable, "-m", "orderflow.generate", "feed"], env={**os.environ, **env},
+                            stdout=feed_log, stderr=subprocess.STDOUT, cwd=ROOT)
+    started = time.time()
+    try:
+        while not flowing(settings):
+            dead = [s.name for s in sides if not s.running()]
+            if dead or time.time() - started > args.start_timeout:
+                raise RuntimeError(f"{role}: not streaming after {time.time() - started:.0f} s (stopped: {dead}): "
+                                   + "\n".join(s.log_tail() for s in sides))
+            time.sleep(1)
+        print(f"{role:>5}: streaming {time.time() - started:.1f} s after the start", flush=True)
+        roots = {s.name: s._process.pid for s in sides}  # a DetachedProcess's or a Popen's
+        time.sleep(args.settle)
+        at_feed = cpu_over(roots, args.seconds)
+        feed.terminate()
+        feed.wait(30)
+        time.sleep(args.settle)
+        idle = cpu_over(roots, args.seconds)
+        return {"feed": at_feed, "idle": idle}
+    finally:
+        if feed.poll() is None:
+            feed.kill()
+        feed_log.close()
+        for side in sides:
+            side.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each measured window (default 60 s)")
+    parser.add_argument("--settle", type=float, default=20.0, help="wait before each window (default 20 s)")
+    parser.add_argument("--start-timeout", type=float, default=240.0)
+    args = parser.parse_args()
+
+    from orderflow.local import temporary_stack
+
+    began = time.time()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
+    with temporary_stack("bench-idle-", ROOT / ".local", timeout=120) as stack, \
+            tempfile.TemporaryDirectory(prefix="bench-idle-", dir=ROOT / ".local") as workdir:
+        base = load_settings(stack.environment())
+        bootstrap.create_dynamodb_tables(base)
+        today = pricing.today(base)
+        refdata.load_reference_data(base, today, sample_assets.sample_prices(today))
+        admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+        results = {role: measure(role, side_settings(base, admin_dsn, role), pathlib.Path(workdir), args)
+                   for role in ("beam", "hand")}
+    print(f"\n{'phase':<6} {'side':<5} {'total':>7}  processes (% of one core)")
+    for phase in ("idle", "feed"):
+        for role in ("beam", "hand"):
+            usage = results[role][phase]
+            detail = ", ".join(f"{name} {pct:.1f}" for name, pct in sorted(usage.items()) if pct >= 0.05)
+            print(f"{phase:<6} {role:<5} {sum(usage.values()):6.1f}%  {detail}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
