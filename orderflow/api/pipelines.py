@@ -17,7 +17,6 @@ stable offset); a partition the group never committed counts from its earliest o
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import threading
 import time
 
@@ -178,6 +177,3 @@ def watch_of(app_state, res: Resources) -> PipelineWatch:
         watch = app_state.pipeline_watch = PipelineWatch(res.config.pipeline_stall_seconds)
     return watch
 
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()

@@ -19,6 +19,11 @@ from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 
 
+def decoded_metric(schema: str) -> tuple[str, str]:
+    """The (namespace, name) of the Beam counter of records of ``schema`` decoded."""
+    return "DecodeAvro", f"{schema}_decoded"
+
+
 def decode_with_retry(codec: AvroCodec, payload: bytes, retry_seconds: float, on_retry=None) -> dict:
     """``codec.decode(payload)``; while the registry cannot give the writer schema, retried for up to
     ``retry_seconds`` (the outage rule). ``AvroDecodeError`` (bad data) is raised at once."""
@@ -44,7 +49,7 @@ class _DecodeAvroFn(beam.DoFn):
     def __init__(self, codec: AvroCodec, retry_seconds: float):
         self._codec = codec
         self._retry_seconds = retry_seconds
-        self._decoded = Metrics.counter("DecodeAvro", f"{codec.name}_decoded")
+        self._decoded = Metrics.counter(*decoded_metric(codec.name))
         self._failed = Metrics.counter("DecodeAvro", f"{codec.name}_dead_letters")
         self._retries = Metrics.counter("DecodeAvro", "transient_retries")
 

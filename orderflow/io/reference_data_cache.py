@@ -1,4 +1,4 @@
-"""The pricing reference data (``orderflow.io.reference_data``), kept fresh per worker.
+"""The pricing reference data (``orderflow.io.reference_data_store``), kept fresh per worker.
 
 ``ReferenceData`` says which trading days to load and how often to reload. Every pricing DoFn instance of a
 worker process shares one ``ReferenceDataCache`` (Beam's ``apache_beam.utils.shared.Shared``), which loads a
@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from orderflow.config import Settings
-from orderflow.io.reference_data import read_reference_data
+from orderflow.io.reference_data_store import read_reference_data
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.pricing import Snapshot, trading_days
 
