@@ -22,7 +22,7 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from orderflow.api.dashboard import Viewer, status_counts
@@ -260,11 +260,14 @@ def restaurant_timeline(who: Viewer, res: Res,
 
 
 class DashboardAlarm(AlarmOut):
-    """An alarm as ``GET /alarms`` gives it, with the state of its SMS."""
+    """An alarm as ``GET /alarms`` gives it, with the state of its SMS; its window in the exchange's zone."""
 
     fired_at: str
     sms_queued: int
     sms_sent: int
+    timezone: str = Field(description="the exchange's time zone (IANA name), where alarm windows are days and "
+                                      "hours; window_start and window_end carry its UTC offset",
+                          examples=["America/Sao_Paulo"])
 
 
 @router.get("/dashboard/alarms", response_model=list[DashboardAlarm], responses=responses(*AUTHENTICATED, 422),
@@ -276,6 +279,9 @@ def dashboard_alarms(who: Viewer, res: Res, limit: Annotated[int, Query(ge=1, le
             " count(s.phone), count(s.sent_at) FROM alarms a LEFT JOIN sms_outbox s"
             " USING (rule_id, scope, window_start) GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY a.fired_at DESC LIMIT %s",
             (limit,)).fetchall()
-    return [DashboardAlarm(rule_id=r[0], scope=r[1], window_start=r[2].isoformat(), window_end=r[3].isoformat(),
-                           total=money(r[4]), threshold=money(r[5]), fired_at=r[6].isoformat(), sms_queued=r[7],
-                           sms_sent=r[8]) for r in rows]
+    zone_name = res.settings.exchange_timezone
+    zone = ZoneInfo(zone_name)
+    return [DashboardAlarm(rule_id=r[0], scope=r[1], window_start=r[2].astimezone(zone).isoformat(),
+                           window_end=r[3].astimezone(zone).isoformat(), total=money(r[4]), threshold=money(r[5]),
+                           fired_at=r[6].isoformat(), sms_queued=r[7], sms_sent=r[8], timezone=zone_name)
+            for r in rows]
