@@ -14,21 +14,22 @@ One SQL statement per batch (the batch goes in as one JSON parameter, encoded by
    order, so DynamoDB never goes back to an older value even when batches of one client run in parallel;
    a crash before the commit replays the batch, which writes the same absolute values again.
 
-A transaction spans up to ``max_batches`` batches of a bundle (``OrdersWriter``): DynamoDB then gets
-each key's latest value once per transaction instead of once per batch, and a failed bundle rolls back
-as a whole, which is what the runner retries. (A deadlock between two long transactions is detected by
-Postgres; the bundle fails and is retried.)
 4. It also returns the ids of the orders this batch *owns*: inserted now, or inserted earlier by the same
    Kafka record (``source`` coordinates), i.e. a replay of the record that first delivered the order. A
    duplicate delivered by another record is not owned. The orders *inserted now* are added to the alarm
    windows' totals in the same transaction (``orderflow.io.alarm_windows``): each order counts once in
    each of its windows, and an alarm fires in the transaction whose orders make a total cross.
 
+A transaction spans up to ``max_batches`` batches of a bundle (``OrdersWriter``): DynamoDB then gets
+each key's latest value once per transaction instead of once per batch, and a failed bundle rolls back
+as a whole, which is what the runner retries. (A deadlock between two long transactions is detected by
+Postgres; the bundle fails and is retried.)
+
 Last line of defence (the normaliser already refuses what no sink can hold): each batch statement runs
 under a savepoint. When Postgres refuses it because of the data (SQLSTATE class 22 data exception, 23
 integrity violation, 54 program limit exceeded, e.g. NUL in text or an index row too large), only that
-savepoint is rolled back and the batch is bisected, each half under its own savepoint, until the refused
-orders are alone; they become dead letters (reason ``postgres_rejected``, the database's message as
+savepoint is rolled back and the batch is halved, each half under its own savepoint, until the refused
+orders are alone (``orderflow.io.refusals.write_isolating``); they become dead letters (reason ``postgres_rejected``, the database's message as
 detail) and every other order is written. Each part is still one statement inserting orders and adding
 what it inserted, so the arguments above hold part by part: nothing refused is counted, nothing written
 is counted twice. When DynamoDB answers ``ValidationException`` for a volume item (e.g. a partition key

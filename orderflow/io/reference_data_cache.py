@@ -10,8 +10,8 @@ order is priced instead of dead-lettered.
 Outages follow the sinks' rule (``orderflow.io.retry``): the first load retries an unavailable memcached or
 DynamoDB for up to ``retry_seconds``; a later reload that fails keeps the snapshot it has. Sharing matters
 here: a runner creates new DoFn instances while the pipeline runs (a second bundle processor for a busy
-stage, or one replacing an idle one), and each used to load its own snapshot; one of them starting during
-a DynamoDB outage failed its bundle, which on Prism fails the job.
+stage, or one replacing an idle one); were each to load its own snapshot, one starting during a DynamoDB
+outage would fail its bundle, which on Prism fails the job.
 
 Why a cache and not a side input: on Prism (Beam 2.77), the runner the pipelines stream on locally, a
 windowed side input is served only for windows the *main input's* watermark has passed, and a main-input

@@ -9,7 +9,7 @@ Accepted payloads (one Kafka record value, or one HTTP body):
 - CSV: one or more lines ``ativo,quantidade,token[,order_id]`` (an optional header line is skipped);
 - canonical Avro ``Order``: the Confluent wire format (``00`` + the 4-byte registry id of the writer schema +
   body; decoded by the registry-backed ``decode_avro`` the caller passes), or the single-object encoding
-  (``C3 01`` + CRC-64-AVRO fingerprint + body) of records written before the schema registry.
+  (``C3 01`` + CRC-64-AVRO fingerprint + body), which needs no registry: dead letters' payloads use it.
 
 A payload is all or nothing: if one of its orders is invalid the whole payload is rejected with the
 reason and the index of the offending order, and goes to the dead-letter topic untouched, so it can be
