@@ -34,6 +34,8 @@ from orderflow.api.resources import Resources
 from orderflow.model.money import money
 from orderflow.model.pricing import today
 
+__all__ = ["LiveHistory"]
+
 router = APIRouter(tags=["dashboard"])
 _LOG = logging.getLogger("orderflow.api")
 RATE_WINDOW_SECONDS = 10.0

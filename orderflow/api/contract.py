@@ -14,6 +14,9 @@ from pydantic import AwareDatetime, BeforeValidator, Field
 
 from orderflow.model.orders import MAX_QUANTITY
 
+__all__ = ["CSV_QUANTITY", "ClientToken", "Day", "EventTime", "ORDER_ID", "OrderId", "PATH_ID", "Quantity", "TICKER",
+           "TOKEN", "Ticker", "Timestamp"]
+
 # Client tokens and order ids the API accepts travel in URL paths (/clients/{token}/volume,
 # /orders/{order_id}, the client:<token> scope): letters, digits and '._:@-', starting with a letter or digit
 # (so never '.' or '..', which clients resolve away). The orders pipeline itself takes any text without
@@ -73,6 +76,10 @@ OrderId = Annotated[str, Field(pattern=f"^{ORDER_ID}$", description="your id for
                                                                      "default: minted, api-<32 hex>-<index>")]
 EventTime = Annotated[
     integer(ge=0, le=MAX_EPOCH_MILLIS, title="epoch millis") | Timestamp,
-    Field(description="when the order was placed (epoch millis or ISO-8601 with offset); default: arrival"),
+    Field(description="when the order was placed (epoch millis or ISO-8601 with offset); default: arrival. At "
+                      "most 3,660 days before the server's clock and 1 day ahead (the orders pipeline's limits, "
+                      "--order_max_event_age_days / --order_max_event_lead_hours), else 422 "
+                      "(event_time_out_of_range): a window that moves with the clock, which JSON Schema cannot "
+                      "state"),
 ]
 

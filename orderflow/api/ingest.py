@@ -13,10 +13,11 @@ ids and the orders pipeline (idempotent on the order id) counts it once.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Request
@@ -40,11 +41,16 @@ from orderflow.api.contract import (
 from orderflow.api.deps import Caller, Res, forbidden
 from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, responses
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
-from orderflow.api.metrics import INGESTED_RECORDS
+from orderflow.api.metrics import INGESTED_RECORDS, KEEPALIVE_CLOCK_SKEW
 from orderflow.api.resources import Resources
 from orderflow.model.avro import payload_format
-from orderflow.model.presence import AvailabilityChange, keepalive_kafka_record, keepalive_skew
+from orderflow.model.presence import AvailabilityChange, keepalive_kafka_record, stamp_keepalive
 
+__all__ = ["COMPONENT_SCHEMAS", "ENVELOPE", "IdempotencyKey", "InvalidBody", "KeepaliveIn", "REF_TEMPLATE",
+           "REST_PROXY_JSON", "RestaurantId", "component_schema", "encode_orders", "media_type", "minted_id_prefix",
+           "produce", "router"]
+
+_LOG = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
 
 RestaurantId = Path(min_length=1, max_length=128, pattern=PATH_ID, description="Restaurant id",
@@ -157,8 +163,16 @@ class OrdersAccepted(BaseModel):
 
 class KeepaliveIn(_Strict):
     sent_at: Timestamp | None = Field(
-        None, description="when the restaurant sent it (default: now); the record's Kafka timestamp. At most "
-                          "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS (300) from the server's clock, else 422")
+        None, description="when the restaurant sent it (default: now); the record's Kafka timestamp. More than "
+                          "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS (300) from the server's clock, the keep-alive is "
+                          "recorded at the server's time instead (the answer's clock_skew_seconds says so)")
+
+
+class KeepaliveAccepted(Accepted):
+    sent_at: datetime = Field(description="the time the keep-alive is recorded with (its Kafka timestamp)")
+    clock_skew_seconds: float | None = Field(
+        description="how far the request's sent_at was from the server's clock when it was too far to be used "
+                    "and the server's time was recorded instead; null when sent_at was used (or absent)")
 
 
 class AvailabilityIn(_Strict):
@@ -181,7 +195,8 @@ class AvailabilityIn(_Strict):
 class UnavailabilityIn(_Strict):
     reason: Reason
     starts_at: Timestamp
-    ends_at: Timestamp | None = Field(None, description="open-ended when absent")
+    ends_at: Timestamp | None = Field(None, description="open-ended when absent; after starts_at, else 422 (a "
+                                                        "rule between two fields, which JSON Schema cannot state)")
     schedule_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$",
                                     description="default: a new UUID")
 
@@ -352,18 +367,23 @@ def _require_restaurant(who: Principal, restaurant_id: str) -> None:
                         "(needs 'ingest' or 'restaurant:<id>')")
 
 
-@router.post("/restaurants/{restaurant_id}/keepalive", status_code=202, response_model=Accepted,
+@router.post("/restaurants/{restaurant_id}/keepalive", status_code=202, response_model=KeepaliveAccepted,
              summary="A restaurant's keep-alive ping", responses=KAFKA_RESPONSES)
 async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
                          body: KeepaliveIn | None = None):
     _require_restaurant(who, restaurant_id)
-    sent_at = _millis(body.sent_at if body else None)
-    detail = keepalive_skew(sent_at, _millis(None), res.settings.keepalive_max_skew_seconds)
-    if detail:
-        raise InvalidBody(f"sent_at: {detail}", [{"loc": ["body", "sent_at"], "msg": detail}])
-    record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, sent_at)
+    sent_at = body.sent_at if body else None
+    stamp = stamp_keepalive(_millis(sent_at) if sent_at else None, _millis(None),
+                            res.settings.keepalive_max_skew_seconds)
+    if stamp.restamped:
+        KEEPALIVE_CLOCK_SKEW.labels("ahead" if (stamp.skew_seconds or 0) > 0 else "behind").inc()
+        _LOG.warning("keep-alive of %s restamped: %s", restaurant_id, stamp.describe(),
+                     extra={"restaurant_id": restaurant_id, "clock_skew_seconds": stamp.skew_seconds})
+    record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, stamp.sent_at_ms)
     (d,) = await produce(res, res.settings.topics.keepalive, [record])
-    return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
+    return KeepaliveAccepted(topic=d.topic, partition=d.partition, offset=d.offset,
+                             sent_at=datetime.fromtimestamp(stamp.sent_at_ms / 1000, timezone.utc),
+                             clock_skew_seconds=stamp.skew_seconds)
 
 
 def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:

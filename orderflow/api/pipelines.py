@@ -22,6 +22,8 @@ import time
 
 from orderflow.api.resources import Resources
 
+__all__ = ["PipelineHealth", "watch_of"]
+
 KAFKA_TIMEOUT_SECONDS = 3.0
 
 

@@ -18,6 +18,8 @@ from orderflow.model.avro import AvroCodec, AvroDecodeError, SchemaRegistryUnava
 from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 
+__all__ = ["DecodeAvro", "RetryingDecoder", "decode_with_retry", "decoded_metric"]
+
 
 def decoded_metric(schema: str) -> tuple[str, str]:
     """The (namespace, name) of the Beam counter of records of ``schema`` decoded."""

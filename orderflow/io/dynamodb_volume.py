@@ -20,6 +20,8 @@ from decimal import Decimal
 from orderflow.clients import AwsEndpoint
 from orderflow.io.refusals import write_isolating
 
+__all__ = ["DailyVolumeTable"]
+
 _BATCH_WRITE_ITEMS = 25
 
 
@@ -56,7 +58,7 @@ class DailyVolumeTable:
         items are alone, and every other item is written (absolute values: writing one twice is harmless).
         """
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-        requests = [({"PutRequest": {"Item": {
+        requests: list[tuple[dict, tuple]] = [({"PutRequest": {"Item": {
             "client_token": {"S": token}, "day": {"S": str(day)}, "total": {"N": _number(total)},
             "order_count": {"N": str(count)}, "updated_at": {"S": now}}}}, (token, day, total, count))
             for token, day, total, count in volumes]

@@ -60,6 +60,9 @@ from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.dead_letter import DEAD_LETTER_TAG, ReasonCounters, Stage
 from orderflow.model.orders import OrderBatch, order_dead_letter
 
+__all__ = ["ALARMS_FIRED", "DYNAMODB_REJECTED", "OrdersWriter", "POSTGRES_DUPLICATES", "POSTGRES_REPLAYED",
+           "WriteOrdersToPostgres"]
+
 # The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
 ALARMS_FIRED = ("orders", "alarms_fired")
 POSTGRES_REPLAYED = ("orders", "postgres_replayed")

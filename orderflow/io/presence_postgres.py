@@ -55,6 +55,9 @@ from orderflow.model.presence import (
     ms_to_datetime,
 )
 
+__all__ = ["WritePresenceDeadLetters", "WriteStatusIntervals", "WriteUnavailabilityHistory", "write_dead_letters",
+           "write_intervals", "write_unavailability"]
+
 REPLACE_RANGES_SQL = """
 WITH ranges AS (
     SELECT * FROM unnest(%(rid)s::text[], %(from)s::timestamptz[], %(to)s::timestamptz[]) AS r(restaurant_id, from_at, to_at)

@@ -37,6 +37,8 @@ from orderflow.io.reference_data_store import read_reference_data
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.pricing import Snapshot, trading_days
 
+__all__ = ["ReferenceData"]
+
 _LOG = logging.getLogger(__name__)
 
 

@@ -7,7 +7,7 @@ refused record the store's own message for its dead letter.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 __all__ = ["write_isolating"]
@@ -16,7 +16,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def write_isolating(write: Callable[[Sequence[T]], R], batch: Sequence[T],
+def write_isolating(write: Callable[[list[T]], R], batch: list[T],
                     refusal: Callable[[Exception], str | None]) -> tuple[list[R], list[tuple[T, str]]]:
     """``write(batch)``; if it raises an error that ``refusal`` names the data's fault, each half alone, down
     to single records.

@@ -31,6 +31,8 @@ from orderflow import clients
 from orderflow.config import load_settings
 from orderflow.io.retry import is_transient
 
+__all__ = ["RelaySmsOutbox", "fire_alarms_sql", "record_alarms", "relay_sms_outbox"]
+
 _LOG = logging.getLogger(__name__)
 
 

@@ -32,6 +32,10 @@ import cachetools
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+__all__ = ["AvroCodec", "AvroDecodeError", "IncompatibleSchema", "SCHEMAS_DIR", "SchemaNotFound",
+           "SchemaRegistryUnavailable", "SchemaSource", "TOPIC_SCHEMAS", "confluent_header", "load_schema",
+           "payload_format", "schema_fingerprint", "subject_for"]
+
 SCHEMAS_DIR = pathlib.Path(__file__).resolve().parent.parent / "schemas"
 CONFLUENT_MAGIC = 0
 CONFLUENT_HEADER_LENGTH = 5  # magic byte + 4-byte schema id

@@ -17,6 +17,9 @@ import json
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+__all__ = ["DEAD_LETTER_METRIC_PREFIX", "DEAD_LETTER_TAG", "DLQ_MAX_MESSAGE_BYTES", "DeadLetter", "ReasonCounters",
+           "Stage", "TRUNCATED_HEADER", "dead_letter_metric"]
+
 DLQ_MAX_MESSAGE_BYTES = 1_000_000
 # Room left for the record's own framing (lengths, attributes, timestamps) that the producer counts
 # against message.max.bytes besides key, value and headers.

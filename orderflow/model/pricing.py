@@ -17,6 +17,8 @@ from typing import Protocol
 
 from orderflow.config import Settings
 
+__all__ = ["ReferenceSource", "Snapshot", "UnpricedOrder", "price_order", "today", "trading_days"]
+
 Snapshot = dict[str, dict[str, tuple]]
 PRICE_SCALE = Decimal("0.000001")  # scale 6, as the decimal logical types of PricedOrder
 

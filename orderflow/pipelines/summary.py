@@ -42,6 +42,9 @@ from orderflow.transforms.normalize_orders import RECORDS_IN
 from orderflow.transforms.price_orders import ORDERS_PRICED
 from orderflow.transforms.status_intervals import INTERVALS, LATE_PINGS_IGNORED
 
+__all__ = ["CountDeadLetters", "KEEPALIVES_DECODED", "ORDERS_REFUSED", "ORDERS_STORED", "counters", "metric_key",
+           "orders_summary", "presence_summary", "report_run", "streaming_summary"]
+
 DEAD_LETTER_LOG_LIMIT = 5  # dead letters logged one by one per reason per minute and worker process
 _LOG = logging.getLogger("orderflow.pipelines")
 

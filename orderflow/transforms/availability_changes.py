@@ -17,6 +17,8 @@ from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 from orderflow.model.presence import AvailabilityChange, InvalidAvailabilityChange, validate_change
 
+__all__ = ["CHANGES", "DecodeAvailabilityChanges"]
+
 # The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
 CHANGES = (Stage.DECODE_AVAILABILITY_CHANGES, "changes")
 

@@ -53,6 +53,8 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from orderflow.model.presence import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, session_markers, to_ms
 
+__all__ = ["KeepaliveSessions", "LATE_PINGS", "PINGS_AFTER_CUT_OFF", "SESSIONS"]
+
 # The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
 SESSIONS = ("KeepaliveSessions", "sessions")
 LATE_PINGS = ("KeepaliveSessions", "late_pings")

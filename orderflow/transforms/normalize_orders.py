@@ -27,6 +27,8 @@ from orderflow.model.orders import (
 )
 from orderflow.transforms import order_batch  # noqa: F401 - registers OrderBatch's coder
 
+__all__ = ["NormalizeOrders", "RECORDS_IN"]
+
 # The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
 RECORDS_IN = ("orders", "records_in")
 

@@ -17,6 +17,8 @@ from orderflow.model.orders import OrderBatch, order_dead_letter
 from orderflow.model.pricing import ReferenceSource, UnpricedOrder, price_order
 from orderflow.transforms import order_batch  # noqa: F401 - registers OrderBatch's coder
 
+__all__ = ["ORDERS_PRICED", "PriceOrders"]
+
 # The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
 ORDERS_PRICED = ("orders", "orders_priced")
 
