@@ -25,6 +25,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from orderflow.api.contract import Day
 from orderflow.api.dashboard import Viewer, status_counts
 from orderflow.api.deps import Res
 from orderflow.api.errors import AUTHENTICATED, responses
@@ -244,7 +245,7 @@ class TimelineOut(BaseModel):
             summary="One restaurant's day as stored intervals: online / offline scheduled / offline unexplained")
 def restaurant_timeline(who: Viewer, res: Res,
                         restaurant_id: Annotated[str, Query(pattern=RESTAURANT_ID)],
-                        day: Annotated[dt.date | None, Query(description="local day; default today")] = None):
+                        day: Annotated[Day | None, Query(description="local day, YYYY-MM-DD; default today")] = None):
     day = day or today(res.settings)
     with res.pg.connection() as conn:
         rows = conn.execute("SELECT start_at, end_at, status, reason FROM restaurant_status_intervals"
