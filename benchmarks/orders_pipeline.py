@@ -31,7 +31,7 @@ from harness import fill_orders_topic, run_side  # noqa: E402  (benchmarks/harne
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings  # noqa: E402
-from orderflow.io import reference_data  # noqa: E402
+from orderflow.io import reference_data_store  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
 BATCHES_PER_TRANSACTION = 20
@@ -59,7 +59,7 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
     import psycopg
     from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
-    from orderflow.clients import avro_codec, aws_client
+    from orderflow.clients import avro_codec, aws_client, aws_endpoint
     from orderflow.io.dynamodb_volume import DailyVolumeTable
     from orderflow.io.postgres_orders import OrdersWriter
     from orderflow.io.sns_alarms import record_alarms, relay_sms_outbox
@@ -68,13 +68,13 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
     from orderflow.model.orders import InvalidOrder, encode_order_avro, parse_orders
 
     zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
-    reference = reference_data.read_reference_data(settings, days or [DAY])
+    reference = reference_data_store.read_reference_data(settings, days or [DAY])
     rules = parse_rules(rules_json)
     codec = avro_codec(settings, "priced_orders")
     decode_avro = avro_codec(settings, "orders").decode
     scale = Decimal("0.000001")
     conn = psycopg.connect(settings.postgres_dsn)
-    writer = OrdersWriter(settings.postgres_dsn, DailyVolumeTable(settings).write, batches_per_transaction)
+    writer = OrdersWriter(settings.postgres_dsn, DailyVolumeTable(aws_endpoint(settings, "dynamodb"), settings.client_volume_table).write, batches_per_transaction)
     sns = aws_client(settings, "sns")
     relay_sms_outbox(conn, sns)
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,

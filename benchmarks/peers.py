@@ -67,13 +67,13 @@ class Work:
         import zoneinfo
 
         from orderflow.clients import avro_codec, schema_registry
-        from orderflow.io import reference_data
+        from orderflow.io import reference_data_store
         from orderflow.model import dead_letter, orders, pricing
 
         # Imported here (start-up, measured) and kept, not imported per record.
         self.normalize, self.pricing, self.DeadLetter = orders, pricing, dead_letter.DeadLetter
         self.stage = dead_letter.Stage
-        self.snapshot = reference_data.read_reference_data(settings, [DAY])
+        self.snapshot = reference_data_store.read_reference_data(settings, [DAY])
         self.zone = zoneinfo.ZoneInfo(settings.exchange_timezone)
         registry = schema_registry(settings)
         self.codec = avro_codec(settings, "priced_orders", registry)
@@ -319,7 +319,7 @@ STAGE_RULES = [
     ("Kafka write", None, "orderflow/io/kafka_write.py"),
     ("Kafka read", None, "orderflow/io/kafka_read.py"),
     ("Kafka read", None, "orderflow/io/kafka_offsets.py"),
-    ("reference data load", None, "orderflow/io/reference_data.py"),
+    ("reference data load", None, "orderflow/io/reference_data_store.py"),
     ("Beam: coders (element size sampling, stage boundaries)", None, "apache_beam/coders/"),
     ("Beam: bundles, DoFn calls", None, "apache_beam/"),  # "Beam: job start" outside of bundles (stage_of)
     ("Quix Streams", None, "quixstreams/"),

@@ -7,6 +7,8 @@ built, so importing this module costs nothing.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from orderflow.config import Settings
 from orderflow.model.avro import (
     TOPIC_SCHEMAS,
@@ -17,34 +19,55 @@ from orderflow.model.avro import (
     subject_for,
 )
 
-__all__ = ["SchemaRegistry", "avro_codec", "aws_client", "aws_resource", "kafka_admin", "kafka_producer", "memcached", "postgres",
+__all__ = ["AwsEndpoint", "SchemaRegistry", "avro_codec", "aws_client", "aws_endpoint", "aws_resource", "kafka_admin", "kafka_producer", "memcached", "postgres",
            "redis_client", "schema_registry"]
 
 
-def _aws_arguments(settings: Settings, service: str) -> dict:
-    endpoint = settings.endpoint_url(service)
-    return {
-        "endpoint_url": endpoint,
-        "region_name": settings.aws_region,
-        # The local stand-ins (dynalite, moto) accept any credentials; real AWS (no endpoint set) uses the
-        # standard credential chain.
-        **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"} if endpoint else {}),
-    }
+class AwsEndpoint(NamedTuple):
+    """Where one AWS service is (``endpoint_url`` None: real AWS), as plain values a pipeline's sink carries to
+    its workers; ``client()`` builds the boto3 client there."""
+
+    service: str
+    endpoint_url: str | None
+    region: str
+
+    def _arguments(self) -> dict:
+        return {
+            "endpoint_url": self.endpoint_url,
+            "region_name": self.region,
+            # The local stand-ins (dynalite, moto) accept any credentials; real AWS (no endpoint set) uses the
+            # standard credential chain.
+            **({"aws_access_key_id": "orderflow", "aws_secret_access_key": "orderflow"} if self.endpoint_url else {}),
+        }
+
+    def client(self, **options):
+        """A boto3 client of the service; ``options`` (e.g. ``config=botocore.config.Config(...)``) go to
+        ``boto3.client``."""
+        import boto3
+
+        return boto3.client(self.service, **self._arguments(), **options)
+
+    def resource(self, **options):
+        """The boto3 resource API of the service (for ``Table.batch_writer``)."""
+        import boto3
+
+        return boto3.resource(self.service, **self._arguments(), **options)
+
+
+def aws_endpoint(settings: Settings, service: str) -> AwsEndpoint:
+    """Where ``settings`` put ``service`` ("dynamodb" or "sns")."""
+    return AwsEndpoint(service, settings.endpoint_url(service), settings.aws_region)
 
 
 def aws_client(settings: Settings, service: str, **options):
     """A boto3 client of ``service`` ("dynamodb" or "sns") at its configured endpoint; ``options`` (e.g.
     ``config=botocore.config.Config(...)``) go to ``boto3.client``."""
-    import boto3
-
-    return boto3.client(service, **_aws_arguments(settings, service), **options)
+    return aws_endpoint(settings, service).client(**options)
 
 
 def aws_resource(settings: Settings, service: str, **options):
     """The boto3 resource API of ``service`` at its configured endpoint (for ``Table.batch_writer``)."""
-    import boto3
-
-    return boto3.resource(service, **_aws_arguments(settings, service), **options)
+    return aws_endpoint(settings, service).resource(**options)
 
 
 def memcached(settings: Settings, *, connect_timeout: float = 5, timeout: float = 10):

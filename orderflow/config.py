@@ -83,7 +83,7 @@ class Settings:
                                            "key prefix of the restaurants' Redis hot state")
     keepalive_max_skew_seconds: float = _variable(
         "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS", 300.0,
-        "API: a keep-alive's sent_at may differ from arrival by at most this much")
+        "API and MQTT bridge: a keep-alive's sent_at further than this from arrival is replaced by the arrival time")
     # The restaurants' MQTT broker(s) and the bridge into Kafka (``python -m orderflow.bridge``). The local stack's
     # bridge account has the password ``orderflow`` (loopback only); production sets its own.
     mqtt_url: str = _variable("ORDERFLOW_MQTT_URL", "mqtt://127.0.0.1:11883",

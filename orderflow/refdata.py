@@ -1,6 +1,6 @@
 """Reference data for pricing: ``python -m orderflow.refdata load`` and ``show``, and its writer.
 
-The stores' layout and the reader are ``orderflow.io.reference_data``; the sample data set is
+The stores' layout and the reader are ``orderflow.io.reference_data_store``; the sample data set is
 ``orderflow.model.sample_assets``; the trading day is ``orderflow.model.pricing.today``.
 
 ``load`` replaces a day's asset list with the assets it loads (an asset listed before but not loaded
@@ -18,7 +18,7 @@ from decimal import Decimal
 
 from orderflow import clients
 from orderflow.config import Settings, load_settings
-from orderflow.io import reference_data
+from orderflow.io import reference_data_store
 from orderflow.model import pricing, sample_assets
 
 
@@ -46,12 +46,12 @@ def load_reference_data(settings: Settings, day: datetime.date,
     """
     client = clients.memcached(settings)
     try:
-        codes = {reference_data.pricing_code_key(asset, day): code for asset, (code, _) in entries.items() if code is not None}
+        codes = {reference_data_store.pricing_code_key(asset, day): code for asset, (code, _) in entries.items() if code is not None}
         failed = client.set_many(codes, expire=expire_seconds, noreply=False) if codes else []
         if failed:
             raise RuntimeError(f"memcached refused {len(failed)} pricing codes, e.g. {failed[:3]}")
         # The index goes last: a reader that sees an asset listed finds its code already there.
-        loaded = _write_index(client, reference_data.assets_key(day), sorted(entries), expire_seconds, merge)
+        loaded = _write_index(client, reference_data_store.assets_key(day), sorted(entries), expire_seconds, merge)
     finally:
         client.close()
     table = clients.aws_resource(settings, "dynamodb").Table(settings.prices_table)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                       + (f"; no longer listed (orders for them become unknown_asset): {', '.join(dropped)}"
                          "; use --merge to keep them" if dropped else ""))
     else:
-        for day, assets in reference_data.read_reference_data(settings, days).items():
+        for day, assets in reference_data_store.read_reference_data(settings, days).items():
             for asset, (code, price) in sorted(assets.items()):
                 print(f"{day} {asset:<8} {code or '-':<20} {price if price is not None else '-'}")
     return 0

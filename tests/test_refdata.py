@@ -11,7 +11,7 @@ from pymemcache.client.base import Client
 
 from orderflow import refdata
 from orderflow.config import settings_environment
-from orderflow.io import reference_data
+from orderflow.io import reference_data_store
 from orderflow.model import sample_assets
 
 DAY = datetime.date(2026, 11, 20)
@@ -21,9 +21,9 @@ def test_load_then_read_back_with_gaps(module_settings):
     entries = {"WEGE3": ("W-1", Decimal("41.5")), "NOCODE3": (None, None), "NOPRICE3": ("NP-1", None)}
     refdata.load_reference_data(module_settings, DAY, entries)
     client = Client(module_settings.memcached_host_port)
-    assert client.get(reference_data.assets_key(DAY)) == b'["NOCODE3", "NOPRICE3", "WEGE3"]'
-    assert client.get(reference_data.pricing_code_key("WEGE3", DAY)) == b"W-1"
-    snapshot = reference_data.read_reference_data(module_settings, [DAY, datetime.date(1999, 1, 1)])
+    assert client.get(reference_data_store.assets_key(DAY)) == b'["NOCODE3", "NOPRICE3", "WEGE3"]'
+    assert client.get(reference_data_store.pricing_code_key("WEGE3", DAY)) == b"W-1"
+    snapshot = reference_data_store.read_reference_data(module_settings, [DAY, datetime.date(1999, 1, 1)])
     assert snapshot == {str(DAY): {"WEGE3": ("W-1", Decimal("41.5")), "NOCODE3": (None, None),
                                    "NOPRICE3": ("NP-1", None)}}
 
@@ -46,7 +46,7 @@ def test_cli_load_and_show(module_settings, tmp_path):
     shown = subprocess.run([sys.executable, "-m", "orderflow.refdata", "show", "--day", day],
                            env=env, capture_output=True, text=True, check=True).stdout
     assert "ZZZZ3" in shown and "ZCODE" in shown and "12.345678" in shown
-    assert reference_data.read_reference_data(module_settings, [day])[day]["YYYY3"] == ("YYYY3-20261119", None)
+    assert reference_data_store.read_reference_data(module_settings, [day])[day]["YYYY3"] == ("YYYY3-20261119", None)
 
 
 def test_cli_load_says_it_replaces_the_day_and_merge_keeps_the_other_assets(module_settings, tmp_path):
@@ -62,12 +62,12 @@ def test_cli_load_says_it_replaces_the_day_and_merge_keeps_the_other_assets(modu
     load("AAAA3,1.5\nBBBB3,2.5\n")
     out = load("CCCC3,3.5\n", "--merge")
     assert "merged into the day's asset list: 3 assets listed" in out
-    assert set(reference_data.read_reference_data(module_settings, [day])[day]) == {"AAAA3", "BBBB3", "CCCC3"}
+    assert set(reference_data_store.read_reference_data(module_settings, [day])[day]) == {"AAAA3", "BBBB3", "CCCC3"}
     out = load("BBBB3,2.75\n", "--merge")  # an update keeps the others too
-    assert reference_data.read_reference_data(module_settings, [day])[day]["BBBB3"] == ("BBBB3-20261118", Decimal("2.75"))
-    assert len(reference_data.read_reference_data(module_settings, [day])[day]) == 3
+    assert reference_data_store.read_reference_data(module_settings, [day])[day]["BBBB3"] == ("BBBB3-20261118", Decimal("2.75"))
+    assert len(reference_data_store.read_reference_data(module_settings, [day])[day]) == 3
 
     out = load("DDDD3,4.5\n")  # without --merge: the list is replaced, and the output says what was dropped
     assert "replaced the day's asset list (3 -> 1 assets)" in out
     assert "no longer listed (orders for them become unknown_asset): AAAA3, BBBB3, CCCC3" in out
-    assert set(reference_data.read_reference_data(module_settings, [day])[day]) == {"DDDD3"}
+    assert set(reference_data_store.read_reference_data(module_settings, [day])[day]) == {"DDDD3"}

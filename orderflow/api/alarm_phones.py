@@ -18,6 +18,8 @@ from orderflow.api.contract import TOKEN
 from orderflow.api.deps import Caller, Res, forbidden
 from orderflow.api.errors import AUTHENTICATED, responses
 
+__all__ = ["PHONE", "delete_phone", "list_phones", "put_phone"]
+
 PHONE = r"^\+[1-9][0-9]{7,14}$"
 PhonePath = Path(pattern=PHONE, description="E.164 number, e.g. +5511987654321", examples=["+5511987654321"])
 

@@ -19,6 +19,8 @@ from orderflow.api.resources import Resources
 from orderflow.api.server import install_log_redaction
 from orderflow.config import ApiConfig, Settings, load_api_config, load_settings
 
+__all__ = ["create_app"]
+
 DESCRIPTION = """
 Ingest orders and restaurant events into orderflow's Kafka topics, and query what the pipelines computed.
 

@@ -35,6 +35,9 @@ import time
 from orderflow.api.contract import TOKEN
 from orderflow.api.metrics import KEY_LOOKUPS
 
+__all__ = ["FailureLimiter", "InvalidScope", "KeyVerifier", "Principal", "create_key", "dashboard_token",
+           "revoke_key"]
+
 KEY_PREFIX = "of"
 DASHBOARD_TOKEN_PREFIX = "odt"
 _KEY_RE = re.compile(r"^of_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
@@ -232,15 +235,29 @@ class KeyVerifier:
             return None
         return self._check(key, match.group(1), self._row(match.group(1), fresh))
 
+    def dashboard_token_cached(self, token: str) -> Principal | None | bool:
+        """Like ``verify_dashboard_token`` but never touches the database: ``False`` when the answer is not
+        cached. A malformed or expired token is refused here: it needs no lookup, so it is answered 401 even
+        from an address whose lookups are throttled."""
+        match = _DASHBOARD_TOKEN_RE.match(token.strip())
+        if not match or int(match.group(2)) < time.time():
+            return None
+        row = self._cached_row(match.group(1))
+        if isinstance(row, bool):
+            return False
+        KEY_LOOKUPS.labels("cached").inc()
+        return self._token_principal(match, row)
+
     def verify_dashboard_token(self, token: str, fresh: bool = False) -> Principal | None:
         """A read-only Principal for a valid, unexpired dashboard token of an active key with ``read``."""
         match = _DASHBOARD_TOKEN_RE.match(token.strip())
-        if not match:
+        if not match or int(match.group(2)) < time.time():
             return None
+        return self._token_principal(match, self._row(match.group(1), fresh))
+
+    @staticmethod
+    def _token_principal(match: re.Match, row: _Row | None) -> Principal | None:
         key_id, expires, mac = match.group(1), int(match.group(2)), match.group(3)
-        if expires < time.time():
-            return None
-        row = self._row(key_id, fresh)
         expected = _mac(row[0], key_id, expires) if row else "x" * 43
         if not hmac.compare_digest(mac, expected) or row is None or "read" not in row[1]:
             return None

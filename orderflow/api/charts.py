@@ -22,9 +22,10 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from orderflow.api.contract import Day
 from orderflow.api.dashboard import Viewer, status_counts
 from orderflow.api.deps import Res
 from orderflow.api.errors import AUTHENTICATED, responses
@@ -33,6 +34,8 @@ from orderflow.api.queries import AlarmOut
 from orderflow.api.resources import Resources
 from orderflow.model.money import money
 from orderflow.model.pricing import today
+
+__all__ = ["LiveHistory"]
 
 router = APIRouter(tags=["dashboard"])
 _LOG = logging.getLogger("orderflow.api")
@@ -242,7 +245,7 @@ class TimelineOut(BaseModel):
             summary="One restaurant's day as stored intervals: online / offline scheduled / offline unexplained")
 def restaurant_timeline(who: Viewer, res: Res,
                         restaurant_id: Annotated[str, Query(pattern=RESTAURANT_ID)],
-                        day: Annotated[dt.date | None, Query(description="local day; default today")] = None):
+                        day: Annotated[Day | None, Query(description="local day, YYYY-MM-DD; default today")] = None):
     day = day or today(res.settings)
     with res.pg.connection() as conn:
         rows = conn.execute("SELECT start_at, end_at, status, reason FROM restaurant_status_intervals"
@@ -260,11 +263,14 @@ def restaurant_timeline(who: Viewer, res: Res,
 
 
 class DashboardAlarm(AlarmOut):
-    """An alarm as ``GET /alarms`` gives it, with the state of its SMS."""
+    """An alarm as ``GET /alarms`` gives it, with the state of its SMS; its window in the exchange's zone."""
 
     fired_at: str
     sms_queued: int
     sms_sent: int
+    timezone: str = Field(description="the exchange's time zone (IANA name), where alarm windows are days and "
+                                      "hours; window_start and window_end carry its UTC offset",
+                          examples=["America/Sao_Paulo"])
 
 
 @router.get("/dashboard/alarms", response_model=list[DashboardAlarm], responses=responses(*AUTHENTICATED, 422),
@@ -276,6 +282,9 @@ def dashboard_alarms(who: Viewer, res: Res, limit: Annotated[int, Query(ge=1, le
             " count(s.phone), count(s.sent_at) FROM alarms a LEFT JOIN sms_outbox s"
             " USING (rule_id, scope, window_start) GROUP BY 1, 2, 3, 4, 5, 6, 7 ORDER BY a.fired_at DESC LIMIT %s",
             (limit,)).fetchall()
-    return [DashboardAlarm(rule_id=r[0], scope=r[1], window_start=r[2].isoformat(), window_end=r[3].isoformat(),
-                           total=money(r[4]), threshold=money(r[5]), fired_at=r[6].isoformat(), sms_queued=r[7],
-                           sms_sent=r[8]) for r in rows]
+    zone_name = res.settings.exchange_timezone
+    zone = ZoneInfo(zone_name)
+    return [DashboardAlarm(rule_id=r[0], scope=r[1], window_start=r[2].astimezone(zone).isoformat(),
+                           window_end=r[3].astimezone(zone).isoformat(), total=money(r[4]), threshold=money(r[5]),
+                           fired_at=r[6].isoformat(), sms_queued=r[7], sms_sent=r[8], timezone=zone_name)
+            for r in rows]

@@ -12,21 +12,14 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BeforeValidator, Field
 
-from orderflow.model.orders import MAX_QUANTITY
+from orderflow.model.orders import CSV_QUANTITY, MAX_EPOCH_MILLIS, MAX_QUANTITY, ORDER_ID, TICKER, TOKEN
 
-# Client tokens and order ids the API accepts travel in URL paths (/clients/{token}/volume,
-# /orders/{order_id}, the client:<token> scope): letters, digits and '._:@-', starting with a letter or digit
-# (so never '.' or '..', which clients resolve away). The orders pipeline itself takes any text without
-# control characters from Kafka producers (model.orders.OrderLimits); this set is narrower.
-MAX_TOKEN_LENGTH = 128
-MAX_ORDER_ID_LENGTH = 200
-TICKER = r"[A-Za-z0-9][A-Za-z0-9.]{0,15}"
-TOKEN = rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_TOKEN_LENGTH - 1}}}"
-ORDER_ID = rf"[A-Za-z0-9][A-Za-z0-9._:@-]{{0,{MAX_ORDER_ID_LENGTH - 1}}}"
+__all__ = ["CSV_QUANTITY", "ClientToken", "Day", "EventTime", "ORDER_ID", "OrderId", "PATH_ID", "Quantity", "TICKER",
+           "TOKEN", "Ticker", "Timestamp"]
+
+# The order fields' patterns and bounds are the model's (``orderflow.model.orders``: its parser applies them
+# to every order body); path ids follow the same rule as tokens.
 PATH_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
-# CSV quantities: 1..MAX_QUANTITY (10^12) as ASCII digits.
-CSV_QUANTITY = rf"(?:[1-9][0-9]{{0,{len(str(MAX_QUANTITY)) - 2}}}|{MAX_QUANTITY})"
-MAX_EPOCH_MILLIS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -73,6 +66,10 @@ OrderId = Annotated[str, Field(pattern=f"^{ORDER_ID}$", description="your id for
                                                                      "default: minted, api-<32 hex>-<index>")]
 EventTime = Annotated[
     integer(ge=0, le=MAX_EPOCH_MILLIS, title="epoch millis") | Timestamp,
-    Field(description="when the order was placed (epoch millis or ISO-8601 with offset); default: arrival"),
+    Field(description="when the order was placed (epoch millis or ISO-8601 with offset); default: arrival. At "
+                      "most 3,660 days before the server's clock and 1 day ahead (the orders pipeline's limits, "
+                      "--order_max_event_age_days / --order_max_event_lead_hours), else 422 "
+                      "(event_time_out_of_range): a window that moves with the clock, which JSON Schema cannot "
+                      "state"),
 ]
 

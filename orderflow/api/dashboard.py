@@ -39,6 +39,8 @@ from orderflow.api.resources import Resources
 from orderflow.model.money import money
 from orderflow.model.pricing import today
 
+__all__ = ["Viewer", "status_counts"]
+
 router = APIRouter(tags=["dashboard"])
 COOKIE = "orderflow_dashboard"
 session_cookie = APIKeyCookie(name=COOKIE, auto_error=False,
@@ -211,7 +213,7 @@ async def viewer(
 
         return _Viewer(who, key_still_reads)
     if cookie:
-        who = await authenticate(request, cookie, keys.verify_dashboard_token)
+        who = await authenticate(request, cookie, keys.verify_dashboard_token, keys.dashboard_token_cached)
         return _Viewer(who, lambda: keys.verify_dashboard_token(cookie, fresh=True) is not None)
     raise ApiError(401, "sign in: POST /dashboard/session with an API key that has the 'read' scope",
                    headers={"WWW-Authenticate": "Bearer"})
@@ -245,7 +247,7 @@ async def dashboard_session(
         if not who.can_read():
             raise forbidden("this key has no 'read' scope")
     elif token or cookie:
-        who = await authenticate(request, token or cookie, keys.verify_dashboard_token)
+        who = await authenticate(request, token or cookie, keys.verify_dashboard_token, keys.dashboard_token_cached)
     else:
         raise ApiError(401, "send an API key with the 'read' scope (X-API-Key), a dashboard token "
                             "(X-Dashboard-Token) or the session cookie", headers={"WWW-Authenticate": "Bearer"})

@@ -13,6 +13,8 @@ from orderflow.api.auth import create_key, dashboard_token
 from orderflow.config import Settings, settings_environment
 from orderflow.local.processes import RUNNING, DetachedProcess
 
+__all__ = ["demo", "start_detached", "stop_detached"]
+
 DEFAULT_PORT = 18080
 DASHBOARD_LINK_SECONDS = 3600
 

@@ -12,6 +12,8 @@ from orderflow.api.auth import Principal
 from orderflow.api.errors import ApiError
 from orderflow.api.resources import Resources
 
+__all__ = ["Caller", "Res", "api_key_header", "authenticate", "forbidden"]
+
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False,
                               description="An API key (`python -m orderflow.api keys create --scope ...`)")
 bearer = HTTPBearer(auto_error=False, description="The same API key as a bearer token")

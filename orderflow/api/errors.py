@@ -18,6 +18,9 @@ import json
 from fastapi import HTTPException
 from pydantic import BaseModel, Field
 
+__all__ = ["AUTHENTICATED", "ApiError", "ErrorOut", "REST_PROXY_MEDIA_TYPE", "WITH_BODY", "error_body", "responses",
+           "rest_proxy_responses", "unavailable_dependency"]
+
 REST_PROXY_PREFIX = "/topics/"
 REST_PROXY_MEDIA_TYPE = "application/vnd.kafka.v2+json"
 # REST Proxy's own codes where it has one; otherwise its error_code is the HTTP status (as rest-utils does).

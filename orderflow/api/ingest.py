@@ -13,23 +13,19 @@ ids and the orders pipeline (idempotent on the order id) counts it once.
 from __future__ import annotations
 
 import hashlib
-import re
+import logging
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Request
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from orderflow.api.auth import Principal
 from orderflow.api.contract import (
-    CSV_QUANTITY,
-    ORDER_ID,
     PATH_ID,
-    TICKER,
-    TOKEN,
     ClientToken,
     EventTime,
     OrderId,
@@ -40,11 +36,16 @@ from orderflow.api.contract import (
 from orderflow.api.deps import Caller, Res, forbidden
 from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, responses
 from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
-from orderflow.api.metrics import INGESTED_RECORDS
+from orderflow.api.metrics import INGESTED_RECORDS, KEEPALIVE_CLOCK_SKEW
 from orderflow.api.resources import Resources
-from orderflow.model.avro import payload_format
-from orderflow.model.presence import AvailabilityChange, keepalive_kafka_record, keepalive_skew
+from orderflow.model.orders import CSV_PATTERN, InvalidOrders, parse_orders
+from orderflow.model.presence import AvailabilityChange, keepalive_kafka_record, stamp_keepalive
 
+__all__ = ["COMPONENT_SCHEMAS", "ENVELOPE", "IdempotencyKey", "InvalidBody", "KeepaliveIn", "REF_TEMPLATE",
+           "REST_PROXY_JSON", "RestaurantId", "component_schema", "encode_orders", "media_type", "minted_id_prefix",
+           "produce", "router"]
+
+_LOG = logging.getLogger(__name__)
 router = APIRouter(tags=["ingest"], responses=responses(*AUTHENTICATED, *WITH_BODY))
 
 RestaurantId = Path(min_length=1, max_length=128, pattern=PATH_ID, description="Restaurant id",
@@ -52,8 +53,9 @@ RestaurantId = Path(min_length=1, max_length=128, pattern=PATH_ID, description="
 ScheduleId = Path(min_length=1, max_length=128, pattern=PATH_ID)
 Reason = Literal["LACK_OF_DELIVERY_STAFF", "CONNECTION_ISSUES", "OVERLOADED_OFFLINE_ORDERS", "HOLIDAYS"]
 
-# The order contract of the API, stated as the orders pipeline's parser (``normalize_orders``) applies it,
-# but strict about JSON types and unknown fields; the parser still applies its rules to what passes.
+# The order contract of the API as OpenAPI states it. The body itself is checked by the model's one parser
+# (``parse_orders(..., contract=...)``), which applies these rules and the pipeline's; these models only
+# generate the schema, and must say what the parser does (tests/api/test_schemathesis.py checks it).
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -101,11 +103,6 @@ class RestProxyEnvelope(_Strict):
 
 JSON_ORDERS = TypeAdapter(AnyOrder | Annotated[list[AnyOrder], Field(min_length=1)])
 ENVELOPE = TypeAdapter(RestProxyEnvelope)
-_CSV_LINE = rf"{TICKER},{CSV_QUANTITY},{TOKEN}(?:,{ORDER_ID})?"
-CSV_PATTERN = (rf"(?:(?:ativo|asset),(?:quantidade|quantity),(?:token|client_token)(?:,order_id)?\r?\n)?"
-               rf"{_CSV_LINE}(?:\r?\n{_CSV_LINE})*(?:\r?\n)?")
-_CSV = re.compile(CSV_PATTERN)
-_TOKEN, _ORDER_ID = re.compile(TOKEN), re.compile(ORDER_ID)
 
 JSON = "application/json"
 REST_PROXY_JSON = "application/vnd.kafka.json.v2+json"
@@ -157,8 +154,16 @@ class OrdersAccepted(BaseModel):
 
 class KeepaliveIn(_Strict):
     sent_at: Timestamp | None = Field(
-        None, description="when the restaurant sent it (default: now); the record's Kafka timestamp. At most "
-                          "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS (300) from the server's clock, else 422")
+        None, description="when the restaurant sent it (default: now); the record's Kafka timestamp. More than "
+                          "ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS (300) from the server's clock, the keep-alive is "
+                          "recorded at the server's time instead (the answer's clock_skew_seconds says so)")
+
+
+class KeepaliveAccepted(Accepted):
+    sent_at: datetime = Field(description="the time the keep-alive is recorded with (its Kafka timestamp)")
+    clock_skew_seconds: float | None = Field(
+        description="how far the request's sent_at was from the server's clock when it was too far to be used "
+                    "and the server's time was recorded instead; null when sent_at was used (or absent)")
 
 
 class AvailabilityIn(_Strict):
@@ -181,7 +186,8 @@ class AvailabilityIn(_Strict):
 class UnavailabilityIn(_Strict):
     reason: Reason
     starts_at: Timestamp
-    ends_at: Timestamp | None = Field(None, description="open-ended when absent")
+    ends_at: Timestamp | None = Field(None, description="open-ended when absent; after starts_at, else 422 (a "
+                                                        "rule between two fields, which JSON Schema cannot state)")
     schedule_id: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$",
                                     description="default: a new UUID")
 
@@ -246,75 +252,40 @@ def minted_id_prefix(who: Principal, idempotency_key: str | None) -> str:
     return "api-" + hashlib.sha256(f"{who.key_id}\n{idempotency_key}".encode()).hexdigest()[:32]
 
 
-def _field_errors(exc: ValidationError) -> tuple[str, list[dict]]:
-    errors = [{"loc": ["body", *[p if isinstance(p, int) else str(p) for p in e["loc"]]], "msg": e["msg"]}
-              for e in exc.errors()[:20]]
-    readable = "; ".join(".".join(str(p) for p in e["loc"][1:]) + f": {e['msg']}" if len(e["loc"]) > 1
-                         else f"body: {e['msg']}" for e in errors)
-    return readable, errors
-
-
 class InvalidBody(ApiError):
     def __init__(self, detail: str, errors: list[dict] | None = None):
         super().__init__(422, detail)
         self.errors = errors
 
 
-def check_order_body(kind: str, payload: bytes) -> None:
-    """Raises InvalidBody unless ``payload`` is what the content type ``kind`` documents."""
-    if kind in (JSON, REST_PROXY_JSON):
-        try:
-            (JSON_ORDERS if kind == JSON else ENVELOPE).validate_json(payload)
-        except ValidationError as exc:
-            raise InvalidBody(*_field_errors(exc)) from None
-    elif kind == CSV:
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidBody("a text/csv body must be UTF-8") from None
-        if not _CSV.fullmatch(text):
-            raise InvalidBody("a text/csv body holds lines ativo,quantidade,token[,order_id] (quantity a positive "
-                              "integer; tokens and ids of letters, digits and '._:@-'), with an optional header")
-    elif payload_format(payload) == "unknown":
-        raise InvalidBody("an application/avro body is one Order in the Confluent wire format (00 and a 4-byte "
-                          "schema id) or Avro single-object encoding (C3 01 ...)")
+# The body kinds of POST /orders, as the model's parser names them.
+CONTRACTS = {JSON: "JSON", REST_PROXY_JSON: "REST_PROXY", CSV: "CSV", AVRO: "AVRO"}
+
+
+def refused_orders(refused: InvalidOrders) -> InvalidBody:
+    """The 422 of a body the parser refused: the pipeline's dead-letter reason first when it would refuse the
+    body too, then what the API's contract refuses, field by field."""
+    if refused.rule_errors:
+        detail = f"invalid order ({refused.reason}): {refused.detail}; nothing was accepted"
+        if refused.contract_detail:
+            detail += f". {refused.contract_detail}"
+    else:
+        detail = f"{refused.contract_detail}; nothing was accepted"
+    errors = [{"loc": ["body", *error.loc], "msg": error.msg} for error in refused.contract_errors[:20]]
+    return InvalidBody(detail, errors or None)
 
 
 def encode_orders(res: Resources, kind: str, payload: bytes,
                   minted: str) -> tuple[list[dict], list[tuple[bytes, bytes]]]:
     """Validates a body of content type ``kind`` and encodes its orders, all or nothing (InvalidBody / 413);
     orders without an id are named ``<minted>-<index>``."""
-    from orderflow.model.orders import InvalidOrder, parse_orders
-
     if not payload.strip():
         raise InvalidBody("empty body: send one or more orders")
-
-    def parse():
-        return parse_orders(payload, timestamp_ms=int(time.time() * 1000), minted_id_prefix=minted,
-                            decode_avro=res.codec("orders").decode)
-
     try:
-        check_order_body(kind, payload)
-    except InvalidBody as refused:
-        # When the orders pipeline would refuse the body too, its dead-letter reason comes first, then the
-        # fields at fault; what only the API's stricter contract refuses is named by that contract alone.
-        try:
-            parse()
-        except InvalidOrder as exc:
-            raise InvalidBody(f"invalid order ({exc.reason}): {exc.detail}; nothing was accepted. {refused.detail}",
-                              refused.errors) from None
-        raise
-    try:
-        orders = parse()
-    except InvalidOrder as exc:
-        raise InvalidBody(f"invalid order ({exc.reason}): {exc.detail}; nothing was accepted") from exc
-    for index, order in enumerate(orders):  # an Avro body's record is not checked by a schema above
-        if not _TOKEN.fullmatch(order["client_token"]):
-            raise InvalidBody(f"order {index}: client token {order['client_token'][:80]!r} must be letters, digits "
-                              "or '._:@-', starting with a letter or digit; nothing was accepted")
-        if not _ORDER_ID.fullmatch(order["order_id"]) and not order["order_id"].startswith(minted):
-            raise InvalidBody(f"order {index}: order id {order['order_id'][:80]!r} must be letters, digits or "
-                              "'._:@-', starting with a letter or digit; nothing was accepted")
+        orders = parse_orders(payload, timestamp_ms=int(time.time() * 1000), minted_id_prefix=minted,
+                              decode_avro=res.codec("orders").decode, contract=CONTRACTS[kind])
+    except InvalidOrders as refused:
+        raise refused_orders(refused) from None
     if len(orders) > res.config.max_orders_per_request:
         raise ApiError(413, f"{len(orders)} orders in one request, at most {res.config.max_orders_per_request}: "
                             "split the batch")
@@ -352,18 +323,23 @@ def _require_restaurant(who: Principal, restaurant_id: str) -> None:
                         "(needs 'ingest' or 'restaurant:<id>')")
 
 
-@router.post("/restaurants/{restaurant_id}/keepalive", status_code=202, response_model=Accepted,
+@router.post("/restaurants/{restaurant_id}/keepalive", status_code=202, response_model=KeepaliveAccepted,
              summary="A restaurant's keep-alive ping", responses=KAFKA_RESPONSES)
 async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
                          body: KeepaliveIn | None = None):
     _require_restaurant(who, restaurant_id)
-    sent_at = _millis(body.sent_at if body else None)
-    detail = keepalive_skew(sent_at, _millis(None), res.settings.keepalive_max_skew_seconds)
-    if detail:
-        raise InvalidBody(f"sent_at: {detail}", [{"loc": ["body", "sent_at"], "msg": detail}])
-    record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, sent_at)
+    sent_at = body.sent_at if body else None
+    stamp = stamp_keepalive(_millis(sent_at) if sent_at else None, _millis(None),
+                            res.settings.keepalive_max_skew_seconds)
+    if stamp.restamped:
+        KEEPALIVE_CLOCK_SKEW.labels("ahead" if (stamp.skew_seconds or 0) > 0 else "behind").inc()
+        _LOG.warning("keep-alive of %s restamped: %s", restaurant_id, stamp.describe(),
+                     extra={"restaurant_id": restaurant_id, "clock_skew_seconds": stamp.skew_seconds})
+    record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, stamp.sent_at_ms)
     (d,) = await produce(res, res.settings.topics.keepalive, [record])
-    return Accepted(topic=d.topic, partition=d.partition, offset=d.offset)
+    return KeepaliveAccepted(topic=d.topic, partition=d.partition, offset=d.offset,
+                             sent_at=datetime.fromtimestamp(stamp.sent_at_ms / 1000, timezone.utc),
+                             clock_skew_seconds=stamp.skew_seconds)
 
 
 def _availability_event(restaurant_id: str, kind: str, **fields) -> dict:

@@ -65,6 +65,8 @@ from confluent_kafka.admin import AdminClient
 
 from orderflow.api.metrics import KAFKA_PRODUCER_STARTS, KAFKA_TRANSACTION_REQUESTS, KAFKA_TRANSACTIONS
 
+__all__ = ["CommitUnconfirmed", "DeliveryFailed", "KafkaSink"]
+
 COMMIT_TIMEOUT = 5.0  # seconds the commit may take once every record is acknowledged
 ABORT_TIMEOUT = 2.0   # seconds given to aborting a failed transaction before its producer is dropped
 CLOSE_TIMEOUT = 2.0   # seconds a dropped producer's close may hold up its slot

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Histogram
 
+__all__ = ["INGESTED_RECORDS", "KAFKA_PRODUCER_STARTS", "KAFKA_TRANSACTIONS", "KAFKA_TRANSACTION_REQUESTS",
+           "KEEPALIVE_CLOCK_SKEW", "KEY_LOOKUPS", "LATENCY", "REQUESTS"]
+
 REQUESTS = Counter("orderflow_api_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("orderflow_api_request_seconds", "HTTP request latency", ["method", "route"],
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 INGESTED_RECORDS = Counter("orderflow_api_ingested_records_total", "records acknowledged by Kafka", ["topic"])
+KEEPALIVE_CLOCK_SKEW = Counter("orderflow_api_keepalive_restamped_total",
+                                "keep-alives whose sent_at was too far from the server's clock and were recorded at "
+                                "the server's time, by direction: ahead, behind", ["direction"])
 KAFKA_TRANSACTIONS = Counter("orderflow_api_kafka_transactions_total",
                              "ingest transactions by outcome: committed, aborted, unconfirmed", ["outcome"])
 KAFKA_TRANSACTION_REQUESTS = Histogram("orderflow_api_kafka_transaction_requests",

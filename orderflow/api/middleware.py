@@ -20,6 +20,8 @@ import time
 from orderflow.api.errors import error_body, unavailable_dependency
 from orderflow.api.metrics import LATENCY, REQUESTS
 
+__all__ = ["ApiMiddleware"]
+
 logger = logging.getLogger("orderflow.api")
 METHODS_WITH_BODY = ("POST", "PUT", "PATCH", "DELETE")
 

@@ -17,11 +17,12 @@ stable offset); a partition the group never committed counts from its earliest o
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import threading
 import time
 
 from orderflow.api.resources import Resources
+
+__all__ = ["PipelineHealth", "watch_of"]
 
 KAFKA_TIMEOUT_SECONDS = 3.0
 
@@ -178,6 +179,3 @@ def watch_of(app_state, res: Resources) -> PipelineWatch:
         watch = app_state.pipeline_watch = PipelineWatch(res.config.pipeline_stall_seconds)
     return watch
 
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()

@@ -23,6 +23,8 @@ from orderflow.api.resources import Resources
 from orderflow.model.money import money
 from orderflow.model.pricing import today
 
+__all__ = ["AlarmOut", "ID_CHARACTER", "offline_ranking"]
+
 router = APIRouter(tags=["query"], responses=responses(*AUTHENTICATED, 422))
 
 # What the orders pipeline may have stored (any text without control characters, up to 256 bytes: a
@@ -282,12 +284,13 @@ def offline_ranking(res: Resources, first: dt.date, last: dt.date, limit: int) -
 @router.get("/reports/offline-ranking", response_model=RankingOut,
             summary="Restaurants ranked by unexplained offline time over a range of days")
 def get_offline_ranking(who: Caller, res: Res,
-                        first: Annotated[Day | None, Query(alias="from", description="first day, default today")] = None,
+                        first: Annotated[Day | None, Query(alias="from", description="first day, default: `to`, "
+                                                                           "else today")] = None,
                         last: Annotated[Day | None, Query(alias="to", description="last day (inclusive), default: from")] = None,
                         limit: Annotated[int, Query(ge=1, le=1000)] = 10):
     if not who.can_read():
         raise forbidden("this key has no 'read' scope")
-    first = first or today(res.settings)
+    first = first or last or today(res.settings)
     last = last or first
     if last < first:
         raise HTTPException(422, f"to ({last}) is before from ({first})")

@@ -8,6 +8,8 @@ from orderflow.api.auth import KeyVerifier
 from orderflow.api.kafka_sink import KafkaSink
 from orderflow.config import ApiConfig, Settings
 
+__all__ = ["Resources"]
+
 
 class Resources:
     """PostgreSQL pool, Redis, DynamoDB, the Kafka sink and the presence state store (lazily opened)."""

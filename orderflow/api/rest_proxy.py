@@ -58,6 +58,8 @@ from orderflow.api.ingest import (
 from orderflow.api.resources import Resources
 from orderflow.model.avro import IncompatibleSchema, SchemaNotFound, confluent_header, subject_for
 
+__all__ = ["make_router"]
+
 REST_PROXY_AVRO = "application/vnd.kafka.avro.v2+json"
 # Confluent REST Proxy's error codes for the Avro embedded format (io.confluent.kafkarest.Errors).
 VALUE_SCHEMA_MISSING, JSON_CONVERSION_FAILED, INVALID_SCHEMA, SCHEMA_NOT_FOUND = 42202, 42203, 42205, 40403

@@ -14,6 +14,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+__all__ = ["install", "missing_assets"]
+
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 VENDOR_DIR = STATIC_DIR / "vendor"
 VENDOR_URL = "/static/vendor"

@@ -15,7 +15,8 @@ What it writes (Kafka producer: idempotent, acks=all, retried until delivered):
 
 - ``restaurants/{id}/keepalive`` -> ``ORDERFLOW_TOPIC_KEEPALIVE``: the very record ``POST
   /restaurants/{id}/keepalive`` writes (``orderflow.model.presence.keepalive_kafka_record``; the payload is
-  empty or the HTTP body's JSON ``{"sent_at": ...}``, checked against ``ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS``);
+  empty or the HTTP body's JSON ``{"sent_at": ...}``; one further than ``ORDERFLOW_KEEPALIVE_MAX_SKEW_SECONDS`` from
+  the bridge's clock is recorded at the bridge's time, counted and logged, as the API does);
 - ``restaurants/{id}/status`` ``offline`` (the last will: an abrupt disconnect) / ``online`` (after each
   connect) -> ``ORDERFLOW_TOPIC_AVAILABILITY``: a DISCONNECTED / CONNECTED change stamped now (Kafka timestamp =
   occurred_at). A retained copy (delivered because it was retained, not published now) is skipped.
@@ -23,7 +24,7 @@ What it writes (Kafka producer: idempotent, acks=all, retried until delivered):
 Bad input is dropped, acknowledged, counted and logged (one WARNING line with the reason and the topic),
 never fatal: a topic that is not ``restaurants/<valid id>/keepalive|status``, a payload that is not UTF-8,
 larger than ``ORDERFLOW_MQTT_MAX_PAYLOAD_BYTES``, or not a keep-alive body / ``online`` / ``offline``, a
-payload naming another restaurant than its topic, a sent_at too far from the clock. A broker or Kafka that is
+payload naming another restaurant than its topic. A broker or Kafka that is
 down is waited for (paho reconnects; librdkafka retries), never fatal either.
 
 Metrics (Prometheus, ``--metrics-port``): ``orderflow_bridge_forwarded_total{kind}`` (keepalive, connected,
@@ -54,7 +55,6 @@ from orderflow.model.mqtt import (
     DROP_BAD_PAYLOAD,
     DROP_FOREIGN_ID,
     DROP_KAFKA_REFUSED,
-    DROP_SKEWED,
     KEEPALIVE,
     OFFLINE,
     SUBSCRIPTION,
@@ -67,8 +67,10 @@ from orderflow.model.presence import (
     DISCONNECTED,
     AvailabilityChange,
     keepalive_kafka_record,
-    keepalive_skew,
+    stamp_keepalive,
 )
+
+__all__ = ["MqttBridge", "broker_addresses"]
 
 log = logging.getLogger("orderflow.bridge")
 
@@ -113,6 +115,9 @@ class MqttBridge:
                                  ["kind"], registry=self.registry)
         self.dropped = Counter("orderflow_bridge_dropped", "MQTT messages dropped, by reason", ["reason"],
                                registry=self.registry)
+        self.restamped = Counter("orderflow_bridge_keepalive_restamped",
+                                 "keep-alives whose sent_at was too far from the bridge's clock, recorded at its "
+                                 "time instead, by direction: ahead, behind", ["direction"], registry=self.registry)
         self.retained_skipped = Counter("orderflow_bridge_retained_skipped",
                                         "retained copies of statuses skipped (not published now)",
                                         registry=self.registry)
@@ -238,13 +243,12 @@ class MqttBridge:
         except ValidationError as exc:
             raise Dropped(DROP_BAD_PAYLOAD, f"keep-alive of {message.restaurant_id}: "
                                             f"{exc.errors()[0]['msg'] if exc.errors() else exc}") from None
-        if parsed.sent_at is None:
-            return now_ms
-        sent_at = int(parsed.sent_at.timestamp() * 1000)
-        detail = keepalive_skew(sent_at, now_ms, self.settings.keepalive_max_skew_seconds)
-        if detail:
-            raise Dropped(DROP_SKEWED, f"keep-alive of {message.restaurant_id}: {detail}")
-        return sent_at
+        sent_at = int(parsed.sent_at.timestamp() * 1000) if parsed.sent_at is not None else None
+        stamp = stamp_keepalive(sent_at, now_ms, self.settings.keepalive_max_skew_seconds)
+        if stamp.restamped:
+            self.restamped.labels("ahead" if (stamp.skew_seconds or 0) > 0 else "behind").inc()
+            log.warning("keep-alive of %s restamped: %s", message.restaurant_id, stamp.describe())
+        return stamp.sent_at_ms
 
     def _drop(self, dropped: Dropped, payload: bytes) -> None:
         self.dropped.labels(dropped.reason).inc()

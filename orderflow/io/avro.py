@@ -18,6 +18,13 @@ from orderflow.model.avro import AvroCodec, AvroDecodeError, SchemaRegistryUnava
 from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 
+__all__ = ["DecodeAvro", "RetryingDecoder", "decode_with_retry", "decoded_metric"]
+
+
+def decoded_metric(schema: str) -> tuple[str, str]:
+    """The (namespace, name) of the Beam counter of records of ``schema`` decoded."""
+    return "DecodeAvro", f"{schema}_decoded"
+
 
 def decode_with_retry(codec: AvroCodec, payload: bytes, retry_seconds: float, on_retry=None) -> dict:
     """``codec.decode(payload)``; while the registry cannot give the writer schema, retried for up to
@@ -44,7 +51,7 @@ class _DecodeAvroFn(beam.DoFn):
     def __init__(self, codec: AvroCodec, retry_seconds: float):
         self._codec = codec
         self._retry_seconds = retry_seconds
-        self._decoded = Metrics.counter("DecodeAvro", f"{codec.name}_decoded")
+        self._decoded = Metrics.counter(*decoded_metric(codec.name))
         self._failed = Metrics.counter("DecodeAvro", f"{codec.name}_dead_letters")
         self._retries = Metrics.counter("DecodeAvro", "transient_retries")
 

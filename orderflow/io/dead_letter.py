@@ -9,6 +9,8 @@ from apache_beam.metrics import Metrics
 
 from orderflow.model.dead_letter import TRUNCATED_HEADER, DeadLetter
 
+__all__ = ["dead_letter_to_kafka"]
+
 _truncated = Metrics.counter("dead_letters", "truncated")
 
 

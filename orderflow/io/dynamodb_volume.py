@@ -17,8 +17,10 @@ import datetime
 import time
 from decimal import Decimal
 
-from orderflow import clients
-from orderflow.config import Settings
+from orderflow.clients import AwsEndpoint
+from orderflow.io.refusals import write_isolating
+
+__all__ = ["DailyVolumeTable"]
 
 _BATCH_WRITE_ITEMS = 25
 
@@ -28,18 +30,24 @@ def _number(value: Decimal | int) -> str:
 
 
 class DailyVolumeTable:
-    """Writes ``(client_token, day, total, order_count)`` tuples as items; picklable (client made lazily)."""
+    """Writes ``(client_token, day, total, order_count)`` tuples as items; picklable (client made lazily).
 
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    Args:
+        dynamodb: where DynamoDB is (``orderflow.clients.aws_endpoint(settings, "dynamodb")``).
+        table: the table (``Settings.client_volume_table``).
+    """
+
+    def __init__(self, dynamodb: AwsEndpoint, table: str):
+        self.dynamodb = dynamodb
+        self.table = table
         self._client = None
 
     def __getstate__(self):
-        return {"settings": self.settings, "_client": None}
+        return {**self.__dict__, "_client": None}
 
     def _dynamodb(self):
         if self._client is None:
-            self._client = clients.aws_client(self.settings, "dynamodb")
+            self._client = self.dynamodb.client()
         return self._client
 
     def write(self, volumes: list[tuple]) -> list[tuple[tuple, str]]:
@@ -50,34 +58,27 @@ class DailyVolumeTable:
         items are alone, and every other item is written (absolute values: writing one twice is harmless).
         """
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-        requests = [({"PutRequest": {"Item": {
+        requests: list[tuple[dict, tuple]] = [({"PutRequest": {"Item": {
             "client_token": {"S": token}, "day": {"S": str(day)}, "total": {"N": _number(total)},
             "order_count": {"N": str(count)}, "updated_at": {"S": now}}}}, (token, day, total, count))
             for token, day, total, count in volumes]
         refused: list[tuple[tuple, str]] = []
         for start in range(0, len(requests), _BATCH_WRITE_ITEMS):
-            self._put_bisecting(requests[start:start + _BATCH_WRITE_ITEMS], refused)
+            _, refused_part = write_isolating(self._put, requests[start:start + _BATCH_WRITE_ITEMS], self._refusal)
+            refused += [(volume, message) for (_, volume), message in refused_part]
         return refused
 
-    def _put_bisecting(self, requests: list[tuple[dict, tuple]], refused: list[tuple[tuple, str]]) -> None:
+    @staticmethod
+    def _refusal(exc: Exception) -> str | None:
         from botocore.exceptions import ClientError
 
-        try:
-            self._put(requests)
-            return
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "ValidationException":
-                raise
-            if len(requests) == 1:
-                refused.append((requests[0][1], f"DynamoDB ValidationException: {exc.response['Error'].get('Message')}"))
-                return
-        middle = len(requests) // 2
-        self._put_bisecting(requests[:middle], refused)
-        self._put_bisecting(requests[middle:], refused)
+        if isinstance(exc, ClientError) and exc.response.get("Error", {}).get("Code") == "ValidationException":
+            return f"DynamoDB ValidationException: {exc.response['Error'].get('Message')}"
+        return None
 
     def _put(self, requests: list[tuple[dict, tuple]]) -> None:
         client = self._dynamodb()
-        pending: dict | None = {self.settings.client_volume_table: [request for request, _ in requests]}
+        pending: dict | None = {self.table: [request for request, _ in requests]}
         delay = 0.05
         while pending:
             pending = client.batch_write_item(RequestItems=pending).get("UnprocessedItems") or None

@@ -18,6 +18,8 @@ from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS
 
+__all__ = ["COMMITTED", "PartitionReader", "StartPosition", "commit_offsets", "resolve_start_offset"]
+
 # Answers of a group coordinator that is loading or moving: the request is retried.
 _COORDINATOR_NOT_READY = {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
                           KafkaError.COORDINATOR_NOT_AVAILABLE}

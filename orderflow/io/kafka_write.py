@@ -17,6 +17,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from confluent_kafka import KafkaException, Producer
 
+__all__ = ["DEFAULT_PRODUCER_CONFIG", "WriteToKafka"]
+
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_PRODUCER_CONFIG = {

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = ["POSTGRES_REJECTED", "connect", "error_message", "is_data_error"]
+
 CONNECT_TIMEOUT_SECONDS = 10
 STATEMENT_TIMEOUT_MS = 60_000
 # An unanswered connection is declared dead after KEEPALIVE_IDLE + KEEPALIVE_COUNT * KEEPALIVE_INTERVAL s.

@@ -14,21 +14,22 @@ One SQL statement per batch (the batch goes in as one JSON parameter, encoded by
    order, so DynamoDB never goes back to an older value even when batches of one client run in parallel;
    a crash before the commit replays the batch, which writes the same absolute values again.
 
-A transaction spans up to ``max_batches`` batches of a bundle (``OrdersWriter``): DynamoDB then gets
-each key's latest value once per transaction instead of once per batch, and a failed bundle rolls back
-as a whole, which is what the runner retries. (A deadlock between two long transactions is detected by
-Postgres; the bundle fails and is retried.)
 4. It also returns the ids of the orders this batch *owns*: inserted now, or inserted earlier by the same
    Kafka record (``source`` coordinates), i.e. a replay of the record that first delivered the order. A
    duplicate delivered by another record is not owned. The orders *inserted now* are added to the alarm
    windows' totals in the same transaction (``orderflow.io.alarm_windows``): each order counts once in
    each of its windows, and an alarm fires in the transaction whose orders make a total cross.
 
+A transaction spans up to ``max_batches`` batches of a bundle (``OrdersWriter``): DynamoDB then gets
+each key's latest value once per transaction instead of once per batch, and a failed bundle rolls back
+as a whole, which is what the runner retries. (A deadlock between two long transactions is detected by
+Postgres; the bundle fails and is retried.)
+
 Last line of defence (the normaliser already refuses what no sink can hold): each batch statement runs
 under a savepoint. When Postgres refuses it because of the data (SQLSTATE class 22 data exception, 23
 integrity violation, 54 program limit exceeded, e.g. NUL in text or an index row too large), only that
-savepoint is rolled back and the batch is bisected, each half under its own savepoint, until the refused
-orders are alone; they become dead letters (reason ``postgres_rejected``, the database's message as
+savepoint is rolled back and the batch is halved, each half under its own savepoint, until the refused
+orders are alone (``orderflow.io.refusals.write_isolating``); they become dead letters (reason ``postgres_rejected``, the database's message as
 detail) and every other order is written. Each part is still one statement inserting orders and adding
 what it inserted, so the arguments above hold part by part: nothing refused is counted, nothing written
 is counted twice. When DynamoDB answers ``ValidationException`` for a volume item (e.g. a partition key
@@ -40,6 +41,7 @@ value once DynamoDB takes it. Counters: ``orders/dead_letter_postgres_rejected``
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from decimal import Decimal
@@ -53,9 +55,18 @@ from apache_beam.transforms.window import TimestampedValue
 
 from orderflow.io.alarm_windows import AlarmWindows
 from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
+from orderflow.io.refusals import write_isolating
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
-from orderflow.model.dead_letter import DEAD_LETTER_TAG, Stage
+from orderflow.model.dead_letter import DEAD_LETTER_TAG, ReasonCounters, Stage
 from orderflow.model.orders import OrderBatch, order_dead_letter
+
+__all__ = ["ALARMS_FIRED", "DYNAMODB_REJECTED", "OrdersWriter", "POSTGRES_DUPLICATES", "POSTGRES_REPLAYED",
+           "WriteOrdersToPostgres"]
+
+# The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
+ALARMS_FIRED = ("orders", "alarms_fired")
+POSTGRES_REPLAYED = ("orders", "postgres_replayed")
+POSTGRES_DUPLICATES = ("orders", "postgres_duplicates")
 
 DYNAMODB_REJECTED = "dynamodb_rejected"
 # The output of WriteOrdersToPostgres that wakes the SMS relay: the number of messages committed transactions queued.
@@ -138,20 +149,8 @@ def _statement(conn, batch: list[dict]) -> list[tuple]:
     return rows
 
 
-def _write_bisecting(conn, batch: list[dict], rows: list[tuple], rejected: list[Rejected]) -> None:
-    """Writes ``batch``; on a refusal because of the data, writes each half alone, down to single orders."""
-    try:
-        rows += _statement(conn, batch)
-        return
-    except Exception as exc:
-        if not (is_data_error(exc) or isinstance(exc, orjson.JSONEncodeError)):
-            raise
-        if len(batch) == 1:
-            rejected.append(Rejected(batch[0], POSTGRES_REJECTED, error_message(exc)))
-            return
-    middle = len(batch) // 2
-    _write_bisecting(conn, batch[:middle], rows, rejected)
-    _write_bisecting(conn, batch[middle:], rows, rejected)
+def _refusal(exc: Exception) -> str | None:
+    return error_message(exc) if is_data_error(exc) or isinstance(exc, orjson.JSONEncodeError) else None
 
 
 def execute_batch(conn, orders: list[dict]) -> BatchResult:
@@ -164,9 +163,9 @@ def execute_batch(conn, orders: list[dict]) -> BatchResult:
         unique.setdefault(order["order_id"], order)
     # Sorted so that concurrent batches take the unique-index locks in one order (each part keeps it).
     batch = sorted(unique.values(), key=lambda order: order["order_id"])
-    rows: list = []
-    rejected: list[Rejected] = []
-    _write_bisecting(conn, batch, rows, rejected)
+    parts, refused = write_isolating(lambda part: _statement(conn, part), batch, _refusal)
+    rows = [row for part in parts for row in part]
+    rejected = [Rejected(order, POSTGRES_REJECTED, message) for order, message in refused]
     owned_ids, inserted_ids = set(), set()
     volumes = {}  # a later part's value of a key is the newer one
     counts = {"inserted": 0, "replayed": 0, "rejected": len(rejected)}
@@ -350,18 +349,17 @@ class _WriteBatchFn(beam.DoFn):
         self.dsn = dsn
         self.volume_table = volume_table
         self.alarm_windows = alarm_windows
-        self.alarms_fired = Metrics.counter("orders", "alarms_fired")
+        self.alarms_fired = Metrics.counter(*ALARMS_FIRED)
         self.sms_queued = Metrics.counter("orders", "sms_queued")
         self.max_batches = max_batches_per_transaction
         self.retry_seconds = retry_seconds
         self.transient_retries = Metrics.counter("orders", "transient_retries")
         self.inserted = Metrics.counter("orders", "postgres_inserted")
-        self.replayed = Metrics.counter("orders", "postgres_replayed")
-        self.duplicates = Metrics.counter("orders", "postgres_duplicates")
+        self.replayed = Metrics.counter(*POSTGRES_REPLAYED)
+        self.duplicates = Metrics.counter(*POSTGRES_DUPLICATES)
         self.batches = Metrics.counter("orders", "postgres_batches")
         self.dead_letters = Metrics.counter("orders", "dead_letters_sink")
-        self.by_reason = {reason: Metrics.counter("orders", f"dead_letter_{reason}")
-                          for reason in (POSTGRES_REJECTED, DYNAMODB_REJECTED)}
+        self.by_reason = ReasonCounters(functools.partial(Metrics.counter, "orders"))
 
     def setup(self):
         from concurrent.futures import ThreadPoolExecutor
@@ -390,7 +388,7 @@ class _WriteBatchFn(beam.DoFn):
 
     def _dead_letters(self, rejected: list[Rejected], timestamp, window, in_process: bool):
         for order, reason, message in rejected:
-            self.by_reason[reason].inc()
+            self.by_reason.inc(reason)
             self.dead_letters.inc()
             stage = Stage.POSTGRES_ORDERS if reason == POSTGRES_REJECTED else Stage.DYNAMODB_VOLUME
             yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, self._output(

@@ -38,6 +38,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.io.postgres import POSTGRES_REJECTED, connect, error_message, is_data_error
+from orderflow.io.refusals import write_isolating
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.dead_letter import DeadLetter, Stage
 from orderflow.model.presence import (
@@ -53,6 +54,9 @@ from orderflow.model.presence import (
     TimelineProgress,
     ms_to_datetime,
 )
+
+__all__ = ["WritePresenceDeadLetters", "WriteStatusIntervals", "WriteUnavailabilityHistory", "write_dead_letters",
+           "write_intervals", "write_unavailability"]
 
 REPLACE_RANGES_SQL = """
 WITH ranges AS (
@@ -206,24 +210,25 @@ def _dt(ms: int | None) -> dt.datetime | None:
 _PARAMETER_ERRORS = (OverflowError, ValueError, OSError)
 
 
-def write_bisecting(conn, write: Callable[[object, list], int], batch: list) -> tuple[int, list[tuple[object, str]]]:
+def _write_isolating_in_transactions(conn, write: Callable[[object, list], int], batch: list) -> tuple[int, list[tuple[object, str]]]:
     """``write(conn, batch)`` in its own transaction; if the data is refused, each half alone, down to single
-    records. Returns (rows written, ``[(refused record, message)]``)."""
+    records (``write_isolating``). Returns (rows written, ``[(refused record, message)]``)."""
     from psycopg.pq import TransactionStatus
 
-    try:
-        return write(conn, batch), []
-    except Exception as exc:
-        if not (is_data_error(exc) or isinstance(exc, _PARAMETER_ERRORS)):
+    def write_part(part):
+        try:
+            return write(conn, part)
+        except Exception:
+            if conn.info.transaction_status != TransactionStatus.IDLE:  # a transaction block rolls itself back
+                conn.rollback()
             raise
-        if conn.info.transaction_status != TransactionStatus.IDLE:  # a transaction block rolls itself back
-            conn.rollback()
-        if len(batch) == 1:
-            return 0, [(batch[0], error_message(exc))]
-    middle = len(batch) // 2
-    first, refused_first = write_bisecting(conn, write, batch[:middle])
-    second, refused_second = write_bisecting(conn, write, batch[middle:])
-    return first + second, refused_first + refused_second
+
+    written, refused = write_isolating(write_part, batch, _refusal)
+    return sum(written), refused
+
+
+def _refusal(exc: Exception) -> str | None:
+    return error_message(exc) if is_data_error(exc) or isinstance(exc, _PARAMETER_ERRORS) else None
 
 
 def _json_default(value):
@@ -256,7 +261,7 @@ class _PostgresBatchFn(beam.DoFn):
     def _write_batch(self, batch):
         if self._conn is None or self._conn.closed:
             self._conn = connect(self._dsn)
-        return write_bisecting(self._conn, self._write, batch)
+        return _write_isolating_in_transactions(self._conn, self._write, batch)
 
     def _reconnect(self, _exc):
         self._retries.inc()

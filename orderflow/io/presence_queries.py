@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+__all__ = ["offline_ranking"]
+
 RANKING_SQL = """
 SELECT restaurant_id, sum(unexplained_offline_seconds)::bigint AS seconds
 FROM restaurant_offline_daily

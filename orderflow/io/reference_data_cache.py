@@ -1,4 +1,4 @@
-"""The pricing reference data (``orderflow.io.reference_data``), kept fresh per worker.
+"""The pricing reference data (``orderflow.io.reference_data_store``), kept fresh per worker.
 
 ``ReferenceData`` says which trading days to load and how often to reload. Every pricing DoFn instance of a
 worker process shares one ``ReferenceDataCache`` (Beam's ``apache_beam.utils.shared.Shared``), which loads a
@@ -10,8 +10,8 @@ order is priced instead of dead-lettered.
 Outages follow the sinks' rule (``orderflow.io.retry``): the first load retries an unavailable memcached or
 DynamoDB for up to ``retry_seconds``; a later reload that fails keeps the snapshot it has. Sharing matters
 here: a runner creates new DoFn instances while the pipeline runs (a second bundle processor for a busy
-stage, or one replacing an idle one), and each used to load its own snapshot; one of them starting during
-a DynamoDB outage failed its bundle, which on Prism fails the job.
+stage, or one replacing an idle one); were each to load its own snapshot, one starting during a DynamoDB
+outage would fail its bundle, which on Prism fails the job.
 
 Why a cache and not a side input: on Prism (Beam 2.77), the runner the pipelines stream on locally, a
 windowed side input is served only for windows the *main input's* watermark has passed, and a main-input
@@ -33,9 +33,11 @@ from apache_beam.metrics import Metrics
 from apache_beam.utils.shared import Shared
 
 from orderflow.config import Settings
-from orderflow.io.reference_data import read_reference_data
+from orderflow.io.reference_data_store import read_reference_data
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
 from orderflow.model.pricing import Snapshot, trading_days
+
+__all__ = ["ReferenceData"]
 
 _LOG = logging.getLogger(__name__)
 

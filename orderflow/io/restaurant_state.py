@@ -51,6 +51,8 @@ from orderflow.model.presence import (
     to_ms,
 )
 
+__all__ = ["DEFAULT_KEY_PREFIX", "REDIS_REJECTED", "RedisWrites", "RestaurantStateStore"]
+
 DEFAULT_KEY_PREFIX = "restaurant:"
 REDIS_REJECTED = "redis_rejected"
 

@@ -27,6 +27,8 @@ from typing import TypeVar
 
 import tenacity
 
+__all__ = ["DEFAULT_RETRY_SECONDS", "REDIS_SERVER_STATE_ERRORS", "call_with_retry", "is_transient"]
+
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_RETRY_SECONDS = 300.0

@@ -28,8 +28,10 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow import clients
-from orderflow.config import Settings, load_settings
+from orderflow.config import load_settings
 from orderflow.io.retry import is_transient
+
+__all__ = ["RelaySmsOutbox", "fire_alarms_sql", "record_alarms", "relay_sms_outbox"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -107,21 +109,22 @@ def relay_sms_outbox(conn, sns_client, limit: int | None = None) -> int:
 
 
 class _RelayOutboxFn(beam.DoFn):
-    def __init__(self, settings: Settings):
-        self.settings = settings
+    def __init__(self, dsn: str, sns: clients.AwsEndpoint):
+        self.dsn = dsn
+        self.sns = sns
         self.sent = Metrics.counter("orders", "sms_sent")
         self.failed_ticks = Metrics.counter("orders", "sms_relay_unavailable")
 
     def setup(self):
         self._conn = None
-        self._sns = clients.aws_client(self.settings, "sns")
+        self._sns = self.sns.client()
 
     def process(self, _tick):
         from orderflow.io.postgres import connect
 
         try:
             if self._conn is None or self._conn.closed:
-                self._conn = connect(self.settings.postgres_dsn)
+                self._conn = connect(self.dsn)
             sent = relay_sms_outbox(self._conn, self._sns)
         except Exception as exc:
             if not is_transient(exc):
@@ -144,14 +147,20 @@ class _RelayOutboxFn(beam.DoFn):
 
 
 class RelaySmsOutbox(beam.PTransform):
-    """Any element (a tick) -> drains the SMS outbox through SNS; emits the number sent per tick."""
+    """Any element (a tick) -> drains the SMS outbox through SNS; emits the number sent per tick.
 
-    def __init__(self, settings: Settings):
+    Args:
+        dsn: the Postgres database of the outbox.
+        sns: where SNS is (``orderflow.clients.aws_endpoint(settings, "sns")``).
+    """
+
+    def __init__(self, dsn: str, sns: clients.AwsEndpoint):
         super().__init__()
-        self.settings = settings
+        self.dsn = dsn
+        self.sns = sns
 
     def expand(self, ticks):
-        return ticks | "Relay" >> beam.ParDo(_RelayOutboxFn(self.settings))
+        return ticks | "Relay" >> beam.ParDo(_RelayOutboxFn(self.dsn, self.sns))
 
 
 def main() -> int:

@@ -9,9 +9,9 @@ A reader resolves the writer schema by its id (once: a bounded cache of parsed s
 into the current reader schema (``orderflow/schemas/{name}.avsc``) through Avro schema resolution, so records
 of any compatible version decode into today's shape.
 
-Records written before the switch are in Avro *single-object encoding* (``C3 01``, the 8-byte CRC-64-AVRO
-fingerprint of the writer schema, the body): they are still read, through the versions kept in
-``orderflow/schemas/history/{name}.*.avsc``. Anything else is refused with a reason naming what was expected.
+A topic may also hold records in Avro *single-object encoding* (``C3 01``, the 8-byte CRC-64-AVRO
+fingerprint of the writer schema, the body), which needs no registry: they are read through the versions
+kept in ``orderflow/schemas/history/{name}.*.avsc``. Anything else is refused with a reason naming what was expected.
 
 This module does no I/O: the registry is a ``SchemaSource`` handed in (``orderflow.clients.SchemaRegistry``).
 When the registry cannot be asked it raises ``SchemaRegistryUnavailable`` (a ``ConnectionError``: transient
@@ -31,6 +31,10 @@ from typing import Protocol
 import cachetools
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+__all__ = ["AvroCodec", "AvroDecodeError", "IncompatibleSchema", "SCHEMAS_DIR", "SchemaNotFound",
+           "SchemaRegistryUnavailable", "SchemaSource", "TOPIC_SCHEMAS", "confluent_header", "load_schema",
+           "payload_format", "schema_fingerprint", "subject_for"]
 
 SCHEMAS_DIR = pathlib.Path(__file__).resolve().parent.parent / "schemas"
 CONFLUENT_MAGIC = 0

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+__all__ = ["DEAD_LETTER_METRIC_PREFIX", "DEAD_LETTER_TAG", "DLQ_MAX_MESSAGE_BYTES", "DeadLetter", "ReasonCounters",
+           "Stage", "TRUNCATED_HEADER", "dead_letter_metric"]
 
 DLQ_MAX_MESSAGE_BYTES = 1_000_000
 # Room left for the record's own framing (lengths, attributes, timestamps) that the producer counts
@@ -81,3 +85,30 @@ class DeadLetter(NamedTuple):
     def to_json(self) -> str:
         return json.dumps({"reason": self.reason, "detail": self.detail, "source": self.source,
                            "stage": self.stage, "payload": self.payload.decode("utf-8", "replace")})
+
+
+DEAD_LETTER_METRIC_PREFIX = "dead_letter_"
+
+
+def dead_letter_metric(reason: str) -> str:
+    """The name of the counter of one dead-letter reason (``<namespace>/dead_letter_<reason>``)."""
+    return f"{DEAD_LETTER_METRIC_PREFIX}{reason}"
+
+
+class ReasonCounters:
+    """One counter per dead-letter reason, named by ``dead_letter_metric`` and made on first use.
+
+    ``make_counter(name)`` makes a counter with an ``inc(n)`` method, e.g. Beam's ``Metrics.counter`` bound to
+    a namespace: the reasons are open-ended (a parser's or a store's), so the counters cannot be declared up
+    front, and the model stays free of Beam.
+    """
+
+    def __init__(self, make_counter: Callable[[str], Any]):
+        self._make_counter = make_counter
+        self._counters: dict[str, Any] = {}
+
+    def inc(self, reason: str, n: int = 1) -> None:
+        counter = self._counters.get(reason)
+        if counter is None:
+            counter = self._counters[reason] = self._make_counter(dead_letter_metric(reason))
+        counter.inc(n)

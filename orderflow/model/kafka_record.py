@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+__all__ = ["KafkaRecord"]
+
 
 class KafkaRecord(NamedTuple):
     """One Kafka record with its coordinates; ``(topic, partition, offset)`` identifies it for ever."""

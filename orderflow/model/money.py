@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+__all__ = ["money"]
+
 
 def money(value) -> str | None:
     """Money as a decimal string in plain notation without trailing zeros: ``"4217"``, ``"181952785.6963"``.

@@ -18,6 +18,11 @@ import re
 import secrets
 from typing import NamedTuple
 
+__all__ = ["DROP_BAD_PAYLOAD", "DROP_BAD_TOPIC", "DROP_FOREIGN_ID", "DROP_KAFKA_REFUSED", "DROP_NOT_UTF8",
+           "DROP_OVERSIZED", "Dropped", "KEEPALIVE", "Message", "OFFLINE", "ONLINE", "PBKDF2_ITERATIONS", "STATUS",
+           "SUBSCRIPTION", "acl", "check_restaurant_id", "new_password", "parse", "password_hash", "password_line",
+           "topic"]
+
 TOPIC_ROOT = "restaurants"
 KEEPALIVE = "keepalive"
 STATUS = "status"
@@ -34,10 +39,8 @@ DROP_NOT_UTF8 = "not_utf8"
 DROP_OVERSIZED = "oversized"
 DROP_BAD_PAYLOAD = "bad_payload"        # not empty, not {"sent_at": ...}; a status other than online/offline
 DROP_FOREIGN_ID = "foreign_id"          # the payload names another restaurant than the topic
-DROP_SKEWED = "skewed_sent_at"          # sent_at too far from the bridge's clock (as the API's 422)
 DROP_KAFKA_REFUSED = "kafka_refused"    # Kafka refused the record for good (e.g. too large): not retriable
-DROP_REASONS = (DROP_BAD_TOPIC, DROP_NOT_UTF8, DROP_OVERSIZED, DROP_BAD_PAYLOAD, DROP_FOREIGN_ID, DROP_SKEWED,
-                DROP_KAFKA_REFUSED)
+DROP_REASONS = (DROP_BAD_TOPIC, DROP_NOT_UTF8, DROP_OVERSIZED, DROP_BAD_PAYLOAD, DROP_FOREIGN_ID, DROP_KAFKA_REFUSED)
 
 
 class Dropped(ValueError):

@@ -32,6 +32,13 @@ from zoneinfo import ZoneInfo
 
 from orderflow.config import DEFAULT_TIMEZONE
 
+__all__ = ["AVAILABLE", "AvailabilityChange", "CONNECTED", "CONNECTION_KINDS", "DEFAULT_KEEPALIVE_GAP_MS",
+           "DISCONNECTED", "InvalidAvailabilityChange", "KeepaliveStamp", "OpeningHours", "PresenceRules", "REASON_DISCONNECTED",
+           "SCHEDULE_CANCELLED", "SCHEDULE_CREATED", "SET_STATUS", "StatusInterval", "TimelineProgress",
+           "UNAVAILABLE", "current_status", "evaluate", "keepalive_kafka_record", "merge_pings", "ms_to_datetime",
+           "normalize", "schedules", "session_markers", "stamp_keepalive", "state_changes", "to_ms",
+           "validate_change"]
+
 ONLINE = "online"
 OFFLINE_SCHEDULED = "offline_scheduled"
 OFFLINE_UNEXPLAINED = "offline_unexplained"
@@ -245,16 +252,38 @@ def keepalive_kafka_record(codec, restaurant_id: str, sent_at_ms: int) -> tuple[
     return restaurant_id.encode(), value, sent_at_ms
 
 
-def keepalive_skew(sent_at_ms: int, now_ms: int, max_skew_seconds: float) -> str | None:
-    """Why a keep-alive's ``sent_at`` is refused, or None. It becomes its Kafka timestamp, so it must be near
-    arrival: one far ahead would push the pipeline's watermark past everyone else's pings, one far behind
-    would land outside the replay position of its time."""
+class KeepaliveStamp(NamedTuple):
+    """The event time a keep-alive is recorded with, and how far the restaurant's own ``sent_at`` was off."""
+
+    sent_at_ms: int                 # the record's sent_at and Kafka timestamp
+    skew_seconds: float | None      # sent_at minus the server's clock when it was replaced, else None
+
+    @property
+    def restamped(self) -> bool:
+        return self.skew_seconds is not None
+
+    def describe(self) -> str:
+        """What happened to a restamped keep-alive's sent_at, in words."""
+        skew = self.skew_seconds or 0.0
+        direction = "ahead of" if skew > 0 else "behind"
+        return f"sent_at was {abs(skew):.0f} s {direction} the server's clock; recorded at the server's time"
+
+
+def stamp_keepalive(sent_at_ms: int | None, now_ms: int, max_skew_seconds: float) -> KeepaliveStamp:
+    """The event time of a keep-alive that arrives at ``now_ms``: its own ``sent_at`` when that is within
+    ``max_skew_seconds`` of arrival, else the arrival time (restamped).
+
+    Why: it becomes the record's Kafka timestamp, so it must be near arrival (one far ahead would push the
+    pipeline's watermark past everyone else's pings, one far behind would land outside the replay position
+    of its time). Refusing it instead would leave a restaurant whose clock is off offline for good: the ping
+    still says the restaurant is there now. Past days are not sent as keep-alives (see docs/presence.md).
+    """
+    if sent_at_ms is None:
+        return KeepaliveStamp(now_ms, None)
     skew = (sent_at_ms - now_ms) / 1000
     if abs(skew) <= max_skew_seconds:
-        return None
-    direction = "ahead of" if skew > 0 else "behind"
-    return f"sent_at is {abs(skew):.0f} s {direction} the server's clock; at most {max_skew_seconds:.0f} s " \
-           "either way is accepted"
+        return KeepaliveStamp(sent_at_ms, None)
+    return KeepaliveStamp(now_ms, skew)
 
 
 # -- availability ----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The reference data of one trading day ``D`` (``YYYY-MM-DD`` in the exchange time zone) maps each asset traded
 on ``D`` to its pricing code on ``D`` and that code's price; a snapshot holds a few days:
-``{day: {asset: (pricing_code | None, price | None)}}``. ``orderflow.io.reference_data`` reads it from
+``{day: {asset: (pricing_code | None, price | None)}}``. ``orderflow.io.reference_data_store`` reads it from
 memcached and DynamoDB and keeps it fresh per worker.
 
 An order's trading day is its event time's calendar day in the exchange time zone. ``total`` is
@@ -16,6 +16,8 @@ from decimal import Decimal
 from typing import Protocol
 
 from orderflow.config import Settings
+
+__all__ = ["ReferenceSource", "Snapshot", "UnpricedOrder", "price_order", "today", "trading_days"]
 
 Snapshot = dict[str, dict[str, tuple]]
 PRICE_SCALE = Decimal("0.000001")  # scale 6, as the decimal logical types of PricedOrder

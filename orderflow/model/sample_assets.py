@@ -8,6 +8,8 @@ import datetime
 import hashlib
 from decimal import Decimal
 
+__all__ = ["SAMPLE_ASSETS", "default_pricing_code", "sample_prices"]
+
 # Assets of the sample data set (B3 tickers) with a base price in BRL; the daily price moves around it.
 SAMPLE_ASSETS: dict[str, Decimal] = {
     asset: Decimal(price) for asset, price in [

@@ -27,7 +27,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
-from orderflow.clients import avro_codec
+from orderflow.clients import avro_codec, aws_endpoint
 from orderflow.config import Settings, load_settings, with_overrides
 from orderflow.io.alarm_windows import AlarmWindows
 from orderflow.io.avro import RetryingDecoder
@@ -45,9 +45,16 @@ from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
 from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
-from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
-from orderflow.transforms.normalize_orders import NormalizeOrders
-from orderflow.transforms.price_orders import PriceOrders
+from orderflow.pipelines.summary import (
+    ORDERS_REFUSED,
+    ORDERS_STORED,
+    metric_key,
+    orders_summary,
+    report_run,
+    streaming_summary,
+)
+from orderflow.transforms.normalize_orders import RECORDS_IN, NormalizeOrders
+from orderflow.transforms.price_orders import ORDERS_PRICED, PriceOrders
 
 
 class OrdersOptions(PipelineOptions):
@@ -185,8 +192,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         per_transaction = opts.orders_batches_per_transaction or (20 if bounded else 1)
         alarm_windows = AlarmWindows(rules, settings.exchange_timezone, opts.alarm_backfill_seconds)
         written = priced.priced | "PostgresAndDailyVolume" >> WriteOrdersToPostgres(
-            settings.postgres_dsn, DailyVolumeTable(settings), per_transaction, settings.sink_retry_seconds,
-            alarm_windows)
+            settings.postgres_dsn, DailyVolumeTable(aws_endpoint(settings, "dynamodb"), settings.client_volume_table),
+            per_transaction, settings.sink_retry_seconds, alarm_windows)
         dead_letter_outputs.append(written.dead_letter)
 
         # The relay also runs once at start (messages a crashed run queued but did not send) and, when
@@ -195,7 +202,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         if not bounded:
             relay_ticks.append(pipeline | "RelayEvery" >> PeriodicImpulse(
                 fire_interval=opts.outbox_relay_seconds, rebase=RebaseMode.REBASE_START))
-        _ = relay_ticks | "RelayTicks" >> beam.Flatten() | "RelaySms" >> RelaySmsOutbox(settings)
+        _ = (relay_ticks | "RelayTicks" >> beam.Flatten()
+             | "RelaySms" >> RelaySmsOutbox(settings.postgres_dsn, aws_endpoint(settings, "sns")))
 
     dead_letters = tuple(dead_letter_outputs) | "DeadLetters" >> beam.Flatten()
     _ = (dead_letters
@@ -206,11 +214,11 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     summary = None if bounded else streaming_summary("orders", options, ProgressTarget(
         "orders", settings.postgres_dsn, opts.orders_group_id, (topics.orders,)))
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
-        summary.count(records, "orders/records_in")
-        summary.count(priced.priced, "orders/orders_priced")
+        summary.count(records, metric_key(RECORDS_IN))
+        summary.count(priced.priced, metric_key(ORDERS_PRICED))
         if written is not None:
-            summary.count(written.owned, "orders/stored")
-            summary.count(written.dead_letter, "orders/refused")
+            summary.count(written.owned, ORDERS_STORED)
+            summary.count(written.dead_letter, ORDERS_REFUSED)
         summary.count_dead_letters(dead_letters)
 
 

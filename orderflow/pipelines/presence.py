@@ -35,7 +35,7 @@ from orderflow.clients import avro_codec
 from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings, with_overrides
 from orderflow.io.avro import DecodeAvro, RetryingDecoder
 from orderflow.io.kafka_offsets import COMMITTED
-from orderflow.io.kafka_read import ReadFromKafka, StartPosition
+from orderflow.io.kafka_read import RECORDS, ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.presence_redis import WriteAvailabilityToRedis, WriteKeepalivesToRedis
 from orderflow.io.presence_restore import RestorePresenceState
@@ -43,10 +43,17 @@ from orderflow.logs import configure as configure_logging
 from orderflow.model.presence import PresenceRules, to_ms
 from orderflow.pipelines.progress import ProgressTarget
 from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
-from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
-from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
-from orderflow.transforms.keepalive_sessions import KeepaliveSessions
-from orderflow.transforms.status_intervals import RestaurantStatusIntervals
+from orderflow.pipelines.summary import (
+    KEEPALIVES_DECODED,
+    CountDeadLetters,
+    metric_key,
+    presence_summary,
+    report_run,
+    streaming_summary,
+)
+from orderflow.transforms.availability_changes import CHANGES, DecodeAvailabilityChanges
+from orderflow.transforms.keepalive_sessions import SESSIONS, KeepaliveSessions
+from orderflow.transforms.status_intervals import INTERVALS, RestaurantStatusIntervals
 
 
 def parse_instant(text: str | None) -> int | None:
@@ -194,12 +201,12 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     summary = None if bounded else streaming_summary("presence", options, ProgressTarget(
         "presence", settings.postgres_dsn, opts.presence_group_id, (settings.topics.keepalive, settings.topics.availability)))
     if summary is not None:  # a bounded run's summary comes from its metrics when it ends
-        summary.count(keepalive_records, "ReadFromKafka/records", "keep-alive records")
-        summary.count(availability_records, "ReadFromKafka/records", "availability records")
-        summary.count(keepalives.decoded, "DecodeAvro/restaurant_keepalive_decoded")
-        summary.count(changes.changes, "DecodeAvailabilityChanges/changes")
-        summary.count(sessions, "KeepaliveSessions/sessions")
-        summary.count(intervals, "RestaurantStatusIntervals/intervals")
+        summary.count(keepalive_records, metric_key(RECORDS), "keep-alive records")
+        summary.count(availability_records, metric_key(RECORDS), "availability records")
+        summary.count(keepalives.decoded, KEEPALIVES_DECODED)
+        summary.count(changes.changes, metric_key(CHANGES))
+        summary.count(sessions, metric_key(SESSIONS))
+        summary.count(intervals, metric_key(INTERVALS))
         summary.count_dead_letters(dead_letters)
 
 

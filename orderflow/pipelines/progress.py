@@ -21,6 +21,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+__all__ = ["ProgressOptions", "ProgressTarget", "ProgressWriter"]
+
 _LOG = logging.getLogger(__name__)
 FORGET_AFTER = dt.timedelta(days=1)
 

@@ -87,8 +87,8 @@ def run_pipeline(build: Callable[[beam.Pipeline, PipelineOptions, Settings | Non
     build(pipeline, options, settings)
     # This process owns its heap: Beam's modules and the pipeline graph, large and alive for the whole run,
     # leave the collector's generations (gc.freeze), so the full collections that the records of a run
-    # trigger do not scan them again and again. (The Kafka source used to pause the collector itself
-    # around each batch; a library must not.) A bounded run gives them back when it ends.
+    # trigger do not scan them again and again. The runner does it, not the Kafka source: the process is
+    # the runner's, and a library must not change the collector. A bounded run gives them back when it ends.
     gc.collect()
     gc.freeze()
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import sys
 import threading
@@ -28,11 +29,22 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
+from orderflow.io.avro import decoded_metric
+from orderflow.io.kafka_read import RECORDS
+from orderflow.io.postgres_orders import ALARMS_FIRED, POSTGRES_DUPLICATES, POSTGRES_REPLAYED
+from orderflow.model.dead_letter import DEAD_LETTER_METRIC_PREFIX, ReasonCounters, dead_letter_metric
 from orderflow.model.kafka_record import KafkaRecord
 from orderflow.pipelines.progress import ProgressOptions, ProgressTarget, ProgressWriter
 from orderflow.pipelines.runner import RunModeOptions
+from orderflow.transforms.availability_changes import CHANGES
+from orderflow.transforms.keepalive_sessions import LATE_PINGS, PINGS_AFTER_CUT_OFF, SESSIONS
+from orderflow.transforms.normalize_orders import RECORDS_IN
+from orderflow.transforms.price_orders import ORDERS_PRICED
+from orderflow.transforms.status_intervals import INTERVALS, LATE_PINGS_IGNORED
 
-DEAD_LETTER_PREFIX = "dead_letter_"
+__all__ = ["CountDeadLetters", "KEEPALIVES_DECODED", "ORDERS_REFUSED", "ORDERS_STORED", "counters", "metric_key",
+           "orders_summary", "presence_summary", "report_run", "streaming_summary"]
+
 DEAD_LETTER_LOG_LIMIT = 5  # dead letters logged one by one per reason per minute and worker process
 _LOG = logging.getLogger("orderflow.pipelines")
 
@@ -52,14 +64,10 @@ class _CountByReasonFn(beam.DoFn):
         self._namespace = namespace
 
     def setup(self):
-        self._counters = {}
+        self._by_reason = ReasonCounters(functools.partial(Metrics.counter, self._namespace))
 
     def process(self, letter):
-        counter = self._counters.get(letter.reason)
-        if counter is None:
-            counter = self._counters[letter.reason] = Metrics.counter(
-                self._namespace, f"{DEAD_LETTER_PREFIX}{letter.reason}")
-        counter.inc()
+        self._by_reason.inc(letter.reason)
         yield letter
 
 
@@ -88,32 +96,42 @@ def counters(result: PipelineResult) -> dict[str, int]:
     return totals
 
 
+def metric_key(name: tuple[str, str]) -> str:
+    """``"namespace/name"``: how counters are keyed here, from a metric name a transform exports."""
+    return "/".join(name)
+
+
+# Tallies of a streaming run that no Beam counter has (see ``orders_duplicates``).
+ORDERS_STORED, ORDERS_REFUSED = "orders/stored", "orders/refused"
+ORDERS_DUPLICATES_OR_REPLAYS = "orders/duplicates_or_replays"
+KEEPALIVES_DECODED = metric_key(decoded_metric("restaurant_keepalive"))
+
 # (counter "namespace/name", what it counts): the parts of each pipeline's line, in order; then dead letters.
-ORDERS_PARTS = [("orders/records_in", "records"), ("orders/orders_priced", "priced"),
-                 ("orders/postgres_duplicates", "duplicates"), ("orders/postgres_replayed", "replayed"),
-                 ("orders/alarms_fired", "alarms")]
-PRESENCE_PARTS = [("ReadFromKafka/records", "records"),
-                  ("DecodeAvro/restaurant_keepalive_decoded", "keep-alives"),
-                  ("DecodeAvailabilityChanges/changes", "availability changes"),
-                  ("KeepaliveSessions/sessions", "sessions"), ("KeepaliveSessions/late_pings", "late pings"),
-                  ("RestaurantStatusIntervals/late_pings_ignored", "late pings too late to count"),
-                  ("KeepaliveSessions/pings_after_cut_off", "pings after the cut-off"),
-                  ("RestaurantStatusIntervals/intervals", "status intervals")]
+ORDERS_PARTS = [(metric_key(RECORDS_IN), "records"), (metric_key(ORDERS_PRICED), "priced"),
+                (metric_key(POSTGRES_DUPLICATES), "duplicates"), (metric_key(POSTGRES_REPLAYED), "replayed"),
+                (metric_key(ALARMS_FIRED), "alarms")]
+PRESENCE_PARTS = [(metric_key(RECORDS), "records"),
+                  (KEEPALIVES_DECODED, "keep-alives"),
+                  (metric_key(CHANGES), "availability changes"),
+                  (metric_key(SESSIONS), "sessions"), (metric_key(LATE_PINGS), "late pings"),
+                  (metric_key(LATE_PINGS_IGNORED), "late pings too late to count"),
+                  (metric_key(PINGS_AFTER_CUT_OFF), "pings after the cut-off"),
+                  (metric_key(INTERVALS), "status intervals")]
 # What a streaming run's workers tally themselves (see ``StreamingSummary``); ``*/duplicates_or_replays``
 # is priced minus stored (minus refused by the sink), so it includes a redelivered record.
-ORDERS_STREAMING_PARTS = [("orders/records_in", "records"), ("orders/orders_priced", "priced"),
-                          ("orders/duplicates_or_replays", "duplicates or replays")]
-PRESENCE_STREAMING_PARTS = [("ReadFromKafka/records", "records"),
-                            ("DecodeAvro/restaurant_keepalive_decoded", "keep-alives"),
-                            ("DecodeAvailabilityChanges/changes", "availability changes"),
-                            ("KeepaliveSessions/sessions", "sessions"),
-                            ("RestaurantStatusIntervals/intervals", "status intervals")]
+ORDERS_STREAMING_PARTS = [(metric_key(RECORDS_IN), "records"), (metric_key(ORDERS_PRICED), "priced"),
+                          (ORDERS_DUPLICATES_OR_REPLAYS, "duplicates or replays")]
+PRESENCE_STREAMING_PARTS = [(metric_key(RECORDS), "records"),
+                            (KEEPALIVES_DECODED, "keep-alives"),
+                            (metric_key(CHANGES), "availability changes"),
+                            (metric_key(SESSIONS), "sessions"),
+                            (metric_key(INTERVALS), "status intervals")]
 
 
 def describe(values: dict[str, int], parts: list[tuple[str, str]], namespace: str) -> str:
     """One line: each part present in ``values``, then the dead letters of ``namespace`` by reason."""
     shown = [f"{values[key]:,} {label}" for key, label in parts if key in values]
-    prefix = f"{namespace}/{DEAD_LETTER_PREFIX}"
+    prefix = f"{namespace}/{DEAD_LETTER_METRIC_PREFIX}"
     reasons = sorted((name[len(prefix):], n) for name, n in values.items() if name.startswith(prefix) and n)
     letters = f"{sum(n for _, n in reasons):,} dead letters"
     if reasons:
@@ -215,7 +233,7 @@ class _ProcessTotals:
         "dead_letters": {reason: n}}``, this process's raw totals."""
         with self._lock:
             values = dict(self._values)
-        dead_prefix = f"{self._namespace}/{DEAD_LETTER_PREFIX}"
+        dead_prefix = f"{self._namespace}/{DEAD_LETTER_METRIC_PREFIX}"
         return {"records_in": values.get(self._records_in_key, 0) if self._records_in_key else 0,
                 "stages": {k: v for k, v in values.items() if k != self._records_in_key and not k.startswith(dead_prefix)},
                 "dead_letters": {k[len(dead_prefix):]: v for k, v in values.items() if k.startswith(dead_prefix)}}
@@ -258,7 +276,7 @@ class _TallyFn(beam.DoFn):
 
     def process(self, element):
         if self._key is None:  # a DeadLetter
-            self._totals.add(f"{self._summary.namespace}/{DEAD_LETTER_PREFIX}{element.reason}", 1)
+            self._totals.add(f"{self._summary.namespace}/{dead_letter_metric(element.reason)}", 1)
             self._totals.log_dead_letter(element)
         elif isinstance(element, list):
             # A batch of KafkaRecords carries the event times that say how fresh the pipeline is.
@@ -301,12 +319,12 @@ class StreamingSummary:
 def orders_duplicates(values: dict[str, int]) -> dict[str, int]:
     """Streaming orders: duplicates or replays = priced - stored - refused by the sink (dead letters)."""
     get = values.get
-    return values | {"orders/duplicates_or_replays": get("orders/orders_priced", 0) - get("orders/stored", 0)
-                     - get("orders/refused", 0)}
+    return values | {ORDERS_DUPLICATES_OR_REPLAYS: get(metric_key(ORDERS_PRICED), 0) - get(ORDERS_STORED, 0)
+                     - get(ORDERS_REFUSED, 0)}
 
 
 # The tally of records read, per pipeline: its growth is the pipeline's progress.
-RECORDS_IN = {"orders": "orders/records_in", "presence": "ReadFromKafka/records"}
+RECORDS_READ = {"orders": metric_key(RECORDS_IN), "presence": metric_key(RECORDS)}
 
 
 def streaming_summary(name: str, options: PipelineOptions, progress: ProgressTarget | None = None
@@ -320,5 +338,5 @@ def streaming_summary(name: str, options: PipelineOptions, progress: ProgressTar
         return None
     if name == "orders":
         return StreamingSummary(name, ORDERS_STREAMING_PARTS, "orders", interval, orders_duplicates,
-                                RECORDS_IN[name], progress)
-    return StreamingSummary(name, PRESENCE_STREAMING_PARTS, "presence", interval, None, RECORDS_IN[name], progress)
+                                RECORDS_READ[name], progress)
+    return StreamingSummary(name, PRESENCE_STREAMING_PARTS, "presence", interval, None, RECORDS_READ[name], progress)

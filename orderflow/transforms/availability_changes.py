@@ -17,13 +17,18 @@ from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
 from orderflow.model.kafka_record import KafkaRecord
 from orderflow.model.presence import AvailabilityChange, InvalidAvailabilityChange, validate_change
 
+__all__ = ["CHANGES", "DecodeAvailabilityChanges"]
+
+# The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
+CHANGES = (Stage.DECODE_AVAILABILITY_CHANGES, "changes")
+
 STAGE = Stage.DECODE_AVAILABILITY_CHANGES
 
 
 class _DecodeChangesFn(beam.DoFn):
     def __init__(self, decode: Callable[[bytes], dict] | None):
         self._decode = decode or AvroCodec("restaurant_availability").decode
-        self._decoded = Metrics.counter(STAGE, "changes")
+        self._decoded = Metrics.counter(*CHANGES)
         self._dead = Metrics.counter(STAGE, "dead_letters")
 
     def process(self, element):

@@ -53,6 +53,13 @@ from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from orderflow.model.presence import DEFAULT_KEEPALIVE_GAP_MS, OpeningHours, session_markers, to_ms
 
+__all__ = ["KeepaliveSessions", "LATE_PINGS", "PINGS_AFTER_CUT_OFF", "SESSIONS"]
+
+# The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
+SESSIONS = ("KeepaliveSessions", "sessions")
+LATE_PINGS = ("KeepaliveSessions", "late_pings")
+PINGS_AFTER_CUT_OFF = ("KeepaliveSessions", "pings_after_cut_off")
+
 
 def _ts(ms: int) -> Timestamp:
     return Timestamp(micros=ms * 1000)
@@ -84,7 +91,7 @@ class _MergePingsFn(beam.DoFn):
         self._max_buffered = max_buffered
         self._pings = Metrics.counter("KeepaliveSessions", "pings")
         self._outside = Metrics.counter("KeepaliveSessions", "intervals_outside_opening_hours")
-        self._after_cut_off = Metrics.counter("KeepaliveSessions", "pings_after_cut_off")
+        self._after_cut_off = Metrics.counter(*PINGS_AFTER_CUT_OFF)
         self._markers = Metrics.counter("KeepaliveSessions", "session_markers")
 
     def start_bundle(self):
@@ -180,9 +187,9 @@ class _MergePingsFn(beam.DoFn):
 
 class _EmitSessionFn(beam.DoFn):
     def __init__(self):
-        self._sessions = Metrics.counter("KeepaliveSessions", "sessions")
+        self._sessions = Metrics.counter(*SESSIONS)
         self._late_sessions = Metrics.counter("KeepaliveSessions", "late_sessions")
-        self._late_pings = Metrics.counter("KeepaliveSessions", "late_pings")
+        self._late_pings = Metrics.counter(*LATE_PINGS)
 
     def process(self, element, session=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
         restaurant_id, counts = element
@@ -200,7 +207,7 @@ class _MergeIntervalsFn(beam.DoFn):
     pane (its end - 1 µs)."""
 
     def __init__(self):
-        self._sessions = Metrics.counter("KeepaliveSessions", "sessions")
+        self._sessions = Metrics.counter(*SESSIONS)
 
     def process(self, element):
         restaurant_id, pieces = element

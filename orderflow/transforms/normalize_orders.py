@@ -7,6 +7,7 @@ The parsing and validation rules, their limits and dead-letter reasons are ``ord
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 from collections.abc import Callable
 
@@ -14,7 +15,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.model.avro import SchemaRegistryUnavailable
-from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, Stage
+from orderflow.model.dead_letter import DEAD_LETTER_TAG, DeadLetter, ReasonCounters, Stage
 from orderflow.model.kafka_record import KafkaRecord
 from orderflow.model.orders import (
     DEFAULT_LIMITS,
@@ -25,6 +26,11 @@ from orderflow.model.orders import (
     parse_orders,
 )
 from orderflow.transforms import order_batch  # noqa: F401 - registers OrderBatch's coder
+
+__all__ = ["NormalizeOrders", "RECORDS_IN"]
+
+# The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
+RECORDS_IN = ("orders", "records_in")
 
 _LOG = logging.getLogger(__name__)
 STAGE = Stage.NORMALIZE_ORDERS
@@ -41,16 +47,10 @@ class _NormalizeBatchFn(beam.DoFn):
     def __init__(self, limits: OrderLimits, decode_avro: Callable[[bytes], dict] | None):
         self.limits = limits
         self.decode_avro = decode_avro
-        self.records_in = Metrics.counter("orders", "records_in")
+        self.records_in = Metrics.counter(*RECORDS_IN)
         self.orders_out = Metrics.counter("orders", "orders_normalized")
         self.dead_letters = Metrics.counter("orders", "dead_letters_normalize")
-        self._reason_counters = {}
-
-    def _dead(self, reason: str):
-        counter = self._reason_counters.get(reason)
-        if counter is None:
-            counter = self._reason_counters[reason] = Metrics.counter("orders", f"dead_letter_{reason}")
-        return counter
+        self.by_reason = ReasonCounters(functools.partial(Metrics.counter, "orders"))
 
     def process(self, batch):
         records = batch if isinstance(batch, list) else [batch]
@@ -65,7 +65,7 @@ class _NormalizeBatchFn(beam.DoFn):
                 parsed = parse_orders(payload or b"", source=source, timestamp_ms=timestamp_ms, limits=self.limits,
                                       now=now, decode_avro=self.decode_avro)
             except InvalidOrder as invalid:
-                self._dead(invalid.reason).inc()
+                self.by_reason.inc(invalid.reason)
                 self.dead_letters.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
                     invalid.reason, invalid.detail, payload or b"", source, STAGE))
@@ -75,7 +75,7 @@ class _NormalizeBatchFn(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - a record the rules did not foresee must not stop the pipeline
                 _LOG.warning("normalize_orders: %s failed the parser itself; dead-lettered as %s", source,
                              NORMALIZE_FAILED, exc_info=True)
-                self._dead(NORMALIZE_FAILED).inc()
+                self.by_reason.inc(NORMALIZE_FAILED)
                 self.dead_letters.inc()
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter(
                     NORMALIZE_FAILED, f"{type(exc).__name__}: {str(exc)[:500]}", payload or b"", source, STAGE))

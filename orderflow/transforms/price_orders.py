@@ -5,16 +5,22 @@ a ``ReferenceSource`` (in the pipeline ``orderflow.io.reference_data_cache.Refer
 """
 from __future__ import annotations
 
+import functools
 import zoneinfo
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from orderflow.config import DEFAULT_TIMEZONE
-from orderflow.model.dead_letter import DEAD_LETTER_TAG, Stage
+from orderflow.model.dead_letter import DEAD_LETTER_TAG, ReasonCounters, Stage
 from orderflow.model.orders import OrderBatch, order_dead_letter
 from orderflow.model.pricing import ReferenceSource, UnpricedOrder, price_order
 from orderflow.transforms import order_batch  # noqa: F401 - registers OrderBatch's coder
+
+__all__ = ["ORDERS_PRICED", "PriceOrders"]
+
+# The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
+ORDERS_PRICED = ("orders", "orders_priced")
 
 STAGE = Stage.PRICE_ORDERS
 
@@ -23,19 +29,16 @@ class _PriceBatchFn(beam.DoFn):
     def __init__(self, reference: ReferenceSource, timezone: str):
         self.reference = reference
         self.timezone = timezone
-        self.priced = Metrics.counter("orders", "orders_priced")
+        self.priced = Metrics.counter(*ORDERS_PRICED)
         self.dead_letters = Metrics.counter("orders", "dead_letters_pricing")
-        self._reason_counters = {}
+        self.by_reason = ReasonCounters(functools.partial(Metrics.counter, "orders"))
 
     def setup(self):
         self._zone = zoneinfo.ZoneInfo(self.timezone)
         self._reference = self.reference.open()
 
     def _dead(self, order: dict, reason: str, detail: str) -> beam.pvalue.TaggedOutput:
-        counter = self._reason_counters.get(reason)
-        if counter is None:
-            counter = self._reason_counters[reason] = Metrics.counter("orders", f"dead_letter_{reason}")
-        counter.inc()
+        self.by_reason.inc(reason)
         self.dead_letters.inc()
         return beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, order_dead_letter(order, reason, detail, STAGE))
 

@@ -57,7 +57,12 @@ from orderflow.model.presence import (
     state_changes,
 )
 
-__all__ = ["PROGRESS_TAG", "RestaurantStatusIntervals", "PendingItemCoder", "ShardProgressCoder", "shard_of"]
+# The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
+INTERVALS = ("RestaurantStatusIntervals", "intervals")
+LATE_PINGS_IGNORED = ("RestaurantStatusIntervals", "late_pings_ignored")
+
+__all__ = ["PROGRESS_TAG", "RestaurantStatusIntervals", "PendingItemCoder", "ShardProgressCoder", "shard_of", "INTERVALS",
+           "LATE_PINGS_IGNORED"]
 
 _SESSION = "S"
 _CHANGE = "A"
@@ -172,9 +177,9 @@ class _EvaluateStatusFn(beam.DoFn):
         self._as_of = as_of_ms
         self._at_session_end = finalize_at_session_end
         self._granularity = max(1, granularity_ms)
-        self._intervals = Metrics.counter("RestaurantStatusIntervals", "intervals")
+        self._intervals = Metrics.counter(*INTERVALS)
         self._late_sessions = Metrics.counter("RestaurantStatusIntervals", "late_sessions_ignored")
-        self._late_pings = Metrics.counter("RestaurantStatusIntervals", "late_pings_ignored")
+        self._late_pings = Metrics.counter(*LATE_PINGS_IGNORED)
         self._finalized = Metrics.counter("RestaurantStatusIntervals", "restaurant_finalizations")
         self._restored = Metrics.counter("RestaurantStatusIntervals", "restored_timelines")
 

@@ -85,7 +85,12 @@ def test_restaurant_timeline_and_alarms_with_sms_state(sampled_api, chart_reader
     alarm = next(a for a in chart_reader.get("/dashboard/alarms").json() if a["rule_id"] == "r")
     assert (alarm["total"], alarm["threshold"], alarm["sms_queued"], alarm["sms_sent"]) == ("12.5", "10", 2, 1)
     assert dt.datetime.fromisoformat(alarm["window_start"]) == window
+    # In the exchange's zone (São Paulo, UTC-3 in March 2026): the offset the dashboard shows it with.
+    assert alarm["timezone"] == sampled_api.settings.exchange_timezone == "America/Sao_Paulo"
+    assert (alarm["window_start"], alarm["window_end"]) == ("2026-03-02T12:00:00-03:00", "2026-03-02T13:00:00-03:00")
     assert chart_reader.get("/dashboard/restaurant-timeline", params={"restaurant_id": "bad id!"}).status_code == 422
+    # A day is YYYY-MM-DD, as the schema says (pydantic alone would read 0.0 as 1970-01-01; schemathesis found it).
+    assert chart_reader.get("/dashboard/restaurant-timeline", params={"restaurant_id": "r", "day": "0.0"}).status_code == 422
 
 
 def test_pipelines_endpoint_lists_what_reported(sampled_api, chart_reader):

@@ -7,9 +7,11 @@ link carrying a dashboard token in its fragment (what ``make demo`` prints) open
 """
 from __future__ import annotations
 
+import datetime as dt
 import pathlib
 import shutil
 import time
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -74,6 +76,24 @@ def test_a_status_change_arrives_live_on_the_open_page(api, browser, state_store
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
+    page.close()
+
+
+def test_an_alarm_window_shows_both_dates_in_the_exchanges_zone(api, browser):
+    """A day window of São Paulo (UTC-3), seen from a browser in Tokyo: both ends with their dates, in São Paulo."""
+    zone = ZoneInfo(api.settings.exchange_timezone)
+    start = dt.datetime(2026, 12, 6, tzinfo=zone)
+    with psycopg.connect(api.settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold, fired_at)"
+                     " VALUES ('dash-day', '*', %s, %s, 12, 10, now()) ON CONFLICT DO NOTHING",
+                     (start, start + dt.timedelta(days=1)))
+    page = browser.new_page(timezone_id="Asia/Tokyo")
+    page.goto(f"{api.url}/dashboard")
+    page.fill("#sign-in input[name=key]", api.key("read"))
+    page.click("#sign-in button")
+    page.wait_for_function("document.querySelector('#alarms').textContent.includes('dash-day')", timeout=15_000)
+    row = page.locator("#alarms tr", has_text="dash-day").inner_text()
+    assert "2026-12-06 00:00 - 2026-12-07 00:00 (America/Sao_Paulo)" in row, row
     page.close()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 import time
 
@@ -215,12 +216,36 @@ def test_keepalive_lands_keyed_by_restaurant_at_its_event_time(api, ingester):
     assert round(avro_codec(api.settings, "keepalive").decode(now.value())["sent_at"].timestamp() * 1000) == now.timestamp()[1]
 
 
+def _restamped(client, direction: str) -> float:
+    found = re.search(rf'^orderflow_api_keepalive_restamped_total{{direction="{direction}"}} (\S+)$',
+                      client.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 @pytest.mark.parametrize("skew", [-3600, -301, 301, 86400])
-def test_keepalive_sent_too_far_from_now_is_refused(api, ingester, skew):
+def test_keepalive_from_a_clock_too_far_off_is_recorded_now_counted_and_logged(api, ingester, skew, caplog):
+    """A restaurant whose clock is wrong must still be able to be online: its ping is recorded at the server's time."""
+    direction = "ahead" if skew > 0 else "behind"
+    counted = _restamped(ingester, direction)
     sent_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=skew)
-    resp = ingester.post("/restaurants/r-1/keepalive", json={"sent_at": sent_at.isoformat()})
-    assert resp.status_code == 422, resp.text
-    assert "sent_at" in resp.text and "300 s" in resp.text
+    before = int(time.time() * 1000)
+    with caplog.at_level(logging.WARNING, logger="orderflow.api.ingest"):
+        resp = ingester.post("/restaurants/r-skew/keepalive", json={"sent_at": sent_at.isoformat()})
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["clock_skew_seconds"] == pytest.approx(skew, abs=5)
+    msg = read_at(api.settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
+    assert before <= msg.timestamp()[1] <= int(time.time() * 1000)  # the server's time, not the restaurant's
+    assert round(dt.datetime.fromisoformat(body["sent_at"]).timestamp() * 1000) == msg.timestamp()[1]
+    assert _restamped(ingester, direction) == counted + 1
+    assert any("r-skew" in r.getMessage() and "restamped" in r.getMessage() for r in caplog.records)
+
+
+def test_keepalive_within_the_allowed_skew_keeps_its_own_time(api, ingester):
+    sent_at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=250)).replace(microsecond=0)
+    resp = ingester.post("/restaurants/r-skew/keepalive", json={"sent_at": sent_at.isoformat()})
+    assert resp.status_code == 202 and resp.json()["clock_skew_seconds"] is None
+    assert dt.datetime.fromisoformat(resp.json()["sent_at"]) == sent_at
 
 
 def test_a_restaurant_key_acts_only_for_its_restaurant(api, reader):

@@ -214,6 +214,10 @@ def test_offline_ranking(seeded, reader):
     one_day = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "limit": 1})
     assert one_day.json()["to_day"] == "2026-03-02"  # to defaults to from
     assert [e["restaurant_id"] for e in one_day.json()["ranking"]] == ["r-10"]
+    # A past day alone, without `from`: that day (not a range ending before today's start, refused).
+    only_to = reader.get("/reports/offline-ranking", params={"to": "2026-03-02", "limit": 1})
+    assert only_to.status_code == 200, only_to.text
+    assert (only_to.json()["from_day"], only_to.json()["to_day"]) == ("2026-03-02", "2026-03-02")
     resp = reader.get("/reports/offline-ranking", params={"from": "2026-03-02", "to": "2026-03-01"})
     assert resp.status_code == 422 and "before" in resp.json()["detail"]
     resp = reader.get("/reports/offline-ranking", params={"from": "2024-01-01", "to": "2026-03-01"})

@@ -169,6 +169,14 @@ def test_failed_authentications_are_limited_per_address(api_settings, api_config
             throttled = client.get("/alarms", headers={"X-API-Key": "of_ffffffffffff_" + "D" * 43})
             assert throttled.status_code == 429 and int(throttled.headers["Retry-After"]) >= 1
             assert "too many failed authentications" in throttled.json()["detail"]
+            # A credential that cannot be valid (malformed, or an expired dashboard token) costs no lookup: it is
+            # refused with 401 even now, on the dashboard too; a well-formed token still waits like a key.
+            assert client.get("/alarms", headers={"X-API-Key": "not-a-key"}).status_code == 401
+            assert client.get("/dashboard/alarms", cookies={"orderflow_dashboard": "not-a-token"}).status_code == 401
+            expired = "odt_ffffffffffff_1000_" + "E" * 43
+            assert client.get("/dashboard/alarms", cookies={"orderflow_dashboard": expired}).status_code == 401
+            unexpired = f"odt_ffffffffffff_{int(time.time()) + 600}_" + "E" * 43
+            assert client.get("/dashboard/alarms", cookies={"orderflow_dashboard": unexpired}).status_code == 429
             # A key already verified keeps working from that address.
             assert client.get("/alarms", headers={"X-API-Key": good}).status_code == 200
     finally:

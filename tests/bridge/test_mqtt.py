@@ -243,11 +243,11 @@ def test_bad_input_is_dropped_counted_and_logged_and_the_bridge_goes_on(mqtt_sta
         mqtt.DROP_OVERSIZED: (mqtt.KEEPALIVE, b" " * (settings.mqtt_max_payload_bytes + 1)),
         mqtt.DROP_FOREIGN_ID: (mqtt.KEEPALIVE, b'{"restaurant_id": "someone-else"}'),
         mqtt.DROP_BAD_PAYLOAD: (mqtt.STATUS, b"maybe"),
-        mqtt.DROP_SKEWED: (mqtt.KEEPALIVE, _sent_at(now_ms - 3_600_000)),
     }
     others = start_bridge.running()  # the share group's bridges: each drops the bad messages it is given
     before = {reason: sum(b.counter("orderflow_bridge_dropped_total", reason=reason) for b in others)
               for reason in bad}
+    restamped = sum(b.counter("orderflow_bridge_keepalive_restamped_total", direction="behind") for b in others)
 
     async def scenario():
         assert await fleet.connect_all() == 1
@@ -255,10 +255,13 @@ def test_bad_input_is_dropped_counted_and_logged_and_the_bridge_goes_on(mqtt_sta
         for kind, payload in bad.values():
             await connection.publish(mqtt.topic(restaurant, kind), payload)
         await connection.ping(_sent_at(now_ms))  # a good one after them
+        # A clock an hour behind: forwarded at the bridge's time (a restaurant must not be offline for its clock).
+        await connection.ping(_sent_at(now_ms - 3_600_000))
         await fleet.disconnect([restaurant])
 
     asyncio.run(scenario())
-    wait_for(lambda: _keepalives(settings, [restaurant]), 30, "the good keep-alive after the bad input")
+    wait_for(lambda: len(_keepalives(settings, [restaurant])) == 2 or None, 30,
+             "the good keep-alives after the bad input")
 
     def counted():
         after = {reason: sum(b.counter("orderflow_bridge_dropped_total", reason=reason) for b in others)
@@ -266,10 +269,14 @@ def test_bad_input_is_dropped_counted_and_logged_and_the_bridge_goes_on(mqtt_sta
         return after if all(after[r] - before[r] == 1 for r in bad) else None
 
     wait_for(counted, 30, "one drop counted per bad message, by reason")
-    assert _keepalives(settings, [restaurant]) == [(restaurant, now_ms)]
+    (good, (_, stamped)) = sorted(_keepalives(settings, [restaurant]), key=lambda k: k[1])
+    assert good == (restaurant, now_ms) and now_ms <= stamped <= int(time.time() * 1000)
+    wait_for(lambda: sum(b.counter("orderflow_bridge_keepalive_restamped_total", direction="behind")
+                         for b in others) == restamped + 1 or None, 30, "the restamped keep-alive counted")
     assert [c["kind"] for c in _changes(settings, [restaurant])] == ["CONNECTED"]  # not the bad status
     logs = "".join(b.process.log_path.read_text() for b in others)
     for reason in bad:
         assert f"dropped MQTT message ({reason})" in logs and restaurant in logs
+    assert f"keep-alive of {restaurant} restamped" in logs
     assert all(b.process.status() == "running" for b in others)
 

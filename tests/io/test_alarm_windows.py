@@ -14,6 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
+from orderflow.clients import aws_endpoint
 from orderflow.io.alarm_windows import AlarmWindows
 from orderflow.io.postgres_orders import OrdersWriter, WriteOrdersToPostgres
 from orderflow.io.sns_alarms import RelaySmsOutbox
@@ -162,7 +163,8 @@ def test_duplicates_counted_once_and_each_window_fires_once_with_one_sms_per_pho
     def run():
         with TestPipeline(options=_streaming()) as p:
             written = p | stream() | WriteOrdersToPostgres(dsn, alarm_windows=AlarmWindows(rules, ZONE))
-            _ = (written.sms_queued, p | beam.Create([None])) | beam.Flatten() | RelaySmsOutbox(module_settings)
+            _ = ((written.sms_queued, p | beam.Create([None])) | beam.Flatten()
+                 | RelaySmsOutbox(module_settings.postgres_dsn, aws_endpoint(module_settings, "sns")))
 
     run()
     # all clients in [0, 600): 40 + 30 + 25 + 10 = 105, crossed by caio's order; bia's day: 55; ana's: 40.

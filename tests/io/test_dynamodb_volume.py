@@ -8,11 +8,15 @@ from decimal import Decimal
 
 import psycopg
 
-from orderflow.clients import aws_client
+from orderflow.clients import aws_client, aws_endpoint
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.postgres_orders import OrdersWriter
 
 DAY = datetime.date(2026, 11, 15)
+
+
+def _table(settings) -> DailyVolumeTable:
+    return DailyVolumeTable(aws_endpoint(settings, "dynamodb"), settings.client_volume_table)
 
 
 def _scan(settings):
@@ -23,7 +27,7 @@ def _scan(settings):
 
 
 def test_write_puts_absolute_exact_items_in_batches(module_settings):
-    table = DailyVolumeTable(module_settings)
+    table = _table(module_settings)
     volumes = [(f"w{i:03d}", "2026-11-14", Decimal("0.000001") * i + 5, i + 1) for i in range(60)]
     assert table.write(volumes) == []  # three BatchWriteItem requests, nothing refused
     items = _scan(module_settings)
@@ -51,7 +55,7 @@ def test_parallel_writers_of_the_same_clients_leave_dynamodb_at_the_exact_volume
     errors = []
 
     def writer(mine):
-        orders = OrdersWriter(module_settings.postgres_dsn, DailyVolumeTable(module_settings).write, max_batches=1)
+        orders = OrdersWriter(module_settings.postgres_dsn, _table(module_settings).write, max_batches=1)
         try:
             for batch in mine:
                 assert orders.write(batch).rejected == []
@@ -75,7 +79,7 @@ def test_parallel_writers_of_the_same_clients_leave_dynamodb_at_the_exact_volume
 
 
 def test_an_item_dynamodb_refuses_is_bisected_out_and_the_others_are_written(module_settings):
-    table = DailyVolumeTable(module_settings)
+    table = _table(module_settings)
     long_token = "k" * 2100  # DynamoDB's partition key limit is 2,048 bytes
     volumes = [(f"v{i:03d}", "2026-11-16", Decimal(i + 1), 1) for i in range(30)]
     volumes.insert(17, (long_token, "2026-11-16", Decimal(5), 1))
@@ -99,7 +103,7 @@ def test_orders_of_a_refused_volume_item_become_dead_letters_and_stay_in_postgre
                 "event_time": datetime.datetime(2026, 11, 18, 15, tzinfo=datetime.timezone.utc), "trade_day": day,
                 "source_format": "JSON", "source": f"dv/0/{i}#0"}
 
-    writer = OrdersWriter(module_settings.postgres_dsn, DailyVolumeTable(module_settings).write, max_batches=5)
+    writer = OrdersWriter(module_settings.postgres_dsn, _table(module_settings).write, max_batches=5)
     try:
         writer.write([order(0, "dv-ana"), order(1, long_token)])
         writer.write([order(2, long_token), order(3, "dv-bia")])

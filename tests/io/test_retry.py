@@ -17,7 +17,7 @@ import redis
 from botocore.exceptions import ClientError
 from confluent_kafka import KafkaError, KafkaException
 
-from orderflow.clients import aws_client
+from orderflow.clients import aws_client, aws_endpoint
 from orderflow.io.dynamodb_volume import DailyVolumeTable
 from orderflow.io.postgres_orders import OrdersWriter
 from orderflow.io.retry import call_with_retry, is_transient
@@ -56,7 +56,7 @@ def test_data_a_store_refuses_is_not_transient(pg_dsn, module_settings):
     client = redis.Redis.from_url(module_settings.redis_url)
     client.set("a-string", "x")
     assert not is_transient(_raised(lambda: client.hget("a-string", "field")))  # WRONGTYPE
-    table = DailyVolumeTable(module_settings)
+    table = DailyVolumeTable(aws_endpoint(module_settings, "dynamodb"), module_settings.client_volume_table)
     refused = _raised(lambda: aws_client(module_settings, "dynamodb").put_item(
         TableName=module_settings.client_volume_table,
         Item={"client_token": {"S": "k" * 2100}, "day": {"S": "2026-11-30"}}))
@@ -101,7 +101,7 @@ def restartable(own_stack):
 
 def test_a_postgres_restart_mid_transaction_is_ridden_out_exactly(restartable):
     stack, settings = restartable
-    volumes = DailyVolumeTable(settings)
+    volumes = DailyVolumeTable(aws_endpoint(settings, "dynamodb"), settings.client_volume_table)
     writer = OrdersWriter(settings.postgres_dsn, volumes.write, max_batches=3, retry_seconds=60)
     first = [_order(i, f"c{i % 3}") for i in range(0, 30)]
     second = [_order(i, f"c{i % 3}") for i in range(30, 60)]

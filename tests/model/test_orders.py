@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import subprocess
@@ -186,3 +187,49 @@ def test_minted_ids_and_an_avro_order_keeps_its_recorded_input_model():
     assert [o["order_id"] for o in parse_orders(payload, source="t/0/1", minted_id_prefix="api-x")] == ["api-x-0", "given-1"]
     order = parse_orders(b'{"ativo": "PETR4", "quantidade": 1, "token": "a"}')[0]
     assert parse_orders(encode_order_avro(order))[0]["source_format"] == "JSON"
+
+
+def test_under_the_apis_contract_every_error_is_returned_with_the_pipelines_reasons():
+    from orderflow.model.orders import InvalidOrders
+
+    body = json.dumps({"records": [
+        {"value": {"ativo": "PETR4", "quantidade": 5, "token": "ok"}},
+        {"value": {"ativo": "PE TR4", "quantidade": 5, "token": "a"}},
+        {"value": {"ativo": "PETR4", "quantidade": -3, "token": "b", "price": 1}},
+        {"value": {"ativo": "PETR4", "quantidade": 5, "token": "c\u0000"}},
+    ]}).encode()
+    with pytest.raises(InvalidOrders) as refused:
+        parse_orders(body, contract="REST_PROXY")
+    assert [error.loc for error in refused.value.contract_errors] == [
+        ("records", 1, "value", "ativo"), ("records", 2, "value", "price"), ("records", 2, "value", "quantidade"),
+        ("records", 3, "value", "token")]
+    assert [error.reason for error in refused.value.rule_errors] == ["invalid_asset", "invalid_quantity",
+                                                                      "invalid_token"]
+    assert refused.value.reason == "invalid_asset"  # the first, as a dead letter would carry it
+    assert "records.2.value.price: Extra inputs are not permitted" in refused.value.contract_detail
+
+
+@pytest.mark.parametrize("body, contract, words", [
+    (b'{"ativo": "PETR4", "quantidade": "5", "token": "x"}', "JSON", "quantidade: Value error, expected an integer"),
+    (b'{"records": [{"value": {"ativo": "PETR4", "quantidade": 1, "token": "x"}}]}', "JSON",
+     "records: Extra inputs are not permitted"),
+    (b'{"ativo": "PETR4", "quantidade": 1, "token": "x", "event_time": "2026-11-21T12:00:00"}', "JSON",
+     "event_time: Value error"),  # no offset: the pipeline reads it as UTC
+    (b"PETR4,1,a/b\n", "CSV", "ativo,quantidade,token[,order_id]"),
+    (b"PETR4,1,x\n", "AVRO", "Avro single-object encoding"),
+])
+def test_what_only_the_contract_refuses_has_no_pipeline_reason(body, contract, words):
+    """The pipeline takes these (a quantity as text, an envelope's fields, ...); the API's contract does not."""
+    from orderflow.model.orders import InvalidOrders
+
+    with pytest.raises(InvalidOrders) as refused:
+        parse_orders(body, contract=contract)
+    assert refused.value.rule_errors == [] and refused.value.reason == "contract"
+    assert words in refused.value.contract_detail
+
+
+def test_a_body_the_contract_accepts_parses_as_the_pipeline_parses_it():
+    body = b'[{"asset": "WEGE3", "quantity": 5.0, "client_token": "c-1", "event_time": 1767225600000}]'
+    (order,) = parse_orders(body, contract="JSON", minted_id_prefix="api-x", now=NOW)
+    assert order == parse_orders(body, minted_id_prefix="api-x", now=NOW)[0]
+    assert (order["order_id"], order["quantity"]) == ("api-x-0", 5)

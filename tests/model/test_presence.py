@@ -122,3 +122,16 @@ def test_opening_hours_parse_rejects_nonsense():
         OpeningHours.parse("ten to eleven")
     with pytest.raises(ValueError):
         OpeningHours.parse("10:00-10:00")
+
+
+def test_a_keepalive_is_stamped_with_its_own_time_unless_the_clock_is_too_far_off():
+    from orderflow.model.presence import stamp_keepalive
+
+    now = 1_800_000_000_000
+    assert stamp_keepalive(None, now, 300) == (now, None)
+    assert stamp_keepalive(now - 300_000, now, 300) == (now - 300_000, None)  # the limit is inclusive
+    behind = stamp_keepalive(now - 3_600_000, now, 300)
+    assert behind == (now, -3600.0) and behind.restamped
+    assert "3600 s behind" in behind.describe()
+    ahead = stamp_keepalive(now + 301_000, now, 300)
+    assert ahead == (now, 301.0) and "301 s ahead" in ahead.describe()

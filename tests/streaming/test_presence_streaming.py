@@ -107,3 +107,24 @@ def test_silent_restaurant_turns_offline_after_the_gap_and_its_offline_time_is_r
     assert intervals[-1] == (offline_from, closes, "offline_unexplained", "no_keepalive")
     assert [status for _, _, status, _ in intervals[:-1]] == ["online"] * (len(intervals) - 1)
     assert intervals[-2][1] == offline_from  # the online time ends where the offline time starts
+
+
+def test_a_restaurant_whose_clock_is_an_hour_behind_gets_its_keepalives_at_the_servers_time(presence):
+    """Its keep-alives are recorded at the server's time, so the live pipeline's hot state has them as recent:
+    the restaurant is as online as any other (this runs after closing time, so the status itself says
+    outside_hours; the rule that turns a recent keep-alive into online is the same for every restaurant)."""
+    client, pipeline, _, _ = presence
+    restaurant = f"skewed-{SUFFIX}"
+    sent = dt.datetime.now(UTC) - dt.timedelta(hours=1)
+    answer = client.post(f"/restaurants/{restaurant}/keepalive", json={"sent_at": sent.isoformat()})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["clock_skew_seconds"] < -3500
+    stamped = dt.datetime.fromisoformat(answer.json()["sent_at"])
+    assert stamped > sent + dt.timedelta(minutes=59)
+
+    def recorded():
+        status = _status(client, restaurant)
+        return status if status["last_keepalive"] else None
+
+    status, _ = wait_for(recorded, 30, "the keep-alive of the restaurant with the wrong clock in Redis", pipeline)
+    assert dt.datetime.fromisoformat(status["last_keepalive"]) == stamped

@@ -27,6 +27,8 @@ from orderflow import clients
 from orderflow.config import Settings
 from orderflow.model.pricing import Snapshot
 
+__all__ = ["assets_key", "pricing_code_key", "read_reference_data"]
+
 
 def assets_key(day: datetime.date | str) -> str:
     return f"assets:{day}"
