@@ -257,7 +257,7 @@ class RestaurantFleet:
                 tasks.append(asyncio.ensure_future(self.connect(restaurant_id)))
             results = await asyncio.gather(*tasks)
             connected += sum(results)
-            wanted = [r for r, ok in zip(wanted, results) if not ok and r not in self.refused]
+            wanted = [r for r, ok in zip(wanted, results, strict=True) if not ok and r not in self.refused]
             if not wanted or time.monotonic() - started >= retry_for:
                 return connected
             await asyncio.sleep(1.0)
