@@ -50,8 +50,9 @@ setup(
     description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
     python_requires=">=3.10",
     packages=find_namespace_packages(include=["orderflow", "orderflow.*"]),
+    # orderflow only: the developer's tools (orderflow_dev: local stack, generators, demo) are a distribution
+    # of their own under dev/, which workers never install (tests/test_packaging.py).
     package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html",
-                              "local/node/*.js",
                               "api/static/vendor/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

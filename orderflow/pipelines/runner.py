@@ -4,6 +4,7 @@
 class declares only its own knobs.
 
 Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` with the binary that
+``ORDERFLOW_PRISM_LOCATION`` names, ``orderflow.config.prism_location``; the developer's tools set it to what
 ``make prism`` builds into ``<repo>/.local/bin/prism``): the DirectRunner cannot run these graphs unbounded
 (it falls back to its legacy runner, where an unbounded splittable DoFn's watermark never advances).
 ``--runner`` and ``--prism_location`` override the defaults; bounded runs keep Beam's default runner.
@@ -21,13 +22,11 @@ from collections.abc import Callable
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
-from orderflow.config import Settings
+from orderflow.config import PRISM_LOCATION_VARIABLE, Settings, prism_location
 from orderflow.io import kafka_read
 
 _LOG = logging.getLogger(__name__)
 
-# Where `make prism` installs the Prism binary (pinned to the apache-beam version of setup.py).
-PRISM_BINARY = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
 STREAMING_RUNNER = "PrismRunner"
 # The Python portable runner opens the job's state and message streams with --job_server_timeout as their gRPC
 # deadline (default 300 s): a streaming run's wait_until_finish then dies with DEADLINE_EXCEEDED after 5 minutes
@@ -54,8 +53,9 @@ class RunModeOptions(PipelineOptions):
 
 
 def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
-    """Streaming, on Prism with the project's binary unless ``--runner`` / ``--prism_location`` say otherwise,
-    with a job-service deadline that outlives the run (``STREAMING_JOB_SERVER_TIMEOUT``)."""
+    """Streaming, on Prism with the binary ``ORDERFLOW_PRISM_LOCATION`` names unless ``--runner`` /
+    ``--prism_location`` say otherwise, with a job-service deadline that outlives the run
+    (``STREAMING_JOB_SERVER_TIMEOUT``)."""
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     if "job_server_timeout" not in options.get_all_options(drop_default=True):
@@ -64,11 +64,14 @@ def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
         standard.runner = STREAMING_RUNNER
     prism = options.view_as(PrismRunnerOptions)
     if standard.runner in (STREAMING_RUNNER, "prism") and prism.prism_location is None:
-        if not PRISM_BINARY.is_file():
+        # Never Beam's own fallback, which downloads a Prism release at run time.
+        binary = prism_location()
+        if binary is None or not pathlib.Path(binary).is_file():
             raise FileNotFoundError(
-                f"streaming runs on Beam's Prism runner, and {PRISM_BINARY} does not exist: run `make prism` "
-                "(or pass --prism_location=PATH, or another --runner)")
-        prism.prism_location = str(PRISM_BINARY)
+                f"streaming runs on Beam's Prism runner: set {PRISM_LOCATION_VARIABLE} to its binary "
+                f"({'unset' if binary is None else binary + ' does not exist'}; in a checkout, `make prism` builds "
+                ".local/bin/prism), or pass --prism_location=PATH, or another --runner")
+        prism.prism_location = binary
     return options
 
 

@@ -4,7 +4,7 @@ environment (``orders_settings`` / ``presence_settings``), and the options that 
 The environment points the endpoints and input topics the options override at nothing (a closed port, a
 topic that does not exist), so a run that ignored an option would fail or read nothing; its results are read
 back from the real stores. The reference data comes from ``python -m orderflow.refdata load`` without
-``--file`` (the built-in sample prices), the orders from ``python -m orderflow.generate orders``.
+``--file`` (the built-in sample prices), the orders from ``python -m orderflow_dev.generate orders``.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from confluent_kafka import Producer
 
 from orderflow.clients import avro_codec
 from orderflow.config import settings_environment
-from orderflow.generate.orders import generate
 from orderflow.model import pricing, sample_assets
+from orderflow_dev.generate.orders import generate
 from tests.support.orders_scenario import expected_outcome
 
 ORDERS = 300
@@ -71,7 +71,7 @@ def test_orders_from_the_command_line_with_endpoint_options_and_the_lookback(mod
     loaded = _run(["-m", "orderflow.refdata", "load", "--day", str(day)], environment)  # no --file: the samples
     assert f"{day}: {len(sample_assets.sample_prices(day))} assets" in loaded.stdout
     topic = make_topic("options-orders")
-    produced = _run(["-m", "orderflow.generate", "orders", "--n", str(ORDERS), "--seed", "13", "--day", str(day),
+    produced = _run(["-m", "orderflow_dev.generate", "orders", "--n", str(ORDERS), "--seed", "13", "--day", str(day),
                      "--topic", topic, "--no-progress"], environment)
     assert f"produced {ORDERS} records for {day} to {topic}" in produced.stdout
     records = list(generate(ORDERS, seed=13, day=day, timezone=module_settings.exchange_timezone))

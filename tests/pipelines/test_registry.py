@@ -9,8 +9,8 @@ import sys
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from orderflow.local.processes import PROCESSES
 from orderflow.pipelines import PIPELINES
+from orderflow_dev.local.processes import PROCESSES
 
 ORDERFLOW = pathlib.Path(__file__).resolve().parents[2] / "orderflow"
 

@@ -26,16 +26,17 @@ from collections.abc import Callable, Iterator
 from orderflow.config import Settings
 from orderflow.model.mqtt import acl as mqtt_acl
 from orderflow.model.mqtt import check_restaurant_id, new_password, password_line
+from orderflow_dev import REPO_ROOT
 
 PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
-# Jars of the JVM services, resolved by `make jars` from orderflow/local/jvm/pom.xml.
-JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "jars"))
-# Node packages of the local stack (dynalite), installed by `make node` from orderflow/local/node/.
-NODE_DIR = pathlib.Path(os.environ.get("ORDERFLOW_NODE_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "node"))
-# Apicurio Registry, unpacked by `make registry` from orderflow/local/jvm/apicurio/pom.xml, with the path of the
+# Jars of the JVM services, resolved by `make jars` from dev/orderflow_dev/local/jvm/pom.xml.
+JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", REPO_ROOT / ".local" / "jars"))
+# Node packages of the local stack (dynalite), installed by `make node` from dev/orderflow_dev/local/node/.
+NODE_DIR = pathlib.Path(os.environ.get("ORDERFLOW_NODE_DIR", REPO_ROOT / ".local" / "node"))
+# Apicurio Registry, unpacked by `make registry` from dev/orderflow_dev/local/jvm/apicurio/pom.xml, with the path of the
 # Java 21+ that runs it in its file ``java``.
 REGISTRY_DIR = pathlib.Path(os.environ.get("ORDERFLOW_REGISTRY_DIR",
-                                           pathlib.Path(__file__).resolve().parents[2] / ".local" / "apicurio"))
+                                           REPO_ROOT / ".local" / "apicurio"))
 # The broker shares two cores with everything else, and every test session starts one: a small heap and
 # a serial collector keep it at ~300 MB RSS.
 KAFKA_JVM_OPTIONS = ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=128m", "-Xss512k",
@@ -97,7 +98,7 @@ def java_binary() -> str:
 def kafka_classpath() -> str:
     jars = JARS_DIR / "kafka"
     if not any(jars.glob("kafka_2.13-*.jar")):
-        raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, orderflow/local/jvm/pom.xml)")
+        raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, dev/orderflow_dev/local/jvm/pom.xml)")
     return f"{jars}/*"
 
 
@@ -107,7 +108,7 @@ def registry_command(properties: list[str]) -> list[str]:
     jar, java_file = REGISTRY_DIR / "quarkus-run.jar", REGISTRY_DIR / "java"
     if not jar.exists() or not java_file.exists():
         raise ServiceFailed(f"registry: Apicurio Registry is not installed in {REGISTRY_DIR}; run `make registry` "
-                            "(Maven, orderflow/local/jvm/apicurio/pom.xml; needs Java 21+)")
+                            "(Maven, dev/orderflow_dev/local/jvm/apicurio/pom.xml; needs Java 21+)")
     return [java_file.read_text().strip(), *REGISTRY_JVM_OPTIONS, *properties, "-jar", str(jar)]
 
 
@@ -129,7 +130,7 @@ def dynalite_cli() -> str:
     cli = NODE_DIR / "node_modules" / "dynalite" / "cli.js"
     if not cli.exists():
         raise ServiceFailed(f"dynamodb: dynalite is not installed in {NODE_DIR}; run `make node` "
-                            "(npm ci of orderflow/local/node/package-lock.json)")
+                            "(npm ci of dev/orderflow_dev/local/node/package-lock.json)")
     return str(cli)
 
 
