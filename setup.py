@@ -9,6 +9,9 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp,aws]==2.77.0",
     # The schema registry client (SchemaRegistryClient; AvroSerializer/AvroDeserializer for ecosystem checks).
     "confluent-kafka[schemaregistry]==2.16.1",
+    # The HTTP client of that registry client (its extra's own requirement on Python 3.10+): orderflow.clients
+    # catches its TransportError, so it is pinned here as a direct dependency.
+    "httpx2==2.17.0",
     "fastavro==1.13.1",
     "redis==8.1.0",
     "pymemcache==4.0.0",
