@@ -43,9 +43,16 @@ from orderflow.logs import configure as configure_logging
 from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
 from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
-from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
-from orderflow.pipelines.summary import orders_summary, report_run, streaming_summary
+from orderflow.pipelines.progress import ProgressOptions, ProgressTarget
+from orderflow.pipelines.runner import (
+    RunModeOptions,
+    exit_now,
+    help_requested,
+    print_help,
+    run_pipeline,
+    wait_until_stopped,
+)
+from orderflow.pipelines.summary import SummaryOptions, orders_summary, report_run, streaming_summary
 from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
 
@@ -79,7 +86,8 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--trade_days", default="",
                             help="comma list of YYYY-MM-DD whose reference data to load (default: today "
                                  "and --refdata_lookback_days before, in the exchange time zone)")
-        parser.add_argument("--refdata_lookback_days", type=int, default=1)
+        parser.add_argument("--refdata_lookback_days", type=int, default=1,
+                            help="without --trade_days: how many days before today to load as well")
         parser.add_argument("--refdata_refresh_seconds", type=float, default=300.0,
                             help="streaming: reload the reference data this often")
         parser.add_argument("--refdata_miss_reload_seconds", type=float, default=10.0,
@@ -227,6 +235,10 @@ if __name__ == "__main__":
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
     # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
     argv = sys.argv[1:]
+    if help_requested(argv):
+        print_help("python -m orderflow.pipelines.orders", __doc__.strip().splitlines()[0],
+                   [OrdersOptions, RunModeOptions, SummaryOptions, ProgressOptions])
+        sys.exit(0)
     result = run(argv)
     if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
         exit_now(wait_until_stopped(result, "orders", PipelineOptions(argv)))

@@ -41,9 +41,22 @@ from orderflow.io.presence_redis import WriteAvailabilityToRedis, WriteKeepalive
 from orderflow.io.presence_restore import RestorePresenceState
 from orderflow.logs import configure as configure_logging
 from orderflow.model.presence import PresenceRules, to_ms
-from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
-from orderflow.pipelines.summary import CountDeadLetters, presence_summary, report_run, streaming_summary
+from orderflow.pipelines.progress import ProgressOptions, ProgressTarget
+from orderflow.pipelines.runner import (
+    RunModeOptions,
+    exit_now,
+    help_requested,
+    print_help,
+    run_pipeline,
+    wait_until_stopped,
+)
+from orderflow.pipelines.summary import (
+    CountDeadLetters,
+    SummaryOptions,
+    presence_summary,
+    report_run,
+    streaming_summary,
+)
 from orderflow.transforms.availability_changes import DecodeAvailabilityChanges
 from orderflow.transforms.keepalive_sessions import KeepaliveSessions
 from orderflow.transforms.status_intervals import RestaurantStatusIntervals
@@ -216,6 +229,10 @@ if __name__ == "__main__":
     # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
     # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
     argv = sys.argv[1:]
+    if help_requested(argv):
+        print_help("python -m orderflow.pipelines.presence", __doc__.strip().splitlines()[0],
+                   [PresenceOptions, RunModeOptions, SummaryOptions, ProgressOptions])
+        sys.exit(0)
     result = run(argv)
     if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
         exit_now(wait_until_stopped(result, "presence", PipelineOptions(argv)))

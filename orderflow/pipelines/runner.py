@@ -11,13 +11,14 @@ Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` wi
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import pathlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
@@ -50,6 +51,40 @@ class RunModeOptions(PipelineOptions):
                             help="streaming: on SIGTERM (or Ctrl-C), how long to wait for the records already read "
                                  "to be processed and their offsets committed before the run stops (exit 0 either "
                                  "way: a restart resumes from the committed offsets and the stores)")
+
+
+HELP_FLAGS = ("-h", "--help")
+
+
+def help_requested(argv: Sequence[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def print_help(prog: str, description: str, own: Sequence[type[PipelineOptions]]) -> None:
+    """``--help`` of a pipeline's command line: every option with its help and default, the pipeline's own
+    (``own``, e.g. its options class, ``RunModeOptions``, ``SummaryOptions``) first, then every other one
+    Beam registers (runners, workers, I/O).
+
+    Beam parses its options on construction with a parser of the class's own options only, so its ``--help``
+    shows ``-h`` alone; the full parser is the one ``get_all_options`` builds, which its public
+    ``add_extra_args_fn`` hands over: printed from there.
+    """
+    def printer(title: str | None, usage: str | None = None):
+        def show(parser: argparse.ArgumentParser) -> None:
+            parser.prog, parser.description, parser.usage = prog, title, usage
+            parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+            parser.print_help()
+            print()
+        return show
+
+    print(f"usage: {prog} [options]\n\n{description}\n")
+    for cls in own:
+        PipelineOptions([]).view_as(cls).get_all_options(
+            current_only=True, add_extra_args_fn=printer(cls.__doc__.strip().splitlines()[0] if cls.__doc__ else None,
+                                                         f"{prog} [options]: {cls.__name__}"))
+    PipelineOptions([]).get_all_options(add_extra_args_fn=printer(
+        "Every option Beam and orderflow register (the ones above among them), e.g. --runner, --prism_location",
+        f"{prog} [options]: all"))
 
 
 def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -131,3 +132,28 @@ def test_presence_from_the_command_line_with_its_rule_and_endpoint_options(modul
     hot = redis.Redis.from_url(module_settings.redis_url)
     assert {k.decode() for k in hot.scan_iter(match=f"{prefix}*")} == {f"{prefix}{rid}" for rid in pings}
     assert int(hot.hget(f"{prefix}tk-early", "last_keepalive_ms")) == at[59]
+
+
+@pytest.mark.parametrize("pipeline, named", [
+    ("orders", {"--orders_batch_size": "10000", "--orders_group_id": "orderflow-orders",
+                "--refdata_lookback_days": "1", "--bounded": "False", "--drain_timeout_seconds": "30.0"}),
+    ("presence", {"--keepalive_timeout_seconds": None, "--bounded": "False", "--drain_timeout_seconds": "30.0"}),
+])
+def test_help_lists_every_option_with_its_default_as_a_user_types_it(pipeline, named):
+    """``python -m orderflow.pipelines.<name> --help``, as the README sends newcomers there: the pipeline's own
+    options first with their help and defaults, then Beam's (the runner's among them); nothing runs."""
+    done = subprocess.run([sys.executable, "-m", f"orderflow.pipelines.{pipeline}", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    own, _, beams = done.stdout.partition(": all\n")
+    assert beams, done.stdout[:2000]
+    # Each option's entry: its line ("  --name METAVAR") and the help lines under it, wrapping undone.
+    entries = {block.split()[0]: " ".join(block.split())
+               for block in re.split(r"\n(?=  -)", own) if block.startswith("  --")}
+    for option, default in named.items():
+        assert option in entries, option
+        assert len(entries[option].split()) > 3, entries[option]  # a help text, not the name alone
+        if default is not None:
+            assert f"(default: {default})" in entries[option], entries[option]
+    assert "--runner" in beams and "--prism_location" in beams and "(default:" in beams
+    assert "Traceback" not in done.stderr
