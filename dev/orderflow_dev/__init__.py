@@ -23,8 +23,10 @@ PRISM_BINARY = REPO_ROOT / ".local" / "bin" / "prism"
 def developer_environment() -> dict[str, str]:
     """This process' environment, with the repository's Prism as the pipelines' default runner binary unless
     ``ORDERFLOW_PRISM_LOCATION`` is set: what the tools start pipelines with."""
-    return {PRISM_LOCATION_VARIABLE: str(PRISM_BINARY), **{k: v for k, v in os.environ.items() if v or
-                                                            k != PRISM_LOCATION_VARIABLE}}
+    environ = dict(os.environ)
+    if not environ.get(PRISM_LOCATION_VARIABLE):  # unset or empty: the runtime package's "no default"
+        environ[PRISM_LOCATION_VARIABLE] = str(PRISM_BINARY)
+    return environ
 
 
 __all__ = ["PRISM_BINARY", "REPO_ROOT", "developer_environment"]
