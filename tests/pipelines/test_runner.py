@@ -8,7 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, PortableOption
 
 from orderflow.config import PRISM_LOCATION_VARIABLE
 from orderflow.pipelines.runner import STREAMING_JOB_SERVER_TIMEOUT, apply_streaming_defaults
-from orderflow_dev import PRISM_BINARY
+from orderflow_dev import PRISM_BINARY, developer_environment
 
 
 @pytest.mark.needs_stack  # the Prism binary, from make setup
@@ -103,3 +103,14 @@ def test_streaming_without_a_prism_binary_refuses_to_start_naming_the_variable(m
         monkeypatch.setenv(PRISM_LOCATION_VARIABLE, location)
     with pytest.raises(FileNotFoundError, match=PRISM_LOCATION_VARIABLE):
         apply_streaming_defaults(PipelineOptions([]))
+
+
+def test_the_developers_tools_start_pipelines_with_the_repositorys_prism_unless_told_otherwise(monkeypatch):
+    for unset in (None, ""):
+        if unset is None:
+            monkeypatch.delenv(PRISM_LOCATION_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(PRISM_LOCATION_VARIABLE, unset)
+        assert developer_environment()[PRISM_LOCATION_VARIABLE] == str(PRISM_BINARY)
+    monkeypatch.setenv(PRISM_LOCATION_VARIABLE, "/opt/prism")
+    assert developer_environment()[PRISM_LOCATION_VARIABLE] == "/opt/prism"
