@@ -21,7 +21,6 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 from __future__ import annotations
 
 import datetime
-import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -39,19 +38,11 @@ from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.reference_data_cache import ReferenceData
 from orderflow.io.retry import call_with_retry
 from orderflow.io.sns_alarms import RelaySmsOutbox
-from orderflow.logs import configure as configure_logging
 from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
 from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
 from orderflow.pipelines.progress import ProgressOptions, ProgressTarget
-from orderflow.pipelines.runner import (
-    RunModeOptions,
-    exit_now,
-    help_requested,
-    print_help,
-    run_pipeline,
-    wait_until_stopped,
-)
+from orderflow.pipelines.runner import RunModeOptions, command_line, run_pipeline
 from orderflow.pipelines.summary import SummaryOptions, orders_summary, report_run, streaming_summary
 from orderflow.transforms.normalize_orders import NormalizeOrders
 from orderflow.transforms.price_orders import PriceOrders
@@ -231,14 +222,5 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    configure_logging("orders")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
-    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
-    # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
-    argv = sys.argv[1:]
-    if help_requested(argv):
-        print_help("python -m orderflow.pipelines.orders", __doc__.strip().splitlines()[0],
-                   [OrdersOptions, RunModeOptions, SummaryOptions, ProgressOptions])
-        sys.exit(0)
-    result = run(argv)
-    if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
-        exit_now(wait_until_stopped(result, "orders", PipelineOptions(argv)))
+    command_line("orders", run, (__doc__ or "").strip().splitlines()[0],
+                 [OrdersOptions, RunModeOptions, SummaryOptions, ProgressOptions])

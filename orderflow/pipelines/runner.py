@@ -195,6 +195,26 @@ def wait_until_stopped(result, name: str, options: PipelineOptions | None = None
     return 0
 
 
+def command_line(name: str, run: Callable[[list[str]], object], description: str,
+                 own: Sequence[type[PipelineOptions]], argv: list[str] | None = None) -> None:
+    """``python -m orderflow.pipelines.<name>``: ``--help`` (``print_help`` of ``own``), or ``run(argv)``; a
+    streaming run lives as long as this process (the runner's job server and SDK worker run in it): SIGTERM
+    drains it and exits 0 (``wait_until_stopped``). A bounded run has finished when ``run`` returns."""
+    import sys
+
+    from orderflow.logs import configure
+
+    configure(name)  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
+    argv = sys.argv[1:] if argv is None else argv
+    if help_requested(argv):
+        print_help(f"python -m orderflow.pipelines.{name}", description, own)
+        sys.exit(0)
+    result = run(argv)
+    options = PipelineOptions(argv)
+    if not options.view_as(RunModeOptions).bounded:
+        exit_now(wait_until_stopped(result, name, options))
+
+
 def exit_now(status: int) -> None:
     """Ends this process at once with ``status``, logs flushed. After a drain nothing is left to do, and the
     runner's worker threads (LOOPBACK) would otherwise tear their DoFns down during interpreter exit, after
