@@ -28,7 +28,7 @@ setup: system-packages jars registry node web venv prism kustomize promtool
 
 # The JVM services (Apache Kafka) from Maven Central into .local/jars/<service>/; redone only when the pom
 # changes, and offline once Maven's cache has them.
-JVM_POM := orderflow/local/jvm/pom.xml
+JVM_POM := dev/orderflow_dev/local/jvm/pom.xml
 jars: .local/jars/.resolved
 
 .local/jars/.resolved: $(JVM_POM)
@@ -41,7 +41,7 @@ jars: .local/jars/.resolved
 # .local/apicurio (quarkus-run.jar + lib/); redone only when its pom changes. It needs Java 21+, which need not be
 # the `java` on PATH (Kafka runs on 17): the first Java 21+ of $$JAVA_HOME, PATH and /usr/lib/jvm is written to
 # .local/apicurio/java, which the local stack runs it with.
-REGISTRY_POM := orderflow/local/jvm/apicurio/pom.xml
+REGISTRY_POM := dev/orderflow_dev/local/jvm/apicurio/pom.xml
 registry: .local/apicurio/.resolved
 
 java21-check:
@@ -58,15 +58,15 @@ java21-check:
 	touch $@
 
 # The Node services (dynalite, the local DynamoDB) from the npm registry into .local/node/node_modules, exactly
-# as orderflow/local/node/package-lock.json pins them; redone only when the lock file changes. No install
+# as dev/orderflow_dev/local/node/package-lock.json pins them; redone only when the lock file changes. No install
 # scripts run: the one native module (classic-level: loaded, though unused in memory) ships prebuilt binaries.
-NODE_LOCK := orderflow/local/node/package-lock.json
+NODE_LOCK := dev/orderflow_dev/local/node/package-lock.json
 node: .local/node/.installed
 
-.local/node/.installed: orderflow/local/node/package.json $(NODE_LOCK)
+.local/node/.installed: dev/orderflow_dev/local/node/package.json $(NODE_LOCK)
 	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' 2>/dev/null || { echo "Node.js 20+ and npm are needed for dynalite (the local DynamoDB)"; exit 1; }
 	rm -rf .local/node && mkdir -p .local/node
-	cp orderflow/local/node/package.json $(NODE_LOCK) .local/node/
+	cp dev/orderflow_dev/local/node/package.json $(NODE_LOCK) .local/node/
 	npm ci --prefix .local/node --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -143,10 +143,13 @@ promtool:
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: setup.py
+# orderflow (the runtime package, with its extras) and, beside it, orderflow_dev (dev/: the local stack, generators,
+# demo), both editable; orderflow_dev's dependencies are orderflow's extras, hence --no-deps.
+$(VENV)/.installed: setup.py dev/setup.py
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[local,api,dev]'
+	$(PY) -m pip install -q --no-deps -e dev
 	touch $@
 
 test: setup
@@ -158,30 +161,30 @@ unit: venv
 	$(PY) -m pytest -m "not needs_stack"
 
 demo: setup stack-up
-	$(PY) -m orderflow.demo
+	$(PY) -m orderflow_dev.demo
 
 demo-replay: setup stack-up
-	$(PY) -m orderflow.demo replay
+	$(PY) -m orderflow_dev.demo replay
 
 stack-up: setup
-	$(PY) -m orderflow.local up
+	$(PY) -m orderflow_dev.local up
 
 stack-down:
-	@if [ -x $(PY) ]; then $(PY) -m orderflow.local down; fi
+	@if [ -x $(PY) ]; then $(PY) -m orderflow_dev.local down; fi
 
 stack-status:
-	$(PY) -m orderflow.local status
+	$(PY) -m orderflow_dev.local status
 
 # A running pipeline stopped (drained) and started again with its options plus ARGS, e.g.
 # make redeploy PIPELINE=orders ARGS='--alarm_rules=@rules.json'
 redeploy:
-	$(PY) -m orderflow.local redeploy $(PIPELINE) -- $(ARGS)
+	$(PY) -m orderflow_dev.local redeploy $(PIPELINE) -- $(ARGS)
 
 bootstrap:
 	$(PY) -m orderflow.bootstrap
 
 lint:
-	$(VENV)/bin/ruff check orderflow tests benchmarks
+	$(VENV)/bin/ruff check orderflow dev tests benchmarks
 	$(PY) -m mypy
 
 # The peers of benchmarks/peers.py that cannot share $(VENV) (Quix Streams pins an older confluent-kafka):

@@ -9,6 +9,9 @@ INSTALL_REQUIRES = [
     "apache-beam[gcp,aws]==2.77.0",
     # The schema registry client (SchemaRegistryClient; AvroSerializer/AvroDeserializer for ecosystem checks).
     "confluent-kafka[schemaregistry]==2.16.1",
+    # The HTTP client of that registry client (its extra's own requirement on Python 3.10+): orderflow.clients
+    # catches its TransportError, so it is pinned here as a direct dependency.
+    "httpx2==2.17.0",
     "fastavro==1.13.1",
     "redis==8.1.0",
     "pymemcache==4.0.0",
@@ -50,8 +53,9 @@ setup(
     description="Streaming pipelines on Apache Beam: asset order pricing and restaurant presence",
     python_requires=">=3.10",
     packages=find_namespace_packages(include=["orderflow", "orderflow.*"]),
+    # orderflow only: the developer's tools (orderflow_dev: local stack, generators, demo) are a distribution
+    # of their own under dev/, which workers never install (tests/test_packaging.py).
     package_data={"orderflow": ["schemas/*.avsc", "schemas/history/*.avsc", "migrations/*.sql", "api/*.html",
-                              "local/node/*.js",
                               "api/static/vendor/*"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,

@@ -36,7 +36,7 @@ from orderflow import (
     bootstrap,  # noqa: E402
     )
 from orderflow.config import load_settings  # noqa: E402
-from orderflow.local import temporary_stack  # noqa: E402
+from orderflow_dev.local import temporary_stack  # noqa: E402
 
 DAY = "2026-03-02"
 
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
 
     from orderflow.api.auth import create_key
-    from orderflow.api.demo import start_detached, stop_detached
+    from orderflow_dev.demo.api import start_detached, stop_detached
 
     print("starting a local stack under .local/bench-api-* ...", flush=True)
     with temporary_stack("bench-api-", ".local", timeout=90) as stack:

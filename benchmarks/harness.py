@@ -21,8 +21,8 @@ def fill_orders_topic(stack, records: int, day: datetime.date) -> tuple[Settings
     seconds it took to produce)."""
     from orderflow import bootstrap, refdata
     from orderflow.clients import avro_codec
-    from orderflow.generate.orders import generate, produce
     from orderflow.model import sample_assets
+    from orderflow_dev.generate.orders import generate, produce
 
     base = load_settings(stack.environment())
     base = dataclasses.replace(base, topics=dataclasses.replace(base.topics, orders=f"orders-{uuid.uuid4().hex[:6]}"))

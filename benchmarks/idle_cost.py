@@ -3,10 +3,10 @@ demo's feed rate, beside the hand-written loops doing the same in one run.
 
 On a throw-away local stack started here (free ports), each side gets its own topics, database, DynamoDB
 table and Redis prefix. A side is both of its streaming processes: orderflow's two pipelines
-(``orderflow.local.processes.DetachedProcess``, each with the Prism it starts), or ``streaming_latency.py``'s two
+(``orderflow_dev.local.processes.DetachedProcess``, each with the Prism it starts), or ``streaming_latency.py``'s two
 hand loops (a confluent-kafka consumer each, ``consume()`` waiting 50 ms). For each side:
 
-1. start both, and the live feed (``python -m orderflow.generate feed`` at its defaults, the demo's rate: ~20
+1. start both, and the live feed (``python -m orderflow_dev.generate feed`` at its defaults, the demo's rate: ~20
    orders/s and 1,000 restaurants pinging every 30 s); wait until orders reach Postgres and keep-alives Redis;
 2. ``--settle`` s, then the CPU of every process of the side (the pipelines' process trees: Prism and any SDK
    worker) over ``--seconds``, read from ``/proc/<pid>/stat``: the cost at the demo's rate;
@@ -125,7 +125,7 @@ def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict[
     for side in sides:
         side.start([] if role == "beam" else ["--hand-consume-timeout", "0.05"], env)
     feed_log = open(workdir / f"feed-{role}.log", "ab")
-    feed = subprocess.Popen([sys.executable, "-m", "orderflow.generate", "feed"], env={**os.environ, **env},
+    feed = subprocess.Popen([sys.executable, "-m", "orderflow_dev.generate", "feed"], env={**os.environ, **env},
                             stdout=feed_log, stderr=subprocess.STDOUT, cwd=ROOT)
     started = time.time()
     try:
@@ -159,7 +159,7 @@ def main() -> int:
     parser.add_argument("--start-timeout", type=float, default=240.0)
     args = parser.parse_args()
 
-    from orderflow.local import temporary_stack
+    from orderflow_dev.local import temporary_stack
 
     began = time.time()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # no
 
 from orderflow.bootstrap import create_topics  # noqa: E402
 from orderflow.io.kafka_read import DEFAULT_CONSUMER_CONFIG, ReadFromKafka  # noqa: E402
-from orderflow.local import temporary_stack  # noqa: E402
+from orderflow_dev.local import temporary_stack  # noqa: E402
 
 PARTITIONS = 4
 

@@ -3,7 +3,7 @@ the presence pipeline streaming on Prism, then a mass kill.
 
 On a throw-away local stack started here (free ports), with ``--brokers`` Mosquitto processes (the stack's
 own and more, each on its own port: one process holds at most ~19,000 connections under the 20,000 open-file
-limit) and ``--loaders`` fleet processes (``python -m orderflow.generate mqtt``), loader ``k`` connecting
+limit) and ``--loaders`` fleet processes (``python -m orderflow_dev.generate mqtt``), loader ``k`` connecting
 from source address 127.0.0.(k+2) (each source address has ~28,000 ephemeral ports), ramping up at
 ``--rate`` connections/s in all. Restaurant ``j`` of a loader goes to broker ``j % brokers``. It reports:
 
@@ -46,10 +46,10 @@ import api_latency  # noqa: E402  (benchmarks/, beside this script: the HTTP loa
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
-from orderflow.generate.mqtt_fleet import RestaurantFleet  # noqa: E402
 from orderflow.io.restaurant_state import RestaurantStateStore  # noqa: E402
-from orderflow.local.processes import DetachedProcess  # noqa: E402
-from orderflow.local.stack import LocalStack, StackPorts, temporary_stack  # noqa: E402
+from orderflow_dev.generate.mqtt_fleet import RestaurantFleet  # noqa: E402
+from orderflow_dev.local.processes import DetachedProcess  # noqa: E402
+from orderflow_dev.local.stack import LocalStack, StackPorts, temporary_stack  # noqa: E402
 
 ZONE = "America/Sao_Paulo"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -143,7 +143,7 @@ def http_phase(settings: Settings, workdir: pathlib.Path, requests: int, concurr
     import port_for
 
     from orderflow.api.auth import create_key
-    from orderflow.api.demo import start_detached, stop_detached
+    from orderflow_dev.demo.api import start_detached, stop_detached
 
     url, _ = start_detached(settings, workdir, port=port_for.select_random())
     try:

@@ -259,7 +259,7 @@ def main() -> int:
         child(args.role, args.batch_size, args.n, args.beam_args.split())
         return 0
 
-    from orderflow.local import temporary_stack
+    from orderflow_dev.local import temporary_stack
 
     with temporary_stack("bench-orders-", ROOT / ".local", timeout=120) as stack:
         base, counts, took = fill_orders_topic(stack, args.n, DAY)

@@ -452,7 +452,7 @@ def main() -> int:
         print(f"{args.peers_python} does not exist: run `make peers-venv` (or --only without quix)", file=sys.stderr)
         return 2
 
-    from orderflow.local import temporary_stack
+    from orderflow_dev.local import temporary_stack
 
     with temporary_stack("bench-peers-", ROOT / ".local", timeout=120, only=("kafka", "memcached", "dynamodb", "registry")) as stack:
         base, counts, took = fill_orders_topic(stack, args.records, DAY)

@@ -182,8 +182,8 @@ def main() -> int:
         child(args.role, args.track_from, args.as_of, args.batch_size, args.prefix)
         return 0
 
-    from orderflow.generate.keepalive import make_plan, produce
-    from orderflow.local import temporary_stack
+    from orderflow_dev.generate.keepalive import make_plan, produce
+    from orderflow_dev.local import temporary_stack
 
     with temporary_stack("bench-presence-", ROOT / ".local", timeout=120) as stack:
         base = load_settings(stack.environment())

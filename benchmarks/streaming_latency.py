@@ -90,10 +90,10 @@ class HandLoop:
 
 
 class Pipeline:
-    """One of orderflow's pipelines streaming on Prism (``orderflow.local.processes.DetachedProcess``)."""
+    """One of orderflow's pipelines streaming on Prism (``orderflow_dev.local.processes.DetachedProcess``)."""
 
     def __init__(self, kind: str, root: pathlib.Path):
-        from orderflow.local.processes import DetachedProcess
+        from orderflow_dev.local.processes import DetachedProcess
 
         self._process = DetachedProcess(kind, root)
         self.name, self.log_path = kind, self._process.log_path
@@ -102,7 +102,7 @@ class Pipeline:
         self._process.start(args, env=env)
 
     def running(self) -> bool:
-        from orderflow.local.processes import RUNNING
+        from orderflow_dev.local.processes import RUNNING
 
         return self._process.status() == RUNNING
 
@@ -221,8 +221,8 @@ class OrderLoad:
     """Orders from 300 clients (random assets, the four input formats); probes from clients of their own."""
 
     def __init__(self, settings: Settings, producer, tag: str):
-        from orderflow.generate.orders import FORMATS, encode_order
         from orderflow.model.sample_assets import SAMPLE_ASSETS
+        from orderflow_dev.generate.orders import FORMATS, encode_order
 
         self.settings, self.producer, self.tag = settings, producer, tag
         self.encode, self.formats, self.assets = encode_order, FORMATS, list(SAMPLE_ASSETS)
@@ -247,7 +247,7 @@ class KeepaliveLoad:
     whose turn it is: it pings, falls silent and is replaced by a new one (the rate stays steady)."""
 
     def __init__(self, settings: Settings, producer, tag: str, interval: float, gap: float):
-        from orderflow.generate.keepalive import KeepaliveEncoder
+        from orderflow_dev.generate.keepalive import KeepaliveEncoder
 
         self.settings, self.producer, self.tag, self.interval, self.gap = settings, producer, tag, interval, gap
         self.encoder = KeepaliveEncoder()
@@ -434,7 +434,7 @@ def main() -> int:
         hand_child(args.role.removeprefix("hand-"), args)
         return 0
 
-    from orderflow.local import temporary_stack
+    from orderflow_dev.local import temporary_stack
 
     began = time.time()
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)

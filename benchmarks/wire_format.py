@@ -26,8 +26,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from orderflow.clients import SchemaRegistry, avro_codec  # noqa: E402
 from orderflow.config import load_settings  # noqa: E402
-from orderflow.local import temporary_stack  # noqa: E402
 from orderflow.model.avro import AvroCodec  # noqa: E402
+from orderflow_dev.local import temporary_stack  # noqa: E402
 
 
 def priced(i: int) -> dict:

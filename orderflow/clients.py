@@ -147,7 +147,9 @@ class SchemaRegistry:
         return self._client
 
     def _call(self, what: str, call):
-        from confluent_kafka.schema_registry.common._httpx_compat import httpx
+        # The HTTP client confluent-kafka's registry client uses on Python 3.10+ (its schemaregistry extra), by
+        # its own public name: a connection refused or timed out is one of its TransportErrors.
+        import httpx2
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         try:
@@ -161,7 +163,7 @@ class SchemaRegistry:
             if exc.error_code in (_INCOMPATIBLE_SCHEMA, _INVALID_SCHEMA) or exc.http_status_code in (409, 422):
                 raise IncompatibleSchema(f"{what}: {exc.error_message}") from exc
             raise
-        except (httpx.TransportError, OSError) as exc:
+        except (httpx2.TransportError, OSError) as exc:
             raise SchemaRegistryUnavailable(f"schema registry {self.url}: {what}: {type(exc).__name__}: {exc}") from exc
 
     def register(self, subject: str, schema: str) -> int:

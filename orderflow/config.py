@@ -1,6 +1,6 @@
 """Configuration of orderflow, read from environment variables.
 
-Every setting has a default that points at the local stack started by ``python -m orderflow.local up``,
+Every setting has a default that points at the local stack started by ``python -m orderflow_dev.local up``,
 so a fresh checkout runs without any configuration; production overrides the variables.
 
 Each field names its variable and says what it means (``_variable``); from the fields come ``ENVIRONMENT``
@@ -170,6 +170,15 @@ AWS_ENDPOINT_VARIABLE = "ORDERFLOW_AWS_ENDPOINT_URL"
 _AWS_ENDPOINT_FIELDS = ("dynamodb_endpoint_url", "sns_endpoint_url")
 # Read by ``orderflow.logs`` (``json_enabled``) before anything else is configured.
 LOG_FORMAT_VARIABLE = "ORDERFLOW_LOG_FORMAT"
+# Read by ``orderflow.pipelines.runner`` (``prism_location``): the Prism binary streaming runs use unless
+# ``--prism_location`` or ``--runner`` says otherwise. No default in the runtime package: a worker has no
+# repository; the developer's tools (orderflow_dev) pass the repository's build (`make prism`).
+PRISM_LOCATION_VARIABLE = "ORDERFLOW_PRISM_LOCATION"
+
+
+def prism_location(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Prism binary ``PRISM_LOCATION_VARIABLE`` names; None when unset or empty."""
+    return (os.environ if environ is None else environ).get(PRISM_LOCATION_VARIABLE) or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +215,8 @@ ENVIRONMENT: list[Variable] = [
     *_variables(Settings, "Settings"),
     Variable(AWS_ENDPOINT_VARIABLE, "the former single AWS endpoint: default of both endpoints above"),
     Variable(LOG_FORMAT_VARIABLE, "`text` for plain log lines", "json"),
+    Variable(PRISM_LOCATION_VARIABLE, "the Prism binary of streaming runs unless `--prism_location` or `--runner` "
+                                      "is given (the developer's tools: `.local/bin/prism`)"),
     *_variables(ApiConfig, "ApiConfig"),
 ]
 

@@ -11,7 +11,8 @@ class (Beam's, ``FlinkJobOptions`` below, and the pipeline's own class named in 
 
 ``--dry-run`` does all of that, builds the pipeline graph with the resolved options and translates it to
 the portable pipeline proto that FlinkRunner would submit, prints the resolved submission as JSON and
-exits, with every socket connection refused (``no_network``), so it is safe anywhere.
+exits. It opens no connection: tests/test_flink_submit.py runs it in a process whose every socket connection
+and name look-up fails (an audit hook of the test's own), so a change that reaches out fails there.
 
 Submission itself (without ``--dry-run``) uses ``--flink_submit_uber_jar`` by default: the SDK builds
 a jar holding the pipeline proto and its artifacts and posts it to the JobManager's REST API, so no
@@ -21,16 +22,15 @@ Central on first use unless ``--flink_job_server_jar`` points at a local copy (a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import json
 import logging
 import os
 import pathlib
-import socket
 import sys
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 
 from apache_beam.options.pipeline_options import (
     FlinkRunnerOptions,
@@ -276,14 +276,6 @@ def _import_pipeline(name: str, entry: PipelineEntry):
     return module
 
 
-def options_classes() -> list[type[PipelineOptions]]:
-    """Every registered PipelineOptions class, once each (as Beam's own parsing sees them)."""
-    unique: dict[str, type[PipelineOptions]] = {}
-    for cls in PipelineOptions.__subclasses__():
-        unique.setdefault(str(cls), cls)
-    return list(unique.values())
-
-
 def validate_options(beam_args: Sequence[str]) -> dict[str, object]:
     """Parses ``beam_args`` strictly against every registered PipelineOptions class.
 
@@ -291,20 +283,25 @@ def validate_options(beam_args: Sequence[str]) -> dict[str, object]:
     submission must not lose a knob that way, so unknown options and bad values raise SubmissionError.
     Returns the parsed values.
     """
-    # Beam's own parser class: some option classes declare ValueProvider arguments only it accepts.
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False, exit_on_error=False)
-    for cls in options_classes():
-        cls._add_argparse_args(parser)
+    options = PipelineOptions(list(beam_args))
+    # Beam's parser reports a bad value on stderr and exits (argparse's way): kept as the error's reason.
+    reason = io.StringIO()
     try:
-        known, unknown = parser.parse_known_args(list(beam_args))
-    except argparse.ArgumentError as exc:
-        raise SubmissionError(f"invalid option: {exc}") from None
-    if unknown:
+        with contextlib.redirect_stderr(reason):
+            parsed = options.get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        message = reason.getvalue().strip().splitlines()[-1] if reason.getvalue().strip() else "unparseable"
+        raise SubmissionError(f"invalid option: {message.partition('error: ')[2] or message}") from None
+    # Every option a registered class declares (their destinations, e.g. --no_use_public_ips's use_public_ips),
+    # each at its default: what the retaining parse found beyond them is unknown.
+    declared = PipelineOptions([]).get_all_options()
+    extra = set(parsed) - set(declared)
+    unknown = [arg for arg in beam_args
+               if arg.startswith("--") and arg[2:].split("=", 1)[0].replace("-", "_") in extra]
+    if extra:
         raise SubmissionError(
-            "unknown options (not a Beam, Flink or pipeline option): " + " ".join(unknown))
-    return vars(known)
+            "unknown options (not a Beam, Flink or pipeline option): " + " ".join(unknown or sorted(extra)))
+    return {name: value for name, value in parsed.items() if name in declared}
 
 
 def describe(submission: Submission) -> dict[str, object]:
@@ -383,81 +380,12 @@ def submit(submission: Submission):
     return pipeline.run()
 
 
-# -- no network during a dry run -----------------------------------------------------------------------
-_network_forbidden = threading.local()
-_guard_lock = threading.Lock()
-_guarded_blocks = 0  # no_network() blocks open in any thread; the guards are in place while > 0
-_saved_entry_points: list[tuple[object, str, object]] = []
-_INHERITED = object()
-# The socket module's ways out: connections, datagrams and name look-ups.
-_GUARDED = ((socket.socket, ("connect", "connect_ex", "sendto", "sendmsg")),
-            (socket, ("getaddrinfo", "gethostbyname", "gethostbyname_ex")))
-
-
-class NetworkForbidden(RuntimeError):
-    """Raised for any socket connection attempted inside ``no_network()``."""
-
-
-def _guard(event: str, original, is_method: bool):
-    def guarded(*args, **kwargs):
-        if getattr(_network_forbidden, "active", False):
-            shown = args[1:] if is_method else args
-            raise NetworkForbidden(f"dry run tried to reach the network: {event} {shown}")
-        return original(*args, **kwargs)
-
-    return guarded
-
-
-def _install_guards() -> None:
-    for owner, names in _GUARDED:
-        for name in names:
-            # What the owner itself defines (socket.socket inherits connect & co. from _socket.socket).
-            _saved_entry_points.append((owner, name, vars(owner).get(name, _INHERITED)))
-            setattr(owner, name, _guard(f"socket.{name}", getattr(owner, name), is_method=owner is socket.socket))
-
-
-def _remove_guards() -> None:
-    while _saved_entry_points:
-        owner, name, own = _saved_entry_points.pop()
-        if own is _INHERITED:
-            delattr(owner, name)
-        else:
-            setattr(owner, name, own)
-
-
-@contextmanager
-def no_network() -> Iterator[None]:
-    """Within this block any socket connect/resolve in this thread raises NetworkForbidden.
-
-    The ``socket`` module's connect, send-to and name-lookup entry points are wrapped while any thread is
-    inside such a block, and restored when the last block ends; other threads pass through unchanged.
-    (Code in C that opens its own sockets, such as gRPC's core, is not seen: a dry run starts no client.)
-    """
-    global _guarded_blocks
-    with _guard_lock:
-        if _guarded_blocks == 0:
-            _install_guards()
-        _guarded_blocks += 1
-    previous = getattr(_network_forbidden, "active", False)
-    _network_forbidden.active = True
-    try:
-        yield
-    finally:
-        _network_forbidden.active = previous
-        with _guard_lock:
-            _guarded_blocks -= 1
-            if _guarded_blocks == 0:
-                _remove_guards()
-
-
 def main(argv: Sequence[str] | None = None, pipelines: Mapping[str, PipelineEntry] = PIPELINES) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     dry_run = "--dry-run" in argv or "--dry_run" in argv
     try:
         if dry_run:
-            with no_network():
-                submission = resolve(argv, pipelines)
-                described = describe(submission)
+            described = describe(resolve(argv, pipelines))
             print(json.dumps(described, indent=2, sort_keys=True))
             if described["graph"]["problems"]:
                 raise SubmissionError("the pipeline does not translate to a portable graph Flink can run: "

@@ -20,8 +20,13 @@ import pytest
 
 from orderflow import bootstrap
 from orderflow.config import Settings, Topics, load_settings
-from orderflow.local import temporary_stack
+from orderflow_dev import developer_environment
+from orderflow_dev.local import temporary_stack
 from tests.support.naming import unique_name
+
+# Pipelines run in this process and in the ones it starts stream on the repository's Prism (`make prism`),
+# as the developer's tools run them: the runtime package has no default binary of its own.
+os.environ.update(developer_environment())
 
 # The fixtures that start services: a test using either, however indirectly, needs the stack.
 STACK_FIXTURES = frozenset({"stack", "own_stack"})

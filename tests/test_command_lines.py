@@ -1,6 +1,6 @@
 """Commands users type, run as subprocesses with settings from the environment, each checked by its effect on
 the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.replay run|offsets|dump --avro``
-and ``python -m orderflow.generate keepalive``."""
+and ``python -m orderflow_dev.generate keepalive``."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderflow import bootstrap, clients
 from orderflow.config import Topics, settings_environment
-from orderflow.generate.keepalive import make_plan
+from orderflow_dev.generate.keepalive import make_plan
 from tests.support.kafka_testing import produce, read_partition
 from tests.support.presence_timeline import planned_keepalives
 from tests.support.waiting import wait_for
@@ -174,7 +174,7 @@ def test_generate_keepalive_writes_its_plan_to_kafka_and_its_expectation_to_a_fi
     bootstrap.create_topics(settings.kafka_bootstrap, [settings.topics.keepalive, settings.topics.availability],
                             settings.topic_partitions)
     expected_file = tmp_path / "expected.json"
-    done = _command("orderflow.generate", "keepalive", "--restaurants", "20", "--minutes", "30",
+    done = _command("orderflow_dev.generate", "keepalive", "--restaurants", "20", "--minutes", "30",
                     "--end", "2026-03-11T01:30:00", "--interval", "60", "--seed", "3", "--corrupt", "2",
                     "--expected", str(expected_file), "--no-progress", env=settings_environment(settings))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -191,8 +191,8 @@ def test_generate_keepalive_writes_its_plan_to_kafka_and_its_expectation_to_a_fi
 
 def test_replaying_a_day_that_fired_alarms_sends_no_second_sms_and_changes_no_total(module_settings):
     from orderflow import refdata
-    from orderflow.generate.orders import encode_order
     from orderflow.model import sample_assets
+    from orderflow_dev.generate.orders import encode_order
     from tests.support.sns_testing import sent_sms
 
     env = settings_environment(module_settings)

@@ -89,7 +89,8 @@ def test_every_variable_is_listed_once_and_names_its_field():
     unset = {root: _fields(load(environ={}), root) for root, load in loaders.items()}
     for variable in ENVIRONMENT:
         if variable.field is None:  # read apart from the dataclasses, documented here all the same
-            assert variable.name in (config.AWS_ENDPOINT_VARIABLE, config.LOG_FORMAT_VARIABLE)
+            assert variable.name in (config.AWS_ENDPOINT_VARIABLE, config.LOG_FORMAT_VARIABLE,
+                                     config.PRISM_LOCATION_VARIABLE)
             continue
         root = variable.field.split(".")[0]
         # The documented default is what a process gets with the variable unset...
@@ -232,3 +233,8 @@ def test_the_presence_rules_come_from_the_environment():
     store = RestaurantStateStore.from_settings(settings)  # what the API's status answers use
     assert (store.opening_hours, store.keepalive_timeout_ms, store.key("r-1")) == (rules.hours, 90_500, "p:r-1")
     assert load_settings(settings_environment(settings)) == settings
+
+
+def test_the_prism_location_is_read_from_its_variable_with_no_default_of_the_runtime_package():
+    assert config.prism_location({}) is None and config.prism_location({config.PRISM_LOCATION_VARIABLE: ""}) is None
+    assert config.prism_location({config.PRISM_LOCATION_VARIABLE: "/opt/prism"}) == "/opt/prism"

@@ -1,7 +1,8 @@
 """run_flink.sh and orderflow.flink_submit: resolution, validation and the network-free dry run.
 
-The real pipelines go through the shell script exactly as an operator would run it; the option
-resolution details are also checked in-process on the small pipeline of tests/support/tiny_pipeline.py.
+The real pipelines go through the shell script exactly as an operator would run it, in a process with no
+network (tests/support/no_network.py: the dry run must open no connection); the option resolution details are
+also checked in-process on the small pipeline of tests/support/tiny_pipeline.py.
 """
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ import port_for
 import pytest
 
 from orderflow import flink_submit
-from orderflow.flink_submit import NetworkForbidden, SubmissionError, no_network, resolve
+from orderflow.flink_submit import SubmissionError, resolve
 from orderflow.pipelines import PipelineEntry
-from tests.support import tiny_pipeline
 from tests.support.environment import require
+from tests.support.no_network import no_network_environment
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 RUN_FLINK = REPO / "run_flink.sh"
@@ -44,10 +45,11 @@ def dry_run_tiny(capsys, *args: str) -> dict:
 # -- the real pipelines, through the shell script --------------------------------------------------
 
 @pytest.fixture(scope="module", params=["orders", "presence"])
-def pipeline_dry_run(request):
+def pipeline_dry_run(request, tmp_path_factory):
     name = request.param
+    offline = no_network_environment(tmp_path_factory.mktemp("no-network"))
     result = run_flink(name, "--flink_master", f"orderflow-{name}-rest:8081", "--checkpointing_interval", "30000",
-                       "--dry-run", env={"ORDERFLOW_TOPIC_PARTITIONS": "12"})
+                       "--dry-run", env={**offline, "ORDERFLOW_TOPIC_PARTITIONS": "12"})
     assert result.stdout, result.stderr
     return name, result, json.loads(result.stdout)
 
@@ -228,40 +230,34 @@ def test_a_registry_entry_naming_options_its_module_lacks_is_refused():
 
 # -- no network during a dry run -------------------------------------------------------------------
 
-def test_no_network_refuses_connections_only_inside_the_block():
+def test_the_no_network_environment_refuses_connections_and_look_ups(tmp_path):
+    """The dry runs above prove nothing unless their environment would refuse a connection."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        with no_network():
-            with pytest.raises(NetworkForbidden, match="socket.connect"), socket.socket() as client:
-                client.connect(("127.0.0.1", port))
-            with pytest.raises(NetworkForbidden):
-                socket.create_connection(("127.0.0.1", port), timeout=2)
-            with pytest.raises(NetworkForbidden, match="socket.getaddrinfo"):
-                socket.getaddrinfo("localhost", port)
-        # Outside the block the same connection works: the hook is inert.
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            pass
+        for attempt in (f"socket.create_connection(('127.0.0.1', {port}), timeout=2)",
+                        f"socket.getaddrinfo('localhost', {port})"):
+            done = subprocess.run([sys.executable, "-c", f"import socket; {attempt}"], capture_output=True,
+                                  text=True, timeout=60, env=no_network_environment(tmp_path))
+            assert done.returncode != 0 and "NetworkForbidden: tried to reach the network" in done.stderr, attempt
+        # The same interpreter without it connects: the refusal is the environment's.
+        done = subprocess.run([sys.executable, "-c", f"import socket; socket.create_connection(('127.0.0.1', {port}))"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
 
 
-def test_no_network_puts_the_socket_module_back_as_it_was():
-    before = (vars(socket.socket).get("connect"), socket.getaddrinfo, socket.socket.sendto)
-    with no_network():
-        assert socket.getaddrinfo is not before[1]
-        with no_network():                     # nested: the guards stay until the outer block ends
-            pass
-        with pytest.raises(NetworkForbidden):
-            socket.getaddrinfo("localhost", 80)
-    assert (vars(socket.socket).get("connect"), socket.getaddrinfo, socket.socket.sendto) == before
-    assert before[0] is None                   # connect is _socket.socket's again, not a leftover wrapper
-
-
-def test_dry_run_fails_if_building_the_pipeline_touches_the_network(capsys, monkeypatch):
-    def build_that_phones_home(pipeline, options):
-        socket.getaddrinfo("orderflow-orders-rest", 8081)
-
-    monkeypatch.setattr(tiny_pipeline, "build", build_that_phones_home)
-    with pytest.raises(NetworkForbidden, match="socket.getaddrinfo"):
-        flink_submit.main(["tiny", "--flink_master", "jm:8081", "--dry-run"], pipelines=TINY)
+def test_dry_run_fails_if_building_the_pipeline_touches_the_network(tmp_path):
+    phones_home = (
+        "import socket, sys\n"
+        "from orderflow import flink_submit\n"
+        "from orderflow.pipelines import PipelineEntry\n"
+        "from tests.support import tiny_pipeline\n"
+        "tiny_pipeline.build = lambda pipeline, options: socket.getaddrinfo('orderflow-orders-rest', 8081)\n"
+        "sys.exit(flink_submit.main(['tiny', '--flink_master', 'jm:8081', '--dry-run'],\n"
+        "                           pipelines={'tiny': PipelineEntry('tests.support.tiny_pipeline', 'TinyOptions',\n"
+        "                                                            run_mode=False)}))\n")
+    done = subprocess.run([sys.executable, "-c", phones_home], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=no_network_environment(tmp_path))
+    assert done.returncode != 0 and "NetworkForbidden" in done.stderr and "socket.getaddrinfo" in done.stderr
 
 
 # -- deploy/ agrees with the launcher and the installed SDK ------------------------------------------

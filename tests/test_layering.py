@@ -10,16 +10,20 @@ import ast
 import pathlib
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
 import orderflow
 
 PACKAGE_DIR = pathlib.Path(orderflow.__file__).parent
+REPO = PACKAGE_DIR.parent
+DEV_PACKAGE = "orderflow_dev"
 
 # Bottom to top. A module belongs to the first entry whose package or module is a prefix of its name; a
-# module in no entry belongs to the top layer (the API, the command lines, the demos, the generators, the
-# local stack, bootstrap, refdata, replay, portability, flink_submit), which may import anything below.
+# module in no entry belongs to the top layer (the API, the command lines, the bridge, bootstrap, refdata, replay,
+# portability, flink_submit), which may import anything below. Above it, and outside the runtime package, the
+# developer's tools: orderflow_dev (dev/; local stack, generators, demo) may import orderflow, never the reverse.
 LAYERS: list[tuple[str, ...]] = [
     ("orderflow.config", "orderflow.logs"),  # settings and logging (logs reads config)
     ("orderflow.model",),                     # domain types and rules: no Beam, no I/O
@@ -138,9 +142,9 @@ def test_no_module_of_the_api_reaches_beam_through_its_imports():
                 todo.append(name)
 
 
-@pytest.mark.parametrize("module", ["orderflow.api.app", "orderflow.generate.feed", "orderflow.refdata"])
+@pytest.mark.parametrize("module", ["orderflow.api.app", "orderflow_dev.generate.feed", "orderflow.refdata"])
 def test_the_api_the_generators_and_the_reference_data_tool_do_not_import_beam(module):
-    """What ``python -m orderflow.api`` (the app), ``python -m orderflow.generate`` (feed imports both
+    """What ``python -m orderflow.api`` (the app), ``python -m orderflow_dev.generate`` (feed imports both
     generators) and ``python -m orderflow.refdata`` load, in a fresh interpreter."""
     loaded = subprocess.run(
         [sys.executable, "-c", f"import sys, {module}; print('apache_beam' in sys.modules)"],
@@ -187,3 +191,31 @@ def test_the_naming_check_sees_a_dofn_named_otherwise():
     source = ("import apache_beam as beam\nclass _WriteBatch(beam.DoFn): pass\nclass _Sub(_WriteBatch): pass\n"
               "class _Full(apache_beam.transforms.core.DoFn): pass\nclass Plain: pass\n")
     assert [name for name, _ in _dofn_classes(source)] == ["_WriteBatch", "_Sub", "_Full"]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_the_runtime_package_never_imports_the_developers_tools(module):
+    dev = sorted(name for name in imports_of(module) if _within(name, DEV_PACKAGE))
+    assert not dev, f"{module} imports {dev}: orderflow_dev ships apart from the runtime package"
+
+
+def test_the_dev_check_sees_a_lazy_import_of_the_developers_tools():
+    source = "def f():\n    from orderflow_dev.local import temporary_stack\n"
+    assert any(_within(name, DEV_PACKAGE) for name in imports_in(source, "orderflow.example"))
+
+
+@pytest.mark.needs_stack  # builds a wheel: seconds of CPU, not for `make unit`
+def test_the_runtime_wheel_holds_orderflow_and_none_of_the_developers_tools(tmp_path):
+    """The distribution Flink workers install (``--setup_file ./setup.py``), built as pip builds it."""
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+         str(REPO)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("orderflow-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert tops == {"orderflow"}, tops
+    assert "orderflow/pipelines/orders.py" in names and "orderflow/migrations/010_orders.sql" in names
+    tooling = [name for name in names if name.startswith(("orderflow/local/", "orderflow/demo/", "orderflow/generate/",
+                                                          "orderflow/api/demo.py")) or "roundtrip" in name]
+    assert not tooling, tooling

@@ -15,6 +15,9 @@ import pytest
 TESTS = pathlib.Path(__file__).resolve().parent
 REPO = TESTS.parent
 PACKAGE = REPO / "orderflow"
+# The developer's tools (dev/orderflow_dev: local stack, generators, demo): their tests mirror them the same way
+# (tests/local -> orderflow_dev/local).
+DEV_PACKAGE = REPO / "dev" / "orderflow_dev"
 
 # A module under tests/ that is neither a test, a conftest nor a helper: schemathesis loads it by name in its own
 # process (SCHEMATHESIS_HOOKS); no test imports it.
@@ -93,11 +96,12 @@ def test_every_module_under_tests_is_a_test_a_conftest_or_a_helper_in_support():
 
 
 def _mirrors(test: pathlib.Path) -> bool:
-    """Whether tests/<dir>/test_<name>.py names a module of orderflow/<dir>/: ``name`` is the module, or the
+    """Whether tests/<dir>/test_<name>.py names a module of orderflow/<dir>/ (or orderflow_dev/<dir>/): ``name`` is the module, or the
     module followed by an aspect (``test_kafka_read_sdf.py``), or ``<package>_command_line`` for its __main__."""
-    package = PACKAGE / test.parent.relative_to(TESTS)
+    folder = test.parent.relative_to(TESTS)
+    package = next((root / folder for root in (PACKAGE, DEV_PACKAGE) if (root / folder).is_dir()), None)
     name = test.stem.removeprefix("test_")
-    if not package.is_dir():
+    if package is None:
         return False
     modules = {p.stem for p in package.glob("*.py") if not p.stem.startswith("_")}
     modules |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}  # subpackages

@@ -3,7 +3,8 @@
 - ``keys create --scope read [--scope ...] [--name ...]``, ``keys revoke KEY_ID``;
 - ``phones list``, ``phones add +5511987654321 [--client TOKEN] [--inactive]``, ``phones remove PHONE``
   (the phones that receive alarm SMS, as ``/alarm-phones`` manages them);
-- ``serve [--host --port --workers]`` and ``stop`` (the detached API started by ``make demo``).
+- ``serve [--host --port --workers]``. (The API ``make demo`` serves detached is stopped by
+  ``python -m orderflow_dev.demo stop-api`` or ``make stack-down``: developer's tools, not the runtime package.)
 """
 from __future__ import annotations
 
@@ -78,19 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=18080)
     serve.add_argument("--workers", type=int, default=1)
-    stop = commands.add_parser("stop", help="stop the API started detached by make demo")
-    stop.add_argument("--root", default=".local")
     args = parser.parse_args(argv)
-    if args.command != "stop":  # a bad ORDERFLOW_* value is a line naming the variable, not a traceback
-        errors = []
-        for load in (load_settings, load_api_config):
-            try:
-                load()
-            except ConfigurationError as exc:
-                errors.append(f"error: {exc}")
-        if errors:
-            print("\n".join(errors), file=sys.stderr)
-            return 2
+    errors = []  # a bad ORDERFLOW_* value is a line naming the variable, not a traceback
+    for load in (load_settings, load_api_config):
+        try:
+            load()
+        except ConfigurationError as exc:
+            errors.append(f"error: {exc}")
+    if errors:
+        print("\n".join(errors), file=sys.stderr)
+        return 2
 
     if args.command == "keys":
         from orderflow.api.auth import InvalidScope, create_key, revoke_key
@@ -112,14 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "phones":
         return _phones(args)
-    if args.command == "serve":
-        from orderflow.api.server import serve as serve_api
+    from orderflow.api.server import serve as serve_api
 
-        serve_api(args.host, args.port, args.workers)
-        return 0
-    from orderflow.api.demo import stop_detached
-
-    print(stop_detached(args.root))
+    serve_api(args.host, args.port, args.workers)
     return 0
 
 

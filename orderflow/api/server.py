@@ -12,6 +12,14 @@ and a thousand of them are all kept. ``GuardedH11Protocol`` adds:
 The body has its own deadline (``body_timeout_seconds``), enforced in ``ApiMiddleware`` where the body is
 read. Both servers (``python -m orderflow.api serve`` and the tests' in-process server) are configured by
 ``uvicorn_config`` / ``serve`` here, so they run with the same protocol and limits.
+
+uvicorn has no public setting for either limit: ``limit_concurrency`` answers 503 only once a request has
+arrived (a connection that never sends one is kept), ``timeout_keep_alive`` runs only between requests, and
+``h11_max_incomplete_event_size`` bounds the headers' size, not their time. So this subclasses uvicorn's
+h11 protocol, using its documented asyncio.Protocol methods plus three members of uvicorn's own: ``conn`` (the
+h11 connection, whose ``their_state`` says whether a request's headers are in), ``on_response_complete`` and
+``loop``. uvicorn is pinned in setup.py, and tests/api/test_server.py fails on a version whose protocol lacks
+them, before test_security.py's behaviour tests would.
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from orderflow.config import ApiConfig, load_api_config
 
 PROTOCOL = "orderflow.api.server:GuardedH11Protocol"
-_CONFIG_ATTRIBUTE = "orderflow_api_config"
+# The members of uvicorn's H11Protocol (beyond asyncio.Protocol's) this module relies on.
+UVICORN_MEMBERS = ("conn", "on_response_complete", "loop", "transport", "logger")
 
 
 def _raw_response(status: int, reason: str, detail: str) -> bytes:
@@ -37,13 +46,17 @@ def _raw_response(status: int, reason: str, detail: str) -> bytes:
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a header timeout and a connection limit (see the module docstring).
 
-    The limits come from the ``ApiConfig`` attached to uvicorn's config by ``uvicorn_config``, or, in the
-    worker processes of ``serve``, from the environment (``load_api_config``), as the app's own do.
+    The limits are ``limits`` (a subclass per ``ApiConfig``: ``guarded_protocol``) or, in the worker
+    processes of ``serve``, the environment's (``load_api_config``), as the app's own are. Each class counts
+    its own open connections (per worker process).
     """
+
+    limits: ApiConfig | None = None
+    open_connections: set[GuardedH11Protocol] = set()
 
     def __init__(self, config, server_state, app_state, _loop=None):
         super().__init__(config, server_state, app_state, _loop)
-        limits: ApiConfig = getattr(config, _CONFIG_ATTRIBUTE, None) or load_api_config()
+        limits = self.limits or load_api_config()
         self.header_timeout_seconds = limits.header_timeout_seconds
         self.max_connections = limits.max_connections
         self._header_timer = None
@@ -51,8 +64,9 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            self.logger.warning("Refused a connection: %d open, the limit is %d", len(self.connections) - 1,
+        self.open_connections.add(self)
+        if len(self.open_connections) > self.max_connections:
+            self.logger.warning("Refused a connection: %d open, the limit is %d", len(self.open_connections) - 1,
                                 self.max_connections)
             transport.write(_raw_response(503, "Service Unavailable",
                                           "the server is at its connection limit: retry shortly"))
@@ -71,6 +85,7 @@ class GuardedH11Protocol(H11Protocol):
             self._bytes_since_request = 0
 
     def connection_lost(self, exc) -> None:
+        self.open_connections.discard(self)
         self._cancel_header_timer()
         super().connection_lost(exc)
 
@@ -97,6 +112,11 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+def guarded_protocol(limits: ApiConfig) -> type[GuardedH11Protocol]:
+    """``GuardedH11Protocol`` with ``limits`` and a connection count of its own: one server's protocol."""
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits, "open_connections": set()})
+
+
 def install_log_redaction() -> None:
     """Keeps secrets out of the access log whatever configured logging (``orderflow.logs.RedactSecrets``): an
     old dashboard URL's ``?key=...`` is logged redacted."""
@@ -108,16 +128,17 @@ def install_log_redaction() -> None:
 
 
 def _server_options(config: ApiConfig) -> dict[str, Any]:
+    # The protocol by name: serve's worker processes import it and read their limits from the environment.
     return {"http": PROTOCOL, "timeout_keep_alive": config.keep_alive_seconds, "timeout_graceful_shutdown": 3}
 
 
 def uvicorn_config(app, config: ApiConfig, host: str = "127.0.0.1", port: int = 18080, **kwargs):
-    """A ``uvicorn.Config`` serving ``app`` in this process with the API's protocol and limits."""
+    """A ``uvicorn.Config`` serving ``app`` in this process with the API's protocol and ``config``'s limits
+    (uvicorn's public ``http`` setting takes the protocol class)."""
     import uvicorn
 
-    server_config = uvicorn.Config(app, host=host, port=port, **{**_server_options(config), **kwargs})
-    setattr(server_config, _CONFIG_ATTRIBUTE, config)
-    return server_config
+    options = {**_server_options(config), "http": guarded_protocol(config), **kwargs}
+    return uvicorn.Config(app, host=host, port=port, **options)
 
 
 def serve(host: str, port: int, workers: int = 1) -> None:

@@ -511,104 +511,22 @@ class _ReadPartitionFnBase(beam.DoFn):
             _advance_watermark(watermark_estimator, max(e.timestamp for e in elements) - self._out_of_order_slack)
 
     def _read(self, part: KafkaPartition, tracker, watermark_estimator, bundle_finalizer):
+        """Reads ``part`` from its restriction's start: to its end (bounded) or until it hands the rest back
+        (streaming); either way registers the commit of what was read for when the bundle is finalized."""
         topic, partition = part.topic, part.partition
-        next_offset = tracker.current_restriction().start
-        consumer = self._consumer_at(topic, partition, next_offset)
+        cursor = _Cursor(tracker.current_restriction().start)
+        consumer = self._consumer_at(topic, partition, cursor.offset)
         cache_entry = self._consumers[(topic, partition)]
         bounded = self.BOUNDED
-        started = last_data = time.monotonic()
         if not bounded:
             _DRAIN.enter()
         try:
-            while True:
-                if not bounded and _DRAIN.requested.is_set():
-                    # Stopping: claim nothing more; what was read finishes and is committed.
-                    tracker.defer_remainder(Duration.of(self._idle_poll_interval))
-                    return
-                want = self._fetch_count
-                if bounded:
-                    stop = tracker.current_restriction().stop
-                    if next_offset >= stop:
-                        self._release(topic, partition)
-                        return  # the whole range is read (its last offset was claimed)
-                    # consume() waits its whole timeout for a count that it cannot fill: at the end of every
-                    # partition, 0.1 s, unless we ask for no more than the range holds.
-                    want = min(want, stop - next_offset)
-                messages = consumer.consume(want, self._poll_timeout)
-                # Fewer than asked for: the consumer's prefetch queue ran dry within the poll, i.e. this read
-                # has caught up with what the broker has sent (a backlog fills every call).
-                queue_ran_dry = len(messages) < want
-                end_offset = None
-                if messages:
-                    # Errors are rare: one pass to find them, the common case keeps the list as is.
-                    errors = [m for m in messages if m.error() is not None]
-                    if errors:
-                        for m in errors:
-                            error = m.error()
-                            if error is not None and error.code() == _PARTITION_EOF:
-                                end_offset = m.offset()
-                            elif not is_transient(KafkaException(error)):
-                                raise KafkaException(error)
-                            else:
-                                # The broker is unreachable or moving (orderflow.io.retry): the consumer
-                                # reconnects by itself; keep polling, the position is unchanged.
-                                self._broker_unavailable.inc()
-                                _LOG.warning("ReadFromKafka: %s/%d at offset %d: %s (retrying)", topic, partition,
-                                             next_offset, m.error())
-                        messages = [m for m in messages if m.error() is None]
-                    if messages and messages[0].offset() < next_offset:
-                        # Stale prefetch (or an offset reset): records before the restriction are not ours.
-                        messages = [m for m in messages if m.offset() >= next_offset]
-                got_records = bool(messages)
-                if got_records:
-                    last_data = time.monotonic()
-                    records = self._to_records(topic, partition, messages)
-                    if not tracker.try_claim(records[-1].offset):
-                        # A split moved our end below this batch: emit only what is still ours, then stop.
-                        stop = tracker.current_restriction().stop
-                        records = [r for r in records if r.offset < stop]
-                        yield from self._output(records, watermark_estimator)
-                        if records:
-                            next_offset = records[-1].offset + 1
-                        return
-                    yield from self._output(records, watermark_estimator)
-                    next_offset = records[-1].offset + 1
-                    cache_entry[1] = next_offset
-                if bounded:
-                    if end_offset is not None:
-                        # An end below our position means we started past the end: nothing is left.
-                        tracker.try_claim(PartitionEnd(max(end_offset, next_offset)))
-                        self._release(topic, partition)
-                        return
-                    if not got_records and time.monotonic() - last_data > self._eof_timeout:
-                        raise TimeoutError(
-                            f"ReadFromKafka: no data and no partition end from {topic}/{partition} at offset "
-                            f"{next_offset} for {self._eof_timeout}s (is the broker up and enable.partition.eof on?)")
-                    continue
-                # Unbounded. EOF is reported once per catching up, so "at the end" is remembered with the
-                # consumer (a resumed call that finds no new data is still at the end).
-                if end_offset is not None and end_offset >= next_offset:
-                    cache_entry[2] = True
-                elif got_records:
-                    cache_entry[2] = False
-                if cache_entry[2]:
-                    # Caught up: the partition is idle, let its watermark follow the wall clock.
-                    _advance_watermark(watermark_estimator, Timestamp.now() - Duration.of(self._idle_watermark_delay))
-                    if not got_records:
-                        tracker.defer_remainder(Duration.of(self._idle_poll_interval))
-                        return
-                elif not got_records and time.monotonic() - last_data > self._idle_poll_interval:
-                    # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
-                    tracker.defer_remainder(Duration.of(self._idle_poll_interval))
-                    return
-                if queue_ran_dry or time.monotonic() - started > self._max_read_seconds:
-                    # Hand the rest back: caught up, what was read goes downstream now (a trickle is not held
-                    # for max_read_seconds, the runner's bundle ends); behind, after max_read_seconds, so a
-                    # backlog is read in large bundles.
-                    tracker.defer_remainder()
-                    return
+            if bounded:
+                yield from self._read_to_end(part, consumer, cache_entry, cursor, tracker)
+            else:
+                yield from self._read_streaming(part, consumer, cache_entry, cursor, tracker, watermark_estimator)
         finally:
-            cache_entry[1] = next_offset
+            cache_entry[1] = next_offset = cursor.offset
             if self._commit_offsets:
                 # Registered even when there is nothing to commit: Prism sends FinalizeBundle after every
                 # bundle of a stage that can request finalization, and the SDK harness logs an error for a
@@ -619,6 +537,131 @@ class _ReadPartitionFnBase(beam.DoFn):
                 bundle_finalizer.register(lambda: self._commit_if_any(topic, partition, committed))
             if not bounded:
                 _DRAIN.leave()
+
+    def _read_to_end(self, part: KafkaPartition, consumer, cache_entry: list, cursor: _Cursor, tracker):
+        """Bounded: reads until the restriction's end or the partition's end, whichever comes first."""
+        topic, partition = part.topic, part.partition
+        last_data = time.monotonic()
+        while True:
+            stop = tracker.current_restriction().stop
+            if cursor.offset >= stop:
+                self._release(topic, partition)
+                return  # the whole range is read (its last offset was claimed)
+            # consume() waits its whole timeout for a count that it cannot fill: at the end of every
+            # partition, 0.1 s, unless we ask for no more than the range holds.
+            messages, end_offset, _ = self._poll(consumer, topic, partition, cursor.offset,
+                                                 min(self._fetch_count, stop - cursor.offset))
+            got_records = bool(messages)  # (claiming empties the list)
+            if got_records:
+                last_data = time.monotonic()
+                if not (yield from self._claim_and_output(messages, part, cache_entry, cursor, tracker, None)):
+                    return
+            if end_offset is not None:
+                # An end below our position means we started past the end: nothing is left.
+                tracker.try_claim(PartitionEnd(max(end_offset, cursor.offset)))
+                self._release(topic, partition)
+                return
+            if not got_records and time.monotonic() - last_data > self._eof_timeout:
+                raise TimeoutError(
+                    f"ReadFromKafka: no data and no partition end from {topic}/{partition} at offset "
+                    f"{cursor.offset} for {self._eof_timeout}s (is the broker up and enable.partition.eof on?)")
+
+    def _read_streaming(self, part: KafkaPartition, consumer, cache_entry: list, cursor: _Cursor, tracker,
+                        watermark_estimator):
+        """Unbounded: reads until caught up, idle, draining or ``max_read_seconds``, then hands the rest of the
+        restriction back to the runner (``defer_remainder``)."""
+        topic, partition = part.topic, part.partition
+        started = last_data = time.monotonic()
+        while True:
+            if _DRAIN.requested.is_set():
+                # Stopping: claim nothing more; what was read finishes and is committed.
+                tracker.defer_remainder(Duration.of(self._idle_poll_interval))
+                return
+            messages, end_offset, queue_ran_dry = self._poll(consumer, topic, partition, cursor.offset,
+                                                             self._fetch_count)
+            got_records = bool(messages)  # (claiming empties the list)
+            if got_records:
+                last_data = time.monotonic()
+                if not (yield from self._claim_and_output(messages, part, cache_entry, cursor, tracker,
+                                                          watermark_estimator)):
+                    return
+            # EOF is reported once per catching up, so "at the end" is remembered with the consumer (a
+            # resumed call that finds no new data is still at the end).
+            if end_offset is not None and end_offset >= cursor.offset:
+                cache_entry[2] = True
+            elif got_records:
+                cache_entry[2] = False
+            if cache_entry[2]:
+                # Caught up: the partition is idle, let its watermark follow the wall clock.
+                _advance_watermark(watermark_estimator, Timestamp.now() - Duration.of(self._idle_watermark_delay))
+                if not got_records:
+                    tracker.defer_remainder(Duration.of(self._idle_poll_interval))
+                    return
+            elif not got_records and time.monotonic() - last_data > self._idle_poll_interval:
+                # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
+                tracker.defer_remainder(Duration.of(self._idle_poll_interval))
+                return
+            if queue_ran_dry or time.monotonic() - started > self._max_read_seconds:
+                # Hand the rest back: caught up, what was read goes downstream now (a trickle is not held
+                # for max_read_seconds, the runner's bundle ends); behind, after max_read_seconds, so a
+                # backlog is read in large bundles.
+                tracker.defer_remainder()
+                return
+
+    def _poll(self, consumer, topic: str, partition: int, offset: int, want: int) -> tuple[list, int | None, bool]:
+        """One ``consume()`` of up to ``want`` messages: those at or after ``offset`` without error, the
+        partition end it reported (None if none), and whether the prefetch queue ran dry (fewer than
+        ``want``: this read has caught up with what the broker has sent; a backlog fills every call).
+        A transient broker error is counted and skipped (the consumer reconnects by itself); any other raises."""
+        messages = consumer.consume(want, self._poll_timeout)
+        queue_ran_dry = len(messages) < want
+        end_offset = None
+        if not messages:
+            return messages, end_offset, queue_ran_dry
+        # Errors are rare: one pass to find them, the common case keeps the list as is.
+        errors = [m for m in messages if m.error() is not None]
+        for m in errors:
+            error = m.error()
+            if error.code() == _PARTITION_EOF:
+                end_offset = m.offset()
+            elif not is_transient(KafkaException(error)):
+                raise KafkaException(error)
+            else:
+                # The broker is unreachable or moving (orderflow.io.retry): keep polling, the position is unchanged.
+                self._broker_unavailable.inc()
+                _LOG.warning("ReadFromKafka: %s/%d at offset %d: %s (retrying)", topic, partition, offset, error)
+        if errors:
+            messages = [m for m in messages if m.error() is None]
+        if messages and messages[0].offset() < offset:
+            # Stale prefetch (or an offset reset): records before the restriction are not ours.
+            messages = [m for m in messages if m.offset() >= offset]
+        return messages, end_offset, queue_ran_dry
+
+    def _claim_and_output(self, messages: list, part: KafkaPartition, cache_entry: list, cursor: _Cursor, tracker,
+                          watermark_estimator):
+        """Claims ``messages`` (emptied) and emits them as records, advancing ``cursor``; returns False when a
+        split moved the restriction's end below them: only what is still ours was emitted, the read stops."""
+        records = self._to_records(part.topic, part.partition, messages)
+        if not tracker.try_claim(records[-1].offset):
+            stop = tracker.current_restriction().stop
+            records = [r for r in records if r.offset < stop]
+            yield from self._output(records, watermark_estimator)
+            if records:
+                cursor.offset = records[-1].offset + 1
+            return False
+        yield from self._output(records, watermark_estimator)
+        cursor.offset = cache_entry[1] = records[-1].offset + 1
+        return True
+
+
+class _Cursor:
+    """The next offset a read of one partition claims: shared by the read's loop and its ``finally``, which
+    commits up to it."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self, offset: int):
+        self.offset = offset
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, timestamp: Timestamp) -> None:

@@ -1,7 +1,7 @@
 """Reads of the presence pipeline's Postgres tables, without Beam: what the HTTP API and the demos ask.
 
 ``offline_ranking`` is the one ranking query: the HTTP API (``GET /reports/offline-ranking``, the dashboard)
-and ``python -m orderflow.demo presence`` both use it.
+and ``python -m orderflow_dev.demo presence`` both use it.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every tool that runs a pipeline by name looks it up here: ``run_flink.sh`` (``orderflow.flink_submit``),
 ``python -m orderflow.portability``, ``python -m orderflow.replay run`` and the detached processes of the
-local stack (``orderflow.local.processes``). A pipeline module defines ``build(pipeline, options[, settings])``,
+local stack (``orderflow_dev.local.processes``). A pipeline module defines ``build(pipeline, options[, settings])``,
 ``run(argv)`` and its ``PipelineOptions`` subclass; an entry names them as strings, so reading the registry
 imports neither Beam nor the pipeline.
 """

@@ -21,7 +21,6 @@ reference data refreshing every ``--refdata_refresh_seconds`` and the outbox rel
 from __future__ import annotations
 
 import datetime
-import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -39,15 +38,15 @@ from orderflow.io.postgres_orders import WriteOrdersToPostgres
 from orderflow.io.reference_data_cache import ReferenceData
 from orderflow.io.retry import call_with_retry
 from orderflow.io.sns_alarms import RelaySmsOutbox
-from orderflow.logs import configure as configure_logging
 from orderflow.model.alarms import DEFAULT_RULES_JSON, parse_rules
 from orderflow.model.avro import AvroCodec
 from orderflow.model.orders import MAX_KEY_BYTES, MAX_QUANTITY, OrderLimits
-from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
+from orderflow.pipelines.progress import ProgressOptions, ProgressTarget
+from orderflow.pipelines.runner import RunModeOptions, command_line, run_pipeline
 from orderflow.pipelines.summary import (
     ORDERS_REFUSED,
     ORDERS_STORED,
+    SummaryOptions,
     metric_key,
     orders_summary,
     report_run,
@@ -86,7 +85,8 @@ class OrdersOptions(PipelineOptions):
         parser.add_argument("--trade_days", default="",
                             help="comma list of YYYY-MM-DD whose reference data to load (default: today "
                                  "and --refdata_lookback_days before, in the exchange time zone)")
-        parser.add_argument("--refdata_lookback_days", type=int, default=1)
+        parser.add_argument("--refdata_lookback_days", type=int, default=1,
+                            help="without --trade_days: how many days before today to load as well")
         parser.add_argument("--refdata_refresh_seconds", type=float, default=300.0,
                             help="streaming: reload the reference data this often")
         parser.add_argument("--refdata_miss_reload_seconds", type=float, default=10.0,
@@ -231,10 +231,5 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    configure_logging("orders")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
-    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
-    # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
-    argv = sys.argv[1:]
-    result = run(argv)
-    if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
-        exit_now(wait_until_stopped(result, "orders", PipelineOptions(argv)))
+    command_line("orders", run, (__doc__ or "").strip().splitlines()[0],
+                 [OrdersOptions, RunModeOptions, SummaryOptions, ProgressOptions])

@@ -25,7 +25,6 @@ the watermark passes each session's end and each day's closing time; started fro
 from __future__ import annotations
 
 import datetime as dt
-import sys
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -39,13 +38,13 @@ from orderflow.io.kafka_read import RECORDS, ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
 from orderflow.io.presence_redis import WriteAvailabilityToRedis, WriteKeepalivesToRedis
 from orderflow.io.presence_restore import RestorePresenceState
-from orderflow.logs import configure as configure_logging
 from orderflow.model.presence import PresenceRules, to_ms
-from orderflow.pipelines.progress import ProgressTarget
-from orderflow.pipelines.runner import RunModeOptions, exit_now, run_pipeline, wait_until_stopped
+from orderflow.pipelines.progress import ProgressOptions, ProgressTarget
+from orderflow.pipelines.runner import RunModeOptions, command_line, run_pipeline
 from orderflow.pipelines.summary import (
     KEEPALIVES_DECODED,
     CountDeadLetters,
+    SummaryOptions,
     metric_key,
     presence_summary,
     report_run,
@@ -219,10 +218,5 @@ def run(argv: list[str] | None = None, settings: Settings | None = None):
 
 
 if __name__ == "__main__":
-    configure_logging("presence")  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
-    # A streaming run lives as long as this process: the runner's job server and SDK worker run in it.
-    # SIGTERM drains it and exits 0 (wait_until_stopped); a bounded run has finished when run() returns.
-    argv = sys.argv[1:]
-    result = run(argv)
-    if not PipelineOptions(argv).view_as(RunModeOptions).bounded:
-        exit_now(wait_until_stopped(result, "presence", PipelineOptions(argv)))
+    command_line("presence", run, (__doc__ or "").strip().splitlines()[0],
+                 [PresenceOptions, RunModeOptions, SummaryOptions, ProgressOptions])

@@ -4,30 +4,30 @@
 class declares only its own knobs.
 
 Streaming runs go to Beam's Prism runner by default (``--runner=PrismRunner`` with the binary that
+``ORDERFLOW_PRISM_LOCATION`` names, ``orderflow.config.prism_location``; the developer's tools set it to what
 ``make prism`` builds into ``<repo>/.local/bin/prism``): the DirectRunner cannot run these graphs unbounded
 (it falls back to its legacy runner, where an unbounded splittable DoFn's watermark never advances).
 ``--runner`` and ``--prism_location`` override the defaults; bounded runs keep Beam's default runner.
 """
 from __future__ import annotations
 
+import argparse
 import gc
 import logging
 import pathlib
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
-from orderflow.config import Settings
+from orderflow.config import PRISM_LOCATION_VARIABLE, Settings, prism_location
 from orderflow.io import kafka_read
 
 _LOG = logging.getLogger(__name__)
 
-# Where `make prism` installs the Prism binary (pinned to the apache-beam version of setup.py).
-PRISM_BINARY = pathlib.Path(__file__).resolve().parents[2] / ".local" / "bin" / "prism"
 STREAMING_RUNNER = "PrismRunner"
 # The Python portable runner opens the job's state and message streams with --job_server_timeout as their gRPC
 # deadline (default 300 s): a streaming run's wait_until_finish then dies with DEADLINE_EXCEEDED after 5 minutes
@@ -53,9 +53,44 @@ class RunModeOptions(PipelineOptions):
                                  "way: a restart resumes from the committed offsets and the stores)")
 
 
+HELP_FLAGS = ("-h", "--help")
+
+
+def help_requested(argv: Sequence[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def print_help(prog: str, description: str, own: Sequence[type[PipelineOptions]]) -> None:
+    """``--help`` of a pipeline's command line: every option with its help and default, the pipeline's own
+    (``own``, e.g. its options class, ``RunModeOptions``, ``SummaryOptions``) first, then every other one
+    Beam registers (runners, workers, I/O).
+
+    Beam parses its options on construction with a parser of the class's own options only, so its ``--help``
+    shows ``-h`` alone; the full parser is the one ``get_all_options`` builds, which its public
+    ``add_extra_args_fn`` hands over: printed from there.
+    """
+    def printer(title: str | None, usage: str | None = None):
+        def show(parser: argparse.ArgumentParser) -> None:
+            parser.prog, parser.description, parser.usage = prog, title, usage
+            parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+            parser.print_help()
+            print()
+        return show
+
+    print(f"usage: {prog} [options]\n\n{description}\n")
+    for cls in own:
+        PipelineOptions([]).view_as(cls).get_all_options(
+            current_only=True, add_extra_args_fn=printer(cls.__doc__.strip().splitlines()[0] if cls.__doc__ else None,
+                                                         f"{prog} [options]: {cls.__name__}"))
+    PipelineOptions([]).get_all_options(add_extra_args_fn=printer(
+        "Every option Beam and orderflow register (the ones above among them), e.g. --runner, --prism_location",
+        f"{prog} [options]: all"))
+
+
 def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
-    """Streaming, on Prism with the project's binary unless ``--runner`` / ``--prism_location`` say otherwise,
-    with a job-service deadline that outlives the run (``STREAMING_JOB_SERVER_TIMEOUT``)."""
+    """Streaming, on Prism with the binary ``ORDERFLOW_PRISM_LOCATION`` names unless ``--runner`` /
+    ``--prism_location`` say otherwise, with a job-service deadline that outlives the run
+    (``STREAMING_JOB_SERVER_TIMEOUT``)."""
     standard = options.view_as(StandardOptions)
     standard.streaming = True
     if "job_server_timeout" not in options.get_all_options(drop_default=True):
@@ -64,11 +99,14 @@ def apply_streaming_defaults(options: PipelineOptions) -> PipelineOptions:
         standard.runner = STREAMING_RUNNER
     prism = options.view_as(PrismRunnerOptions)
     if standard.runner in (STREAMING_RUNNER, "prism") and prism.prism_location is None:
-        if not PRISM_BINARY.is_file():
+        # Never Beam's own fallback, which downloads a Prism release at run time.
+        binary = prism_location()
+        if binary is None or not pathlib.Path(binary).is_file():
             raise FileNotFoundError(
-                f"streaming runs on Beam's Prism runner, and {PRISM_BINARY} does not exist: run `make prism` "
-                "(or pass --prism_location=PATH, or another --runner)")
-        prism.prism_location = str(PRISM_BINARY)
+                f"streaming runs on Beam's Prism runner: set {PRISM_LOCATION_VARIABLE} to its binary "
+                f"({'unset' if binary is None else binary + ' does not exist'}; in a checkout, `make prism` builds "
+                ".local/bin/prism), or pass --prism_location=PATH, or another --runner")
+        prism.prism_location = binary
     return options
 
 
@@ -155,6 +193,26 @@ def wait_until_stopped(result, name: str, options: PipelineOptions | None = None
     ended.wait(10)
     _LOG.info("%s pipeline stopped (exit 0) %.1f s after the stop signal", name, time.monotonic() - started)
     return 0
+
+
+def command_line(name: str, run: Callable[[list[str]], object], description: str,
+                 own: Sequence[type[PipelineOptions]], argv: list[str] | None = None) -> None:
+    """``python -m orderflow.pipelines.<name>``: ``--help`` (``print_help`` of ``own``), or ``run(argv)``; a
+    streaming run lives as long as this process (the runner's job server and SDK worker run in it): SIGTERM
+    drains it and exits 0 (``wait_until_stopped``). A bounded run has finished when ``run`` returns."""
+    import sys
+
+    from orderflow.logs import configure
+
+    configure(name)  # JSON lines on stderr, secrets redacted (orderflow/logs.py)
+    argv = sys.argv[1:] if argv is None else argv
+    if help_requested(argv):
+        print_help(f"python -m orderflow.pipelines.{name}", description, own)
+        sys.exit(0)
+    result = run(argv)
+    options = PipelineOptions(argv)
+    if not options.view_as(RunModeOptions).bounded:
+        exit_now(wait_until_stopped(result, name, options))
 
 
 def exit_now(status: int) -> None:

@@ -1,13 +1,12 @@
 """The API as an operator runs it: ``python -m orderflow.api serve --workers 2`` configured by the ``ORDERFLOW_*``
-and ``ORDERFLOW_API_*`` variables, ``keys revoke`` against its key cache (a non-zero cache time, as deployed),
-``stop`` of the detached API ``make demo`` starts; and /healthz with PostgreSQL down."""
+and ``ORDERFLOW_API_*`` variables, ``keys revoke`` against its key cache (a non-zero cache time, as deployed);
+and /healthz with PostgreSQL down."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,7 @@ import port_for
 import pytest
 
 from orderflow.api.auth import create_key
-from orderflow.api.demo import start_detached
 from orderflow.config import settings_environment
-from orderflow.local.processes import DetachedProcess
-from orderflow.local.stack import process_alive
 from tests.support.served_api import ServedApi
 
 CACHE_SECONDS = 15
@@ -131,21 +127,6 @@ def test_a_key_is_answered_from_the_cache_and_refused_once_revoked_and_expired(s
             assert time.monotonic() < deadline, "a revoked key still accepted after the cache time"
             time.sleep(0.5)
         assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
-
-
-def test_stop_ends_the_detached_api_of_make_demo(api_settings, tmp_path):
-    port = port_for.select_random()
-    url, state = start_detached(api_settings, root=str(tmp_path), port=port)
-    assert state == "started"
-    pid = DetachedProcess("api", tmp_path).pid
-    assert httpx.get(f"{url}/healthz", timeout=10).status_code in (200, 503)
-    stopped = _api_cli(api_settings, "stop", "--root", str(tmp_path))
-    assert stopped.returncode == 0 and re.fullmatch(r"api\s+stopped", stopped.stdout.strip()), stopped.stdout
-    assert not process_alive(pid)  # (a zombie until this process, its parent, reaps it)
-    with socket.socket() as probe:
-        assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
-    again = _api_cli(api_settings, "stop", "--root", str(tmp_path))
-    assert again.returncode == 0 and re.fullmatch(r"api\s+not running", again.stdout.strip()), again.stdout
 
 
 def test_healthz_names_postgres_when_it_is_down(api_settings, api_config):

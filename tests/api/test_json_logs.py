@@ -8,8 +8,8 @@ import httpx
 import port_for
 
 from orderflow.api.auth import create_key, dashboard_token
-from orderflow.api.demo import start_detached
-from orderflow.local.processes import DetachedProcess
+from orderflow_dev.demo.api import start_detached
+from orderflow_dev.local.processes import DetachedProcess
 
 
 def test_api_log_lines_are_json_with_fields_and_no_secrets(api_settings, tmp_path):

@@ -20,7 +20,7 @@ import pytest
 
 from orderflow.clients import avro_codec
 from orderflow.config import ApiConfig
-from orderflow.local.stack import read_pid
+from orderflow_dev.local.stack import read_pid
 from tests.support.kafka_check import read_all
 from tests.support.served_api import ServedApi
 

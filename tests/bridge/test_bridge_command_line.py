@@ -25,3 +25,11 @@ def test_a_bad_setting_is_refused_by_name():
 
 def test_only_the_mqtt_bridge_exists():
     assert _bridge("amqp", env={}).returncode == 2
+
+
+def test_help_lists_the_options_with_their_defaults():
+    shown = _bridge("--help", env={})
+    text = " ".join(shown.stdout.split())
+    assert shown.returncode == 0, shown.stderr
+    assert "--instance INSTANCE this bridge's number" in text and "(default 0)" in text
+    assert "--metrics-port METRICS_PORT serve Prometheus metrics" in text and "(default: none)" in text

@@ -15,8 +15,8 @@ import orjson
 import paho.mqtt.client as paho
 import pytest
 
-from orderflow.generate.mqtt_fleet import Refused, RestaurantConnection, RestaurantFleet
 from orderflow.model import mqtt
+from orderflow_dev.generate.mqtt_fleet import Refused, RestaurantConnection, RestaurantFleet
 from tests.support.mqtt_testing import Bridge, decoded
 from tests.support.waiting import wait_for
 

@@ -16,10 +16,10 @@ import port_for
 import psycopg
 
 from orderflow.api.auth import dashboard_token
-from orderflow.api.demo import demo as api_demo
 from orderflow.api.static_assets import missing_assets
-from orderflow.demo.live import start_live_system
-from orderflow.local.processes import PROCESSES, DetachedProcess
+from orderflow_dev.demo.api import demo as api_demo
+from orderflow_dev.demo.live import start_live_system
+from orderflow_dev.local.processes import PROCESSES, DetachedProcess
 from tests.support.chromium import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.environment import require
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from orderflow.config import Settings
-from orderflow.demo.flink import demo
+from orderflow_dev.demo.flink import demo
 
 
 def test_prints_both_dry_runs(capsys):

@@ -5,7 +5,7 @@ import datetime as dt
 import decimal
 
 from orderflow.clients import avro_codec
-from orderflow.demo.kafka import demo
+from orderflow_dev.demo.kafka import demo
 from tests.support.kafka_testing import produce
 
 BASE_MS = 1_760_000_000_000

@@ -6,8 +6,8 @@ from __future__ import annotations
 import port_for
 import psycopg
 
-from orderflow.demo.live import demo
-from orderflow.local.processes import PROCESSES, RUNNING, DetachedProcess, detached_processes
+from orderflow_dev.demo.live import demo
+from orderflow_dev.local.processes import PROCESSES, RUNNING, DetachedProcess, detached_processes
 
 
 def test_live_demo_streams_what_a_user_does_through_the_api(module_settings, stack, tmp_path, capsys):

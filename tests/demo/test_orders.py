@@ -11,9 +11,9 @@ from decimal import Decimal
 
 import psycopg
 
-from orderflow.demo.orders import demo
-from orderflow.generate.orders import generate
 from orderflow.model import sample_assets
+from orderflow_dev.demo.orders import demo
+from orderflow_dev.generate.orders import generate
 from tests.support.orders_scenario import SLIDE_PERIOD, SLIDE_SIZE, dynamodb_volumes, expected_outcome
 from tests.support.sns_testing import sent_sms
 

@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
-from orderflow.demo.presence import demo
-from orderflow.generate.keepalive import make_plan
 from orderflow.io.presence_queries import offline_ranking
+from orderflow_dev.demo.presence import demo
+from orderflow_dev.generate.keepalive import make_plan
 
 DEMO_REDIS_DB = 8  # the session's Redis is shared by all modules: this step's hot state goes to its own database
 END = dt.datetime(2026, 3, 10, 22, 30, tzinfo=ZoneInfo("America/Sao_Paulo"))

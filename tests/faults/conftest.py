@@ -18,10 +18,10 @@ import redis
 
 from orderflow import refdata
 from orderflow.config import settings_environment
-from orderflow.local.processes import RUNNING, DetachedProcess
 from orderflow.model import pricing, sample_assets
 from orderflow.model.presence import to_ms
-from orderflow.pipelines.runner import PRISM_BINARY
+from orderflow_dev import PRISM_BINARY
+from orderflow_dev.local.processes import RUNNING, DetachedProcess
 from tests.support.fault_feed import ALARM_THRESHOLD, RecordedFeed
 from tests.support.orders_scenario import dynamodb_volumes
 from tests.support.waiting import START_TIMEOUT, wait_for

@@ -13,7 +13,7 @@ import time
 
 import psycopg
 
-from orderflow.local.processes import RUNNING
+from orderflow_dev.local.processes import RUNNING
 from tests.support.fault_feed import ALARM_THRESHOLD
 from tests.support.orders_scenario import read_topic
 from tests.support.sns_testing import sent_sms

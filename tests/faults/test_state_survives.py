@@ -28,7 +28,7 @@ import pytest
 
 from orderflow.config import settings_environment
 from orderflow.io.presence_queries import offline_ranking
-from orderflow.local.processes import RUNNING
+from orderflow_dev.local.processes import RUNNING
 from tests.support.sns_testing import sent_sms
 
 ZONE = "America/Sao_Paulo"
@@ -197,7 +197,7 @@ def test_sigterm_drains_and_a_redeploy_with_an_added_rule_fires_it_once(fault_sy
     rules = json.dumps([*RULES, ADDED_RULE])
     started = time.monotonic()
     redeploy = subprocess.run(
-        [sys.executable, "-m", "orderflow.local", "redeploy", "orders", "--root", str(orders.root), "--",
+        [sys.executable, "-m", "orderflow_dev.local", "redeploy", "orders", "--root", str(orders.root), "--",
          f"--alarm_rules={rules}"], env={**os.environ, **settings_environment(system.settings)},
         capture_output=True, text=True, timeout=180)
     assert redeploy.returncode == 0, redeploy.stderr + redeploy.stdout

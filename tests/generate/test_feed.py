@@ -5,7 +5,7 @@ import collections
 import time
 
 from orderflow.clients import avro_codec
-from orderflow.generate.feed import TICK_SECONDS, FeedOptions, LiveFeed
+from orderflow_dev.generate.feed import TICK_SECONDS, FeedOptions, LiveFeed
 from tests.support.orders_scenario import read_topic
 
 

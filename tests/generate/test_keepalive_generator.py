@@ -5,8 +5,8 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 from orderflow.clients import avro_codec
-from orderflow.generate.keepalive import KeepaliveEncoder, Plan, RestaurantPlan, default_end, make_plan
 from orderflow.model.avro import AvroCodec
+from orderflow_dev.generate.keepalive import KeepaliveEncoder, Plan, RestaurantPlan, default_end, make_plan
 
 SP = ZoneInfo("America/Sao_Paulo")
 

@@ -7,8 +7,8 @@ import zoneinfo
 
 import pytest
 
-from orderflow.generate.orders import MALFORMED_REASONS, UNKNOWN_ASSET, generate
 from orderflow.model.orders import InvalidOrder, parse_orders
+from orderflow_dev.generate.orders import MALFORMED_REASONS, UNKNOWN_ASSET, generate
 
 DAY = datetime.date(2026, 11, 16)
 
@@ -64,7 +64,7 @@ def test_cli_produces_to_the_topic(module_settings):
     env = {**os.environ, "ORDERFLOW_KAFKA_BOOTSTRAP": module_settings.kafka_bootstrap,
            "ORDERFLOW_TOPIC_ORDERS": module_settings.topics.orders,
            "ORDERFLOW_SCHEMA_REGISTRY_URL": module_settings.schema_registry_url}
-    out = subprocess.run([sys.executable, "-m", "orderflow.generate", "orders", "--n", "300", "--seed", "1",
+    out = subprocess.run([sys.executable, "-m", "orderflow_dev.generate", "orders", "--n", "300", "--seed", "1",
                           "--day", "2026-11-16", "--no-progress"], env=env, capture_output=True, text=True, check=True)
     assert "produced 300 records for 2026-11-16" in out.stdout
     records = [m for p in range(module_settings.topic_partitions)
@@ -76,8 +76,8 @@ def test_cli_produces_yesterday_by_default_and_refuses_a_session_not_over(module
     import pytest
 
     from orderflow.config import settings_environment
-    from orderflow.generate.orders import main
     from orderflow.model.pricing import today
+    from orderflow_dev.generate.orders import main
     from tests.support.orders_scenario import read_topic
 
     for variable, value in settings_environment(module_settings).items():

@@ -1,4 +1,4 @@
-"""``python -m orderflow.local up|status|down`` as ``make stack-up`` / ``stack-status`` / ``stack-down`` run it, in a
+"""``python -m orderflow_dev.local up|status|down`` as ``make stack-up`` / ``stack-status`` / ``stack-down`` run it, in a
 root of its own and on the default ports moved by ``--port-offset`` (the first offset whose ports are all free, so
 a developer's ``make stack-up`` stack on the default ports is left alone); ``status`` exits 3 when a service is down.
 """
@@ -19,11 +19,11 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from orderflow.config import Topics
-from orderflow.local.stack import StackPorts
+from orderflow_dev.local.stack import StackPorts
 
 
 def _local(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderflow.local", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "orderflow_dev.local", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -46,7 +46,7 @@ def _free_offset() -> int:
     raise AssertionError("no port offset with every port free")
 
 
-@pytest.mark.needs_stack  # python -m orderflow.local up: a whole stack
+@pytest.mark.needs_stack  # python -m orderflow_dev.local up: a whole stack
 def test_up_status_down_and_status_exit_code_3(tmp_path):
     offset = _free_offset()
     moved = StackPorts.offset(offset)
@@ -87,7 +87,7 @@ def test_up_status_down_and_status_exit_code_3(tmp_path):
 def test_mqtt_credentials_issues_accounts_the_running_broker_accepts_at_once(stack):
     import asyncio
 
-    from orderflow.generate.mqtt_fleet import Refused, RestaurantConnection
+    from orderflow_dev.generate.mqtt_fleet import Refused, RestaurantConnection
 
     ids = [f"cli-{n}-{os.getpid()}" for n in (1, 2)]
     issued = _local("mqtt-credentials", "--root", str(stack.root), *ids)

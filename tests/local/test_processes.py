@@ -1,4 +1,4 @@
-"""Detached pipeline processes: a pipeline that dies is reported by ``python -m orderflow.local status`` with its
+"""Detached pipeline processes: a pipeline that dies is reported by ``python -m orderflow_dev.local status`` with its
 log; ``down`` stops (or forgets) them. (Running ones are exercised by tests/streaming.)"""
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import time
 
 import pytest
 
-from orderflow.local.processes import DEAD, DetachedProcess
+from orderflow_dev.local.processes import DEAD, DetachedProcess
 
 
 def _local(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orderflow.local", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "orderflow_dev.local", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.needs_stack  # a detached pipeline process, python -m orderflow.local
+@pytest.mark.needs_stack  # a detached pipeline process, python -m orderflow_dev.local
 def test_a_pipeline_that_dies_is_reported_dead_with_the_end_of_its_log(tmp_path):
     pipeline = DetachedProcess("orders", tmp_path)
     pid = pipeline.start(["--prism_location=/nonexistent/prism"])  # fails when the runner starts

@@ -7,8 +7,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from orderflow.clients import aws_client
-from orderflow.local import LocalStack, ServiceFailed, StackPorts
-from orderflow.local.roundtrip import run_roundtrips
+from orderflow_dev.local import LocalStack, ServiceFailed, StackPorts
+from orderflow_dev.local.roundtrip import run_roundtrips
 
 
 def test_roundtrip_through_every_service(module_settings):
@@ -52,7 +52,7 @@ def test_dynamodb_is_served_apart_from_sns_with_dynamodb_s_own_validation(module
 @pytest.mark.needs_stack  # Node.js on PATH (dynalite's runtime)
 def test_dynamodb_survives_a_client_that_disconnects_in_the_middle_of_a_request(module_settings):
     # dynalite rethrew the request's "aborted" error and died: a pipeline killed mid-write took the local
-    # DynamoDB down with it (orderflow/local/node/dynalite-server.js).
+    # DynamoDB down with it (dev/orderflow_dev/local/node/dynalite-server.js).
     import socket
     import struct
     import time
@@ -70,7 +70,7 @@ def test_dynamodb_survives_a_client_that_disconnects_in_the_middle_of_a_request(
 
 
 def test_a_missing_dynalite_install_is_named(tmp_path, monkeypatch):
-    from orderflow.local import stack as stack_module
+    from orderflow_dev.local import stack as stack_module
 
     monkeypatch.setattr(stack_module, "NODE_DIR", tmp_path / "no-node")
     lonely = LocalStack(tmp_path, StackPorts(dynamodb=port_for.select_random()), only=("dynamodb",))

@@ -12,10 +12,10 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 
 from orderflow import bootstrap, refdata
-from orderflow.generate.orders import generate, produce
 from orderflow.io.kafka_offsets import PartitionReader
 from orderflow.model import sample_assets
 from orderflow.pipelines import orders
+from orderflow_dev.generate.orders import generate, produce
 from tests.support.kafka_testing import produce as produce_raw
 from tests.support.orders_scenario import DAY, dynamodb_volumes, expected_outcome, read_topic
 

@@ -4,12 +4,13 @@ environment (``orders_settings`` / ``presence_settings``), and the options that 
 The environment points the endpoints and input topics the options override at nothing (a closed port, a
 topic that does not exist), so a run that ignored an option would fail or read nothing; its results are read
 back from the real stores. The reference data comes from ``python -m orderflow.refdata load`` without
-``--file`` (the built-in sample prices), the orders from ``python -m orderflow.generate orders``.
+``--file`` (the built-in sample prices), the orders from ``python -m orderflow_dev.generate orders``.
 """
 from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -23,8 +24,8 @@ from confluent_kafka import Producer
 
 from orderflow.clients import avro_codec
 from orderflow.config import settings_environment
-from orderflow.generate.orders import generate
 from orderflow.model import pricing, sample_assets
+from orderflow_dev.generate.orders import generate
 from tests.support.orders_scenario import expected_outcome
 
 ORDERS = 300
@@ -71,7 +72,7 @@ def test_orders_from_the_command_line_with_endpoint_options_and_the_lookback(mod
     loaded = _run(["-m", "orderflow.refdata", "load", "--day", str(day)], environment)  # no --file: the samples
     assert f"{day}: {len(sample_assets.sample_prices(day))} assets" in loaded.stdout
     topic = make_topic("options-orders")
-    produced = _run(["-m", "orderflow.generate", "orders", "--n", str(ORDERS), "--seed", "13", "--day", str(day),
+    produced = _run(["-m", "orderflow_dev.generate", "orders", "--n", str(ORDERS), "--seed", "13", "--day", str(day),
                      "--topic", topic, "--no-progress"], environment)
     assert f"produced {ORDERS} records for {day} to {topic}" in produced.stdout
     records = list(generate(ORDERS, seed=13, day=day, timezone=module_settings.exchange_timezone))
@@ -131,3 +132,28 @@ def test_presence_from_the_command_line_with_its_rule_and_endpoint_options(modul
     hot = redis.Redis.from_url(module_settings.redis_url)
     assert {k.decode() for k in hot.scan_iter(match=f"{prefix}*")} == {f"{prefix}{rid}" for rid in pings}
     assert int(hot.hget(f"{prefix}tk-early", "last_keepalive_ms")) == at[59]
+
+
+@pytest.mark.parametrize("pipeline, named", [
+    ("orders", {"--orders_batch_size": "10000", "--orders_group_id": "orderflow-orders",
+                "--refdata_lookback_days": "1", "--bounded": "False", "--drain_timeout_seconds": "30.0"}),
+    ("presence", {"--keepalive_timeout_seconds": None, "--bounded": "False", "--drain_timeout_seconds": "30.0"}),
+])
+def test_help_lists_every_option_with_its_default_as_a_user_types_it(pipeline, named):
+    """``python -m orderflow.pipelines.<name> --help``, as the README sends newcomers there: the pipeline's own
+    options first with their help and defaults, then Beam's (the runner's among them); nothing runs."""
+    done = subprocess.run([sys.executable, "-m", f"orderflow.pipelines.{pipeline}", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    own, _, beams = done.stdout.partition(": all\n")
+    assert beams, done.stdout[:2000]
+    # Each option's entry: its line ("  --name METAVAR") and the help lines under it, wrapping undone.
+    entries = {block.split()[0]: " ".join(block.split())
+               for block in re.split(r"\n(?=  -)", own) if block.startswith("  --")}
+    for option, default in named.items():
+        assert option in entries, option
+        assert len(entries[option].split()) > 3, entries[option]  # a help text, not the name alone
+        if default is not None:
+            assert f"(default: {default})" in entries[option], entries[option]
+    assert "--runner" in beams and "--prism_location" in beams and "(default:" in beams
+    assert "Traceback" not in done.stderr

@@ -16,11 +16,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from confluent_kafka import Producer
 
 from orderflow.clients import avro_codec, schema_registry
-from orderflow.generate.keepalive import make_plan, produce
 from orderflow.io.presence_queries import offline_ranking
 from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.pipelines import presence
 from orderflow.pipelines.summary import counters
+from orderflow_dev.generate.keepalive import make_plan, produce
 from tests.support.kafka_testing import stored_records
 from tests.support.presence_timeline import planned_keepalives
 

@@ -14,10 +14,10 @@ from zoneinfo import ZoneInfo
 import psycopg
 import pytest
 
-from orderflow.generate.keepalive import make_plan, produce
 from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.pipelines import presence
 from orderflow.portability import run_portable
+from orderflow_dev.generate.keepalive import make_plan, produce
 from tests.support.kafka_testing import stored_records
 from tests.support.presence_timeline import planned_keepalives
 

@@ -1,15 +1,19 @@
-"""runner.py: streaming runs default to Prism with the project's binary and a job-service deadline that
-outlives them; explicit options win."""
+"""runner.py: streaming runs default to Prism with the binary ORDERFLOW_PRISM_LOCATION names and a job-service
+deadline that outlives them; explicit options win; with no binary named, the run refuses to start (never
+Beam's download of a Prism release)."""
 from __future__ import annotations
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
-from orderflow.pipelines.runner import PRISM_BINARY, STREAMING_JOB_SERVER_TIMEOUT, apply_streaming_defaults
+from orderflow.config import PRISM_LOCATION_VARIABLE
+from orderflow.pipelines.runner import STREAMING_JOB_SERVER_TIMEOUT, apply_streaming_defaults
+from orderflow_dev import PRISM_BINARY, developer_environment
 
 
 @pytest.mark.needs_stack  # the Prism binary, from make setup
-def test_streaming_defaults_to_prism_with_a_deadline_longer_than_the_run():
+def test_streaming_defaults_to_prism_with_a_deadline_longer_than_the_run(monkeypatch):
+    monkeypatch.setenv(PRISM_LOCATION_VARIABLE, str(PRISM_BINARY))
     options = apply_streaming_defaults(PipelineOptions([]))
     assert options.view_as(StandardOptions).streaming
     assert options.view_as(StandardOptions).runner == "PrismRunner"
@@ -89,3 +93,24 @@ def test_options_override_the_settings_a_pipeline_is_given_in_both_pipelines():
                                           "--presence_kafka_bootstrap=options:3"], settings=given)
     assert sorted((r["topics"], r["bootstrap_servers"]) for r in reads.values()) == [
         ("keepalive-from-options", "options:3"), (given.topics.availability, "options:3")]
+
+
+@pytest.mark.parametrize("location", [None, "", "/nonexistent/prism"])
+def test_streaming_without_a_prism_binary_refuses_to_start_naming_the_variable(monkeypatch, location):
+    if location is None:
+        monkeypatch.delenv(PRISM_LOCATION_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(PRISM_LOCATION_VARIABLE, location)
+    with pytest.raises(FileNotFoundError, match=PRISM_LOCATION_VARIABLE):
+        apply_streaming_defaults(PipelineOptions([]))
+
+
+def test_the_developers_tools_start_pipelines_with_the_repositorys_prism_unless_told_otherwise(monkeypatch):
+    for unset in (None, ""):
+        if unset is None:
+            monkeypatch.delenv(PRISM_LOCATION_VARIABLE, raising=False)
+        else:
+            monkeypatch.setenv(PRISM_LOCATION_VARIABLE, unset)
+        assert developer_environment()[PRISM_LOCATION_VARIABLE] == str(PRISM_BINARY)
+    monkeypatch.setenv(PRISM_LOCATION_VARIABLE, "/opt/prism")
+    assert developer_environment()[PRISM_LOCATION_VARIABLE] == "/opt/prism"

@@ -13,9 +13,9 @@ import pytest
 
 from orderflow import refdata
 from orderflow.config import settings_environment
-from orderflow.local.processes import DetachedProcess
 from orderflow.model import pricing, sample_assets
-from orderflow.pipelines.runner import PRISM_BINARY
+from orderflow_dev import PRISM_BINARY
+from orderflow_dev.local.processes import DetachedProcess
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
     stored_at_kill, committed_at_kill = _orders_count(settings), _committed(settings)
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)  # nothing of the group survived, Prism included
-    status = subprocess.run([sys.executable, "-m", "orderflow.local", "status", "--root", str(pipeline.root)],
+    status = subprocess.run([sys.executable, "-m", "orderflow_dev.local", "status", "--root", str(pipeline.root)],
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 3 and re.search(r"^orders\s+dead\s", status.stdout, re.M), status.stdout
     feeder.join()

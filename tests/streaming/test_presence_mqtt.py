@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from orderflow.config import ApiConfig, settings_environment
-from orderflow.generate.mqtt_fleet import RestaurantFleet
-from orderflow.local.processes import DetachedProcess
+from orderflow_dev.generate.mqtt_fleet import RestaurantFleet
+from orderflow_dev.local.processes import DetachedProcess
 from tests.support.mqtt_testing import Bridge, decoded
 from tests.support.served_api import ServedApi
 from tests.support.served_api import restaurant_status as _status

@@ -20,9 +20,9 @@ from decimal import Decimal
 from confluent_kafka import Producer
 
 from orderflow.clients import avro_codec, schema_registry
-from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
-from orderflow.generate.orders import FORMATS, encode_order
 from orderflow.model.presence import AvailabilityChange
+from orderflow_dev.generate.keepalive import REASONS, KeepaliveEncoder
+from orderflow_dev.generate.orders import FORMATS, encode_order
 
 ASSETS = ["PETR4", "VALE3", "ITUB4", "WEGE3", "SBSP3"]
 # The fault suite's alarm rule, per client and day: every client of the feed crosses it within seconds.

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from orderflow.clients import avro_codec
 from orderflow.config import Settings, settings_environment
-from orderflow.local.processes import DetachedProcess
+from orderflow_dev.local.processes import DetachedProcess
 
 
 @dataclasses.dataclass

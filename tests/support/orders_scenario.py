@@ -15,8 +15,8 @@ import psycopg
 
 from orderflow import refdata
 from orderflow.clients import avro_codec, aws_client
-from orderflow.generate.orders import generate, produce
 from orderflow.model import sample_assets
+from orderflow_dev.generate.orders import generate, produce
 from tests.support.kafka_testing import read_partition
 from tests.support.sns_testing import sent_sms
 

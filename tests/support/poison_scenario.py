@@ -8,8 +8,8 @@ import random
 import zoneinfo
 
 from orderflow import refdata
-from orderflow.generate.orders import generate
 from orderflow.model import sample_assets
+from orderflow_dev.generate.orders import generate
 from tests.support.kafka_testing import produce
 from tests.support.orders_scenario import DAY, alarm_rules, expected_outcome, read_topic
 

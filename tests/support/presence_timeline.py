@@ -49,7 +49,7 @@ def summarize(intervals) -> list[tuple]:
 
 
 def planned_keepalives(plan) -> dict[str, tuple[int, int]]:
-    """Each restaurant of a generated ``orderflow.generate.keepalive.Plan``: how many keep-alives it sends
+    """Each restaurant of a generated ``orderflow_dev.generate.keepalive.Plan``: how many keep-alives it sends
     and when its last is sent (ms), from the plan's intent: one at the start, then one at ``start + k *
     interval + phase`` for every step ``k`` before the end, but the skipped steps and those after it is gone.
     Counted from the steps here, not by walking ``Plan.pings()`` (the generator's own loop, under test)."""

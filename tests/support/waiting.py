@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from orderflow.local.processes import RUNNING, DetachedProcess
+from orderflow_dev.local.processes import RUNNING, DetachedProcess
 
 # How long a streaming pipeline may take to start, on a loaded 2-core CI machine (tests print what they
 # measured: pytest -s).

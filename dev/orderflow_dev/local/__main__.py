@@ -1,10 +1,10 @@
-"""``python -m orderflow.local up|down|status``: the local stack of real services on loopback.
+"""``python -m orderflow_dev.local up|down|status``: the local stack of real services on loopback.
 
-``python -m orderflow.local redeploy PIPELINE [-- OPTIONS...]``: stops a running pipeline (it drains: the records
+``python -m orderflow_dev.local redeploy PIPELINE [-- OPTIONS...]``: stops a running pipeline (it drains: the records
 it read are committed) and starts it again with the options it ran with followed by OPTIONS (a later option
 wins), e.g. a new alarm rule set; nothing is lost, duplicated or missed (docs/reliability.md).
 
-``python -m orderflow.local mqtt-credentials ID...`` issues MQTT accounts for restaurants on the stack's broker
+``python -m orderflow_dev.local mqtt-credentials ID...`` issues MQTT accounts for restaurants on the stack's broker
 (account = the restaurant id; prints ``id password`` lines, the only copy of the passwords).
 """
 from __future__ import annotations
@@ -13,13 +13,13 @@ import argparse
 import sys
 import time
 
-from orderflow.local.processes import DEAD, RUNNING, DetachedProcess, detached_processes
-from orderflow.local.stack import LocalStack, ServiceFailed, StackPorts
 from orderflow.pipelines import PIPELINES
+from orderflow_dev.local.processes import DEAD, RUNNING, DetachedProcess, detached_processes
+from orderflow_dev.local.stack import LocalStack, ServiceFailed, StackPorts
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orderflow.local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m orderflow_dev.local", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "redeploy", "mqtt-credentials"])
     parser.add_argument("ids", nargs="*", metavar="NAME",
                         help=f"with redeploy: the pipeline ({', '.join(sorted(PIPELINES))}); with mqtt-credentials: "

@@ -9,10 +9,10 @@ import psycopg
 
 from orderflow.clients import schema_registry
 from orderflow.config import Settings, load_settings
-from orderflow.generate.keepalive import default_end, make_plan, produce
 from orderflow.io.presence_queries import offline_ranking
 from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.pipelines import presence
+from orderflow_dev.generate.keepalive import default_end, make_plan, produce
 
 
 def demo(settings: Settings | None = None, restaurants: int = 1000, minutes: int = 90,

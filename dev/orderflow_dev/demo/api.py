@@ -11,7 +11,7 @@ import urllib.request
 
 from orderflow.api.auth import create_key, dashboard_token
 from orderflow.config import Settings, settings_environment
-from orderflow.local.processes import RUNNING, DetachedProcess
+from orderflow_dev.local.processes import RUNNING, DetachedProcess
 
 __all__ = ["demo", "start_detached", "stop_detached"]
 

@@ -1,4 +1,4 @@
-"""``python -m orderflow.generate keepalive``: restaurants pinging every 30 s, with planned outages.
+"""``python -m orderflow_dev.generate keepalive``: restaurants pinging every 30 s, with planned outages.
 
 Deterministic for a seed. Every restaurant pings at ``start`` and then every ``--interval`` seconds
 (its own phase) until ``end``; some get up to two planned events, each in its own third of the period:
@@ -294,7 +294,7 @@ def default_end(now: dt.datetime | None = None, timezone: str = DEFAULT_TZ) -> d
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orderflow.generate keepalive", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m orderflow_dev.generate keepalive", description=__doc__.split("\n")[0])
     parser.add_argument("--restaurants", "-n", type=int, default=1000)
     parser.add_argument("--minutes", type=int, default=90, help="length of the period")
     parser.add_argument("--end", default=None,

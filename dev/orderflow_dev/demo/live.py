@@ -1,6 +1,6 @@
 """``make demo``: the live system on the local stack (already up).
 
-Starts, detached (``orderflow.local.processes``; ``make stack-status`` lists them, ``make stack-down``
+Starts, detached (``orderflow_dev.local.processes``; ``make stack-status`` lists them, ``make stack-down``
 stops them): both pipelines streaming on Prism, the live feed (orders from a few hundred clients, 1,000
 restaurants pinging every 30 s over HTTP's Kafka path, some going silent, some unavailable), 1,000 more
 restaurants connected over MQTT (``mqtt-00001``...: pinging every 30 s, two connections a minute dropped
@@ -29,13 +29,13 @@ from decimal import Decimal
 import psycopg
 
 from orderflow import refdata
-from orderflow.api.demo import demo as api_demo
 from orderflow.bridge.mqtt import broker_addresses
 from orderflow.config import Settings, settings_environment
-from orderflow.generate.mqtt_fleet import RestaurantFleet
-from orderflow.local.processes import RUNNING, DetachedProcess
-from orderflow.local.stack import LocalStack
 from orderflow.model import pricing, sample_assets
+from orderflow_dev.demo.api import demo as api_demo
+from orderflow_dev.generate.mqtt_fleet import RestaurantFleet
+from orderflow_dev.local.processes import RUNNING, DetachedProcess
+from orderflow_dev.local.stack import LocalStack
 
 DEMO_PHONE = "+5511900000001"
 # Thresholds sized for the feed's default rate (~20 orders/s of ~100,000 BRL): the busiest client
@@ -198,5 +198,5 @@ curl -X PUT -H 'X-API-Key: {key}' -H 'Content-Type: application/json' \\
   '{url}/restaurants/rest-00007/availability' -d '{{"status": "UNAVAILABLE", "reason": "LACK_OF_DELIVERY_STAFF"}}'
 curl -H 'X-API-Key: {key}' '{url}/restaurants/status?ids=rest-00007,rest-00008'
 curl -H 'X-API-Key: {key}' '{url}/alarms'
-python -m orderflow.local mqtt-credentials rest-01234   # an MQTT account (prints its password once)""")
+python -m orderflow_dev.local mqtt-credentials rest-01234   # an MQTT account (prints its password once)""")
     return seconds

@@ -1,5 +1,5 @@
 """The local stack on loopback: PostgreSQL, Redis, memcached, Apache Kafka (KRaft), dynalite (DynamoDB API) and
 moto (SNS)."""
-from orderflow.local.stack import LocalStack, ServiceFailed, StackPorts, temporary_stack
+from orderflow_dev.local.stack import LocalStack, ServiceFailed, StackPorts, temporary_stack
 
 __all__ = ["LocalStack", "ServiceFailed", "StackPorts", "temporary_stack"]

@@ -11,9 +11,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from orderflow import refdata
 from orderflow.clients import avro_codec, aws_client
 from orderflow.config import Settings
-from orderflow.generate.orders import generate, produce
 from orderflow.model import pricing, sample_assets
 from orderflow.pipelines import orders
+from orderflow_dev.generate.orders import generate, produce
 
 
 def demo(settings: Settings, n: int = 20_000, seed: int | None = None) -> None:

@@ -8,10 +8,10 @@ group (a pipeline's Prism, the runner's job server, is its child and goes with i
     pipeline.stop()
 
 The processes (``PROCESSES``): every pipeline of the registry ``orderflow.pipelines.PIPELINES`` (``python -m
-orderflow.pipelines.<name>``), the live feed (``python -m orderflow.generate feed``), the API (``python -m
+orderflow.pipelines.<name>``), the live feed (``python -m orderflow_dev.generate feed``), the API (``python -m
 orderflow.api serve``), the MQTT bridge (``python -m orderflow.bridge mqtt``) and restaurants over MQTT
-(``python -m orderflow.generate mqtt``).
-``python -m orderflow.local status`` reports every one that has a pid file (a dead one with the end of its
+(``python -m orderflow_dev.generate mqtt``).
+``python -m orderflow_dev.local status`` reports every one that has a pid file (a dead one with the end of its
 log) and ``down`` stops them before the services.
 """
 from __future__ import annotations
@@ -25,7 +25,9 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 
-from orderflow.local.stack import (
+from orderflow.pipelines import PIPELINES
+from orderflow_dev import developer_environment
+from orderflow_dev.local.stack import (
     group_alive,
     group_exists,
     log_tail,
@@ -34,15 +36,14 @@ from orderflow.local.stack import (
     signal_group,
     terminate_group,
 )
-from orderflow.pipelines import PIPELINES
 
 # name -> the ``python -m`` arguments that run it: every registered pipeline, the feed and the API
 PROCESSES = {
     **{name: (entry.module,) for name, entry in PIPELINES.items()},
-    "feed": ("orderflow.generate", "feed"),
+    "feed": ("orderflow_dev.generate", "feed"),
     "api": ("orderflow.api", "serve"),
     "bridge": ("orderflow.bridge", "mqtt"),
-    "mqtt-feed": ("orderflow.generate", "mqtt"),
+    "mqtt-feed": ("orderflow_dev.generate", "mqtt"),
 }
 RUNNING, DEAD, STOPPED = "running", "dead", "stopped"
 
@@ -95,7 +96,7 @@ class DetachedProcess:
             log.flush()
             self._process = subprocess.Popen(
                 [sys.executable, "-m", *PROCESSES[self.name], *args], stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **(env or {})})
+                stdin=subprocess.DEVNULL, start_new_session=True, env={**developer_environment(), **(env or {})})
         self.pid_path.write_text(str(self._process.pid))
         self.args_path.write_text(json.dumps(list(args)))
         return self._process.pid

@@ -1,4 +1,4 @@
-"""``python -m orderflow.generate feed``: a live feed for the streaming demo, stamped with the wall clock.
+"""``python -m orderflow_dev.generate feed``: a live feed for the streaming demo, stamped with the wall clock.
 
 Runs until stopped (or for ``--seconds``), producing as the producers of a real deployment would:
 
@@ -22,10 +22,10 @@ import time
 
 from orderflow.clients import avro_codec, schema_registry
 from orderflow.config import Settings, load_settings
-from orderflow.generate.keepalive import REASONS, KeepaliveEncoder
-from orderflow.generate.orders import FORMATS, encode_order
 from orderflow.model.presence import AvailabilityChange
 from orderflow.model.sample_assets import SAMPLE_ASSETS
+from orderflow_dev.generate.keepalive import REASONS, KeepaliveEncoder
+from orderflow_dev.generate.orders import FORMATS, encode_order
 
 TICK_SECONDS = 0.25
 
@@ -167,7 +167,7 @@ class LiveFeed:
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> int:
     defaults = FeedOptions()
-    parser = argparse.ArgumentParser(prog="python -m orderflow.generate feed", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m orderflow_dev.generate feed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--orders-per-second", type=float, default=defaults.orders_per_second)
     parser.add_argument("--clients", type=int, default=defaults.clients)

@@ -1,4 +1,4 @@
-"""``python -m orderflow.generate orders``: realistic order traffic for ``ordem-ativo``.
+"""``python -m orderflow_dev.generate orders``: realistic order traffic for ``ordem-ativo``.
 
 Deterministic for a seed: the four input models mixed (plain JSON, REST-proxy envelope, CSV, canonical
 Avro), skewed assets and clients (Zipf-like), event times over a trading session with bursts, a
@@ -192,14 +192,14 @@ def produce(bootstrap: str, topic: str, records: Iterable[GeneratedRecord], *, t
 
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
-    parser = argparse.ArgumentParser(prog="python -m orderflow.generate orders", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m orderflow_dev.generate orders", description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10_000, help="records to produce (default 10000)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--topic", default=settings.topics.orders)
     parser.add_argument("--day", type=datetime.date.fromisoformat,
                         help="trading day (default: yesterday); a day whose session is not over would carry "
                              "event times in the future, which Kafka refuses (log.message.timestamp.after.max.ms); "
-                             "for live traffic use `python -m orderflow.generate feed`")
+                             "for live traffic use `python -m orderflow_dev.generate feed`")
     parser.add_argument("--duplicate-rate", type=float, default=0.05)
     parser.add_argument("--malformed-rate", type=float, default=0.02)
     parser.add_argument("--clients", type=int, default=500)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     day = args.day or today(settings) - datetime.timedelta(days=1)
     if day >= today(settings):
         parser.error(f"--day {day}: its session is not over, so its orders would be stamped in the future; "
-                     "pick an earlier day, or stream live orders with `python -m orderflow.generate feed`")
+                     "pick an earlier day, or stream live orders with `python -m orderflow_dev.generate feed`")
     records = generate(args.n, seed=args.seed, day=day, timezone=settings.exchange_timezone,
                        duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate,
                        clients=args.clients, formats=formats,

@@ -9,9 +9,8 @@ def demo(settings) -> None:
     """``make demo`` step: the dry run of each pipeline's Flink submission, as a table (no cluster needed)."""
     rows = [("pipeline", "submission", "checkpoints", "SDK workers", "graph", "Flink-readable")]
     for name in PIPELINES:
-        with flink_submit.no_network():
-            argv = [name, "--flink_master", f"orderflow-{name}-rest:8081", "--parallelism", str(settings.topic_partitions)]
-            described = flink_submit.describe(flink_submit.resolve(argv))
+        argv = [name, "--flink_master", f"orderflow-{name}-rest:8081", "--parallelism", str(settings.topic_partitions)]
+        described = flink_submit.describe(flink_submit.resolve(argv))
         flink, env, graph = described["flink"], described["environment"], described["graph"]
         rows.append((
             name,

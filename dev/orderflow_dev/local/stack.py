@@ -22,20 +22,22 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from orderflow.config import Settings
 from orderflow.model.mqtt import acl as mqtt_acl
 from orderflow.model.mqtt import check_restaurant_id, new_password, password_line
+from orderflow_dev import REPO_ROOT
 
 PG_BIN = pathlib.Path(os.environ.get("ORDERFLOW_PG_BIN", "/usr/lib/postgresql/15/bin"))
-# Jars of the JVM services, resolved by `make jars` from orderflow/local/jvm/pom.xml.
-JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "jars"))
-# Node packages of the local stack (dynalite), installed by `make node` from orderflow/local/node/.
-NODE_DIR = pathlib.Path(os.environ.get("ORDERFLOW_NODE_DIR", pathlib.Path(__file__).resolve().parents[2] / ".local" / "node"))
-# Apicurio Registry, unpacked by `make registry` from orderflow/local/jvm/apicurio/pom.xml, with the path of the
+# Jars of the JVM services, resolved by `make jars` from dev/orderflow_dev/local/jvm/pom.xml.
+JARS_DIR = pathlib.Path(os.environ.get("ORDERFLOW_JARS_DIR", REPO_ROOT / ".local" / "jars"))
+# Node packages of the local stack (dynalite), installed by `make node` from dev/orderflow_dev/local/node/.
+NODE_DIR = pathlib.Path(os.environ.get("ORDERFLOW_NODE_DIR", REPO_ROOT / ".local" / "node"))
+# Apicurio Registry, unpacked by `make registry` from dev/orderflow_dev/local/jvm/apicurio/pom.xml, with the path of the
 # Java 21+ that runs it in its file ``java``.
 REGISTRY_DIR = pathlib.Path(os.environ.get("ORDERFLOW_REGISTRY_DIR",
-                                           pathlib.Path(__file__).resolve().parents[2] / ".local" / "apicurio"))
+                                           REPO_ROOT / ".local" / "apicurio"))
 # The broker shares two cores with everything else, and every test session starts one: a small heap and
 # a serial collector keep it at ~300 MB RSS.
 KAFKA_JVM_OPTIONS = ["-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:MaxMetaspaceSize=128m", "-Xss512k",
@@ -97,7 +99,7 @@ def java_binary() -> str:
 def kafka_classpath() -> str:
     jars = JARS_DIR / "kafka"
     if not any(jars.glob("kafka_2.13-*.jar")):
-        raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, orderflow/local/jvm/pom.xml)")
+        raise ServiceFailed(f"kafka: no Kafka jars in {jars}; run `make jars` (Maven, dev/orderflow_dev/local/jvm/pom.xml)")
     return f"{jars}/*"
 
 
@@ -107,7 +109,7 @@ def registry_command(properties: list[str]) -> list[str]:
     jar, java_file = REGISTRY_DIR / "quarkus-run.jar", REGISTRY_DIR / "java"
     if not jar.exists() or not java_file.exists():
         raise ServiceFailed(f"registry: Apicurio Registry is not installed in {REGISTRY_DIR}; run `make registry` "
-                            "(Maven, orderflow/local/jvm/apicurio/pom.xml; needs Java 21+)")
+                            "(Maven, dev/orderflow_dev/local/jvm/apicurio/pom.xml; needs Java 21+)")
     return [java_file.read_text().strip(), *REGISTRY_JVM_OPTIONS, *properties, "-jar", str(jar)]
 
 
@@ -129,7 +131,7 @@ def dynalite_cli() -> str:
     cli = NODE_DIR / "node_modules" / "dynalite" / "cli.js"
     if not cli.exists():
         raise ServiceFailed(f"dynamodb: dynalite is not installed in {NODE_DIR}; run `make node` "
-                            "(npm ci of orderflow/local/node/package-lock.json)")
+                            "(npm ci of dev/orderflow_dev/local/node/package-lock.json)")
     return str(cli)
 
 
@@ -364,205 +366,215 @@ class LocalStack:
         )
 
     def _services(self) -> list[Service]:
-        p = self.ports
-        pg_data = self.root / "pg"
-        pg_socket_dir = self.root / "pg-socket"
+        """The stack's services in start order (the registry after the broker it keeps its schemas in)."""
+        return [self._postgres(), self._redis(), self._memcached(), self._kafka(), self._dynamodb(),
+                self._mosquitto(), self._moto(), self._registry()]
 
-        def prepare_postgres() -> None:
-            pg_socket_dir.mkdir(parents=True, exist_ok=True)
+    def _postgres(self) -> Service:
+        port, data, sockets = self.ports.postgres, self.root / "pg", self.root / "pg-socket"
+
+        def prepare() -> None:
+            sockets.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
                 # The server runs as 'postgres': it must be able to reach its directories under our root.
                 self.root.chmod(self.root.stat().st_mode | 0o711)
-                shutil.chown(pg_socket_dir, "postgres", "postgres")
-            if (pg_data / "PG_VERSION").exists():
+                shutil.chown(sockets, "postgres", "postgres")
+            if (data / "PG_VERSION").exists():
                 return
-            pg_data.mkdir(parents=True, exist_ok=True)
+            data.mkdir(parents=True, exist_ok=True)
             if os.geteuid() == 0:
-                shutil.chown(pg_data, "postgres", "postgres")
+                shutil.chown(data, "postgres", "postgres")
             with open(self.log_path("postgres"), "ab") as log:
                 subprocess.run(
-                    [*_as_postgres_user(), str(PG_BIN / "initdb"), "-D", str(pg_data), "-U", "orderflow",
+                    [*_as_postgres_user(), str(PG_BIN / "initdb"), "-D", str(data), "-U", "orderflow",
                      "--auth=trust", "--encoding=UTF8", "--no-instructions"],
                     check=True, stdout=log, stderr=subprocess.STDOUT, cwd="/",
                 )
-            with open(pg_data / "postgresql.conf", "a") as conf:
+            with open(data / "postgresql.conf", "a") as conf:
                 # A local, disposable server: durability traded for speed.
                 conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n")
 
-        def postgres_ready() -> bool:
-            if not _port_open(p.postgres):
-                return False
-            try:
-                import psycopg
+        return Service(
+            "postgres", port,
+            command=lambda: [*_as_postgres_user(), str(PG_BIN / "postgres"), "-D", str(data),
+                             "-p", str(port), "-h", "127.0.0.1", "-k", str(sockets)],
+            ready=lambda: _postgres_ready(port), prepare=prepare,
+        )
 
-                dsn = f"postgresql://orderflow@127.0.0.1:{p.postgres}/postgres"
-                with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
-                    if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'orderflow'").fetchone():
-                        conn.execute("CREATE DATABASE orderflow")
-                return True
-            except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
-                return False
+    def _redis(self) -> Service:
+        port = self.ports.redis
+        return Service(
+            "redis", port,
+            command=lambda: [shutil.which("redis-server") or "redis-server", "--port", str(port),
+                             "--bind", "127.0.0.1", "--save", "",
+                             # The hot state survives a restart, as a production Redis's must (a
+                             # restaurant's UNAVAILABLE status is written once): an append-only file,
+                             # fsynced every second (a SIGKILL may lose the last second of writes).
+                             "--appendonly", "yes", "--appendfsync", "everysec",
+                             "--dir", str(self.root)],
+            ready=lambda: _redis_ready(port),
+        )
 
-        def redis_ready() -> bool:
-            try:
-                import redis
+    def _memcached(self) -> Service:
+        port = self.ports.memcached
+        user = ["-u", "root"] if os.geteuid() == 0 else []
+        return Service(
+            "memcached", port,
+            command=lambda: [shutil.which("memcached") or "memcached", "-l", "127.0.0.1",
+                             "-p", str(port), "-U", "0", "-m", "256", *user],
+            ready=lambda: _memcached_ready(port),
+        )
 
-                return bool(redis.Redis(port=p.redis, socket_timeout=1).ping())
-            except Exception:  # noqa: BLE001
-                return False
+    def _kafka(self) -> Service:
+        port, conf, data = self.ports.kafka, self.root / "kafka-config", self.root / "kafka"
 
-        def memcached_ready() -> bool:
-            try:
-                from pymemcache.client.base import Client
-
-                return bool(Client(("127.0.0.1", p.memcached), connect_timeout=1, timeout=1).version())
-            except Exception:  # noqa: BLE001
-                return False
-
-        def kafka_ready() -> bool:
-            if not _port_open(p.kafka):
-                return False
-            try:
-                from confluent_kafka.admin import AdminClient
-
-                md = AdminClient({"bootstrap.servers": f"127.0.0.1:{p.kafka}"}).list_topics(timeout=2)
-                return bool(md.brokers)
-            except Exception:  # noqa: BLE001
-                return False
-
-        @functools.cache
-        def dynamodb_client():
-            import boto3
-            from botocore.config import Config
-
-            return boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{p.dynamodb}", region_name="us-east-1",
-                                aws_access_key_id="orderflow", aws_secret_access_key="orderflow",
-                                config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}))
-
-        def dynamodb_ready() -> bool:
-            if not _port_open(p.dynamodb):
-                return False
-            try:
-                dynamodb_client().list_tables(Limit=1)
-                return True
-            except Exception:  # noqa: BLE001
-                return False
-
-        def moto_ready() -> bool:
-            import urllib.request
-
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{p.moto}/moto-api/", timeout=1) as resp:
-                    return resp.status == 200
-            except Exception:  # noqa: BLE001
-                return False
-
-        kafka_conf = self.root / "kafka-config"
-        kafka_data = self.root / "kafka"
-
-        def prepare_kafka() -> None:
-            kafka_conf.mkdir(parents=True, exist_ok=True)
-            (kafka_conf / "server.properties").write_text(kafka_properties(p, kafka_data))
-            (kafka_conf / "log4j2.properties").write_text(_KAFKA_LOG4J2)
-            if (kafka_data / "meta.properties").exists():
+        def prepare() -> None:
+            conf.mkdir(parents=True, exist_ok=True)
+            (conf / "server.properties").write_text(kafka_properties(self.ports, data))
+            (conf / "log4j2.properties").write_text(_KAFKA_LOG4J2)
+            if (data / "meta.properties").exists():
                 return  # formatted on an earlier start: the log survives restarts
             with open(self.log_path("kafka"), "ab") as log:
                 subprocess.run(
                     [java_binary(), "-Xmx128m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                     f"-Dlog4j2.configurationFile={kafka_conf / 'log4j2.properties'}",
+                     f"-Dlog4j2.configurationFile={conf / 'log4j2.properties'}",
                      "-cp", kafka_classpath(), "kafka.tools.StorageTool", "format", "--ignore-formatted",
-                     f"--cluster-id={_kafka_cluster_id()}", "-c", str(kafka_conf / "server.properties")],
+                     f"--cluster-id={_kafka_cluster_id()}", "-c", str(conf / "server.properties")],
                     check=True, stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
                 )
 
-        mosquitto_dir = self.root / "mosquitto"
+        return Service(
+            "kafka", port,
+            command=lambda: [java_binary(), *KAFKA_JVM_OPTIONS, f"-Dlog4j2.configurationFile={conf / 'log4j2.properties'}",
+                             "-cp", kafka_classpath(), "kafka.Kafka", str(conf / "server.properties")],
+            ready=lambda: _kafka_ready(port), prepare=prepare,
+        )
 
-        def prepare_mosquitto() -> None:
-            (mosquitto_dir / "data").mkdir(parents=True, exist_ok=True)
-            (mosquitto_dir / "acl").write_text(mqtt_acl(MQTT_BRIDGE_USERNAME))
+    def _dynamodb(self) -> Service:
+        # dynalite: the DynamoDB API (with DynamoDB's validation) on a LevelDB kept on disk under <root>/dynamodb,
+        # so that, like DynamoDB, a restart loses nothing (a SIGKILL included: each write is in LevelDB's log
+        # before it is answered). Tables are ACTIVE at once instead of after dynalite's default 500 ms in CREATING.
+        port = self.ports.dynamodb
+        client = functools.cache(lambda: _dynamodb_client(port))
+        return Service(
+            "dynamodb", port,
+            # Run through dynalite-server.js: a client that disconnects mid-request must not end it.
+            command=lambda: [node_binary(), str(DYNALITE_SERVER), dynalite_cli(), "--host", "127.0.0.1",
+                             "--port", str(port), "--path", str(self.root / "dynamodb"),
+                             "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"],
+            ready=lambda: _dynamodb_ready(port, client),
+        )
+
+    def _mosquitto(self) -> Service:
+        # The restaurants' MQTT broker (their keep-alives and last wills; orderflow.bridge carries them into Kafka).
+        port, directory = self.ports.mosquitto, self.root / "mosquitto"
+
+        def prepare() -> None:
+            (directory / "data").mkdir(parents=True, exist_ok=True)
+            (directory / "acl").write_text(mqtt_acl(MQTT_BRIDGE_USERNAME))
             if not self.mqtt_password_file.exists():
                 self.issue_mqtt_credentials([])  # the bridge's account alone
-            (mosquitto_dir / "mosquitto.conf").write_text(mosquitto_config(p, mosquitto_dir, self.mqtt_password_file))
-        def registry_ready() -> bool:
-            import urllib.request
+            (directory / "mosquitto.conf").write_text(mosquitto_config(self.ports, directory, self.mqtt_password_file))
 
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{p.registry}{REGISTRY_API_PATH}/subjects",
-                                            timeout=1) as resp:
-                    return resp.status == 200
-            except Exception:  # noqa: BLE001
-                return False
+        return Service("mosquitto", port, command=lambda: [MOSQUITTO, "-c", str(directory / "mosquitto.conf")],
+                       ready=lambda: _port_open(port), prepare=prepare)
 
-        memcached_user = ["-u", "root"] if os.geteuid() == 0 else []
-        return [
-            Service(
-                "postgres", p.postgres,
-                command=lambda: [*_as_postgres_user(), str(PG_BIN / "postgres"), "-D", str(pg_data),
-                                 "-p", str(p.postgres), "-h", "127.0.0.1", "-k", str(pg_socket_dir)],
-                ready=postgres_ready, prepare=prepare_postgres,
-            ),
-            Service(
-                "redis", p.redis,
-                command=lambda: [shutil.which("redis-server") or "redis-server", "--port", str(p.redis),
-                                 "--bind", "127.0.0.1", "--save", "",
-                                 # The hot state survives a restart, as a production Redis's must (a
-                                 # restaurant's UNAVAILABLE status is written once): an append-only file,
-                                 # fsynced every second (a SIGKILL may lose the last second of writes).
-                                 "--appendonly", "yes", "--appendfsync", "everysec",
-                                 "--dir", str(self.root)],
-                ready=redis_ready,
-            ),
-            Service(
-                "memcached", p.memcached,
-                command=lambda: [shutil.which("memcached") or "memcached", "-l", "127.0.0.1",
-                                 "-p", str(p.memcached), "-U", "0", "-m", "256", *memcached_user],
-                ready=memcached_ready,
-            ),
-            Service(
-                "kafka", p.kafka,
-                command=lambda: [java_binary(), *KAFKA_JVM_OPTIONS, f"-Dlog4j2.configurationFile={kafka_conf / 'log4j2.properties'}",
-                                 "-cp", kafka_classpath(), "kafka.Kafka", str(kafka_conf / "server.properties")],
-                ready=kafka_ready, prepare=prepare_kafka,
-            ),
-            Service(
-                # dynalite: the DynamoDB API (with DynamoDB's validation) on a LevelDB kept on disk under
-                # <root>/dynamodb, so that, like DynamoDB, a restart loses nothing (a SIGKILL included: each
-                # write is in LevelDB's log before it is answered). Tables are ACTIVE at once instead of
-                # after dynalite's default 500 ms in CREATING.
-                "dynamodb", p.dynamodb,
-                # Run through dynalite-server.js: a client that disconnects mid-request must not end it.
-                command=lambda: [node_binary(), str(DYNALITE_SERVER), dynalite_cli(), "--host", "127.0.0.1",
-                                 "--port", str(p.dynamodb),
-                                 "--path", str(self.root / "dynamodb"),
-                                 "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"],
-                ready=dynamodb_ready,
-            ),
-            Service(
-                # Mosquitto: the restaurants' MQTT broker (their keep-alives and last wills; orderflow.bridge
-                # carries them into Kafka).
-                "mosquitto", p.mosquitto,
-                command=lambda: [MOSQUITTO, "-c", str(mosquitto_dir / "mosquitto.conf")],
-                ready=lambda: _port_open(p.mosquitto), prepare=prepare_mosquitto,
-            ),
-            Service(
-                # moto serves SNS (it records every SMS, which the tests read back).
-                "moto", p.moto,
-                command=lambda: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(p.moto)],
-                ready=moto_ready,
-            ),
-            Service(
-                # Apicurio Registry, its schemas kept in this stack's Kafka (kafkasql: topics kafkasql-journal
-                # and kafkasql-snapshots), so that they survive a restart like the records that name them.
-                # Both its ports on loopback: Quarkus' management port would otherwise listen on 0.0.0.0:9000.
-                # Started after the broker (it waits for it) and stopped before it (``down``).
-                "registry", p.registry,
-                command=lambda: registry_command([
-                    f"-Dquarkus.http.port={p.registry}", "-Dquarkus.http.host=127.0.0.1",
-                    f"-Dquarkus.management.port={p.registry_management}", "-Dquarkus.management.host=127.0.0.1",
-                    "-Dapicurio.storage.kind=kafkasql", f"-Dapicurio.kafkasql.bootstrap.servers=127.0.0.1:{p.kafka}"]),
-                ready=registry_ready,
-            ),
-        ]
+    def _moto(self) -> Service:
+        # moto serves SNS (it records every SMS, which the tests read back).
+        port = self.ports.moto
+        return Service("moto", port,
+                       command=lambda: [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                       ready=lambda: _http_ok(f"http://127.0.0.1:{port}/moto-api/"))
+
+    def _registry(self) -> Service:
+        # Apicurio Registry, its schemas kept in this stack's Kafka (kafkasql: topics kafkasql-journal and
+        # kafkasql-snapshots), so that they survive a restart like the records that name them. Both its ports on
+        # loopback: Quarkus' management port would otherwise listen on 0.0.0.0:9000. Started after the broker (it
+        # waits for it) and stopped before it (``down``).
+        p = self.ports
+        return Service(
+            "registry", p.registry,
+            command=lambda: registry_command([
+                f"-Dquarkus.http.port={p.registry}", "-Dquarkus.http.host=127.0.0.1",
+                f"-Dquarkus.management.port={p.registry_management}", "-Dquarkus.management.host=127.0.0.1",
+                "-Dapicurio.storage.kind=kafkasql", f"-Dapicurio.kafkasql.bootstrap.servers=127.0.0.1:{p.kafka}"]),
+            ready=lambda: _http_ok(f"http://127.0.0.1:{p.registry}{REGISTRY_API_PATH}/subjects"),
+        )
+
+
+# -- readiness probes: each False until its service answers, whatever the reason ---------------------------
+
+def _postgres_ready(port: int) -> bool:
+    if not _port_open(port):
+        return False
+    try:
+        import psycopg
+
+        dsn = f"postgresql://orderflow@127.0.0.1:{port}/postgres"
+        with psycopg.connect(dsn, connect_timeout=2, autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'orderflow'").fetchone():
+                conn.execute("CREATE DATABASE orderflow")
+        return True
+    except Exception:  # noqa: BLE001 - not ready yet, whatever the reason
+        return False
+
+
+def _redis_ready(port: int) -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _memcached_ready(port: int) -> bool:
+    try:
+        from pymemcache.client.base import Client
+
+        return bool(Client(("127.0.0.1", port), connect_timeout=1, timeout=1).version())
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _kafka_ready(port: int) -> bool:
+    if not _port_open(port):
+        return False
+    try:
+        from confluent_kafka.admin import AdminClient
+
+        return bool(AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=2).brokers)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _dynamodb_client(port: int):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client("dynamodb", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                        aws_access_key_id="orderflow", aws_secret_access_key="orderflow",
+                        config=Config(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1}))
+
+
+def _dynamodb_ready(port: int, client: Callable[[], Any]) -> bool:
+    if not _port_open(port):
+        return False
+    try:
+        client().list_tables(Limit=1)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return resp.status == 200
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def mosquitto_config(ports: StackPorts, directory: pathlib.Path, password_file: pathlib.Path) -> str:

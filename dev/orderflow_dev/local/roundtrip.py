@@ -55,7 +55,10 @@ def kafka_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
 
 
 def postgres_roundtrip(settings: Settings, token: str) -> tuple[bool, str]:
+    # A temporary table: the check writes and reads a row without a migration of its own in the runtime
+    # package's schema (the table goes with the connection).
     with clients.postgres(settings, connect_timeout=5) as conn:
+        conn.execute("CREATE TEMPORARY TABLE stack_roundtrip (id bigserial PRIMARY KEY, note text NOT NULL)")
         row_id = conn.execute("INSERT INTO stack_roundtrip (note) VALUES (%s) RETURNING id", (token,)).fetchone()[0]
         note = conn.execute("SELECT note FROM stack_roundtrip WHERE id = %s", (row_id,)).fetchone()[0]
     return note == token, f"stack_roundtrip id={row_id}"

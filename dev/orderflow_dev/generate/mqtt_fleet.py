@@ -321,7 +321,7 @@ class RestaurantFleet:
 
 
 def read_credentials(path: str) -> dict[str, str]:
-    """``{id: password}`` from lines ``id password`` (what ``python -m orderflow.local mqtt-credentials`` prints)."""
+    """``{id: password}`` from lines ``id password`` (what ``python -m orderflow_dev.local mqtt-credentials`` prints)."""
     with open(path) as lines:
         return dict(line.split() for line in lines if line.strip())
 
@@ -348,17 +348,17 @@ async def _run(fleet: RestaurantFleet, interval: float, rate: float, seconds: fl
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m orderflow.generate mqtt --credentials FILE``: restaurants connected over MQTT, pinging."""
+    """``python -m orderflow_dev.generate mqtt --credentials FILE``: restaurants connected over MQTT, pinging."""
     import argparse
     import signal
 
     from orderflow.bridge.mqtt import broker_addresses
     from orderflow.config import load_settings
 
-    parser = argparse.ArgumentParser(prog="python -m orderflow.generate mqtt", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m orderflow_dev.generate mqtt", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--credentials", required=True,
-                        help="file of 'id password' lines (python -m orderflow.local mqtt-credentials ID...)")
+                        help="file of 'id password' lines (python -m orderflow_dev.local mqtt-credentials ID...)")
     parser.add_argument("--interval", type=float, default=30.0, help="keep-alive period (s)")
     parser.add_argument("--keepalive", type=int, default=60, help="MQTT keep-alive of the connections (s)")
     parser.add_argument("--rate", type=float, default=1000.0, help="connections per second while connecting")

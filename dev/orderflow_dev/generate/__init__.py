@@ -1,0 +1,1 @@
+"""Synthetic input generators: ``python -m orderflow_dev.generate orders|keepalive ...``."""

@@ -1,1 +1,0 @@
-"""Synthetic input generators: ``python -m orderflow.generate orders|keepalive ...``."""
