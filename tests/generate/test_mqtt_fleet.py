@@ -6,6 +6,7 @@ import asyncio
 import uuid
 
 import port_for
+
 from orderflow_dev.generate.mqtt_fleet import RestaurantFleet
 
 SUFFIX = uuid.uuid4().hex[:6]
