@@ -229,3 +229,56 @@ def test_replaying_a_day_that_fired_alarms_sends_no_second_sms_and_changes_no_to
     assert "4 records" in again.stdout and "0 alarms" in again.stdout
     assert state() == (alarms, totals, volumes)
     assert len(sent_sms(module_settings.sns_endpoint_url, {phone})) == 1
+
+
+def test_replay_run_orders_from_a_time_applies_the_validation_limits_it_is_given(module_settings, make_topic):
+    """``replay run orders --from <time>`` over a topic with one order before that time and five after it, with
+    ``--order_max_quantity``, ``--order_max_event_age_days`` and ``--order_max_event_lead_hours`` lowered: the
+    order before the time is not read; of the rest, the quantity over the maximum and the event times too old and
+    too far ahead are dead letters with their reasons, and the order at exactly the maximum is priced. With the
+    defaults (10^12, 3,660 days, 24 hours) all five would pass the edge validation."""
+    from orderflow import refdata
+    from orderflow.generate.orders import encode_order
+    from orderflow.model import pricing, sample_assets
+
+    env = settings_environment(module_settings)
+    today = pricing.today(module_settings)
+    days = (today - dt.timedelta(days=1), today)  # a run across the exchange's midnight finds either day
+    for day in days:
+        refdata.load_reference_data(module_settings, day, sample_assets.sample_prices(day))
+    topic = make_topic("replay-orders", partitions=1)
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    minute, hour, day_ms = 60_000, 3_600_000, 86_400_000
+    since_ms = now_ms - 7 * minute
+    orders = [  # (id, quantity, event time in the payload, Kafka timestamp)
+        ("ro-before", 10, now_ms - 10 * minute, now_ms - 10 * minute),   # before --from: never read
+        ("ro-ok", 10, now_ms - 5 * minute, now_ms - 5 * minute),
+        ("ro-too-many", 1001, now_ms - 5 * minute, now_ms - 5 * minute + 1),
+        ("ro-too-old", 10, now_ms - 3 * day_ms, now_ms - 5 * minute + 2),  # older than 2 days
+        ("ro-too-far", 10, now_ms + 2 * hour, now_ms - 5 * minute + 3),    # more than 1 hour ahead
+        ("ro-at-max", 1000, now_ms - 5 * minute, now_ms - 5 * minute + 4),
+    ]
+    records = [(b"ro-client", encode_order("rest", order_id, "ro-client", "PETR4", quantity, event_ms), ts)
+               for order_id, quantity, event_ms, ts in orders]
+    produce(module_settings.kafka_bootstrap, topic, records, partition=0)
+    since = dt.datetime.fromtimestamp(since_ms / 1000, dt.timezone.utc).isoformat()
+
+    run = _command("orderflow.replay", "run", "orders", "--from", since, "--group", f"ro-{uuid.uuid4().hex[:8]}",
+                   "--", f"--orders_topic={topic}", f"--trade_days={days[0]},{days[1]}", "--alarm_rules=[]",
+                   "--order_max_quantity=1000", "--order_max_event_age_days=2", "--order_max_event_lead_hours=1",
+                   env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "orders: DONE" in run.stdout
+    assert ("5 records, 2 priced" in run.stdout
+            and "3 dead letters (event_time_out_of_range 2, quantity_out_of_range 1)" in run.stdout), run.stdout
+    with psycopg.connect(module_settings.postgres_dsn) as conn:
+        stored = conn.execute("SELECT order_id, quantity FROM orders WHERE order_id LIKE 'ro-%%' ORDER BY 1").fetchall()
+    assert stored == [("ro-at-max", 1000), ("ro-ok", 10)]
+    sent = {value for _, value, _ in records}
+    dead = {json.loads(value)["records"][0]["value"]["id"]: dict(headers)["dlq.reason"].decode()
+            for p in range(module_settings.topic_partitions)
+            for _, _, value, _, headers in read_partition(module_settings.kafka_bootstrap,
+                                                          module_settings.topics.orders_dead_letter, p)
+            if value in sent}
+    assert dead == {"ro-too-many": "quantity_out_of_range", "ro-too-old": "event_time_out_of_range",
+                    "ro-too-far": "event_time_out_of_range"}
