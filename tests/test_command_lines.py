@@ -3,6 +3,7 @@ the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.re
 and ``python -m orderflow.generate keepalive``."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -282,3 +283,89 @@ def test_replay_run_orders_from_a_time_applies_the_validation_limits_it_is_given
             if value in sent}
     assert dead == {"ro-too-many": "quantity_out_of_range", "ro-too-old": "event_time_out_of_range",
                     "ro-too-far": "event_time_out_of_range"}
+
+
+def _topics_environment(settings, make_topic, *names: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings' environment with the given topics (``orders``, ``keepalive``, ``availability``) on new ones."""
+    topics = {name: make_topic(f"gen-{name}", partitions=2) for name in names}
+    env = {**settings_environment(settings), **{f"ORDERFLOW_TOPIC_{name.upper()}": topic
+                                                for name, topic in topics.items()}}
+    return env, topics
+
+
+def _all_records(bootstrap: str, topic: str) -> list:
+    return [record for p in range(2) for record in read_partition(bootstrap, topic, p)]
+
+
+def test_generate_orders_with_its_rates_formats_and_clients(module_settings, make_topic):
+    """``generate orders --duplicate-rate 0.3 --malformed-rate 0.2 --formats csv,rest --clients 4``: read back
+    and parsed by the pipeline's own edge validation (not the generator), about 30% of the records repeat an
+    earlier one byte for byte, about 20% are refused, every order is CSV or a REST Proxy request, and every
+    order is from one of four clients (the defaults: 5%, 2%, all four formats, 500 clients)."""
+    from orderflow.model.orders import InvalidOrder, parse_orders
+    from orderflow.model.pricing import today
+
+    env, topics = _topics_environment(module_settings, make_topic, "orders")
+    day = today(module_settings) - dt.timedelta(days=2)
+    done = _command("orderflow.generate", "orders", "--n", "400", "--seed", "11", "--day", str(day),
+                    "--duplicate-rate", "0.3", "--malformed-rate", "0.2", "--formats", "csv,rest", "--clients", "4",
+                    "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"produced 400 records for {day} to {topics['orders']}" in done.stdout
+    records = _all_records(module_settings.kafka_bootstrap, topics["orders"])
+    assert len(records) == 400
+    seen, repeats, refused, orders = set(), 0, 0, []
+    for offset, key, value, timestamp_ms, _ in sorted(records, key=lambda r: r[3]):
+        if value in seen:
+            repeats += 1
+            continue
+        seen.add(value)
+        try:
+            orders.append((value, parse_orders(value, source=f"t/0/{offset}", timestamp_ms=timestamp_ms)))
+        except InvalidOrder:
+            refused += 1
+    assert 0.2 * 400 <= repeats <= 0.4 * 400, repeats
+    # Malformed records with an unknown asset pass the edge (the reference data refuses them): a lower bound.
+    assert 0.1 * 400 <= refused <= 0.25 * 400, refused
+    rest = [parsed for value, parsed in orders if value.startswith(b'{"records"')]
+    csv = [parsed for value, parsed in orders if not value.startswith(b"{")]
+    assert rest and csv and len(rest) + len(csv) == len(orders)  # no plain JSON, no Avro
+    assert {order["source_format"] for _, parsed in orders for order in parsed} == {"CSV", "REST_PROXY"}
+    assert {order["client_token"] for _, parsed in orders for order in parsed} <= {
+        f"client-{i:04d}" for i in range(4)}
+
+
+def test_generate_feed_with_its_options_stops_by_itself(module_settings, make_topic):
+    """``generate feed --seconds 3`` stops by itself, having produced to the topics of its environment what it
+    counted: orders from the ``--clients`` only, keep-alives from the ``--restaurants`` only, each restaurant pinging
+    every ``--interval`` second (twice or more in 3 s; once at most at the default 30 s),
+    ``--silent-per-minute`` restaurants never pinging (20, or up to 40 across a minute's turn: the default is
+    5), an availability change on every tick at ``--availability-changes-per-minute 2400`` (the default is 6, a
+    change every 10 s). The same ``--seed`` silences the same restaurants; another seed, others."""
+    import ast
+
+    def feed(seed: int) -> tuple[dict, dict, set[str]]:
+        env, topics = _topics_environment(module_settings, make_topic, "orders", "keepalive", "availability")
+        done = _command("orderflow.generate", "feed", "--seconds", "3", "--orders-per-second", "40", "--clients", "3",
+                        "--restaurants", "50", "--interval", "1", "--silent-per-minute", "20",
+                        "--availability-changes-per-minute", "2400", "--seed", str(seed), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        counts = ast.literal_eval(done.stderr.rsplit("feed stopped: ", 1)[1].strip())
+        written = {name: _all_records(module_settings.kafka_bootstrap, topic) for name, topic in topics.items()}
+        assert {name: len(records) for name, records in written.items()} == {
+            "orders": counts["orders"], "keepalive": counts["keepalives"], "availability": counts["changes"]}
+        assert {key.decode() for _, key, _, _, _ in written["orders"]} <= {f"client-{i:04d}" for i in range(3)}
+        pings = collections.Counter(key.decode() for _, key, _, _, _ in written["keepalive"])
+        restaurants = {f"rest-{i:05d}" for i in range(1, 51)}
+        # A restaurant silenced at a minute's turn during the run may have pinged once before it: the most.
+        assert set(pings) <= restaurants and max(pings.values()) >= 2, pings
+        silent = restaurants - set(pings)
+        assert 20 <= len(silent) <= 40, silent
+        assert counts["changes"] >= 3  # one per tick: 12 ticks of 0.25 s in 3 s, fewer on a busy machine
+        return counts, pings, silent
+
+    _, _, first = feed(5)
+    _, _, again = feed(5)
+    _, _, other = feed(6)
+    # Each run silences 20 at its start (the seed's draw), and 20 more if a minute turns during it.
+    assert len(first & again) >= 20 and len(first & other) < 20

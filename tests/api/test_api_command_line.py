@@ -24,6 +24,7 @@ from orderflow.local.stack import process_alive
 from tests.support.served_api import ServedApi
 
 CACHE_SECONDS = 15
+SERVE_HOST = "127.0.0.2"  # loopback too (127.0.0.0/8), but not the default 127.0.0.1: --host must be obeyed
 
 
 def _api_cli(settings, *args: str) -> subprocess.CompletedProcess:
@@ -51,15 +52,17 @@ def _wait_answering(url: str, process: subprocess.Popen, timeout: float = 60) ->
 
 @pytest.fixture(scope="module")
 def served(api_settings):
-    """``serve --workers 2`` in a subprocess, limits and the key cache from ORDERFLOW_API_* variables."""
+    """``serve --host 127.0.0.2 --workers 2`` in a subprocess (another loopback address than the default
+    127.0.0.1), limits and the key cache from ORDERFLOW_API_* variables."""
     port = port_for.select_random()
     env = {**os.environ, **settings_environment(api_settings), "ORDERFLOW_API_MAX_IDS": "3",
            "ORDERFLOW_API_MAX_ORDERS": "2", "ORDERFLOW_API_KEY_CACHE_SECONDS": str(CACHE_SECONDS),
            "ORDERFLOW_API_KEEP_ALIVE": "60", "ORDERFLOW_API_AUTH_FAILURES_PER_MINUTE": "100000"}
-    process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--port", str(port), "--workers", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--host", SERVE_HOST, "--port",
+                                str(port), "--workers", "2"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{SERVE_HOST}:{port}"
     try:
         _wait_answering(url, process)
         yield process, url
@@ -100,6 +103,14 @@ def test_serve_runs_the_asked_workers_with_the_limits_of_the_environment(served,
             assert resp.status_code == 422 and "at most 3 per request" in resp.json()["detail"], resp.text
             resp = client.post("/orders", json=[{"ativo": "PETR4", "quantidade": 1, "token": "t"}] * 3)
             assert resp.status_code == 413, resp.text
+
+
+def test_serve_listens_on_the_asked_host_only(served):
+    """``--host 127.0.0.2``: the API answers there, and nothing listens on the default 127.0.0.1 at its port."""
+    _, url = served
+    assert httpx.get(f"{url}/openapi.json", timeout=10).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url.replace(SERVE_HOST, "127.0.0.1") + "/openapi.json", timeout=10)
 
 
 def _lookups(client: httpx.Client) -> dict[str, float]:
