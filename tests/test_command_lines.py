@@ -1,6 +1,7 @@
 """Commands users type, run as subprocesses with settings from the environment, each checked by its effect on
-the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.replay run|offsets|dump --avro``
-and ``python -m orderflow.generate keepalive``."""
+the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.replay run|offsets|dump|reset``
+(orders and presence, from a time, with the fallback), ``python -m orderflow.generate keepalive|orders|feed``
+with their options, and ``make setup`` run again."""
 from __future__ import annotations
 
 import collections
@@ -8,6 +9,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import uuid
@@ -369,3 +371,53 @@ def test_generate_feed_with_its_options_stops_by_itself(module_settings, make_to
     _, _, other = feed(6)
     # Each run silences 20 at its start (the seed's draw), and 20 more if a minute turns during it.
     assert len(first & again) >= 20 and len(first & other) < 20
+
+
+def test_replay_reset_and_dump_start_the_partitions_not_named_at_the_fallback(module_settings, make_topic, tmp_path):
+    """``replay reset --to <topic>:0=2 --fallback latest`` as a subprocess commits offset 2 on partition 0 and the
+    end on the others (read back with Kafka's admin client); a dump from the group's committed offsets then
+    writes partition 0's records from offset 2 only. ``dump --from <topic>:1=1 --fallback latest`` writes
+    partition 1's records from offset 1 only; with the default fallback (earliest) every other record too."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    env = settings_environment(module_settings)
+    topic = make_topic("replay-reset", partitions=3)
+    sizes = {0: 5, 1: 4, 2: 3}
+    for partition, size in sizes.items():
+        produce(module_settings.kafka_bootstrap, topic, [(b"k", f"p{partition}-{i}".encode(), T0 + i)
+                                                         for i in range(size)], partition=partition)
+    group = f"reset-{uuid.uuid4().hex[:8]}"
+    reset = _command("orderflow.replay", "reset", "--group", group, "--topic", topic, "--to", f"{topic}:0=2",
+                     "--fallback", "latest", env=env)
+    assert reset.returncode == 0, reset.stderr[-3000:]
+    assert reset.stdout.splitlines() == [f"set {group} {topic}/0 -> 2", f"set {group} {topic}/1 -> 4",
+                                         f"set {group} {topic}/2 -> 3"]
+    admin = AdminClient({"bootstrap.servers": module_settings.kafka_bootstrap})
+    [listed] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, [
+        TopicPartition(topic, p) for p in sizes])]).values()
+    assert {tp.partition: tp.offset for tp in listed.result().topic_partitions} == {0: 2, 1: 4, 2: 3}
+
+    def dumped(*position: str) -> list[str]:
+        out = tmp_path / f"dump-{uuid.uuid4().hex[:6]}.jsonl"
+        done = _command("orderflow.replay", "dump", "--topic", topic, *position, "--output", str(out), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return sorted(json.loads(line)["value"] for line in out.read_text().splitlines())
+
+    assert dumped("--from", "committed", "--group", group) == ["p0-2", "p0-3", "p0-4"]
+    assert dumped("--from", f"{topic}:1=1", "--fallback", "latest") == ["p1-1", "p1-2", "p1-3"]
+    assert dumped("--from", f"{topic}:1=1") == sorted(
+        [f"p0-{i}" for i in range(5)] + ["p1-1", "p1-2", "p1-3"] + [f"p2-{i}" for i in range(3)])
+
+
+def test_make_setup_a_second_time_does_nothing(stack):
+    """``make setup`` after the set-up this session ran on (the stack fixture needs it): it prints nothing and
+    touches none of what it installs (each step's stamp file or binary keeps its modification time)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    installed = [root / path for path in (
+        ".venv/.installed", ".local/jars/.resolved", ".local/apicurio/.resolved", ".local/node/.installed",
+        "orderflow/api/static/vendor/.installed", ".local/bin/prism", ".local/bin/kustomize", ".local/bin/promtool")]
+    before = {path: path.stat().st_mtime_ns for path in installed}
+    again = subprocess.run(["make", "setup"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout, again.stderr) == ("", "")
+    assert {path: path.stat().st_mtime_ns for path in installed} == before
