@@ -7,9 +7,11 @@ import dataclasses
 import os
 import pathlib
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -175,3 +177,93 @@ def test_healthz_names_postgres_when_it_is_down(api_settings, api_config):
             "redis": "ok", "kafka": "ok", "dynamodb": "ok"}
     finally:
         served.stop()
+
+
+# Kafka's default transaction.abort.timed.out.transaction.cleanup.interval.ms (the local stack keeps it): how often
+# the coordinator looks for transactions open past their timeout.
+TRANSACTION_CLEANUP_INTERVAL = 10.0
+
+
+def _stable_and_end_offsets(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int]]:
+    """Per partition, ``(last stable offset, high watermark)``: a read_committed reader reads up to the first, which
+    stays below the second while a transaction is open on the partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    committed = Consumer({"bootstrap.servers": bootstrap, "group.id": "lso-probe", "isolation.level": "read_committed"})
+    everything = Consumer({"bootstrap.servers": bootstrap, "group.id": "hw-probe",
+                           "isolation.level": "read_uncommitted"})
+    try:
+        return [(committed.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
+                 everything.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]) for p in range(partitions)]
+    finally:
+        committed.close()
+        everything.close()
+
+
+def test_an_api_killed_mid_transaction_holds_read_committed_readers_until_the_transaction_timeout(api_settings):
+    """``serve`` ingesting without pause is frozen (SIGSTOP) until a transaction of its is caught open on the
+    orders topic (the last stable offset below the high watermark, and still there a second later), then killed
+    (SIGKILL). read_committed readers (the orders pipeline) read nothing past that transaction until the
+    coordinator aborts it: within the producers' transaction.timeout.ms (``transaction_timeout_seconds`` of
+    ORDERFLOW_API_PRODUCE_TIMEOUT) plus the broker's check interval. Measured in docs/reliability.md."""
+    from orderflow.api.kafka_sink import transaction_timeout_seconds
+
+    produce_timeout = 2.0
+    bound = transaction_timeout_seconds(produce_timeout) + TRANSACTION_CLEANUP_INTERVAL
+    settings, topic = api_settings, api_settings.topics.orders
+    port = port_for.select_random()
+    env = {**os.environ, **settings_environment(settings), "ORDERFLOW_API_PRODUCE_TIMEOUT": str(produce_timeout)}
+    process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    key = create_key(settings.postgres_dsn, ["ingest"], name="kill-test")[1]
+    stop = threading.Event()
+
+    def ingest() -> None:
+        orders = [{"ativo": "PETR4", "quantidade": 1, "token": "kill-test"}] * 50
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    client.post("/orders", json=orders)
+                except httpx.TransportError:
+                    pass  # frozen or killed: the request stays unanswered
+
+    def open_transaction() -> bool:
+        offsets = _stable_and_end_offsets(settings.kafka_bootstrap, topic, settings.topic_partitions)
+        return any(stable < end for stable, end in offsets) and offsets == _stable_and_end_offsets(
+            settings.kafka_bootstrap, topic, settings.topic_partitions)
+
+    writers = [threading.Thread(target=ingest, daemon=True) for _ in range(4)]
+    try:
+        _wait_answering(url, process)
+        for writer in writers:
+            writer.start()
+        for freezes in range(1, 101):
+            os.killpg(process.pid, signal.SIGSTOP)
+            time.sleep(1)  # a commit already on its way to the coordinator completes meanwhile
+            if open_transaction():
+                break
+            os.killpg(process.pid, signal.SIGCONT)
+            time.sleep(0.1)
+        else:
+            raise AssertionError("no transaction caught open in 100 freezes")
+        os.killpg(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        process.wait(30)
+        held = [end for stable, end in _stable_and_end_offsets(settings.kafka_bootstrap, topic,
+                                                               settings.topic_partitions) if stable < end]
+        assert held, "the transaction ended before the kill"
+        while any(stable < end for stable, end in _stable_and_end_offsets(settings.kafka_bootstrap, topic,
+                                                                           settings.topic_partitions)):
+            waited = time.monotonic() - killed
+            assert waited <= bound, f"read_committed readers still held {waited:.1f}s after the kill"
+            time.sleep(0.2)
+        waited = time.monotonic() - killed
+        print(f"\nread_committed readers held {waited:.1f}s after the kill (bound {bound:.0f}s; {freezes} freezes)")
+    finally:
+        stop.set()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    for writer in writers:
+        writer.join(30)
