@@ -12,6 +12,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 import uuid
 import zoneinfo
 
@@ -421,3 +422,63 @@ def test_make_setup_a_second_time_does_nothing(stack):
     assert again.returncode == 0, again.stderr[-3000:]
     assert (again.stdout, again.stderr) == ("", "")
     assert {path: path.stat().st_mtime_ns for path in installed} == before
+
+
+def test_replay_run_orders_streaming_from_a_time_with_a_reference_data_refresh(module_settings, make_topic):
+    """``replay run orders --from <time> --stream -- --refdata_refresh_seconds=2``, as a subprocess on Prism: the
+    order stamped before the time is never read, the one after it is priced; a price changed while it streams
+    prices the next order once the snapshot is older than 2 s (with the default 300 s the old price would stay);
+    SIGTERM drains it (exit 0) with the group's offset committed at the end of what it read."""
+    import signal
+    from decimal import Decimal
+
+    from orderflow import refdata
+    from orderflow.generate.orders import encode_order
+    from orderflow.model import pricing
+    from orderflow.pipelines.runner import PRISM_BINARY
+    from tests.support.waiting import START_TIMEOUT
+
+    assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
+    today = pricing.today(module_settings)
+    days = (today - dt.timedelta(days=1), today)  # an order across the exchange's midnight finds either day
+    asset, code = "RFSH3", f"RFSH3-{uuid.uuid4().hex[:6]}"
+    for day in days:
+        refdata.load_reference_data(module_settings, day, {asset: (code, Decimal("10"))}, merge=True)
+    topic = make_topic("replay-stream", partitions=1)
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+
+    def order(order_id: str, at_ms: int):
+        return [(b"rs", encode_order("json", order_id, "rs-client", asset, 3, at_ms), at_ms)]
+
+    produce(module_settings.kafka_bootstrap, topic, order("rs-before", now_ms - 120_000), partition=0)
+    since = dt.datetime.fromtimestamp((now_ms - 60_000) / 1000, dt.timezone.utc).isoformat()
+    produce(module_settings.kafka_bootstrap, topic, order("rs-after", now_ms - 30_000), partition=0)
+    group = f"rs-{uuid.uuid4().hex[:8]}"
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "orderflow.replay", "run", "orders", "--from", since, "--group", group, "--stream",
+         "--", f"--orders_topic={topic}", f"--trade_days={days[0]},{days[1]}", "--alarm_rules=[]",
+         "--refdata_refresh_seconds=2"],
+        env={**os.environ, **settings_environment(module_settings)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+    def stored() -> dict[str, Decimal]:
+        assert replay.poll() is None, replay.communicate()[1][-3000:]
+        with psycopg.connect(module_settings.postgres_dsn) as conn:
+            return dict(conn.execute("SELECT order_id, total FROM orders WHERE order_id LIKE 'rs-%%'").fetchall())
+
+    try:
+        wait_for(lambda: "rs-after" in stored(), START_TIMEOUT, "the order after --from priced")
+        # The snapshot that priced rs-after was loaded before this change.
+        for day in days:
+            refdata.load_reference_data(module_settings, day, {asset: (code, Decimal("20"))}, merge=True)
+        time.sleep(2.5)  # --refdata_refresh_seconds is the feature: the snapshot is now older than it
+        produce(module_settings.kafka_bootstrap, topic, order("rs-changed", now_ms), partition=0)
+        wait_for(lambda: "rs-changed" in stored(), 60, "the order after the price change priced")
+        assert stored() == {"rs-after": Decimal("30"), "rs-changed": Decimal("60")}  # 3 x 10, then 3 x 20
+    finally:
+        os.killpg(replay.pid, signal.SIGTERM)
+        out, err = replay.communicate(timeout=120)
+    assert replay.returncode == 0, err[-3000:]
+    offsets = _command("orderflow.replay", "offsets", "--group", group, "--topic", topic,
+                       env=settings_environment(module_settings))
+    assert [(r["committed"], r["end"]) for r in map(json.loads, offsets.stdout.splitlines())] == [(3, 3)]
