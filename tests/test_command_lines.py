@@ -318,7 +318,7 @@ def test_generate_orders_with_its_rates_formats_and_clients(module_settings, mak
     records = _all_records(module_settings.kafka_bootstrap, topics["orders"])
     assert len(records) == 400
     seen, repeats, refused, orders = set(), 0, 0, []
-    for offset, key, value, timestamp_ms, _ in sorted(records, key=lambda r: r[3]):
+    for offset, _, value, timestamp_ms, _ in sorted(records, key=lambda r: r[3]):
         if value in seen:
             repeats += 1
             continue

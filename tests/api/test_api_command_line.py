@@ -238,15 +238,16 @@ def test_an_api_killed_mid_transaction_holds_read_committed_readers_until_the_tr
         _wait_answering(url, process)
         for writer in writers:
             writer.start()
-        for freezes in range(1, 101):
+        freezes = 0
+        while True:
+            freezes += 1
+            assert freezes <= 100, "no transaction caught open in 100 freezes"
             os.killpg(process.pid, signal.SIGSTOP)
             time.sleep(1)  # a commit already on its way to the coordinator completes meanwhile
             if open_transaction():
                 break
             os.killpg(process.pid, signal.SIGCONT)
             time.sleep(0.1)
-        else:
-            raise AssertionError("no transaction caught open in 100 freezes")
         os.killpg(process.pid, signal.SIGKILL)
         killed = time.monotonic()
         process.wait(30)
