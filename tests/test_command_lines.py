@@ -1,14 +1,18 @@
 """Commands users type, run as subprocesses with settings from the environment, each checked by its effect on
-the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.replay run|offsets|dump --avro``
-and ``python -m orderflow_dev.generate keepalive``."""
+the session's stack: ``python -m orderflow.bootstrap``, ``python -m orderflow.replay run|offsets|dump|reset --avro``
+(orders and presence, from a time, with the fallback), ``python -m orderflow_dev.generate keepalive|orders|feed``
+with their options, and ``make setup`` run again."""
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
 import os
+import pathlib
 import subprocess
 import sys
+import time
 import uuid
 import zoneinfo
 
@@ -229,3 +233,252 @@ def test_replaying_a_day_that_fired_alarms_sends_no_second_sms_and_changes_no_to
     assert "4 records" in again.stdout and "0 alarms" in again.stdout
     assert state() == (alarms, totals, volumes)
     assert len(sent_sms(module_settings.sns_endpoint_url, {phone})) == 1
+
+
+def test_replay_run_orders_from_a_time_applies_the_validation_limits_it_is_given(module_settings, make_topic):
+    """``replay run orders --from <time>`` over a topic with one order before that time and five after it, with
+    ``--order_max_quantity``, ``--order_max_event_age_days`` and ``--order_max_event_lead_hours`` lowered: the
+    order before the time is not read; of the rest, the quantity over the maximum and the event times too old and
+    too far ahead are dead letters with their reasons, and the order at exactly the maximum is priced. With the
+    defaults (10^12, 3,660 days, 24 hours) all five would pass the edge validation."""
+    from orderflow import refdata
+    from orderflow_dev.generate.orders import encode_order
+    from orderflow.model import pricing, sample_assets
+
+    env = settings_environment(module_settings)
+    today = pricing.today(module_settings)
+    days = (today - dt.timedelta(days=1), today)  # a run across the exchange's midnight finds either day
+    for day in days:
+        refdata.load_reference_data(module_settings, day, sample_assets.sample_prices(day))
+    topic = make_topic("replay-orders", partitions=1)
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    minute, hour, day_ms = 60_000, 3_600_000, 86_400_000
+    since_ms = now_ms - 7 * minute
+    orders = [  # (id, quantity, event time in the payload, Kafka timestamp)
+        ("ro-before", 10, now_ms - 10 * minute, now_ms - 10 * minute),   # before --from: never read
+        ("ro-ok", 10, now_ms - 5 * minute, now_ms - 5 * minute),
+        ("ro-too-many", 1001, now_ms - 5 * minute, now_ms - 5 * minute + 1),
+        ("ro-too-old", 10, now_ms - 3 * day_ms, now_ms - 5 * minute + 2),  # older than 2 days
+        ("ro-too-far", 10, now_ms + 2 * hour, now_ms - 5 * minute + 3),    # more than 1 hour ahead
+        ("ro-at-max", 1000, now_ms - 5 * minute, now_ms - 5 * minute + 4),
+    ]
+    records = [(b"ro-client", encode_order("rest", order_id, "ro-client", "PETR4", quantity, event_ms), ts)
+               for order_id, quantity, event_ms, ts in orders]
+    produce(module_settings.kafka_bootstrap, topic, records, partition=0)
+    since = dt.datetime.fromtimestamp(since_ms / 1000, dt.timezone.utc).isoformat()
+
+    run = _command("orderflow.replay", "run", "orders", "--from", since, "--group", f"ro-{uuid.uuid4().hex[:8]}",
+                   "--", f"--orders_topic={topic}", f"--trade_days={days[0]},{days[1]}", "--alarm_rules=[]",
+                   "--order_max_quantity=1000", "--order_max_event_age_days=2", "--order_max_event_lead_hours=1",
+                   env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "orders: DONE" in run.stdout
+    assert ("5 records, 2 priced" in run.stdout
+            and "3 dead letters (event_time_out_of_range 2, quantity_out_of_range 1)" in run.stdout), run.stdout
+    with psycopg.connect(module_settings.postgres_dsn) as conn:
+        stored = conn.execute("SELECT order_id, quantity FROM orders WHERE order_id LIKE 'ro-%%' ORDER BY 1").fetchall()
+    assert stored == [("ro-at-max", 1000), ("ro-ok", 10)]
+    sent = {value for _, value, _ in records}
+    dead = {json.loads(value)["records"][0]["value"]["id"]: dict(headers)["dlq.reason"].decode()
+            for p in range(module_settings.topic_partitions)
+            for _, _, value, _, headers in read_partition(module_settings.kafka_bootstrap,
+                                                          module_settings.topics.orders_dead_letter, p)
+            if value in sent}
+    assert dead == {"ro-too-many": "quantity_out_of_range", "ro-too-old": "event_time_out_of_range",
+                    "ro-too-far": "event_time_out_of_range"}
+
+
+def _topics_environment(settings, make_topic, *names: str) -> tuple[dict[str, str], dict[str, str]]:
+    """The settings' environment with the given topics (``orders``, ``keepalive``, ``availability``) on new ones."""
+    topics = {name: make_topic(f"gen-{name}", partitions=2) for name in names}
+    env = {**settings_environment(settings), **{f"ORDERFLOW_TOPIC_{name.upper()}": topic
+                                                for name, topic in topics.items()}}
+    return env, topics
+
+
+def _all_records(bootstrap: str, topic: str) -> list:
+    return [record for p in range(2) for record in read_partition(bootstrap, topic, p)]
+
+
+def test_generate_orders_with_its_rates_formats_and_clients(module_settings, make_topic):
+    """``generate orders --duplicate-rate 0.3 --malformed-rate 0.2 --formats csv,rest --clients 4``: read back
+    and parsed by the pipeline's own edge validation (not the generator), about 30% of the records repeat an
+    earlier one byte for byte, about 20% are refused, every order is CSV or a REST Proxy request, and every
+    order is from one of four clients (the defaults: 5%, 2%, all four formats, 500 clients)."""
+    from orderflow.model.orders import InvalidOrder, parse_orders
+    from orderflow.model.pricing import today
+
+    env, topics = _topics_environment(module_settings, make_topic, "orders")
+    day = today(module_settings) - dt.timedelta(days=2)
+    done = _command("orderflow_dev.generate", "orders", "--n", "400", "--seed", "11", "--day", str(day),
+                    "--duplicate-rate", "0.3", "--malformed-rate", "0.2", "--formats", "csv,rest", "--clients", "4",
+                    "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"produced 400 records for {day} to {topics['orders']}" in done.stdout
+    records = _all_records(module_settings.kafka_bootstrap, topics["orders"])
+    assert len(records) == 400
+    seen, repeats, refused, orders = set(), 0, 0, []
+    for offset, _, value, timestamp_ms, _ in sorted(records, key=lambda r: r[3]):
+        if value in seen:
+            repeats += 1
+            continue
+        seen.add(value)
+        try:
+            orders.append((value, parse_orders(value, source=f"t/0/{offset}", timestamp_ms=timestamp_ms)))
+        except InvalidOrder:
+            refused += 1
+    assert 0.2 * 400 <= repeats <= 0.4 * 400, repeats
+    # Malformed records with an unknown asset pass the edge (the reference data refuses them): a lower bound.
+    assert 0.1 * 400 <= refused <= 0.25 * 400, refused
+    rest = [parsed for value, parsed in orders if value.startswith(b'{"records"')]
+    csv = [parsed for value, parsed in orders if not value.startswith(b"{")]
+    assert rest and csv and len(rest) + len(csv) == len(orders)  # no plain JSON, no Avro
+    assert {order["source_format"] for _, parsed in orders for order in parsed} == {"CSV", "REST_PROXY"}
+    assert {order["client_token"] for _, parsed in orders for order in parsed} <= {
+        f"client-{i:04d}" for i in range(4)}
+
+
+def test_generate_feed_with_its_options_stops_by_itself(module_settings, make_topic):
+    """``generate feed --seconds 3`` stops by itself, having produced to the topics of its environment what it
+    counted: orders from the ``--clients`` only, keep-alives from the ``--restaurants`` only, each restaurant pinging
+    every ``--interval`` second (twice or more in 3 s; once at most at the default 30 s),
+    ``--silent-per-minute`` restaurants never pinging (20, or up to 40 across a minute's turn: the default is
+    5), an availability change on every tick at ``--availability-changes-per-minute 2400`` (the default is 6, a
+    change every 10 s). The same ``--seed`` silences the same restaurants; another seed, others."""
+    import ast
+
+    def feed(seed: int) -> tuple[dict, dict, set[str]]:
+        env, topics = _topics_environment(module_settings, make_topic, "orders", "keepalive", "availability")
+        done = _command("orderflow_dev.generate", "feed", "--seconds", "3", "--orders-per-second", "40", "--clients", "3",
+                        "--restaurants", "50", "--interval", "1", "--silent-per-minute", "20",
+                        "--availability-changes-per-minute", "2400", "--seed", str(seed), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        counts = ast.literal_eval(done.stderr.rsplit("feed stopped: ", 1)[1].strip())
+        written = {name: _all_records(module_settings.kafka_bootstrap, topic) for name, topic in topics.items()}
+        assert {name: len(records) for name, records in written.items()} == {
+            "orders": counts["orders"], "keepalive": counts["keepalives"], "availability": counts["changes"]}
+        assert {key.decode() for _, key, _, _, _ in written["orders"]} <= {f"client-{i:04d}" for i in range(3)}
+        pings = collections.Counter(key.decode() for _, key, _, _, _ in written["keepalive"])
+        restaurants = {f"rest-{i:05d}" for i in range(1, 51)}
+        # A restaurant silenced at a minute's turn during the run may have pinged once before it: the most.
+        assert set(pings) <= restaurants and max(pings.values()) >= 2, pings
+        silent = restaurants - set(pings)
+        assert 20 <= len(silent) <= 40, silent
+        assert counts["changes"] >= 3  # one per tick: 12 ticks of 0.25 s in 3 s, fewer on a busy machine
+        return counts, pings, silent
+
+    _, _, first = feed(5)
+    _, _, again = feed(5)
+    _, _, other = feed(6)
+    # Each run silences 20 at its start (the seed's draw), and 20 more if a minute turns during it.
+    assert len(first & again) >= 20 and len(first & other) < 20
+
+
+def test_replay_reset_and_dump_start_the_partitions_not_named_at_the_fallback(module_settings, make_topic, tmp_path):
+    """``replay reset --to <topic>:0=2 --fallback latest`` as a subprocess commits offset 2 on partition 0 and the
+    end on the others (read back with Kafka's admin client); a dump from the group's committed offsets then
+    writes partition 0's records from offset 2 only. ``dump --from <topic>:1=1 --fallback latest`` writes
+    partition 1's records from offset 1 only; with the default fallback (earliest) every other record too."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    env = settings_environment(module_settings)
+    topic = make_topic("replay-reset", partitions=3)
+    sizes = {0: 5, 1: 4, 2: 3}
+    for partition, size in sizes.items():
+        produce(module_settings.kafka_bootstrap, topic, [(b"k", f"p{partition}-{i}".encode(), T0 + i)
+                                                         for i in range(size)], partition=partition)
+    group = f"reset-{uuid.uuid4().hex[:8]}"
+    reset = _command("orderflow.replay", "reset", "--group", group, "--topic", topic, "--to", f"{topic}:0=2",
+                     "--fallback", "latest", env=env)
+    assert reset.returncode == 0, reset.stderr[-3000:]
+    assert reset.stdout.splitlines() == [f"set {group} {topic}/0 -> 2", f"set {group} {topic}/1 -> 4",
+                                         f"set {group} {topic}/2 -> 3"]
+    admin = AdminClient({"bootstrap.servers": module_settings.kafka_bootstrap})
+    [listed] = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, [
+        TopicPartition(topic, p) for p in sizes])]).values()
+    assert {tp.partition: tp.offset for tp in listed.result().topic_partitions} == {0: 2, 1: 4, 2: 3}
+
+    def dumped(*position: str) -> list[str]:
+        out = tmp_path / f"dump-{uuid.uuid4().hex[:6]}.jsonl"
+        done = _command("orderflow.replay", "dump", "--topic", topic, *position, "--output", str(out), env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return sorted(json.loads(line)["value"] for line in out.read_text().splitlines())
+
+    assert dumped("--from", "committed", "--group", group) == ["p0-2", "p0-3", "p0-4"]
+    assert dumped("--from", f"{topic}:1=1", "--fallback", "latest") == ["p1-1", "p1-2", "p1-3"]
+    assert dumped("--from", f"{topic}:1=1") == sorted(
+        [f"p0-{i}" for i in range(5)] + ["p1-1", "p1-2", "p1-3"] + [f"p2-{i}" for i in range(3)])
+
+
+def test_make_setup_a_second_time_does_nothing(stack):
+    """``make setup`` after the set-up this session ran on (the stack fixture needs it): it prints nothing and
+    touches none of what it installs (each step's stamp file or binary keeps its modification time)."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    installed = [root / path for path in (
+        ".venv/.installed", ".local/jars/.resolved", ".local/apicurio/.resolved", ".local/node/.installed",
+        "orderflow/api/static/vendor/.installed", ".local/bin/prism", ".local/bin/kustomize", ".local/bin/promtool")]
+    before = {path: path.stat().st_mtime_ns for path in installed}
+    again = subprocess.run(["make", "setup"], cwd=root, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (again.stdout, again.stderr) == ("", "")
+    assert {path: path.stat().st_mtime_ns for path in installed} == before
+
+
+def test_replay_run_orders_streaming_from_a_time_with_a_reference_data_refresh(module_settings, make_topic):
+    """``replay run orders --from <time> --stream -- --refdata_refresh_seconds=2``, as a subprocess on Prism: the
+    order stamped before the time is never read, the one after it is priced; a price changed while it streams
+    prices the next order once the snapshot is older than 2 s (with the default 300 s the old price would stay);
+    SIGTERM drains it (exit 0) with the group's offset committed at the end of what it read."""
+    import signal
+    from decimal import Decimal
+
+    from orderflow import refdata
+    from orderflow_dev.generate.orders import encode_order
+    from orderflow.model import pricing
+    from orderflow.pipelines.runner import PRISM_BINARY
+    from tests.support.waiting import START_TIMEOUT
+
+    assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
+    today = pricing.today(module_settings)
+    days = (today - dt.timedelta(days=1), today)  # an order across the exchange's midnight finds either day
+    asset, code = "RFSH3", f"RFSH3-{uuid.uuid4().hex[:6]}"
+    for day in days:
+        refdata.load_reference_data(module_settings, day, {asset: (code, Decimal("10"))}, merge=True)
+    topic = make_topic("replay-stream", partitions=1)
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+
+    def order(order_id: str, at_ms: int):
+        return [(b"rs", encode_order("json", order_id, "rs-client", asset, 3, at_ms), at_ms)]
+
+    produce(module_settings.kafka_bootstrap, topic, order("rs-before", now_ms - 120_000), partition=0)
+    since = dt.datetime.fromtimestamp((now_ms - 60_000) / 1000, dt.timezone.utc).isoformat()
+    produce(module_settings.kafka_bootstrap, topic, order("rs-after", now_ms - 30_000), partition=0)
+    group = f"rs-{uuid.uuid4().hex[:8]}"
+    replay = subprocess.Popen(
+        [sys.executable, "-m", "orderflow.replay", "run", "orders", "--from", since, "--group", group, "--stream",
+         "--", f"--orders_topic={topic}", f"--trade_days={days[0]},{days[1]}", "--alarm_rules=[]",
+         "--refdata_refresh_seconds=2"],
+        env={**os.environ, **settings_environment(module_settings)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+
+    def stored() -> dict[str, Decimal]:
+        assert replay.poll() is None, replay.communicate()[1][-3000:]
+        with psycopg.connect(module_settings.postgres_dsn) as conn:
+            return dict(conn.execute("SELECT order_id, total FROM orders WHERE order_id LIKE 'rs-%%'").fetchall())
+
+    try:
+        wait_for(lambda: "rs-after" in stored(), START_TIMEOUT, "the order after --from priced")
+        # The snapshot that priced rs-after was loaded before this change.
+        for day in days:
+            refdata.load_reference_data(module_settings, day, {asset: (code, Decimal("20"))}, merge=True)
+        time.sleep(2.5)  # --refdata_refresh_seconds is the feature: the snapshot is now older than it
+        produce(module_settings.kafka_bootstrap, topic, order("rs-changed", now_ms), partition=0)
+        wait_for(lambda: "rs-changed" in stored(), 60, "the order after the price change priced")
+        assert stored() == {"rs-after": Decimal("30"), "rs-changed": Decimal("60")}  # 3 x 10, then 3 x 20
+    finally:
+        os.killpg(replay.pid, signal.SIGTERM)
+        out, err = replay.communicate(timeout=120)
+    assert replay.returncode == 0, err[-3000:]
+    offsets = _command("orderflow.replay", "offsets", "--group", group, "--topic", topic,
+                       env=settings_environment(module_settings))
+    assert [(r["committed"], r["end"]) for r in map(json.loads, offsets.stdout.splitlines())] == [(3, 3)]

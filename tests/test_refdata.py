@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -71,3 +72,29 @@ def test_cli_load_says_it_replaces_the_day_and_merge_keeps_the_other_assets(modu
     assert "replaced the day's asset list (3 -> 1 assets)" in out
     assert "no longer listed (orders for them become unknown_asset): AAAA3, BBBB3, CCCC3" in out
     assert set(reference_data_store.read_reference_data(module_settings, [day])[day]) == {"DDDD3"}
+
+
+def _seconds_to_live(host_port: tuple[str, int], key: str) -> int:
+    """memcached's remaining time to live of ``key`` (meta get, flag ``t``): -1 when it never expires."""
+    with socket.create_connection(host_port, timeout=10) as conn:
+        conn.sendall(f"mg {key} t\r\n".encode())
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            reply += conn.recv(4096)
+    flags = reply.decode().split()
+    assert flags[0] == "HD", reply  # HD: found (EN: missing)
+    return int(flags[1].removeprefix("t"))
+
+
+def test_cli_load_with_expire_seconds_sets_that_time_to_live(module_settings):
+    """``load --expire-seconds 3600`` writes the day's asset list and pricing codes with that time to live (read
+    back from memcached: at most an hour, more than 59 minutes left); without it they never expire."""
+    env = {**os.environ, **settings_environment(module_settings)}
+    expiring, kept = "2031-03-04", "2031-03-05"  # days no other test loads
+    for day, extra in ((expiring, ["--expire-seconds", "3600"]), (kept, [])):
+        subprocess.run([sys.executable, "-m", "orderflow.refdata", "load", "--day", day, *extra], env=env,
+                       capture_output=True, text=True, check=True)
+    for day, ttl_ok in ((expiring, lambda ttl: 3540 < ttl <= 3600), (kept, lambda ttl: ttl == -1)):
+        keys = [reference_data_store.assets_key(day), reference_data_store.pricing_code_key("WEGE3", day)]
+        ttls = [_seconds_to_live(module_settings.memcached_host_port, key) for key in keys]
+        assert all(map(ttl_ok, ttls)), (day, ttls)

@@ -28,7 +28,7 @@ END_TO_END = {"streaming", "faults", "demo"}
 
 # Test modules outside the end-to-end suites that are not named after one module, and why.
 NOT_ONE_MODULE = {
-    "test_command_lines.py": "the commands users type (bootstrap, replay, generate), each through a subprocess",
+    "test_command_lines.py": "the commands users type (bootstrap, replay, generate, make setup), each through a subprocess",
     "test_suite_layout.py": "the test suite itself",
     "test_layering.py": "the package's layers: every module's imports point down",
     "test_static_checks.py": "the checks anyone can run: pip check, ruff, mypy (the packages setup.cfg lists)",

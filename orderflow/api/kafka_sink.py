@@ -70,6 +70,14 @@ __all__ = ["CommitUnconfirmed", "DeliveryFailed", "KafkaSink"]
 COMMIT_TIMEOUT = 5.0  # seconds the commit may take once every record is acknowledged
 ABORT_TIMEOUT = 2.0   # seconds given to aborting a failed transaction before its producer is dropped
 CLOSE_TIMEOUT = 2.0   # seconds a dropped producer's close may hold up its slot
+
+
+def transaction_timeout_seconds(timeout: float) -> float:
+    """The producers' ``transaction.timeout.ms``, in seconds, for a sink of ``timeout``: a transaction's records
+    acknowledged within ``timeout``, its commit within COMMIT_TIMEOUT, and 5 s to spare. The coordinator aborts
+    a transaction left open longer (an API process that died mid-transaction): read_committed readers of its
+    partitions wait at most that long, plus the broker's check interval (docs/reliability.md)."""
+    return timeout + COMMIT_TIMEOUT + 5
 # Errors about a record itself, not about the broker or the transaction: the record is refused wherever it
 # goes, so a shared transaction that meets one is retried request by request (see the module docstring).
 _RECORD_FAULTS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_MSG,
@@ -191,9 +199,7 @@ class KafkaSink:
             "linger.ms": 2,
             # A record not acknowledged in time fails its transaction (which is then aborted).
             "message.timeout.ms": int(timeout * 1000),
-            # The coordinator aborts a transaction left open longer than this (an API process that died
-            # mid-transaction): read_committed readers of its partitions wait at most that long.
-            "transaction.timeout.ms": int((timeout + COMMIT_TIMEOUT + 5) * 1000),
+            "transaction.timeout.ms": int(transaction_timeout_seconds(timeout) * 1000),
             **(producer_config or {}),
         }
         # Unique per process (two live producers sharing an id would fence each other); a slot keeps its

@@ -7,8 +7,11 @@ import dataclasses
 import os
 import pathlib
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -20,6 +23,7 @@ from orderflow.config import settings_environment
 from tests.support.served_api import ServedApi
 
 CACHE_SECONDS = 15
+SERVE_HOST = "127.0.0.2"  # loopback too (127.0.0.0/8), but not the default 127.0.0.1: --host must be obeyed
 
 
 def _api_cli(settings, *args: str) -> subprocess.CompletedProcess:
@@ -47,15 +51,17 @@ def _wait_answering(url: str, process: subprocess.Popen, timeout: float = 60) ->
 
 @pytest.fixture(scope="module")
 def served(api_settings):
-    """``serve --workers 2`` in a subprocess, limits and the key cache from ORDERFLOW_API_* variables."""
+    """``serve --host 127.0.0.2 --workers 2`` in a subprocess (another loopback address than the default
+    127.0.0.1), limits and the key cache from ORDERFLOW_API_* variables."""
     port = port_for.select_random()
     env = {**os.environ, **settings_environment(api_settings), "ORDERFLOW_API_MAX_IDS": "3",
            "ORDERFLOW_API_MAX_ORDERS": "2", "ORDERFLOW_API_KEY_CACHE_SECONDS": str(CACHE_SECONDS),
            "ORDERFLOW_API_KEEP_ALIVE": "60", "ORDERFLOW_API_AUTH_FAILURES_PER_MINUTE": "100000"}
-    process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--port", str(port), "--workers", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--host", SERVE_HOST, "--port",
+                                str(port), "--workers", "2"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{SERVE_HOST}:{port}"
     try:
         _wait_answering(url, process)
         yield process, url
@@ -96,6 +102,14 @@ def test_serve_runs_the_asked_workers_with_the_limits_of_the_environment(served,
             assert resp.status_code == 422 and "at most 3 per request" in resp.json()["detail"], resp.text
             resp = client.post("/orders", json=[{"ativo": "PETR4", "quantidade": 1, "token": "t"}] * 3)
             assert resp.status_code == 413, resp.text
+
+
+def test_serve_listens_on_the_asked_host_only(served):
+    """``--host 127.0.0.2``: the API answers there, and nothing listens on the default 127.0.0.1 at its port."""
+    _, url = served
+    assert httpx.get(f"{url}/openapi.json", timeout=10).status_code == 200
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url.replace(SERVE_HOST, "127.0.0.1") + "/openapi.json", timeout=10)
 
 
 def _lookups(client: httpx.Client) -> dict[str, float]:
@@ -145,3 +159,94 @@ def test_healthz_names_postgres_when_it_is_down(api_settings, api_config):
             "redis": "ok", "kafka": "ok", "dynamodb": "ok"}
     finally:
         served.stop()
+
+
+# Kafka's default transaction.abort.timed.out.transaction.cleanup.interval.ms (the local stack keeps it): how often
+# the coordinator looks for transactions open past their timeout.
+TRANSACTION_CLEANUP_INTERVAL = 10.0
+
+
+def _stable_and_end_offsets(bootstrap: str, topic: str, partitions: int) -> list[tuple[int, int]]:
+    """Per partition, ``(last stable offset, high watermark)``: a read_committed reader reads up to the first, which
+    stays below the second while a transaction is open on the partition."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    committed = Consumer({"bootstrap.servers": bootstrap, "group.id": "lso-probe", "isolation.level": "read_committed"})
+    everything = Consumer({"bootstrap.servers": bootstrap, "group.id": "hw-probe",
+                           "isolation.level": "read_uncommitted"})
+    try:
+        return [(committed.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1],
+                 everything.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]) for p in range(partitions)]
+    finally:
+        committed.close()
+        everything.close()
+
+
+def test_an_api_killed_mid_transaction_holds_read_committed_readers_until_the_transaction_timeout(api_settings):
+    """``serve`` ingesting without pause is frozen (SIGSTOP) until a transaction of its is caught open on the
+    orders topic (the last stable offset below the high watermark, and still there a second later), then killed
+    (SIGKILL). read_committed readers (the orders pipeline) read nothing past that transaction until the
+    coordinator aborts it: within the producers' transaction.timeout.ms (``transaction_timeout_seconds`` of
+    ORDERFLOW_API_PRODUCE_TIMEOUT) plus the broker's check interval. Measured in docs/reliability.md."""
+    from orderflow.api.kafka_sink import transaction_timeout_seconds
+
+    produce_timeout = 2.0
+    bound = transaction_timeout_seconds(produce_timeout) + TRANSACTION_CLEANUP_INTERVAL
+    settings, topic = api_settings, api_settings.topics.orders
+    port = port_for.select_random()
+    env = {**os.environ, **settings_environment(settings), "ORDERFLOW_API_PRODUCE_TIMEOUT": str(produce_timeout)}
+    process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    key = create_key(settings.postgres_dsn, ["ingest"], name="kill-test")[1]
+    stop = threading.Event()
+
+    def ingest() -> None:
+        orders = [{"ativo": "PETR4", "quantidade": 1, "token": "kill-test"}] * 50
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=5) as client:
+            while not stop.is_set():
+                try:
+                    client.post("/orders", json=orders)
+                except httpx.TransportError:
+                    pass  # frozen or killed: the request stays unanswered
+
+    def open_transaction() -> bool:
+        offsets = _stable_and_end_offsets(settings.kafka_bootstrap, topic, settings.topic_partitions)
+        return any(stable < end for stable, end in offsets) and offsets == _stable_and_end_offsets(
+            settings.kafka_bootstrap, topic, settings.topic_partitions)
+
+    writers = [threading.Thread(target=ingest, daemon=True) for _ in range(4)]
+    try:
+        _wait_answering(url, process)
+        for writer in writers:
+            writer.start()
+        freezes = 0
+        while True:
+            freezes += 1
+            assert freezes <= 100, "no transaction caught open in 100 freezes"
+            os.killpg(process.pid, signal.SIGSTOP)
+            time.sleep(1)  # a commit already on its way to the coordinator completes meanwhile
+            if open_transaction():
+                break
+            os.killpg(process.pid, signal.SIGCONT)
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        process.wait(30)
+        held = [end for stable, end in _stable_and_end_offsets(settings.kafka_bootstrap, topic,
+                                                               settings.topic_partitions) if stable < end]
+        assert held, "the transaction ended before the kill"
+        while any(stable < end for stable, end in _stable_and_end_offsets(settings.kafka_bootstrap, topic,
+                                                                           settings.topic_partitions)):
+            waited = time.monotonic() - killed
+            assert waited <= bound, f"read_committed readers still held {waited:.1f}s after the kill"
+            time.sleep(0.2)
+        waited = time.monotonic() - killed
+        print(f"\nread_committed readers held {waited:.1f}s after the kill (bound {bound:.0f}s; {freezes} freezes)")
+    finally:
+        stop.set()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(30)
+    for writer in writers:
+        writer.join(30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import random
+import zoneinfo
 from decimal import Decimal
 
 import apache_beam as beam
@@ -180,3 +181,40 @@ def test_duplicates_counted_once_and_each_window_fires_once_with_one_sms_per_pho
     run()  # the same stream again (a replay): nothing new is recorded or sent
     assert len(sent_sms(module_settings.sns_endpoint_url, phones)) == 3
     assert len(_alarms(dsn, "%-dup")) == 2
+
+
+def test_a_day_window_holds_the_orders_of_its_first_and_last_millisecond_in_sao_paulo(module_settings):
+    """Through the sink: orders at exactly 00:00:00.000 and 23:59:59.999 of a day in São Paulo (trading day from
+    ``price_order``, as the pipeline prices them) land in that day's stored window, whose start is local midnight
+    (03:00 UTC), and together cross its threshold; the orders at the previous day's 23:59:59.999 and the next
+    day's 00:00:00.000 land in their own windows and cross nothing."""
+    from orderflow.model.pricing import price_order
+
+    zone = zoneinfo.ZoneInfo(ZONE)
+    dsn = module_settings.postgres_dsn
+
+    def priced(order_id, total, *local):
+        when = datetime.datetime(*local, tzinfo=zone)
+        snapshot = {str(when.astimezone(zone).date()): {"WEGE3": ("W", Decimal(total))}}
+        order = {"order_id": order_id, "client_token": "mid", "asset": "WEGE3", "quantity": 1, "event_time": when,
+                 "source_format": "JSON", "source": f"t/0/{order_id}#0"}
+        return price_order(order, snapshot, zone)
+
+    orders = [priced("m-before", "40", 2026, 11, 9, 23, 59, 59, 999000),
+              priced("m-first", "30", 2026, 11, 10, 0, 0, 0, 0),
+              priced("m-last", "20", 2026, 11, 10, 23, 59, 59, 999000),
+              priced("m-next", "45", 2026, 11, 11, 0, 0, 0, 0)]
+    writer = OrdersWriter(dsn, max_batches=1,
+                          alarm_windows=AlarmWindows([AlarmRule("mid-day", "client", Decimal("50"))], ZONE))
+    writer.start()
+    writer.write(orders)
+    writer.close()
+
+    def midnight(day):
+        return datetime.datetime(2026, 11, day, 3, tzinfo=UTC)
+
+    assert _totals(dsn, "mid-day") == {("mid", midnight(9)): Decimal("40"), ("mid", midnight(10)): Decimal("50"),
+                                       ("mid", midnight(11)): Decimal("45")}
+    assert _alarms(dsn, "mid-%") == [("mid-day", "mid", midnight(10), Decimal("50"))]
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT window_end FROM alarms WHERE rule_id = 'mid-day'").fetchone() == (midnight(11),)

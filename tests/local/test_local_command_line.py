@@ -1,6 +1,7 @@
 """``python -m orderflow_dev.local up|status|down`` as ``make stack-up`` / ``stack-status`` / ``stack-down`` run it, in a
 root of its own and on the default ports moved by ``--port-offset`` (the first offset whose ports are all free, so
-a developer's ``make stack-up`` stack on the default ports is left alone); ``status`` exits 3 when a service is down.
+a developer's ``make stack-up`` stack on the default ports is left alone); ``up --no-bootstrap`` starts the services
+and creates nothing in them; ``status`` exits 3 when a service is down.
 """
 from __future__ import annotations
 
@@ -58,18 +59,31 @@ def test_up_status_down_and_status_exit_code_3(tmp_path):
     root = tempfile.mkdtemp(prefix="test-cli-stack-", dir=base)
     services = {name: port for name, port in ports.items() if name not in ("kafka_controller", "registry_management")}
     try:
+        dsn = f"postgresql://orderflow@127.0.0.1:{ports['postgres']}/orderflow"
+        default_topics = {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)}
+
+        def topics() -> set[str]:
+            return set(AdminClient({"bootstrap.servers": f"127.0.0.1:{ports['kafka']}"}).list_topics(timeout=10).topics)
+
+        bare = _local("up", "--no-bootstrap", "--root", root, f"--port-offset={offset}", timeout=240)
+        assert bare.returncode == 0, bare.stdout + bare.stderr[-3000:]
+        assert _states(bare.stdout) == {name: ("started", port) for name, port in services.items()}, bare.stdout
+        # --no-bootstrap: the services run, and nothing was created in them.
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT to_regclass('schema_migrations')").fetchone() == (None,)
+        assert not default_topics & topics()
+
         up = _local("up", "--root", root, f"--port-offset={offset}", timeout=240)
         assert up.returncode == 0, up.stdout + up.stderr[-3000:]
-        assert _states(up.stdout) == {name: ("started", port) for name, port in services.items()}, up.stdout
+        assert _states(up.stdout) == {name: ("running", port) for name, port in services.items()}, up.stdout
 
         status = _local("status", "--root", root, f"--port-offset={offset}")
         assert status.returncode == 0, status.stdout
         assert _states(status.stdout) == {name: ("ready", port) for name, port in services.items()}
         # up bootstrapped the stack at its own endpoints: migrations and topics are there.
-        with psycopg.connect(f"postgresql://orderflow@127.0.0.1:{ports['postgres']}/orderflow") as conn:
+        with psycopg.connect(dsn) as conn:
             assert conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] > 0
-        topics = AdminClient({"bootstrap.servers": f"127.0.0.1:{ports['kafka']}"}).list_topics(timeout=10).topics
-        assert {getattr(Topics(), f.name) for f in dataclasses.fields(Topics)} <= set(topics)
+        assert default_topics <= topics()
 
         down = _local("down", "--root", root, f"--port-offset={offset}")
         assert down.returncode == 0, down.stdout + down.stderr[-3000:]

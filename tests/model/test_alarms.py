@@ -72,3 +72,30 @@ def test_increments_sum_each_window_exactly_once_per_order():
         WindowKey("10m", "*", _ms(2026, 12, 6, 2, 50), _ms(2026, 12, 6, 3)): Decimal("4.40"),
         WindowKey("10m", "*", _ms(2026, 12, 6, 3), _ms(2026, 12, 6, 3, 10)): Decimal("2.20"),
     }
+
+
+def test_an_order_at_the_first_and_the_last_millisecond_of_a_local_day_counts_in_that_day():
+    """Orders priced by ``price_order`` (which takes the trading day in the exchange's zone) at exactly 00:00:00.000
+    and 23:59:59.999 in São Paulo count in that day's window, and one at the next 00:00:00.000 in the next day's:
+    written out by hand in UTC (São Paulo is UTC-3, so each local midnight is 03:00 UTC)."""
+    from orderflow.model.pricing import price_order
+
+    def priced(client, quantity, when):
+        day = when.astimezone(SAO_PAULO).date()
+        snapshot = {str(day): {"WEGE3": ("W", Decimal("1.5"))}}
+        order = {"client_token": client, "asset": "WEGE3", "quantity": quantity, "event_time": when}
+        return price_order(order, snapshot, SAO_PAULO)
+
+    first = datetime.datetime(2026, 12, 5, 0, 0, 0, 0, tzinfo=SAO_PAULO)
+    last = datetime.datetime(2026, 12, 5, 23, 59, 59, 999000, tzinfo=SAO_PAULO)
+    next_first = datetime.datetime(2026, 12, 6, 0, 0, 0, 0, tzinfo=SAO_PAULO)
+    before = datetime.datetime(2026, 12, 4, 23, 59, 59, 999000, tzinfo=SAO_PAULO)
+    orders = [priced("ana", 2, first), priced("ana", 4, last), priced("ana", 8, next_first), priced("ana", 16, before)]
+    assert [o["trade_day"] for o in orders] == [datetime.date(2026, 12, 5), datetime.date(2026, 12, 5),
+                                                datetime.date(2026, 12, 6), datetime.date(2026, 12, 4)]
+    rule = AlarmRule("day", "client", Decimal(1))
+    assert window_increments([rule], orders, "America/Sao_Paulo") == {
+        WindowKey("day", "ana", _ms(2026, 12, 4, 3), _ms(2026, 12, 5, 3)): Decimal("24"),   # 16 x 1.5
+        WindowKey("day", "ana", _ms(2026, 12, 5, 3), _ms(2026, 12, 6, 3)): Decimal("9"),    # (2 + 4) x 1.5
+        WindowKey("day", "ana", _ms(2026, 12, 6, 3), _ms(2026, 12, 7, 3)): Decimal("12"),   # 8 x 1.5
+    }
