@@ -242,8 +242,8 @@ def test_replay_run_orders_from_a_time_applies_the_validation_limits_it_is_given
     too far ahead are dead letters with their reasons, and the order at exactly the maximum is priced. With the
     defaults (10^12, 3,660 days, 24 hours) all five would pass the edge validation."""
     from orderflow import refdata
-    from orderflow_dev.generate.orders import encode_order
     from orderflow.model import pricing, sample_assets
+    from orderflow_dev.generate.orders import encode_order
 
     env = settings_environment(module_settings)
     today = pricing.today(module_settings)
@@ -433,9 +433,9 @@ def test_replay_run_orders_streaming_from_a_time_with_a_reference_data_refresh(m
     from decimal import Decimal
 
     from orderflow import refdata
-    from orderflow_dev.generate.orders import encode_order
     from orderflow.model import pricing
     from orderflow.pipelines.runner import PRISM_BINARY
+    from orderflow_dev.generate.orders import encode_order
     from tests.support.waiting import START_TIMEOUT
 
     assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
