@@ -434,7 +434,7 @@ def test_replay_run_orders_streaming_from_a_time_with_a_reference_data_refresh(m
 
     from orderflow import refdata
     from orderflow.model import pricing
-    from orderflow.pipelines.runner import PRISM_BINARY
+    from orderflow_dev import PRISM_BINARY
     from orderflow_dev.generate.orders import encode_order
     from tests.support.waiting import START_TIMEOUT
 
