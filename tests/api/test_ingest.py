@@ -215,7 +215,10 @@ def test_keepalive_lands_keyed_by_restaurant_at_its_event_time(api, ingester):
     assert round(avro_codec(api.settings, "keepalive").decode(now.value())["sent_at"].timestamp() * 1000) == now.timestamp()[1]
 
 
-@pytest.mark.parametrize("skew", [-3600, -301, 301, 86400])
+# A minute beyond the 300 s limit either way: refused however long the request takes to arrive, short of a
+# hang (a skew of +301 s was accepted once the request took more than a second). The exact boundary is
+# checked with a pinned clock in tests/model/test_presence.py.
+@pytest.mark.parametrize("skew", [-3600, -360, 360, 86400])
 def test_keepalive_sent_too_far_from_now_is_refused(api, ingester, skew):
     sent_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=skew)
     resp = ingester.post("/restaurants/r-1/keepalive", json={"sent_at": sent_at.isoformat()})

@@ -9,6 +9,7 @@ from orderflow.model.presence import (
     OpeningHours,
     current_status,
     evaluate,
+    keepalive_skew,
     merge_pings,
     normalize,
     to_ms,
@@ -122,3 +123,14 @@ def test_opening_hours_parse_rejects_nonsense():
         OpeningHours.parse("ten to eleven")
     with pytest.raises(ValueError):
         OpeningHours.parse("10:00-10:00")
+
+
+@pytest.mark.parametrize("skew_ms, refused", [
+    (-300_001, "sent_at is 300 s behind the server's clock; at most 300 s either way is accepted"),
+    (-300_000, None), (0, None), (300_000, None),
+    (300_001, "sent_at is 300 s ahead of the server's clock; at most 300 s either way is accepted"),
+])
+def test_keepalive_skew_is_refused_beyond_the_limit_either_way(skew_ms, refused):
+    # The clock pinned: the API's test (tests/api/test_ingest.py) can only stay far from the boundary.
+    now_ms = 1_796_000_000_000
+    assert keepalive_skew(now_ms + skew_ms, now_ms, 300.0) == refused
