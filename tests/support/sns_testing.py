@@ -31,11 +31,20 @@ def relay_tick_passed(settings, what: str, timeout: float, pipeline=None) -> Non
     with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO alarms (rule_id, scope, window_start, window_end, total, threshold) VALUES"
                      " (%s, %s, %s, '2000-01-02T00:00Z', 1, 1)", key)
-        conn.execute("INSERT INTO sms_outbox (rule_id, scope, window_start, phone, message) VALUES"
-                     " (%s, %s, %s, %s, 'relay probe')", (*key, phone))
+        queued = conn.execute("INSERT INTO sms_outbox (rule_id, scope, window_start, phone, message) VALUES"
+                              " (%s, %s, %s, %s, 'relay probe') RETURNING created_at", (*key, phone)).fetchone()[0]
+
+    def drained():
+        # Sent, and so is every row queued before it (another relay instance may still be sending one it
+        # claimed while this tick skipped it).
+        if not sent_sms(settings.sns_endpoint_url, {phone}):
+            return False
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            return conn.execute("SELECT count(*) = 0 FROM sms_outbox WHERE sent_at IS NULL AND created_at <= %s",
+                                (queued,)).fetchone()[0]
+
     try:
-        wait_for(lambda: sent_sms(settings.sns_endpoint_url, {phone}), timeout, f"a relay tick after {what}",
-                 pipeline)
+        wait_for(drained, timeout, f"a relay tick after {what}", pipeline)
     finally:
         with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
             conn.execute("DELETE FROM sms_outbox WHERE rule_id = %s", (key[0],))
