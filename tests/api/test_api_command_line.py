@@ -135,7 +135,7 @@ def test_a_key_is_answered_from_the_cache_and_refused_once_revoked_and_expired(s
         again = _api_cli(api_settings, "keys", "revoke", key_id)
         assert again.returncode == 1 and f"no active key {key_id}" in again.stderr
         # The cache honours the key for up to its time, then the revocation shows.
-        deadline = time.monotonic() + CACHE_SECONDS + 15
+        deadline = time.monotonic() + CACHE_SECONDS + 60  # only a key never refused exceeds it
         while (resp := client.get("/alarms")).status_code == 200:
             assert time.monotonic() < deadline, "a revoked key still accepted after the cache time"
             time.sleep(0.5)

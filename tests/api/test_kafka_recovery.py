@@ -25,7 +25,9 @@ from tests.support.kafka_check import read_all
 from tests.support.served_api import ServedApi
 
 PRODUCE_TIMEOUT = 3.0
-RECOVERY_SECONDS = 10.0  # from the broker being ready again to the first POST answered 202
+# From the broker being ready again to the first POST answered 202 (printed with -s): only an API that
+# never recovers exceeds it (docs/testing.md, "Bounds that stay").
+RECOVERY_SECONDS = 60.0
 RECOVERING_API_PRODUCERS = 2
 
 

@@ -16,9 +16,10 @@ import psycopg
 from orderflow_dev.local.processes import RUNNING
 from tests.support.fault_feed import ALARM_THRESHOLD
 from tests.support.orders_scenario import read_topic
-from tests.support.sns_testing import sent_sms
+from tests.support.sns_testing import relay_tick_passed, sent_sms
 
 OUTAGE_SECONDS = 30.0
+RELAY_WITHIN = 120.0  # for a relay tick (every few seconds) to send a probe: only a hang exceeds it
 # Dead letters of orders a store refused after pricing: counted apart from records in (docs/poison-records.md).
 SINK_STAGES = (b"postgres_orders", b"dynamodb_volume")
 
@@ -122,7 +123,8 @@ def test_alarms_fired_and_sms_sent_once_per_client_and_day(fault_system):
     while {scope for scope, _ in alarms()} != expected and time.monotonic() < deadline:
         time.sleep(1)
     assert dict(alarms()) == dict.fromkeys(expected, 1)
-    time.sleep(5)  # two relay ticks: a repeated SMS would be sent by now
+    # Every alarm's SMS is sent, and a repeated one would be sent, by the relay tick that sends a probe.
+    relay_tick_passed(system.settings, "the alarms", RELAY_WITHIN, system.pipelines["orders"])
     texts = [text for _, text in sent_sms(system.settings.sns_endpoint_url, {system.phone})]
     assert sorted(t.split(" traded ")[0] for t in texts) == sorted(
         f"orderflow alarm fault-day: client {client}" for client in expected)
@@ -149,7 +151,8 @@ def test_both_pipelines_killed_mid_stream_and_started_again(fault_system):
         system.restart(name)
     took = system.settle("both pipelines were killed and started again")
     print(f"\nboth pipelines SIGKILLed and restarted: stores exact {took:.1f} s after the feed paused")
-    time.sleep(5)  # relay ticks of the restarted run: a repeated SMS would be sent by now
+    # A relay tick of the restarted run: a repeated SMS would be sent by the tick that sends a probe.
+    relay_tick_passed(system.settings, "the restart", RELAY_WITHIN, system.pipelines["orders"])
     assert len(sent_sms(system.settings.sns_endpoint_url, {system.phone})) == sms_before
 
 

@@ -29,7 +29,7 @@ import pytest
 from orderflow.config import settings_environment
 from orderflow.io.presence_queries import offline_ranking
 from orderflow_dev.local.processes import RUNNING
-from tests.support.sns_testing import sent_sms
+from tests.support.sns_testing import relay_tick_passed, sent_sms
 
 ZONE = "America/Sao_Paulo"
 UTC = dt.timezone.utc
@@ -153,7 +153,8 @@ def _check_alarms(system, rule_ids, crossed_after: set) -> dict:
     alarms = _alarms(system)
     assert set(alarms) == expected
     assert all(total >= THRESHOLDS[rule_id] for (rule_id, _, _), total in alarms.items())
-    time.sleep(3)  # relay ticks (every 2 s): a repeated SMS would be out by now
+    # Each alarm's SMS is sent, and a repeated one would be sent, by the relay tick that sends a probe.
+    relay_tick_passed(system.settings, "the alarms", 120, system.pipelines["orders"])
     texts = [text for _, text in sent_sms(system.settings.sns_endpoint_url, {system.phone}) if " st-" in text]
     assert len(texts) == len(set(texts)) == len(alarms), "one SMS per alarm, to the one phone"
     return alarms

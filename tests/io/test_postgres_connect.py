@@ -26,10 +26,10 @@ def test_every_pipeline_connection_has_the_statement_timeout(pg_dsn):
 
 def test_a_statement_past_its_timeout_fails_instead_of_hanging(pg_dsn):
     with connect(pg_dsn, statement_timeout_ms=300) as conn:
-        started = time.monotonic()
-        with pytest.raises(psycopg.errors.QueryCanceled):
-            conn.execute("SELECT pg_sleep(30)")
-        assert time.monotonic() - started < 5
+        # Cancelled by the server for the statement timeout (its own message says so), not slept to the end:
+        # no clock needed, however slow the machine.
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            conn.execute("SELECT pg_sleep(60)")
         conn.rollback()
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
@@ -39,10 +39,11 @@ def test_a_server_that_never_answers_fails_the_connect_within_its_timeout():
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)  # accepts TCP, never speaks the protocol
     try:
+        # The server never answers: only the connect timeout ends the attempt (libpq says so), and not before it.
         started = time.monotonic()
-        with pytest.raises(psycopg.OperationalError):
-            connect(f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/x", connect_timeout=2)
-        assert time.monotonic() - started < 10
+        with pytest.raises(psycopg.OperationalError, match="timeout expired"):
+            connect(f"postgresql://nobody@127.0.0.1:{silent.getsockname()[1]}/x", connect_timeout=3)
+        assert time.monotonic() - started >= 3
     finally:
         silent.close()
 

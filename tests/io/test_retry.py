@@ -25,6 +25,11 @@ from orderflow.io.retry import call_with_retry, is_transient
 DAY = datetime.date(2026, 11, 30)
 UTC = datetime.timezone.utc
 
+# A retry budget is the feature (docs/testing.md, "Bounds that stay"): the budget spent is checked from below,
+# and giving up is bounded from above by this much more, which a loaded machine never needs (a refused
+# connection fails at once, the last attempt starts within the budget) and retrying without end exceeds.
+BEYOND_THE_BUDGET = 30.0
+
 
 def _raised(call) -> BaseException:
     try:
@@ -82,7 +87,7 @@ def test_call_with_retry_gives_up_at_once_on_data_and_after_the_budget_on_an_out
     with pytest.raises(psycopg.OperationalError):
         call_with_retry("test", lambda: psycopg.connect(f"postgresql://x@127.0.0.1:{port}/x", connect_timeout=1),
                         budget_seconds=2)
-    assert 2 <= time.monotonic() - started < 10
+    assert 2 <= time.monotonic() - started < 2 + BEYOND_THE_BUDGET
 
 
 # -- the orders writer across a Postgres restart --------------------------------------------------------------
@@ -144,7 +149,7 @@ def test_the_writer_fails_when_postgres_stays_down_past_the_budget(restartable):
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError):
             writer.write([_order(100, "late")])
-        assert 3 <= time.monotonic() - started < 20
+        assert 3 <= time.monotonic() - started < 3 + BEYOND_THE_BUDGET
     finally:
         stack.up()
         writer.close()

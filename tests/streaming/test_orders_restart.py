@@ -1,5 +1,9 @@
 """The streaming orders pipeline SIGKILLed mid-stream (with Prism, its process group) and started again resumes
-from its group's committed offsets: exact totals in Postgres and DynamoDB, and the alarm's SMS sent once."""
+from its group's committed offsets: exact totals in Postgres and DynamoDB, and the alarm's SMS sent once.
+
+"Mid-stream" does not depend on the machine's speed: as in ``tests/pipelines/test_orders_rerun.py``, a deferred
+trigger (test instrumentation in the module's own database) holds every commit of this test's orders once the
+alarm's commit is in, on an advisory lock the test holds. The run is killed while a commit waits there."""
 from __future__ import annotations
 
 import collections
@@ -19,7 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from orderflow.model import pricing, sample_assets
 from tests.support.orders_scenario import dynamodb_volumes
-from tests.support.sns_testing import sent_sms
+from tests.support.sns_testing import relay_tick_passed, sent_sms
 from tests.support.waiting import START_TIMEOUT, wait_for
 
 N = 600            # orders produced at RATE/s while the pipeline streams, dies and comes back
@@ -27,6 +31,19 @@ RATE = 100
 CLIENTS = [f"restart-{i}" for i in range(8)]
 ASSETS = ["PETR4", "VALE3", "ITUB4", "WEGE3", "SBSP3"]
 GROUP = "orderflow-orders"
+GATE_LOCK = 4243  # the advisory lock the held commits wait on
+HOLD_COMMITS_AFTER_THE_ALARM = f"""
+CREATE FUNCTION hold_commits_after_the_alarm() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM alarms WHERE xmin <> pg_current_xact_id()::xid) THEN  -- another one fired it
+        PERFORM pg_advisory_xact_lock_shared({GATE_LOCK});
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER hold_commits_after_the_alarm AFTER INSERT ON orders DEFERRABLE INITIALLY DEFERRED
+    FOR EACH ROW WHEN (NEW.client_token LIKE 'restart-%') EXECUTE FUNCTION hold_commits_after_the_alarm();
+"""
+RELEASE_GATE = "DROP TRIGGER hold_commits_after_the_alarm ON orders; DROP FUNCTION hold_commits_after_the_alarm()"
 
 
 def _orders_count(settings) -> int:
@@ -43,6 +60,11 @@ def _committed(settings) -> dict[int, int]:
         consumer.close()
 
 
+def _held_commits(conn) -> int:
+    return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s AND NOT granted",
+                        (GATE_LOCK,)).fetchone()[0]
+
+
 def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, live_settings):
     settings = live_settings
     day = pricing.today(settings)
@@ -55,7 +77,7 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
     for _, token, asset, quantity in orders:
         expected[token][0] += prices[asset][1] * quantity
         expected[token][1] += 1
-    # restart-0 crosses its daily threshold within the first 2 s of orders, well before the kill.
+    # restart-0 crosses its daily threshold within the first third of the orders; the kill comes after.
     threshold = sum(prices[a][1] * q for _, t, a, q in orders[:200] if t == CLIENTS[0])
     rules = [{"id": "restart-day", "scope": "client", "window": "day", "threshold": str(threshold)}]
     phone = f"+5521{int(uuid.uuid4().int % 10**9):09d}"
@@ -85,13 +107,24 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
             time.sleep(1 / RATE)
         producer.flush(30)
 
+    gate = psycopg.connect(settings.postgres_dsn, autocommit=True)
+    gate.execute(HOLD_COMMITS_AFTER_THE_ALARM)
+    gate.execute("SELECT pg_advisory_lock(%s)", (GATE_LOCK,))
     feeder = threading.Thread(target=produce_steadily, args=(producer,))
     feeder.start()
-    wait_for(lambda: sent_sms(settings.sns_endpoint_url, {phone}), 30, "the alarm's SMS before the kill", pipeline)
-    wait_for(lambda: _orders_count(settings) >= N // 3, 30, "a third of the orders stored", pipeline)
+    wait_for(lambda: sent_sms(settings.sns_endpoint_url, {phone}), START_TIMEOUT, "the alarm's SMS before the kill",
+             pipeline)
+    # The run is stuck at a commit after the alarm's: mid-stream, whatever the machine's speed.
+    wait_for(lambda: _held_commits(gate), START_TIMEOUT, "a commit held at the gate", pipeline)
     pgid = pipeline.pid
     pipeline.kill()  # SIGKILL to the process group: the pipeline and its Prism job server
+    # The killed run's session waiting at the gate ends with it (a backend waiting on a lock does not notice its
+    # client is gone); then the gate goes.
+    gate.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+                 " AND NOT granted", (GATE_LOCK,))
     stored_at_kill, committed_at_kill = _orders_count(settings), _committed(settings)
+    gate.execute(RELEASE_GATE)
+    gate.close()  # and its advisory lock with it
     with pytest.raises(ProcessLookupError):
         os.killpg(pgid, 0)  # nothing of the group survived, Prism included
     status = subprocess.run([sys.executable, "-m", "orderflow_dev.local", "status", "--root", str(pipeline.root)],
@@ -123,7 +156,7 @@ def test_killed_mid_stream_resumes_from_committed_offsets_exactly(run_pipeline, 
         volumes = dynamodb_volumes(settings, day)
         return all(volumes.get(t) == tuple(v) for t, v in expected.items())
 
-    wait_for(dynamodb_exact, 15, "DynamoDB volumes equal to Postgres", restarted)
-    time.sleep(2)  # relay ticks of the restarted run: a second SMS would be sent by now
+    wait_for(dynamodb_exact, 60, "DynamoDB volumes equal to Postgres", restarted)
     assert alarms == [("restart-day", CLIENTS[0])]
+    relay_tick_passed(settings, "the restart", 60, restarted)  # a second SMS would be sent by then
     assert len(sent_sms(settings.sns_endpoint_url, {phone})) == 1

@@ -16,12 +16,13 @@ from orderflow.config import ApiConfig
 from orderflow.model import pricing, sample_assets
 from tests.support.kafka_testing import read_partition
 from tests.support.served_api import ServedApi
-from tests.support.sns_testing import sent_sms
+from tests.support.sns_testing import relay_tick_passed, sent_sms
 from tests.support.waiting import START_TIMEOUT, wait_for
 
-# POST answered -> visible in GET /orders/{id} and in the client's volume (DynamoDB). Measured ~1-2 s on
-# the 2-core machine; the bound leaves room for a loaded CI machine.
-VISIBLE_WITHIN = 15.0
+# POST answered -> visible in GET /orders/{id} and in the client's volume (DynamoDB): measured ~1-2 s on the
+# 2-core machine (printed with -s). Only a hang exceeds this bound (docs/testing.md, "Bounds that stay"):
+# latency is measured by benchmarks/, not asserted here.
+VISIBLE_WITHIN = 60.0
 SUFFIX = uuid.uuid4().hex[:6]
 ALARM_CLIENT = f"alarmed-{SUFFIX}"
 ALARM_THRESHOLD = Decimal("10000")
@@ -88,7 +89,6 @@ def test_posted_order_is_priced_stored_counted_and_published_within_seconds(
     counted_in = time.monotonic() - posted
     assert Decimal(body["total"]) == price * 100
     print(f"\nPOST -> GET /orders/{{id}} {stored_in:.2f} s, POST -> volume visible {counted_in:.2f} s")
-    assert counted_in <= VISIBLE_WITHIN
 
     codec = avro_codec(live_settings, "priced_orders")
     published = [codec.decode(m[2]) for p in range(live_settings.topic_partitions)
@@ -110,7 +110,9 @@ def test_alarm_crossed_while_streaming_is_recorded_once_and_sent_once(orders_pip
     quantity = int(ALARM_THRESHOLD / price / 2) + 1  # two orders cross the threshold, one does not
     _post(client, "SBSP3", quantity, ALARM_CLIENT, f"alarm-1-{SUFFIX}")
     wait_for(lambda: _priced(client, f"alarm-1-{SUFFIX}"), VISIBLE_WITHIN, "the first order priced", orders_pipeline)
-    time.sleep(2)  # a window evaluation and a relay tick: below the threshold nothing fires
+    # The order's row, its window total and any alarm it fires commit in one transaction: the order visible,
+    # its alarm is decided. A relay tick since then would have sent an SMS queued with it.
+    relay_tick_passed(live_settings, "the first order", VISIBLE_WITHIN, orders_pipeline)
     assert _alarms(live_settings) == [] and sent_sms(live_settings.sns_endpoint_url, {phone}) == []
 
     posted = _post(client, "SBSP3", quantity, ALARM_CLIENT, f"alarm-2-{SUFFIX}")
@@ -124,7 +126,7 @@ def test_alarm_crossed_while_streaming_is_recorded_once_and_sent_once(orders_pip
     # A third order raises the window's total again (a new pane crossing the threshold): nothing new is sent.
     _post(client, "SBSP3", quantity, ALARM_CLIENT, f"alarm-3-{SUFFIX}")
     wait_for(lambda: _priced(client, f"alarm-3-{SUFFIX}"), VISIBLE_WITHIN, "the third order priced", orders_pipeline)
-    time.sleep(3)  # the window fires again and the relay ticks every second
+    relay_tick_passed(live_settings, "the third order", VISIBLE_WITHIN, orders_pipeline)
     assert len(_alarms(live_settings)) == 1
     assert len(sent_sms(live_settings.sns_endpoint_url, {phone})) == 1
 

@@ -23,17 +23,24 @@ UTC = dt.timezone.utc
 SUFFIX = uuid.uuid4().hex[:6]
 
 
-def _opening_hours_closing_soon(now: dt.datetime) -> tuple[str, dt.datetime]:
-    """Opening hours that close at the first whole minute at least 40 s from ``now`` (time for the pipeline to
-    start, a few pings and the gap), and opened two hours before; and that closing instant."""
+# The pipeline takes its opening hours when it starts, and the closing time must come after it streams, the
+# pings and the gap. It is picked before the start, so it follows the start's own bound: a pipeline not
+# streaming within START_TIMEOUT fails the fixture, and one that is has at least this long before closing.
+AFTER_START = 30.0
+
+
+def _opening_hours_closing_after_the_start(now: dt.datetime) -> tuple[str, dt.datetime]:
+    """Opening hours that close at the first whole minute at least START_TIMEOUT + AFTER_START s from ``now``,
+    and opened two hours before; and that closing instant."""
     local = now.astimezone(zoneinfo.ZoneInfo(ZONE))
-    closes = local.replace(second=0, microsecond=0) + dt.timedelta(minutes=math.ceil((local.second + 40) / 60))
+    closes = local.replace(second=0, microsecond=0) + dt.timedelta(
+        minutes=math.ceil((local.second + START_TIMEOUT + AFTER_START) / 60))
     return f"{closes - dt.timedelta(hours=2):%H:%M}-{closes:%H:%M}", closes
 
 
 @pytest.fixture(scope="module")
 def presence(run_pipeline, live_settings):
-    hours, closes = _opening_hours_closing_soon(dt.datetime.now(UTC))
+    hours, closes = _opening_hours_closing_after_the_start(dt.datetime.now(UTC))
     # The API evaluates statuses with the same rules as the pipeline: one configuration, read by both.
     missing = {"opening_hours", "presence_timezone", "keepalive_timeout_seconds"} - {
         f.name for f in dataclasses.fields(live_settings)}
@@ -52,6 +59,8 @@ def presence(run_pipeline, live_settings):
         assert client.post(f"/restaurants/{warmup}/keepalive", json={}).status_code == 202
         wait_for(lambda: _status(client, warmup)["last_keepalive"], START_TIMEOUT, "the first keep-alive in Redis",
                  pipeline)
+        # Holds by construction (the wait above is bounded by START_TIMEOUT): a failure here is a broken test.
+        assert dt.datetime.now(UTC) <= closes - dt.timedelta(seconds=GAP + 10), (dt.datetime.now(UTC), closes)
         print(f"\npresence pipeline: start to first keep-alive in the hot state {time.monotonic() - started:.1f} s")
         yield client, pipeline, closes, settings
     api.stop()
@@ -67,7 +76,6 @@ def test_silent_restaurant_turns_offline_after_the_gap_and_its_offline_time_is_r
         assert answer.status_code == 202, answer.text
         time.sleep(1)
     last_ping = sent
-    assert dt.datetime.now(UTC) < closes - dt.timedelta(seconds=GAP + 5), "too little time left before closing"
 
     # Online until the gap has passed since its last ping, then offline for lack of keep-alives.
     seen = []
@@ -77,11 +85,13 @@ def test_silent_restaurant_turns_offline_after_the_gap_and_its_offline_time_is_r
         seen.append((dt.datetime.now(UTC), status["status"]))
         return status if status["status"] == "offline" else None
 
-    status, _ = wait_for(offline, GAP + 15, "offline after the gap", pipeline)
+    status, _ = wait_for(offline, GAP + 60, "offline after the gap", pipeline)
     went_offline = seen[-1][0]
     assert status["reasons"] == ["no_keepalive"]
     assert status["last_keepalive"] is not None and dt.datetime.fromisoformat(status["last_keepalive"]) == last_ping
-    assert any(state == "online" for _, state in seen) or went_offline - last_ping < dt.timedelta(seconds=GAP + 1)
+    # Not offline before the gap: each status was evaluated before the test noted its time, so one noted
+    # earlier than the gap's end (less the clocks' rounding) was evaluated earlier too. How late after the gap
+    # it turned offline depends on the machine's speed: only a hang breaks the wait's bound above.
     assert all(state == "online" for when, state in seen if when < last_ping + dt.timedelta(seconds=GAP - 0.5))
     print(f"\nlast keep-alive -> offline in GET /restaurants/status: "
           f"{(went_offline - last_ping).total_seconds():.2f} s (gap {GAP} s)")
