@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import os
@@ -235,7 +236,8 @@ def main() -> int:
             statuses = store.statuses(sample)
             online = sum(s["status"] == "online" for s in statuses.values())
             print(f"sample: {online} of {len(sample)} statuses online, as the loaders know them "
-                  f"({statistics.mean(len(s['reasons']) for s in statuses.values()):.3f} reasons on average)")
+                  f"({statistics.mean(len(s['reasons']) for s in statuses.values()):.3f} reasons on average; "
+                  f"reasons seen: {dict(collections.Counter(r for s in statuses.values() for r in s['reasons']))})")
 
             killed = [r for _, ids in loaders for r in ids]
             for loader, _ in loaders:
