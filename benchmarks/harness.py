@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -46,3 +47,20 @@ def run_side(script: str, role: str, settings: Settings, args: list[str], python
         print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (and its waited-for children), from /proc (FileNotFoundError once gone)."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (0 when the kernel reports none)."""
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0

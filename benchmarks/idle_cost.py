@@ -36,21 +36,19 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script)
 import streaming_latency  # noqa: E402
+from harness import cpu_seconds  # noqa: E402
 
 from orderflow import bootstrap, refdata  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
 from orderflow.model import pricing, sample_assets  # noqa: E402
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a live process, None once it is gone."""
+def _cpu_or_none(pid: int) -> float | None:
+    """``harness.cpu_seconds``, None once the process is gone."""
     try:
-        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
+        return cpu_seconds(pid)
+    except FileNotFoundError:
         return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def process_tree(root: int) -> dict[int, str]:
@@ -77,11 +75,11 @@ def cpu_over(roots: dict[str, int], seconds: float) -> dict[str, float]:
     """% of one core of each named process tree (by command: ``orders/python``, ``orders/prism``...) over
     ``seconds``; processes that start or end inside the window are left out."""
     trees = {name: process_tree(pid) for name, pid in roots.items()}
-    before = {(name, pid): cpu_seconds(pid) for name, tree in trees.items() for pid in tree}
+    before = {(name, pid): _cpu_or_none(pid) for name, tree in trees.items() for pid in tree}
     time.sleep(seconds)
     usage: dict[str, float] = {}
     for (name, pid), start in before.items():
-        end = cpu_seconds(pid)
+        end = _cpu_or_none(pid)
         if start is not None and end is not None:
             key = f"{name}/{trees[name][pid]}"
             usage[key] = usage.get(key, 0.0) + 100 * (end - start) / seconds
@@ -136,7 +134,7 @@ def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict[
                                    + "\n".join(s.log_tail() for s in sides))
             time.sleep(1)
         print(f"{role:>5}: streaming {time.time() - started:.1f} s after the start", flush=True)
-        roots = {s.name: s._process.pid for s in sides}  # a DetachedProcess's or a Popen's
+        roots = {s.name: s.pid for s in sides}
         time.sleep(args.settle)
         at_feed = cpu_over(roots, args.seconds)
         feed.terminate()

@@ -44,6 +44,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import api_latency  # noqa: E402  (benchmarks/, beside this script: the HTTP load process)
+from harness import cpu_seconds, rss_mb  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
@@ -53,21 +54,6 @@ from orderflow_dev.local.processes import DetachedProcess  # noqa: E402
 from orderflow_dev.local.stack import LocalStack, StackPorts, temporary_stack  # noqa: E402
 
 ZONE = "America/Sao_Paulo"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (and its waited-for children), from /proc."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)

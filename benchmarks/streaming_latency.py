@@ -73,6 +73,10 @@ class HandLoop:
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              start_new_session=True, env={**os.environ, **env})
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -100,6 +104,10 @@ class Pipeline:
 
     def start(self, args: list[str], env: dict[str, str]) -> None:
         self._process.start(args, env=env)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
 
     def running(self) -> bool:
         from orderflow_dev.local.processes import RUNNING
