@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import api_latency  # noqa: E402  (benchmarks/, beside this script: the HTTP load process)
 from harness import cpu_seconds, rss_mb  # noqa: E402
+from idle_cost import process_tree  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
@@ -54,6 +55,21 @@ from orderflow_dev.local.processes import DetachedProcess  # noqa: E402
 from orderflow_dev.local.stack import LocalStack, StackPorts, temporary_stack  # noqa: E402
 
 ZONE = "America/Sao_Paulo"
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent not idle (nor waiting for I/O) since boot, from /proc/stat."""
+    fields = [int(f) for f in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def forwarded_wills(metrics_url: str) -> float:
+    """The bridge's ``orderflow_bridge_forwarded_total{kind="disconnected"}``: last wills written to Kafka."""
+    import urllib.request
+
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith('orderflow_bridge_forwarded_total{kind="disconnected"}'))
+
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
@@ -178,8 +194,11 @@ def main() -> int:
 
         presence = DetachedProcess("presence", workdir)
         presence.start([f"--opening_hours={hours}", f"--presence_timezone={ZONE}"], env=env)
+        import port_for
+
+        bridge_metrics = f"http://127.0.0.1:{(metrics_port := port_for.select_random())}/metrics"
         bridge = DetachedProcess("bridge", workdir)
-        bridge.start([], env=env)
+        bridge.start(["--metrics-port", str(metrics_port)], env=env)
         store = RestaurantStateStore.from_settings(settings)
         loaders = []
         try:
@@ -206,15 +225,22 @@ def main() -> int:
             print(f"ramp: {connected} of {args.restaurants} connected in {ramp:.1f} s "
                   f"({connected / ramp:.0f} connections/s; {retried} attempts failed and were retried)")
 
-            pids = {f"broker-{n}": b._pid(b.services["mosquitto"]) for n, b in enumerate(brokers)}
-            pids["bridge"] = bridge.pid
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            groups = {f"broker-{n}": [b._pid(b.services["mosquitto"])] for n, b in enumerate(brokers)}
+            groups["bridge"] = [bridge.pid]
+            # Where the rest of the 2 cores went: the presence pipeline with its Prism and SDK workers, and the
+            # simulated devices (which a real deployment does not run beside the platform).
+            groups["pipeline"] = list(process_tree(presence.pid))
+            groups["loaders"] = [loader.pid for loader, _ in loaders]
+            before = {name: sum(cpu_seconds(pid) for pid in pids) for name, pids in groups.items()}
+            machine_before = machine_busy_seconds()
             steady = time.monotonic()
             latencies = asyncio.run(probe_latency(settings, brokers[0], args.minutes * 60))
             elapsed = time.monotonic() - steady
-            for name, pid in pids.items():
-                print(f"{name:<10} CPU {100 * (cpu_seconds(pid) - before[name]) / elapsed:5.1f}% of a core, "
-                      f"RSS {rss_mb(pid):7.1f} MB")
+            for name, pids in groups.items():
+                cpu = 100 * (sum(cpu_seconds(pid) for pid in pids) - before[name]) / elapsed
+                print(f"{name:<10} CPU {cpu:5.1f}% of a core, RSS {sum(rss_mb(pid) for pid in pids):7.1f} MB")
+            print(f"machine    CPU {100 * (machine_busy_seconds() - machine_before) / elapsed:5.1f}% of one core "
+                  f"({os.cpu_count()} cores), load {os.getloadavg()[0]:.1f}")
             print(f"ping -> Redis: p50 {percentile(latencies, 0.5):.3f} s, p99 {percentile(latencies, 0.99):.3f} s "
                   f"({len(latencies)} probes)")
 
@@ -226,10 +252,15 @@ def main() -> int:
                   f"reasons seen: {dict(collections.Counter(r for s in statuses.values() for r in s['reasons']))})")
 
             killed = [r for _, ids in loaders for r in ids]
+            wills_before = forwarded_wills(bridge_metrics)
             for loader, _ in loaders:
                 os.kill(loader.pid, signal.SIGUSR1)
             kill_started = time.monotonic()
+            bridged_after = None  # the stage split: broker + bridge, then Kafka + the pipeline
             while True:
+                if bridged_after is None and forwarded_wills(bridge_metrics) - wills_before >= len(killed):
+                    bridged_after = time.monotonic() - kill_started
+                    print(f"kill: the bridge wrote all {len(killed)} last wills to Kafka after {bridged_after:.1f} s")
                 left = [r for r, s in store.statuses(killed).items() if "disconnected" not in s["reasons"]]
                 if not left or time.monotonic() - kill_started > 600:
                     break
