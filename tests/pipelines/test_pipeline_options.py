@@ -8,11 +8,9 @@ back from the real stores. The reference data comes from ``python -m orderflow.r
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import re
-import signal
 import subprocess
 import sys
 import uuid
@@ -28,6 +26,7 @@ from orderflow.clients import avro_codec
 from orderflow.config import settings_environment
 from orderflow.model import pricing, sample_assets
 from orderflow_dev.generate.orders import generate
+from tests.support.commands import stop_as_kill
 from tests.support.kafka_testing import produce, read_partition
 from tests.support.orders_scenario import expected_outcome
 from tests.support.waiting import wait_for
@@ -150,11 +149,7 @@ def test_orders_max_read_seconds_sets_how_much_of_a_backlog_one_read_takes(modul
 
             wait_for(committed, START_TIMEOUT + 300, f"the backlog committed with --orders_max_read_seconds={seconds}")
         finally:
-            # The process alone, as `kill <pid>` stops it (its Prism finalizes the last bundle first).
-            os.kill(pipeline.pid, signal.SIGTERM)
-            _, err = pipeline.communicate(timeout=120)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pipeline.pid, signal.SIGKILL)
+            _, err = stop_as_kill(pipeline)
         assert pipeline.returncode == 0, err[-3000:]
         commits = _commits(module_settings.kafka_bootstrap, group, topic)
         advances[seconds] = [b - a for a, b in zip([0, *commits], commits, strict=False) if b > a]
