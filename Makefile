@@ -160,11 +160,13 @@ test: setup
 unit: venv
 	$(PY) -m pytest -m "not needs_stack"
 
+# The stack's directory and ports, the demo's API port: ORDERFLOW_LOCAL_ROOT, ORDERFLOW_LOCAL_PORT_OFFSET (environment).
+# The demo's sizes: ARGS, e.g. make demo ARGS='--restaurants 50 --mqtt-restaurants 20' (python -m orderflow_dev.demo -h).
 demo: setup stack-up
-	$(PY) -m orderflow_dev.demo
+	$(PY) -m orderflow_dev.demo live $(ARGS)
 
 demo-replay: setup stack-up
-	$(PY) -m orderflow_dev.demo replay
+	$(PY) -m orderflow_dev.demo replay $(ARGS)
 
 stack-up: setup
 	$(PY) -m orderflow_dev.local up

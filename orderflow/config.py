@@ -164,6 +164,19 @@ class ApiConfig:
                                              "... kept this long, in the API process's memory")
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalStackConfig:
+    """Where the developer's local stack lives (``python -m orderflow_dev.local``, ``make stack-up``, ``make demo``):
+    read by the developer's tools only; the runtime reads its endpoints from ``Settings``."""
+
+    root: str = _variable("ORDERFLOW_LOCAL_ROOT", ".local",
+                          "the local stack's and `make demo`'s directory: data, logs, pid files (`make` targets and "
+                          "`python -m orderflow_dev.local`, `orderflow_dev.demo`)")
+    port_offset: int = _variable("ORDERFLOW_LOCAL_PORT_OFFSET", 0,
+                                 "every port of that local stack and of `make demo`'s API (18080) + N: a second stack "
+                                 "beside the default one, whose endpoints `make demo` then uses")
+
+
 # The former single endpoint of both AWS services, still read: it is the default of the DynamoDB and SNS
 # endpoint variables (an empty value = real AWS for both).
 AWS_ENDPOINT_VARIABLE = "ORDERFLOW_AWS_ENDPOINT_URL"
@@ -217,6 +230,7 @@ ENVIRONMENT: list[Variable] = [
     Variable(LOG_FORMAT_VARIABLE, "`text` for plain log lines", "json"),
     Variable(PRISM_LOCATION_VARIABLE, "the Prism binary of streaming runs unless `--prism_location` or `--runner` "
                                       "is given (the developer's tools: `.local/bin/prism`)"),
+    *_variables(LocalStackConfig, "LocalStackConfig"),
     *_variables(ApiConfig, "ApiConfig"),
 ]
 
@@ -295,6 +309,15 @@ def load_api_config(environ: Mapping[str, str] | None = None) -> ApiConfig:
         ConfigurationError: a variable's value is not of its knob's type.
     """
     return _loaded(ApiConfig, environ)
+
+
+def load_local_config(environ: Mapping[str, str] | None = None) -> LocalStackConfig:
+    """Builds the developer tools' LocalStackConfig from ``environ`` (default ``os.environ``), like ``load_settings``.
+
+    Raises:
+        ConfigurationError: a variable's value is not of its knob's type.
+    """
+    return _loaded(LocalStackConfig, environ)
 
 
 def _text(value: object) -> str:

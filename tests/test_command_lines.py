@@ -5,7 +5,6 @@ with their options, and ``make setup`` run again."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -25,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from orderflow import bootstrap, clients
 from orderflow.config import Topics, settings_environment
 from orderflow_dev.generate.keepalive import make_plan
+from tests.support.commands import stop_as_kill
 from tests.support.kafka_testing import produce, read_partition
 from tests.support.presence_timeline import planned_keepalives
 from tests.support.waiting import wait_for
@@ -432,7 +432,6 @@ def test_replay_run_orders_streaming_from_a_time_with_a_reference_data_refresh(m
     order stamped before the time is never read, the one after it is priced; a price changed while it streams
     prices the next order once the snapshot is older than 2 s (with the default 300 s the old price would stay);
     SIGTERM drains it (exit 0) with the group's offset committed at the end of what it read."""
-    import signal
     from decimal import Decimal
 
     from orderflow import refdata
@@ -479,12 +478,7 @@ def test_replay_run_orders_streaming_from_a_time_with_a_reference_data_refresh(m
         wait_for(lambda: "rs-changed" in stored(), 60, "the order after the price change priced")
         assert stored() == {"rs-after": Decimal("30"), "rs-changed": Decimal("60")}  # 3 x 10, then 3 x 20
     finally:
-        # The process, as `kill <pid>` or `make stack-down` stops it: a signal to its whole group would stop its
-        # Prism too, before Prism finalizes the last bundle (whose commit the drain waits for).
-        os.kill(replay.pid, signal.SIGTERM)
-        out, err = replay.communicate(timeout=120)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(replay.pid, signal.SIGKILL)
+        _, err = stop_as_kill(replay)
     assert replay.returncode == 0, err[-3000:]
     offsets = _command("orderflow.replay", "offsets", "--group", group, "--topic", topic,
                        env=settings_environment(module_settings))

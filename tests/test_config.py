@@ -9,8 +9,10 @@ from orderflow.config import (
     ENVIRONMENT,
     ApiConfig,
     ConfigurationError,
+    LocalStackConfig,
     Settings,
     load_api_config,
+    load_local_config,
     load_settings,
     settings_environment,
 )
@@ -85,7 +87,7 @@ def _fields(configured, prefix: str) -> dict[str, object]:
 def test_every_variable_is_listed_once_and_names_its_field():
     names = [variable.name for variable in ENVIRONMENT]
     assert len(names) == len(set(names))
-    loaders = {"Settings": load_settings, "ApiConfig": load_api_config}
+    loaders = {"Settings": load_settings, "ApiConfig": load_api_config, "LocalStackConfig": load_local_config}
     unset = {root: _fields(load(environ={}), root) for root, load in loaders.items()}
     for variable in ENVIRONMENT:
         if variable.field is None:  # read apart from the dataclasses, documented here all the same
@@ -100,11 +102,12 @@ def test_every_variable_is_listed_once_and_names_its_field():
         assert value != variable.default
         loaded = _fields(loaders[root](environ={variable.name: raw}), root)
         assert loaded == {**unset[root], variable.field: value}, variable
-    # Every field of the three dataclasses but the nested topics has its variable, so none is left unread.
+    # Every field of the four dataclasses but the nested topics has its variable, so none is left unread.
     assert {v.field for v in ENVIRONMENT if v.field} == (
         {f"Settings.{f.name}" for f in dataclasses.fields(Settings) if f.name != "topics"}
         | {f"Settings.topics.{f.name}" for f in dataclasses.fields(config.Topics)}
-        | {f"ApiConfig.{f.name}" for f in dataclasses.fields(ApiConfig)})
+        | {f"ApiConfig.{f.name}" for f in dataclasses.fields(ApiConfig)}
+        | {f"LocalStackConfig.{f.name}" for f in dataclasses.fields(LocalStackConfig)})
 
 
 def test_memcached_host_port():

@@ -63,7 +63,12 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from orderflow.api.metrics import KAFKA_PRODUCER_STARTS, KAFKA_TRANSACTION_REQUESTS, KAFKA_TRANSACTIONS
+from orderflow.api.metrics import (
+    KAFKA_PRODUCER_STARTS,
+    KAFKA_TRANSACTION_REQUESTS,
+    KAFKA_TRANSACTIONS,
+    KAFKA_TRANSACTIONS_PRODUCING,
+)
 
 __all__ = ["CommitUnconfirmed", "DeliveryFailed", "KafkaSink"]
 
@@ -341,13 +346,18 @@ class KafkaSink:
         KAFKA_TRANSACTION_REQUESTS.observe(len(group))
         reports: list[list] = [[None] * len(request.records) for request in group]
         count = sum(len(request.records) for request in group)
+        producing = KAFKA_TRANSACTIONS_PRODUCING.labels(requests="one" if len(group) == 1 else "several")
         try:
-            for request, request_reports in zip(group, reports, strict=True):
-                for index, (key, value, *timestamp) in enumerate(request.records):
-                    self._produce_one(producer, request.topic, key, value,
-                                      functools.partial(_report, request_reports, index), deadline,
-                                      timestamp[0] if timestamp else 0)
-            left = producer.flush(max(deadline - time.monotonic(), 0))
+            producing.inc()
+            try:
+                for request, request_reports in zip(group, reports, strict=True):
+                    for index, (key, value, *timestamp) in enumerate(request.records):
+                        self._produce_one(producer, request.topic, key, value,
+                                          functools.partial(_report, request_reports, index), deadline,
+                                          timestamp[0] if timestamp else 0)
+                left = producer.flush(max(deadline - time.monotonic(), 0))
+            finally:  # acknowledged, or given up: no longer producing either way
+                producing.dec()
             if left:
                 raise DeliveryFailed(f"{left} of {count} records not acknowledged within {self.timeout:.0f}s")
             refused = [r for rs in reports for r in rs if isinstance(r, KafkaError)]

@@ -2,10 +2,10 @@
 the key verifier)."""
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["INGESTED_RECORDS", "KAFKA_PRODUCER_STARTS", "KAFKA_TRANSACTIONS", "KAFKA_TRANSACTION_REQUESTS",
-           "KEEPALIVE_CLOCK_SKEW", "KEY_LOOKUPS", "LATENCY", "REQUESTS"]
+           "KAFKA_TRANSACTIONS_PRODUCING", "KEEPALIVE_CLOCK_SKEW", "KEY_LOOKUPS", "LATENCY", "REQUESTS"]
 
 REQUESTS = Counter("orderflow_api_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("orderflow_api_request_seconds", "HTTP request latency", ["method", "route"],
@@ -19,6 +19,12 @@ KAFKA_TRANSACTIONS = Counter("orderflow_api_kafka_transactions_total",
 KAFKA_TRANSACTION_REQUESTS = Histogram("orderflow_api_kafka_transaction_requests",
                                        "ingest requests grouped into one Kafka transaction (group commit)",
                                        buckets=(1, 2, 4, 8, 16, 32, 64, 128))
+# Transactions of this process begun whose records are not all acknowledged yet, by whether they hold one request or
+# several (one series each, so a reader never sees half an update): while the broker is stalled, a transaction counted
+# here cannot reach its commit, so it will be aborted.
+KAFKA_TRANSACTIONS_PRODUCING = Gauge("orderflow_api_kafka_transactions_producing",
+                                     "ingest transactions begun whose records are not all acknowledged yet, by "
+                                     "requests in them: one, several", ["requests"])
 KAFKA_PRODUCER_STARTS = Counter("orderflow_api_kafka_producer_starts_total",
                                 "transactional producers initialised (first use, and each rebuild after a failure)")
 # result: found | unknown (a database lookup), cached (answered from memory), throttled (429, not looked up)

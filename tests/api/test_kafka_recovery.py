@@ -17,6 +17,7 @@ import time
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
 from orderflow.clients import avro_codec
 from orderflow.config import ApiConfig
@@ -153,14 +154,28 @@ def test_ingest_recovers_from_a_broker_stall_and_writes_nothing_it_answered_503(
     print(f"stall: first 202 {took:.1f}s after the broker resumed")
 
 
-def _aborted(client) -> float:
-    found = re.search(r'^orderflow_api_kafka_transactions_total\{outcome="aborted"\} (\S+)$', client.get("/metrics").text,
-                      re.M)
+def _metric(client, sample: str) -> float:
+    """A sample of the API's /metrics (0 before it is first recorded)."""
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", client.get("/metrics").text, re.M)
     return float(found.group(1)) if found else 0.0
 
 
-def _stalled_round(api, pid: int, token: str, writers: int) -> list:
-    """Writers post (``token``) for a second, the broker stalls for PRODUCE_TIMEOUT + 1 s, resumes: the answers."""
+def _aborted(client) -> float:
+    return _metric(client, 'orderflow_api_kafka_transactions_total{outcome="aborted"}')
+
+
+def _several_producing() -> float:
+    """Transactions of several requests begun whose records are not all acknowledged yet. Read from the served API's
+    registry (it runs in this process) rather than /metrics, whose scrape checks Kafka, which may be stalled."""
+    return REGISTRY.get_sample_value("orderflow_api_kafka_transactions_producing", {"requests": "several"}) or 0.0
+
+
+def _stalled_round(api, pid: int, token: str, writers: int) -> tuple[list, bool]:
+    """Writers post (``token``) while the broker is healthy; once the API reports a transaction of several requests
+    producing (a positive signal that writers queue behind the producers), the broker stalls. If a transaction of
+    several requests is still producing with the broker stopped, it cannot reach its commit: the system is at the
+    known point (else this round is answered and the caller tries another). The writers stop; the broker resumes
+    once each has its answer. Returns the answers and whether the round reached the point."""
     stop = threading.Event()
     answers: list = []
 
@@ -171,40 +186,53 @@ def _stalled_round(api, pid: int, token: str, writers: int) -> list:
 
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
         running = [pool.submit(write) for _ in range(writers)]
-        time.sleep(1.0)  # transactions of several requests each are committed meanwhile
-        _stall(pid)
         try:
-            time.sleep(PRODUCE_TIMEOUT + 1)  # the transactions in flight at the stall fail meanwhile
-            stop.set()
-            for future in running:
-                future.result()
+            deadline = time.monotonic() + 60  # only writers that never get going exceed it
+            while not _several_producing():
+                assert time.monotonic() < deadline, "no transaction of several requests in 60 s of 12 writers"
+                assert not any(f.done() for f in running), [f.result() for f in running if f.done()]
+                time.sleep(0.002)  # a poll, not a wait for time to pass: leaves the GIL to the API and the writers
+            _stall(pid)
+            try:
+                held = _several_producing()  # the broker is stopped: what produces now is never acknowledged
+            finally:
+                stop.set()
+                for future in running:  # each in-flight request ends by its deadline (and the commit's)
+                    future.result()
         finally:
+            stop.set()
             os.kill(pid, signal.SIGCONT)
-    return answers
+    return answers, held
 
 
 def test_a_shared_transaction_the_broker_stalls_in_answers_503_to_every_request_in_it(recovering_api):
     """Requests grouped in one transaction share its fate: the broker stalls while writers keep RECOVERING_API_
-    PRODUCERS busy with shared transactions; every request of a transaction that fails gets 503 and none of their
-    records becomes visible, while every 202 is visible."""
+    PRODUCERS busy with shared transactions, at a known point (a transaction of several requests producing with the
+    broker stopped: the API's ``orderflow_api_kafka_transactions_producing``); every request of a transaction that
+    fails gets 503 and none of their records becomes visible, while every 202 is visible."""
     stack, api = recovering_api
     pid = read_pid(stack.root / "run" / "kafka.pid")
     token = _unique_token("grouped-stall")
     answers: list = []
     with api.client(api.key("ingest")) as writer, api.client(api.key("read")) as reader:
-        # The stall may meet transactions of one request each (or in their commit: 504): then again, up to 3 times.
-        for _ in range(3):
+        # Each round stalls the broker after a positive signal; it counts once the API reports, with the broker
+        # stopped, a transaction of several requests still producing (the known point; else another round).
+        rounds = 0
+        while rounds < 20:
+            rounds += 1
             _every_producer_answers(writer)
             aborted_before = _aborted(reader)
-            round_answers = _stalled_round(api, pid, token, writers=12)
+            round_answers, held = _stalled_round(api, pid, token, writers=12)
             _recovers(writer, time.monotonic())
             aborted = _aborted(reader) - aborted_before
             answers += round_answers
             # 503s of requests that were in a transaction (the others waited for a producer past their deadline)
             in_failed = [a for a in round_answers if a.status_code == 503
                          and re.search(r"not acknowledged|records refused", a.json()["detail"])]
-            if len(in_failed) > aborted:
+            if held:
                 break
+        assert held, "in 20 rounds, never a transaction of several requests producing once the broker stopped"
+        # The held transaction of several requests was aborted, and each of its requests answered 503.
         assert len(in_failed) > aborted >= 1, f"{len(in_failed)} requests in {aborted:.0f} aborted transactions"
 
     statuses = collections.Counter(a.status_code for a in answers)
@@ -213,4 +241,5 @@ def test_a_shared_transaction_the_broker_stalls_in_answers_503_to_every_request_
     visible = _visible_tokens(api.settings)[token]
     # 5 orders per request: every 202 visible, nothing of a 503; a 504 (the stall met a commit) may be either.
     assert 5 * statuses[202] <= visible <= 5 * (statuses[202] + statuses[504]), (visible, statuses)
-    print(f"grouped stall: {dict(statuses)}, {len(in_failed)} requests in {aborted:.0f} aborted transactions")
+    print(f"grouped stall: {dict(statuses)}, {len(in_failed)} requests in {aborted:.0f} aborted transactions "
+          f"(round {rounds})")

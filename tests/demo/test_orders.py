@@ -3,18 +3,14 @@ the alarms and their SMS) against the generated session's intent, recomputed her
 numbers."""
 from __future__ import annotations
 
-import collections
 import datetime
 import re
 import zoneinfo
-from decimal import Decimal
 
 import psycopg
 
-from orderflow.model import sample_assets
 from orderflow_dev.demo.orders import demo
-from orderflow_dev.generate.orders import generate
-from tests.support.orders_scenario import SLIDE_PERIOD, SLIDE_SIZE, dynamodb_volumes, expected_outcome
+from tests.support.orders_scenario import SLIDE_PERIOD, SLIDE_SIZE, demo_session, dynamodb_volumes
 from tests.support.sns_testing import sent_sms
 
 N, SEED = 2_000, 1  # this seed's session fires both kinds of the demo's alarms (2 client days, 9 windows)
@@ -31,20 +27,13 @@ def test_the_summary_and_the_stores_match_the_generated_session(module_settings,
     day = datetime.date.fromisoformat(re.search(r"produced 2,000 records for (\S+):", out).group(1))
     assert day in yesterday, out
 
-    records = list(generate(N, seed=SEED, day=day, timezone=module_settings.exchange_timezone))
-    kinds = collections.Counter(record.kind for record in records)
-    expected = expected_outcome(records, sample_assets.sample_prices(day), module_settings.exchange_timezone)
+    kinds, expected, alarms = demo_session(N, SEED, day, module_settings.exchange_timezone)
     assert (f"{kinds['order']:,} orders, {kinds['duplicate']:,} duplicates, {kinds['malformed']:,} malformed"
             in out), out
     reasons = ", ".join(f"{reason}={count}" for reason, count in sorted(expected["reasons"].items()))
     assert f"dead letters by reason: {reasons}\n" in out, out
 
-    # The demo's rules (a client's day over N * 100, an hour of everyone's over N * 220), evaluated by hand.
-    day_start = datetime.datetime.combine(day, datetime.time(), zone).astimezone(datetime.timezone.utc)
-    alarms = {("demo-client-day", client, day_start) for client, (total, _) in expected["volumes"].items()
-              if total >= Decimal(N * 100)}
-    alarms |= {("demo-all-1h", "*", datetime.datetime.fromtimestamp(start, datetime.timezone.utc))
-               for start, total in expected["windows"].items() if total >= Decimal(N * 220)}
+    # The demo's rules, evaluated by hand (demo_session).
     assert SLIDE_SIZE == 3600 and SLIDE_PERIOD == 900  # the demo's sliding window, which expected_outcome assumes
     assert {rule for rule, _, _ in alarms} == {"demo-client-day", "demo-all-1h"}  # the check covers both kinds
 

@@ -10,7 +10,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from confluent_kafka.admin import AdminClient
 
 from orderflow.config import Topics
 from orderflow_dev.local.stack import StackPorts
+from tests.support.ports import free_port_offset, port_free, stack_ports
 
 
 def _local(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -28,30 +28,15 @@ def _local(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
-
-
 def _states(output: str) -> dict[str, tuple[str, int]]:
     """``{service: (state, port)}`` from the command's table."""
     return {m[1]: (m[2], int(m[3])) for m in re.finditer(r"^(\w+)\s+([\w ]+?)\s+127\.0\.0\.1:(\d+)\s+log:", output, re.M)}
 
 
-def _free_offset() -> int:
-    """The first offset (of 1,000 to 20,000 by 1,000) at which every port of the stack is free."""
-    for offset in range(1000, 21000, 1000):
-        ports = StackPorts.offset(offset)
-        if all(_free(getattr(ports, f.name)) for f in dataclasses.fields(StackPorts)):
-            return offset
-    raise AssertionError("no port offset with every port free")
-
-
 @pytest.mark.needs_stack  # python -m orderflow_dev.local up: a whole stack
 def test_up_status_down_and_status_exit_code_3(tmp_path):
-    offset = _free_offset()
-    moved = StackPorts.offset(offset)
-    ports = {f.name: getattr(moved, f.name) for f in dataclasses.fields(StackPorts)}
+    offset = free_port_offset()
+    ports = stack_ports(StackPorts.offset(offset))
     default = StackPorts()
     assert all(port == getattr(default, name) + offset for name, port in ports.items())
     base = pathlib.Path(os.environ.get("ORDERFLOW_TEST_STACK_DIR", ".local"))
@@ -92,7 +77,7 @@ def test_up_status_down_and_status_exit_code_3(tmp_path):
         after = _local("status", "--root", root, f"--port-offset={offset}")
         assert after.returncode == 3, after.stdout
         assert _states(after.stdout) == {name: ("down", port) for name, port in services.items()}
-        assert all(_free(port) for port in ports.values())
+        assert all(port_free(port) for port in ports.values())
     finally:
         _local("down", "--root", root, f"--port-offset={offset}")
         shutil.rmtree(root, ignore_errors=True)

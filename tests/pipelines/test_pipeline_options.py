@@ -20,13 +20,16 @@ import port_for
 import psycopg
 import pytest
 import redis
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer
 
 from orderflow.clients import avro_codec
 from orderflow.config import settings_environment
 from orderflow.model import pricing, sample_assets
 from orderflow_dev.generate.orders import generate
+from tests.support.commands import stop_as_kill
+from tests.support.kafka_testing import produce, read_partition
 from tests.support.orders_scenario import expected_outcome
+from tests.support.waiting import wait_for
 
 ORDERS = 300
 # Zones far from the exchange's: the test takes the first where the last three hours are all on today's date.
@@ -88,6 +91,71 @@ def test_orders_from_the_command_line_with_endpoint_options_and_the_lookback(mod
             "SELECT client_token, sum(total), count(*) FROM orders WHERE trade_day = %s GROUP BY 1", (day,))}
         assert conn.execute("SELECT count(*) FROM orders").fetchone()[0] == expected["unique"]
     assert by_client == expected["volumes"]  # priced with the sample prices the CLI loaded
+
+
+BACKLOG, FETCH = 60_000, 10_000  # records waiting; the most one poll of a read takes (kafka_read: max(10,000, batch))
+
+
+def _commits(bootstrap: str, group: str, topic: str) -> list[int]:
+    """The offsets ``group`` committed for partition 0 of ``topic``, in the order it committed them: each commit is a
+    record of Kafka's ``__consumer_offsets`` (key: version 0 or 1, group, topic, partition; value: version, offset)."""
+    def string(data: bytes, at: int) -> tuple[str, int]:
+        size = int.from_bytes(data[at:at + 2], "big")
+        return data[at + 2:at + 2 + size].decode(), at + 2 + size
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-offsets-reader"})
+    try:
+        partitions = len(consumer.list_topics("__consumer_offsets", timeout=10).topics["__consumer_offsets"].partitions)
+    finally:
+        consumer.close()
+    offsets = []
+    for partition in range(partitions):
+        for _, key, value, _, _ in read_partition(bootstrap, "__consumer_offsets", partition):
+            if value is None or int.from_bytes(key[:2], "big") not in (0, 1):
+                continue  # a tombstone, or a group's metadata
+            committer, at = string(key, 2)
+            committed_topic, at = string(key, at)
+            if (committer, committed_topic, int.from_bytes(key[at:at + 4], "big")) == (group, topic, 0):
+                offsets.append(int.from_bytes(value[2:10], "big", signed=True))
+    return offsets
+
+
+def test_orders_max_read_seconds_sets_how_much_of_a_backlog_one_read_takes(module_settings, environment, make_topic):
+    """``--orders_max_read_seconds`` as a user passes it to the streaming orders pipeline (Prism), over a backlog of
+    60,000 records on one partition (undecodable: dead letters, cheap to process). Each read's records are committed
+    at the end of its bundle, so the group's successive commits (Kafka's own record of them) show how much one read
+    took: with 0, one poll (10,000 at most) per read; with 600, a read goes on while full polls keep coming, so one
+    commit takes 30,000 or more at once. The default (1 s) cannot give both: a pipeline that ignored the option would
+    read 10,000 or fewer in a second in one run and 30,000 or more in the other."""
+    from orderflow_dev import PRISM_BINARY
+    from tests.support.waiting import START_TIMEOUT
+
+    assert PRISM_BINARY.is_file(), f"{PRISM_BINARY} is missing: `make prism` builds it"
+    topic, dead_letters = make_topic("max-read", partitions=1), make_topic("max-read-dlq", partitions=1)
+    produce(module_settings.kafka_bootstrap, topic, [(b"k", b"not an order %d" % n) for n in range(BACKLOG)],
+            partition=0)
+    advances = {}
+    for seconds in (0, 600):
+        group = f"max-read-{seconds}-{uuid.uuid4().hex[:8]}"
+        pipeline = subprocess.Popen(
+            [sys.executable, "-m", "orderflow.pipelines.orders", f"--orders_topic={topic}", f"--orders_group_id={group}",
+             f"--orders_max_read_seconds={seconds}", "--alarm_rules=[]", "--progress_interval_seconds=0"],
+            env={**environment, "ORDERFLOW_TOPIC_ORDERS_DLQ": dead_letters}, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            def committed(pipeline=pipeline, group=group) -> bool:
+                assert pipeline.poll() is None, pipeline.communicate()[1][-3000:]
+                return BACKLOG in _commits(module_settings.kafka_bootstrap, group, topic)
+
+            wait_for(committed, START_TIMEOUT + 300, f"the backlog committed with --orders_max_read_seconds={seconds}")
+        finally:
+            _, err = stop_as_kill(pipeline)
+        assert pipeline.returncode == 0, err[-3000:]
+        commits = _commits(module_settings.kafka_bootstrap, group, topic)
+        advances[seconds] = [b - a for a, b in zip([0, *commits], commits, strict=False) if b > a]
+    print(f"\ncommits' advances over {BACKLOG:,} records: {advances}")
+    assert sum(advances[0]) == BACKLOG and max(advances[0]) <= FETCH and len(advances[0]) >= BACKLOG // FETCH
+    assert sum(advances[600]) == BACKLOG and max(advances[600]) >= 3 * FETCH
 
 
 def _minute(ts: dt.datetime) -> dt.datetime:

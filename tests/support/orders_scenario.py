@@ -164,3 +164,20 @@ def check_state(settings, expected, alarms, phones):
         if client != "all":
             expected_sms[phone] = sum(1 for rule, scope, _ in alarms if scope == client)
     assert sms == +expected_sms
+
+
+def demo_session(n: int, seed: int, day: datetime.date, timezone: str) -> tuple[collections.Counter, dict, set]:
+    """``make demo-replay``'s orders step (``orderflow_dev.demo.orders``) recomputed from the generator's intent: the
+    kinds of its ``n`` records of ``day`` generated with ``seed``, what the pipeline must produce, and the alarms its
+    two rules (a client's day over n * 100, an hour of everyone's over n * 220, sliding by 15 minutes) must raise:
+    ``(rule, scope, window start)``."""
+    records = list(generate(n, seed=seed, day=day, timezone=timezone))
+    expected = expected_outcome(records, sample_assets.sample_prices(day), timezone)
+    zone = zoneinfo.ZoneInfo(timezone)
+    day_start = datetime.datetime.combine(day, datetime.time(), zone).astimezone(datetime.timezone.utc)
+    alarms = {("demo-client-day", client, day_start) for client, (total, _) in expected["volumes"].items()
+              if total >= Decimal(n * 100)}
+    alarms |= {("demo-all-1h", "*", datetime.datetime.fromtimestamp(start, datetime.timezone.utc))
+               for start, total in expected["windows"].items() if total >= Decimal(n * 220)}
+    return collections.Counter(record.kind for record in records), expected, alarms
+

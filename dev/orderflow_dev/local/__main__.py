@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 
+from orderflow.config import load_local_config
 from orderflow.pipelines import PIPELINES
 from orderflow_dev.local.processes import DEAD, RUNNING, DetachedProcess, detached_processes
 from orderflow_dev.local.stack import LocalStack, ServiceFailed, StackPorts
@@ -25,11 +26,14 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"with redeploy: the pipeline ({', '.join(sorted(PIPELINES))}); with mqtt-credentials: "
                              "the restaurants' ids")
     parser.epilog = "redeploy: the pipeline's new options follow --, e.g. redeploy orders -- --alarm_rules=@rules.json"
-    parser.add_argument("--root", default=".local", help="data, logs and pid files (default: .local)")
+    local = load_local_config()  # ORDERFLOW_LOCAL_ROOT, ORDERFLOW_LOCAL_PORT_OFFSET: what `make stack-up` etc. pass
+    parser.add_argument("--root", default=local.root,
+                        help=f"data, logs and pid files (default: ORDERFLOW_LOCAL_ROOT, {local.root})")
     parser.add_argument("--no-bootstrap", action="store_true", help="with up: skip topics/tables/migrations")
-    parser.add_argument("--port-offset", type=int, default=0,
+    parser.add_argument("--port-offset", type=int, default=local.port_offset,
                         help="every service's port + N: a second stack beside the default one (give the same "
-                             "offset to status and down; the services' ORDERFLOW_* endpoints move with it)")
+                             "offset to status and down; the services' ORDERFLOW_* endpoints move with it; "
+                             f"default: ORDERFLOW_LOCAL_PORT_OFFSET, {local.port_offset})")
     argv = sys.argv[1:] if argv is None else list(argv)
     options = argv[argv.index("--") + 1:] if "--" in argv else []
     # ids may follow options: mqtt-credentials --root R ID...
