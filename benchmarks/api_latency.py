@@ -293,6 +293,57 @@ def _transaction_counts(url: str) -> tuple[float, float]:
             values.get("orderflow_api_kafka_transaction_requests_sum", 0.0))
 
 
+def _measure_http(label: str, url: str, pid: int, key: str, paths: list, concurrency: int,
+                  profile: pathlib.Path | None) -> Result:
+    """One scenario against one served API: a warm-up, then the measured run, with the API process's CPU and
+    group commit's transactions over it; printed, and returned."""
+    run_load({"mode": "http", "url": url, "key": key, "paths": paths[: max(50, len(paths) // 20)],
+              "concurrency": concurrency})
+    transactions_before, cpu_before = _transaction_counts(url), harness.cpu_seconds(pid)
+    profiler = None
+    if profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler = start_profiler(pid, profile)
+    http = Result(label, *run_load({"mode": "http", "url": url, "key": key, "paths": paths,
+                                    "concurrency": concurrency}))
+    if profiler is not None:
+        stop_profiler(profiler)
+    api_cpu = harness.cpu_seconds(pid) - cpu_before
+    transactions, grouped = (after - before for after, before in
+                             zip(_transaction_counts(url), transactions_before, strict=True))
+    print(http.row())
+    print(f"{'  its process CPU (of one core), per request':<58} {100 * api_cpu / http.seconds:>25.0f}% "
+          f"{1e6 * api_cpu / len(http.latencies):>7.0f} µs")
+    if transactions:
+        print(f"{'  Kafka transactions, requests per transaction':<58} {transactions:>25,.0f} "
+              f"{grouped / transactions:>8.1f}")
+    return http
+
+
+def _serve_before(source: pathlib.Path, settings, port: int, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """``python -m orderflow.api serve`` of another checkout (``--before``), with this venv, on the same stack."""
+    import urllib.request
+
+    from orderflow.config import settings_environment
+
+    env = {**os.environ, **settings_environment(settings), "PYTHONPATH": str(source.resolve())}
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/openapi.json", timeout=1):
+                return process, url
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError(f"--before: the API of {source} did not come up; log: {log}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000, help="requests per endpoint (default 3000)")
@@ -307,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated scenarios: status1, status, volume, ingest, keepalive (default all)")
     parser.add_argument("--profile", metavar="DIR", type=pathlib.Path,
                         help="py-spy the API process during each scenario's HTTP run (raw stacks into DIR)")
+    parser.add_argument("--before", metavar="DIR", type=pathlib.Path,
+                        help="also serve the API of another checkout (e.g. `git archive main | tar -x -C DIR`) on "
+                             "the same stack and run each scenario against it first: before and after in one run")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(only) - {"status1", "status", "volume", "ingest", "keepalive"}
@@ -318,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     from orderflow_dev.local.processes import DetachedProcess
 
     print("starting a local stack under .local/bench-api-* ...", flush=True)
+    before_process = None
     with temporary_stack("bench-api-", ".local", timeout=90) as stack:
         try:
             settings = load_settings(stack.environment())
@@ -329,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
             from orderflow.config import load_api_config
 
             url, _ = start_detached(settings, stack.root, port=port_for.select_random())
+            api_pid = DetachedProcess("api", stack.root).pid
+            before = None
+            if args.before:
+                before_process, before_url = _serve_before(args.before, settings, port_for.select_random(),
+                                                            pathlib.Path(stack.root) / "logs" / "api-before.log")
+                before = (before_url, before_process.pid)
             print(f"API on {url}; {args.restaurants} restaurants, {args.clients} clients; "
                   f"{args.n} requests per scenario, load from a second process\n")
 
@@ -351,40 +412,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'':<58} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
             for name in only:
                 kind, label, paths, concurrency = scenarios[name]
-                warm = paths[: max(50, args.n // 20)]
-                run_load({"mode": "http", "url": url, "key": key, "paths": warm, "concurrency": concurrency})
-                api_pid = DetachedProcess("api", stack.root).pid
-                transactions_before, cpu_before = _transaction_counts(url), harness.cpu_seconds(api_pid)
-                profiler = None
-                if args.profile:
-                    args.profile.mkdir(parents=True, exist_ok=True)
-                    profiler = start_profiler(api_pid, args.profile / f"{name}.txt")
-                http = Result(f"API  {label}", *run_load(
-                    {"mode": "http", "url": url, "key": key, "paths": paths, "concurrency": concurrency}))
-                if profiler is not None:
-                    stop_profiler(profiler)
-                api_cpu = harness.cpu_seconds(api_pid) - cpu_before
-                transactions, grouped = (after - before for after, before in
-                                         zip(_transaction_counts(url), transactions_before, strict=True))
+                served = [("API", url, api_pid)]
+                if before is not None:
+                    served.insert(0, ("before", *before))
+                measured = {}
+                for side, side_url, pid in served:
+                    profile = args.profile / f"{name}-{side}.txt" if args.profile else None
+                    measured[side] = _measure_http(f"{side:<6} {label}", side_url, pid, key, paths, concurrency,
+                                                   profile)
                 direct = Result(f"base direct {baselines[kind]}, {concurrency} in flight", *run_load(
                     {"mode": "direct", "settings": settings, "kind": kind, "paths": paths,
                      "concurrency": concurrency, "producers": producers}))
-                print(http.row())
-                print(f"{'  API process CPU (of one core), per request':<58} {100 * api_cpu / http.seconds:>25.0f}% "
-                      f"{1e6 * api_cpu / len(http.latencies):>7.0f} µs")
-                if transactions:
-                    print(f"{'  Kafka transactions, requests per transaction':<58} {transactions:>25,.0f} "
-                          f"{grouped / transactions:>8.1f}")
                 print(direct.row())
-                print(f"{'  ratio API / direct (req/s)':<58} {http.rate / direct.rate:>35.2f}")
-                if kind == "ingest":
-                    print(f"{'  orders/s: API, direct':<58} {http.rate * args.ingest_batch:>26,.0f} "
-                          f"{direct.rate * args.ingest_batch:>8,.0f}")
-                if profiler is not None:
-                    print_profile(args.profile / f"{name}.txt")
+                for side, http in measured.items():
+                    print(f"{f'  ratio {side} / direct (req/s)':<58} {http.rate / direct.rate:>35.2f}")
+                    if kind == "ingest":
+                        print(f"{f'  orders/s: {side}, direct':<58} {http.rate * args.ingest_batch:>26,.0f} "
+                              f"{direct.rate * args.ingest_batch:>8,.0f}")
+                if before is not None:
+                    print(f"{'  ratio API / before (req/s)':<58} {measured['API'].rate / measured['before'].rate:>35.2f}")
+                if args.profile:
+                    for side in measured:
+                        print_profile(args.profile / f"{name}-{side}.txt")
             return 0
         finally:
             stop_detached(stack.root)
+            if before_process is not None:
+                before_process.terminate()
+                before_process.wait(10)
 
 
 if __name__ == "__main__":
