@@ -14,6 +14,9 @@ INSTALL_REQUIRES = [
     "httpx2==2.17.0",
     "fastavro==1.13.1",
     "redis==8.1.0",
+    # redis-py's C reply parser (used when installed): replies of 100-1,000 hashes per status request, and every
+    # restaurant's for the dashboard's sampler, parsed in C instead of Python (benchmarks/README.md, issue 26).
+    "hiredis==3.5.0",
     "pymemcache==4.0.0",
     "boto3==1.44.5",
     "psycopg[binary,pool]==3.3.9",

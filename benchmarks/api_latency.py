@@ -7,7 +7,10 @@ Scenarios (``--only`` picks some), each the API beside its baseline in the same 
 - ``status``: the same at ``--concurrency`` in flight;
 - ``volume``: ``GET /clients/{token}/volume`` (DynamoDB) at ``--concurrency`` in flight;
 - ``ingest``: ``POST /orders`` with ``--ingest-batch`` JSON orders per request (one Kafka transaction each)
-  at ``--ingest-concurrency`` in flight (goal 4: >= 5,000 orders/s with p99 < 50 ms at 8 in flight).
+  at ``--ingest-concurrency`` in flight (goal 4: >= 5,000 orders/s with p99 < 50 ms at 8 in flight);
+- ``keepalive``: ``POST /restaurants/{id}/keepalive`` (``{}``) at ``--keepalive-concurrency`` in flight (issue 26
+  goal 6: >= 2,000/s from one API process at 64 in flight). Baseline: the keep-alive's Avro record and the
+  API's own ``KafkaSink`` (group commit, the same producers), no HTTP.
 
 The API runs as ``python -m orderflow.api serve`` (one uvicorn process) on its own local stack on free
 loopback ports; the load comes from another process (aiohttp). Baseline: the same load process calling the
@@ -17,24 +20,34 @@ and the API's own ``KafkaSink`` with the same number of transactional producers)
 HTTP layer (auth, validation, JSON, uvicorn) costs.
 
     .venv/bin/python benchmarks/api_latency.py [--n 3000] [--concurrency 16] [--only status1,ingest]
+
+``--profile DIR``: py-spy samples the API process (the thread holding the GIL, 200/s) during each scenario's
+measured HTTP run; the raw stacks go to ``DIR/<scenario>.txt`` and the heaviest frames are printed.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import os
 import pathlib
 import random
+import shutil
+import signal
+import subprocess
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+import harness  # noqa: E402
+
 from orderflow import (
     bootstrap,  # noqa: E402
-    )
+)
 from orderflow.config import load_settings  # noqa: E402
 from orderflow_dev.local import temporary_stack  # noqa: E402
 
@@ -130,13 +143,20 @@ async def _http_load(url: str, key: str, paths: list[str], concurrency: int) -> 
         return latencies, time.perf_counter() - began
 
 
-def _direct_ingest(settings, bodies: list[bytes], concurrency: int, producers: int) -> tuple[list[float], float]:
-    """What ``POST /orders`` does without HTTP and auth: parse, Avro-encode, one transaction per body."""
+def _keepalive_requests(n: int, restaurants: int) -> list[tuple[str, bytes]]:
+    rng = random.Random(17)
+    return [(f"/restaurants/r-{rng.randrange(restaurants):06d}/keepalive", b"{}") for _ in range(n)]
+
+
+def _direct_ingest(settings, bodies: list, concurrency: int, producers: int) -> tuple[list[float], float]:
+    """What ``POST /orders`` (or ``POST /restaurants/{id}/keepalive``) does without HTTP and auth: parse,
+    Avro-encode, one transaction per request (shared by the requests that wait: the sink's group commit)."""
     from orderflow.api.kafka_sink import KafkaSink
     from orderflow.clients import avro_codec
     from orderflow.model.orders import parse_orders
+    from orderflow.model.presence import keepalive_kafka_record
 
-    codec = avro_codec(settings, "orders")
+    codecs = {"orders": avro_codec(settings, "orders"), "keepalive": avro_codec(settings, "keepalive")}
     sink = KafkaSink(settings.kafka_bootstrap, producers=producers)
     latencies: list[float] = []
     queue = list(reversed(bodies))
@@ -145,10 +165,16 @@ def _direct_ingest(settings, bodies: list[bytes], concurrency: int, producers: i
         while queue:
             body = queue.pop()
             started = time.perf_counter()
-            orders = parse_orders(body, timestamp_ms=int(time.time() * 1000), minted_id_prefix="bench-direct")
-            records = [(str(o["client_token"]).encode(), codec.encode(o)) for o in orders]
-            delivered = await sink.produce(settings.topics.orders, records)
-            assert len(delivered) == len(orders)
+            if isinstance(body, tuple):  # a keep-alive: (path, body)
+                restaurant = body[0].split("/")[2]
+                records = [keepalive_kafka_record(codecs["keepalive"], restaurant, int(time.time() * 1000))]
+                topic = settings.topics.keepalive
+            else:
+                orders = parse_orders(body, timestamp_ms=int(time.time() * 1000), minted_id_prefix="bench-direct")
+                records = [(str(o["client_token"]).encode(), codecs["orders"].encode(o)) for o in orders]
+                topic = settings.topics.orders
+            delivered = await sink.produce(topic, records)
+            assert len(delivered) == len(records)
             latencies.append(time.perf_counter() - started)
 
     async def run():
@@ -193,7 +219,7 @@ def _load_process(job: dict, out) -> None:
     try:
         if job["mode"] == "http":
             out.send(asyncio.run(_http_load(job["url"], job["key"], job["paths"], job["concurrency"])))
-        elif job["kind"] == "ingest":
+        elif job["kind"] in ("ingest", "keepalive"):
             out.send(_direct_ingest(job["settings"], job["paths"], job["concurrency"], job["producers"]))
         else:
             out.send(_direct_load(job["settings"], job["kind"], job["paths"], job["concurrency"]))
@@ -214,6 +240,110 @@ def run_load(job: dict) -> tuple[list[float], float]:
     return result
 
 
+# -- --profile ----------------------------------------------------------------------------------------------
+def start_profiler(pid: int, output: pathlib.Path) -> subprocess.Popen:
+    """py-spy on the API process: samples of the thread holding the GIL, without pausing it."""
+    py_spy = shutil.which("py-spy", path=os.path.dirname(sys.executable)) or "py-spy"
+    proc = subprocess.Popen([py_spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--gil",
+                             "--nonblocking", "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the load starts
+    return proc
+
+
+def stop_profiler(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its file and exits
+    proc.wait(60)
+
+
+def print_profile(path: pathlib.Path, top: int = 25) -> None:
+    """The frames (function and file) present in the most samples: inclusive shares of the GIL's samples."""
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaf: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1].split("/")[-1].split(":")[0] + ")"
+                  for f in stack.split(";") if " (" in f]
+        for frame in set(frames):
+            inclusive[frame] += n
+        if frames:
+            leaf[frames[-1]] += n
+    print(f"  profile {path}: {total:,} samples of the thread holding the GIL (200/s)")
+    for frame, n in inclusive.most_common(top):
+        print(f"    {100 * n / total:5.1f}% incl  {100 * leaf[frame] / total:5.1f}% self  {frame}")
+
+
+def _transaction_counts(url: str) -> tuple[float, float]:
+    """(transactions, requests in them) so far, from the API's /metrics (group commit's histogram)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("orderflow_api_kafka_transaction_requests_count", "orderflow_api_kafka_transaction_requests_sum"):
+            values[name] = float(value)
+    return (values.get("orderflow_api_kafka_transaction_requests_count", 0.0),
+            values.get("orderflow_api_kafka_transaction_requests_sum", 0.0))
+
+
+def _measure_http(label: str, url: str, pid: int, key: str, paths: list, concurrency: int,
+                  profile: pathlib.Path | None) -> Result:
+    """One scenario against one served API: a warm-up, then the measured run, with the API process's CPU and
+    group commit's transactions over it; printed, and returned."""
+    run_load({"mode": "http", "url": url, "key": key, "paths": paths[: max(50, len(paths) // 20)],
+              "concurrency": concurrency})
+    transactions_before, cpu_before = _transaction_counts(url), harness.cpu_seconds(pid)
+    profiler = None
+    if profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler = start_profiler(pid, profile)
+    http = Result(label, *run_load({"mode": "http", "url": url, "key": key, "paths": paths,
+                                    "concurrency": concurrency}))
+    if profiler is not None:
+        stop_profiler(profiler)
+    api_cpu = harness.cpu_seconds(pid) - cpu_before
+    transactions, grouped = (after - before for after, before in
+                             zip(_transaction_counts(url), transactions_before, strict=True))
+    print(http.row())
+    print(f"{'  its process CPU (of one core), per request':<58} {100 * api_cpu / http.seconds:>25.0f}% "
+          f"{1e6 * api_cpu / len(http.latencies):>7.0f} µs")
+    if transactions:
+        print(f"{'  Kafka transactions, requests per transaction':<58} {transactions:>25,.0f} "
+              f"{grouped / transactions:>8.1f}")
+    return http
+
+
+def _serve_before(source: pathlib.Path, settings, port: int, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """``python -m orderflow.api serve`` of another checkout (``--before``), with this venv, on the same stack."""
+    import urllib.request
+
+    from orderflow.config import settings_environment
+
+    env = {**os.environ, **settings_environment(settings), "PYTHONPATH": str(source.resolve())}
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/openapi.json", timeout=1):
+                return process, url
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError(f"--before: the API of {source} did not come up; log: {log}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000, help="requests per endpoint (default 3000)")
@@ -222,18 +352,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=500, help="client volume items in DynamoDB")
     parser.add_argument("--ingest-batch", type=int, default=10, help="orders per POST /orders (default 10)")
     parser.add_argument("--ingest-concurrency", type=int, default=8, help="ingest requests in flight (default 8)")
-    parser.add_argument("--only", default="status1,status,volume,ingest",
-                        help="comma-separated scenarios: status1, status, volume, ingest (default all)")
+    parser.add_argument("--keepalive-concurrency", type=int, default=64,
+                        help="keep-alive requests in flight (default 64)")
+    parser.add_argument("--only", default="status1,status,volume,ingest,keepalive",
+                        help="comma-separated scenarios: status1, status, volume, ingest, keepalive (default all)")
+    parser.add_argument("--profile", metavar="DIR", type=pathlib.Path,
+                        help="py-spy the API process during each scenario's HTTP run (raw stacks into DIR)")
+    parser.add_argument("--before", metavar="DIR", type=pathlib.Path,
+                        help="also serve the API of another checkout (e.g. `git archive main | tar -x -C DIR`) on "
+                             "the same stack and run each scenario against it first: before and after in one run")
     args = parser.parse_args(argv)
     only = [name.strip() for name in args.only.split(",") if name.strip()]
-    unknown = set(only) - {"status1", "status", "volume", "ingest"}
+    unknown = set(only) - {"status1", "status", "volume", "ingest", "keepalive"}
     if unknown:
         parser.error(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}")
 
     from orderflow.api.auth import create_key
     from orderflow_dev.demo.api import start_detached, stop_detached
+    from orderflow_dev.local.processes import DetachedProcess
 
     print("starting a local stack under .local/bench-api-* ...", flush=True)
+    before_process = None
     with temporary_stack("bench-api-", ".local", timeout=90) as stack:
         try:
             settings = load_settings(stack.environment())
@@ -245,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
             from orderflow.config import load_api_config
 
             url, _ = start_detached(settings, stack.root, port=port_for.select_random())
+            api_pid = DetachedProcess("api", stack.root).pid
+            before = None
+            if args.before:
+                before_process, before_url = _serve_before(args.before, settings, port_for.select_random(),
+                                                            pathlib.Path(stack.root) / "logs" / "api-before.log")
+                before = (before_url, before_process.pid)
             print(f"API on {url}; {args.restaurants} restaurants, {args.clients} clients; "
                   f"{args.n} requests per scenario, load from a second process\n")
 
@@ -257,29 +402,44 @@ def main(argv: list[str] | None = None) -> int:
                            _volume_paths(args.n, args.clients), args.concurrency),
                 "ingest": ("ingest", f"POST /orders ({args.ingest_batch} orders), {args.ingest_concurrency} in flight",
                            _order_bodies(args.n, args.ingest_batch), args.ingest_concurrency),
+                "keepalive": ("keepalive", f"POST /restaurants/{{id}}/keepalive, {args.keepalive_concurrency} in flight",
+                              _keepalive_requests(args.n, args.restaurants), args.keepalive_concurrency),
             }
             baselines = {"status": "statuses(100 ids)", "volume": "DynamoDB GetItem",
-                         "ingest": "parse, encode, KafkaSink.produce"}
+                         "ingest": "parse, encode, KafkaSink.produce",
+                         "keepalive": "keep-alive record, KafkaSink.produce"}
             producers = load_api_config().kafka_producers  # the server's, from the same environment
             print(f"{'':<58} {'n':>6} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>9}")
             for name in only:
                 kind, label, paths, concurrency = scenarios[name]
-                warm = paths[: max(50, args.n // 20)]
-                run_load({"mode": "http", "url": url, "key": key, "paths": warm, "concurrency": concurrency})
-                http = Result(f"API  {label}", *run_load(
-                    {"mode": "http", "url": url, "key": key, "paths": paths, "concurrency": concurrency}))
+                served = [("API", url, api_pid)]
+                if before is not None:
+                    served.insert(0, ("before", *before))
+                measured = {}
+                for side, side_url, pid in served:
+                    profile = args.profile / f"{name}-{side}.txt" if args.profile else None
+                    measured[side] = _measure_http(f"{side:<6} {label}", side_url, pid, key, paths, concurrency,
+                                                   profile)
                 direct = Result(f"base direct {baselines[kind]}, {concurrency} in flight", *run_load(
                     {"mode": "direct", "settings": settings, "kind": kind, "paths": paths,
                      "concurrency": concurrency, "producers": producers}))
-                print(http.row())
                 print(direct.row())
-                print(f"{'  ratio API / direct (req/s)':<58} {http.rate / direct.rate:>35.2f}")
-                if kind == "ingest":
-                    print(f"{'  orders/s: API, direct':<58} {http.rate * args.ingest_batch:>26,.0f} "
-                          f"{direct.rate * args.ingest_batch:>8,.0f}")
+                for side, http in measured.items():
+                    print(f"{f'  ratio {side} / direct (req/s)':<58} {http.rate / direct.rate:>35.2f}")
+                    if kind == "ingest":
+                        print(f"{f'  orders/s: {side}, direct':<58} {http.rate * args.ingest_batch:>26,.0f} "
+                              f"{direct.rate * args.ingest_batch:>8,.0f}")
+                if before is not None:
+                    print(f"{'  ratio API / before (req/s)':<58} {measured['API'].rate / measured['before'].rate:>35.2f}")
+                if args.profile:
+                    for side in measured:
+                        print_profile(args.profile / f"{name}-{side}.txt")
             return 0
         finally:
             stop_detached(stack.root)
+            if before_process is not None:
+                before_process.terminate()
+                before_process.wait(10)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ __all__ = ["LiveHistory"]
 router = APIRouter(tags=["dashboard"])
 _LOG = logging.getLogger("orderflow.api")
 RATE_WINDOW_SECONDS = 10.0
+# At most this share of the API process's time goes to the live history: a sample evaluates every restaurant
+# (100,000 take about a second), and a sampler that took its 5 s period in full would leave keep-alives and
+# status requests less than they need (issue 26). A slow sample spaces the next one out instead.
+SAMPLER_SHARE = 0.05
 RESTAURANT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 
 
@@ -101,11 +105,13 @@ class LiveHistory:
         return out
 
     async def run(self, app_state, res: Resources) -> None:
-        """Samples until cancelled (the app's lifespan)."""
+        """Samples until cancelled (the app's lifespan): one sample every ``sample_seconds``, or less often when
+        a sample takes more than ``SAMPLER_SHARE`` of that (then every ``took / SAMPLER_SHARE`` seconds)."""
         while True:
             started = time.monotonic()
             await run_in_threadpool(self.take, app_state, res)
-            await asyncio.sleep(max(0.0, self.sample_seconds - (time.monotonic() - started)))
+            took = time.monotonic() - started
+            await asyncio.sleep(max(self.sample_seconds, took / SAMPLER_SHARE) - took)
 
 
 def _rise(sample: dict, base: dict | None, pipeline: str, part: str, key: str) -> float | None:

@@ -215,11 +215,15 @@ class KafkaSink:
             self._slots.put(_Slot(config, f"{prefix}-{n}"))
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=producers,
                                                                thread_name_prefix="kafka-transaction")
-        # Requests not yet in a transaction, oldest (earliest deadline) first. Each has a task of its own on
-        # the executor, and a task takes whatever is queued when it runs, so the queue is never left with
+        # Requests not yet in a transaction, oldest (earliest deadline) first. A task on the executor waits for
+        # a free producer and then takes whatever is queued. One such task waits at a time (``_pending``):
+        # a request queued while one waits is taken by it, so it needs no task of its own (a task and its
+        # Future per request cost a tenth of a keep-alive's time, issue 26). A task that takes the queue (or
+        # gives up waiting) leaves a new one behind whenever requests are left, so the queue is never left with
         # requests and no task to take them.
         self._queue: collections.deque[_Request] = collections.deque()
         self._queue_lock = threading.Lock()
+        self._pending = 0  # tasks submitted that have not taken the queue yet (under _queue_lock; 0 or 1)
         self._admin = AdminClient(common)
         self._waiting = 0  # touched on the event loop only
         self._failure: str | None = None  # why the last transaction failed, until one succeeds
@@ -237,7 +241,8 @@ class KafkaSink:
             request = _Request(topic, records, time.monotonic() + self.timeout)
             with self._queue_lock:
                 self._queue.append(request)
-            self._executor.submit(self._transact_next, request.deadline)
+                if not self._pending:
+                    self._submit_locked()
             result = asyncio.wrap_future(request.future)
             try:
                 return await asyncio.wait_for(asyncio.shield(result), self.timeout)
@@ -250,6 +255,14 @@ class KafkaSink:
                 raise
         finally:
             self._waiting -= 1
+
+    def _submit_locked(self) -> None:
+        """A task for the oldest queued request, waiting at most until its deadline (under ``_queue_lock``)."""
+        try:
+            self._executor.submit(self._transact_next, self._queue[0].deadline)
+        except RuntimeError:  # shut down: close() answers what is queued
+            return
+        self._pending += 1
 
     def _transact_next(self, deadline: float) -> None:
         """On the executor: the next transaction, of the requests queued when a producer is free."""
@@ -289,6 +302,9 @@ class KafkaSink:
                 group.append(request)
                 records += len(request.records)
                 size += request.size
+            self._pending -= 1  # this task has taken the queue: what is left (or arrives next) needs a new one
+            if self._queue:
+                self._submit_locked()
         return group
 
     def _transact_group(self, slot: _Slot, group: list[_Request], rebuilt: bool = False) -> None:

@@ -475,11 +475,13 @@ def evaluate(restaurant_id: str, start_ms: int, end_ms: int, connected: Iterable
 
 def current_status(now_ms: int, last_keepalive_ms: int | None, status: str | None,
                    active_schedule_reasons: list[str], hours: OpeningHours,
-                   gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS, connection: str | None = None) -> tuple[str, list[str]]:
+                   gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS, connection: str | None = None,
+                   open_now: bool | None = None) -> tuple[str, list[str]]:
     """``("online" | "offline", reasons)`` at ``now_ms``; reasons is empty exactly when online. ``connection``
-    is the kind of the latest connection change (DISCONNECTED, CONNECTED) or None."""
+    is the kind of the latest connection change (DISCONNECTED, CONNECTED) or None. ``open_now``:
+    ``hours.is_open(now_ms)`` when the caller already has it (one evaluation for many restaurants)."""
     reasons = []
-    if not hours.is_open(now_ms):
+    if not (hours.is_open(now_ms) if open_now is None else open_now):
         reasons.append(REASON_OUTSIDE_HOURS)
     if connection == DISCONNECTED:
         reasons.append(REASON_DISCONNECTED)

@@ -97,3 +97,31 @@ def test_pipelines_endpoint_lists_what_reported(sampled_api, chart_reader):
     body = chart_reader.get("/dashboard/pipelines").json()
     assert body["stall_seconds"] == sampled_api.config.pipeline_stall_seconds
     assert body["pipelines"] == []  # no pipeline runs against this module's database
+
+
+def test_a_slow_sample_spaces_the_next_one_out():
+    """The live history takes at most SAMPLER_SHARE of the API's time, however many restaurants a sample
+    evaluates: a 0.1 s sample with a 0.2 s period comes every 2 s, not every 0.3 s."""
+    import asyncio
+    import itertools
+
+    from orderflow.api.charts import SAMPLER_SHARE, LiveHistory
+
+    samples: list[tuple[float, float]] = []  # (start, end) of each sample
+
+    class Slow(LiveHistory):
+        def take(self, app_state, res) -> None:
+            started = time.monotonic()
+            time.sleep(0.1)
+            samples.append((started, time.monotonic()))
+
+    async def run_for(seconds: float) -> None:
+        sampler = asyncio.create_task(Slow(0.2, 1).run(None, None))
+        await asyncio.sleep(seconds)
+        sampler.cancel()
+
+    asyncio.run(run_for(4.5))
+    assert 2 <= len(samples) <= 3, samples  # every 0.3 s would be 15
+    for (start, end), (next_start, _) in itertools.pairwise(samples):
+        # The next sample starts took / SAMPLER_SHARE after this one did (took: as the sampler measured it).
+        assert next_start - start >= (end - start) / SAMPLER_SHARE - 0.05, samples

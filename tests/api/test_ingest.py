@@ -1,6 +1,7 @@
 """Contract tests of the ingest endpoints against the real stack: what they answer and what lands on Kafka."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -317,3 +318,88 @@ def test_malformed_json_body_gets_422(ingester):
     resp = ingester.put("/restaurants/r-2/availability", content=b"{oops", headers={"Content-Type": "application/json"})
     assert resp.status_code == 422
     assert "JSON" in resp.json()["detail"]
+
+
+# -- the keep-alive's fast path (ingest.keepalive_fast_path): a key answered from the key cache ---------------
+KEY_CACHE_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def cached_api(api_settings, api_config):
+    """The API as deployed in this respect: keys cached (the fast path needs a cached key)."""
+    from tests.support.served_api import ServedApi
+
+    served = ServedApi(api_settings, dataclasses.replace(api_config, key_cache_seconds=KEY_CACHE_SECONDS)).start()
+    yield served
+    served.stop()
+
+
+def _counter(client, name: str, labels: str) -> float:
+    found = re.search(rf"^{name}{{{re.escape(labels)}}} (\S+)$", client.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+KEEPALIVE_202 = 'method="POST",route="/restaurants/{restaurant_id}/keepalive",status="202"'
+
+
+def test_a_cached_keys_keepalive_is_answered_and_written_as_the_route_does(cached_api):
+    settings = cached_api.settings
+    with cached_api.client(cached_api.key("ingest")) as client:
+        # A body with sent_at goes through the route (and puts the key in the cache).
+        sent_at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=30)).replace(microsecond=250000)
+        routed = client.post("/restaurants/r-fast/keepalive", json={"sent_at": sent_at.isoformat()})
+        assert routed.status_code == 202, routed.text
+        requests = _counter(client, "orderflow_api_requests_total", KEEPALIVE_202)
+        cached = _counter(client, "orderflow_api_key_lookups_total", 'result="cached"')
+        before = int(time.time() * 1000)
+        answers = [client.post("/restaurants/r-fast/keepalive"), client.post("/restaurants/r-fast/keepalive", json={}),
+                   client.post("/restaurants/r-fast/keepalive", content=b" {} ",
+                               headers={"Content-Type": "application/json; charset=utf-8"})]
+        after = int(time.time() * 1000)
+        for answer in answers:
+            assert answer.status_code == 202, answer.text
+            body = answer.json()
+            assert set(body) == set(routed.json()) and body["clock_skew_seconds"] is None
+            assert body["topic"] == settings.topics.keepalive
+            assert body["sent_at"].endswith("Z") == routed.json()["sent_at"].endswith("Z")
+            msg = read_at(settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
+            assert msg.key() == b"r-fast"
+            ping = avro_codec(settings, "keepalive").decode(msg.value())
+            assert ping["restaurant_id"] == "r-fast"
+            # The answered time is the record's event time and its Kafka timestamp, taken when it arrived.
+            answered_ms = round(dt.datetime.fromisoformat(body["sent_at"]).timestamp() * 1000)
+            assert answered_ms == msg.timestamp()[1] == round(ping["sent_at"].timestamp() * 1000)
+            assert before <= answered_ms <= after
+        # Counted under the route, and answered from the key cache.
+        assert _counter(client, "orderflow_api_requests_total", KEEPALIVE_202) == requests + 3
+        assert _counter(client, "orderflow_api_key_lookups_total", 'result="cached"') == cached + 3
+
+
+def test_a_cached_keys_keepalive_outside_its_scope_or_with_a_bad_body_is_refused_by_the_route(cached_api):
+    with cached_api.client(cached_api.key("restaurant:r-own")) as own:
+        assert own.post("/restaurants/r-own/keepalive").status_code == 202
+        assert own.post("/restaurants/r-own/keepalive", json={}).status_code == 202  # from the cache now
+        resp = own.post("/restaurants/r-other/keepalive", json={})
+        assert resp.status_code == 403 and "r-other" in resp.json()["detail"]
+        resp = own.post("/restaurants/r-own/keepalive", json={"sent_at": "yesterday"})
+        assert resp.status_code == 422 and "sent_at" in resp.text
+        resp = own.post("/restaurants/r-own/keepalive", json={"unknown": 1})
+        assert resp.status_code == 422
+        resp = own.post("/restaurants/-bad-/keepalive", json={})
+        assert resp.status_code == 422
+
+
+def test_a_revoked_key_is_refused_on_the_fast_path_within_the_key_cache_time(cached_api):
+    from orderflow.api.auth import revoke_key
+
+    key = cached_api.key("ingest")
+    with cached_api.client(key) as client:
+        assert client.post("/restaurants/r-rev/keepalive").status_code == 202
+        assert client.post("/restaurants/r-rev/keepalive").status_code == 202  # from the cache
+        assert revoke_key(cached_api.settings.postgres_dsn, key.split("_")[1])
+        revoked_at = time.monotonic()
+        while (resp := client.post("/restaurants/r-rev/keepalive")).status_code == 202:
+            # The documented bound: ORDERFLOW_API_KEY_CACHE_SECONDS (plus this loop's own request time).
+            assert time.monotonic() - revoked_at < KEY_CACHE_SECONDS + 5, "a revoked key accepted past the cache time"
+            time.sleep(0.2)
+        assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
