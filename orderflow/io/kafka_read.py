@@ -587,13 +587,19 @@ class _ReadPartitionFnBase(beam.DoFn):
         restriction back to the runner (``defer_remainder``)."""
         topic, partition = part.topic, part.partition
         started = last_data = time.monotonic()
+        # A partition that was idle when it was handed back: the consumer has kept fetching in the background,
+        # so what arrived meanwhile is in its queue already. One look without waiting ends an empty call within
+        # milliseconds, before the runner's first progress request (Prism asks every 100 ms, and tries to split
+        # a bundle that made no progress): the idle resumption is a short bundle with nothing else to it.
+        timeout = 0.0 if cache_entry[2] else self._poll_timeout
         while True:
             if _DRAIN.requested.is_set():
                 # Stopping: claim nothing more; what was read finishes and is committed.
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
             messages, end_offset, queue_ran_dry = self._poll(consumer, topic, partition, cursor.offset,
-                                                             self._fetch_count)
+                                                             self._fetch_count, timeout)
+            timeout = self._poll_timeout
             got_records = bool(messages)  # (claiming empties the list)
             if got_records:
                 last_data = time.monotonic()
@@ -634,12 +640,13 @@ class _ReadPartitionFnBase(beam.DoFn):
         cache_entry[3] = min(delay * 2, self._idle_poll_max_interval)
         return delay
 
-    def _poll(self, consumer, topic: str, partition: int, offset: int, want: int) -> tuple[list, int | None, bool]:
-        """One ``consume()`` of up to ``want`` messages: those at or after ``offset`` without error, the
+    def _poll(self, consumer, topic: str, partition: int, offset: int, want: int,
+              timeout: float | None = None) -> tuple[list, int | None, bool]:
+        """One ``consume()`` of up to ``want`` messages (waiting up to ``timeout``, default ``poll_timeout``): those at or after ``offset`` without error, the
         partition end it reported (None if none), and whether the prefetch queue ran dry (fewer than
         ``want``: this read has caught up with what the broker has sent; a backlog fills every call).
         A transient broker error is counted and skipped (the consumer reconnects by itself); any other raises."""
-        messages = consumer.consume(want, self._poll_timeout)
+        messages = consumer.consume(want, self._poll_timeout if timeout is None else timeout)
         queue_ran_dry = len(messages) < want
         end_offset = None
         if not messages:
