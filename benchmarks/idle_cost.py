@@ -32,7 +32,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import zoneinfo
@@ -42,12 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script)
 import streaming_latency  # noqa: E402
-from harness import cpu_seconds  # noqa: E402
+from harness import cpu_seconds, priced_stack  # noqa: E402
 
-from orderflow import bootstrap, refdata  # noqa: E402
-from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
+from orderflow import bootstrap  # noqa: E402
+from orderflow.config import Settings, settings_environment  # noqa: E402
 from orderflow.io.kafka_read import IDLE_POLL_MAX_INTERVAL  # noqa: E402
-from orderflow.model import pricing, sample_assets  # noqa: E402
 
 
 def _cpu_or_none(pid: int) -> float | None:
@@ -186,6 +184,24 @@ def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict:
             side.stop()
 
 
+def print_results(results: dict[str, dict], probe_gap: float) -> None:
+    roles = list(results)
+    print(f"\n{'phase':<6} {'side':<8} {'total':>7}  processes (% of one core)")
+    for phase in ("idle", "feed"):
+        for role in roles:
+            usage = results[role][phase]
+            detail = ", ".join(f"{name} {pct:.1f}" for name, pct in sorted(usage.items()) if pct >= 0.05)
+            print(f"{phase:<6} {role:<8} {sum(usage.values()):6.1f}%  {detail}")
+        if "beam" in results and "beam-old" in results:
+            new, old = (sum(results[r][phase].values()) for r in ("beam", "beam-old"))
+            print(f"{phase:<6} beam-old / beam: {old / new if new else float('inf'):.2f}x")
+    print(f"\nafter {probe_gap:.0f} s of silence, produced -> visible (s): order (DynamoDB volume), "
+          "keep-alive (Redis)")
+    for role in roles:
+        print(f"{role:<8} " + "; ".join(f"{streaming_latency.fmt(o)}, {streaming_latency.fmt(k)}"
+                                        for o, k in results[role]["probes"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measured window (default 60 s)")
@@ -200,35 +216,11 @@ def main() -> int:
     parser.add_argument("--sides", default="beam,beam-old,hand")
     args = parser.parse_args()
 
-    from orderflow_dev.local import temporary_stack
-
-    began = time.time()
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
-    with temporary_stack("bench-idle-", ROOT / ".local", timeout=120) as stack, \
-            tempfile.TemporaryDirectory(prefix="bench-idle-", dir=ROOT / ".local") as workdir:
-        base = load_settings(stack.environment())
-        bootstrap.create_dynamodb_tables(base)
-        today = pricing.today(base)
-        refdata.load_reference_data(base, today, sample_assets.sample_prices(today))
-        admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+    with priced_stack("bench-idle-", ROOT) as (base, admin_dsn, workdir):
         roles = args.sides.split(",")
-        results = {role: measure(role, side_settings(base, admin_dsn, role.replace("-", "_")), pathlib.Path(workdir),
-                                 args) for role in roles}
-    print(f"\n{'phase':<6} {'side':<8} {'total':>7}  processes (% of one core)")
-    for phase in ("idle", "feed"):
-        for role in roles:
-            usage = results[role][phase]
-            detail = ", ".join(f"{name} {pct:.1f}" for name, pct in sorted(usage.items()) if pct >= 0.05)
-            print(f"{phase:<6} {role:<8} {sum(usage.values()):6.1f}%  {detail}")
-        if "beam" in results and "beam-old" in results:
-            new, old = (sum(results[r][phase].values()) for r in ("beam", "beam-old"))
-            print(f"{phase:<6} beam-old / beam: {old / new if new else float('inf'):.2f}x")
-    print(f"\nafter {args.probe_gap:.0f} s of silence, produced -> visible (s): order (DynamoDB volume), "
-          "keep-alive (Redis)")
-    for role in roles:
-        print(f"{role:<8} " + "; ".join(f"{streaming_latency.fmt(o)}, {streaming_latency.fmt(k)}"
-                                        for o, k in results[role]["probes"]))
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - began:.0f} s")
+        results = {role: measure(role, side_settings(base, admin_dsn, role.replace("-", "_")), workdir, args)
+                   for role in roles}
+        print_results(results, args.probe_gap)
     return 0
 
 
