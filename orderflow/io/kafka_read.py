@@ -156,6 +156,15 @@ DEFAULT_CONSUMER_CONFIG = {
 }
 
 
+# Streaming reads, on top: a consumer keeps fetching while its partition waits between resumptions, and with
+# nothing new the broker answers each fetch after fetch.wait.max.ms: at 100 ms, librdkafka's threads spent ~2.5 %
+# of a core on empty fetches for the pipelines' 12 idle partitions, at 500 ms ~0.6 % (benchmarks/README.md, the
+# cost of idling). A record is not delayed by it: the broker answers as soon as one arrives (fetch.min.bytes 1).
+# What waits longer is the partition-end event after a catch-up (it comes with an empty fetch), which only
+# decides when the idle back-off starts. Bounded reads keep 100 ms: they end at that event.
+STREAMING_CONSUMER_CONFIG = {"fetch.wait.max.ms": 500}
+
+
 class KafkaPartition(NamedTuple):
     """The element the reading SDF gets: one partition, where its reading starts and, for a bounded read,
     where it ends (``MAX_OFFSET``: it does not)."""
@@ -432,7 +441,8 @@ class _ReadPartitionFnBase(beam.DoFn):
                 cached[0].assign([TopicPartition(topic, partition, offset)])
                 cached[1], cached[2], cached[3] = offset, False, self._idle_poll_interval
             return cached[0]
-        config = {**DEFAULT_CONSUMER_CONFIG, "bootstrap.servers": self._bootstrap,
+        config = {**DEFAULT_CONSUMER_CONFIG, **({} if self.BOUNDED else STREAMING_CONSUMER_CONFIG),
+                  "bootstrap.servers": self._bootstrap,
                   "group.id": self._group_id or "orderflow-reader", **self._consumer_config}
         consumer = Consumer(config)
         consumer.assign([TopicPartition(topic, partition, offset)])
@@ -592,6 +602,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         # milliseconds, before the runner's first progress request (Prism asks every 100 ms, and tries to split
         # a bundle that made no progress): the idle resumption is a short bundle with nothing else to it.
         timeout = 0.0 if cache_entry[2] else self._poll_timeout
+        read_any = False
         while True:
             if _DRAIN.requested.is_set():
                 # Stopping: claim nothing more; what was read finishes and is committed.
@@ -624,10 +635,13 @@ class _ReadPartitionFnBase(beam.DoFn):
                 # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
-            if queue_ran_dry or time.monotonic() - started > self._max_read_seconds:
+            read_any = read_any or got_records
+            if (queue_ran_dry and read_any) or time.monotonic() - started > self._max_read_seconds:
                 # Hand the rest back: caught up, what was read goes downstream now (a trickle is not held
                 # for max_read_seconds, the runner's bundle ends); behind, after max_read_seconds, so a
-                # backlog is read in large bundles.
+                # backlog is read in large bundles. A call that has read nothing yet and has not heard of
+                # the partition's end polls on instead: handing back at once would make a bundle of nothing
+                # per poll until the end event comes (it comes with an empty fetch, STREAMING_CONSUMER_CONFIG).
                 tracker.defer_remainder()
                 return
 
