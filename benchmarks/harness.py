@@ -3,6 +3,7 @@ its own peak memory), gets its settings through the environment and prints one J
 benchmarks start from the same filled orders topic (``fill_orders_topic``)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -10,8 +11,10 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 
 from orderflow.config import Settings, load_settings, settings_environment
 
@@ -64,3 +67,27 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+@contextlib.contextmanager
+def priced_stack(prefix: str, root: pathlib.Path, days_back: Iterable[int] = (0,)
+                 ) -> Iterator[tuple[Settings, str, pathlib.Path]]:
+    """A throw-away local stack (free ports) under ``root / ".local"`` with the DynamoDB tables and the sample
+    reference data of today less each of ``days_back`` loaded; yields (its settings, the Postgres admin DSN for
+    databases of one's own, a scratch directory), prints the load average before and after."""
+    from orderflow import bootstrap, refdata
+    from orderflow.model import pricing, sample_assets
+    from orderflow_dev.local import temporary_stack
+
+    began = time.time()
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
+    with temporary_stack(prefix, root / ".local", timeout=120) as stack, \
+            tempfile.TemporaryDirectory(prefix=prefix, dir=root / ".local") as workdir:
+        base = load_settings(stack.environment())
+        bootstrap.create_dynamodb_tables(base)
+        today = pricing.today(base)
+        for back in days_back:
+            day = today - datetime.timedelta(days=back)
+            refdata.load_reference_data(base, day, sample_assets.sample_prices(day))
+        yield base, base.postgres_dsn.rsplit("/", 1)[0] + "/postgres", pathlib.Path(workdir)
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - began:.0f} s")

@@ -1,21 +1,27 @@
 """The cost of idling: CPU of both pipelines streaming on Prism (their Prism included), with no traffic and at the
-demo's feed rate, beside the hand-written loops doing the same in one run.
+demo's feed rate, with the Kafka read's idle back-off and without it, beside the hand-written loops doing the same
+in one run.
 
 On a throw-away local stack started here (free ports), each side gets its own topics, database, DynamoDB
 table and Redis prefix. A side is both of its streaming processes: orderflow's two pipelines
-(``orderflow_dev.local.processes.DetachedProcess``, each with the Prism it starts), or ``streaming_latency.py``'s two
-hand loops (a confluent-kafka consumer each, ``consume()`` waiting 50 ms). For each side:
+(``orderflow_dev.local.processes.DetachedProcess``, each with the Prism it starts) at their defaults (``beam``: an
+idle partition is polled after 0.5 s, then twice as long each time, up to ``--idle_poll_max_seconds``), the same
+with the back-off off (``beam-old``: ``--idle_poll_max_seconds=0.5``, as before it), or ``streaming_latency.py``'s
+two hand loops (a confluent-kafka consumer each, ``consume()`` waiting 50 ms). For each side:
 
 1. start both, and the live feed (``python -m orderflow_dev.generate feed`` at its defaults, the demo's rate: ~20
    orders/s and 1,000 restaurants pinging every 30 s); wait until orders reach Postgres and keep-alives Redis;
 2. ``--settle`` s, then the CPU of every process of the side (the pipelines' process trees: Prism and any SDK
    worker) over ``--seconds``, read from ``/proc/<pid>/stat``: the cost at the demo's rate;
-3. stop the feed, ``--settle`` s more, and the same over ``--seconds`` with nothing arriving: the idle cost.
+3. stop the feed, ``--settle`` s more, and the same over ``--seconds`` with nothing arriving: the idle cost;
+4. the price of idling cheaply: ``--probes`` times, after ``--probe-gap`` s more of silence, one order and one
+   keep-alive, each timed from produced to visible where the API reads it (the client's daily volume in DynamoDB,
+   the restaurant's last keep-alive in Redis).
 
 CPU is % of one core (user + system). Run it alone on the machine; it prints the load average before and after.
 
-    .venv/bin/python benchmarks/idle_cost.py                 # ~8 minutes
-    .venv/bin/python benchmarks/idle_cost.py --seconds 20 --settle 10
+    .venv/bin/python benchmarks/idle_cost.py                 # ~12 minutes
+    .venv/bin/python benchmarks/idle_cost.py --seconds 20 --settle 10 --probes 2
 """
 from __future__ import annotations
 
@@ -26,7 +32,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 import zoneinfo
@@ -36,11 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script)
 import streaming_latency  # noqa: E402
-from harness import cpu_seconds  # noqa: E402
+from harness import cpu_seconds, priced_stack  # noqa: E402
 
-from orderflow import bootstrap, refdata  # noqa: E402
-from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
-from orderflow.model import pricing, sample_assets  # noqa: E402
+from orderflow import bootstrap  # noqa: E402
+from orderflow.config import Settings, settings_environment  # noqa: E402
+from orderflow.io.kafka_read import IDLE_POLL_MAX_INTERVAL  # noqa: E402
 
 
 def _cpu_or_none(pid: int) -> float | None:
@@ -114,14 +119,39 @@ def flowing(settings: Settings) -> bool:
     return orders > 0 and keepalives is not None
 
 
-def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict[str, dict[str, float]]:
+def after_idle(settings: Settings, tag: str) -> tuple[float | None, float | None]:
+    """One order and one keep-alive produced now, after a quiet spell: seconds until each is visible where the API
+    reads it (None: not within 60 s)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 0})
+    orders = streaming_latency.OrderLoad(settings, producer, tag)
+    keepalives = streaming_latency.KeepaliveLoad(settings, producer, tag, interval=30.0, gap=120.0)
+    keepalives.resize(1)
+    now = time.time()
+    probes = [(orders.emit(now, probe=True), streaming_latency.volume_check(settings)),
+              (keepalives.emit(now, probe=True), streaming_latency.status_check(settings))]
+    producer.flush(10)
+    deadline = time.time() + 60
+    while time.time() < deadline and not all(p.latency is not None or p.visible is not None for p, _ in probes):
+        for probe, check in probes:
+            if probe.latency is None and probe.visible is None:
+                check([probe])
+        time.sleep(0.05)
+    order, keepalive = probes[0][0], probes[1][0]
+    return order.latency, keepalive.visible
+
+
+def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict:
     env = settings_environment(settings)
-    if role == "beam":
+    if role.startswith("beam"):
         sides = [streaming_latency.Pipeline(kind, workdir) for kind in ("orders", "presence")]
+        options = [f"--idle_poll_max_seconds={args.old_cap if role == 'beam-old' else args.idle_poll_max_seconds}"]
     else:
         sides = [streaming_latency.HandLoop(kind, workdir) for kind in ("orders", "presence")]
+        options = ["--hand-consume-timeout", "0.05"]
     for side in sides:
-        side.start([] if role == "beam" else ["--hand-consume-timeout", "0.05"], env)
+        side.start(options, env)
     feed_log = open(workdir / f"feed-{role}.log", "ab")
     feed = subprocess.Popen([sys.executable, "-m", "orderflow_dev.generate", "feed"], env={**os.environ, **env},
                             stdout=feed_log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -141,7 +171,11 @@ def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict[
         feed.wait(30)
         time.sleep(args.settle)
         idle = cpu_over(roots, args.seconds)
-        return {"feed": at_feed, "idle": idle}
+        probes = []
+        for n in range(args.probes):
+            time.sleep(args.probe_gap)
+            probes.append(after_idle(settings, f"{role}-{n}"))
+        return {"feed": at_feed, "idle": idle, "probes": probes}
     finally:
         if feed.poll() is None:
             feed.kill()
@@ -150,33 +184,43 @@ def measure(role: str, settings: Settings, workdir: pathlib.Path, args) -> dict[
             side.stop()
 
 
+def print_results(results: dict[str, dict], probe_gap: float) -> None:
+    roles = list(results)
+    print(f"\n{'phase':<6} {'side':<8} {'total':>7}  processes (% of one core)")
+    for phase in ("idle", "feed"):
+        for role in roles:
+            usage = results[role][phase]
+            detail = ", ".join(f"{name} {pct:.1f}" for name, pct in sorted(usage.items()) if pct >= 0.05)
+            print(f"{phase:<6} {role:<8} {sum(usage.values()):6.1f}%  {detail}")
+        if "beam" in results and "beam-old" in results:
+            new, old = (sum(results[r][phase].values()) for r in ("beam", "beam-old"))
+            print(f"{phase:<6} beam-old / beam: {old / new if new else float('inf'):.2f}x")
+    print(f"\nafter {probe_gap:.0f} s of silence, produced -> visible (s): order (DynamoDB volume), "
+          "keep-alive (Redis)")
+    for role in roles:
+        print(f"{role:<8} " + "; ".join(f"{streaming_latency.fmt(o)}, {streaming_latency.fmt(k)}"
+                                        for o, k in results[role]["probes"]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each measured window (default 60 s)")
     parser.add_argument("--settle", type=float, default=20.0, help="wait before each window (default 20 s)")
     parser.add_argument("--start-timeout", type=float, default=240.0)
+    parser.add_argument("--idle_poll_max_seconds", type=float, default=IDLE_POLL_MAX_INTERVAL,
+                        help="the back-off's cap of the beam side (default: the pipelines' default)")
+    parser.add_argument("--old-cap", type=float, default=0.5,
+                        help="the beam-old side's cap (default 0.5: the idle poll interval, no back-off)")
+    parser.add_argument("--probes", type=int, default=3, help="records timed after a quiet spell, per side")
+    parser.add_argument("--probe-gap", type=float, default=20.0, help="silence before each of them (s)")
+    parser.add_argument("--sides", default="beam,beam-old,hand")
     args = parser.parse_args()
 
-    from orderflow_dev.local import temporary_stack
-
-    began = time.time()
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
-    with temporary_stack("bench-idle-", ROOT / ".local", timeout=120) as stack, \
-            tempfile.TemporaryDirectory(prefix="bench-idle-", dir=ROOT / ".local") as workdir:
-        base = load_settings(stack.environment())
-        bootstrap.create_dynamodb_tables(base)
-        today = pricing.today(base)
-        refdata.load_reference_data(base, today, sample_assets.sample_prices(today))
-        admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
-        results = {role: measure(role, side_settings(base, admin_dsn, role), pathlib.Path(workdir), args)
-                   for role in ("beam", "hand")}
-    print(f"\n{'phase':<6} {'side':<5} {'total':>7}  processes (% of one core)")
-    for phase in ("idle", "feed"):
-        for role in ("beam", "hand"):
-            usage = results[role][phase]
-            detail = ", ".join(f"{name} {pct:.1f}" for name, pct in sorted(usage.items()) if pct >= 0.05)
-            print(f"{phase:<6} {role:<5} {sum(usage.values()):6.1f}%  {detail}")
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - began:.0f} s")
+    with priced_stack("bench-idle-", ROOT) as (base, admin_dsn, workdir):
+        roles = args.sides.split(",")
+        results = {role: measure(role, side_settings(base, admin_dsn, role.replace("-", "_")), workdir, args)
+                   for role in roles}
+        print_results(results, args.probe_gap)
     return 0
 
 

@@ -38,7 +38,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -49,10 +48,11 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script: the hand-written loops)
 import presence_pipeline  # noqa: E402
+from harness import priced_stack  # noqa: E402
 
-from orderflow import bootstrap, refdata  # noqa: E402
+from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
-from orderflow.model import pricing, sample_assets  # noqa: E402
+from orderflow.model import pricing  # noqa: E402
 
 TICK = 0.02  # the producer's tick (s)
 
@@ -442,27 +442,15 @@ def main() -> int:
         hand_child(args.role.removeprefix("hand-"), args)
         return 0
 
-    from orderflow_dev.local import temporary_stack
-
-    began = time.time()
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)", flush=True)
-    with temporary_stack("bench-latency-", ROOT / ".local", timeout=120) as stack, \
-            tempfile.TemporaryDirectory(prefix="bench-latency-", dir=ROOT / ".local") as workdir:
-        base = load_settings(stack.environment())
-        bootstrap.create_dynamodb_tables(base)
-        today = pricing.today(base)
-        for day in (today - dt.timedelta(days=1), today):
-            refdata.load_reference_data(base, day, sample_assets.sample_prices(day))
-        admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
+    with priced_stack("bench-latency-", ROOT, days_back=(1, 0)) as (base, admin_dsn, workdir):
         results: dict[tuple[str, str], list[dict]] = {}
         for kind in ("orders", "presence"):
             if args.only and kind != args.only:
                 continue
             for role in ("beam", "hand"):
                 if role in args.sides.split(","):
-                    results[kind, role] = measure(kind, role, base, admin_dsn, pathlib.Path(workdir), args)
-    print_summary(results)
-    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - began:.0f} s")
+                    results[kind, role] = measure(kind, role, base, admin_dsn, workdir, args)
+        print_summary(results)
     return 0
 
 

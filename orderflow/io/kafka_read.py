@@ -16,7 +16,10 @@ Restriction: an ``OffsetRange`` of the partition, so
   other. The last offsets before ``end`` may be transaction markers or aborted records that are never
   delivered, so partition EOF also ends the range (``KafkaOffsetTracker`` truncates it there, and
   ``check_done`` holds);
-- unbounded mode checkpoints (``defer_remainder``) when it has caught up or read for a while; its
+- unbounded mode checkpoints (``defer_remainder``) when it has caught up or read for a while; a
+  partition that stays idle is resumed less and less often (``idle_poll_interval``, doubling up to
+  ``idle_poll_max_interval``; the first record brings the short interval back), because every resumption
+  is a bundle through the runner and the SDK harness, which is what an idle pipeline spends its CPU on; its
   watermark (Beam's ``ManualWatermarkEstimator``) follows the latest record timestamp less the
   ``out_of_order_slack``, and the wall clock on an idle partition.
 
@@ -60,12 +63,19 @@ from orderflow.model.kafka_record import KafkaRecord
 
 # The names of this module's Beam counters, (namespace, name): the pipelines' summaries read them.
 RECORDS = ("ReadFromKafka", "records")
+# Streaming reads that found their partition at its end with nothing new and handed it back (deferred): an
+# idle pipeline's resumptions, which the idle back-off makes rarer (benchmarks/README.md, the cost of idling).
+IDLE_RESUMPTIONS = ("ReadFromKafka", "idle_resumptions")
 
 __all__ = ["ReadFromKafka", "StartPosition", "request_drain", "drained", "drain_positions", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
-           "KafkaPartitionCoder", "OffsetRangeCoder", "KafkaBatch", "KafkaBatchCoder", "RECORDS"]
+           "KafkaPartitionCoder", "OffsetRangeCoder", "KafkaBatch", "KafkaBatchCoder", "RECORDS", "IDLE_RESUMPTIONS",
+           "IDLE_POLL_MAX_INTERVAL"]
 
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
+# The idle back-off's default cap (s): an idle pipeline resumes each partition this seldom, and a record after a
+# quiet spell waits at most this long to be read (benchmarks/README.md, the cost of idling).
+IDLE_POLL_MAX_INTERVAL = 4.0
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 _timestamp_ms = operator.attrgetter("timestamp_ms")
 _new_record = tuple.__new__  # KafkaRecord(...) through tuple.__new__ skips NamedTuple's slower __new__
@@ -144,6 +154,15 @@ DEFAULT_CONSUMER_CONFIG = {
     "queued.min.messages": 200_000,
     "queued.max.messages.kbytes": 32 * 1024,  # per cached consumer: bounds prefetch memory
 }
+
+
+# Streaming reads, on top: a consumer keeps fetching while its partition waits between resumptions, and with
+# nothing new the broker answers each fetch after fetch.wait.max.ms: at 100 ms, librdkafka's threads spent ~2.5 %
+# of a core on empty fetches for the pipelines' 12 idle partitions, at 500 ms ~0.6 % (benchmarks/README.md, the
+# cost of idling). A record is not delayed by it: the broker answers as soon as one arrives (fetch.min.bytes 1).
+# What waits longer is the partition-end event after a catch-up (it comes with an empty fetch), which only
+# decides when the idle back-off starts. Bounded reads keep 100 ms: they end at that event.
+STREAMING_CONSUMER_CONFIG = {"fetch.wait.max.ms": 500}
 
 
 class KafkaPartition(NamedTuple):
@@ -373,7 +392,8 @@ class _ReadPartitionFnBase(beam.DoFn):
                  commit_offsets: bool, timestamp_fn: Callable[[KafkaRecord], float] | None,
                  batch_size: int | None, poll_timeout: float = 0.1, eof_timeout: float = 120.0,
                  max_read_seconds: float = 1.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
-                 max_cached_consumers: int = 16, out_of_order_slack: float = 0.0):
+                 max_cached_consumers: int = 16, out_of_order_slack: float = 0.0,
+                 idle_poll_max_interval: float | None = None):
         self._bootstrap = bootstrap_servers
         self._consumer_config = dict(consumer_config or {})
         self._group_id = group_id
@@ -384,6 +404,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._eof_timeout = eof_timeout
         self._max_read_seconds = max_read_seconds
         self._idle_poll_interval = idle_poll_interval
+        self._idle_poll_max_interval = max(idle_poll_interval, idle_poll_max_interval or idle_poll_interval)
         self._idle_watermark_delay = idle_watermark_delay
         self._out_of_order_slack = Duration.of(out_of_order_slack)
         self._max_cached_consumers = max_cached_consumers
@@ -392,11 +413,13 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._elements = Metrics.counter("ReadFromKafka", "elements")
         self._commits = Metrics.counter("ReadFromKafka", "offset_commits")
         self._broker_unavailable = Metrics.counter("ReadFromKafka", "transient_errors")
+        self._idle_resumptions = Metrics.counter(*IDLE_RESUMPTIONS)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def setup(self):
-        # (topic, partition) -> [consumer, next offset it will return, at end]; a consumer keeps its prefetched
-        # data between the calls that continue the same partition (checkpoints in unbounded mode).
+        # (topic, partition) -> [consumer, next offset it will return, at end, next idle deferral (s)]; a consumer
+        # keeps its prefetched data between the calls that continue the same partition (checkpoints in unbounded
+        # mode), and the idle back-off its state: on another worker a partition starts again at the short interval.
         self._consumers: collections.OrderedDict = collections.OrderedDict()
         self._committer = None
         self._committed: dict[tuple[str, int], int] = {}
@@ -416,13 +439,15 @@ class _ReadPartitionFnBase(beam.DoFn):
             self._consumers.move_to_end(key)
             if cached[1] != offset:
                 cached[0].assign([TopicPartition(topic, partition, offset)])
-                cached[1], cached[2] = offset, False
+                cached[1], cached[2], cached[3] = offset, False, self._idle_poll_interval
             return cached[0]
-        config = {**DEFAULT_CONSUMER_CONFIG, "bootstrap.servers": self._bootstrap,
+        config = {**DEFAULT_CONSUMER_CONFIG, **({} if self.BOUNDED else STREAMING_CONSUMER_CONFIG),
+                  "bootstrap.servers": self._bootstrap,
                   "group.id": self._group_id or "orderflow-reader", **self._consumer_config}
         consumer = Consumer(config)
         consumer.assign([TopicPartition(topic, partition, offset)])
-        self._consumers[key] = [consumer, offset, False]  # consumer, next offset, known to be at the end
+        # consumer, next offset, known to be at the end, next idle deferral
+        self._consumers[key] = [consumer, offset, False, self._idle_poll_interval]
         while len(self._consumers) > self._max_cached_consumers:
             _, evicted = self._consumers.popitem(last=False)
             evicted[0].close()
@@ -572,13 +597,20 @@ class _ReadPartitionFnBase(beam.DoFn):
         restriction back to the runner (``defer_remainder``)."""
         topic, partition = part.topic, part.partition
         started = last_data = time.monotonic()
+        # A partition that was idle when it was handed back: the consumer has kept fetching in the background,
+        # so what arrived meanwhile is in its queue already. One look without waiting ends an empty call within
+        # milliseconds, before the runner's first progress request (Prism asks every 100 ms, and tries to split
+        # a bundle that made no progress): the idle resumption is a short bundle with nothing else to it.
+        timeout = 0.0 if cache_entry[2] else self._poll_timeout
+        read_any = False
         while True:
             if _DRAIN.requested.is_set():
                 # Stopping: claim nothing more; what was read finishes and is committed.
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
             messages, end_offset, queue_ran_dry = self._poll(consumer, topic, partition, cursor.offset,
-                                                             self._fetch_count)
+                                                             self._fetch_count, timeout)
+            timeout = self._poll_timeout
             got_records = bool(messages)  # (claiming empties the list)
             if got_records:
                 last_data = time.monotonic()
@@ -591,29 +623,44 @@ class _ReadPartitionFnBase(beam.DoFn):
                 cache_entry[2] = True
             elif got_records:
                 cache_entry[2] = False
+            if got_records:
+                cache_entry[3] = self._idle_poll_interval  # records again: back to the short interval
             if cache_entry[2]:
                 # Caught up: the partition is idle, let its watermark follow the wall clock.
                 _advance_watermark(watermark_estimator, Timestamp.now() - Duration.of(self._idle_watermark_delay))
                 if not got_records:
-                    tracker.defer_remainder(Duration.of(self._idle_poll_interval))
+                    tracker.defer_remainder(Duration.of(self._idle_deferral(cache_entry)))
                     return
             elif not got_records and time.monotonic() - last_data > self._idle_poll_interval:
                 # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
-            if queue_ran_dry or time.monotonic() - started > self._max_read_seconds:
+            read_any = read_any or got_records
+            if (queue_ran_dry and read_any) or time.monotonic() - started > self._max_read_seconds:
                 # Hand the rest back: caught up, what was read goes downstream now (a trickle is not held
                 # for max_read_seconds, the runner's bundle ends); behind, after max_read_seconds, so a
-                # backlog is read in large bundles.
+                # backlog is read in large bundles. A call that has read nothing yet and has not heard of
+                # the partition's end polls on instead: handing back at once would make a bundle of nothing
+                # per poll until the end event comes (it comes with an empty fetch, STREAMING_CONSUMER_CONFIG).
                 tracker.defer_remainder()
                 return
 
-    def _poll(self, consumer, topic: str, partition: int, offset: int, want: int) -> tuple[list, int | None, bool]:
-        """One ``consume()`` of up to ``want`` messages: those at or after ``offset`` without error, the
+    def _idle_deferral(self, cache_entry: list) -> float:
+        """How long an idle partition waits before it is resumed: ``idle_poll_interval`` the first time, then
+        twice as long each time it is still idle, up to ``idle_poll_max_interval``. A record arriving meanwhile
+        waits for the resumption, so the cap bounds the latency the back-off adds after a quiet spell."""
+        self._idle_resumptions.inc()
+        delay = cache_entry[3]
+        cache_entry[3] = min(delay * 2, self._idle_poll_max_interval)
+        return delay
+
+    def _poll(self, consumer, topic: str, partition: int, offset: int, want: int,
+              timeout: float | None = None) -> tuple[list, int | None, bool]:
+        """One ``consume()`` of up to ``want`` messages (waiting up to ``timeout``, default ``poll_timeout``): those at or after ``offset`` without error, the
         partition end it reported (None if none), and whether the prefetch queue ran dry (fewer than
         ``want``: this read has caught up with what the broker has sent; a backlog fills every call).
         A transient broker error is counted and skipped (the consumer reconnects by itself); any other raises."""
-        messages = consumer.consume(want, self._poll_timeout)
+        messages = consumer.consume(want, self._poll_timeout if timeout is None else timeout)
         queue_ran_dry = len(messages) < want
         end_offset = None
         if not messages:
@@ -715,8 +762,13 @@ class ReadFromKafka(beam.PTransform):
       poll_timeout / max_read_seconds / idle_poll_interval / idle_watermark_delay: streaming knobs
         (seconds): poll wait, how long one call reads at most before it checkpoints (it checkpoints
         sooner once a poll returns fewer records than asked for: caught up, so a trickle reaches the
-        sinks without waiting for this), how long an idle partition waits before polling again, and how
-        far behind the wall clock an idle partition's watermark is.
+        sinks without waiting for this), how long an idle partition first waits before polling again, and
+        how far behind the wall clock an idle partition's watermark is.
+      idle_poll_max_interval: streaming (seconds): while a partition stays idle its wait doubles from
+        ``idle_poll_interval`` up to this (each resumption is a bundle through the runner: the idle cost);
+        its first record brings the short interval back. A record after a quiet spell waits up to this long
+        before it is read, and an idle partition's watermark moves this seldom. ``idle_poll_interval`` (or
+        less) turns the back-off off.
       out_of_order_slack: streaming (seconds): a partition's watermark is its latest element timestamp
         less this, so records up to this much older than the latest one read are still on time; later
         ones are late data (kept or dropped by the windowing's allowed lateness). Default 0: records of
@@ -727,7 +779,8 @@ class ReadFromKafka(beam.PTransform):
                  bounded: bool = False, group_id: str | None = None, commit_offsets: bool = True,
                  consumer_config: dict | None = None, timestamp_fn: Callable[[KafkaRecord], float] | None = None,
                  batch_size: int | None = None, poll_timeout: float = 0.1, max_read_seconds: float = 1.0,
-                 idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0, out_of_order_slack: float = 0.0):
+                 idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0, out_of_order_slack: float = 0.0,
+                 idle_poll_max_interval: float = IDLE_POLL_MAX_INTERVAL):
         super().__init__()
         self._bootstrap = bootstrap_servers
         self._topics = [topics] if isinstance(topics, str) else list(topics)
@@ -737,6 +790,8 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if out_of_order_slack < 0:
             raise ValueError(f"out_of_order_slack must not be negative, got {out_of_order_slack}")
+        if not idle_poll_interval > 0:
+            raise ValueError(f"idle_poll_interval must be positive, got {idle_poll_interval}")
         if start is None:
             start = StartPosition.committed() if group_id else StartPosition.earliest()
         if start.kind == "committed" and not group_id:
@@ -748,11 +803,13 @@ class ReadFromKafka(beam.PTransform):
         self._batch_size = batch_size
         self._out_of_order_slack = out_of_order_slack
         self._idle_watermark_delay = idle_watermark_delay
+        self._idle_poll_max_interval = max(idle_poll_interval, idle_poll_max_interval)
         fn_class = _ReadBoundedPartitionFn if bounded else _ReadUnboundedPartitionFn
         self._read_fn = fn_class(bootstrap_servers, consumer_config, group_id, commit_offsets, timestamp_fn,
                                  batch_size, poll_timeout=poll_timeout, max_read_seconds=max_read_seconds,
                                  idle_poll_interval=idle_poll_interval, idle_watermark_delay=idle_watermark_delay,
-                                 out_of_order_slack=out_of_order_slack)
+                                 out_of_order_slack=out_of_order_slack,
+                                 idle_poll_max_interval=self._idle_poll_max_interval)
 
     def display_data(self):
         return {
@@ -766,6 +823,8 @@ class ReadFromKafka(beam.PTransform):
                                                   label="Out-of-order slack of the watermark (s)"),
             "idle_watermark_delay": DisplayDataItem(self._idle_watermark_delay,
                                                     label="Idle partition's watermark behind the clock (s)"),
+            "idle_poll_max_interval": DisplayDataItem(self._idle_poll_max_interval,
+                                                      label="Longest wait of an idle partition (s)"),
         }
 
     def expand(self, pbegin):

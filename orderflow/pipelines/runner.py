@@ -51,6 +51,12 @@ class RunModeOptions(PipelineOptions):
                             help="streaming: on SIGTERM (or Ctrl-C), how long to wait for the records already read "
                                  "to be processed and their offsets committed before the run stops (exit 0 either "
                                  "way: a restart resumes from the committed offsets and the stores)")
+        parser.add_argument("--idle_poll_max_seconds", type=float, default=kafka_read.IDLE_POLL_MAX_INTERVAL,
+                            help="streaming: a Kafka partition with nothing new is polled again after 0.5 s, then "
+                                 "twice as long each time it is still idle, up to this; its first record brings "
+                                 "the 0.5 s back. The idle pipeline's CPU against the latency of a record after a "
+                                 "quiet spell (read at most this late); 0.5 turns the back-off off "
+                                 "(benchmarks/README.md, the cost of idling)")
 
 
 HELP_FLAGS = ("-h", "--help")

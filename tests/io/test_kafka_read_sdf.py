@@ -5,6 +5,8 @@ thread-safe tracker and watermark-estimator wrappers) against the session's Kafk
 """
 from __future__ import annotations
 
+import time
+
 import apache_beam as beam
 import pytest
 from apache_beam.io.restriction_trackers import OffsetRange
@@ -137,6 +139,18 @@ def _invoke(fn, part, restriction, bounded=True, estimator=None):
     return out, threadsafe, finalizer
 
 
+def _resume_until_read(fn, part, residual, estimator):
+    """Resumes an idle partition's residual until a call reads something: a resumption of a partition known to be
+    at its end looks at what its consumer fetched without waiting, and one right after a produce may come before
+    the fetch. Returns that call's output and tracker."""
+    for _ in range(50):
+        out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+        if out:
+            break
+        time.sleep(0.1)
+    return out, tracker
+
+
 @pytest.fixture
 def topic_with_records(stack_settings, make_topic):
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("sdf", partitions=1)
@@ -215,7 +229,7 @@ def test_unbounded_process_checkpoints_with_a_residual_and_resumes_there(topic_w
 
         # Resuming the residual reads only what was produced since.
         produce(bootstrap, topic, [(b"k", f"late{i}".encode()) for i in range(5)])
-        out2, tracker2, _ = _invoke(fn, KafkaPartition(topic, 0, 0), residual, bounded=False, estimator=estimator)
+        out2, tracker2 = _resume_until_read(fn, KafkaPartition(topic, 0, 0), residual, estimator)
         assert [(e.value.offset, e.value.value) for e in out2] == [(100 + i, f"late{i}".encode()) for i in range(5)]
         assert tracker2.deferred_status()[0] == OffsetRange(105, MAX_OFFSET)
         assert estimator.current_watermark() >= watermark
@@ -245,6 +259,64 @@ def test_unbounded_process_on_an_empty_partition_defers_everything(stack_setting
     finally:
         fn.teardown()
     assert estimator.current_watermark() > MIN_TIMESTAMP
+
+
+def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_short_interval_back(
+        topic_with_records):
+    bootstrap, topic = topic_with_records
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, idle_poll_interval=0.5, idle_poll_max_interval=3.0)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    part = KafkaPartition(topic, 0, 0)
+
+    def call(residual) -> float:
+        """One empty call: the delay of its residual, in seconds (rounded: the tracker counts it down)."""
+        out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+        assert out == []
+        assert tracker.deferred_status()[0] == residual
+        return round(tracker.deferred_status()[1].micros / 1e6, 1)
+
+    def until_idle(residual) -> float:
+        """Calls until the partition is known to be at its end (before the broker reports it, an empty call may
+        be a slow broker's and keeps the short interval); the delay of the call that found it so."""
+        for _ in range(20):
+            delay = call(residual)
+            if fn._consumers[(topic, 0)][2]:
+                return delay
+        raise AssertionError("the broker never reported the partition's end")
+
+    try:
+        out, tracker, _ = _invoke(fn, part, OffsetRange(0, MAX_OFFSET), bounded=False, estimator=estimator)
+        assert len(out) == 100
+        residual = tracker.deferred_status()[0]
+        assert [until_idle(residual)] + [call(residual) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+        # A record produced meanwhile is read by a resumption (one that looks without waiting: the consumer
+        # fetched it in the background, though a resumption right after the produce may come before the fetch).
+        produce(bootstrap, topic, [(b"k", b"after-idle")])
+        out, tracker = _resume_until_read(fn, part, residual, estimator)
+        assert [e.value.value for e in out] == [b"after-idle"]
+        residual = tracker.deferred_status()[0]
+        assert residual == OffsetRange(101, MAX_OFFSET)
+        assert [until_idle(residual)] + [call(residual) for _ in range(2)] == [0.5, 1.0, 2.0]
+    finally:
+        fn.teardown()
+
+
+def test_with_the_cap_at_the_interval_an_idle_partition_keeps_the_interval(topic_with_records):
+    bootstrap, topic = topic_with_records
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, idle_poll_interval=0.5, idle_poll_max_interval=0.5)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    part = KafkaPartition(topic, 0, 0)
+    try:
+        _, tracker, _ = _invoke(fn, part, OffsetRange(0, MAX_OFFSET), bounded=False, estimator=estimator)
+        residual = tracker.deferred_status()[0]
+        delays = []
+        for _ in range(8):
+            _, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+            delays.append(round(tracker.deferred_status()[1].micros / 1e6, 1))
+    finally:
+        fn.teardown()
+    assert delays == [0.5] * 8
 
 
 @pytest.mark.parametrize("slack", [0.0, 30.0])
