@@ -75,7 +75,7 @@ _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
 # The idle back-off's default cap (s): an idle pipeline resumes each partition this seldom, and a record after a
 # quiet spell waits at most this long to be read (benchmarks/README.md, the cost of idling).
-IDLE_POLL_MAX_INTERVAL = 4.0
+IDLE_POLL_MAX_INTERVAL = 2.0
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 _timestamp_ms = operator.attrgetter("timestamp_ms")
 _new_record = tuple.__new__  # KafkaRecord(...) through tuple.__new__ skips NamedTuple's slower __new__
