@@ -21,8 +21,10 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Request
+from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 
 from orderflow.api.auth import Principal
 from orderflow.api.contract import (
@@ -351,23 +353,19 @@ async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Calle
 # same all-or-nothing produce and the same answer; anything else (a body with sent_at, a key not in the cache
 # or not allowed, an id the route would refuse) goes on to the route above, which answers it as always.
 KEEPALIVE_ROUTE = "/restaurants/{restaurant_id}/keepalive"
-_KEEPALIVE_PATH = re.compile(r"/restaurants/([A-Za-z0-9][A-Za-z0-9._:@-]{0,127})/keepalive")
+_KEEPALIVE_PATH = re.compile(rf"/restaurants/({PATH_ID.strip('^$')})/keepalive")  # the route's id rule
 _EMPTY_BODIES = (b"", b"{}")
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    return next((value for key, value in headers if key == name), None)
-
-
-def _cached_principal(res: Resources, headers: list[tuple[bytes, bytes]]) -> Principal | None:
-    """The caller when its key is answered from the key cache; None sends the request the usual way."""
-    key = _header(headers, b"x-api-key")
+def _cached_principal(res: Resources, headers: Headers) -> Principal | None:
+    """The caller when its key (X-API-Key or a bearer token, as ``deps.principal`` reads them) is answered from
+    the key cache; None sends the request the usual way."""
+    key = headers.get("x-api-key")
     if key is None:
-        authorization = _header(headers, b"authorization")
-        if authorization is None or authorization[:7].lower() != b"bearer ":
+        scheme, key = get_authorization_scheme_param(headers.get("authorization"))
+        if scheme.lower() != "bearer" or not key:
             return None
-        key = authorization[7:].strip()
-    found = res.keys.verify_cached(key.decode("latin-1"))
+    found = res.keys.verify_cached(key)
     return found if isinstance(found, Principal) else None
 
 
@@ -379,9 +377,9 @@ async def keepalive_fast_path(scope, body: bytes, send) -> bool:
     match = _KEEPALIVE_PATH.fullmatch(scope["path"])
     if match is None:
         return False
-    headers = scope["headers"]
-    content_type = _header(headers, b"content-type")
-    if body and content_type is not None and content_type.split(b";", 1)[0].strip().lower() != b"application/json":
+    headers = Headers(scope=scope)
+    content_type = headers.get("content-type")
+    if body and content_type is not None and content_type.split(";", 1)[0].strip().lower() != "application/json":
         return False  # the route's body parsing decides what other media types mean
     res: Resources = scope["app"].state.resources
     who = _cached_principal(res, headers)

@@ -404,7 +404,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._eof_timeout = eof_timeout
         self._max_read_seconds = max_read_seconds
         self._idle_poll_interval = idle_poll_interval
-        self._idle_poll_max_interval = max(idle_poll_interval, idle_poll_max_interval or idle_poll_interval)
+        self._idle_poll_max_interval = idle_poll_max_interval or idle_poll_interval  # ReadFromKafka: >= interval
         self._idle_watermark_delay = idle_watermark_delay
         self._out_of_order_slack = Duration.of(out_of_order_slack)
         self._max_cached_consumers = max_cached_consumers
