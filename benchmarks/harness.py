@@ -91,3 +91,23 @@ def priced_stack(prefix: str, root: pathlib.Path, days_back: Iterable[int] = (0,
             refdata.load_reference_data(base, day, sample_assets.sample_prices(day))
         yield base, base.postgres_dsn.rsplit("/", 1)[0] + "/postgres", pathlib.Path(workdir)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; total {time.time() - began:.0f} s")
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """``{pid: command name}`` of ``root`` and its descendants."""
+    parents: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+        parents[int(stat.parent.name)] = int(rest.split()[1])
+        names[int(stat.parent.name)] = name
+    tree, frontier = {root}, [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return {pid: names.get(pid, "?") for pid in tree}

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script)
 import streaming_latency  # noqa: E402
-from harness import cpu_seconds, priced_stack  # noqa: E402
+from harness import cpu_seconds, priced_stack, process_tree  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, settings_environment  # noqa: E402
@@ -54,26 +54,6 @@ def _cpu_or_none(pid: int) -> float | None:
         return cpu_seconds(pid)
     except FileNotFoundError:
         return None
-
-
-def process_tree(root: int) -> dict[int, str]:
-    """``{pid: command name}`` of ``root`` and its descendants."""
-    parents: dict[int, int] = {}
-    names: dict[int, str] = {}
-    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name, rest = text.split(" (", 1)[1].rsplit(")", 1)
-        parents[int(stat.parent.name)] = int(rest.split()[1])
-        names[int(stat.parent.name)] = name
-    tree, frontier = {root}, [root]
-    while frontier:
-        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
-        tree.update(children)
-        frontier = children
-    return {pid: names.get(pid, "?") for pid in tree}
 
 
 def cpu_over(roots: dict[str, int], seconds: float) -> dict[str, float]:

@@ -44,8 +44,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import api_latency  # noqa: E402  (benchmarks/, beside this script: the HTTP load process)
-from harness import cpu_seconds, rss_mb  # noqa: E402
-from idle_cost import process_tree  # noqa: E402
+from harness import cpu_seconds, process_tree, rss_mb  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
