@@ -82,11 +82,15 @@ class RecordedFeed:
         self.flush()
 
     def close(self) -> None:
-        """Stops producing and gives undelivered records 10 s (teardown: the broker may be the fault)."""
+        """Stops producing, gives undelivered records 10 s (teardown: the broker may be the fault), then closes
+        the producer: left open, librdkafka kept reconnecting to the module's stopped broker for the rest of the
+        session ("Connection refused" in every later test's output)."""
         self._stopped.set()
         self._running.set()
         self._thread.join(30)
         self.producer.flush(10)
+        self.producer.purge()
+        self.producer.close()
 
     def flush(self, timeout: float = 900.0) -> None:
         assert self.error is None, f"the feed failed: {self.error!r}"
