@@ -108,7 +108,8 @@ def dynamodb_tables(settings: Settings) -> list[dict]:
 
 def create_dynamodb_tables(settings: Settings) -> list[str]:
     client = aws_client(settings, "dynamodb")
-    existing = set(client.list_tables()["TableNames"])
+    # Every page: one ListTables answer holds at most 100 names (an AWS account, or a test session, has more).
+    existing = {name for page in client.get_paginator("list_tables").paginate() for name in page["TableNames"]}
     created = []
     for definition in dynamodb_tables(settings):
         if definition["TableName"] in existing:

@@ -24,7 +24,7 @@ def test_dynamodb_is_served_apart_from_sns_with_dynamodb_s_own_validation(module
     assert module_settings.dynamodb_endpoint_url != module_settings.sns_endpoint_url
     client = aws_client(module_settings, "dynamodb")
     table = module_settings.client_volume_table
-    assert table in client.list_tables()["TableNames"]
+    assert table in [name for page in client.get_paginator("list_tables").paginate() for name in page["TableNames"]]
 
     def refused(**request) -> str:
         with pytest.raises(ClientError) as refusal:
