@@ -50,10 +50,12 @@ class _WriteToKafkaFn(beam.DoFn):
         self._failed = Metrics.counter("WriteToKafka", "delivery_failures")
 
     def setup(self):
-        self._producer = Producer({**DEFAULT_PRODUCER_CONFIG, "bootstrap.servers": self._bootstrap,
-                                   **self._producer_config})
+        self._producer = None
 
     def start_bundle(self):
+        if self._producer is None:
+            self._producer = Producer({**DEFAULT_PRODUCER_CONFIG, "bootstrap.servers": self._bootstrap,
+                                       **self._producer_config})
         self._sent = 0
         self._errors: list = []
 
@@ -89,6 +91,10 @@ class _WriteToKafkaFn(beam.DoFn):
         errors = self._errors
         if remaining or errors:
             self._failed.inc(len(errors) + remaining)
+            # The runner retries the bundle from its input: its undelivered records go with this producer, and
+            # the retry gets a new one. Kept, a producer whose broker is gone reconnects for as long as the
+            # DoFn instance lives, which a failed bundle may not end (teardown is best effort).
+            self._close_producer()
             raise KafkaDeliveryError(
                 f"WriteToKafka({self._topic}): {len(errors)} records failed, {remaining} undelivered after "
                 f"{self._flush_timeout}s; first error: {errors[0] if errors else 'timeout'}")
@@ -96,12 +102,18 @@ class _WriteToKafkaFn(beam.DoFn):
         self._sent = 0
 
     def teardown(self):
-        producer = getattr(self, "_producer", None)
-        if producer is not None:
+        if getattr(self, "_producer", None) is not None:
             try:
-                producer.flush(self._flush_timeout)
+                self._producer.flush(self._flush_timeout)
             except KafkaException as exc:  # pragma: no cover - best effort at shutdown
                 _LOG.warning("WriteToKafka: flush at teardown failed: %s", exc)
+            self._close_producer()
+
+    def _close_producer(self) -> None:
+        """Drops what the producer still holds (``close()`` would wait for it) and stops its threads."""
+        producer, self._producer = self._producer, None
+        producer.purge()
+        producer.close()
 
 
 class WriteToKafka(beam.PTransform):

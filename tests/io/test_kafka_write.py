@@ -18,6 +18,7 @@ from orderflow.model.avro import AvroCodec
 from tests.support.avro_history import encode_v1, encode_v1_confluent, widget_codec
 from tests.support.kafka_testing import read_partition
 from tests.support.naming import unique_name
+from tests.support.waiting import wait_for
 
 SCHEMAS = pathlib.Path(__file__).parent / "schemas"
 
@@ -53,12 +54,26 @@ def test_write_to_kafka_takes_lists_of_tuples(stack_settings, make_topic):
     assert values == sorted(v for batch in batches for _, v in batch)
 
 
+def _librdkafka_threads() -> int:
+    """librdkafka's threads in this process (``rdk:main``, ``rdk:broker…``): a producer left open keeps them."""
+    count = 0
+    for task in pathlib.Path("/proc/self/task").iterdir():
+        try:
+            count += (task / "comm").read_text().startswith("rdk:")
+        except OSError:  # the thread ended while listed
+            pass
+    return count
+
+
 def test_a_delivery_failure_fails_the_bundle_instead_of_vanishing():
+    before = _librdkafka_threads()
     # Nothing listens on port 1: no record can be delivered within message.timeout.ms.
     with pytest.raises(Exception, match=r"WriteToKafka\(nowhere\).*undelivered"):
         with TestPipeline() as p:
             _ = (p | beam.Create([(b"k", b"v")])
                  | WriteToKafka("127.0.0.1:1", "nowhere", delivery_timeout=1.5))
+    # The failed bundle's producer is closed, not left reconnecting to the dead broker for the rest of the process.
+    wait_for(lambda: _librdkafka_threads() <= before, 30, "the failed bundle's producer threads to end")
 
 
 def test_a_record_the_broker_refuses_fails_the_bundle(stack_settings, make_topic):
