@@ -8,7 +8,29 @@ psycopg + boto3 loop with identical semantics: it reuses the same parsing, prici
 and DynamoDB/outbox functions, only without Beam. Each side runs in its own process, on its own
 database, topics and tables, and reports its wall time and peak RSS; the results are checked equal.
 
+``--sides`` picks the sides (default ``bounded,hand``, run in the order bounded, streaming, hand):
+
+- ``bounded``: ``orders.run(["--bounded", ...])`` in a child process (Beam's default runner), wall time from the
+  call to its return (the pipeline's start-up included), peak RSS = the child's VmHWM;
+- ``streaming`` (issue 26 goal 5, the backlog): the streaming pipeline as users run it, ``python -m
+  orderflow.pipelines.orders`` on Prism started detached (``orderflow_dev.local.processes.DetachedProcess``, its
+  Prism a child of it) with every record already waiting, from the earliest offsets under a consumer group of its
+  own, with the bounded side's options (reference day, alarm rules, batch size; the rest at the streaming
+  defaults, e.g. one batch per Postgres transaction). Measured from the start to the group's committed lag
+  reaching 0 (computed as the API's ``/metrics`` does, read every ``--poll-seconds``), so the start-up (Prism,
+  the SDK worker, the first bundle read, processed and its offsets committed) is included; "without the start-up"
+  is the records committed after the first commit was seen over the time from then to lag 0. Peak RSS: the
+  pipeline's process tree (the Python process, which is also the SDK worker: Prism's LOOPBACK environment, plus
+  the Prism it starts), the sum of their VmRSS sampled every ``--poll-seconds``, and the Python process alone;
+  each process' VmHWM is printed too. At lag 0 it is stopped with SIGTERM (it drains) and its sinks are checked;
+  the run fails when it did not drain or exit 0;
+- ``hand``: ``hand_loop`` in a child process, as ``bounded``.
+
+The ratios printed: hand over bounded time (target >= 0.5x), and streaming over bounded rate with and without the
+streaming start-up (target >= 0.9x), beside the streaming tree's peak RSS (target < 600 MB).
+
     .venv/bin/python benchmarks/orders_pipeline.py --n 1000000
+    .venv/bin/python benchmarks/orders_pipeline.py --n 1000000 --sides bounded,streaming   # the backlog goal
 """
 from __future__ import annotations
 
@@ -277,6 +299,11 @@ def streaming_side(settings: Settings, n: int, batch_size: int, beam_args: list[
         stopping = time.perf_counter()
         how = pipeline.stop(timeout=120)
         stop_seconds = time.perf_counter() - stopping
+        # stop() can return while the leader is a zombie whose other threads still exit (not reapable yet, so no
+        # exit status): status() reaps it once they have.
+        while pipeline.exit_status is None and time.perf_counter() - stopping < stop_seconds + 10:
+            pipeline.status()
+            time.sleep(0.05)
     drained = "drained in" in pipeline.log_tail(30)  # runner.wait_until_stopped's line: every read committed
     by_name: dict[str, dict[str, float]] = {"hwm_mb": {}, "cpu_seconds": {}}
     for key, values in (("hwm_mb", hwm), ("cpu_seconds", cpu)):
