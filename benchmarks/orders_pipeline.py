@@ -1,4 +1,5 @@
-"""Orders pipeline throughput: the bounded Beam pipeline beside a hand-written loop, in one run.
+"""Orders pipeline throughput: the bounded Beam pipeline beside a hand-written loop (and, on request, the streaming
+pipeline draining the same records as a backlog), in one run.
 
 Both read the same generated topic (default 1,000,000 records: four formats, 5% duplicates, 2% malformed)
 with every sink live on a local stack started here (free ports): priced orders and dead letters to
