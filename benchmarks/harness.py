@@ -61,10 +61,12 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc (0 when the kernel reports none)."""
+def rss_mb(pid: int, peak: bool = False) -> float:
+    """Resident memory of a process, from /proc (0 when the kernel reports none); ``peak``: its high-water mark
+    (VmHWM) so far instead. VmHWM, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over exec from the parent."""
+    field = "VmHWM:" if peak else "VmRSS:"
     for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field):
             return int(line.split()[1]) / 1024
     return 0.0
 

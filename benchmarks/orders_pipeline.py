@@ -1,4 +1,5 @@
-"""Orders pipeline throughput: the bounded Beam pipeline beside a hand-written loop, in one run.
+"""Orders pipeline throughput: the bounded Beam pipeline beside a hand-written loop (and, on request, the streaming
+pipeline draining the same records as a backlog), in one run.
 
 Both read the same generated topic (default 1,000,000 records: four formats, 5% duplicates, 2% malformed)
 with every sink live on a local stack started here (free ports): priced orders and dead letters to
@@ -8,7 +9,29 @@ psycopg + boto3 loop with identical semantics: it reuses the same parsing, prici
 and DynamoDB/outbox functions, only without Beam. Each side runs in its own process, on its own
 database, topics and tables, and reports its wall time and peak RSS; the results are checked equal.
 
+``--sides`` picks the sides (default ``bounded,hand``, run in the order bounded, streaming, hand):
+
+- ``bounded``: ``orders.run(["--bounded", ...])`` in a child process (Beam's default runner), wall time from the
+  call to its return (the pipeline's start-up included), peak RSS = the child's VmHWM;
+- ``streaming`` (issue 26 goal 5, the backlog): the streaming pipeline as users run it, ``python -m
+  orderflow.pipelines.orders`` on Prism started detached (``orderflow_dev.local.processes.DetachedProcess``, its
+  Prism a child of it) with every record already waiting, from the earliest offsets under a consumer group of its
+  own, with the bounded side's options (reference day, alarm rules, batch size; the rest at the streaming
+  defaults, e.g. one batch per Postgres transaction). Measured from the start to the group's committed lag
+  reaching 0 (computed as the API's ``/metrics`` does, read every ``--poll-seconds``), so the start-up (Prism,
+  the SDK worker, the first bundle read, processed and its offsets committed) is included; "without the start-up"
+  is the records committed after the first commit was seen over the time from then to lag 0. Peak RSS: the
+  pipeline's process tree (the Python process, which is also the SDK worker: Prism's LOOPBACK environment, plus
+  the Prism it starts), the sum of their VmRSS sampled every ``--poll-seconds``, and the Python process alone;
+  each process' VmHWM is printed too. At lag 0 it is stopped with SIGTERM (it drains) and its sinks are checked;
+  the run fails when it did not drain or exit 0;
+- ``hand``: ``hand_loop`` in a child process, as ``bounded``.
+
+The ratios printed: hand over bounded time (target >= 0.5x), and streaming over bounded rate with and without the
+streaming start-up (target >= 0.9x), beside the streaming tree's peak RSS (target < 600 MB).
+
     .venv/bin/python benchmarks/orders_pipeline.py --n 1000000
+    .venv/bin/python benchmarks/orders_pipeline.py --n 1000000 --sides bounded,streaming   # the backlog goal
 """
 from __future__ import annotations
 
@@ -17,8 +40,10 @@ import collections
 import dataclasses
 import datetime
 import json
+import os
 import pathlib
 import sys
+import tempfile
 import time
 import uuid
 import zoneinfo
@@ -27,10 +52,10 @@ from decimal import Decimal
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import fill_orders_topic, run_side  # noqa: E402  (benchmarks/harness.py, beside this script)
+from harness import cpu_seconds, fill_orders_topic, process_tree, rss_mb, run_side  # noqa: E402  (beside this script)
 
 from orderflow import bootstrap  # noqa: E402
-from orderflow.config import Settings, load_settings  # noqa: E402
+from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
 from orderflow.io import reference_data_store  # noqa: E402
 
 DAY = datetime.date(2026, 11, 10)
@@ -187,21 +212,109 @@ def hand_loop(settings: Settings, batch_size: int, rules_json: str, *, days: lis
 # --------------------------------------------------------------------------------------------------
 # One side in a child process.
 # --------------------------------------------------------------------------------------------------
+def pipeline_args(n: int, batch_size: int) -> list[str]:
+    """The orders pipeline's options both Beam sides run with (the same reference day, rules and batches)."""
+    return [f"--trade_days={DAY}", f"--alarm_rules={json.dumps(alarm_rules(n))}", f"--orders_batch_size={batch_size}"]
+
+
 def child(role: str, batch_size: int, n: int, beam_args: list[str]) -> None:
     settings = load_settings()  # the parent hands them over in the environment
     started = time.perf_counter()
-    if role == "beam":
+    if role == "bounded":
         from orderflow.pipelines import orders
 
-        orders.run(["--bounded", f"--trade_days={DAY}", f"--alarm_rules={json.dumps(alarm_rules(n))}",
-                    f"--orders_batch_size={batch_size}", *beam_args], settings=settings)
+        orders.run(["--bounded", *pipeline_args(n, batch_size), *beam_args], settings=settings)
     else:
         hand_loop(settings, batch_size, json.dumps(alarm_rules(n)))
     elapsed = time.perf_counter() - started
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (big) parent process.
-    with open("/proc/self/status") as status:
-        peak_mb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
-    print(json.dumps({"seconds": elapsed, "peak_mb": peak_mb}))
+    print(json.dumps({"seconds": elapsed, "peak_mb": rss_mb(os.getpid(), peak=True),
+                      "cpu_seconds": cpu_seconds(os.getpid())}))
+
+
+# --------------------------------------------------------------------------------------------------
+# The streaming pipeline on a backlog, as users run it.
+# --------------------------------------------------------------------------------------------------
+def committed_lag(admin, group: str, topic: str) -> int:
+    """The records of ``topic`` past ``group``'s committed offsets, as the API's ``/metrics`` computes it."""
+    from orderflow.api.pipelines import consumer_lag
+
+    return sum(partition.lag for partition in consumer_lag(admin, group, [topic]))
+
+
+def streaming_side(settings: Settings, n: int, batch_size: int, beam_args: list[str], workdir: pathlib.Path,
+                   poll: float, timeout: float) -> dict | None:
+    """Starts ``python -m orderflow.pipelines.orders`` streaming on Prism (``DetachedProcess``, as the developer
+    tools start it) with the whole topic waiting, from the earliest offsets under a consumer group of its own,
+    and watches it every ``poll`` s until the group's committed lag is 0; then stops it (SIGTERM: it drains).
+    Returns the measures, or None (after printing why and the log's end) when it died or ran out of ``timeout``.
+
+    Memory: every ``poll`` s the VmRSS of each process of the pipeline's tree (the Python process, which is also
+    the SDK worker: Prism's LOOPBACK environment, and the Prism it starts) is read and summed: ``peak_tree_mb`` is
+    the highest sum seen, ``peak_python_mb`` the Python process' highest; ``hwm_mb`` is each process' own VmHWM
+    (kernel high-water mark) read at lag 0, whose sum bounds the tree's true peak from above."""
+    import psycopg
+    from confluent_kafka.admin import AdminClient
+
+    from orderflow_dev.local.processes import RUNNING, DetachedProcess
+
+    group = f"bench-streaming-{uuid.uuid4().hex[:6]}"
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic = settings.topics.orders
+    waiting = committed_lag(admin, group, topic)
+    pipeline = DetachedProcess("orders", workdir)
+    started = time.perf_counter()
+    pid = pipeline.start([f"--orders_group_id={group}", "--orders_start=earliest", *pipeline_args(n, batch_size),
+                          *beam_args], env=settings_environment(settings))
+    first: tuple[float, int] | None = None  # (seconds after the start, lag) when a commit was first seen
+    peak_tree = peak_python = 0.0
+    hwm: dict[int, tuple[str, float]] = {}
+    cpu: dict[int, tuple[str, float]] = {}
+    try:
+        while True:
+            tree_rss = 0.0
+            for member, name in process_tree(pid).items():
+                try:
+                    rss = rss_mb(member)
+                    hwm[member] = (name, rss_mb(member, peak=True))
+                    cpu[member] = (name, cpu_seconds(member))
+                except FileNotFoundError:  # ended meanwhile
+                    continue
+                tree_rss += rss
+                if member == pid:
+                    peak_python = max(peak_python, rss)
+            peak_tree = max(peak_tree, tree_rss)
+            lag = committed_lag(admin, group, topic)
+            elapsed = time.perf_counter() - started
+            if first is None and lag < waiting:
+                first = (elapsed, lag)
+            if lag == 0:
+                break
+            if pipeline.status() != RUNNING or elapsed > timeout:
+                print(f"streaming: {'died' if pipeline.status() != RUNNING else 'timed out'} after {elapsed:.0f} s "
+                      f"with a lag of {lag:,}; log {pipeline.log_path}:\n{pipeline.log_tail(40)}", file=sys.stderr)
+                return None
+            time.sleep(poll)
+        with psycopg.connect(settings.postgres_dsn) as conn:
+            stored_at_zero = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+    finally:
+        stopping = time.perf_counter()
+        how = pipeline.stop(timeout=120)
+        stop_seconds = time.perf_counter() - stopping
+        # stop() can return while the leader is a zombie whose other threads still exit (not reapable yet, so no
+        # exit status): status() reaps it once they have.
+        while pipeline.exit_status is None and time.perf_counter() - stopping < stop_seconds + 10:
+            pipeline.status()
+            time.sleep(0.05)
+    drained = "drained in" in pipeline.log_tail(30)  # runner.wait_until_stopped's line: every read committed
+    by_name: dict[str, dict[str, float]] = {"hwm_mb": {}, "cpu_seconds": {}}
+    for key, values in (("hwm_mb", hwm), ("cpu_seconds", cpu)):
+        for name, value in values.values():
+            by_name[key][name] = by_name[key].get(name, 0.0) + value
+    startup, lag_then = first
+    return {"seconds": elapsed, "waiting": waiting, "startup": startup,
+            "steady_rate": lag_then / (elapsed - startup) if elapsed > startup else None,
+            "peak_tree_mb": peak_tree, "peak_python_mb": peak_python, **by_name, "stored_at_lag_0": stored_at_zero,
+            "stop": how, "drained": drained, "stop_seconds": stop_seconds, "exit_status": pipeline.exit_status}
 
 
 def isolated(base: Settings, pg_admin_dsn: str, name: str) -> Settings:
@@ -246,49 +359,93 @@ def outcome(settings: Settings) -> dict:
     return {"orders": orders, "alarms": [tuple(map(str, a)) for a in alarms], "sms_sent": sent, "volumes": volumes}
 
 
+SIDES = ("bounded", "streaming", "hand")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000, help="records to generate (default 1,000,000)")
-    parser.add_argument("--batch-size", type=int, default=10_000, help="Kafka records per batch, both sides")
-    parser.add_argument("--only", choices=["beam", "hand"], help="run one side only")
-    parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam side, e.g. "
+    parser.add_argument("--batch-size", type=int, default=10_000, help="Kafka records per batch, every side")
+    parser.add_argument("--sides", default="bounded,hand",
+                        help=f"comma list of {', '.join(SIDES)} (run in that order; default bounded,hand)")
+    parser.add_argument("--only", choices=["beam", "hand"], help="the earlier spelling of --sides bounded / hand")
+    parser.add_argument("--beam-args", default="", help="extra pipeline options for the Beam sides, e.g. "
                         "'--direct_num_workers=2 --direct_running_mode=multi_processing'")
+    parser.add_argument("--poll-seconds", type=float, default=0.25,
+                        help="streaming: how often its lag and memory are read (default 0.25 s)")
+    parser.add_argument("--streaming-timeout", type=float, default=1800.0,
+                        help="streaming: give up when the lag is not 0 this long after the start (default 1800 s)")
     parser.add_argument("--role", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
         child(args.role, args.batch_size, args.n, args.beam_args.split())
         return 0
+    sides = [{"beam": "bounded"}.get(args.only, args.only)] if args.only else args.sides.split(",")
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown sides {sorted(unknown)}; choose among {', '.join(SIDES)}")
 
     from orderflow_dev.local import temporary_stack
 
-    with temporary_stack("bench-orders-", ROOT / ".local", timeout=120) as stack:
+    with temporary_stack("bench-orders-", ROOT / ".local", timeout=120) as stack, \
+            tempfile.TemporaryDirectory(prefix="bench-orders-", dir=ROOT / ".local") as workdir:
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} ({os.cpu_count()} CPUs)",
+              flush=True)
         base, counts, took = fill_orders_topic(stack, args.n, DAY)
         print(f"generated and produced {args.n:,} records in {took:.1f}s: "
               f"{counts['order']:,} orders, {counts['duplicate']:,} duplicates, {counts['malformed']:,} malformed",
               flush=True)
         admin_dsn = base.postgres_dsn.rsplit("/", 1)[0] + "/postgres"
         results = {}
-        for role in ("beam", "hand"):
-            if args.only and role != args.only:
-                continue
+        for role in (side for side in SIDES if side in sides):
             settings = isolated(base, admin_dsn, role)
-            measured = run_side(__file__, role, settings, ["--batch-size", str(args.batch_size),
-                                                           "--n", str(args.n), f"--beam-args={args.beam_args}"])
+            if role == "streaming":
+                measured = streaming_side(settings, args.n, args.batch_size, args.beam_args.split(),
+                                          pathlib.Path(workdir), args.poll_seconds, args.streaming_timeout)
+            else:
+                measured = run_side(__file__, role, settings, ["--batch-size", str(args.batch_size), "--n",
+                                                               str(args.n), f"--beam-args={args.beam_args}"])
             if measured is None:
                 return 1
             measured["outcome"] = outcome(settings)
             results[role] = measured
             rate = args.n / measured["seconds"]
-            print(f"{role:>5}: {measured['seconds']:8.1f}s  {rate:10,.0f} records/s  peak RSS {measured['peak_mb']:7.0f} MB"
-                  f"  orders={measured['outcome']['orders'][0]:,} alarms={len(measured['outcome']['alarms'])}"
-                  f" sms={measured['outcome']['sms_sent']}", flush=True)
-        if len(results) == 2:
-            same = results["beam"]["outcome"] == results["hand"]["outcome"]
-            ratio = results["hand"]["seconds"] / results["beam"]["seconds"]
-            print(f"ratio beam/hand throughput: {ratio:.2f}x  (target >= 0.5x); identical results: {same}")
-            return 0 if same else 1
-        return 0
-
+            done = (f"orders={measured['outcome']['orders'][0]:,} alarms={len(measured['outcome']['alarms'])}"
+                    f" sms={measured['outcome']['sms_sent']}")
+            if role != "streaming":
+                print(f"{role:>9}: {measured['seconds']:8.1f}s  {rate:10,.0f} records/s  peak RSS "
+                      f"{measured['peak_mb']:7.0f} MB  CPU {measured['cpu_seconds']:7.1f} s  {done}", flush=True)
+                continue
+            steady = measured["steady_rate"]
+            print(f"{role:>9}: lag 0 after {measured['seconds']:8.1f}s  {rate:10,.0f} records/s (start-up included); "
+                  f"start-up (start -> first commit) {measured['startup']:.1f} s, then "
+                  f"{f'{steady:,.0f}' if steady else '-'} records/s (without the start-up)\n"
+                  f"{'':>11}peak RSS: pipeline tree {measured['peak_tree_mb']:.0f} MB (sum of its processes' RSS "
+                  f"sampled every {args.poll_seconds:g} s), Python (SDK worker) process {measured['peak_python_mb']:.0f}"
+                  f" MB; VmHWM per command {json.dumps({k: round(v) for k, v in measured['hwm_mb'].items()})}\n"
+                  f"{'':>11}CPU s per command {json.dumps({k: round(v, 1) for k, v in measured['cpu_seconds'].items()})}"
+                  f"; orders in Postgres at lag 0: {measured['stored_at_lag_0']:,}; stop: {measured['stop']}"
+                  f"{' (drained)' if measured['drained'] else ' (NOT drained)'} in "
+                  f"{measured['stop_seconds']:.1f} s, exit status {measured['exit_status']}; {done}", flush=True)
+        outcomes = [measured["outcome"] for measured in results.values()]
+        same = all(o == outcomes[0] for o in outcomes)
+        if "bounded" in results and "hand" in results:
+            ratio = results["hand"]["seconds"] / results["bounded"]["seconds"]
+            print(f"ratio bounded/hand throughput: {ratio:.2f}x  (target >= 0.5x)")
+        if "bounded" in results and "streaming" in results:
+            bounded, streaming = results["bounded"], results["streaming"]
+            steady = streaming["steady_rate"]
+            without = f"{steady / (args.n / bounded['seconds']):.2f}x" if steady else "-"
+            print(f"ratio streaming/bounded rate: {bounded['seconds'] / streaming['seconds']:.2f}x, start-up "
+                  f"included; {without} without the streaming start-up (the bounded side's own is included); "
+                  f"target >= 0.9x")
+        if "streaming" in results:
+            print(f"streaming peak RSS, pipeline tree: {results['streaming']['peak_tree_mb']:.0f} MB (target < 600 MB)")
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        if len(results) > 1:
+            print(f"identical results ({', '.join(results)}): {same}")
+        clean = "streaming" not in results or (results["streaming"]["exit_status"] == 0 and results["streaming"]["drained"])
+        return 0 if same and clean else 1
 
 if __name__ == "__main__":
     sys.exit(main())

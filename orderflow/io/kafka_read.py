@@ -162,7 +162,15 @@ DEFAULT_CONSUMER_CONFIG = {
 # cost of idling). A record is not delayed by it: the broker answers as soon as one arrives (fetch.min.bytes 1).
 # What waits longer is the partition-end event after a catch-up (it comes with an empty fetch), which only
 # decides when the idle back-off starts. Bounded reads keep 100 ms: they end at that event.
-STREAMING_CONSUMER_CONFIG = {"fetch.wait.max.ms": 500}
+# A smaller prefetch queue: a consumer's queue full of 178-byte orders held ~123 MB of RSS (librdkafka's
+# per-message overhead on top of the 32 MB of payload), so a backlog on 4 partitions cost ~490 MB before a record
+# was processed; 8 MB and fetches of 4 MB hold ~30 MB. A queue over its thresholds postpones the next fetch by
+# fetch.queue.backoff.ms (librdkafka's default 1 s, which held one reader to ~90k records/s); at 100 ms it gets
+# ~220k/s (the 32 MB queue ~330k/s), ten times what the pipeline processes (benchmarks/README.md, the backlog).
+# Bounded reads keep the deep queue.
+STREAMING_CONSUMER_CONFIG = {"fetch.wait.max.ms": 500, "queued.min.messages": 50_000,
+                             "queued.max.messages.kbytes": 8 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024,
+                             "fetch.queue.backoff.ms": 100}
 
 
 class KafkaPartition(NamedTuple):
