@@ -106,10 +106,15 @@ def dynamodb_tables(settings: Settings) -> list[dict]:
     ]
 
 
+def dynamodb_table_names(client) -> list[str]:
+    """Every table's name, from every page: one ListTables answer holds at most 100 (an AWS account, or a test
+    session's endpoint, has more)."""
+    return [name for page in client.get_paginator("list_tables").paginate() for name in page["TableNames"]]
+
+
 def create_dynamodb_tables(settings: Settings) -> list[str]:
     client = aws_client(settings, "dynamodb")
-    # Every page: one ListTables answer holds at most 100 names (an AWS account, or a test session, has more).
-    existing = {name for page in client.get_paginator("list_tables").paginate() for name in page["TableNames"]}
+    existing = set(dynamodb_table_names(client))
     created = []
     for definition in dynamodb_tables(settings):
         if definition["TableName"] in existing:

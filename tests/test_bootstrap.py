@@ -28,8 +28,7 @@ def test_topics_are_created_with_partitions_and_idempotently(module_settings):
 def test_dynamodb_tables_and_sns_topic_are_idempotent(module_settings):
     assert bootstrap.create_dynamodb_tables(module_settings) == []
     dynamodb = clients.aws_client(module_settings, "dynamodb")
-    # Every page: one ListTables answer holds at most 100 names, and the session's endpoint holds more tables.
-    names = [name for page in dynamodb.get_paginator("list_tables").paginate() for name in page["TableNames"]]
+    names = bootstrap.dynamodb_table_names(dynamodb)
     assert module_settings.prices_table in names and module_settings.client_volume_table in names
     # The keys the sinks write by: the volume of one client on one day.
     keys = dynamodb.describe_table(TableName=module_settings.client_volume_table)["Table"]["KeySchema"]

@@ -6,6 +6,7 @@ import port_for
 import pytest
 from botocore.exceptions import ClientError
 
+from orderflow.bootstrap import dynamodb_table_names
 from orderflow.clients import aws_client
 from orderflow_dev.local import LocalStack, ServiceFailed, StackPorts
 from orderflow_dev.local.roundtrip import run_roundtrips
@@ -24,7 +25,7 @@ def test_dynamodb_is_served_apart_from_sns_with_dynamodb_s_own_validation(module
     assert module_settings.dynamodb_endpoint_url != module_settings.sns_endpoint_url
     client = aws_client(module_settings, "dynamodb")
     table = module_settings.client_volume_table
-    assert table in [name for page in client.get_paginator("list_tables").paginate() for name in page["TableNames"]]
+    assert table in dynamodb_table_names(client)
 
     def refused(**request) -> str:
         with pytest.raises(ClientError) as refusal:
