@@ -300,11 +300,6 @@ def streaming_side(settings: Settings, n: int, batch_size: int, beam_args: list[
         stopping = time.perf_counter()
         how = pipeline.stop(timeout=120)
         stop_seconds = time.perf_counter() - stopping
-        # stop() can return while the leader is a zombie whose other threads still exit (not reapable yet, so no
-        # exit status): status() reaps it once they have.
-        while pipeline.exit_status is None and time.perf_counter() - stopping < stop_seconds + 10:
-            pipeline.status()
-            time.sleep(0.05)
     drained = "drained in" in pipeline.log_tail(30)  # runner.wait_until_stopped's line: every read committed
     by_name: dict[str, dict[str, float]] = {"hwm_mb": {}, "cpu_seconds": {}}
     for key, values in (("hwm_mb", hwm), ("cpu_seconds", cpu)):

@@ -155,6 +155,12 @@ class DetachedProcess:
         self._reap()
         # What is left of the group (a pipeline's Prism); a zombie leader only waits for its parent.
         terminate_group(pid, signal.SIGTERM, lambda: not group_alive(pid), 15.0)
+        # Our child whose main thread has exited reads as a zombie while its other threads end, and can be reaped
+        # (its exit_status known) only after them: wait for that, so a caller reads how it ended.
+        reap_deadline = time.monotonic() + 15.0
+        while self._process is not None and time.monotonic() < reap_deadline:
+            self._reap()
+            time.sleep(0.05)
         self.pid_path.unlink(missing_ok=True)
         return STOPPED
 
