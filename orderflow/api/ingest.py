@@ -4,7 +4,8 @@ Everything in a request is validated and encoded before the first record is prod
 never leaves a half-written batch behind: the request is rejected whole with a 4xx naming the problem.
 A valid request's records are then written in one Kafka transaction (``orderflow.api.kafka_sink``): 202
 when it is committed, 503 when it is not (nothing of the batch is visible to the pipelines, which read
-``read_committed``), 504 when the commit's outcome did not come back in time.
+``read_committed``), 504 when the commit's outcome did not come back in time. A keep-alive, one record whose
+repetition is harmless, goes without a transaction (``produce_keepalive``).
 
 Orders without an id get ``api-<32 hex>-<index in the batch>``: random hex, or, with an
 ``Idempotency-Key``, a digest of the caller's key id and that key, so a retried batch carries the same
@@ -38,7 +39,7 @@ from orderflow.api.contract import (
 )
 from orderflow.api.deps import Caller, Res, forbidden
 from orderflow.api.errors import AUTHENTICATED, WITH_BODY, ApiError, ErrorOut, error_body, responses
-from orderflow.api.kafka_sink import CommitUnconfirmed, DeliveryFailed
+from orderflow.api.kafka_sink import CommitUnconfirmed, Delivered, DeliveryFailed
 from orderflow.api.metrics import INGESTED_RECORDS, KEEPALIVE_CLOCK_SKEW
 from orderflow.api.resources import Resources
 from orderflow.model.orders import CSV_PATTERN, InvalidOrders, parse_orders
@@ -222,6 +223,14 @@ KAFKA_RESPONSES = {
                                             "orders once)"},
 }
 
+# A keep-alive is one record written without a transaction (produce_keepalive): its 504 is not a commit's.
+KEEPALIVE_KAFKA_RESPONSES = {
+    503: {"model": ErrorOut, "description": "Kafka did not take the keep-alive: it was not written (it is safe to "
+                                            "retry); or another dependency is unavailable"},
+    504: {"model": ErrorOut, "description": "Kafka did not acknowledge the keep-alive in time: it may have been "
+                                            "written (retrying is harmless: a repeated keep-alive is one ping)"},
+}
+
 IdempotencyKey = Header(
     alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$",
     description="Makes a retry safe. Orders without an id get ids derived from this key (with the calling "
@@ -245,6 +254,23 @@ async def produce(res: Resources, topic: str, records: list[tuple[bytes | None, 
         raise ApiError(504, f"Kafka did not confirm the commit in time, the records may have been written "
                             f"(retry with the same Idempotency-Key): {exc}", error_code=50002) from exc
     INGESTED_RECORDS.labels(topic=topic).inc(len(records))
+    return delivered
+
+
+async def produce_keepalive(res: Resources, record: tuple) -> Delivered:
+    """Writes a keep-alive without a transaction (``KafkaSink.produce_record``: a keep-alive written twice is
+    harmless, and a transaction per group of them cost the broker 4x their own CPU): 503 when it was not
+    written, 504 when its acknowledgement did not come in time (it may have been; retrying is harmless)."""
+    topic = res.settings.topics.keepalive
+    try:
+        delivered = await res.kafka.produce_record(topic, record)
+    except DeliveryFailed as exc:
+        raise ApiError(503, f"Kafka did not take the keep-alive, it was not written: {exc}",
+                       error_code=50003) from exc
+    except CommitUnconfirmed as exc:
+        raise ApiError(504, f"Kafka did not acknowledge the keep-alive in time, it may have been written "
+                            f"(a repeated keep-alive is harmless: retry): {exc}", error_code=50002) from exc
+    INGESTED_RECORDS.labels(topic=topic).inc()
     return delivered
 
 
@@ -327,7 +353,7 @@ def _require_restaurant(who: Principal, restaurant_id: str) -> None:
 
 
 @router.post("/restaurants/{restaurant_id}/keepalive", status_code=202, response_model=KeepaliveAccepted,
-             summary="A restaurant's keep-alive ping", responses=KAFKA_RESPONSES)
+             summary="A restaurant's keep-alive ping", responses=KEEPALIVE_KAFKA_RESPONSES)
 async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Caller, res: Res,
                          body: KeepaliveIn | None = None):
     _require_restaurant(who, restaurant_id)
@@ -339,7 +365,7 @@ async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Calle
         _LOG.warning("keep-alive of %s restamped: %s", restaurant_id, stamp.describe(),
                      extra={"restaurant_id": restaurant_id, "clock_skew_seconds": stamp.skew_seconds})
     record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, stamp.sent_at_ms)
-    (d,) = await produce(res, res.settings.topics.keepalive, [record])
+    d = await produce_keepalive(res, record)
     return KeepaliveAccepted(topic=d.topic, partition=d.partition, offset=d.offset,
                              sent_at=datetime.fromtimestamp(stamp.sent_at_ms / 1000, timezone.utc),
                              clock_skew_seconds=stamp.skew_seconds)
@@ -350,7 +376,7 @@ async def post_keepalive(restaurant_id: Annotated[str, RestaurantId], who: Calle
 # the same: a known key, an empty body or ``{}``. Through FastAPI, routing, dependency solving, body parsing,
 # response validation and Starlette's middleware layers cost about half of the request's CPU (benchmarks/README.md,
 # issue 26). ``keepalive_fast_path`` answers exactly that case from ``ApiMiddleware`` with the same record, the
-# same all-or-nothing produce and the same answer; anything else (a body with sent_at, a key not in the cache
+# same produce and the same answer; anything else (a body with sent_at, a key not in the cache
 # or not allowed, an id the route would refuse) goes on to the route above, which answers it as always.
 KEEPALIVE_ROUTE = "/restaurants/{restaurant_id}/keepalive"
 _KEEPALIVE_PATH = re.compile(rf"/restaurants/({PATH_ID.strip('^$')})/keepalive")  # the route's id rule
@@ -389,7 +415,7 @@ async def keepalive_fast_path(scope, body: bytes, send) -> bool:
     now_ms = _millis(None)
     record = keepalive_kafka_record(res.codec("keepalive"), restaurant_id, now_ms)
     try:
-        (d,) = await produce(res, res.settings.topics.keepalive, [record])
+        d = await produce_keepalive(res, record)
     except ApiError as exc:
         payload, media_type = error_body(scope["path"], exc.status_code, str(exc.detail))
         status = exc.status_code

@@ -43,6 +43,16 @@ answered 503: a producer left stale by a broker restart must not cost a client a
 answers again (nothing of the failed transaction is visible, so the retry writes each record once). While transactions fail, ``check`` (``/healthz``) builds a
 producer itself, so it reports Kafka healthy again as soon as transactions work, with or without
 traffic.
+
+Keep-alives go without a transaction (``produce_record``): one record is all-or-nothing by itself, and a
+transaction's own broker work (its coordinator's log writes and a commit marker in every partition it touched)
+cost the broker ~4x the CPU of the records it held: ~870 against ~200 µs per record, 10 per transaction
+(benchmarks/README.md, issue 26), which capped the API at the broker's ~1,000 transactions' worth of
+keep-alives a second on two cores. One idempotent producer (no duplicates from its own retries, order kept per
+partition) takes them, a thread serves its acknowledgements and wakes the event loop once per batch of them.
+What it gives up: a record whose acknowledgement did not come in time may still have been written
+(``CommitUnconfirmed``, 504), where a transaction would have been aborted (503). A keep-alive written twice
+is harmless (it is a ping), so that is the right trade for it and not for orders or availability events.
 """
 from __future__ import annotations
 
@@ -68,9 +78,10 @@ from orderflow.api.metrics import (
     KAFKA_TRANSACTION_REQUESTS,
     KAFKA_TRANSACTIONS,
     KAFKA_TRANSACTIONS_PRODUCING,
+    KAFKA_UNTRANSACTED_RECORDS,
 )
 
-__all__ = ["CommitUnconfirmed", "DeliveryFailed", "KafkaSink"]
+__all__ = ["CommitUnconfirmed", "Delivered", "DeliveryFailed", "KafkaSink"]
 
 COMMIT_TIMEOUT = 5.0  # seconds the commit may take once every record is acknowledged
 ABORT_TIMEOUT = 2.0   # seconds given to aborting a failed transaction before its producer is dropped
@@ -228,6 +239,14 @@ class KafkaSink:
         self._waiting = 0  # touched on the event loop only
         self._failure: str | None = None  # why the last transaction failed, until one succeeds
         self._failure_lock = threading.Lock()
+        # produce_record's idempotent producer, built on first use, and the thread serving its acknowledgements.
+        self._record_config = {**common, "enable.idempotence": True, "linger.ms": 2,
+                               "message.timeout.ms": int(timeout * 1000), **(producer_config or {})}
+        self._record_producer: Producer | None = None
+        self._record_thread: threading.Thread | None = None
+        self._record_lock = threading.Lock()
+        self._acknowledged: list[tuple] = []  # delivery reports of the current poll (acknowledgements thread)
+        self._closing = threading.Event()
 
     # -- producing ------------------------------------------------------------------------------------------
     async def produce(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[Delivered]:
@@ -487,6 +506,94 @@ class KafkaSink:
             if self._failure == failure:
                 self._failure = None
 
+    # -- one record, without a transaction -------------------------------------------------------------------
+    async def produce_record(self, topic: str, record: tuple) -> Delivered:
+        """Writes one ``(key, value[, timestamp_ms])`` record with the sink's idempotent producer, without a
+        transaction (see the module docstring: for records whose repetition is harmless). Raises DeliveryFailed
+        when it was not written (refused, or not sent) and CommitUnconfirmed when its acknowledgement did not
+        come within ``timeout`` (it may have been written)."""
+        if self._waiting >= self.max_waiting:
+            raise DeliveryFailed(f"{self._waiting} requests are already waiting for Kafka")
+        key, value, *timestamp = record
+        future = asyncio.get_running_loop().create_future()
+        producer = self._record_producer or self._start_record_producer()
+        try:
+            producer.produce(topic, value=value, key=key, timestamp=timestamp[0] if timestamp else 0,
+                             on_delivery=functools.partial(self._record_acknowledged, future, topic))
+        except BufferError:
+            KAFKA_UNTRANSACTED_RECORDS.labels(outcome="refused").inc()
+            raise DeliveryFailed("the producer's queue is full") from None
+        except KafkaException as exc:  # refused by librdkafka itself (too large, ...): never sent
+            KAFKA_UNTRANSACTED_RECORDS.labels(outcome="refused").inc()
+            error = _error(exc)
+            refused = error is not None and error.code() in _RECORD_FAULTS
+            raise (RecordsRefused if refused else DeliveryFailed)(_describe(exc)) from exc
+        self._waiting += 1
+        try:
+            return await future
+        finally:
+            self._waiting -= 1
+
+    def _start_record_producer(self) -> Producer:
+        with self._record_lock:
+            if self._record_producer is None:
+                producer = Producer(self._record_config)
+                thread = threading.Thread(target=self._serve_acknowledgements, args=(producer,),
+                                          name="kafka-acknowledgements", daemon=True)
+                self._record_producer, self._record_thread = producer, thread
+                thread.start()
+            return self._record_producer
+
+    def _record_acknowledged(self, future: asyncio.Future, topic: str, err: KafkaError | None, msg) -> None:
+        """A delivery report (on the acknowledgements thread): kept for ``_answer_acknowledged``."""
+        self._acknowledged.append((future, topic, err, msg.partition(), msg.offset()))
+
+    def _serve_acknowledgements(self, producer: Producer) -> None:
+        while not self._closing.is_set():
+            producer.poll(0.5)
+            self._answer_acknowledged()
+
+    def _answer_acknowledged(self) -> None:
+        """Hands the delivery reports gathered by the last poll to their event loops, one wake-up per loop."""
+        if not self._acknowledged:
+            return
+        reports, self._acknowledged = self._acknowledged, []
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for report in reports:
+            error = report[2]
+            if error is None:
+                outcome = "acknowledged"
+            elif error.code() in _RECORD_FAULTS or error.code() == KafkaError._PURGE_QUEUE:
+                outcome = "refused"
+            else:
+                outcome = "unconfirmed"
+            KAFKA_UNTRANSACTED_RECORDS.labels(outcome=outcome).inc()
+            by_loop.setdefault(report[0].get_loop(), []).append(report)
+        failed = next((r[2] for r in reversed(reports) if r[2] is not None), None)
+        if failed is not None or self._failure is not None:
+            with self._failure_lock:
+                self._failure = None if failed is None else f"a record was not acknowledged: {failed.str()}"
+        for loop, answers in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(self._settle_records, answers)
+            except RuntimeError:  # that loop is closed: no one waits for these answers any more
+                pass
+
+    def _settle_records(self, reports: list) -> None:
+        """On the event loop: answers each ``produce_record`` still waiting (its client may have left)."""
+        for future, topic, error, partition, offset in reports:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(Delivered(topic, partition, offset))
+            elif error.code() in _RECORD_FAULTS:
+                future.set_exception(RecordsRefused(f"record refused: {error.str()}"))
+            elif error.code() == KafkaError._PURGE_QUEUE:
+                future.set_exception(DeliveryFailed("the API is shutting down"))
+            else:
+                future.set_exception(CommitUnconfirmed(
+                    f"record not acknowledged within {self.timeout:.0f}s, it may have been written: {error.str()}"))
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         with self._queue_lock:
@@ -500,6 +607,13 @@ class KafkaSink:
                 self._slots.get_nowait().drop()
             except queue.Empty:
                 break
+        self._closing.set()
+        producer, thread = self._record_producer, self._record_thread
+        if producer is not None and thread is not None:
+            thread.join()
+            producer.flush(CLOSE_TIMEOUT)  # what is in flight is answered, then what is left is purged
+            _close(producer)
+            self._answer_acknowledged()
 
 
 def _close(producer: Producer) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = ["INGESTED_RECORDS", "KAFKA_PRODUCER_STARTS", "KAFKA_TRANSACTIONS", "KAFKA_TRANSACTION_REQUESTS",
-           "KAFKA_TRANSACTIONS_PRODUCING", "KEEPALIVE_CLOCK_SKEW", "KEY_LOOKUPS", "LATENCY", "REQUESTS"]
+           "KAFKA_TRANSACTIONS_PRODUCING", "KAFKA_UNTRANSACTED_RECORDS", "KEEPALIVE_CLOCK_SKEW", "KEY_LOOKUPS", "LATENCY", "REQUESTS"]
 
 REQUESTS = Counter("orderflow_api_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram("orderflow_api_request_seconds", "HTTP request latency", ["method", "route"],
@@ -25,6 +25,10 @@ KAFKA_TRANSACTION_REQUESTS = Histogram("orderflow_api_kafka_transaction_requests
 KAFKA_TRANSACTIONS_PRODUCING = Gauge("orderflow_api_kafka_transactions_producing",
                                      "ingest transactions begun whose records are not all acknowledged yet, by "
                                      "requests in them: one, several", ["requests"])
+# Keep-alives go without a transaction (kafka_sink.KafkaSink.produce_record): one record is all-or-nothing by itself.
+KAFKA_UNTRANSACTED_RECORDS = Counter("orderflow_api_kafka_untransacted_records_total",
+                                     "records produced without a transaction (keep-alives) by outcome: acknowledged, "
+                                     "refused (not written), unconfirmed (may have been written)", ["outcome"])
 KAFKA_PRODUCER_STARTS = Counter("orderflow_api_kafka_producer_starts_total",
                                 "transactional producers initialised (first use, and each rebuild after a failure)")
 # result: found | unknown (a database lookup), cached (answered from memory), throttled (429, not looked up)

@@ -403,3 +403,31 @@ def test_a_revoked_key_is_refused_on_the_fast_path_within_the_key_cache_time(cac
             assert time.monotonic() - revoked_at < KEY_CACHE_SECONDS + 5, "a revoked key accepted past the cache time"
             time.sleep(0.2)
         assert resp.status_code == 401 and "revoked" in resp.json()["detail"]
+
+
+def test_a_keepalive_is_one_record_without_a_transaction_and_an_order_batch_is_a_transaction(cached_api):
+    """Keep-alives, by the fast path and by the route, go through ``KafkaSink.produce_record`` (one idempotent
+    record, no transaction: issue 26); an order batch still commits a transaction of its own."""
+    untransacted, transactions = "orderflow_api_kafka_untransacted_records_total", "orderflow_api_kafka_transactions_total"
+    with cached_api.client(cached_api.key("ingest")) as client:
+        assert client.post("/restaurants/r-untx/keepalive").status_code == 202  # the key is cached from now on
+        acknowledged = _counter(client, untransacted, 'outcome="acknowledged"')
+        committed = _counter(client, transactions, 'outcome="committed"')
+        sent_at = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        answers = [client.post("/restaurants/r-untx/keepalive"),  # the fast path
+                   client.post("/restaurants/r-untx/keepalive", json={"sent_at": sent_at.isoformat()})]  # the route
+        assert [a.status_code for a in answers] == [202, 202], [a.text for a in answers]
+        first, second = (a.json() for a in answers)  # one key, one partition, in the order produced
+        assert (second["partition"], second["offset"]) > (first["partition"], first["offset"])
+        assert second["partition"] == first["partition"]
+        assert _counter(client, untransacted, 'outcome="acknowledged"') == acknowledged + 2
+        assert _counter(client, transactions, 'outcome="committed"') == committed
+        orders = client.post("/orders", json=[{"ativo": "PETR4", "quantidade": 1, "token": "untx"}])
+        assert orders.status_code == 202, orders.text
+        assert _counter(client, transactions, 'outcome="committed"') == committed + 1
+        assert _counter(client, untransacted, 'outcome="acknowledged"') == acknowledged + 2
+    settings = cached_api.settings
+    for answer in answers:
+        body = answer.json()
+        msg = read_at(settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
+        assert msg.key() == b"r-untx"

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from orderflow.clients import avro_codec
 from orderflow.config import ApiConfig
 from orderflow_dev.local.stack import read_pid
-from tests.support.kafka_check import read_all
+from tests.support.kafka_check import read_all, read_at
 from tests.support.served_api import ServedApi
 
 PRODUCE_TIMEOUT = 3.0
@@ -243,3 +243,36 @@ def test_a_shared_transaction_the_broker_stalls_in_answers_503_to_every_request_
     assert 5 * statuses[202] <= visible <= 5 * (statuses[202] + statuses[504]), (visible, statuses)
     print(f"grouped stall: {dict(statuses)}, {len(in_failed)} requests in {aborted:.0f} aborted transactions "
           f"(round {rounds})")
+
+
+def test_a_keepalive_while_the_broker_is_gone_is_answered_504_and_keepalives_are_written_once_it_is_back(recovering_api):
+    """Keep-alives go without a transaction (``KafkaSink.produce_record``): one the broker never acknowledged may
+    have been written, so it is answered 504 with that reason (a transaction would be aborted: 503), within the
+    produce timeout; once the broker is back, keep-alives are answered 202 again, and each 202 is in the topic."""
+    stack, api = recovering_api
+    restaurant = f"r-{uuid.uuid4().hex[:8]}"
+    path = f"/restaurants/{restaurant}/keepalive"
+    with api.client(api.key("ingest")) as writer:
+        before = writer.post(path)
+        assert before.status_code == 202, before.text
+
+        assert stack.stop("kafka", sig=signal.SIGKILL) == "stopped"
+        asked = time.monotonic()
+        gone = writer.post(path)
+        took = time.monotonic() - asked
+        assert gone.status_code == 504, gone.text
+        assert "may have been written" in gone.json()["detail"]
+        assert PRODUCE_TIMEOUT - 0.5 < took < PRODUCE_TIMEOUT + 5, took  # the produce timeout bounds it
+
+        assert stack.up()["kafka"] == "started"
+        since = time.monotonic()
+        while (after := writer.post(path)).status_code != 202:
+            assert after.status_code in (503, 504), after.text
+            assert time.monotonic() - since < RECOVERY_SECONDS, f"still {after.status_code}: {after.text}"
+        again = writer.post(path)
+        assert again.status_code == 202, again.text
+    for answer in (before, after, again):
+        body = answer.json()
+        msg = read_at(api.settings.kafka_bootstrap, body["topic"], body["partition"], body["offset"])
+        assert msg.key() == restaurant.encode()
+    print(f"keep-alive: 504 after {took:.1f}s with the broker gone, 202 {time.monotonic() - since:.1f}s after it was back")
