@@ -100,6 +100,9 @@ _RECORD_FAULTS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIS
                             KafkaError.INVALID_MSG_SIZE, KafkaError.INVALID_RECORD, KafkaError.INVALID_TIMESTAMP})
 
 _LOG = logging.getLogger(__name__)
+# produce_record's outcomes, resolved once: one is counted per keep-alive.
+_UNTRANSACTED = {outcome: KAFKA_UNTRANSACTED_RECORDS.labels(outcome=outcome)
+                 for outcome in ("acknowledged", "refused", "unconfirmed")}
 # close() tries to abort the open transaction of a producer we drop because it failed; that it cannot is
 # expected, and the transaction is aborted by the producer that replaces it.
 warnings.filterwarnings("ignore", message=r"Producer \w+ failed during close", category=RuntimeWarning)
@@ -521,10 +524,10 @@ class KafkaSink:
             producer.produce(topic, value=value, key=key, timestamp=timestamp[0] if timestamp else 0,
                              on_delivery=functools.partial(self._record_acknowledged, future, topic))
         except BufferError:
-            KAFKA_UNTRANSACTED_RECORDS.labels(outcome="refused").inc()
+            _UNTRANSACTED["refused"].inc()
             raise DeliveryFailed("the producer's queue is full") from None
         except KafkaException as exc:  # refused by librdkafka itself (too large, ...): never sent
-            KAFKA_UNTRANSACTED_RECORDS.labels(outcome="refused").inc()
+            _UNTRANSACTED["refused"].inc()
             error = _error(exc)
             refused = error is not None and error.code() in _RECORD_FAULTS
             raise (RecordsRefused if refused else DeliveryFailed)(_describe(exc)) from exc
@@ -567,7 +570,7 @@ class KafkaSink:
                 outcome = "refused"
             else:
                 outcome = "unconfirmed"
-            KAFKA_UNTRANSACTED_RECORDS.labels(outcome=outcome).inc()
+            _UNTRANSACTED[outcome].inc()
             by_loop.setdefault(report[0].get_loop(), []).append(report)
         failed = next((r[2] for r in reversed(reports) if r[2] is not None), None)
         if failed is not None or self._failure is not None:
