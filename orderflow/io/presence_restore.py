@@ -33,6 +33,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import TimestampedValue
 
+from orderflow.io.avro import DecodedBatch
 from orderflow.io.postgres import connect
 from orderflow.io.restaurant_state import RestaurantStateStore
 from orderflow.io.retry import DEFAULT_RETRY_SECONDS, call_with_retry
@@ -144,10 +145,10 @@ class _ReadStoredPresenceFn(beam.DoFn):
                 self._sessions.inc()
                 pings += ({"restaurant_id": rid, "sent_at": t} for t in session_markers(start, end, self._gap))
             if len(pings) >= _PINGS_PER_ELEMENT:
-                yield pings
+                yield DecodedBatch(pings)
                 pings = []
         if pings:
-            yield pings
+            yield DecodedBatch(pings)
 
 
 class RestorePresenceState(beam.PTransform):
@@ -175,4 +176,5 @@ class RestorePresenceState(beam.PTransform):
     def expand(self, pipeline):
         return (pipeline
                 | "Start" >> beam.Impulse()
-                | "ReadStores" >> beam.ParDo(self._fn).with_outputs(RESTORED_TIMELINES_TAG, main="pings"))
+                | "ReadStores" >> beam.ParDo(self._fn).with_output_types(DecodedBatch).with_outputs(
+                    RESTORED_TIMELINES_TAG, main="pings"))

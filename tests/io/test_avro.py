@@ -63,3 +63,30 @@ def test_an_unknown_schema_while_the_registry_is_down_is_retried_then_raised_nev
     # The same record decodes once the registry answers: it was never bad data.
     down.registry = codec.registry
     assert decode_with_retry(down, data, retry_seconds=1.0) == _widget()
+
+
+def test_a_batched_read_decodes_to_batches_with_their_own_coder():
+    """``ReadFromKafka(batch_size=...)`` -> ``DecodeAvro``: the decoded batches are ``DecodedBatch``, encoded whole
+    (``DecodedBatchCoder``) where they cross between stages, not dict by dict with each datetime pickled
+    (``FastPrimitivesCoder``, Beam's default for a list)."""
+    import datetime as dt
+
+    from apache_beam.coders import FastPrimitivesCoder
+
+    from orderflow.io.avro import DecodedBatch, DecodedBatchCoder
+    from orderflow.io.kafka_read import ReadFromKafka
+
+    pipeline = beam.Pipeline()
+    batched = pipeline | "Batched" >> ReadFromKafka("127.0.0.1:1", "t", bounded=False, batch_size=100)
+    single = pipeline | "Single" >> ReadFromKafka("127.0.0.1:1", "t", bounded=False)
+    assert (batched | "DecodeBatches" >> DecodeAvro("restaurant_keepalive")).decoded.element_type is DecodedBatch
+    assert (single | "DecodeOne" >> DecodeAvro("restaurant_keepalive")).decoded.element_type is not DecodedBatch
+    assert isinstance(beam.coders.registry.get_coder(DecodedBatch), DecodedBatchCoder)
+
+    sent = dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.timezone.utc)
+    batch = DecodedBatch({"restaurant_id": f"r-{i:06d}", "sent_at": sent + dt.timedelta(seconds=i)} for i in range(5000))
+    coder = DecodedBatchCoder()
+    back = coder.decode(coder.encode(batch))
+    assert isinstance(back, DecodedBatch) and back == batch
+    # The point of it: a fraction of the default's bytes (200 KB against 680 KB when measured, issue 26).
+    assert len(coder.encode(batch)) * 3 < len(FastPrimitivesCoder().encode(list(batch)))
