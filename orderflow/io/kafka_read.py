@@ -66,10 +66,13 @@ RECORDS = ("ReadFromKafka", "records")
 # Streaming reads that found their partition at its end with nothing new and handed it back (deferred): an
 # idle pipeline's resumptions, which the idle back-off makes rarer (benchmarks/README.md, the cost of idling).
 IDLE_RESUMPTIONS = ("ReadFromKafka", "idle_resumptions")
+# Consumers the reads opened: one per partition a process reads (the process' consumer pool, see _ConsumerPool),
+# more only when a cached one was evicted or a bounded read's split ran beside it.
+CONSUMERS_OPENED = ("ReadFromKafka", "consumers_opened")
 
 __all__ = ["ReadFromKafka", "StartPosition", "request_drain", "drained", "drain_positions", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
            "KafkaPartitionCoder", "OffsetRangeCoder", "KafkaBatch", "KafkaBatchCoder", "RECORDS", "IDLE_RESUMPTIONS",
-           "IDLE_POLL_MAX_INTERVAL"]
+           "CONSUMERS_OPENED", "IDLE_POLL_MAX_INTERVAL"]
 
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
@@ -171,6 +174,75 @@ DEFAULT_CONSUMER_CONFIG = {
 STREAMING_CONSUMER_CONFIG = {"fetch.wait.max.ms": 500, "queued.min.messages": 50_000,
                              "queued.max.messages.kbytes": 8 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024,
                              "fetch.queue.backoff.ms": 100}
+
+
+class _ConsumerPool:
+    """This process' reading consumers, one per (consumer configuration, topic, partition), shared by every
+    instance of the reading DoFns: a partition's next read continues on the consumer, and the records it has
+    prefetched, of the read before, whichever DoFn instance it comes to.
+
+    Why a pool and not a cache per DoFn instance: the SDK worker runs up to as many bundles of a stage at once as
+    the runner sends (Prism: 8), each on its own instance of the stage's DoFns, and a streaming partition's
+    successive reads (its residuals) go to whichever instance is free. With a cache per instance, a 300k-record
+    backlog on 4 partitions opened 14 consumers: each one left behind in an instance kept its prefetch queue full
+    (~30 MB of RSS, STREAMING_CONSUMER_CONFIG), and a partition coming back to an instance re-assigned its old
+    consumer, dropping that queue and fetching it again (benchmarks/README.md, the backlog).
+
+    A read takes its partition's consumer out of the pool (``take``) and gives it back when it returns
+    (``give_back``), so two reads never share one; a second read of the same partition at the same time (a
+    bounded read's split) opens a consumer of its own, closed when it is given back if the pool has one already.
+    Each configuration keeps at most ``limit`` idle consumers (least recently used closed first), and its last
+    DoFn instance's teardown (``leave``) closes them. An entry is ``[consumer, next offset it will return, known
+    to be at the end, next idle deferral (s)]``.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        # config key -> (topic, partition) -> entry
+        self._idle: dict[tuple, collections.OrderedDict[tuple[str, int], list]] = {}
+        self._users: collections.Counter = collections.Counter()  # config key -> DoFn instances set up
+
+    def join(self, config_key: tuple) -> None:
+        with self._lock:
+            self._users[config_key] += 1
+            self._idle.setdefault(config_key, collections.OrderedDict())
+
+    def leave(self, config_key: tuple) -> None:
+        """One DoFn instance of ``config_key`` is torn down; the last one closes the idle consumers."""
+        with self._lock:
+            self._users[config_key] -= 1
+            if self._users[config_key] > 0:
+                return
+            del self._users[config_key]
+            idle = self._idle.pop(config_key, None)
+        for entry in (idle or {}).values():
+            entry[0].close()
+
+    def take(self, config_key: tuple, topic: str, partition: int) -> list | None:
+        with self._lock:
+            return self._idle.setdefault(config_key, collections.OrderedDict()).pop((topic, partition), None)
+
+    def peek(self, config_key: tuple, topic: str, partition: int) -> list | None:
+        """The idle entry of a partition, left in the pool (for tests)."""
+        with self._lock:
+            idle = self._idle.get(config_key)
+            return None if idle is None else idle.get((topic, partition))
+
+    def give_back(self, config_key: tuple, topic: str, partition: int, entry: list, limit: int) -> None:
+        closing = []
+        with self._lock:
+            idle = self._idle.setdefault(config_key, collections.OrderedDict())
+            if (topic, partition) in idle:
+                closing.append(entry)  # a concurrent read's consumer is there already
+            else:
+                idle[(topic, partition)] = entry
+            while len(idle) > limit:
+                closing.append(idle.popitem(last=False)[1])
+        for evicted in closing:
+            evicted[0].close()
+
+
+_CONSUMERS = _ConsumerPool()
 
 
 class KafkaPartition(NamedTuple):
@@ -422,51 +494,56 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._commits = Metrics.counter("ReadFromKafka", "offset_commits")
         self._broker_unavailable = Metrics.counter("ReadFromKafka", "transient_errors")
         self._idle_resumptions = Metrics.counter(*IDLE_RESUMPTIONS)
+        self._consumers_opened = Metrics.counter(*CONSUMERS_OPENED)
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def setup(self):
-        # (topic, partition) -> [consumer, next offset it will return, at end, next idle deferral (s)]; a consumer
-        # keeps its prefetched data between the calls that continue the same partition (checkpoints in unbounded
-        # mode), and the idle back-off its state: on another worker a partition starts again at the short interval.
-        self._consumers: collections.OrderedDict = collections.OrderedDict()
+        # The consumers live in the process' pool (_ConsumerPool), under this configuration: a consumer keeps its
+        # prefetched data between the calls that continue the same partition (checkpoints in unbounded mode),
+        # whichever instance makes them, and the idle back-off its state: in another process a partition starts
+        # again at the short interval.
+        self._config = {**DEFAULT_CONSUMER_CONFIG, **({} if self.BOUNDED else STREAMING_CONSUMER_CONFIG),
+                        "bootstrap.servers": self._bootstrap,
+                        "group.id": self._group_id or "orderflow-reader", **self._consumer_config}
+        # (Values by repr: a callback, e.g. an oauth_cb, is a new object in each unpickled instance, so a
+        # configuration with one is not shared: per instance, as before the pool.)
+        self._config_key = (self.BOUNDED, *sorted((k, repr(v)) for k, v in self._config.items()))
+        _CONSUMERS.join(self._config_key)
         self._committer = None
         self._committed: dict[tuple[str, int], int] = {}
 
     def teardown(self):
-        for entry in getattr(self, "_consumers", {}).values():
-            entry[0].close()
-        self._consumers = collections.OrderedDict()
+        if getattr(self, "_config_key", None) is not None:
+            _CONSUMERS.leave(self._config_key)
+            self._config_key = None
         if getattr(self, "_committer", None) is not None:
             self._committer.close()
             self._committer = None
 
-    def _consumer_at(self, topic: str, partition: int, offset: int) -> Consumer:
-        key = (topic, partition)
-        cached = self._consumers.get(key)
-        if cached is not None:
-            self._consumers.move_to_end(key)
-            if cached[1] != offset:
-                cached[0].assign([TopicPartition(topic, partition, offset)])
-                cached[1], cached[2], cached[3] = offset, False, self._idle_poll_interval
-            return cached[0]
-        config = {**DEFAULT_CONSUMER_CONFIG, **({} if self.BOUNDED else STREAMING_CONSUMER_CONFIG),
-                  "bootstrap.servers": self._bootstrap,
-                  "group.id": self._group_id or "orderflow-reader", **self._consumer_config}
-        consumer = Consumer(config)
-        consumer.assign([TopicPartition(topic, partition, offset)])
-        # consumer, next offset, known to be at the end, next idle deferral
-        self._consumers[key] = [consumer, offset, False, self._idle_poll_interval]
-        while len(self._consumers) > self._max_cached_consumers:
-            _, evicted = self._consumers.popitem(last=False)
-            evicted[0].close()
-        return consumer
-
-    def _release(self, topic: str, partition: int) -> None:
-        """Closes the consumer of a partition a bounded read has finished: its prefetch queue and buffers
-        (librdkafka's, outside Python's heap: ~100+ MB with a deep queue) are not held to the end of the run."""
-        entry = self._consumers.pop((topic, partition), None)
+    def _take_consumer(self, topic: str, partition: int, offset: int) -> list:
+        """The pool's entry of the partition (opened now when it has none), its consumer at ``offset``."""
+        entry = _CONSUMERS.take(self._config_key, topic, partition)
         if entry is not None:
-            entry[0].close()
+            if entry[1] != offset:
+                entry[0].assign([TopicPartition(topic, partition, offset)])
+                entry[1], entry[2], entry[3] = offset, False, self._idle_poll_interval
+            return entry
+        consumer = Consumer(self._config)
+        self._consumers_opened.inc()
+        consumer.assign([TopicPartition(topic, partition, offset)])
+        return [consumer, offset, False, self._idle_poll_interval]
+
+    def _peek_consumer(self, topic: str, partition: int) -> list | None:
+        """The pool's idle entry of a partition (for tests)."""
+        return _CONSUMERS.peek(self._config_key, topic, partition)
+
+    @staticmethod
+    def _release(cache_entry: list) -> None:
+        """Closes the consumer of a partition a bounded read has finished (it goes back to no pool): its prefetch
+        queue and buffers (librdkafka's, outside Python's heap: ~100+ MB with a deep queue) are not held to the
+        end of the run."""
+        cache_entry[0].close()
+        cache_entry[0] = None
 
     # -- offset commits on bundle finalization ---------------------------------------------------------
     def _commit(self, topic: str, partition: int, next_offset: int) -> None:
@@ -548,8 +625,8 @@ class _ReadPartitionFnBase(beam.DoFn):
         (streaming); either way registers the commit of what was read for when the bundle is finalized."""
         topic, partition = part.topic, part.partition
         cursor = _Cursor(tracker.current_restriction().start)
-        consumer = self._consumer_at(topic, partition, cursor.offset)
-        cache_entry = self._consumers[(topic, partition)]
+        cache_entry = self._take_consumer(topic, partition, cursor.offset)
+        consumer = cache_entry[0]
         bounded = self.BOUNDED
         if not bounded:
             _DRAIN.enter()
@@ -568,6 +645,8 @@ class _ReadPartitionFnBase(beam.DoFn):
                 if committed is not None and not bounded:
                     _DRAIN.read((self._group_id or "", topic, partition), committed)
                 bundle_finalizer.register(lambda: self._commit_if_any(topic, partition, committed))
+            if cache_entry[0] is not None:  # (a bounded read that finished its partition closed it)
+                _CONSUMERS.give_back(self._config_key, topic, partition, cache_entry, self._max_cached_consumers)
             if not bounded:
                 _DRAIN.leave()
 
@@ -578,7 +657,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         while True:
             stop = tracker.current_restriction().stop
             if cursor.offset >= stop:
-                self._release(topic, partition)
+                self._release(cache_entry)
                 return  # the whole range is read (its last offset was claimed)
             # consume() waits its whole timeout for a count that it cannot fill: at the end of every
             # partition, 0.1 s, unless we ask for no more than the range holds.
@@ -592,7 +671,7 @@ class _ReadPartitionFnBase(beam.DoFn):
             if end_offset is not None:
                 # An end below our position means we started past the end: nothing is left.
                 tracker.try_claim(PartitionEnd(max(end_offset, cursor.offset)))
-                self._release(topic, partition)
+                self._release(cache_entry)
                 return
             if not got_records and time.monotonic() - last_data > self._eof_timeout:
                 raise TimeoutError(

@@ -280,7 +280,7 @@ def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_s
         be a slow broker's and keeps the short interval); the delay of the call that found it so."""
         for _ in range(20):
             delay = call(residual)
-            if fn._consumers[(topic, 0)][2]:
+            if fn._peek_consumer(topic, 0)[2]:
                 return delay
         raise AssertionError("the broker never reported the partition's end")
 

@@ -31,16 +31,17 @@ with beam.Pipeline(options=PipelineOptions(["--streaming"])) as p:
 
 
 PRISM_PIPELINE = """
-import json, sys
+import json, sys, time
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from orderflow.io.kafka_read import ReadFromKafka
 from orderflow.pipelines.runner import apply_streaming_defaults
 
-bootstrap, topic, group, cap = sys.argv[1:5]
+bootstrap, topic, group, cap, batch_size, pause = sys.argv[1:7]
 p = beam.Pipeline(options=apply_streaming_defaults(PipelineOptions([])))
-_ = p | ReadFromKafka(bootstrap, topic, group_id=group, batch_size=50, idle_poll_max_interval=float(cap)) | beam.Map(len)
+_ = (p | ReadFromKafka(bootstrap, topic, group_id=group, batch_size=int(batch_size), idle_poll_max_interval=float(cap))
+     | beam.Map(lambda batch: time.sleep(float(pause)) or len(batch)))  # pause: the sinks' time per batch
 result = p.run()
 print("running", flush=True)
 sys.stdin.readline()  # until the test says stop
@@ -54,10 +55,11 @@ class _PrismRead:
     """PRISM_PIPELINE in a child process: a streaming read on Prism, stopped by ``counters()``, which returns the
     run's ``ReadFromKafka`` counters (a portable run's metrics are fetched once, so they are read at the end)."""
 
-    def __init__(self, bootstrap: str, topic: str, cap: float, log_path):
+    def __init__(self, bootstrap: str, topic: str, cap: float, log_path, batch_size: int = 50, pause: float = 0.0):
         self.group = f"g-{topic}"
         self._log = open(log_path, "wb")
-        self.child = subprocess.Popen([sys.executable, "-c", PRISM_PIPELINE, bootstrap, topic, self.group, str(cap)],
+        self.child = subprocess.Popen([sys.executable, "-c", PRISM_PIPELINE, bootstrap, topic, self.group, str(cap),
+                                       str(batch_size), str(pause)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True)
 
     def wait_running(self) -> None:
@@ -97,6 +99,25 @@ def test_on_prism_an_idle_read_backs_off_and_a_record_after_the_quiet_spell_is_r
     # Over the same time the old read resumes its 4 idle partitions every 0.5 s (8 a second); the backed-off one,
     # once at its cap, once every 4 s (1 a second): several times fewer (152 against 35 in a run under load).
     assert 0 < 2 * new_counters["idle_resumptions"] < old_counters["idle_resumptions"], (new_counters, old_counters)
+
+
+def test_on_prism_a_backlog_is_read_with_one_consumer_per_partition(stack_settings, make_topic, tmp_path):
+    """The runner sends a partition's successive reads to whichever of the SDK worker's bundle processors is free,
+    each with its own instance of the reading DoFn; the reads share the process' consumers, so a backlog read in
+    many slices opens one consumer per partition (with one per instance, each left with a full prefetch queue, a
+    300k-record backlog on 4 partitions opened 14: benchmarks/README.md, the backlog)."""
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("backlog", partitions=4)
+    positions = produce(bootstrap, topic, [(f"k{i}".encode(), b"x" * 150) for i in range(60_000)])
+    read = _PrismRead(bootstrap, topic, 2.0, tmp_path / "backlog.log", batch_size=1_000, pause=0.05)
+    try:
+        read.wait_running()
+        expected = _ends(positions)
+        assert _wait_for_commits(bootstrap, read.group, topic, expected, read.child) == expected
+        counters = read.counters()
+    finally:
+        read.stop()
+    assert counters["records"] == 60_000
+    assert counters["consumers_opened"] == 4, counters
 
 
 def _wait_for_commits(bootstrap, group, topic, expected: dict[int, int], child, timeout=90.0) -> dict:
