@@ -13,6 +13,7 @@ ids and the orders pipeline (idempotent on the order id) counts it once.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
@@ -242,20 +243,16 @@ IdempotencyKey = Header(
 )
 
 
-async def produce(res: Resources, topic: str, records: list[tuple[bytes | None, bytes]]):
-    """Writes the records in one Kafka transaction: 503 when it is not committed, 504 when unconfirmed.
-
-    The REST Proxy dialect's codes: 50003 (retriable; nothing written) and 50002 (the outcome is unknown)."""
+@contextlib.contextmanager
+def _kafka_answers(not_written: str, maybe_written: str):
+    """Kafka's failures as the API's answers, in the REST Proxy dialect's codes: ``DeliveryFailed`` -> 503 (50003:
+    retriable, nothing written), ``CommitUnconfirmed`` -> 504 (50002: the outcome is unknown)."""
     try:
-        delivered = await res.kafka.produce(topic, records)
+        yield
     except DeliveryFailed as exc:
-        raise ApiError(503, f"Kafka did not take the records, nothing of them was written: {exc}",
-                       error_code=50003) from exc
+        raise ApiError(503, f"{not_written}: {exc}", error_code=50003) from exc
     except CommitUnconfirmed as exc:
-        raise ApiError(504, f"Kafka did not confirm the commit in time, the records may have been written "
-                            f"(retry with the same Idempotency-Key): {exc}", error_code=50002) from exc
-    INGESTED_RECORDS.labels(topic=topic).inc(len(records))
-    return delivered
+        raise ApiError(504, f"{maybe_written}: {exc}", error_code=50002) from exc
 
 
 @functools.lru_cache(maxsize=16)
@@ -264,19 +261,25 @@ def _ingested(topic: str):
     return INGESTED_RECORDS.labels(topic=topic)
 
 
+async def produce(res: Resources, topic: str, records: list[tuple[bytes | None, bytes]]):
+    """Writes the records in one Kafka transaction: 503 when it is not committed, 504 when unconfirmed."""
+    with _kafka_answers("Kafka did not take the records, nothing of them was written",
+                        "Kafka did not confirm the commit in time, the records may have been written "
+                        "(retry with the same Idempotency-Key)"):
+        delivered = await res.kafka.produce(topic, records)
+    _ingested(topic).inc(len(records))
+    return delivered
+
+
 async def produce_keepalive(res: Resources, record: tuple) -> Delivered:
     """Writes a keep-alive without a transaction (``KafkaSink.produce_record``: a keep-alive written twice is
     harmless, and a transaction per group of them cost the broker 4x their own CPU): 503 when it was not
     written, 504 when its acknowledgement did not come in time (it may have been; retrying is harmless)."""
     topic = res.settings.topics.keepalive
-    try:
+    with _kafka_answers("Kafka did not take the keep-alive, it was not written",
+                        "Kafka did not acknowledge the keep-alive in time, it may have been written "
+                        "(a repeated keep-alive is harmless: retry)"):
         delivered = await res.kafka.produce_record(topic, record)
-    except DeliveryFailed as exc:
-        raise ApiError(503, f"Kafka did not take the keep-alive, it was not written: {exc}",
-                       error_code=50003) from exc
-    except CommitUnconfirmed as exc:
-        raise ApiError(504, f"Kafka did not acknowledge the keep-alive in time, it may have been written "
-                            f"(a repeated keep-alive is harmless: retry): {exc}", error_code=50002) from exc
     _ingested(topic).inc()
     return delivered
 
