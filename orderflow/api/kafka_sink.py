@@ -557,45 +557,35 @@ class KafkaSink:
             self._answer_acknowledged()
 
     def _answer_acknowledged(self) -> None:
-        """Hands the delivery reports gathered by the last poll to their event loops, one wake-up per loop."""
+        """Turns the delivery reports gathered by the last poll into answers (counted) and hands them to their
+        event loops, one wake-up per loop."""
         if not self._acknowledged:
             return
         reports, self._acknowledged = self._acknowledged, []
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-        for report in reports:
-            error = report[2]
+        failed = None
+        for future, topic, error, partition, offset in reports:
             if error is None:
-                outcome = "acknowledged"
-            elif error.code() in _RECORD_FAULTS or error.code() == KafkaError._PURGE_QUEUE:
-                outcome = "refused"
+                outcome, answer = "acknowledged", Delivered(topic, partition, offset)
+            elif error.code() in _RECORD_FAULTS:
+                outcome, answer = "refused", RecordsRefused(f"record refused: {error.str()}")
+            elif error.code() == KafkaError._PURGE_QUEUE:
+                outcome, answer = "refused", DeliveryFailed("the API is shutting down")
             else:
-                outcome = "unconfirmed"
+                outcome, answer = "unconfirmed", CommitUnconfirmed(
+                    f"record not acknowledged within {self.timeout:.0f}s, it may have been written: {error.str()}")
             _UNTRANSACTED[outcome].inc()
-            by_loop.setdefault(report[0].get_loop(), []).append(report)
-        failed = next((r[2] for r in reversed(reports) if r[2] is not None), None)
+            if error is not None:
+                failed = error  # the last one: what /healthz reports
+            by_loop.setdefault(future.get_loop(), []).append((future, answer))
         if failed is not None or self._failure is not None:
             with self._failure_lock:
                 self._failure = None if failed is None else f"a record was not acknowledged: {failed.str()}"
         for loop, answers in by_loop.items():
             try:
-                loop.call_soon_threadsafe(self._settle_records, answers)
+                loop.call_soon_threadsafe(_settle_records, answers)
             except RuntimeError:  # that loop is closed: no one waits for these answers any more
                 pass
-
-    def _settle_records(self, reports: list) -> None:
-        """On the event loop: answers each ``produce_record`` still waiting (its client may have left)."""
-        for future, topic, error, partition, offset in reports:
-            if future.done():
-                continue
-            if error is None:
-                future.set_result(Delivered(topic, partition, offset))
-            elif error.code() in _RECORD_FAULTS:
-                future.set_exception(RecordsRefused(f"record refused: {error.str()}"))
-            elif error.code() == KafkaError._PURGE_QUEUE:
-                future.set_exception(DeliveryFailed("the API is shutting down"))
-            else:
-                future.set_exception(CommitUnconfirmed(
-                    f"record not acknowledged within {self.timeout:.0f}s, it may have been written: {error.str()}"))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -633,6 +623,16 @@ def _close(producer: Producer) -> None:
     closer = threading.Thread(target=close, name="kafka-producer-close", daemon=True)
     closer.start()
     closer.join(CLOSE_TIMEOUT)
+
+
+def _settle_records(answers: list) -> None:
+    """On the event loop: answers each ``produce_record`` still waiting (its client may have left)."""
+    for future, answer in answers:
+        if not future.done():
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
 
 
 def _report(reports: list, index: int, err, msg) -> None:
