@@ -333,14 +333,30 @@ def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_s
         fn.teardown()
 
 
-def _caught_up_and_not_known_at_the_end(fn, part, estimator):
-    """Reads ``part`` (100 records) to its end and returns the residual, with the partition's consumer left as a
-    trickle leaves it: not known to be at its end (the broker reports the end only with an empty fetch, which a
-    partition that keeps receiving records seldom gets)."""
-    out, tracker, _ = _invoke(fn, part, OffsetRange(0, MAX_OFFSET), bounded=False, estimator=estimator)
-    assert len(out) == 100
-    fn._peek_consumer(part.topic, 0)[2] = False
-    return tracker.deferred_status()[0]
+@pytest.fixture
+def trickle_read(topic_with_records):
+    """A streaming read of ``topic_with_records`` with poll_timeout 3 s, caught up (100 records read) and with the
+    partition's consumer left as a trickle leaves it: not known to be at its end (the broker reports the end only
+    with an empty fetch, which a partition that keeps receiving records seldom gets). Yields (bootstrap, topic, fn,
+    resume) with ``resume()`` -> (output, tracker, seconds) of one call on the residual."""
+    bootstrap, topic = topic_with_records
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, poll_timeout=3.0)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    part = KafkaPartition(topic, 0, 0)
+    try:
+        out, tracker, _ = _invoke(fn, part, OffsetRange(0, MAX_OFFSET), bounded=False, estimator=estimator)
+        assert len(out) == 100
+        fn._peek_consumer(topic, 0)[2] = False
+        residual = tracker.deferred_status()[0]
+
+        def resume():
+            started = time.monotonic()
+            out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+            return out, tracker, time.monotonic() - started
+
+        yield bootstrap, topic, fn, resume
+    finally:
+        fn.teardown()
 
 
 def _fetched(fn, topic: str, end: int) -> None:
@@ -353,47 +369,29 @@ def _fetched(fn, topic: str, end: int) -> None:
     time.sleep(0.2)  # (the records reach its queue with the fetch that brought the high watermark)
 
 
-def test_a_resumed_read_takes_what_its_consumer_fetched_meanwhile_without_waiting(topic_with_records):
+def test_a_resumed_read_takes_what_its_consumer_fetched_meanwhile_without_waiting(trickle_read):
     """A trickle's resumption hands back the records its consumer fetched since the last call at once: its first poll
     does not wait (here poll_timeout is 3 s; it waited that long for a batch of 10,000 the partition could not fill,
     and on Prism the 4 partitions' reads of a bundle took their turns, 0.1 s each: issue 26, orders latency)."""
-    bootstrap, topic = topic_with_records
-    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, poll_timeout=3.0)
-    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
-    part = KafkaPartition(topic, 0, 0)
-    try:
-        residual = _caught_up_and_not_known_at_the_end(fn, part, estimator)
-        produce(bootstrap, topic, [(b"k", f"new{i}".encode()) for i in range(3)])
-        _fetched(fn, topic, 103)
-        started = time.monotonic()
-        out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
-        took = time.monotonic() - started
-    finally:
-        fn.teardown()
+    bootstrap, topic, fn, resume = trickle_read
+    produce(bootstrap, topic, [(b"k", f"new{i}".encode()) for i in range(3)])
+    _fetched(fn, topic, 103)
+    out, tracker, took = resume()
     assert [e.value.value for e in out] == [b"new0", b"new1", b"new2"]
     assert tracker.deferred_status() == (OffsetRange(103, MAX_OFFSET), Duration.of(0))  # caught up: back at once
     assert took < 1.0, f"the resumed read took {took:.2f}s"
 
 
-def test_a_read_waits_for_no_more_records_than_its_partition_holds(topic_with_records):
+def test_a_read_waits_for_no_more_records_than_its_partition_holds(trickle_read):
     """A caught-up read that polls again (its first look found nothing) returns when the next record arrives, not
     after poll_timeout: consume() waits its whole timeout for a count it cannot fill, and a streaming poll asked for
     a batch (10,000) whatever the partition held."""
-    bootstrap, topic = topic_with_records
-    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, poll_timeout=3.0)
-    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
-    part = KafkaPartition(topic, 0, 0)
-    try:
-        residual = _caught_up_and_not_known_at_the_end(fn, part, estimator)
-        _fetched(fn, topic, 100)
-        later = threading.Timer(0.5, produce, (bootstrap, topic, [(b"k", b"next")]))
-        started = time.monotonic()
-        later.start()
-        out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
-        took = time.monotonic() - started
-        later.join()
-    finally:
-        fn.teardown()
+    bootstrap, topic, fn, resume = trickle_read
+    _fetched(fn, topic, 100)
+    later = threading.Timer(0.5, produce, (bootstrap, topic, [(b"k", b"next")]))
+    later.start()
+    out, tracker, took = resume()
+    later.join()
     assert [e.value.value for e in out] == [b"next"]
     assert tracker.deferred_status()[0] == OffsetRange(101, MAX_OFFSET)
     assert 0.5 <= took < 2.5, f"the read took {took:.2f}s"

@@ -126,13 +126,7 @@ def test_on_prism_a_backlog_is_read_with_one_consumer_per_partition(stack_settin
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("backlog", partitions=4)
     positions = produce(bootstrap, topic, [(f"k{i}".encode(), b"x" * 150) for i in range(60_000)])
     read = _PrismRead(bootstrap, topic, 2.0, tmp_path / "backlog.log", batch_size=1_000, pause=0.05)
-    try:
-        read.wait_running()
-        expected = _ends(positions)
-        assert _wait_for_commits(bootstrap, read.group, topic, expected, read.child) == expected
-        counters = read.counters()
-    finally:
-        read.stop()
+    counters = _counters_once_committed(read, bootstrap, topic, lambda: positions)
     assert counters["records"] == 60_000
     assert counters["consumers_opened"] == 4, counters
 
@@ -146,8 +140,8 @@ def test_on_prism_a_trickle_is_read_as_it_arrives(stack_settings, make_topic, tm
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("trickle", partitions=4)
     # No idle back-off (cap = interval, 0.5 s): the partitions' first records after the start are not measured.
     read = _PrismRead(bootstrap, topic, 0.5, tmp_path / "trickle.log", poll_timeout=1.0)
-    try:
-        read.wait_running()
+
+    def trickle():
         positions = [produce(bootstrap, topic, [(b"w", b"x")], partition=p)[0] for p in range(4)]
         assert _wait_for_commits(bootstrap, read.group, topic, _ends(positions), read.child) == _ends(positions)
         producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})  # one producer: sent at once
@@ -157,15 +151,25 @@ def test_on_prism_a_trickle_is_read_as_it_arrives(stack_settings, make_topic, tm
             producer.poll(0)
             time.sleep(0.05)
         assert producer.flush(30) == 0
-        expected = _ends(positions)
-        assert _wait_for_commits(bootstrap, read.group, topic, expected, read.child) == expected
-        counters = read.counters()
-    finally:
-        read.stop()
+        return positions
+
+    counters = _counters_once_committed(read, bootstrap, topic, trickle)
     assert counters["records"] == 104
     mean_ms, max_ms, batches = counters["lag_ms"]
     # Each poll used to return at the end of its 1 s wait: a record waited 0.5 s on average for its poll alone.
     assert mean_ms < 400, counters
+
+
+def _counters_once_committed(read: _PrismRead, bootstrap: str, topic: str, records) -> dict[str, int]:
+    """Once ``read`` runs, ``records()`` produces (or returns) the records' (partition, offset); waits until the read
+    has committed them all, stops it and returns its counters."""
+    try:
+        read.wait_running()
+        expected = _ends(records())
+        assert _wait_for_commits(bootstrap, read.group, topic, expected, read.child) == expected
+        return read.counters()
+    finally:
+        read.stop()
 
 
 def _wait_for_commits(bootstrap, group, topic, expected: dict[int, int], child, timeout=90.0) -> dict:
