@@ -684,20 +684,27 @@ class _ReadPartitionFnBase(beam.DoFn):
         restriction back to the runner (``defer_remainder``)."""
         topic, partition = part.topic, part.partition
         started = last_data = time.monotonic()
-        # A partition that was idle when it was handed back: the consumer has kept fetching in the background,
-        # so what arrived meanwhile is in its queue already. One look without waiting ends an empty call within
-        # milliseconds, before the runner's first progress request (Prism asks every 100 ms, and tries to split
-        # a bundle that made no progress): the idle resumption is a short bundle with nothing else to it.
-        timeout = 0.0 if cache_entry[2] else self._poll_timeout
+        # The consumer has kept fetching in the background since the partition was handed back, so what arrived
+        # meanwhile is in its queue already: the first look takes it without waiting. An idle partition's call then
+        # ends within milliseconds, before the runner's first progress request (Prism asks every 100 ms, and tries
+        # to split a bundle that made no progress); a trickle's call hands back what was queued at once. Waiting
+        # there (poll_timeout, 0.1 s) cost every resumption of a trickle the whole wait, and Prism runs the reads
+        # of a stage's partitions that come back together one after another in one bundle: 4 partitions, a record
+        # waited up to ~0.45 s for its partition's turn (benchmarks/README.md, orders latency at a trickle).
+        wait: float | None = 0.0
         read_any = False
         while True:
             if _DRAIN.requested.is_set():
                 # Stopping: claim nothing more; what was read finishes and is committed.
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
-            messages, end_offset, queue_ran_dry = self._poll(consumer, topic, partition, cursor.offset,
-                                                             self._fetch_count, timeout)
-            timeout = self._poll_timeout
+            # After the first look, a poll waits for no more records than the partition holds beyond this read
+            # (its cached high watermark): consume() waits its whole timeout for a count it cannot fill, so asking
+            # a trickle for a batch of 10,000 held every such poll for poll_timeout. Behind, it asks for a batch.
+            messages, end_offset, queue_ran_dry = self._poll(
+                consumer, topic, partition, cursor.offset, self._fetch_count, wait,
+                wait_for=None if wait == 0.0 else _held(consumer, topic, partition, cursor.offset))
+            wait = None
             got_records = bool(messages)  # (claiming empties the list)
             if got_records:
                 last_data = time.monotonic()
@@ -753,12 +760,20 @@ class _ReadPartitionFnBase(beam.DoFn):
         return delay
 
     def _poll(self, consumer, topic: str, partition: int, offset: int, want: int,
-              timeout: float | None = None) -> tuple[list, int | None, bool]:
+              timeout: float | None = None, wait_for: int | None = None) -> tuple[list, int | None, bool]:
         """One ``consume()`` of up to ``want`` messages (waiting up to ``timeout``, default ``poll_timeout``): those at or after ``offset`` without error, the
         partition end it reported (None if none), and whether the prefetch queue ran dry (fewer than
         ``want``: this read has caught up with what the broker has sent; a backlog fills every call).
+        With ``wait_for`` below ``want``, it waits only until that many messages are queued, then takes whatever
+        else is queued without waiting.
         A transient broker error is counted and skipped (the consumer reconnects by itself); any other raises."""
-        messages = consumer.consume(want, self._poll_timeout if timeout is None else timeout)
+        timeout = self._poll_timeout if timeout is None else timeout
+        if wait_for is not None and wait_for < want:
+            messages = consumer.consume(wait_for, timeout)
+            if len(messages) >= wait_for:
+                messages += consumer.consume(want - len(messages), 0)
+        else:
+            messages = consumer.consume(want, timeout)
         queue_ran_dry = len(messages) < want
         end_offset = None
         if not messages:
@@ -807,6 +822,14 @@ class _Cursor:
 
     def __init__(self, offset: int):
         self.offset = offset
+
+
+def _held(consumer, topic: str, partition: int, offset: int) -> int | None:
+    """How many records a streaming read's next poll waits for at most: those the partition holds from ``offset`` on
+    as of the consumer's last fetch (its cached high watermark; offsets of transaction markers count too), at least
+    one (caught up: the next one to arrive); None while no fetch has answered (unknown: a whole batch)."""
+    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+    return None if high < 0 else max(1, high - offset)
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, timestamp: Timestamp) -> None:
@@ -858,7 +881,9 @@ class ReadFromKafka(beam.PTransform):
         partition per element (element timestamp = the batch's earliest) instead of one element per record:
         the fast path.
       poll_timeout / max_read_seconds / idle_poll_interval / idle_watermark_delay: streaming knobs
-        (seconds): poll wait, how long one call reads at most before it checkpoints (it checkpoints
+        (seconds): poll wait (a resumed call first takes what its consumer has fetched meanwhile without
+        waiting; a later poll waits up to this for the records the partition holds, or for the next one
+        when caught up), how long one call reads at most before it checkpoints (it checkpoints
         sooner once a poll returns fewer records than asked for: caught up, so a trickle reaches the
         sinks without waiting for this), how long an idle partition first waits before polling again, and
         how far behind the wall clock an idle partition's watermark is.

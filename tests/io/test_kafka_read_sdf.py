@@ -5,6 +5,7 @@ thread-safe tracker and watermark-estimator wrappers) against the session's Kafk
 """
 from __future__ import annotations
 
+import threading
 import time
 
 import apache_beam as beam
@@ -18,6 +19,7 @@ from apache_beam.runners.sdf_utils import (
 )
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
+from confluent_kafka import TopicPartition
 
 from orderflow.io.kafka_offsets import PartitionReader
 from orderflow.io.kafka_read import (
@@ -329,6 +331,70 @@ def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_s
         assert [until_idle(residual)] + [call(residual) for _ in range(2)] == [0.5, 1.0, 2.0]
     finally:
         fn.teardown()
+
+
+@pytest.fixture
+def trickle_read(topic_with_records):
+    """A streaming read of ``topic_with_records`` with poll_timeout 3 s, caught up (100 records read) and with the
+    partition's consumer left as a trickle leaves it: not known to be at its end (the broker reports the end only
+    with an empty fetch, which a partition that keeps receiving records seldom gets). Yields (bootstrap, topic, fn,
+    resume) with ``resume()`` -> (output, tracker, seconds) of one call on the residual."""
+    bootstrap, topic = topic_with_records
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, poll_timeout=3.0)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    part = KafkaPartition(topic, 0, 0)
+    try:
+        out, tracker, _ = _invoke(fn, part, OffsetRange(0, MAX_OFFSET), bounded=False, estimator=estimator)
+        assert len(out) == 100
+        fn._peek_consumer(topic, 0)[2] = False
+        residual = tracker.deferred_status()[0]
+
+        def resume():
+            started = time.monotonic()
+            out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+            return out, tracker, time.monotonic() - started
+
+        yield bootstrap, topic, fn, resume
+    finally:
+        fn.teardown()
+
+
+def _fetched(fn, topic: str, end: int) -> None:
+    """Waits until the partition's pooled consumer has fetched up to ``end`` in the background."""
+    consumer = fn._peek_consumer(topic, 0)[0]
+    deadline = time.monotonic() + 20
+    while consumer.get_watermark_offsets(TopicPartition(topic, 0), cached=True)[1] < end:
+        assert time.monotonic() < deadline, "the consumer never fetched the new records"
+        time.sleep(0.05)
+    time.sleep(0.2)  # (the records reach its queue with the fetch that brought the high watermark)
+
+
+def test_a_resumed_read_takes_what_its_consumer_fetched_meanwhile_without_waiting(trickle_read):
+    """A trickle's resumption hands back the records its consumer fetched since the last call at once: its first poll
+    does not wait (here poll_timeout is 3 s; it waited that long for a batch of 10,000 the partition could not fill,
+    and on Prism the 4 partitions' reads of a bundle took their turns, 0.1 s each: issue 26, orders latency)."""
+    bootstrap, topic, fn, resume = trickle_read
+    produce(bootstrap, topic, [(b"k", f"new{i}".encode()) for i in range(3)])
+    _fetched(fn, topic, 103)
+    out, tracker, took = resume()
+    assert [e.value.value for e in out] == [b"new0", b"new1", b"new2"]
+    assert tracker.deferred_status() == (OffsetRange(103, MAX_OFFSET), Duration.of(0))  # caught up: back at once
+    assert took < 1.0, f"the resumed read took {took:.2f}s"
+
+
+def test_a_read_waits_for_no_more_records_than_its_partition_holds(trickle_read):
+    """A caught-up read that polls again (its first look found nothing) returns when the next record arrives, not
+    after poll_timeout: consume() waits its whole timeout for a count it cannot fill, and a streaming poll asked for
+    a batch (10,000) whatever the partition held."""
+    bootstrap, topic, fn, resume = trickle_read
+    _fetched(fn, topic, 100)
+    later = threading.Timer(0.5, produce, (bootstrap, topic, [(b"k", b"next")]))
+    later.start()
+    out, tracker, took = resume()
+    later.join()
+    assert [e.value.value for e in out] == [b"next"]
+    assert tracker.deferred_status()[0] == OffsetRange(101, MAX_OFFSET)
+    assert 0.5 <= took < 2.5, f"the read took {took:.2f}s"
 
 
 def test_with_the_cap_at_the_interval_an_idle_partition_keeps_the_interval(topic_with_records):
