@@ -23,6 +23,10 @@ producer kept >= 90% of the rate and the backlog does not grow (median latency o
 upsert and DynamoDB volume writes, one batch per transaction) and ``presence_pipeline.hand_loop`` (updates
 Redis last-keepalive with the same store), streaming until stopped.
 
+Each step also prints the side's CPU over it (% of one core: the pipeline's process tree, its Prism included, or
+the hand loop's process): what the latency costs. ``--beam-args`` passes options to the pipelines, e.g.
+``--caught_up_delay_seconds=0`` (a partition that caught up is read again at once).
+
     .venv/bin/python benchmarks/streaming_latency.py                       # ~6 minutes on 2 cores
     .venv/bin/python benchmarks/streaming_latency.py --order-steps 50,100 --keepalive-steps 250 --seconds 8
 """
@@ -48,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script: the hand-written loops)
 import presence_pipeline  # noqa: E402
-from harness import priced_stack  # noqa: E402
+from harness import cpu_seconds, priced_stack, process_tree  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
@@ -291,12 +295,24 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
 
 
+def _tree_cpu(root: int | None) -> dict[int, float]:
+    """CPU seconds so far of each process of the side's tree (a pipeline: its Python process and its Prism)."""
+    usage = {}
+    for pid in process_tree(root) if root else ():
+        try:
+            usage[pid] = cpu_seconds(pid)
+        except FileNotFoundError:
+            pass
+    return usage
+
+
 def run_step(load, prober: Prober, producer, side, rate: float, seconds: float, probes_per_second: float,
              threshold: float, settle: float) -> dict:
     """Produces at ``rate`` for ``seconds`` with probes, then at the same rate without probes until every probe
     was observed (``threshold + settle`` s at most): the input stays steady between steps."""
     load.resize(rate)
     probes: list[Probe] = []
+    cpu_before = _tree_cpu(side.pid)
     started = last = time.time()
     credit = probe_credit = 0.0
     produced = 0
@@ -326,6 +342,7 @@ def run_step(load, prober: Prober, producer, side, rate: float, seconds: float, 
                 prober.add(probe)
         producer.poll(0)
         time.sleep(max(0.0, TICK - (time.time() - now)))
+    cpu_after, wall = _tree_cpu(side.pid), time.time() - started
     seen = [p.latency for p in probes if p.latency is not None]
     half = len(probes) // 2
     first = [p.latency for p in probes[:half] if p.latency is not None]
@@ -333,7 +350,8 @@ def run_step(load, prober: Prober, producer, side, rate: float, seconds: float, 
     growing = bool(first and second and statistics.median(second) > 2 * statistics.median(first) + 0.5)
     result = {"rate": rate, "achieved": achieved, "probes": len(probes), "missed": len(probes) - len(seen),
               "p50": percentile(seen, 0.5) if seen else None, "p99": percentile(seen, 0.99) if seen else None,
-              "early": sum(p.early for p in probes), "growing": growing}
+              "early": sum(p.early for p in probes), "growing": growing,
+              "cpu": 100 * sum(cpu_after.get(pid, start) - start for pid, start in cpu_before.items()) / wall}
     visible = [p.visible for p in probes if p.visible is not None]
     if visible:
         result["visible_p50"], result["visible_p99"] = percentile(visible, 0.5), percentile(visible, 0.99)
@@ -376,7 +394,8 @@ def measure(kind: str, role: str, base: Settings, admin_dsn: str, workdir: pathl
     prober = Prober(check, args.poll_seconds)
     prober.start()
     started = time.time()
-    side.start(pipeline_args + (["--hand-consume-timeout", str(args.hand_consume_timeout)] if role == "hand" else []),
+    side.start(pipeline_args + (["--hand-consume-timeout", str(args.hand_consume_timeout)] if role == "hand"
+                                else args.beam_args.split()),
                settings_environment(settings))
     results = []
     try:
@@ -401,7 +420,8 @@ def measure(kind: str, role: str, base: Settings, admin_dsn: str, workdir: pathl
                      if "visible_p50" in step else "")
             print(f"{kind:>8} {role:>4}: {rate:7,.0f}/s (produced {step['achieved']:7,.0f}/s)  p50 {fmt(step['p50'])}"
                   f"  p99 {fmt(step['p99'])}  probes {step['probes']} missed {step['missed']} early {step['early']}"
-                  f"  growing {step['growing']}{extra}  -> {'sustained' if step['sustained'] else 'NOT sustained'}",
+                  f"  growing {step['growing']}{extra}  cpu {step['cpu']:.0f}%"
+                  f"  -> {'sustained' if step['sustained'] else 'NOT sustained'}",
                   flush=True)
             if not step["sustained"]:
                 break
@@ -434,6 +454,8 @@ def main() -> int:
     parser.add_argument("--start-timeout", type=float, default=180.0, help="a side's start to first result")
     parser.add_argument("--hand-consume-timeout", type=float, default=0.05,
                         help="the hand loops' consume() wait for a batch (default 50 ms)")
+    parser.add_argument("--beam-args", default="", help="extra options for the pipelines, e.g. "
+                        "'--caught_up_delay_seconds=0'")
     parser.add_argument("--only", choices=["orders", "presence"], help="one pipeline only")
     parser.add_argument("--sides", default="beam,hand", help="beam,hand (default both)")
     parser.add_argument("--role", help=argparse.SUPPRESS)

@@ -72,13 +72,19 @@ CONSUMERS_OPENED = ("ReadFromKafka", "consumers_opened")
 
 __all__ = ["ReadFromKafka", "StartPosition", "request_drain", "drained", "drain_positions", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
            "KafkaPartitionCoder", "OffsetRangeCoder", "KafkaBatch", "KafkaBatchCoder", "RECORDS", "IDLE_RESUMPTIONS",
-           "CONSUMERS_OPENED", "IDLE_POLL_MAX_INTERVAL"]
+           "CONSUMERS_OPENED", "IDLE_POLL_MAX_INTERVAL", "CAUGHT_UP_DELAY"]
 
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
 # The idle back-off's default cap (s): an idle pipeline resumes each partition this seldom, and a record after a
 # quiet spell waits at most this long to be read (benchmarks/README.md, the cost of idling).
 IDLE_POLL_MAX_INTERVAL = 2.0
+# How long a partition that caught up waits before it is read again (s): what arrives meanwhile is read together.
+# Each resumption is a bundle through the runner with the fused stage's sink work per batch (a Postgres
+# transaction, a DynamoDB write, a Kafka flush): the orders pipeline at 100-800/s took 61-71 % of a core read again
+# at once, 38-50 % with 0.05 s and 30-42 % with 0.1 s, at p99 0.15-0.29, 0.17-0.28 and 0.22-0.44 s
+# (benchmarks/README.md, "Orders latency at a trickle"). A record waits at most this long more.
+CAUGHT_UP_DELAY = 0.05
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 _timestamp_ms = operator.attrgetter("timestamp_ms")
 _new_record = tuple.__new__  # KafkaRecord(...) through tuple.__new__ skips NamedTuple's slower __new__
@@ -473,7 +479,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                  batch_size: int | None, poll_timeout: float = 0.1, eof_timeout: float = 120.0,
                  max_read_seconds: float = 1.0, idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0,
                  max_cached_consumers: int = 16, out_of_order_slack: float = 0.0,
-                 idle_poll_max_interval: float | None = None):
+                 idle_poll_max_interval: float | None = None, caught_up_delay: float = CAUGHT_UP_DELAY):
         self._bootstrap = bootstrap_servers
         self._consumer_config = dict(consumer_config or {})
         self._group_id = group_id
@@ -486,6 +492,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._idle_poll_interval = idle_poll_interval
         self._idle_poll_max_interval = idle_poll_max_interval or idle_poll_interval  # ReadFromKafka: >= interval
         self._idle_watermark_delay = idle_watermark_delay
+        self._caught_up_delay = caught_up_delay
         self._out_of_order_slack = Duration.of(out_of_order_slack)
         self._max_cached_consumers = max_cached_consumers
         self._fetch_count = max(10_000, batch_size or 0)
@@ -730,14 +737,17 @@ class _ReadPartitionFnBase(beam.DoFn):
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
             read_any = read_any or got_records
-            if ((queue_ran_dry and read_any and self._caught_up(consumer, topic, partition, cursor.offset))
-                    or time.monotonic() - started > self._max_read_seconds):
+            caught_up = queue_ran_dry and read_any and self._caught_up(consumer, topic, partition, cursor.offset)
+            if caught_up or time.monotonic() - started > self._max_read_seconds:
                 # Hand the rest back: caught up, what was read goes downstream now (a trickle is not held
                 # for max_read_seconds, the runner's bundle ends); behind, after max_read_seconds, so a
                 # backlog is read in large bundles. A call that has read nothing yet and has not heard of
                 # the partition's end polls on instead: handing back at once would make a bundle of nothing
                 # per poll until the end event comes (it comes with an empty fetch, STREAMING_CONSUMER_CONFIG).
-                tracker.defer_remainder()
+                # Caught up, it is read again after caught_up_delay (CAUGHT_UP_DELAY), the records that arrive
+                # meanwhile together; behind, at once.
+                tracker.defer_remainder(Duration.of(self._caught_up_delay) if caught_up and self._caught_up_delay > 0
+                                        else None)
                 return
 
     @staticmethod
@@ -892,6 +902,10 @@ class ReadFromKafka(beam.PTransform):
         its first record brings the short interval back. A record after a quiet spell waits up to this long
         before it is read, and an idle partition's watermark moves this seldom. ``idle_poll_interval`` (or
         less) turns the back-off off.
+      caught_up_delay: streaming (seconds): a partition whose read caught up is read again after this, the records
+        that arrive meanwhile together. A record waits up to this long more; each resumption is a bundle through
+        the runner with the sinks' work per batch, so 0 (read again at once) reads a trickle in back-to-back
+        bundles of a few records: lower latency for ~3x the CPU.
       out_of_order_slack: streaming (seconds): a partition's watermark is its latest element timestamp
         less this, so records up to this much older than the latest one read are still on time; later
         ones are late data (kept or dropped by the windowing's allowed lateness). Default 0: records of
@@ -903,7 +917,7 @@ class ReadFromKafka(beam.PTransform):
                  consumer_config: dict | None = None, timestamp_fn: Callable[[KafkaRecord], float] | None = None,
                  batch_size: int | None = None, poll_timeout: float = 0.1, max_read_seconds: float = 1.0,
                  idle_poll_interval: float = 0.5, idle_watermark_delay: float = 2.0, out_of_order_slack: float = 0.0,
-                 idle_poll_max_interval: float = IDLE_POLL_MAX_INTERVAL):
+                 idle_poll_max_interval: float = IDLE_POLL_MAX_INTERVAL, caught_up_delay: float = CAUGHT_UP_DELAY):
         super().__init__()
         self._bootstrap = bootstrap_servers
         self._topics = [topics] if isinstance(topics, str) else list(topics)
@@ -915,6 +929,8 @@ class ReadFromKafka(beam.PTransform):
             raise ValueError(f"out_of_order_slack must not be negative, got {out_of_order_slack}")
         if not idle_poll_interval > 0:
             raise ValueError(f"idle_poll_interval must be positive, got {idle_poll_interval}")
+        if caught_up_delay < 0:
+            raise ValueError(f"caught_up_delay must not be negative, got {caught_up_delay}")
         if start is None:
             start = StartPosition.committed() if group_id else StartPosition.earliest()
         if start.kind == "committed" and not group_id:
@@ -927,12 +943,14 @@ class ReadFromKafka(beam.PTransform):
         self._out_of_order_slack = out_of_order_slack
         self._idle_watermark_delay = idle_watermark_delay
         self._idle_poll_max_interval = max(idle_poll_interval, idle_poll_max_interval)
+        self._caught_up_delay = caught_up_delay
         fn_class = _ReadBoundedPartitionFn if bounded else _ReadUnboundedPartitionFn
         self._read_fn = fn_class(bootstrap_servers, consumer_config, group_id, commit_offsets, timestamp_fn,
                                  batch_size, poll_timeout=poll_timeout, max_read_seconds=max_read_seconds,
                                  idle_poll_interval=idle_poll_interval, idle_watermark_delay=idle_watermark_delay,
                                  out_of_order_slack=out_of_order_slack,
-                                 idle_poll_max_interval=self._idle_poll_max_interval)
+                                 idle_poll_max_interval=self._idle_poll_max_interval,
+                                 caught_up_delay=caught_up_delay)
 
     def display_data(self):
         return {
@@ -948,6 +966,8 @@ class ReadFromKafka(beam.PTransform):
                                                     label="Idle partition's watermark behind the clock (s)"),
             "idle_poll_max_interval": DisplayDataItem(self._idle_poll_max_interval,
                                                       label="Longest wait of an idle partition (s)"),
+            "caught_up_delay": DisplayDataItem(self._caught_up_delay,
+                                               label="Wait of a partition that caught up (s)"),
         }
 
     def expand(self, pbegin):

@@ -170,7 +170,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         settings.kafka_bootstrap, topics.orders, bounded=bounded, group_id=opts.orders_group_id,
         start=start, batch_size=opts.orders_batch_size, out_of_order_slack=opts.orders_out_of_order_slack_seconds,
         max_read_seconds=opts.orders_max_read_seconds,
-        idle_poll_max_interval=options.view_as(RunModeOptions).idle_poll_max_seconds)
+        idle_poll_max_interval=options.view_as(RunModeOptions).idle_poll_max_seconds,
+        caught_up_delay=options.view_as(RunModeOptions).caught_up_delay_seconds)
     normalized = records | "Normalize" >> NormalizeOrders(
         order_limits(options), RetryingDecoder(avro_codec(settings, "orders"), settings.sink_retry_seconds))
 

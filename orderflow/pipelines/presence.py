@@ -150,7 +150,8 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
         return pipeline | label >> ReadFromKafka(
             settings.kafka_bootstrap, topic, bounded=bounded, group_id=opts.presence_group_id, start=start,
             batch_size=opts.presence_batch_size, out_of_order_slack=opts.presence_out_of_order_slack_seconds,
-            idle_poll_max_interval=options.view_as(RunModeOptions).idle_poll_max_seconds)
+            idle_poll_max_interval=options.view_as(RunModeOptions).idle_poll_max_seconds,
+            caught_up_delay=options.view_as(RunModeOptions).caught_up_delay_seconds)
 
     keepalive_records = read("ReadKeepalives", settings.topics.keepalive)
     keepalives = keepalive_records | "DecodeKeepalives" >> DecodeAvro(

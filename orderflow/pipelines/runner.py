@@ -57,6 +57,11 @@ class RunModeOptions(PipelineOptions):
                                  "the 0.5 s back. The idle pipeline's CPU against the latency of a record after a "
                                  "quiet spell (read at most this late); 0.5 turns the back-off off "
                                  "(benchmarks/README.md, the cost of idling)")
+        parser.add_argument("--caught_up_delay_seconds", type=float, default=kafka_read.CAUGHT_UP_DELAY,
+                            help="streaming: a Kafka partition whose read caught up is read again after this; what "
+                                 "arrives meanwhile is read in one bundle. A record's latency (it waits up to this) "
+                                 "against the CPU of a trickle (each read is a bundle through the runner); 0 reads "
+                                 "again at once (benchmarks/README.md, orders latency at a trickle)")
 
 
 HELP_FLAGS = ("-h", "--help")

@@ -24,6 +24,7 @@ from confluent_kafka import TopicPartition
 from orderflow.io.kafka_offsets import PartitionReader
 from orderflow.io.kafka_read import (
     _WATERMARK_ESTIMATOR,
+    CAUGHT_UP_DELAY,
     MAX_OFFSET,
     KafkaOffsetTracker,
     KafkaPartition,
@@ -334,13 +335,14 @@ def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_s
 
 
 @pytest.fixture
-def trickle_read(topic_with_records):
+def trickle_read(topic_with_records, request):
     """A streaming read of ``topic_with_records`` with poll_timeout 3 s, caught up (100 records read) and with the
     partition's consumer left as a trickle leaves it: not known to be at its end (the broker reports the end only
     with an empty fetch, which a partition that keeps receiving records seldom gets). Yields (bootstrap, topic, fn,
     resume) with ``resume()`` -> (output, tracker, seconds) of one call on the residual."""
     bootstrap, topic = topic_with_records
-    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, poll_timeout=3.0)
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, poll_timeout=3.0,
+             caught_up_delay=getattr(request, "param", CAUGHT_UP_DELAY))
     estimator = ThreadsafeWatermarkEstimator(_new_estimator())
     part = KafkaPartition(topic, 0, 0)
     try:
@@ -378,8 +380,20 @@ def test_a_resumed_read_takes_what_its_consumer_fetched_meanwhile_without_waitin
     _fetched(fn, topic, 103)
     out, tracker, took = resume()
     assert [e.value.value for e in out] == [b"new0", b"new1", b"new2"]
-    assert tracker.deferred_status() == (OffsetRange(103, MAX_OFFSET), Duration.of(0))  # caught up: back at once
+    residual, delay = tracker.deferred_status()
+    # Caught up: resumed after caught_up_delay, what arrives meanwhile read together (the tracker counts it down).
+    assert residual == OffsetRange(103, MAX_OFFSET) and Duration.of(0) < delay <= Duration.of(CAUGHT_UP_DELAY)
     assert took < 1.0, f"the resumed read took {took:.2f}s"
+
+
+@pytest.mark.parametrize("trickle_read", [0.0], indirect=True)
+def test_with_no_caught_up_delay_a_caught_up_read_is_resumed_at_once(trickle_read):
+    bootstrap, topic, fn, resume = trickle_read
+    produce(bootstrap, topic, [(b"k", b"new")])
+    _fetched(fn, topic, 101)
+    out, tracker, _ = resume()
+    assert [e.value.value for e in out] == [b"new"]
+    assert tracker.deferred_status() == (OffsetRange(101, MAX_OFFSET), Duration.of(0))
 
 
 def test_a_read_waits_for_no_more_records_than_its_partition_holds(trickle_read):

@@ -77,6 +77,18 @@ def test_each_pipeline_passes_its_out_of_order_slack_to_its_kafka_reads():
     assert [(r["out_of_order_slack"], r["bounded"]) for r in default.values()] == [(0.0, True)]
 
 
+def test_both_pipelines_pass_the_read_waits_to_their_kafka_reads():
+    from orderflow.io.kafka_read import CAUGHT_UP_DELAY, IDLE_POLL_MAX_INTERVAL
+    from orderflow.pipelines import orders, presence
+
+    flags = ["--caught_up_delay_seconds=0.25", "--idle_poll_max_seconds=3"]
+    reads = {**_read_display_data(orders, flags), **_read_display_data(presence, flags)}
+    assert [(r["caught_up_delay"], r["idle_poll_max_interval"]) for r in reads.values()] == [(0.25, 3.0)] * 3
+    default = _read_display_data(orders, [])
+    assert [(r["caught_up_delay"], r["idle_poll_max_interval"]) for r in default.values()] == [
+        (CAUGHT_UP_DELAY, IDLE_POLL_MAX_INTERVAL)]
+
+
 def test_options_override_the_settings_a_pipeline_is_given_in_both_pipelines():
     """``build(settings=...)`` (tests, the portability check) applies the command line's overrides on top, as a
     run from the environment does: the orders pipeline ignored them when given settings."""
