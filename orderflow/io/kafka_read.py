@@ -81,9 +81,9 @@ MAX_OFFSET = 2**63 - 1
 IDLE_POLL_MAX_INTERVAL = 2.0
 # How long a partition that caught up waits before it is read again (s): what arrives meanwhile is read together.
 # Each resumption is a bundle through the runner with the fused stage's sink work per batch (a Postgres
-# transaction, a DynamoDB write, a Kafka flush): the orders pipeline at 100-800/s took 61-71 % of a core read again
-# at once, 38-50 % with 0.05 s and 30-42 % with 0.1 s, at p99 0.15-0.29, 0.17-0.28 and 0.22-0.44 s
-# (benchmarks/README.md, "Orders latency at a trickle"). A record waits at most this long more.
+# transaction, a DynamoDB write, a Kafka flush): the orders pipeline at 100-800/s took 57-71 % of a core read again
+# at once, 38-52 % with 0.05 s and 30-42 % with 0.1 s, at p99 0.15-0.99, 0.17-0.57 and 0.22-0.44 s (alone, 1-3
+# runs each: benchmarks/README.md, "Orders latency at a trickle"). A record waits at most this long more.
 CAUGHT_UP_DELAY = 0.05
 _PARTITION_EOF = KafkaError._PARTITION_EOF
 _timestamp_ms = operator.attrgetter("timestamp_ms")
@@ -905,7 +905,7 @@ class ReadFromKafka(beam.PTransform):
       caught_up_delay: streaming (seconds): a partition whose read caught up is read again after this, the records
         that arrive meanwhile together. A record waits up to this long more; each resumption is a bundle through
         the runner with the sinks' work per batch, so 0 (read again at once) reads a trickle in back-to-back
-        bundles of a few records: lower latency for ~3x the CPU.
+        bundles of a few records: about the same latency for ~1.3x the CPU of the default.
       out_of_order_slack: streaming (seconds): a partition's watermark is its latest element timestamp
         less this, so records up to this much older than the latest one read are still on time; later
         ones are late data (kept or dropped by the windowing's allowed lateness). Default 0: records of
