@@ -61,6 +61,17 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
 
 
+def cpu_of(pids) -> dict[int, float]:
+    """``cpu_seconds`` of each of ``pids`` still running (those gone are left out)."""
+    usage = {}
+    for pid in pids:
+        try:
+            usage[pid] = cpu_seconds(pid)
+        except FileNotFoundError:
+            pass
+    return usage
+
+
 def rss_mb(pid: int, peak: bool = False) -> float:
     """Resident memory of a process, from /proc (0 when the kernel reports none); ``peak``: its high-water mark
     (VmHWM) so far instead. VmHWM, not ``ru_maxrss``: Linux carries ``ru_maxrss`` over exec from the parent."""

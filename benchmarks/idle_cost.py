@@ -41,33 +41,24 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script)
 import streaming_latency  # noqa: E402
-from harness import cpu_seconds, priced_stack, process_tree  # noqa: E402
+from harness import cpu_of, priced_stack, process_tree  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, settings_environment  # noqa: E402
 from orderflow.io.kafka_read import IDLE_POLL_MAX_INTERVAL  # noqa: E402
 
 
-def _cpu_or_none(pid: int) -> float | None:
-    """``harness.cpu_seconds``, None once the process is gone."""
-    try:
-        return cpu_seconds(pid)
-    except FileNotFoundError:
-        return None
-
-
 def cpu_over(roots: dict[str, int], seconds: float) -> dict[str, float]:
     """% of one core of each named process tree (by command: ``orders/python``, ``orders/prism``...) over
     ``seconds``; processes that start or end inside the window are left out."""
     trees = {name: process_tree(pid) for name, pid in roots.items()}
-    before = {(name, pid): _cpu_or_none(pid) for name, tree in trees.items() for pid in tree}
+    before = {name: cpu_of(tree) for name, tree in trees.items()}
     time.sleep(seconds)
     usage: dict[str, float] = {}
-    for (name, pid), start in before.items():
-        end = _cpu_or_none(pid)
-        if start is not None and end is not None:
+    for name, starts in before.items():
+        for pid, end in cpu_of(starts).items():
             key = f"{name}/{trees[name][pid]}"
-            usage[key] = usage.get(key, 0.0) + 100 * (end - start) / seconds
+            usage[key] = usage.get(key, 0.0) + 100 * (end - starts[pid]) / seconds
     return usage
 
 

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 
 import orders_pipeline  # noqa: E402  (benchmarks/, beside this script: the hand-written loops)
 import presence_pipeline  # noqa: E402
-from harness import cpu_seconds, priced_stack, process_tree  # noqa: E402
+from harness import cpu_of, priced_stack, process_tree  # noqa: E402
 
 from orderflow import bootstrap  # noqa: E402
 from orderflow.config import Settings, load_settings, settings_environment  # noqa: E402
@@ -295,24 +295,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
 
 
-def _tree_cpu(root: int | None) -> dict[int, float]:
-    """CPU seconds so far of each process of the side's tree (a pipeline: its Python process and its Prism)."""
-    usage = {}
-    for pid in process_tree(root) if root else ():
-        try:
-            usage[pid] = cpu_seconds(pid)
-        except FileNotFoundError:
-            pass
-    return usage
-
-
 def run_step(load, prober: Prober, producer, side, rate: float, seconds: float, probes_per_second: float,
              threshold: float, settle: float) -> dict:
     """Produces at ``rate`` for ``seconds`` with probes, then at the same rate without probes until every probe
     was observed (``threshold + settle`` s at most): the input stays steady between steps."""
     load.resize(rate)
     probes: list[Probe] = []
-    cpu_before = _tree_cpu(side.pid)
+    # CPU seconds of each process of the side's tree (a pipeline: its Python process and its Prism)
+    cpu_before = cpu_of(process_tree(side.pid) if side.pid else ())
     started = last = time.time()
     credit = probe_credit = 0.0
     produced = 0
@@ -342,7 +332,7 @@ def run_step(load, prober: Prober, producer, side, rate: float, seconds: float, 
                 prober.add(probe)
         producer.poll(0)
         time.sleep(max(0.0, TICK - (time.time() - now)))
-    cpu_after, wall = _tree_cpu(side.pid), time.time() - started
+    cpu_after, wall = cpu_of(cpu_before), time.time() - started
     seen = [p.latency for p in probes if p.latency is not None]
     half = len(probes) // 2
     first = [p.latency for p in probes[:half] if p.latency is not None]

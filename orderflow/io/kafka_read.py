@@ -746,6 +746,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                 # per poll until the end event comes (it comes with an empty fetch, STREAMING_CONSUMER_CONFIG).
                 # Caught up, it is read again after caught_up_delay (CAUGHT_UP_DELAY), the records that arrive
                 # meanwhile together; behind, at once.
+                # (None, not a delay of 0, which the tracker would count down below 0.)
                 tracker.defer_remainder(Duration.of(self._caught_up_delay) if caught_up and self._caught_up_delay > 0
                                         else None)
                 return
@@ -757,7 +758,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         yet: behind, a read that handed back then made a bundle of a few thousand records instead of a slice, and a
         backlog's drain rate depended on how fast the fetches kept up (a 1M backlog: 0.64-0.94x of the bounded
         rate from run to run, issue 26). Unknown (no fetch answered yet) counts as caught up."""
-        _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        high = _cached_high(consumer, topic, partition)
         return high < 0 or offset >= high
 
     def _idle_deferral(self, cache_entry: list) -> float:
@@ -838,8 +839,13 @@ def _held(consumer, topic: str, partition: int, offset: int) -> int | None:
     """How many records a streaming read's next poll waits for at most: those the partition holds from ``offset`` on
     as of the consumer's last fetch (its cached high watermark; offsets of transaction markers count too), at least
     one (caught up: the next one to arrive); None while no fetch has answered (unknown: a whole batch)."""
-    _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+    high = _cached_high(consumer, topic, partition)
     return None if high < 0 else max(1, high - offset)
+
+
+def _cached_high(consumer, topic: str, partition: int) -> int:
+    """The partition's high watermark as of the consumer's last fetch (no round trip); negative before any."""
+    return consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1]
 
 
 def _advance_watermark(estimator: ManualWatermarkEstimator, timestamp: Timestamp) -> None:
