@@ -56,6 +56,15 @@ _ANSWERS: cachetools.LRUCache = cachetools.LRUCache(4 * WRITER_CACHE_SIZE)
 _ANSWERS_LOCK = threading.Lock()
 
 
+# Ids the registry answered "not found" for, per process like the answers above, forgotten after
+# UNKNOWN_SCHEMA_SECONDS: a stream of records carrying a made-up id would otherwise send each of them to the
+# registry (a round trip of 10-30 ms, blocking the bundle, and the registry's CPU: issue 26's backlog runs
+# spent seconds of every 10 there). An id is registered before any producer can write it, so a "not found"
+# stays true; forgetting it after a while covers a registry restored from a backup meanwhile.
+UNKNOWN_SCHEMA_SECONDS = 60.0
+_UNKNOWN_IDS: cachetools.TTLCache = cachetools.TTLCache(4 * WRITER_CACHE_SIZE, UNKNOWN_SCHEMA_SECONDS)
+
+
 def _remembered(key: tuple, ask):
     """The registry's answer for ``key``: from this process's cache, else ``ask()`` (kept when it answers)."""
     with _ANSWERS_LOCK:
@@ -254,16 +263,23 @@ class AvroCodec:
     # -- reading ----------------------------------------------------------------------------------------
     def writer_schema(self, schema_id: int):
         """The parsed writer schema of registry id ``schema_id`` (cached); None when the registry knows no
-        such id. Raises ``SchemaRegistryUnavailable`` when it must be asked and cannot answer."""
+        such id (remembered for ``UNKNOWN_SCHEMA_SECONDS``). Raises ``SchemaRegistryUnavailable`` when it must be
+        asked and cannot answer."""
         writer = self._writers.get(schema_id)
         if writer is None:
             if self.registry is None:
                 raise AvroDecodeError("avro_unknown_schema", f"schema id {schema_id}: this reader of {self.name!r} "
                                                              "has no schema registry to resolve it")
             registry = self.registry
+            key = (_registry_key(registry), schema_id)
+            with _ANSWERS_LOCK:
+                if key in _UNKNOWN_IDS:
+                    return None
             try:
-                text = _remembered((_registry_key(registry), schema_id), lambda: registry.schema(schema_id))
+                text = _remembered(key, lambda: registry.schema(schema_id))
             except SchemaNotFound:
+                with _ANSWERS_LOCK:
+                    _UNKNOWN_IDS[key] = True
                 return None
             parsed = fastavro.parse_schema(json.loads(text))
             reader, *_, canonical, _ = self._state or self._load()

@@ -5,10 +5,13 @@ from __future__ import annotations
 import decimal
 import json
 import struct
+import time
 
+import cachetools
 import pytest
 
 from orderflow.clients import SchemaRegistry
+from orderflow.model import avro
 from orderflow.model.avro import (
     AvroCodec,
     AvroDecodeError,
@@ -124,3 +127,30 @@ def test_the_writer_cache_is_bounded(registry_url, codec):
 def test_load_schema_names_the_missing_file():
     with pytest.raises(FileNotFoundError, match="nope.avsc"):
         load_schema("nope", SCHEMAS)
+
+
+class _CountingRegistry(SchemaRegistry):
+    """The stack's registry, counting the schema lookups that reach it."""
+
+    def __init__(self, url: str):
+        super().__init__(url)
+        self.lookups = 0
+
+    def schema(self, schema_id: int) -> str:
+        self.lookups += 1
+        return super().schema(schema_id)
+
+
+def test_an_id_the_registry_does_not_know_is_asked_once_not_per_record(registry_url, monkeypatch):
+    monkeypatch.setattr(avro, "_UNKNOWN_IDS", cachetools.TTLCache(16, ttl=0.5))
+    registry = _CountingRegistry(registry_url)
+    unknown = confluent_header(1_999_999_001) + b"\x02a"
+    for _ in range(5):  # a flood of records carrying a made-up id: every one a dead letter, one question
+        with pytest.raises(AvroDecodeError) as err:
+            AvroCodec("widget", SCHEMAS, registry=registry).decode(unknown)
+        assert err.value.reason == "avro_unknown_schema"
+    assert registry.lookups == 1
+    time.sleep(0.6)  # forgotten after UNKNOWN_SCHEMA_SECONDS: the registry is asked again
+    with pytest.raises(AvroDecodeError):
+        AvroCodec("widget", SCHEMAS, registry=registry).decode(unknown)
+    assert registry.lookups == 2
