@@ -110,15 +110,23 @@ system-packages:
 	@# PostgreSQL refuses to run as root: as root the stack runs it as the 'postgres' system user.
 	@if [ "$$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then useradd --system --no-create-home postgres; fi
 
-# Idempotent: skipped when the binary is there and built from Beam $(PRISM_VERSION) (`go version -m`).
-# Go's module proxy serves Beam's Go module; the build takes ~2 min the first time, seconds when cached.
+# Beam's Go module at $(PRISM_VERSION), from Go's module proxy, with dev/prism/*.patch applied (each says why),
+# built into $(PRISM). Idempotent: skipped when $(PRISM).stamp names this version and these patches' checksum.
+# The build takes ~2 min the first time, seconds when Go's caches have it.
+PRISM_PATCHES := $(sort $(wildcard dev/prism/*.patch))
 prism:
-	@if [ -x $(PRISM) ] && go version -m $(PRISM) 2>/dev/null | grep -Eq '^\s+mod\s+github.com/apache/beam/sdks/v2\s+$(PRISM_VERSION)\s'; then \
+	@stamp="$(PRISM_VERSION) $$(cat $(PRISM_PATCHES) | sha256sum | cut -c1-16)"; \
+	if [ -x $(PRISM) ] && [ "$$(cat $(PRISM).stamp 2>/dev/null)" = "$$stamp" ]; then \
 	  :; \
 	else \
 	  command -v go >/dev/null || { echo "Go 1.26+ is needed to build Prism (Beam's sdks/go.mod at $(PRISM_VERSION)): https://go.dev/doc/install"; exit 1; }; \
-	  echo "building Prism $(PRISM_VERSION) into $(PRISM)"; \
-	  mkdir -p $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION); \
+	  echo "building Prism $(PRISM_VERSION) with $(notdir $(PRISM_PATCHES)) into $(PRISM)"; \
+	  module=$$(cd / && go mod download -json github.com/apache/beam/sdks/v2@$(PRISM_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	  [ -d "$$module" ] || { echo "go mod download github.com/apache/beam/sdks/v2@$(PRISM_VERSION) failed"; exit 1; }; \
+	  rm -rf .local/prism-src && mkdir -p .local $(dir $(PRISM)) && cp -r "$$module" .local/prism-src && chmod -R u+w .local/prism-src && \
+	  for patch in $(PRISM_PATCHES); do patch -d .local/prism-src -p1 --quiet --forward < $$patch || exit 1; done && \
+	  (cd .local/prism-src && GOFLAGS=-mod=mod go build -o $(abspath $(PRISM)) ./go/cmd/prism) && \
+	  echo "$$stamp" > $(PRISM).stamp && rm -rf .local/prism-src; \
 	fi
 
 # Idempotent like prism: skipped when the binary is there and built from kustomize $(KUSTOMIZE_VERSION).
