@@ -3,7 +3,8 @@
 Scenarios (``--only`` picks some), each the API beside its baseline in the same run, with the ratio:
 
 - ``status1``: ``GET /restaurants/status`` with 100 ids (Redis hot state, one round trip), 1 in flight
-  (issue 15 goal 4: p99 < 5 ms and >= 0.8x of the direct calls);
+  (issue 15 goal 4: p99 < 5 ms and >= 0.8x of the direct calls); then the same requests to a no-op ASGI app
+  under uvicorn (``floor_app``): the HTTP floor, and the best ratio any app could reach with it;
 - ``status``: the same at ``--concurrency`` in flight;
 - ``volume``: ``GET /clients/{token}/volume`` (DynamoDB) at ``--concurrency`` in flight;
 - ``ingest``: ``POST /orders`` with ``--ingest-batch`` JSON orders per request (one Kafka transaction each)
@@ -347,6 +348,39 @@ def _serve_before(source: pathlib.Path, settings, port: int, log: pathlib.Path) 
     raise RuntimeError(f"--before: the API of {source} did not come up; log: {log}")
 
 
+async def floor_app(scope, receive, send):
+    """An ASGI app that answers every request ``200 {}`` at once: served by ``_serve_floor``, it measures what
+    uvicorn and the load generator's client cost by themselves (``status1``'s floor)."""
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def _serve_floor(port: int, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
+    """``floor_app`` under uvicorn (its default HTTP/1.1 protocol, h11 here, as the API's; no access line)."""
+    import urllib.request
+
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_latency:floor_app", "--app-dir",
+                                    str(pathlib.Path(__file__).resolve().parent), "--host", "127.0.0.1",
+                                    "--port", str(port), "--no-access-log", "--log-level", "warning"],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return process, url
+        except OSError:
+            if process.poll() is not None:
+                break
+            time.sleep(0.2)
+    process.terminate()
+    raise RuntimeError(f"the no-op ASGI app did not come up; log: {log}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=3000, help="requests per endpoint (default 3000)")
@@ -429,6 +463,19 @@ def main(argv: list[str] | None = None) -> int:
                 print(direct.row())
                 for side, http in measured.items():
                     print(f"{f'  ratio {side} / direct (req/s)':<58} {http.rate / direct.rate:>35.2f}")
+                if name == "status1":
+                    # The floor of any app: the same requests to an app that does nothing. The best ratio an API
+                    # could reach is the direct call's time over that time plus the floor's.
+                    floor_process, floor_url = _serve_floor(port_for.select_random(),
+                                                            pathlib.Path(stack.root) / "logs" / "floor.log")
+                    try:
+                        floor = _measure_http(f"{'floor':<6} the same GETs to a no-op ASGI app under uvicorn",
+                                              floor_url, floor_process.pid, key, paths, concurrency, None)
+                    finally:
+                        floor_process.terminate()
+                        floor_process.wait(10)
+                    best = (1 / direct.rate) / (1 / direct.rate + 1 / floor.rate)
+                    print(f"{'  best ratio to direct any app could reach here':<58} {best:>35.2f}")
                     if kind == "ingest":
                         print(f"{f'  orders/s: {side}, direct':<58} {http.rate * args.ingest_batch:>26,.0f} "
                               f"{direct.rate * args.ingest_batch:>8,.0f}")

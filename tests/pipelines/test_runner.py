@@ -1,8 +1,13 @@
 """runner.py: streaming runs default to Prism with the binary ORDERFLOW_PRISM_LOCATION names and a job-service
 deadline that outlives them; explicit options win; with no binary named, the run refuses to start (never
-Beam's download of a Prism release)."""
+Beam's download of a Prism release). The Prism ``make prism`` builds (``dev/prism/*.patch``) waits for a bundle
+instead of spinning beside it."""
 from __future__ import annotations
 
+import os
+import time
+
+import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
 
@@ -126,3 +131,55 @@ def test_the_developers_tools_start_pipelines_with_the_repositorys_prism_unless_
         assert developer_environment()[PRISM_LOCATION_VARIABLE] == str(PRISM_BINARY)
     monkeypatch.setenv(PRISM_LOCATION_VARIABLE, "/opt/prism")
     assert developer_environment()[PRISM_LOCATION_VARIABLE] == "/opt/prism"
+
+
+HOLD_SECONDS = 3.0
+_MEASURED: dict[str, float] = {}
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _stat(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _prism_pid() -> int:
+    """The Prism job server this process started (a child; the LOOPBACK worker, and so this DoFn, run here)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    command = f.read().split(b"\0")[0]
+                if command == str(PRISM_BINARY).encode() and int(_stat(int(entry))[1]) == os.getpid():
+                    return int(entry)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    raise AssertionError(f"no Prism ({PRISM_BINARY}) among this process's children")
+
+
+class _HoldTheBundle(beam.DoFn):
+    """Keeps its bundle open for HOLD_SECONDS and measures Prism's CPU meanwhile; outputs nothing, so the stage
+    (Impulse + this) has no data outputs."""
+
+    def process(self, _):
+        prism = _prism_pid()
+        before = _cpu_seconds(prism)
+        time.sleep(HOLD_SECONDS)
+        _MEASURED["prism_cpu_seconds"] = _cpu_seconds(prism) - before
+        return []
+
+
+@pytest.mark.needs_stack  # the Prism binary, from make setup
+def test_the_prism_make_prism_builds_waits_while_a_bundle_of_a_stage_without_outputs_runs():
+    # dev/prism/stage-progress-loop-spin.patch: Beam v2.77.0's own Prism burns a core for the whole bundle.
+    options = PipelineOptions(["--runner=PrismRunner", f"--prism_location={PRISM_BINARY}",
+                               "--experiments=disable_prism_server_singleton"])
+    with beam.Pipeline(options=options) as p:
+        _ = p | beam.Impulse() | beam.ParDo(_HoldTheBundle())
+    # The stock binary: ~HOLD_SECONDS (a core spinning in stage.Execute's select); the patched one: its progress
+    # requests only (every 100 ms, then less), a few milliseconds.
+    assert _MEASURED["prism_cpu_seconds"] < 0.2 * HOLD_SECONDS, _MEASURED
