@@ -115,7 +115,7 @@ system-packages:
 # The build takes ~2 min the first time, seconds when Go's caches have it.
 PRISM_PATCHES := $(sort $(wildcard dev/prism/*.patch))
 prism:
-	@stamp="$(PRISM_VERSION) $$(cat $(PRISM_PATCHES) | sha256sum | cut -c1-16)"; \
+	@stamp="$(PRISM_VERSION) $$(cat /dev/null $(PRISM_PATCHES) | sha256sum | cut -c1-16)"; \
 	if [ -x $(PRISM) ] && [ "$$(cat $(PRISM).stamp 2>/dev/null)" = "$$stamp" ]; then \
 	  :; \
 	else \
