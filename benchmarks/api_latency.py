@@ -326,26 +326,31 @@ def _measure_http(label: str, url: str, pid: int, key: str, paths: list, concurr
 
 def _serve_before(source: pathlib.Path, settings, port: int, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
     """``python -m orderflow.api serve`` of another checkout (``--before``), with this venv, on the same stack."""
-    import urllib.request
-
     from orderflow.config import settings_environment
 
     env = {**os.environ, **settings_environment(settings), "PYTHONPATH": str(source.resolve())}
+    return _serve([sys.executable, "-m", "orderflow.api", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                  port, "/openapi.json", f"--before: the API of {source}", log, cwd=source, env=env)
+
+
+def _serve(command: list[str], port: int, probe: str, what: str, log: pathlib.Path, **popen) -> tuple[subprocess.Popen, str]:
+    """Starts ``command`` (a server on ``port``, its output into ``log``) and waits until ``probe`` answers."""
+    import urllib.request
+
     with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "orderflow.api", "serve", "--host", "127.0.0.1",
-                                    "--port", str(port)], cwd=source, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, **popen)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/openapi.json", timeout=1):
+            with urllib.request.urlopen(f"{url}{probe}", timeout=1):
                 return process, url
         except OSError:
             if process.poll() is not None:
                 break
             time.sleep(0.2)
     process.terminate()
-    raise RuntimeError(f"--before: the API of {source} did not come up; log: {log}")
+    raise RuntimeError(f"{what} did not come up; log: {log}")
 
 
 async def floor_app(scope, receive, send):
@@ -360,25 +365,9 @@ async def floor_app(scope, receive, send):
 
 def _serve_floor(port: int, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
     """``floor_app`` under uvicorn (its default HTTP/1.1 protocol, h11 here, as the API's; no access line)."""
-    import urllib.request
-
-    with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "uvicorn", "api_latency:floor_app", "--app-dir",
-                                    str(pathlib.Path(__file__).resolve().parent), "--host", "127.0.0.1",
-                                    "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return process, url
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.2)
-    process.terminate()
-    raise RuntimeError(f"the no-op ASGI app did not come up; log: {log}")
+    return _serve([sys.executable, "-m", "uvicorn", "api_latency:floor_app", "--app-dir",
+                   str(pathlib.Path(__file__).resolve().parent), "--host", "127.0.0.1", "--port", str(port),
+                   "--no-access-log", "--log-level", "warning"], port, "/", "the no-op ASGI app", log)
 
 
 def main(argv: list[str] | None = None) -> int:
