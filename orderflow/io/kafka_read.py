@@ -643,7 +643,11 @@ class _ReadPartitionFnBase(beam.DoFn):
             else:
                 yield from self._read_streaming(part, consumer, cache_entry, cursor, tracker, watermark_estimator)
         finally:
-            cache_entry[1] = next_offset = cursor.offset
+            next_offset = cursor.offset
+            # The consumer is reused at next_offset only if it returns that offset next: a read stopped by a split
+            # (or an error) after a poll has taken records past it, and reusing the consumer would skip them (and
+            # the partition's end event among them). Any other offset makes the next read re-assign it.
+            cache_entry[1] = next_offset if cursor.fetched <= next_offset else -1
             if self._commit_offsets:
                 # Registered even when there is nothing to commit: Prism sends FinalizeBundle after every
                 # bundle of a stage that can request finalization, and the SDK harness logs an error for a
@@ -813,6 +817,7 @@ class _ReadPartitionFnBase(beam.DoFn):
         """Claims ``messages`` (emptied) and emits them as records, advancing ``cursor``; returns False when a
         split moved the restriction's end below them: only what is still ours was emitted, the read stops."""
         records = self._to_records(part.topic, part.partition, messages)
+        cursor.fetched = records[-1].offset + 1
         if not tracker.try_claim(records[-1].offset):
             stop = tracker.current_restriction().stop
             records = [r for r in records if r.offset < stop]
@@ -826,13 +831,15 @@ class _ReadPartitionFnBase(beam.DoFn):
 
 
 class _Cursor:
-    """The next offset a read of one partition claims: shared by the read's loop and its ``finally``, which
-    commits up to it."""
+    """The next offset a read of one partition claims (``offset``) and the next one its consumer returns
+    (``fetched``: past ``offset`` when a read stopped with records polled but not emitted): shared by the read's
+    loop and its ``finally``, which commits up to ``offset``."""
 
-    __slots__ = ("offset",)
+    __slots__ = ("offset", "fetched")
 
     def __init__(self, offset: int):
         self.offset = offset
+        self.fetched = offset
 
 
 def _held(consumer, topic: str, partition: int, offset: int) -> int | None:

@@ -269,6 +269,48 @@ def test_a_read_behind_the_partition_end_goes_on_when_a_poll_runs_dry(stack_sett
     assert read == 20_000 or took >= 3.0
 
 
+def test_a_read_split_by_the_runner_between_polls_loses_nothing_when_its_residual_resumes(stack_settings, make_topic):
+    """A runner's checkpoint (a split at fraction 0, which Dataflow sends and the SDK harness applies between two
+    claims) stops a read whose next poll has already taken records past the split: the read emits none of them, and
+    the residual that resumes at the split reads them all, then finds the partition's end (its watermark moves).
+    Reusing the partition's consumer where it was left skipped those records, and the end event among them held the
+    watermark for good."""
+    bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("sdf-split", partitions=1)
+    RECORDS = 2_000  # noqa: N806
+    # Records of 2023 (only the partition's end moves the watermark to about now), in record batches of 100 (a
+    # producer each): a fetch brings one batch (max.partition.fetch.bytes), and the consumer fetches again only once
+    # its queue is empty (queued.min.messages), so a read takes them in several polls.
+    for first in range(0, RECORDS, 100):
+        produce(bootstrap, topic, [(b"k", b"v%d" % i, 1_700_000_000_000 + i) for i in range(first, first + 100)])
+    one_batch_at_a_time = {"queued.min.messages": 1, "max.partition.fetch.bytes": 1_024}
+    fn = _ReadUnboundedPartitionFn(bootstrap, one_batch_at_a_time, None, False, None, 10, poll_timeout=0.002,
+                                   max_read_seconds=30.0)
+    fn.setup()
+    part = KafkaPartition(topic, 0, 0)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    threadsafe = ThreadsafeRestrictionTracker(KafkaOffsetTracker(OffsetRange(0, MAX_OFFSET), False))
+    try:
+        read = fn.process(part, _Finalizer(), tracker=RestrictionTrackerView(threadsafe),
+                          watermark_estimator=estimator)
+        first = next(read)
+        primary, residual = threadsafe.try_split(0)
+        emitted = [r.offset for r in first.value] + [r.offset for batch in read for r in batch.value]
+        assert emitted == list(range(primary.stop))
+        assert residual == OffsetRange(primary.stop, MAX_OFFSET) and residual.start < RECORDS
+
+        offsets = []
+        for _ in range(50):
+            out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+            offsets += [r.offset for batch in out for r in batch.value]
+            residual = tracker.deferred_status()[0]
+            if estimator.current_watermark() > Timestamp.now() - Duration.of(60):
+                break
+    finally:
+        fn.teardown()
+    assert offsets == list(range(primary.stop, RECORDS))
+    assert estimator.current_watermark() > Timestamp.now() - Duration.of(60), "the partition's end was never seen"
+
+
 def test_unbounded_process_on_an_empty_partition_defers_everything(stack_settings, make_topic):
     bootstrap, topic = stack_settings.kafka_bootstrap, make_topic("sdf-empty", partitions=1)
     fn = _fn(_ReadUnboundedPartitionFn, bootstrap)
