@@ -69,10 +69,14 @@ IDLE_RESUMPTIONS = ("ReadFromKafka", "idle_resumptions")
 # Consumers the reads opened: one per partition a process reads (the process' consumer pool, see _ConsumerPool),
 # more only when a cached one was evicted or a bounded read's split ran beside it.
 CONSUMERS_OPENED = ("ReadFromKafka", "consumers_opened")
+# Streaming reads that found neither records nor their partition's end (a slow or unreachable broker) and handed it
+# back without moving its watermark; a warning is logged once that has lasted NO_END_WARNING_SECONDS.
+NO_END_DEFERRALS = ("ReadFromKafka", "no_end_deferrals")
+NO_END_WARNING_SECONDS = 30.0
 
 __all__ = ["ReadFromKafka", "StartPosition", "request_drain", "drained", "drain_positions", "KafkaPartition", "KafkaOffsetTracker", "PartitionEnd", "MAX_OFFSET",
            "KafkaPartitionCoder", "OffsetRangeCoder", "KafkaBatch", "KafkaBatchCoder", "RECORDS", "IDLE_RESUMPTIONS",
-           "CONSUMERS_OPENED", "IDLE_POLL_MAX_INTERVAL", "CAUGHT_UP_DELAY"]
+           "CONSUMERS_OPENED", "NO_END_DEFERRALS", "IDLE_POLL_MAX_INTERVAL", "CAUGHT_UP_DELAY"]
 
 _LOG = logging.getLogger(__name__)
 MAX_OFFSET = 2**63 - 1
@@ -502,6 +506,8 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._broker_unavailable = Metrics.counter("ReadFromKafka", "transient_errors")
         self._idle_resumptions = Metrics.counter(*IDLE_RESUMPTIONS)
         self._consumers_opened = Metrics.counter(*CONSUMERS_OPENED)
+        self._no_end_deferrals = Metrics.counter(*NO_END_DEFERRALS)
+        self._no_end_since: dict[tuple[str, int], list] = {}  # partition -> [first such resumption, warned]
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def setup(self):
@@ -728,6 +734,8 @@ class _ReadPartitionFnBase(beam.DoFn):
                 cache_entry[2] = True
             elif got_records:
                 cache_entry[2] = False
+            if end_offset is not None or got_records:
+                self._no_end_since.pop((topic, partition), None)
             if got_records:
                 cache_entry[3] = self._idle_poll_interval  # records again: back to the short interval
             if cache_entry[2]:
@@ -738,6 +746,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                     return
             elif not got_records and time.monotonic() - last_data > self._idle_poll_interval:
                 # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
+                self._note_no_end(topic, partition, cursor.offset)
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
             read_any = read_any or got_records
@@ -754,6 +763,18 @@ class _ReadPartitionFnBase(beam.DoFn):
                 tracker.defer_remainder(Duration.of(self._caught_up_delay) if caught_up and self._caught_up_delay > 0
                                         else None)
                 return
+
+    def _note_no_end(self, topic: str, partition: int, offset: int) -> None:
+        """Counts a resumption that found neither records nor the partition's end (``ReadFromKafka/
+        no_end_deferrals``), and logs once when that has lasted ``NO_END_WARNING_SECONDS``: the partition's watermark
+        is held meanwhile, and with it every window downstream."""
+        self._no_end_deferrals.inc()
+        now = time.monotonic()
+        since = self._no_end_since.setdefault((topic, partition), [now, False])
+        if not since[1] and now - since[0] >= NO_END_WARNING_SECONDS:
+            since[1] = True
+            _LOG.warning("ReadFromKafka: %s/%d at offset %d: neither records nor the partition's end for %.0fs: its "
+                         "watermark is held (is the broker reachable?)", topic, partition, offset, now - since[0])
 
     @staticmethod
     def _caught_up(consumer, topic: str, partition: int, offset: int) -> bool:

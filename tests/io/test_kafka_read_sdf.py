@@ -5,6 +5,8 @@ thread-safe tracker and watermark-estimator wrappers) against the session's Kafk
 """
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 import time
 
@@ -21,6 +23,7 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Duration, Timestamp
 from confluent_kafka import TopicPartition
 
+from orderflow.io import kafka_read
 from orderflow.io.kafka_offsets import PartitionReader
 from orderflow.io.kafka_read import (
     _WATERMARK_ESTIMATOR,
@@ -309,6 +312,31 @@ def test_a_read_split_by_the_runner_between_polls_loses_nothing_when_its_residua
         fn.teardown()
     assert offsets == list(range(primary.stop, RECORDS))
     assert estimator.current_watermark() > Timestamp.now() - Duration.of(60), "the partition's end was never seen"
+
+
+def test_a_partition_that_never_reports_its_end_keeps_its_watermark_and_is_named_in_a_warning(monkeypatch, caplog):
+    """No broker answers (a closed port): every resumption finds neither records nor the partition's end, hands the
+    partition back without moving its watermark, and once that has lasted NO_END_WARNING_SECONDS (0 here) a warning
+    names the partition: a watermark held by one partition holds every window downstream."""
+    monkeypatch.setattr(kafka_read, "NO_END_WARNING_SECONDS", 0.0)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        bootstrap = f"127.0.0.1:{closed.getsockname()[1]}"
+    fn = _fn(_ReadUnboundedPartitionFn, bootstrap, idle_poll_interval=0.2)
+    estimator = ThreadsafeWatermarkEstimator(_new_estimator())
+    try:
+        with caplog.at_level(logging.WARNING, logger=kafka_read.__name__):
+            for _ in range(2):
+                out, tracker, _ = _invoke(fn, KafkaPartition("silent", 3, 7), OffsetRange(7, MAX_OFFSET),
+                                          bounded=False, estimator=estimator)
+                assert out == []
+                residual, delay = tracker.deferred_status()   # (the tracker counts the delay down)
+                assert residual == OffsetRange(7, MAX_OFFSET) and Duration.of(0.15) < delay <= Duration.of(0.2)
+    finally:
+        fn.teardown()
+    assert estimator.current_watermark() == MIN_TIMESTAMP
+    warnings = [r.getMessage() for r in caplog.records if "partition's end" in r.getMessage()]
+    assert len(warnings) == 1 and "silent/3 at offset 7" in warnings[0], warnings
 
 
 def test_unbounded_process_on_an_empty_partition_defers_everything(stack_settings, make_topic):
