@@ -363,6 +363,25 @@ def test_unbounded_process_on_an_empty_partition_defers_everything(stack_setting
     assert estimator.current_watermark() > MIN_TIMESTAMP
 
 
+def _idle_call(fn, part, residual, estimator) -> float:
+    """One call on an idle partition, which reads nothing: the interval it waited, in seconds. Known to be at its
+    end, the partition resumes at the next multiple of that interval on the wall clock (so a topic's idle partitions
+    resume together), checked here; before the broker has said so, after the short interval (rounded: the tracker
+    counts the delay down)."""
+    interval = fn._peek_consumer(part.topic, part.partition)[3]  # (the back-off's next interval)
+    out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
+    assert out == []
+    deferred, delay = tracker.deferred_status()
+    assert deferred == residual
+    delay = delay.micros / 1e6
+    if not fn._peek_consumer(part.topic, part.partition)[2]:
+        return round(delay, 1)
+    due = time.time() + delay
+    assert 0 < delay <= interval + 0.05, (delay, interval)
+    assert abs(due - round(due / interval) * interval) < 0.05, f"resumes at {due:.3f}, not a multiple of {interval}"
+    return interval
+
+
 def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_short_interval_back(
         topic_with_records):
     bootstrap, topic = topic_with_records
@@ -371,11 +390,7 @@ def test_an_idle_partition_backs_off_to_the_cap_and_its_next_record_brings_the_s
     part = KafkaPartition(topic, 0, 0)
 
     def call(residual) -> float:
-        """One empty call: the delay of its residual, in seconds (rounded: the tracker counts it down)."""
-        out, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
-        assert out == []
-        assert tracker.deferred_status()[0] == residual
-        return round(tracker.deferred_status()[1].micros / 1e6, 1)
+        return _idle_call(fn, part, residual, estimator)
 
     def until_idle(residual) -> float:
         """Calls until the partition is known to be at its end (before the broker reports it, an empty call may
@@ -489,13 +504,10 @@ def test_with_the_cap_at_the_interval_an_idle_partition_keeps_the_interval(topic
     try:
         _, tracker, _ = _invoke(fn, part, OffsetRange(0, MAX_OFFSET), bounded=False, estimator=estimator)
         residual = tracker.deferred_status()[0]
-        delays = []
-        for _ in range(8):
-            _, tracker, _ = _invoke(fn, part, residual, bounded=False, estimator=estimator)
-            delays.append(round(tracker.deferred_status()[1].micros / 1e6, 1))
+        intervals = [_idle_call(fn, part, residual, estimator) for _ in range(8)]
     finally:
         fn.teardown()
-    assert delays == [0.5] * 8
+    assert intervals == [0.5] * 8
 
 
 @pytest.mark.parametrize("slack", [0.0, 30.0])
