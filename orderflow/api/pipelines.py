@@ -9,7 +9,8 @@ A pipeline is watched once it has reported (a row in ``pipeline_progress``). It 
 - its consumer lag has grown for longer than ``pipeline_stall_seconds`` while none of its group's committed
   offsets moved (records arrive, nothing is finished). The API remembers, per process, the lag and the sum of
   committed offsets when it last saw progress; a lag that stays put (e.g. 1 behind a transaction marker that
-  ends a partition) is not growth.
+  ends a partition) is not growth. The growth is timed from when the API first sees it: after a while without a
+  look, a burst the pipeline is about to commit is not a stall.
 
 Lag per partition is ``end - committed`` with the end read as a ``read_committed`` consumer sees it (the last
 stable offset); a partition the group never committed counts from its earliest offset.
@@ -110,7 +111,7 @@ def consumer_lag(admin, group_id: str, topics: list[str]) -> list[PartitionLag]:
 class _Baseline:
     committed_sum: int
     lag: int
-    since: float
+    grown_since: float | None = None  # when the lag was first seen above ``lag`` with ``committed_sum`` unchanged
 
 
 class PipelineWatch:
@@ -159,9 +160,13 @@ class PipelineWatch:
             now = time.monotonic()
             base = self._baselines.get(name)
             if base is None or committed_sum != base.committed_sum or lag <= base.lag:
-                self._baselines[name] = _Baseline(committed_sum, lag, now)
-            elif now - base.since > self.stall_seconds and failing is None:
-                failing = (f"consumer lag grew from {base.lag} to {lag} in {now - base.since:.0f}s "
+                self._baselines[name] = _Baseline(committed_sum, lag)
+            elif base.grown_since is None:
+                # Timed from when the growth is first seen, not from the last look before it: after a while
+                # without a look (no scrape, no page), a burst the pipeline is about to commit is not a stall.
+                base.grown_since = now
+            elif now - base.grown_since > self.stall_seconds and failing is None:
+                failing = (f"consumer lag grew from {base.lag} to {lag} in {now - base.grown_since:.0f}s "
                            f"(over {self.stall_seconds:g}s) with no committed offset moving")
         return PipelineHealth(
             pipeline=name, group_id=group_id, topics=topics,
