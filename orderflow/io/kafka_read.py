@@ -203,7 +203,7 @@ class _ConsumerPool:
     bounded read's split) opens a consumer of its own, closed when it is given back if the pool has one already.
     Each configuration keeps at most ``limit`` idle consumers (least recently used closed first), and its last
     DoFn instance's teardown (``leave``) closes them. An entry is ``[consumer, next offset it will return, known
-    to be at the end, next idle deferral (s)]``.
+    to be at the end, next idle deferral (s), [since, warned] while its reads find neither records nor the end]``.
     """
 
     def __init__(self):
@@ -507,7 +507,6 @@ class _ReadPartitionFnBase(beam.DoFn):
         self._idle_resumptions = Metrics.counter(*IDLE_RESUMPTIONS)
         self._consumers_opened = Metrics.counter(*CONSUMERS_OPENED)
         self._no_end_deferrals = Metrics.counter(*NO_END_DEFERRALS)
-        self._no_end_since: dict[tuple[str, int], list] = {}  # partition -> [first such resumption, warned]
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def setup(self):
@@ -539,12 +538,12 @@ class _ReadPartitionFnBase(beam.DoFn):
         if entry is not None:
             if entry[1] != offset:
                 entry[0].assign([TopicPartition(topic, partition, offset)])
-                entry[1], entry[2], entry[3] = offset, False, self._idle_poll_interval
+                entry[1:] = offset, False, self._idle_poll_interval, None
             return entry
         consumer = Consumer(self._config)
         self._consumers_opened.inc()
         consumer.assign([TopicPartition(topic, partition, offset)])
-        return [consumer, offset, False, self._idle_poll_interval]
+        return [consumer, offset, False, self._idle_poll_interval, None]
 
     def _peek_consumer(self, topic: str, partition: int) -> list | None:
         """The pool's idle entry of a partition (for tests)."""
@@ -735,7 +734,7 @@ class _ReadPartitionFnBase(beam.DoFn):
             elif got_records:
                 cache_entry[2] = False
             if end_offset is not None or got_records:
-                self._no_end_since.pop((topic, partition), None)
+                cache_entry[4] = None
             if got_records:
                 cache_entry[3] = self._idle_poll_interval  # records again: back to the short interval
             if cache_entry[2]:
@@ -746,7 +745,7 @@ class _ReadPartitionFnBase(beam.DoFn):
                     return
             elif not got_records and time.monotonic() - last_data > self._idle_poll_interval:
                 # No data and no EOF yet (a slow broker): retry soon, without moving the watermark.
-                self._note_no_end(topic, partition, cursor.offset)
+                self._note_no_end(cache_entry, topic, partition, cursor.offset)
                 tracker.defer_remainder(Duration.of(self._idle_poll_interval))
                 return
             read_any = read_any or got_records
@@ -764,13 +763,16 @@ class _ReadPartitionFnBase(beam.DoFn):
                                         if caught_up and self._caught_up_delay > 0 else None)
                 return
 
-    def _note_no_end(self, topic: str, partition: int, offset: int) -> None:
+    def _note_no_end(self, cache_entry: list, topic: str, partition: int, offset: int) -> None:
         """Counts a resumption that found neither records nor the partition's end (``ReadFromKafka/
         no_end_deferrals``), and logs once when that has lasted ``NO_END_WARNING_SECONDS``: the partition's watermark
-        is held meanwhile, and with it every window downstream."""
+        is held meanwhile, and with it every window downstream. Timed with the partition's consumer (the pool's
+        entry), which every DoFn instance's reads of the partition share."""
         self._no_end_deferrals.inc()
         now = time.monotonic()
-        since = self._no_end_since.setdefault((topic, partition), [now, False])
+        if cache_entry[4] is None:
+            cache_entry[4] = [now, False]
+        since = cache_entry[4]
         if not since[1] and now - since[0] >= NO_END_WARNING_SECONDS:
             since[1] = True
             _LOG.warning("ReadFromKafka: %s/%d at offset %d: neither records nor the partition's end for %.0fs: its "
