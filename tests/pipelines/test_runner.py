@@ -1,7 +1,7 @@
 """runner.py: streaming runs default to Prism with the binary ORDERFLOW_PRISM_LOCATION names and a job-service
 deadline that outlives them; explicit options win; with no binary named, the run refuses to start (never
 Beam's download of a Prism release). The Prism ``make prism`` builds (``dev/prism/*.patch``) waits for a bundle
-instead of spinning beside it."""
+instead of spinning beside it, and asks a running bundle for progress every second, not every 100 ms."""
 from __future__ import annotations
 
 import os
@@ -9,7 +9,9 @@ import time
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.options.pipeline_options import PipelineOptions, PortableOptions, PrismRunnerOptions, StandardOptions
+from apache_beam.transforms.core import RestrictionProvider
 
 from orderflow.config import PRISM_LOCATION_VARIABLE
 from orderflow.pipelines.runner import STREAMING_JOB_SERVER_TIMEOUT, apply_streaming_defaults
@@ -183,3 +185,59 @@ def test_the_prism_make_prism_builds_waits_while_a_bundle_of_a_stage_without_out
     # The stock binary: ~HOLD_SECONDS (a core spinning in stage.Execute's select); the patched one: its progress
     # requests only (every 100 ms, then less), a few milliseconds.
     assert _MEASURED["prism_cpu_seconds"] < 0.2 * HOLD_SECONDS, _MEASURED
+
+
+_EVENTS: list[tuple[str, float]] = []  # (what, time.monotonic()), appended by the LOOPBACK worker in this process
+
+
+class _ProgressNotingTracker(OffsetRestrictionTracker):
+    """The SDK harness asks the tracker of a running splittable bundle for its progress at each of the runner's
+    progress requests (and at each split request)."""
+
+    def current_progress(self):
+        _EVENTS.append(("progress", time.monotonic()))
+        return super().current_progress()
+
+
+class _StepsProvider(RestrictionProvider):
+    def initial_restriction(self, element):
+        return OffsetRange(0, 300)
+
+    def create_tracker(self, restriction):
+        return _ProgressNotingTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return restriction.size()
+
+    def split(self, element, restriction):
+        yield restriction
+
+
+_STEPS = beam.DoFn.RestrictionParam(_StepsProvider())
+
+
+class _ClaimSteadily(beam.DoFn):
+    """Claims a position every 10 ms: a bundle of ~3 s that outputs nothing."""
+
+    def process(self, element, tracker=_STEPS):
+        _EVENTS.append(("start", time.monotonic()))
+        position = tracker.current_restriction().start
+        while tracker.try_claim(position):
+            time.sleep(0.01)
+            position += 1
+        return []
+
+
+@pytest.mark.needs_stack  # the Prism binary, from make setup
+def test_the_prism_make_prism_builds_asks_a_running_bundle_for_progress_once_a_second():
+    # dev/prism/progress-requests-every-second.patch: each progress request costs the SDK harness a metrics report
+    # of every transform; Beam v2.77.0's own Prism asks every 100 ms (its first request ~0.1 s into the bundle).
+    options = PipelineOptions(["--runner=PrismRunner", f"--prism_location={PRISM_BINARY}",
+                               "--experiments=disable_prism_server_singleton"])
+    _EVENTS.clear()
+    with beam.Pipeline(options=options) as p:
+        _ = p | beam.Impulse() | beam.ParDo(_ClaimSteadily())
+    started = _EVENTS[0]
+    first_progress = next(event for event in _EVENTS if event[0] == "progress")
+    assert started[0] == "start", _EVENTS
+    assert first_progress[1] - started[1] >= 0.9, _EVENTS
