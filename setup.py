@@ -30,7 +30,7 @@ EXTRAS_REQUIRE = {
     # Processes of the local stack: the moto server (SNS; DynamoDB is dynalite, `make node`), mirakuru, port-for to pick free
     # ports (StackPorts.free, temporary_stack). Kafka is a JVM service from Maven (`make jars`).
     "local": ["moto[server]==5.2.5", "mirakuru==3.1.0", "port-for==1.1.1"],
-    "api": ["fastapi==0.165.0", "uvicorn==0.54.0", "prometheus-client==0.26.0"],
+    "api": ["fastapi==0.165.0", "uvicorn==0.54.0", "httptools==0.9.0", "prometheus-client==0.26.0"],
     "dev": [
         "pytest==9.2.0",
         "pytest-postgresql==10.0.0",

@@ -2,7 +2,8 @@
 
 - A request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400) and its connection
   closed: the two framings disagree about where the body ends, which is how a request is smuggled
-  behind another.
+  behind another. (The API's own server refuses it first, in its HTTP parser: ``server.py``; this keeps the app
+  safe under any other ASGI server.)
 - The body of a POST/PUT/PATCH/DELETE is read here, whole, before the app runs: at most
   ``max_body_bytes`` (413; a declared Content-Length is checked before anything is read) and within
   ``body_timeout_seconds`` (408), so a slow body never holds a handler. The app then gets it at once.

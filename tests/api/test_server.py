@@ -1,6 +1,7 @@
-"""server.py's guard on uvicorn: the pinned uvicorn still has the protocol members the guard relies on (an
-upgrade that drops one fails here by name, before test_security.py's behaviour tests fail less clearly), and
-each in-process server gets its own limits and connection count."""
+"""server.py's guard on uvicorn: the pinned uvicorn and httptools are installed, uvicorn's httptools protocol
+still has the members the guard relies on (an upgrade that drops one fails here by name, before
+test_security.py's behaviour tests fail less clearly), and each in-process server gets its own limits and
+connection count."""
 from __future__ import annotations
 
 import asyncio
@@ -8,7 +9,6 @@ import importlib.metadata
 import pathlib
 import re
 
-import h11
 import uvicorn
 from uvicorn.server import ServerState
 
@@ -18,22 +18,25 @@ from orderflow.config import ApiConfig
 SETUP_PY = pathlib.Path(__file__).resolve().parents[2] / "setup.py"
 
 
-def test_uvicorn_is_the_version_setup_py_pins():
-    pinned = re.search(r'"uvicorn==([^"]+)"', SETUP_PY.read_text()).group(1)
-    assert importlib.metadata.version("uvicorn") == pinned
+def test_uvicorn_and_httptools_are_the_versions_setup_py_pins():
+    for package in ("uvicorn", "httptools"):
+        pinned = re.search(rf'"{package}==([^"]+)"', SETUP_PY.read_text()).group(1)
+        assert importlib.metadata.version(package) == pinned, package
 
 
-def test_the_pinned_uvicorns_h11_protocol_has_every_member_the_guard_uses():
+def test_the_pinned_uvicorns_httptools_protocol_has_every_member_the_guard_uses():
     loop = asyncio.new_event_loop()
     try:
         config = uvicorn.Config(app=lambda scope, receive, send: None, http=server.guarded_protocol(ApiConfig()))
         config.load()
         protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={}, _loop=loop)
-        assert isinstance(protocol, server.GuardedH11Protocol)
+        assert isinstance(protocol, server.GuardedHttpToolsProtocol)
         missing = [name for name in server.UVICORN_MEMBERS if not hasattr(protocol, name)]
-        assert not missing, f"uvicorn's H11Protocol no longer has {missing}: the header timeout and limit break"
-        assert isinstance(protocol.conn, h11.Connection) and protocol.conn.their_state is h11.IDLE
-        assert callable(protocol.on_response_complete)
+        assert not missing, f"uvicorn's HttpToolsProtocol no longer has {missing}: the header limits break"
+        assert protocol.cycle is None  # no request yet: what the header timeout reads as "none began"
+        # The parser calls the protocol back: the guard's overrides are what it calls.
+        for callback in ("on_message_begin", "on_url", "on_header", "on_headers_complete"):
+            assert getattr(type(protocol), callback) is getattr(server.GuardedHttpToolsProtocol, callback)
     finally:
         loop.close()
 
@@ -43,5 +46,5 @@ def test_each_server_has_its_own_limits_and_connection_count():
     first, second = server.guarded_protocol(small), server.guarded_protocol(large)
     assert (first.limits, second.limits) == (small, large)
     assert first.open_connections is not second.open_connections
-    assert first.open_connections is not server.GuardedH11Protocol.open_connections
+    assert first.open_connections is not server.GuardedHttpToolsProtocol.open_connections
     assert server.uvicorn_config(None, small).http is not server.uvicorn_config(None, small).http
