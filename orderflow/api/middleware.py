@@ -1,9 +1,7 @@
 """``ApiMiddleware``: the pure ASGI middleware around the whole app.
 
-- A request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400) and its connection
-  closed: the two framings disagree about where the body ends, which is how a request is smuggled
-  behind another. (The API's own server refuses it first, in its HTTP parser: ``server.py``; this keeps the app
-  safe under any other ASGI server.)
+- (A request with both ``Content-Length`` and ``Transfer-Encoding``, how a request is smuggled behind another,
+  never gets here: the server's HTTP parser refuses it with 400, ``server.py``.)
 - The body of a POST/PUT/PATCH/DELETE is read here, whole, before the app runs: at most
   ``max_body_bytes`` (413; a declared Content-Length is checked before anything is read) and within
   ``body_timeout_seconds`` (408), so a slow body never holds a handler. The app then gets it at once.
@@ -59,14 +57,9 @@ class ApiMiddleware:
             await send_recording({"type": "http.response.body", "body": body})
 
         try:
-            headers = scope["headers"]
-            names = {name for name, _ in headers}
-            if b"transfer-encoding" in names and b"content-length" in names:
-                await answer(400, "both Content-Length and Transfer-Encoding: send one of them", close=True)
-                return
             app_receive = receive
             if scope["method"] in METHODS_WITH_BODY:
-                declared = dict(headers).get(b"content-length")
+                declared = dict(scope["headers"]).get(b"content-length")
                 if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                     await answer(413, f"request body larger than {self.max_body_bytes} bytes", close=True)
                     return

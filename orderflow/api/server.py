@@ -106,18 +106,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._reading_headers, self._header_bytes, self._header_bytes_read = True, 0, 0
         super().on_message_begin()
 
+    # Over the bound, the callbacks raise: that stops the parser before the app sees the request, and uvicorn
+    # answers through send_400_response.
     def on_url(self, url: bytes) -> None:
-        self._count_header_bytes(len(url))
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _HeadersTooLarge
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
-        super().on_header(name, value)
-
-    def _count_header_bytes(self, n: int) -> None:
-        self._header_bytes += n
+        self._header_bytes += len(name) + len(value) + 4  # ": " and CRLF
         if self._header_bytes > MAX_HEADER_BYTES:
-            raise _HeadersTooLarge  # stops the parser, before the app sees the request: send_400_response
+            raise _HeadersTooLarge
+        super().on_header(name, value)
 
     def send_400_response(self, msg: str) -> None:
         """The parser refused the request: 400 with llhttp's reason (or 431), and the connection closed. uvicorn

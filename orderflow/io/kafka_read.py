@@ -704,9 +704,10 @@ class _ReadPartitionFnBase(beam.DoFn):
         # meanwhile is in its queue already: the first look takes it without waiting. An idle partition's call then
         # ends within milliseconds, before the runner's first progress request (our Prism asks every 1 s, stock
         # Prism every 100 ms, and tries to split a bundle that made no progress); a trickle's call hands back what
-        # was queued at once. Waiting there (poll_timeout, 0.1 s) cost every resumption of a trickle the whole wait, and Prism runs the reads
-        # of a stage's partitions that come back together one after another in one bundle: 4 partitions, a record
-        # waited up to ~0.45 s for its partition's turn (benchmarks/README.md, orders latency at a trickle).
+        # was queued at once. Waiting there (poll_timeout, 0.1 s) cost every resumption of a trickle the whole wait,
+        # and Prism runs the reads of a stage's partitions that come back together one after another in one bundle:
+        # 4 partitions, a record waited up to ~0.45 s for its partition's turn (benchmarks/README.md, orders latency
+        # at a trickle).
         wait: float | None = 0.0
         read_any = False
         while True:
