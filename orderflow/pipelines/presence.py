@@ -32,7 +32,7 @@ from apache_beam.transforms.window import TimestampedValue
 
 from orderflow.clients import avro_codec
 from orderflow.config import DEFAULT_TIMEZONE, Settings, load_settings, with_overrides
-from orderflow.io.avro import DecodeAvro, DecodedBatch, RetryingDecoder
+from orderflow.io.avro import DecodeAvro, RetryingDecoder
 from orderflow.io.kafka_offsets import COMMITTED
 from orderflow.io.kafka_read import RECORDS, ReadFromKafka, StartPosition
 from orderflow.io.presence_postgres import WritePresenceDeadLetters, WriteStatusIntervals, WriteUnavailabilityHistory
@@ -165,8 +165,7 @@ def build(pipeline: beam.Pipeline, options: PipelineOptions, settings: Settings 
     if not bounded and start.kind == COMMITTED:
         restored = pipeline | "RestoreState" >> RestorePresenceState(
             settings.postgres_dsn, settings.redis_url, prefix, gap_ms, retry_seconds=settings.sink_retry_seconds)
-        session_input = ((keepalives.decoded, restored.pings)
-                         | "WithRestoredSessions" >> beam.Flatten().with_output_types(DecodedBatch))
+        session_input = (keepalives.decoded, restored.pings)  # each merged where it is read, not flattened first
     else:
         session_input = keepalives.decoded
     sessions = session_input | "Sessions" >> KeepaliveSessions(gap_ms, hours, until_ms=as_of)

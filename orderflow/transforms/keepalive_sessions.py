@@ -231,7 +231,10 @@ class KeepaliveSessions(beam.PTransform):
             default: the longest ``[opens - gap, closes + gap)`` of a day (see the module doc).
 
     Input: dicts ``{"restaurant_id": str, "sent_at": datetime | int ms}`` or lists of them (the batches of
-    ``ReadFromKafka(batch_size=...)`` after ``DecodeAvro``). Output: ``(restaurant_id, (start_ms, end_ms,
+    ``ReadFromKafka(batch_size=...)`` after ``DecodeAvro``), in one PCollection or a tuple of them (read
+    keep-alives and restored ones): each is merged and windowed where it is produced and they meet only at the
+    grouping, since a runner such as Prism starts a new stage, one more bundle per input bundle, after a
+    ``Flatten``. Output: ``(restaurant_id, (start_ms, end_ms,
     pings))`` in the global window, timestamped at the session's end, emitted when the watermark passes the
     end (and again, with the new bounds and the late pings' count, for each late pane).
     """
@@ -247,27 +250,36 @@ class KeepaliveSessions(beam.PTransform):
                                      if allowed_lateness_ms is None else allowed_lateness_ms)
 
     def expand(self, keepalives):
-        if keepalives.is_bounded:
+        inputs = keepalives if isinstance(keepalives, tuple) else (keepalives,)
+        if all(pcoll.is_bounded for pcoll in inputs):
             # Every ping is there before any session could fire: the sessions are the merged pieces, and
             # grouping one piece per restaurant and bundle in the global window gives exactly what the
             # session windows of the markers give, without a merging GroupByKey over ~one marker per gap of
             # connected time (in a bounded run, most of its time and memory).
             return (
-                keepalives
-                | "MergePingsPerRestaurant" >> beam.ParDo(_MergePingsFn(
+                _per_input(inputs, "MergePingsPerRestaurant", lambda: beam.ParDo(_MergePingsFn(
                     self._gap_ms, self._hours, self._max_buffered, self._until, as_intervals=True)
-                ).with_output_types(tuple[str, tuple[int, int, int]])
+                ).with_output_types(tuple[str, tuple[int, int, int]]))
                 | "GroupPieces" >> beam.GroupByKey()
                 | "EmitSessions" >> beam.ParDo(_MergeIntervalsFn()).with_output_types(tuple[str, tuple[int, int, int]])
             )
         return (
-            keepalives
-            | "MergePingsPerRestaurant" >> beam.ParDo(
-                _MergePingsFn(self._gap_ms, self._hours, self._max_buffered, self._until)
-            ).with_output_types(tuple[str, int])
-            | "SessionWindows" >> beam.WindowInto(
-                Sessions(self._gap_ms / 1000), allowed_lateness=Duration(micros=self._allowed_lateness_ms * 1000))
+            _per_input(inputs, "SessionMarkers", lambda: (
+                "MergePingsPerRestaurant" >> beam.ParDo(
+                    _MergePingsFn(self._gap_ms, self._hours, self._max_buffered, self._until)
+                ).with_output_types(tuple[str, int])
+                | "SessionWindows" >> beam.WindowInto(
+                    Sessions(self._gap_ms / 1000), allowed_lateness=Duration(micros=self._allowed_lateness_ms * 1000))))
             | "GroupSessions" >> beam.GroupByKey()
             | "EmitSessions" >> beam.ParDo(_EmitSessionFn()).with_output_types(tuple[str, tuple[int, int]])
             | "ToGlobalWindow" >> beam.WindowInto(GlobalWindows())
         )
+
+
+def _per_input(inputs: tuple, label: str, make_transform):
+    """``make_transform()`` applied to each input, the outputs flattened: right before a grouping, where the
+    flatten costs no stage of its own (a step after a ``Flatten`` would start one)."""
+    if len(inputs) == 1:
+        return inputs[0] | label >> make_transform()
+    outputs = [pcoll | f"{label}[{i}]" >> make_transform() for i, pcoll in enumerate(inputs)]
+    return outputs | f"{label}Together" >> beam.Flatten()

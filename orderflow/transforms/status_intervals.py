@@ -68,6 +68,7 @@ _SESSION = "S"
 _CHANGE = "A"
 _PROGRESS = "P"  # a restaurant's stored TimelineProgress, restored when a pipeline starts (never kept as pending)
 PROGRESS_TAG = "progress"
+_KEYED = tuple[int, typing.Any]  # (shard, (restaurant_id, item)): what the evaluation takes
 
 
 def _item_start(item) -> int:
@@ -369,20 +370,24 @@ class RestaurantStatusIntervals(beam.PTransform):
     def expand(self, inputs):
         sessions, changes, *restored = inputs
         shards = self._shards
+        # Every input tagged with one element type, so one coder: a Flatten's input with a coder of its own
+        # gets a stage of its own on Prism, one more bundle per input bundle.
         keyed_sessions = sessions | "TagSessions" >> beam.Map(
-            lambda kv: (shard_of(kv[0], shards), (kv[0], (_SESSION, kv[1][0], kv[1][1], _pings(kv[1])))))
+            lambda kv: (shard_of(kv[0], shards), (kv[0], (_SESSION, kv[1][0], kv[1][1], _pings(kv[1]))))
+        ).with_output_types(_KEYED)
         keyed_changes = (changes
                          | "ChangesToGlobalWindow" >> beam.WindowInto(GlobalWindows())
                          | "TagChanges" >> beam.Map(
-                             lambda c: (shard_of(c.restaurant_id, shards), (c.restaurant_id, (_CHANGE, c)))))
+                             lambda c: (shard_of(c.restaurant_id, shards), (c.restaurant_id, (_CHANGE, c))))
+                         .with_output_types(_KEYED))
         keyed = [keyed_sessions, keyed_changes]
         if restored:
             keyed.append(restored[0]
                          | "RestoredToGlobalWindow" >> beam.WindowInto(GlobalWindows())
-                         | "TagRestored" >> beam.Map(_tag_restored, shards))
+                         | "TagRestored" >> beam.Map(_tag_restored, shards).with_output_types(_KEYED))
         evaluated = (
             tuple(keyed)
-            | "Together" >> beam.Flatten().with_output_types(tuple[int, typing.Any])
+            | "Together" >> beam.Flatten().with_output_types(_KEYED)
             | "Evaluate" >> beam.ParDo(_EvaluateStatusFn(
                 self._hours, self._gap, self._as_of, self._at_session_end, self._max_idle_days, self._track_from,
                 self._granularity)).with_outputs(PROGRESS_TAG, main="intervals")

@@ -10,9 +10,12 @@ import datetime as dt
 import uuid
 from zoneinfo import ZoneInfo
 
+import apache_beam as beam
 import psycopg
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.portability import common_urns
 from confluent_kafka import Producer
 
 from orderflow.clients import avro_codec, schema_registry
@@ -141,3 +144,27 @@ def test_hot_state_in_redis(run, module_settings):
     silent = {rid for rid, t in last.items() if plan.end_ms - t >= plan.gap_ms}
     assert silent and silent <= {r.restaurant_id for r in plan.restaurants if r.gone_after is not None}
     assert {rid for rid, v in got.items() if "no_keepalive" in v["reasons"]} == silent
+
+
+def test_streaming_keepalives_meet_no_flatten_before_their_session_grouping():
+    """On Prism the step after a Flatten starts a stage of its own, and a Flatten input whose coder differs from
+    the output's gets one too: one more bundle (and a crossing through the runner) per bundle read. The decoded
+    keep-alives are merged into session markers in the stage that reads them, and every Flatten of the pipeline
+    takes inputs of its output's coder."""
+    options = PipelineOptions(["--streaming"])
+    pipeline = beam.Pipeline(options=options)
+    presence.build(pipeline, options)  # streaming from the committed offsets: with the restored sessions
+    components = pipeline.to_runner_api().components
+    steps = [t for t in components.transforms.values() if not t.subtransforms]
+    flattens = [t for t in steps if t.spec.urn == common_urns.primitives.FLATTEN.urn]
+    assert {f.unique_name for f in flattens} >= {"Sessions/SessionMarkersTogether", "Status/Together"}
+    for flatten in flattens:
+        (output,) = flatten.outputs.values()
+        out_coder = components.pcollections[output].coder_id
+        assert {components.pcollections[p].coder_id for p in flatten.inputs.values()} == {out_coder}, flatten.unique_name
+    (markers,) = (f.outputs["None"] for f in flattens if f.unique_name == "Sessions/SessionMarkersTogether")
+    assert [t.unique_name for t in steps if markers in t.inputs.values()] == ["Sessions/GroupSessions"]
+    (decoded,) = (t.outputs["None"] for t in steps if t.unique_name.startswith("DecodeKeepalives/"))
+    assert sorted(t.unique_name for t in steps if decoded in t.inputs.values()) == [
+        "KeepalivesToRedis/ParDo(_RecordKeepalivesFn)", "Sessions/SessionMarkers[0]/MergePingsPerRestaurant",
+        "Summary[DecodeAvro/restaurant_keepalive_decoded]"]

@@ -49,7 +49,7 @@ def _stream(pings_by_restaurant: dict[str, list[int]], changes, chunk_ms: int, a
 
 def run_timeline(pings_by_restaurant, changes=(), *, as_of: int, expect, hours: OpeningHours = HOURS,
                  chunk_ms: int = 60_000, as_batches: bool = False, at_session_end: bool = True,
-                 track_from: int | None = None, restored=()):
+                 track_from: int | None = None, restored=(), split_inputs: bool = False):
     """Runs the sessions + status transforms in streaming mode; ``expect`` is a list of summarised
     intervals (see ``summarize``) or a function asserting on the StatusInterval list. The check runs inside
     the pipeline (the runner works on a pickled copy of it), so a failure fails the run."""
@@ -59,6 +59,9 @@ def run_timeline(pings_by_restaurant, changes=(), *, as_of: int, expect, hours: 
         tagged = p | _stream(pings_by_restaurant, list(changes), chunk_ms, as_batches, as_of)
         keepalives = tagged | "Pings" >> beam.Filter(lambda e: e[0] == "ping") | "P" >> beam.Map(lambda e: e[1])
         changes_pc = tagged | "Changes" >> beam.Filter(lambda e: e[0] == "change") | "C" >> beam.Map(lambda e: e[1])
+        if split_inputs:  # every other ping in a second input, as the pipeline's read and restored pings
+            keepalives = (keepalives | "Even" >> beam.Filter(lambda p: p["sent_at"] // 30_000 % 2 == 0),
+                          keepalives | "Odd" >> beam.Filter(lambda p: p["sent_at"] // 30_000 % 2 == 1))
         sessions = keepalives | KeepaliveSessions(opening_hours=hours, until_ms=as_of)
         inputs = (sessions, changes_pc) if not restored else (
             sessions, changes_pc, p | "Restored" >> beam.Create(list(restored)))
@@ -79,6 +82,23 @@ def test_ninety_second_gap_stays_online(as_batches):
     timeline = {"r": pings(at(12), at(12, 9, 31)) + pings(at(12, 11), at(12, 20))}  # 12:09:30 -> 12:11:00
     run_timeline(timeline, as_of=at(12, 20), as_batches=as_batches,
                  expect=[("online", None, "10 12:00:00", "10 12:20:00")])
+
+
+def test_pings_split_over_two_inputs_make_the_same_sessions():
+    """Each input is merged into session markers on its own; the session windows join them at the grouping."""
+    timeline = {"r": pings(at(12), at(12, 5, 1)) + pings(at(12, 8), at(12, 20)),  # 12:05:00 -> 12:08:00
+                "s": pings(at(12, 3), at(12, 20))}
+
+    def expect(got):
+        by = {}
+        for i in got:
+            by.setdefault(i.restaurant_id, []).append(i)
+        assert summarize(by["r"]) == [("online", None, "10 12:00:00", "10 12:07:00"),
+                                      ("offline_unexplained", "no_keepalive", "10 12:07:00", "10 12:08:00"),
+                                      ("online", None, "10 12:08:00", "10 12:20:00")]
+        assert summarize(by["s"]) == [("online", None, "10 12:03:00", "10 12:20:00")]
+
+    run_timeline(timeline, as_of=at(12, 20), split_inputs=True, expect=expect)
 
 
 def test_three_minute_gap_goes_offline_at_last_ping_plus_two_minutes():
