@@ -234,9 +234,11 @@ class KeepaliveSessions(beam.PTransform):
     ``ReadFromKafka(batch_size=...)`` after ``DecodeAvro``), in one PCollection or a tuple of them (read
     keep-alives and restored ones): each is merged and windowed where it is produced and they meet only at the
     grouping, since a runner such as Prism starts a new stage, one more bundle per input bundle, after a
-    ``Flatten``. Output: ``(restaurant_id, (start_ms, end_ms,
-    pings))`` in the global window, timestamped at the session's end, emitted when the watermark passes the
-    end (and again, with the new bounds and the late pings' count, for each late pane).
+    ``Flatten``.
+
+    Output: ``(restaurant_id, (start_ms, end_ms, pings))`` in the global window, timestamped at the session's
+    end, emitted when the watermark passes the end (and again, with the new bounds and the late pings' count,
+    for each late pane).
     """
 
     def __init__(self, gap_ms: int = DEFAULT_KEEPALIVE_GAP_MS, opening_hours: OpeningHours | None = None,
