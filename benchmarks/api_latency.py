@@ -365,9 +365,10 @@ async def floor_app(scope, receive, send):
 
 def _serve_floor(port: int, log: pathlib.Path) -> tuple[subprocess.Popen, str]:
     """``floor_app`` under uvicorn with the API's HTTP/1.1 protocol (httptools; no access line)."""
-    return _serve([sys.executable, "-m", "uvicorn", "api_latency:floor_app", "--app-dir",
-                   str(pathlib.Path(__file__).resolve().parent), "--http", "httptools",
-                   "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"], port, "/", "the no-op ASGI app", log)
+    command = [sys.executable, "-m", "uvicorn", "api_latency:floor_app", "--app-dir",
+               str(pathlib.Path(__file__).resolve().parent), "--http", "httptools",
+               "--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    return _serve(command, port, "/", "the no-op ASGI app", log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,8 +160,8 @@ def test_streaming_keepalives_meet_no_flatten_before_their_session_grouping():
     assert {f.unique_name for f in flattens} >= {"Sessions/SessionMarkersTogether", "Status/Together"}
     for flatten in flattens:
         (output,) = flatten.outputs.values()
-        out_coder = components.pcollections[output].coder_id
-        assert {components.pcollections[p].coder_id for p in flatten.inputs.values()} == {out_coder}, flatten.unique_name
+        input_coders = {components.pcollections[p].coder_id for p in flatten.inputs.values()}
+        assert input_coders == {components.pcollections[output].coder_id}, flatten.unique_name
     (markers,) = (f.outputs["None"] for f in flattens if f.unique_name == "Sessions/SessionMarkersTogether")
     assert [t.unique_name for t in steps if markers in t.inputs.values()] == ["Sessions/GroupSessions"]
     (decoded,) = (t.outputs["None"] for t in steps if t.unique_name.startswith("DecodeKeepalives/"))
